@@ -1,0 +1,1 @@
+//! Serial-port server-context client (CloudSigma's "cepko" protocol). Not yet implemented.

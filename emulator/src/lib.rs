@@ -1,0 +1,1 @@
+//! CloudSigma emulator. Not yet implemented.
