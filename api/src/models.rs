@@ -224,8 +224,9 @@ impl Nic {
 /// Server runtime block (`null` while stopped).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ServerRuntime {
+    /// e.g. `"2014-06-05T09:51:08+00:00"` ([V dumps/response_server_get_running]: a string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_since: Option<u64>,
+    pub active_since: Option<String>,
     #[serde(default)]
     pub nics: Vec<serde_json::Value>,
     #[serde(flatten)]

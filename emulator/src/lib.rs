@@ -1,1 +1,278 @@
-//! CloudSigma emulator. Not yet implemented.
+//! `cloudsim`: a CloudSigma API 2.0 emulator with the per-server serial context (cepko).
+//!
+//! Embedding (tests of other crates):
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig::for_tests()).await?;
+//! let base = emu.api_url(); // http://127.0.0.1:PORT/api/2.0/
+//! emu.shutdown().await;
+//! # Ok(()) }
+//! ```
+//! See docs/emulator.md for what is covered and the rules taken from the reference.
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod faults;
+pub mod persist;
+pub mod pty;
+pub mod seed;
+pub mod state;
+
+pub use backend::{
+    Backend, BackendError, BackendEvents, ShutdownMode, StartDrive, StartNic, StartSpec,
+    StateOnlyBackend,
+};
+pub use config::{EmulatorConfig, FaultConfig, LibDriveSeed, Timings};
+pub use faults::OnceRule;
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::context::ContextManager;
+use crate::faults::Faults;
+use crate::state::State;
+
+pub struct Emulator;
+
+/// A running emulator. Dropping it without [`EmulatorHandle::shutdown`] aborts its tasks.
+pub struct EmulatorHandle {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
+    state_file: Option<PathBuf>,
+    temp_dir: Option<PathBuf>,
+}
+
+impl Emulator {
+    pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
+        let mut st = State::new(cfg.timings);
+        if cfg.seed_library {
+            for l in seed::default_library() {
+                st.libdrives.insert(l.uuid.clone(), l);
+            }
+            seed::seed_network(&mut st);
+        }
+        for x in &cfg.extra_libdrives {
+            st.libdrives.insert(x.drive.uuid.clone(), x.drive.clone());
+        }
+        st.global_context = cfg.global_context.clone();
+        if let Some(p) = &cfg.state_file {
+            if let Some(snap) = persist::load(p)? {
+                let seeded_ips = std::mem::take(&mut st.ips);
+                let seeded_vlans = std::mem::take(&mut st.vlans);
+                st.load(snap);
+                // keep seeds when the file has none (first run with an empty file)
+                if st.ips.is_empty() {
+                    st.ips = seeded_ips;
+                }
+                if st.vlans.is_empty() {
+                    st.vlans = seeded_vlans;
+                }
+                st.rebuild_indexes();
+            }
+        }
+        let (ctx_dir, temp_dir) = match &cfg.context_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let d = context::default_dir();
+                (d.clone(), Some(d))
+            }
+        };
+        context::ensure_dir(&ctx_dir)
+            .with_context(|| format!("cannot create context dir {}", ctx_dir.display()))?;
+        let backend: Arc<dyn Backend> = cfg
+            .backend
+            .clone()
+            .unwrap_or_else(|| Arc::new(StateOnlyBackend));
+        let server_uuids: Vec<String> = st.servers.keys().cloned().collect();
+        let app = Arc::new(App::new(
+            st,
+            cfg.username.clone(),
+            cfg.password.clone(),
+            cfg.token.clone(),
+            backend.clone(),
+            Faults::new(cfg.faults.clone()),
+            ContextManager::new(ctx_dir, cfg.context_pty),
+        ));
+        for x in &cfg.extra_libdrives {
+            if let Some(p) = &x.image_path {
+                app.lib_images
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(x.drive.uuid.clone(), p.clone());
+            }
+        }
+        backend.attach(BackendEvents {
+            inner: Arc::downgrade(&app),
+        });
+        for u in &server_uuids {
+            app.contexts.open(&app, u);
+        }
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let router = admin::router()
+            .fallback(api::handle)
+            .with_state(app.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "emulator HTTP server failed");
+            }
+        });
+        let ticker = tokio::spawn(ticker(
+            Arc::downgrade(&app),
+            cfg.state_file.clone(),
+            cfg.save_debounce,
+        ));
+        tracing::info!(%addr, "cloudsim listening");
+        Ok(EmulatorHandle {
+            addr,
+            app,
+            shutdown_tx: Some(tx),
+            server: Some(server),
+            ticker: Some(ticker),
+            state_file: cfg.state_file,
+            temp_dir,
+        })
+    }
+}
+
+/// Background: apply due transitions even when no request arrives, and save the state file
+/// (debounced) after changes.
+async fn ticker(app: std::sync::Weak<App>, state_file: Option<PathBuf>, debounce: Duration) {
+    let mut saved_version = u64::MAX;
+    let mut changed_at: Option<(u64, Instant)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(app) = app.upgrade() else { return };
+        let version = app.lock().version;
+        let Some(path) = &state_file else { continue };
+        if version == saved_version {
+            continue;
+        }
+        match changed_at {
+            Some((v, t)) if v == version && t.elapsed() >= debounce => {
+                let snap = app.lock().snapshot();
+                if let Err(e) = persist::save(path, &snap) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot save the state file");
+                } else {
+                    saved_version = version;
+                }
+                changed_at = None;
+            }
+            Some((v, _)) if v == version => {}
+            _ => changed_at = Some((version, Instant::now())),
+        }
+    }
+}
+
+impl EmulatorHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `http://127.0.0.1:PORT/api/2.0/`
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api/2.0/", self.addr)
+    }
+    /// `http://127.0.0.1:PORT/admin/`
+    pub fn admin_url(&self) -> String {
+        format!("http://{}/admin/", self.addr)
+    }
+    pub fn username(&self) -> &str {
+        &self.app.username
+    }
+    pub fn password(&self) -> &str {
+        &self.app.password
+    }
+    /// The unix socket answering cepko for that server (exists from create to delete).
+    pub fn context_socket(&self, server_uuid: &str) -> PathBuf {
+        self.app.contexts.socket_path(server_uuid)
+    }
+    /// The pty answering cepko for that server (when `context_pty` is on).
+    pub fn context_pty(&self, server_uuid: &str) -> Option<PathBuf> {
+        self.app.contexts.pty_path(server_uuid)
+    }
+    /// Report that a guest powered off (what a VM backend does through [`BackendEvents`]).
+    pub fn power_off(&self, server_uuid: &str) {
+        self.app.power_off(server_uuid);
+    }
+    /// Set the account-wide `global_context`.
+    pub fn set_global_context(&self, gc: cloudsigma_api::Meta) {
+        let mut st = self.app.lock();
+        st.global_context = gc;
+        st.touch();
+    }
+    /// A JSON dump of all objects (like `GET /admin/state`).
+    pub fn snapshot(&self) -> state::Snapshot {
+        self.app.lock().snapshot()
+    }
+
+    /// Stop serving, save the state file, close sockets, stop the backend.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            // in-flight requests finish; long-polling clients are cut after a grace period
+            if tokio::time::timeout(Duration::from_secs(5), s)
+                .await
+                .is_err()
+            {
+                tracing::warn!("emulator HTTP server did not stop within 5 s");
+            }
+        }
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        if let Some(p) = &self.state_file {
+            let snap = self.app.lock().snapshot();
+            if let Err(e) = persist::save(p, &snap) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot save the state file on shutdown");
+            }
+        }
+        self.app.contexts.close_all();
+        self.app.backend.shutdown().await;
+        if let Some(d) = self.temp_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+        self.app.contexts.close_all();
+        if let Some(d) = self.temp_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! `cloudsim`: run the CloudSigma emulator.
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cloudsim::{Emulator, EmulatorConfig, FaultConfig, Timings};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TimingsArg {
+    Instant,
+    Realistic,
+}
+
+/// CloudSigma API 2.0 emulator (with per-server serial context sockets).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (loopback recommended).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Account user (e-mail) for HTTP Basic auth.
+    #[arg(long, env = "CLOUDSIM_USER", default_value = "test@example.com")]
+    user: String,
+    /// Account password for HTTP Basic auth.
+    #[arg(
+        long,
+        env = "CLOUDSIM_PASSWORD",
+        default_value = "secret",
+        hide_env_values = true
+    )]
+    password: String,
+    /// Also accept `Authorization: Bearer <token>`.
+    #[arg(long, env = "CLOUDSIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Load objects from this JSON file at start; save them there after changes and on exit.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Directory for per-server context sockets `<uuid>.sock` (default: a temporary directory).
+    #[arg(long)]
+    context_dir: Option<PathBuf>,
+    /// Also open a pty per server answering the context (paths in GET /admin/state).
+    #[arg(long)]
+    context_pty: bool,
+    /// Transition durations.
+    #[arg(long, value_enum, default_value = "realistic")]
+    timings: TimingsArg,
+    /// Added latency per API request (ms).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fraction of API requests answered with --error-status (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Status of random faults: 500, 503 or 429.
+    #[arg(long, default_value_t = 503)]
+    error_status: u16,
+    /// Requests per second before answering 429 with Retry-After (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// Start without the seed library, IPs and VLANs.
+    #[arg(long)]
+    no_seed: bool,
+    /// Account-wide global_context entries, KEY=VALUE (repeatable).
+    #[arg(long = "global-context", value_name = "KEY=VALUE")]
+    global_context: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    if !(0.0..=1.0).contains(&a.error_rate) {
+        anyhow::bail!("--error-rate {} must be within 0.0..=1.0", a.error_rate);
+    }
+    let mut gc = cloudsigma_api::Meta::new();
+    for kv in &a.global_context {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--global-context {kv:?} must be KEY=VALUE"))?;
+        gc.insert(k.to_string(), v.to_string());
+    }
+    let cfg = EmulatorConfig {
+        listen: a.listen,
+        username: a.user,
+        password: a.password,
+        token: a.token,
+        timings: match a.timings {
+            TimingsArg::Instant => Timings::instant(),
+            TimingsArg::Realistic => Timings::realistic(),
+        },
+        state_file: a.state_file,
+        context_dir: a.context_dir,
+        context_pty: a.context_pty,
+        seed_library: !a.no_seed,
+        global_context: gc,
+        faults: FaultConfig {
+            latency_ms: a.latency_ms,
+            error_rate: a.error_rate,
+            error_status: a.error_status,
+            rate_limit_per_sec: a.rate_limit,
+        },
+        ..Default::default()
+    };
+    let emu = Emulator::start(cfg).await?;
+    println!("cloudsim API:   {}", emu.api_url());
+    println!("cloudsim admin: {}", emu.admin_url());
+    wait_for_signal().await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,68 @@
+//! Shared emulator state: the account, fault injection, counters, contexts, backend.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::context::ContextManager;
+use crate::faults::{Counters, Faults};
+use crate::state::State;
+
+pub struct App {
+    state: Mutex<State>,
+    pub username: String,
+    pub password: String,
+    pub token: Option<String>,
+    pub backend: Arc<dyn Backend>,
+    pub faults: Mutex<Faults>,
+    pub counters: Mutex<Counters>,
+    pub contexts: ContextManager,
+    /// library drive uuid → local image file (for VM backends)
+    pub lib_images: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl App {
+    pub fn new(
+        state: State,
+        username: String,
+        password: String,
+        token: Option<String>,
+        backend: Arc<dyn Backend>,
+        faults: Faults,
+        contexts: ContextManager,
+    ) -> App {
+        App {
+            state: Mutex::new(state),
+            username,
+            password,
+            token,
+            backend,
+            faults: Mutex::new(faults),
+            counters: Mutex::new(Counters::default()),
+            contexts,
+            lib_images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The account, with due transitions applied. Never hold it across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock must not take the whole emulator down.
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if st.next_deadline().map(|d| d <= now).unwrap_or(false) {
+            st.settle(now);
+        }
+        st
+    }
+
+    pub fn power_off(&self, uuid: &str) {
+        self.lock().power_off(uuid);
+    }
+
+    pub fn server_context(&self, uuid: &str) -> Option<Value> {
+        self.lock().server_context(uuid)
+    }
+}

@@ -1,0 +1,156 @@
+//! The seam between the API state machine and whatever runs the servers.
+//!
+//! The emulator owns all API state and status transitions. A backend is told about lifecycle
+//! events and may veto them (an `Err` makes the API call fail with a 500 `backend` error and the
+//! state stays as it was). The default [`StateOnlyBackend`] does nothing: servers "run" only as
+//! state. A QEMU backend (emulator/src/vm/) boots real VMs:
+//!
+//! - (a) [`Backend::server_start`] receives a [`StartSpec`] with the boot drive uuid, every drive,
+//!   the NICs with MACs and their runtime IPs, and the server's context socket path (the emulator
+//!   listens on it; QEMU connects as a client: `-chardev socket,path=..,server=off` on ttyS1).
+//! - (b) the backend reports that a guest powered off via [`BackendEvents::power_off`] (given to it
+//!   in [`Backend::attach`]); the server then becomes `stopped` whatever it was doing.
+//! - (c) [`Backend::server_shutdown`] returns [`ShutdownMode::AwaitPowerOff`]: the server stays
+//!   `stopping` until the guest powers off, or goes back to `running` after
+//!   [`crate::Timings::shutdown_timeout`] — like CloudSigma's ACPI shutdown.
+//!
+//! Runtime IPs: the emulator allocates NAT addresses from its pool unless
+//! [`Backend::runtime_ip`] returns one (a VM backend returns e.g. 127.77.0.N so SSH works).
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Weak;
+
+/// A drive attached to a starting server.
+#[derive(Debug, Clone)]
+pub struct StartDrive {
+    pub uuid: String,
+    pub dev_channel: String,
+    /// "virtio" | "ide"
+    pub device: String,
+    pub boot_order: Option<u32>,
+    /// "disk" | "cdrom"
+    pub media: String,
+    pub size: u64,
+}
+
+/// A NIC of a starting server.
+#[derive(Debug, Clone)]
+pub struct StartNic {
+    pub mac: String,
+    pub model: String,
+    /// The runtime (NAT or static) IPv4 address for public NICs; `None` for VLAN NICs.
+    pub ip_v4: Option<String>,
+    pub vlan: Option<String>,
+}
+
+/// Everything a backend needs to boot a server.
+#[derive(Debug, Clone)]
+pub struct StartSpec {
+    pub uuid: String,
+    pub name: String,
+    pub cpu: u64,
+    pub mem: u64,
+    pub smp: u32,
+    /// The drive with the lowest `boot_order` (first drive when none has one).
+    pub boot_drive: Option<String>,
+    pub drives: Vec<StartDrive>,
+    pub nics: Vec<StartNic>,
+    /// Unix socket answering cepko for this server (attach as the guest's ttyS1).
+    pub context_socket: PathBuf,
+}
+
+/// What a shutdown (ACPI) request leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// The emulator's timer decides: `stopping` → `stopped` after `Timings::server_shutdown`
+    /// (the state-only backend assumes a well-behaved guest).
+    Timed,
+    /// Wait for [`BackendEvents::power_off`]; back to `running` after `Timings::shutdown_timeout`.
+    AwaitPowerOff,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// Lifecycle hooks. All have no-op defaults so a backend implements only what it needs.
+/// Hooks are called without the state lock held; they may take time (the API call waits).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Called once when the emulator starts, with a handle for reporting events back.
+    fn attach(&self, _events: BackendEvents) {}
+    /// A new empty drive was created.
+    async fn drive_created(
+        &self,
+        _uuid: &str,
+        _size: u64,
+        _media: &str,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// `dst` is a copy of `src` (`src_is_library`: src is a `/libdrives/` uuid), grown to `size`.
+    async fn drive_cloned(
+        &self,
+        _src: &str,
+        _src_is_library: bool,
+        _dst: &str,
+        _size: u64,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn drive_resized(&self, _uuid: &str, _new_size: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn drive_deleted(&self, _uuid: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Runtime IPv4 for NIC number `nic_index` of a starting server; `None` = emulator's pool.
+    fn runtime_ip(&self, _server: &str, _nic_index: usize) -> Option<String> {
+        None
+    }
+    async fn server_start(&self, _spec: &StartSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Hard power-off (`stop`).
+    async fn server_stop(&self, _uuid: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// ACPI shutdown request.
+    async fn server_shutdown(&self, _uuid: &str) -> Result<ShutdownMode, BackendError> {
+        Ok(ShutdownMode::Timed)
+    }
+    async fn server_deleted(&self, _uuid: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// The serial console (ttyS0) log, for `GET /admin/servers/{uuid}/console`.
+    async fn console_log(&self, _uuid: &str) -> Option<String> {
+        None
+    }
+    /// Called on emulator shutdown (stop VMs, clean up).
+    async fn shutdown(&self) {}
+}
+
+/// The default backend: servers and drives exist only as API state.
+#[derive(Debug, Default, Clone)]
+pub struct StateOnlyBackend;
+
+#[async_trait]
+impl Backend for StateOnlyBackend {}
+
+/// Handle a backend uses to report events back to the state machine. Holds only a weak
+/// reference, so a backend keeping it does not keep a shut-down emulator alive.
+#[derive(Clone)]
+pub struct BackendEvents {
+    pub(crate) inner: Weak<crate::app::App>,
+}
+
+impl BackendEvents {
+    /// The guest of `server_uuid` powered off (shut down by itself, crashed, or honoured ACPI):
+    /// the server becomes `stopped`, its runtime and NAT IPs are released.
+    pub fn power_off(&self, server_uuid: &str) {
+        if let Some(app) = self.inner.upgrade() {
+            app.power_off(server_uuid);
+        }
+    }
+}

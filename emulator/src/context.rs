@@ -1,0 +1,277 @@
+//! The server context over a serial line ("cepko"), served per server on a unix socket (QEMU
+//! connects to it as a client and exposes it as the guest's ttyS1) and optionally on a pty.
+//!
+//! Framing ([V cepko, cloud-init, docs]): request `"<\n" + KEY + "\n>"`; answer one line of JSON,
+//! `\n`, then EOT (0x04). KEY empty → the whole context; `/meta/x`, `/global_context/x`, nested
+//! paths like `/nics/0/mac`. A leaf string comes back without quotes (JSON-escaped inside), null
+//! as an empty line; all non-ASCII is `\uXXXX`-escaped because cloud-init decodes ASCII.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+
+/// Find one complete request in `buf`; returns (key, bytes consumed). Garbage before `<` is
+/// skipped (guests flush stale input; a stray byte must not wedge the line).
+pub fn parse_request(buf: &[u8]) -> Option<(String, usize)> {
+    let mut start = 0;
+    loop {
+        let lt = buf[start..].iter().position(|&b| b == b'<')? + start;
+        if lt + 1 >= buf.len() {
+            return None;
+        }
+        if buf[lt + 1] != b'\n' {
+            start = lt + 1;
+            continue;
+        }
+        let body = &buf[lt + 2..];
+        // the key ends at "\n>"
+        let end = body.windows(2).position(|w| w == b"\n>")?;
+        let key = String::from_utf8_lossy(&body[..end]).trim().to_string();
+        return Some((key, lt + 2 + end + 2));
+    }
+}
+
+/// Select `key` from the context: "" → all; "/a/b/0" → nested (array indices as numbers).
+pub fn select<'a>(ctx: &'a Value, key: &str) -> Option<&'a Value> {
+    let mut cur = ctx;
+    for seg in key.split('/').filter(|s| !s.is_empty()) {
+        cur = match cur {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// JSON text with every non-ASCII character escaped as `\uXXXX` (UTF-16).
+pub fn ascii_json(v: &Value) -> String {
+    let s = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for u in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        }
+    }
+    out
+}
+
+/// The answer bytes for `key` (without a context: the server is gone → empty answer).
+pub fn answer(ctx: Option<&Value>, key: &str) -> Vec<u8> {
+    let line = match ctx.and_then(|c| select(c, key)) {
+        None | Some(Value::Null) => String::new(),
+        // [V docs] leaf strings without quotes, control characters backslash-escaped
+        // [D] i.e. the JSON string encoding minus the surrounding quotes
+        Some(v @ Value::String(_)) => {
+            let j = ascii_json(v);
+            j[1..j.len() - 1].to_string()
+        }
+        Some(v) => ascii_json(v),
+    };
+    let mut out = line.into_bytes();
+    out.extend_from_slice(b"\n\x04");
+    out
+}
+
+/// Serve cepko on one byte stream until EOF.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    app: Weak<App>,
+    uuid: String,
+    mut stream: S,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((key, used)) = parse_request(&buf) {
+            buf.drain(..used);
+            let ctx = match app.upgrade() {
+                Some(a) => a.server_context(&uuid),
+                None => return,
+            };
+            if stream.write_all(&answer(ctx.as_ref(), &key)).await.is_err() {
+                return;
+            }
+            let _ = stream.flush().await;
+        }
+        // bound memory if a peer sends garbage without ever completing a request
+        if buf.len() > 64 * 1024 {
+            let keep = buf.len() - 1024;
+            buf.drain(..keep);
+        }
+    }
+}
+
+struct Entry {
+    task: JoinHandle<()>,
+    pty_task: Option<JoinHandle<()>>,
+    pty_path: Option<PathBuf>,
+}
+
+/// The per-server sockets (and ptys) of one emulator.
+pub struct ContextManager {
+    pub dir: PathBuf,
+    pub pty: bool,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl ContextManager {
+    pub fn new(dir: PathBuf, pty: bool) -> ContextManager {
+        ContextManager {
+            dir,
+            pty,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn socket_path(&self, uuid: &str) -> PathBuf {
+        self.dir.join(format!("{uuid}.sock"))
+    }
+
+    pub fn pty_path(&self, uuid: &str) -> Option<PathBuf> {
+        self.entries.lock().ok()?.get(uuid)?.pty_path.clone()
+    }
+
+    /// Listen on `<dir>/<uuid>.sock` (replacing a stale file). Must run inside a tokio runtime.
+    pub fn open(&self, app: &Arc<App>, uuid: &str) {
+        let path = self.socket_path(uuid);
+        let _ = std::fs::remove_file(&path);
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot listen on the server-context socket");
+                return;
+            }
+        };
+        let weak = Arc::downgrade(app);
+        let u = uuid.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_stream(weak.clone(), u.clone(), stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "context socket accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        let (pty_task, pty_path) = if self.pty {
+            match crate::pty::open(Arc::downgrade(app), uuid.to_string()) {
+                Ok((t, p)) => (Some(t), Some(p)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a pty for the server context");
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
+        if let Ok(mut m) = self.entries.lock() {
+            if let Some(old) = m.insert(
+                uuid.to_string(),
+                Entry {
+                    task,
+                    pty_task,
+                    pty_path,
+                },
+            ) {
+                old.task.abort();
+                if let Some(t) = old.pty_task {
+                    t.abort();
+                }
+            }
+        }
+    }
+
+    pub fn close(&self, uuid: &str) {
+        if let Ok(mut m) = self.entries.lock() {
+            if let Some(e) = m.remove(uuid) {
+                e.task.abort();
+                if let Some(t) = e.pty_task {
+                    t.abort();
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.socket_path(uuid));
+    }
+
+    pub fn close_all(&self) {
+        let uuids: Vec<String> = self
+            .entries
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for u in uuids {
+            self.close(&u);
+        }
+    }
+
+    pub fn ptys(&self) -> HashMap<String, PathBuf> {
+        self.entries
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, e)| e.pty_path.clone().map(|p| (k.clone(), p)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn default_dir() -> PathBuf {
+    let r: u32 = rand::random();
+    std::env::temp_dir().join(format!("cloudsim-{}-{r:08x}", std::process::id()))
+}
+
+pub fn ensure_dir(p: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_requests_and_skips_garbage() {
+        assert_eq!(parse_request(b"<\n\n>"), Some((String::new(), 4)));
+        assert_eq!(
+            parse_request(b"xx<\n/name\n>rest"),
+            Some(("/name".into(), 11))
+        );
+        assert_eq!(parse_request(b"<\n/na"), None);
+        assert_eq!(parse_request(b"<x<\n/a\n>"), Some(("/a".into(), 8)));
+    }
+
+    #[test]
+    fn answers_leafs_without_quotes_and_null_empty() {
+        let ctx = json!({"name": "n\u{e9}\"x", "meta": {"a": "b"}, "vnc": null, "nics": [{"mac": "22:aa"}], "cpu": 1000});
+        assert_eq!(answer(Some(&ctx), "/name"), b"n\\u00e9\\\"x\n\x04".to_vec());
+        assert_eq!(answer(Some(&ctx), "/vnc"), b"\n\x04".to_vec());
+        assert_eq!(answer(Some(&ctx), "/nics/0/mac"), b"22:aa\n\x04".to_vec());
+        assert_eq!(
+            answer(Some(&ctx), "/meta/"),
+            b"{\"a\":\"b\"}\n\x04".to_vec()
+        );
+        assert_eq!(answer(Some(&ctx), "/cpu"), b"1000\n\x04".to_vec());
+        assert_eq!(answer(Some(&ctx), "/missing"), b"\n\x04".to_vec());
+    }
+}

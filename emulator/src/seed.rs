@@ -1,0 +1,140 @@
+//! Seed data: a small library, two subscribed IPs and two VLANs.
+
+use cloudsigma_api::{Ip, LibDrive, Meta, Vlan};
+use std::collections::BTreeMap;
+
+use crate::state::{State, NAMESERVERS};
+
+const GIB: u64 = 1 << 30;
+
+fn lib(
+    uuid: &str,
+    name: &str,
+    os: &str,
+    dist: &str,
+    version: &str,
+    image_type: &str,
+    media: &str,
+    size: u64,
+    default_user: Option<&str>,
+    description: &str,
+) -> LibDrive {
+    let mut extra = BTreeMap::new();
+    extra.insert("licenses".into(), serde_json::json!([]));
+    extra.insert("paid".into(), serde_json::json!(false));
+    extra.insert("storage_type".into(), serde_json::json!("dssd"));
+    extra.insert("favorite".into(), serde_json::json!(false));
+    extra.insert("allow_multimount".into(), serde_json::json!(false));
+    extra.insert("mounted_on".into(), serde_json::json!([]));
+    extra.insert("owner".into(), serde_json::Value::Null);
+    LibDrive {
+        uuid: uuid.into(),
+        name: name.into(),
+        os: Some(os.into()),
+        distribution: Some(dist.into()),
+        version: Some(version.into()),
+        arch: Some("64".into()),
+        image_type: Some(image_type.into()),
+        media: media.into(),
+        size,
+        description: Some(description.into()),
+        default_user: default_user.map(str::to_string),
+        cloud_init_service: Some(image_type == "preinst"),
+        deprecated: Some(false),
+        status: None,
+        resource_uri: None,
+        extra,
+    }
+}
+
+/// The default library. Fixed uuids so tests and docs can name them.
+/// [D reference] "Ubuntu 24.04 LTS", preinst, default user `cloudsigma`, 10 GiB.
+pub fn default_library() -> Vec<LibDrive> {
+    vec![
+        lib(
+            "6d1b2a8e-0c6e-4f43-9a44-240400000001",
+            "Ubuntu 24.04 LTS",
+            "linux",
+            "Ubuntu",
+            "24.04",
+            "preinst",
+            "disk",
+            10 * GIB,
+            Some("cloudsigma"),
+            "Ubuntu 24.04 LTS (Noble Numbat) server, cloud-init enabled",
+        ),
+        lib(
+            "6d1b2a8e-0c6e-4f43-9a44-220400000001",
+            "Ubuntu 22.04 LTS",
+            "linux",
+            "Ubuntu",
+            "22.04",
+            "preinst",
+            "disk",
+            10 * GIB,
+            Some("cloudsigma"),
+            "Ubuntu 22.04 LTS (Jammy Jellyfish) server, cloud-init enabled",
+        ),
+        lib(
+            "6d1b2a8e-0c6e-4f43-9a44-deb120000001",
+            "Debian 12",
+            "linux",
+            "Debian",
+            "12",
+            "preinst",
+            "disk",
+            10 * GIB,
+            Some("cloudsigma"),
+            "Debian 12 (bookworm), cloud-init enabled",
+        ),
+        lib(
+            "6d1b2a8e-0c6e-4f43-9a44-240400000150",
+            "Ubuntu 24.04 LTS Install CD",
+            "linux",
+            "Ubuntu",
+            "24.04",
+            "install",
+            "cdrom",
+            3 * GIB,
+            None,
+            "Ubuntu 24.04 LTS live server installer ISO",
+        ),
+    ]
+}
+
+pub fn seed_network(st: &mut State) {
+    for addr in ["203.0.113.200", "203.0.113.201"] {
+        st.ips.insert(
+            addr.into(),
+            Ip {
+                uuid: addr.into(),
+                netmask: Some(24),
+                gateway: Some("203.0.113.1".into()),
+                nameservers: NAMESERVERS.iter().map(|s| s.to_string()).collect(),
+                server: None,
+                meta: Meta::new(),
+                tags: Vec::new(),
+                resource_uri: None,
+                extra: BTreeMap::new(),
+            },
+        );
+    }
+    for (uuid, name) in [
+        ("5e0a1a7e-3b7d-4c1e-8f00-0000000c0001", "private-a"),
+        ("5e0a1a7e-3b7d-4c1e-8f00-0000000c0002", "private-b"),
+    ] {
+        let mut meta = Meta::new();
+        meta.insert("name".into(), name.into());
+        st.vlans.insert(
+            uuid.into(),
+            Vlan {
+                uuid: uuid.into(),
+                servers: Vec::new(),
+                meta,
+                tags: Vec::new(),
+                resource_uri: None,
+                extra: BTreeMap::new(),
+            },
+        );
+    }
+}
