@@ -865,18 +865,19 @@ impl State {
                     let co = c.as_object().ok_or_else(|| {
                         ApiError::validation("ip_v4_conf must be an object", Some("nics"))
                     })?;
-                    let mode =
-                        match co.get("conf").and_then(Value::as_str) {
-                            Some("dhcp") => IpConfMode::Dhcp,
-                            Some("static") => IpConfMode::Static,
-                            Some("manual") => IpConfMode::Manual,
-                            other => return Err(ApiError::validation(
+                    let mode = match co.get("conf").and_then(Value::as_str) {
+                        Some("dhcp") => IpConfMode::Dhcp,
+                        Some("static") => IpConfMode::Static,
+                        Some("manual") => IpConfMode::Manual,
+                        other => {
+                            return Err(ApiError::validation(
                                 format!(
                                     "ip_v4_conf.conf {other:?} is not one of dhcp, static, manual"
                                 ),
                                 Some("nics"),
-                            )),
-                        };
+                            ))
+                        }
+                    };
                     let ip = match co.get("ip") {
                         Some(i) if !i.is_null() => Some(ref_uuid(i).ok_or_else(|| {
                             ApiError::validation("ip_v4_conf.ip must be an address", Some("nics"))
@@ -2089,7 +2090,21 @@ impl State {
                     };
                     conf.ip = addr.map(|a| IpRef::Full(Box::new(self.context_ip(&a))));
                 }
-                serde_json::to_value(&n).unwrap_or(Value::Null)
+                let mut nv = serde_json::to_value(&n).unwrap_or(Value::Null);
+                // [V docs] the expanded IP carries uuid, netmask, gateway, nameservers, tags, meta
+                if let Some(ip) = nv
+                    .pointer_mut("/ip_v4_conf/ip")
+                    .and_then(Value::as_object_mut)
+                {
+                    ip.retain(|k, v| {
+                        !(matches!(k.as_str(), "server" | "resource_uri" | "owner") && v.is_null())
+                    });
+                    ip.remove("owner");
+                }
+                if let Some(o) = nv.as_object_mut() {
+                    o.remove("runtime");
+                }
+                nv
             })
             .collect();
         m.insert("nics".into(), Value::Array(nics));

@@ -1,0 +1,286 @@
+//! Status machines driven by time, and the backend seam.
+mod common;
+use async_trait::async_trait;
+use cloudsim::{
+    Backend, BackendError, BackendEvents, EmulatorConfig, ShutdownMode, StartSpec, Timings,
+};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const STEP: Duration = Duration::from_millis(300);
+
+fn slow() -> EmulatorConfig {
+    EmulatorConfig {
+        timings: Timings::uniform(STEP),
+        ..EmulatorConfig::for_tests()
+    }
+}
+
+#[tokio::test]
+async fn drive_create_clone_resize_take_time() {
+    let t = start(slow()).await;
+    let d = t.create_drive("d", 1 << 30).await;
+    assert_eq!(d["status"], "creating");
+    let d = d["uuid"].as_str().unwrap().to_string();
+    assert_eq!(t.status("drives", &d).await, "creating");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    assert_eq!(t.status("drives", &d).await, "unmounted");
+
+    let (s, v) = t
+        .post(
+            &format!("drives/{d}/action/?do=clone"),
+            json!({"name": "copy", "size": 2u64 << 30}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let c = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    assert_eq!(v["objects"][0]["status"], "cloning_dst");
+    assert_eq!(v["objects"][0]["size"], json!(2u64 << 30));
+    assert_eq!(t.status("drives", &d).await, "cloning_src");
+    assert_eq!(t.status("drives", &c).await, "cloning_dst");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    assert_eq!(t.status("drives", &d).await, "unmounted");
+    assert_eq!(t.status("drives", &c).await, "unmounted");
+
+    let (s, v) = t
+        .post(
+            &format!("drives/{c}/action/?do=resize"),
+            json!({"name": "copy", "media": "disk", "size": 3u64 << 30}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["objects"][0]["status"], "resizing");
+    assert_eq!(t.status("drives", &c).await, "resizing");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    let (_, v) = t.get(&format!("drives/{c}/")).await;
+    assert_eq!(v["status"], "unmounted");
+    assert_eq!(v["size"], json!(3u64 << 30));
+}
+
+#[tokio::test]
+async fn server_start_stop_shutdown_take_time() {
+    let t = start(slow()).await;
+    let u = t.create_server("s", None).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(t.status("servers", &u).await, "stopped");
+    t.action("servers", &u, "start").await;
+    assert_eq!(t.status("servers", &u).await, "starting");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    assert_eq!(t.status("servers", &u).await, "running");
+    let (s, _) = t.action("servers", &u, "shutdown").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(t.status("servers", &u).await, "stopping");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    assert_eq!(t.status("servers", &u).await, "stopped");
+    let (_, v) = t.get(&format!("servers/{u}/")).await;
+    assert!(v["runtime"].is_null());
+    t.action("servers", &u, "start").await;
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    t.action("servers", &u, "stop").await;
+    assert_eq!(t.status("servers", &u).await, "stopping");
+    tokio::time::sleep(STEP + Duration::from_millis(50)).await;
+    assert_eq!(t.status("servers", &u).await, "stopped");
+}
+
+#[tokio::test]
+async fn transitions_happen_without_requests() {
+    // the background ticker settles state even when nobody asks (visible in the admin dump)
+    let t = start(EmulatorConfig {
+        timings: Timings::uniform(Duration::from_millis(100)),
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    let d = t.create_drive("d", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let snap = t.emu.snapshot();
+    assert_eq!(
+        snap.drives
+            .iter()
+            .find(|x| x.uuid == d)
+            .unwrap()
+            .status
+            .to_string(),
+        "unmounted"
+    );
+}
+
+/// A backend that records starts and wants the guest to power off on shutdown.
+#[derive(Default)]
+struct Recorder {
+    starts: Mutex<Vec<StartSpec>>,
+    events: Mutex<Option<BackendEvents>>,
+}
+
+#[async_trait]
+impl Backend for Recorder {
+    fn attach(&self, events: BackendEvents) {
+        *self.events.lock().unwrap() = Some(events);
+    }
+    fn runtime_ip(&self, _server: &str, nic_index: usize) -> Option<String> {
+        Some(format!("127.77.0.{}", 10 + nic_index))
+    }
+    async fn server_start(&self, spec: &StartSpec) -> Result<(), BackendError> {
+        if spec.name == "explode" {
+            return Err(BackendError("no capacity".into()));
+        }
+        self.starts.lock().unwrap().push(spec.clone());
+        Ok(())
+    }
+    async fn server_shutdown(&self, _uuid: &str) -> Result<ShutdownMode, BackendError> {
+        Ok(ShutdownMode::AwaitPowerOff)
+    }
+}
+
+#[tokio::test]
+async fn backend_sees_start_spec_and_controls_shutdown() {
+    let rec = Arc::new(Recorder::default());
+    let mut timings = Timings::instant();
+    timings.shutdown_timeout = Duration::from_millis(300);
+    let t = start(EmulatorConfig {
+        timings,
+        backend: Some(rec.clone()),
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    let d = t.create_drive("boot", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_status("drives", &d, "unmounted").await;
+    let srv = t.create_server("s", Some(&d)).await;
+    let u = srv["uuid"].as_str().unwrap().to_string();
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    {
+        let starts = rec.starts.lock().unwrap();
+        let spec = &starts[0];
+        assert_eq!(spec.boot_drive.as_deref(), Some(d.as_str()));
+        assert_eq!(spec.nics[0].ip_v4.as_deref(), Some("127.77.0.10"));
+        assert_eq!(spec.nics[0].mac, srv["nics"][0]["mac"].as_str().unwrap());
+        assert_eq!(spec.context_socket, t.emu.context_socket(&u));
+        assert!(spec.context_socket.exists());
+    }
+    let (_, v) = t.get(&format!("servers/{u}/")).await;
+    assert_eq!(v["nics"][0]["runtime"]["ip_v4"]["uuid"], "127.77.0.10");
+
+    // shutdown waits for the guest: nobody powers off → back to running after the timeout
+    t.action("servers", &u, "shutdown").await;
+    assert_eq!(t.status("servers", &u).await, "stopping");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(t.status("servers", &u).await, "running");
+    // now the guest powers off
+    t.action("servers", &u, "shutdown").await;
+    assert_eq!(t.status("servers", &u).await, "stopping");
+    rec.events.lock().unwrap().as_ref().unwrap().power_off(&u);
+    assert_eq!(t.status("servers", &u).await, "stopped");
+    // and stays stopped after the old timeout would have fired
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(t.status("servers", &u).await, "stopped");
+
+    // a backend refusal is a 500 backend error and the server stays stopped
+    let bad = t.create_server("explode", None).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = t.action("servers", &bad, "start").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_error(&v, "backend");
+    assert_eq!(t.status("servers", &bad).await, "stopped");
+}
+
+#[tokio::test]
+async fn guest_power_off_stops_a_running_server() {
+    let t = instant().await;
+    let u = t.create_server("s", None).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    let (s, _) = t
+        .admin(
+            reqwest::Method::POST,
+            &format!("servers/{u}/power_off"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(t.status("servers", &u).await, "stopped");
+}
+
+#[tokio::test]
+async fn update_while_running_applies_only_name_meta_tags() {
+    let t = instant().await;
+    let u = t.create_server("s", None).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = t
+        .put(
+            &format!("servers/{u}/"),
+            json!({"meta": {"a": "1", "b": "2"}}),
+        )
+        .await;
+    assert_eq!(v["meta"], json!({"a": "1", "b": "2"}));
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    let (s, v) = t
+        .put(
+            &format!("servers/{u}/"),
+            json!({"name": "renamed", "cpu": 4000, "mem": 4294967296u64, "meta": {"c": "3"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "renamed");
+    assert_eq!(v["cpu"], 1000, "cpu must not change while running");
+    assert_eq!(v["mem"], 536870912);
+    assert_eq!(v["meta"], json!({"c": "3"}), "meta is replaced wholesale");
+    t.action("servers", &u, "stop").await;
+    t.wait_status("servers", &u, "stopped").await;
+    let (_, v) = t.put(&format!("servers/{u}/"), json!({"cpu": 4000})).await;
+    assert_eq!(v["cpu"], 4000);
+}
+
+#[tokio::test]
+async fn delete_recurse_variants() {
+    let t = instant().await;
+    let disk = t.create_drive("disk", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = t
+        .post(
+            "drives/",
+            json!({"objects": [{"name": "cd", "size": 1073741824u64, "media": "cdrom"}]}),
+        )
+        .await;
+    let cd = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    t.wait_status("drives", &cd, "unmounted").await;
+    let (s, v) = t
+        .post(
+            "servers/",
+            json!({"objects": [{"name": "s", "cpu": 1000, "mem": 536870912, "vnc_password": "x",
+                "drives": [{"dev_channel": "0:0", "device": "virtio", "drive": disk, "boot_order": 1},
+                           {"dev_channel": "0:1", "device": "ide", "drive": {"uuid": cd}}]}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let u = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (s, _) = t.delete(&format!("servers/{u}/?recurse=cdroms")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        t.get(&format!("drives/{cd}/")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(t.get(&format!("drives/{disk}/")).await.0, StatusCode::OK);
+    let (s, v) = t.delete(&format!("servers/{u}/")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
