@@ -205,6 +205,8 @@ pub async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Response {
 /// A successful answer, rendered with the request id by [`handle`].
 enum Reply {
     Json(StatusCode, Vec<u8>),
+    /// Encoded after the state lock is released, so big listings serialize in parallel.
+    Lazy(Box<dyn FnOnce() -> serde_json::Result<Vec<u8>> + Send>),
     NoContent,
 }
 
@@ -212,6 +214,10 @@ impl Reply {
     fn into_response(self, rid: &str) -> Response {
         match self {
             Reply::Json(s, b) => json_response(s, b, rid),
+            Reply::Lazy(f) => match f() {
+                Ok(b) => json_response(StatusCode::OK, b, rid),
+                Err(e) => err(ApiError::backend(format!("cannot encode answer: {e}")), rid),
+            },
             Reply::NoContent => no_content(rid),
         }
     }
@@ -316,7 +322,7 @@ fn page_params(query: &Query) -> Result<Page, ApiError> {
 fn paginate<T, F, R>(items: &[T], p: &Page, render: F) -> Result<Reply, ApiError>
 where
     F: Fn(&T) -> R,
-    R: Serialize,
+    R: Serialize + Send + 'static,
 {
     let total = items.len() as u64;
     let start = p.offset.min(total) as usize;
@@ -338,7 +344,9 @@ where
                 objects: Vec<R>,
             }
             let objects: Vec<R> = items[start..end].iter().map(render).collect();
-            Reply::json(StatusCode::OK, &L { meta, objects })
+            Ok(Reply::Lazy(Box::new(move || {
+                serde_json::to_vec(&L { meta, objects })
+            })))
         }
         Some(fields) => {
             let objects: Vec<Value> = items[start..end]

@@ -153,4 +153,17 @@ impl BackendEvents {
             app.power_off(server_uuid);
         }
     }
+
+    /// The local image file registered for a library drive (`EmulatorConfig.extra_libdrives` or
+    /// `POST /admin/libdrives` with `image_path`), so a backend can materialise library clones.
+    pub fn library_image(&self, libdrive_uuid: &str) -> Option<PathBuf> {
+        let app = self.inner.upgrade()?;
+        let images = app.lib_images.lock().unwrap_or_else(|p| p.into_inner());
+        images.get(libdrive_uuid).cloned()
+    }
+
+    /// The current server context (what the serial socket serves for an empty key).
+    pub fn server_context(&self, server_uuid: &str) -> Option<serde_json::Value> {
+        self.inner.upgrade()?.server_context(server_uuid)
+    }
 }

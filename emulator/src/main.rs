@@ -46,6 +46,11 @@ struct Args {
     /// Transition durations.
     #[arg(long, value_enum, default_value = "realistic")]
     timings: TimingsArg,
+    /// Override one transition duration in milliseconds, e.g. `--timing server_start=500`
+    /// (keys: drive_create, drive_clone, drive_resize, server_start, server_stop, server_shutdown,
+    /// shutdown_timeout). Repeatable.
+    #[arg(long = "timing", value_name = "KEY=MS")]
+    timing: Vec<String>,
     /// Added latency per API request (ms).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -85,15 +90,31 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--global-context {kv:?} must be KEY=VALUE"))?;
         gc.insert(k.to_string(), v.to_string());
     }
+    let mut timings = match a.timings {
+        TimingsArg::Instant => Timings::instant(),
+        TimingsArg::Realistic => Timings::realistic(),
+    };
+    for kv in &a.timing {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--timing {kv:?} must be KEY=MS"))?;
+        let ms: u64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("--timing {kv:?}: {v:?} is not a number of milliseconds"))?;
+        let mut j = serde_json::to_value(timings)?;
+        let slot = j.get_mut(k.trim()).with_context(|| {
+            format!("--timing {kv:?}: unknown key {k:?} (known: drive_create, drive_clone, drive_resize, server_start, server_stop, server_shutdown, shutdown_timeout)")
+        })?;
+        *slot = serde_json::json!(ms);
+        timings = serde_json::from_value(j)?;
+    }
     let cfg = EmulatorConfig {
         listen: a.listen,
         username: a.user,
         password: a.password,
         token: a.token,
-        timings: match a.timings {
-            TimingsArg::Instant => Timings::instant(),
-            TimingsArg::Realistic => Timings::realistic(),
-        },
+        timings,
         state_file: a.state_file,
         context_dir: a.context_dir,
         context_pty: a.context_pty,

@@ -1826,7 +1826,9 @@ impl State {
                 to: DriveStatus::Unmounted,
             },
         );
-        if !is_lib {
+        // [D] cloning a drive mounted on a running server is allowed (a live copy); it keeps
+        // showing `mounted` instead of `cloning_src`.
+        if !is_lib && !self.is_mounted(src) {
             *self.clone_refs.entry(src.to_string()).or_insert(0) += 1;
             let back = if extra_src == DriveStatus::CloningSrc {
                 DriveStatus::Unmounted
