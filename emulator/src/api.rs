@@ -252,6 +252,8 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 fn create_items(body: &Bytes) -> Result<Vec<Value>, ApiError> {
     let v = parse_body(body)?;
     match v {
+        // [V docs drives.rst] "you can omit the {'objects': ...} and provide only the list"
+        Value::Array(a) if !a.is_empty() => Ok(a),
         Value::Object(mut o) => match o.remove("objects") {
             Some(Value::Array(a)) => {
                 if a.is_empty() {
@@ -461,12 +463,16 @@ async fn route(
             Method::POST if matches!(*res, "servers" | "drives" | "tags") => {
                 create(app, res, body).await
             }
+            // [V docs drives.rst "Multiple drives"] DELETE on the list with {"objects": [{"uuid"}]}
+            Method::DELETE if matches!(*res, "servers" | "drives") => {
+                bulk_delete(app, res, query, body).await
+            }
             _ => Err(method_not_allowed(
                 method,
-                if matches!(*res, "servers" | "drives" | "tags") {
-                    "GET, POST"
-                } else {
-                    "GET"
+                match *res {
+                    "servers" | "drives" => "GET, POST, DELETE",
+                    "tags" => "GET, POST",
+                    _ => "GET",
                 },
             )),
         },
@@ -808,6 +814,40 @@ async fn delete(app: &Arc<App>, res: &str, uuid: &str, query: &Query) -> Result<
         }
         _ => Err(ApiError::notexist("resource", res)),
     }
+}
+
+async fn bulk_delete(
+    app: &Arc<App>,
+    res: &str,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Reply, ApiError> {
+    let items = create_items(body)?;
+    let mut uuids = Vec::new();
+    for it in &items {
+        let u = crate::state::ref_uuid(it).ok_or_else(|| {
+            ApiError::validation(
+                "each object must be a uuid or {\"uuid\": ...}",
+                Some("objects"),
+            )
+        })?;
+        uuids.push(u);
+    }
+    // validate all first so one refusal deletes nothing
+    {
+        let st = app.lock();
+        for u in &uuids {
+            if res == "servers" {
+                st.plan_delete_server(u, q(query, "recurse"))?;
+            } else {
+                st.plan_delete_drive(u)?;
+            }
+        }
+    }
+    for u in &uuids {
+        delete(app, res, u, query).await?;
+    }
+    Ok(Reply::NoContent)
 }
 
 async fn action(

@@ -33,16 +33,17 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "validation", msg, point)
     }
     /// 404 `notexist`.
-    pub fn notexist(kind: &str, uuid: &str) -> ApiError {
+    /// [V Go SDK tests, pycloudsigma traces] exact wording; `_kind` is for readers only.
+    pub fn notexist(_kind: &str, uuid: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "notexist",
-            format!("Object {kind} with uuid {uuid} does not exist"),
+            format!("Object with uuid {uuid} does not exist"),
             None,
         )
     }
-    /// [V libcloud/Go SDK fixtures] refused state changes are `permission` errors; the status code
-    /// is 403 [D: the SDK maps 403 to PermissionError, which matches the error_type].
+    /// [V libcloud fixtures start_already_started/stop_already_stopped, Go SDK fixtures] refused
+    /// state changes are 403 with `error_type` `permission`.
     pub fn permission(msg: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "permission", msg, None)
     }

@@ -651,19 +651,14 @@ impl State {
             Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
             None => match existing {
                 Some(e) => e.name.clone(),
-                None => {
-                    return Err(ApiError::validation(
-                        "This field is required.",
-                        Some("name"),
-                    ))
-                }
+                None => return Err(ApiError::validation("This field is required", Some("name"))),
             },
         };
         let cpu = match get_u64(o, "cpu")? {
             Some(c) => c,
             None => match existing {
                 Some(e) => e.cpu,
-                None => return Err(ApiError::validation("This field is required.", Some("cpu"))),
+                None => return Err(ApiError::validation("This field is required", Some("cpu"))),
             },
         };
         // [D] per-location limits; typical: 250–100,000 MHz
@@ -677,7 +672,7 @@ impl State {
             Some(m) => m,
             None => match existing {
                 Some(e) => e.mem,
-                None => return Err(ApiError::validation("This field is required.", Some("mem"))),
+                None => return Err(ApiError::validation("This field is required", Some("mem"))),
             },
         };
         // [D] mem ≥ 256 MiB, ≤ 512 GiB
@@ -705,7 +700,7 @@ impl State {
                 // [D reference] vnc_password is required on create
                 None => {
                     return Err(ApiError::validation(
-                        "This field is required.",
+                        "This field is required",
                         Some("vnc_password"),
                     ))
                 }
@@ -818,6 +813,22 @@ impl State {
                     format!("device {device:?} is not one of virtio, ide, sata, scsi"),
                     Some("drives"),
                 ));
+            }
+            // [V docs servers.rst "Device channel"] ide: 0:0, 0:1, 1:0, 1:1 (2 controllers × 2
+            // units); virtio: units 0-5 per controller
+            if let Some((c, u)) = dev_channel.split_once(':') {
+                let (c, u) = (c.parse::<u32>().unwrap_or(0), u.parse::<u32>().unwrap_or(0));
+                let ok = match device.as_str() {
+                    "ide" => c <= 1 && u <= 1,
+                    "virtio" => u <= 5,
+                    _ => true,
+                };
+                if !ok {
+                    return Err(ApiError::validation(
+                        format!("dev_channel {dev_channel} is out of range for device {device} (ide: 0:0-1:1, virtio: units 0-5)"),
+                        Some("drives"),
+                    ));
+                }
             }
             let boot_order = get_u64(o, "boot_order")?.map(|b| b as u32);
             out.push(ServerDrive {
@@ -1467,24 +1478,14 @@ impl State {
             Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
             None => match existing {
                 Some(e) => e.name.clone(),
-                None => {
-                    return Err(ApiError::validation(
-                        "This field is required.",
-                        Some("name"),
-                    ))
-                }
+                None => return Err(ApiError::validation("This field is required", Some("name"))),
             },
         };
         let size = match get_u64(o, "size")? {
             Some(s) => s,
             None => match existing {
                 Some(e) => e.size,
-                None => {
-                    return Err(ApiError::validation(
-                        "This field is required.",
-                        Some("size"),
-                    ))
-                }
+                None => return Err(ApiError::validation("This field is required", Some("size"))),
             },
         };
         // [D] minimum drive size 1 MiB
@@ -1500,7 +1501,7 @@ impl State {
                 Some(e) => e.media.clone(),
                 None => {
                     return Err(ApiError::validation(
-                        "This field is required.",
+                        "This field is required",
                         Some("media"),
                     ))
                 }
@@ -1614,16 +1615,24 @@ impl State {
             .ok_or_else(|| ApiError::validation("Request body must be a JSON object", None))?;
         let existing = self.get_drive(uuid)?.clone();
         let (mut d, tags) = self.drive_from_body(o, Some(&existing))?;
+        if self.is_mounted(uuid) {
+            // [V docs drives.rst "Editing"] on a drive mounted on a running server only name,
+            // meta, tags and allow_multimount change; size, media etc. are silently ignored
+            // (the resize action is the "update or fail" variant).
+            let mut kept = existing.clone();
+            kept.name = d.name;
+            kept.meta = d.meta;
+            kept.allow_multimount = d.allow_multimount;
+            self.drives.insert(uuid.to_string(), kept);
+            self.set_resource_tags(uuid, &tags);
+            self.touch();
+            return Ok((self.render_drive(&self.drives[uuid]), false));
+        }
         let resizing = d.size != existing.size;
         if resizing {
+            // [V docs] "changing drive size might be a slow operation, and the drive cannot be
+            // used during the resizing": a PUT with a new size goes through `resizing`
             self.check_resizable(&existing, d.size)?;
-        }
-        if d.media != existing.media && self.is_mounted(uuid) {
-            return Err(ApiError::permission(format!(
-                "Cannot change media of drive {uuid} while it is mounted"
-            )));
-        }
-        if resizing {
             d.status = DriveStatus::Resizing;
             let gen = self.bump_gen(uuid);
             let after = self.timings.drive_resize;
@@ -1669,25 +1678,25 @@ impl State {
         Ok(())
     }
 
+    /// [V docs drives.rst "Resizing (Update or Fail)"] a full definition update (name, meta, ...
+    /// too) that fails instead of ignoring the size when the drive is mounted on a running server.
     pub fn resize_drive(&mut self, uuid: &str, body: &Value) -> Result<Drive, ApiError> {
-        let d = self.get_drive(uuid)?.clone();
-        let size = body
-            .as_object()
-            .map(|o| get_u64(o, "size"))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| {
-                ApiError::validation(
-                    "resize needs the drive definition with the new size",
-                    Some("size"),
-                )
-            })?;
-        self.check_resizable(&d, size)?;
-        let gen = self.bump_gen(uuid);
-        if let Some(d) = self.drives.get_mut(uuid) {
-            d.size = size;
-            d.status = DriveStatus::Resizing;
+        let existing = self.get_drive(uuid)?.clone();
+        let o = body.as_object().ok_or_else(|| {
+            ApiError::validation("Request body must be the drive definition", None)
+        })?;
+        if get_u64(o, "size")?.is_none() {
+            return Err(ApiError::validation(
+                "resize needs the drive definition with the new size",
+                Some("size"),
+            ));
         }
+        let (mut d, tags) = self.drive_from_body(o, Some(&existing))?;
+        self.check_resizable(&existing, d.size)?;
+        d.status = DriveStatus::Resizing;
+        let gen = self.bump_gen(uuid);
+        self.drives.insert(uuid.to_string(), d);
+        self.set_resource_tags(uuid, &tags);
         let after = self.timings.drive_resize;
         self.schedule(
             after,
@@ -1897,7 +1906,7 @@ impl State {
                 ApiError::validation(format!("objects[{i}] must be an object"), Some("objects"))
             })?;
             let name = get_str(o, "name")?
-                .ok_or_else(|| ApiError::validation("This field is required.", Some("name")))?;
+                .ok_or_else(|| ApiError::validation("This field is required", Some("name")))?;
             let resources = match o.get("resources") {
                 Some(v) if !v.is_null() => parse_refs(v, "resources")?,
                 _ => Vec::new(),

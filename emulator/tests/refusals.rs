@@ -212,7 +212,7 @@ async fn malformed_body_is_400_validation() {
 async fn wrong_method_is_405() {
     let t = instant().await;
     for (m, p) in [
-        (Method::DELETE, "servers/"),
+        (Method::DELETE, "tags/"),
         (Method::POST, "servers/detail/"),
         (Method::PUT, "libdrives/"),
         (Method::GET, "servers/x/action/"),
@@ -250,4 +250,88 @@ async fn every_answer_has_a_request_id() {
     assert!(h.get("x-request-id").unwrap().to_str().unwrap().len() >= 32);
     let (_, _, h) = t.req(Method::GET, "servers/nope/", None).await;
     assert!(h.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn notexist_message_matches_the_real_api() {
+    let t = instant().await;
+    let (_, v) = t.get("servers/472835d5-2bbb-4d87-9d08-7364bc373692/").await;
+    assert_eq!(
+        assert_error(&v, "notexist")["error_message"],
+        "Object with uuid 472835d5-2bbb-4d87-9d08-7364bc373692 does not exist"
+    );
+}
+
+#[tokio::test]
+async fn dev_channel_limits_are_enforced() {
+    let t = instant().await;
+    let d = t.create_drive("d", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (device, ch) in [("ide", "2:0"), ("ide", "0:2"), ("virtio", "0:6")] {
+        let (s, v) = t
+            .post(
+                "servers/",
+                json!({"objects": [{"name": "s", "cpu": 1000, "mem": 536870912, "vnc_password": "x",
+                    "drives": [{"dev_channel": ch, "device": device, "drive": d}]}]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{device} {ch}");
+        assert_eq!(assert_error(&v, "validation")["error_point"], "drives");
+    }
+}
+
+#[tokio::test]
+async fn put_on_mounted_drive_ignores_size_and_media() {
+    let t = instant().await;
+    let (_, d) = running_server(&t).await;
+    let (s, v) = t
+        .put(
+            &format!("drives/{d}/"),
+            json!({"name": "renamed", "size": 4u64 << 30, "media": "cdrom", "meta": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "renamed");
+    assert_eq!(v["meta"], json!({"k": "v"}));
+    assert_eq!(v["size"], json!(1u64 << 30), "size ignored while mounted");
+    assert_eq!(v["media"], "disk", "media ignored while mounted");
+    assert_eq!(v["status"], "mounted");
+}
+
+#[tokio::test]
+async fn bulk_delete_refuses_all_if_one_is_refused() {
+    let t = instant().await;
+    let (_, mounted) = running_server(&t).await;
+    let free = t.create_drive("free", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_status("drives", &free, "unmounted").await;
+    let (s, v, _) = t
+        .req(
+            Method::DELETE,
+            "drives/",
+            Some(json!({"objects": [{"uuid": free}, {"uuid": mounted}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(
+        t.get(&format!("drives/{free}/")).await.0,
+        StatusCode::OK,
+        "nothing deleted"
+    );
+    let (s, _, _) = t
+        .req(
+            Method::DELETE,
+            "drives/",
+            Some(json!({"objects": [{"uuid": free}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        t.get(&format!("drives/{free}/")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -284,3 +284,38 @@ async fn delete_recurse_variants() {
     let (s, v) = t.delete(&format!("servers/{u}/")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }
+
+#[tokio::test]
+async fn resize_action_is_a_full_definition_update() {
+    let t = instant().await;
+    let d = t.create_drive("old", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_status("drives", &d, "unmounted").await;
+    let (s, v) = t
+        .post(
+            &format!("drives/{d}/action/?do=resize"),
+            json!({"name": "new", "media": "disk", "size": 2u64 << 30, "meta": {"a": "b"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["objects"][0]["name"], "new");
+    assert_eq!(v["objects"][0]["meta"], json!({"a": "b"}));
+    let (s, v) = t
+        .post(
+            &format!("drives/{d}/action/?do=resize"),
+            json!({"name": "new"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "size is required: {v}");
+    // a bare list is accepted as a create body
+    let (s, v) = t
+        .post(
+            "drives/",
+            json!([{"name": "bare", "size": 1073741824u64, "media": "disk"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["objects"][0]["name"], "bare");
+}
