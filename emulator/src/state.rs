@@ -2062,6 +2062,8 @@ impl State {
             "grantees",
             "permissions",
             "jobs",
+            // [V dumps/response_context_all] the `context` flag itself is not in the context
+            "context",
         ] {
             m.remove(k);
         }
@@ -2077,8 +2079,19 @@ impl State {
                     let mut full =
                         serde_json::to_value(self.render_drive(drive)).unwrap_or(Value::Null);
                     if let Some(f) = full.as_object_mut() {
-                        f.remove("owner");
-                        f.remove("mounted_on");
+                        // [V dumps/response_context_all] the expanded drive carries exactly these
+                        const KEEP: [&str; 9] = [
+                            "uuid",
+                            "tags",
+                            "media",
+                            "name",
+                            "meta",
+                            "allow_multimount",
+                            "licenses",
+                            "affinities",
+                            "size",
+                        ];
+                        f.retain(|k, _| KEEP.contains(&k.as_str()));
                     }
                     obj.insert("drive".into(), full);
                 }
@@ -2113,7 +2126,10 @@ impl State {
                     ip.remove("owner");
                 }
                 if let Some(o) = nv.as_object_mut() {
+                    // [V dumps/response_context_all] NICs: boot_order, vlan, ip_v4_conf, mac,
+                    // model, ip_v6_conf — no runtime, no firewall_policy
                     o.remove("runtime");
+                    o.remove("firewall_policy");
                 }
                 nv
             })
@@ -2205,6 +2221,10 @@ fn default_server_extra() -> BTreeMap<String, Value> {
     m.insert("jobs".into(), json!([]));
     m.insert("permissions".into(), json!([]));
     m.insert("requirements".into(), json!([]));
+    // [D] present in the reference's list of context keys (newer API than the 2014 dumps);
+    // values are what a Linux KVM guest on CloudSigma reports
+    m.insert("hypervisor".into(), json!("kvm"));
+    m.insert("cpu_type".into(), json!("amd"));
     m
 }
 

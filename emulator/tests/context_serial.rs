@@ -46,6 +46,11 @@ fn line(ans: &[u8]) -> String {
 
 async fn setup(cfg: EmulatorConfig) -> (T, String) {
     let t = start(cfg).await;
+    let d = t.create_drive("root", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_status("drives", &d, "unmounted").await;
     t.admin(
         reqwest::Method::PUT,
         "global_context",
@@ -55,7 +60,7 @@ async fn setup(cfg: EmulatorConfig) -> (T, String) {
     let (s, v) = t
         .post(
             "servers/",
-            json!({"objects": [{"name": "node-\u{e9}1", "cpu": 2000, "mem": 1073741824u64, "vnc_password": "pw",
+            json!({"objects": [{"name": "node-\u{e9}1", "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": d}], "cpu": 2000, "mem": 1073741824u64, "vnc_password": "pw",
                 "meta": {"ssh_public_key": "ssh-ed25519 AAAA test", "base64_fields": "cloudinit-user-data", "cloudinit-user-data": "I2Nsb3VkLWNvbmZpZwo="},
                 "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio"}]}]}),
         )
@@ -92,6 +97,81 @@ async fn full_context_and_single_keys() {
     assert!(
         ctx["nics"][0]["ip_v4_conf"]["ip"].is_null(),
         "stopped: no address yet"
+    );
+    // top-level keys of dumps/response_context_all (plus pubkeys, hypervisor, cpu_type of the
+    // reference's newer key list)
+    let mut keys: Vec<&str> = ctx
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cpu",
+            "cpu_model",
+            "cpu_type",
+            "cpus_instead_of_cores",
+            "drives",
+            "enable_numa",
+            "global_context",
+            "hv_relaxed",
+            "hv_tsc",
+            "hypervisor",
+            "mem",
+            "meta",
+            "name",
+            "nics",
+            "pubkeys",
+            "requirements",
+            "smp",
+            "tags",
+            "uuid",
+            "vnc_password"
+        ]
+    );
+    let mut nic_keys: Vec<&str> = ctx["nics"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    nic_keys.sort();
+    assert_eq!(
+        nic_keys,
+        [
+            "boot_order",
+            "ip_v4_conf",
+            "ip_v6_conf",
+            "mac",
+            "model",
+            "vlan"
+        ]
+    );
+    let drive = &ctx["drives"][0];
+    assert_eq!(drive["dev_channel"], "0:0");
+    let mut dkeys: Vec<&str> = drive["drive"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    dkeys.sort();
+    assert_eq!(
+        dkeys,
+        [
+            "affinities",
+            "allow_multimount",
+            "licenses",
+            "media",
+            "meta",
+            "name",
+            "size",
+            "tags",
+            "uuid"
+        ]
     );
 
     assert_eq!(line(&ask(&mut s, "/name").await), "node-\\u00e91");
