@@ -590,14 +590,15 @@ fn list(app: &Arc<App>, res: &str, detail: bool, query: &Query) -> Result<Reply,
                         && eq(&os, &l.os)
                         && eq(&ver, &l.version)
                         && eq(&media, &Some(l.media.clone()))
-                        && eq(
-                            &cat,
-                            &l.extra
-                                .get("category")
-                                .and_then(|c| c.as_str().map(str::to_string))
-                                .or(Some(String::new()))
-                                .filter(|c| !c.is_empty()),
-                        )
+                        // [V dumps/response_libdrive_get] category is a list of strings
+                        && cat.as_ref().map_or(true, |want| {
+                            let have: Vec<&str> = match l.extra.get("category") {
+                                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                                Some(Value::String(c)) => vec![c.as_str()],
+                                _ => Vec::new(),
+                            };
+                            want.iter().any(|w| have.iter().any(|h| h.eq_ignore_ascii_case(w)))
+                        })
                 })
                 .collect();
             paginate(&items, &p, |l| st.render_libdrive(l))

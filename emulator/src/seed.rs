@@ -19,14 +19,22 @@ fn lib(
     default_user: Option<&str>,
     description: &str,
 ) -> LibDrive {
+    // [V dumps/response_libdrive_get] the fields a library drive carries besides the modelled ones
     let mut extra = BTreeMap::new();
-    extra.insert("licenses".into(), serde_json::json!([]));
-    extra.insert("paid".into(), serde_json::json!(false));
-    extra.insert("storage_type".into(), serde_json::json!("dssd"));
-    extra.insert("favorite".into(), serde_json::json!(false));
+    extra.insert("affinities".into(), serde_json::json!([]));
     extra.insert("allow_multimount".into(), serde_json::json!(false));
+    extra.insert("category".into(), serde_json::json!(["general"]));
+    extra.insert("favourite".into(), serde_json::json!(false));
+    extra.insert("install_notes".into(), serde_json::json!(""));
+    extra.insert("jobs".into(), serde_json::json!([]));
+    extra.insert("licenses".into(), serde_json::json!([]));
+    extra.insert("meta".into(), serde_json::json!({}));
     extra.insert("mounted_on".into(), serde_json::json!([]));
     extra.insert("owner".into(), serde_json::Value::Null);
+    extra.insert("paid".into(), serde_json::json!(false));
+    extra.insert("storage_type".into(), serde_json::json!("dssd"));
+    extra.insert("tags".into(), serde_json::json!([]));
+    extra.insert("url".into(), serde_json::json!(""));
     LibDrive {
         uuid: uuid.into(),
         name: name.into(),

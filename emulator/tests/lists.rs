@@ -113,10 +113,47 @@ async fn libdrive_filters_and_clone_into_account() {
     assert_eq!(lib["name"], "Ubuntu 24.04 LTS");
     assert_eq!(lib["default_user"], "cloudsigma");
     assert_eq!(lib["size"], json!(10u64 << 30));
+    // the fields of dumps/response_libdrive_get
+    for k in [
+        "affinities",
+        "allow_multimount",
+        "arch",
+        "category",
+        "description",
+        "distribution",
+        "favourite",
+        "image_type",
+        "install_notes",
+        "jobs",
+        "licenses",
+        "media",
+        "meta",
+        "mounted_on",
+        "name",
+        "os",
+        "owner",
+        "paid",
+        "resource_uri",
+        "size",
+        "status",
+        "storage_type",
+        "tags",
+        "url",
+        "uuid",
+        "version",
+    ] {
+        assert!(lib.get(k).is_some(), "libdrive lacks {k}");
+    }
+    assert_eq!(lib["status"], "unmounted");
+    assert!(lib["category"].is_array());
     let (_, v) = t.get("libdrives/?name__icontains=debian").await;
     assert_eq!(v["meta"]["total_count"], 1);
     let (_, v) = t.get("libdrives/?image_type=install").await;
     assert_eq!(v["objects"][0]["media"], "cdrom");
+    let (_, v) = t.get("libdrives/?category=general&limit=0").await;
+    assert!(v["meta"]["total_count"].as_u64().unwrap() >= 3, "{v}");
+    let (_, v) = t.get("libdrives/?category=dbserver").await;
+    assert_eq!(v["meta"]["total_count"], 0);
     let (_, v) = t.get("libdrives/?os=windows").await;
     assert_eq!(v["meta"]["total_count"], 0);
     // clone through /drives/{lib}/action/ too, with library fields copied into meta
