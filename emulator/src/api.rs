@@ -604,18 +604,19 @@ fn list(app: &Arc<App>, res: &str, detail: bool, query: &Query) -> Result<Reply,
             paginate(&items, &p, |l| st.render_libdrive(l))
         }
         "ips" => {
-            let items: Vec<&cloudsigma_api::Ip> = st
-                .ips
-                .values()
+            let items: Vec<cloudsigma_api::Ip> = st
+                .all_ips()
+                .into_iter()
                 .filter(|i| f.pass(&st, &i.uuid, &i.uuid, ""))
                 .collect();
             if detail {
-                paginate(&items, &p, |i| st.render_ip(i))
+                paginate(&items, &p, |i| i.clone())
             } else {
+                // [V dumps/response_ip_list] short form
                 paginate(
                     &items,
                     &p,
-                    |i| json!({"owner": crate::state::owner_ref(), "resource_uri": format!("/api/2.0/ips/{}/", i.uuid), "uuid": i.uuid}),
+                    |i| json!({"owner": crate::state::owner_ref(), "resource_uri": format!("/api/2.0/ips/{}/", i.uuid), "server": i.server, "uuid": i.uuid}),
                 )
             }
         }
@@ -668,10 +669,11 @@ fn get_one(app: &Arc<App>, res: &str, uuid: &str) -> Result<Reply, ApiError> {
         }
         "ips" => {
             let i = st
-                .ips
-                .get(uuid)
+                .all_ips()
+                .into_iter()
+                .find(|i| i.uuid == uuid)
                 .ok_or_else(|| ApiError::notexist("ip", uuid))?;
-            Reply::json(StatusCode::OK, &st.render_ip(i))
+            Reply::json(StatusCode::OK, &i)
         }
         "vlans" => {
             let v = st

@@ -111,7 +111,18 @@ pub fn default_library() -> Vec<LibDrive> {
 }
 
 pub fn seed_network(st: &mut State) {
-    for addr in ["203.0.113.200", "203.0.113.201"] {
+    // [V dumps/response_ip_get, response_vlan_get] grantees, permissions, subscription
+    let sub = |id: u32| {
+        let mut extra = BTreeMap::new();
+        extra.insert("grantees".into(), serde_json::json!([]));
+        extra.insert("permissions".into(), serde_json::json!([]));
+        extra.insert(
+            "subscription".into(),
+            serde_json::json!({"id": id, "resource_uri": format!("/api/2.0/subscriptions/{id}/")}),
+        );
+        extra
+    };
+    for (i, addr) in ["203.0.113.200", "203.0.113.201"].into_iter().enumerate() {
         st.ips.insert(
             addr.into(),
             Ip {
@@ -123,14 +134,17 @@ pub fn seed_network(st: &mut State) {
                 meta: Meta::new(),
                 tags: Vec::new(),
                 resource_uri: None,
-                extra: BTreeMap::new(),
+                extra: sub(7000 + i as u32),
             },
         );
     }
-    for (uuid, name) in [
+    for (i, (uuid, name)) in [
         ("5e0a1a7e-3b7d-4c1e-8f00-0000000c0001", "private-a"),
         ("5e0a1a7e-3b7d-4c1e-8f00-0000000c0002", "private-b"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut meta = Meta::new();
         meta.insert("name".into(), name.into());
         st.vlans.insert(
@@ -141,7 +155,7 @@ pub fn seed_network(st: &mut State) {
                 meta,
                 tags: Vec::new(),
                 resource_uri: None,
-                extra: BTreeMap::new(),
+                extra: sub(7100 + i as u32),
             },
         );
     }

@@ -451,6 +451,34 @@ impl State {
         out
     }
 
+    /// [V docs networking.rst] "The list of IPs includes the IPs that are owned (subscribed to)
+    /// by the user, and the IPs which are dynamically assigned to user's guests" — the latter
+    /// without a subscription. Subscribed first (in order), then dynamic ones sorted by address.
+    pub fn all_ips(&self) -> Vec<Ip> {
+        let mut out: Vec<Ip> = self.ips.values().map(|i| self.render_ip(i)).collect();
+        let mut dynamic: Vec<(&String, &String)> = self
+            .used_ips
+            .iter()
+            .filter(|(a, _)| !self.ips.contains_key(*a))
+            .collect();
+        dynamic.sort();
+        for (addr, server) in dynamic {
+            let mut ip = self.context_ip(addr);
+            ip.resource_uri = Some(format!("/api/2.0/ips/{addr}/"));
+            ip.server = Some(Ref::to_resource("servers", server));
+            ip.tags = self.tag_refs(addr);
+            ip.extra.insert(
+                "owner".into(),
+                serde_json::to_value(owner_ref()).unwrap_or(Value::Null),
+            );
+            ip.extra.insert("grantees".into(), json!([]));
+            ip.extra.insert("permissions".into(), json!([]));
+            ip.extra.insert("subscription".into(), Value::Null);
+            out.push(ip);
+        }
+        out
+    }
+
     pub fn render_vlan(&self, v: &Vlan) -> Vlan {
         let mut out = v.clone();
         out.tags = self.tag_refs(&v.uuid);

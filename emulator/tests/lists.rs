@@ -198,6 +198,22 @@ async fn ips_and_vlans_are_seeded() {
     assert!(v["meta"]["total_count"].as_u64().unwrap() >= 2);
     let ip = v["objects"][0]["uuid"].as_str().unwrap().to_string();
     assert_eq!(v["objects"][0]["netmask"], 24);
+    for k in [
+        "gateway",
+        "grantees",
+        "meta",
+        "nameservers",
+        "netmask",
+        "owner",
+        "permissions",
+        "resource_uri",
+        "server",
+        "subscription",
+        "tags",
+        "uuid",
+    ] {
+        assert!(v["objects"][0].get(k).is_some(), "ip lacks {k}");
+    }
     let (_, v) = t.get("vlans/detail/").await;
     let vlan = v["objects"][0]["uuid"].as_str().unwrap().to_string();
     // a server with a static IP and a VLAN NIC shows in both
@@ -219,6 +235,37 @@ async fn ips_and_vlans_are_seeded() {
     let (_, v) = t.get(&format!("servers/{u}/")).await;
     assert_eq!(v["nics"][0]["runtime"]["ip_v4"]["uuid"], ip.as_str());
     assert_eq!(v["nics"][1]["runtime"]["interface_type"], "private");
+    // [V docs] the IP list also shows dynamically assigned (NAT) addresses
+    let dynamic = t.create_server("dyn", None).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.action("servers", &dynamic, "start").await;
+    t.wait_status("servers", &dynamic, "running").await;
+    let (_, sv) = t.get(&format!("servers/{dynamic}/")).await;
+    let nat = sv["nics"][0]["runtime"]["ip_v4"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = t.get("ips/?limit=0").await;
+    let entry = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uuid"] == nat.as_str())
+        .expect("NAT ip listed");
+    assert_eq!(entry["server"]["uuid"], dynamic.as_str());
+    let (s, v) = t.get(&format!("ips/{nat}/")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["subscription"].is_null());
+    assert_eq!(v["netmask"], 24);
+    t.action("servers", &dynamic, "stop").await;
+    t.wait_status("servers", &dynamic, "stopped").await;
+    assert_eq!(
+        t.get(&format!("ips/{nat}/")).await.0,
+        StatusCode::NOT_FOUND,
+        "released on stop"
+    );
     assert!(v["nics"][1]["runtime"]["ip_v4"].is_null());
     // the same static IP cannot go to a second server
     let (s, v) = t
