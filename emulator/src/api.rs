@@ -503,6 +503,20 @@ async fn route(
             Method::POST => action(app, res, uuid, query, body).await,
             _ => Err(method_not_allowed(method, "POST")),
         },
+        // [V docs server_context.rst "Global context"] GET / POST /global_context/ with a flat
+        // object; the answer is the resulting global context. [D] POST (and PUT) replace it
+        // wholesale, like `meta`.
+        ["global_context"] => match *method {
+            Method::GET => Reply::json(StatusCode::OK, &app.lock().global_context),
+            Method::POST | Method::PUT => {
+                let m = crate::state::parse_meta(&parse_body(body)?)?;
+                let mut st = app.lock();
+                st.global_context = m;
+                st.touch();
+                Reply::json(StatusCode::OK, &st.global_context)
+            }
+            _ => Err(method_not_allowed(method, "GET, POST, PUT")),
+        },
         ["servers", uuid, "runtime"] => match *method {
             Method::GET => {
                 let st = app.lock();

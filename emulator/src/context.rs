@@ -22,18 +22,23 @@ pub fn parse_request(buf: &[u8]) -> Option<(String, usize)> {
     let mut start = 0;
     loop {
         let lt = buf[start..].iter().position(|&b| b == b'<')? + start;
-        if lt + 1 >= buf.len() {
+        // [V docs server_context.rst] "The newline can be either CRLF or just LF"
+        let after = if buf.get(lt + 1) == Some(&b'\n') {
+            lt + 2
+        } else if buf.get(lt + 1) == Some(&b'\r') && buf.get(lt + 2) == Some(&b'\n') {
+            lt + 3
+        } else if lt + 2 >= buf.len() {
+            // maybe incomplete ("<" or "<\r" at the end): wait for more bytes
             return None;
-        }
-        if buf[lt + 1] != b'\n' {
+        } else {
             start = lt + 1;
             continue;
-        }
-        let body = &buf[lt + 2..];
-        // the key ends at "\n>"
+        };
+        let body = buf.get(after..)?;
+        // the key ends at "\n>" (a preceding "\r" is trimmed with the key)
         let end = body.windows(2).position(|w| w == b"\n>")?;
         let key = String::from_utf8_lossy(&body[..end]).trim().to_string();
-        return Some((key, lt + 2 + end + 2));
+        return Some((key, after + end + 2));
     }
 }
 
@@ -259,6 +264,10 @@ mod tests {
         );
         assert_eq!(parse_request(b"<\n/na"), None);
         assert_eq!(parse_request(b"<x<\n/a\n>"), Some(("/a".into(), 8)));
+        assert_eq!(parse_request(b"<\r\n\r\n>"), Some((String::new(), 6)));
+        assert_eq!(parse_request(b"<\r\nname\r\n>"), Some(("name".into(), 10)));
+        assert_eq!(parse_request(b"<"), None);
+        assert_eq!(parse_request(b"<\r"), None);
     }
 
     #[test]

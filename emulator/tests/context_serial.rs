@@ -282,3 +282,42 @@ async fn pty_answers_too() {
     let ans = read_answer(&mut f).await;
     assert_eq!(line(&ans), "node-\\u00e91");
 }
+
+#[tokio::test]
+async fn crlf_requests_and_keys_without_slash() {
+    let (t, u) = setup(EmulatorConfig::for_tests()).await;
+    let mut s = UnixStream::connect(t.emu.context_socket(&u)).await.unwrap();
+    // [V docs] "The newline can be either CRLF or just LF"; "<\nname\n>" works without a slash
+    s.write_all(b"<\r\nname\r\n>").await.unwrap();
+    assert_eq!(line(&read_answer(&mut s).await), "node-\\u00e91");
+    s.write_all(b"<\r\n\r\n>").await.unwrap();
+    let all: Value = serde_json::from_str(&line(&read_answer(&mut s).await)).unwrap();
+    assert_eq!(all["uuid"], u.as_str());
+    assert_eq!(line(&ask(&mut s, "nics/0/model").await), "virtio");
+}
+
+#[tokio::test]
+async fn global_context_via_api_shows_in_context() {
+    let (t, u) = setup(EmulatorConfig::for_tests()).await;
+    let (s, v) = t
+        .post(
+            "global_context/",
+            json!({"new_global_key": "new_global_val"}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"new_global_key": "new_global_val"}));
+    let (_, v) = t.get("global_context/").await;
+    assert_eq!(v, json!({"new_global_key": "new_global_val"}));
+    let mut sock = UnixStream::connect(t.emu.context_socket(&u)).await.unwrap();
+    assert_eq!(
+        line(&ask(&mut sock, "/global_context/new_global_key").await),
+        "new_global_val"
+    );
+    // meta edits on a running server are visible immediately [V docs release notes]
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    t.put(&format!("servers/{u}/"), json!({"meta": {"fresh": "yes"}}))
+        .await;
+    assert_eq!(line(&ask(&mut sock, "/meta/fresh").await), "yes");
+}
