@@ -145,14 +145,31 @@ impl Counters {
 }
 
 /// `/api/2.0/servers/<uuid>/action/` → `/api/2.0/servers/{uuid}/action/`: the second segment
-/// after `/api/2.0/` is an id unless it is `detail`.
+/// after `/api/2.0/` is an id unless it is `detail`. Unknown resources and paths outside the API
+/// collapse into `{other}` so random URLs cannot grow the counter map without bound.
 pub fn normalize(path: &str) -> String {
+    const KNOWN: [&str; 7] = [
+        "servers",
+        "drives",
+        "libdrives",
+        "ips",
+        "vlans",
+        "tags",
+        "global_context",
+    ];
     let Some(rest) = path.strip_prefix("/api/2.0") else {
-        return path.to_string();
+        return "/{other}".to_string();
     };
     let mut out = String::from("/api/2.0/");
     for (i, seg) in rest.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if i == 0 && !KNOWN.contains(&seg) {
+            out.push_str("{other}/");
+            break;
+        }
         if i == 1 && seg != "detail" {
+            out.push_str("{uuid}");
+        } else if i >= 2 && seg.len() > 32 {
+            // an id in a sub-resource position (not emulated anyway)
             out.push_str("{uuid}");
         } else {
             out.push_str(seg);
@@ -176,6 +193,12 @@ mod tests {
             "/api/2.0/servers/detail/"
         );
         assert_eq!(normalize("/api/2.0/ips/1.2.3.4/"), "/api/2.0/ips/{uuid}/");
+        assert_eq!(normalize("/api/2.0/whatever123/x/y/"), "/api/2.0/{other}/");
+        assert_eq!(normalize("/favicon.ico"), "/{other}");
+        assert_eq!(
+            normalize("/api/2.0/tags/t/servers/"),
+            "/api/2.0/tags/{uuid}/servers/"
+        );
     }
     #[test]
     fn once_rule_matching() {
