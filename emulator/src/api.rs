@@ -770,25 +770,24 @@ async fn update(app: &Arc<App>, res: &str, uuid: &str, body: &Bytes) -> Result<R
                 Some(t) if !t.is_null() => Some(crate::state::parse_refs(t, "tags")?),
                 _ => None,
             };
-            if res == "ips" {
-                let ip = st
-                    .ips
-                    .get_mut(uuid)
-                    .ok_or_else(|| ApiError::notexist("ip", uuid))?;
-                if let Some(m) = meta {
-                    ip.meta = m;
-                }
+            let exists = if res == "ips" {
+                st.ips.contains_key(uuid)
             } else {
-                let vl = st
-                    .vlans
-                    .get_mut(uuid)
-                    .ok_or_else(|| ApiError::notexist("vlan", uuid))?;
-                if let Some(m) = meta {
-                    vl.meta = m;
-                }
+                st.vlans.contains_key(uuid)
+            };
+            if !exists {
+                return Err(ApiError::notexist(res, uuid));
             }
+            // tags first: they are the only part that can be refused, so a refusal changes nothing
             if let Some(t) = tags {
                 st.set_tags_public(uuid, &t)?;
+            }
+            if let Some(m) = meta {
+                if let Some(ip) = st.ips.get_mut(uuid) {
+                    ip.meta = m;
+                } else if let Some(vl) = st.vlans.get_mut(uuid) {
+                    vl.meta = m;
+                }
             }
             st.touch();
             if res == "ips" {

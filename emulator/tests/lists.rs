@@ -274,3 +274,47 @@ async fn ips_and_vlans_are_seeded() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(assert_error(&v, "validation")["error_point"], "nics");
 }
+
+#[tokio::test]
+async fn ip_and_vlan_meta_and_tags_are_editable() {
+    let t = instant().await;
+    let (_, v) = t.get("ips/").await;
+    let ip = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (_, v) = t.get("vlans/").await;
+    let vlan = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .put(&format!("ips/{ip}/"), json!({"meta": {"role": "ingress"}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["meta"], json!({"role": "ingress"}));
+    let (s, v) = t
+        .put(
+            &format!("ips/{ip}/"),
+            json!({"meta": {"role": "changed"}, "tags": ["00000000-0000-4000-8000-000000000000"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, v) = t.get(&format!("ips/{ip}/")).await;
+    assert_eq!(
+        v["meta"],
+        json!({"role": "ingress"}),
+        "a refused PUT changes nothing"
+    );
+    let (_, tag) = t.post("tags/", json!({"objects": [{"name": "net"}]})).await;
+    let tag = tag["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .put(
+            &format!("vlans/{vlan}/"),
+            json!({"meta": {"name": "cluster"}, "tags": [tag]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["tags"][0]["uuid"], tag.as_str());
+    let (_, v) = t.get(&format!("tags/{tag}/vlans/")).await;
+    assert_eq!(v["objects"][0]["uuid"], vlan.as_str());
+    assert_eq!(v["objects"][0]["meta"]["name"], "cluster");
+    assert_eq!(
+        t.put("ips/192.0.2.1/", json!({"meta": {}})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
