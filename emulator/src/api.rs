@@ -924,8 +924,24 @@ async fn action(
             }
             action_reply("restart", uuid)
         }
+        ("servers", "clone") => {
+            let (server, cloned) = app.lock().clone_server(uuid, &v)?;
+            for (src, dst, size) in &cloned {
+                if let Err(e) = app.backend.drive_cloned(src, false, dst, *size).await {
+                    let mut st = app.lock();
+                    for (_, d, _) in &cloned {
+                        st.delete_drive(d);
+                    }
+                    st.delete_server(&server.uuid, &[]);
+                    return Err(ApiError::backend(format!("Backend could not clone drive {src} of server {uuid}: {e}")));
+                }
+            }
+            app.contexts.open(app, &server.uuid);
+            // [V dumps/response_server_clone] 202 with the new server (no envelope)
+            Reply::json(StatusCode::ACCEPTED, &server)
+        }
         ("servers", other) => Err(ApiError::validation(
-            format!("Action {other:?} is not supported on servers (emulated: start, stop, shutdown, restart)"),
+            format!("Action {other:?} is not supported on servers (emulated: start, stop, shutdown, restart, clone)"),
             Some("do"),
         )),
         ("drives" | "libdrives", "clone") => {

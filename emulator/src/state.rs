@@ -1364,6 +1364,114 @@ impl State {
         })
     }
 
+    /// `POST /servers/{uuid}/action/?do=clone` [V docs servers.rst "Cloning"]: disks are cloned
+    /// and attached to the new server, cdroms attached as they are, IPs set to DHCP, everything
+    /// else equal; optional body `name`, `random_vnc_password`. Answers the new (stopped) server.
+    /// [D] the clone gets fresh MACs, no tags, and a clone name defaults to the source name
+    /// (clone_naming profile `NONE`, the documented default).
+    pub fn clone_server(
+        &mut self,
+        uuid: &str,
+        body: &Value,
+    ) -> Result<(Server, Vec<(String, String, u64)>), ApiError> {
+        let o = match body {
+            Value::Object(o) => o.clone(),
+            Value::Null => Map::new(),
+            _ => {
+                return Err(ApiError::validation(
+                    "Request body must be a JSON object",
+                    None,
+                ))
+            }
+        };
+        let src = self.get_server(uuid)?.clone();
+        let name = match get_str(&o, "name")? {
+            Some(n) if n.trim().is_empty() => {
+                return Err(ApiError::validation("name must not be empty", Some("name")))
+            }
+            Some(n) => n,
+            None => src.name.clone(),
+        };
+        let random_vnc = matches!(o.get("random_vnc_password"), Some(Value::Bool(true)));
+        // check every disk first so a refusal clones nothing
+        for d in &src.drives {
+            if let Some(drive) = self.drives.get(d.drive.uuid()) {
+                if drive.media == "disk"
+                    && !matches!(
+                        drive.status,
+                        DriveStatus::Unmounted | DriveStatus::CloningSrc
+                    )
+                {
+                    return Err(ApiError::permission(format!(
+                        "Cannot clone server {uuid}: drive {} is in state \"{}\"",
+                        drive.uuid, drive.status
+                    )));
+                }
+            }
+        }
+        let mut cloned = Vec::new();
+        let mut drives = Vec::new();
+        for d in &src.drives {
+            let du = d.drive.uuid().to_string();
+            let media = self
+                .drives
+                .get(&du)
+                .map(|x| x.media.clone())
+                .unwrap_or_default();
+            let mut nd = d.clone();
+            if media == "disk" {
+                let (new_drive, _) = self.clone_drive(&du, &json!({}))?;
+                cloned.push((du, new_drive.uuid.clone(), new_drive.size));
+                nd.drive = Ref::to_resource("drives", &new_drive.uuid);
+            }
+            drives.push(nd);
+        }
+        let mut nics = Vec::new();
+        for n in &src.nics {
+            let mut n = n.clone();
+            n.mac = Some(self.new_mac());
+            n.runtime = None;
+            if let Some(c) = n.ip_v4_conf.as_mut() {
+                if c.conf == IpConfMode::Static {
+                    c.conf = IpConfMode::Dhcp;
+                    c.ip = None;
+                }
+            }
+            nics.push(n);
+        }
+        let new_uuid_ = new_uuid();
+        let mut extra = src.extra.clone();
+        let job = new_uuid();
+        extra.insert(
+            "jobs".into(),
+            json!([{"resource_uri": format!("/api/2.0/jobs/{job}/"), "uuid": job}]),
+        );
+        let vnc_password = if random_vnc {
+            let b: [u8; 6] = rand::random();
+            Some(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        } else {
+            src.vnc_password.clone()
+        };
+        let server = Server {
+            uuid: new_uuid_.clone(),
+            name,
+            status: ServerStatus::Stopped,
+            vnc_password,
+            drives,
+            nics,
+            tags: Vec::new(),
+            runtime: None,
+            resource_uri: None,
+            owner: None,
+            extra,
+            ..src
+        };
+        self.attach_drives(&new_uuid_, &server.drives);
+        self.servers.insert(new_uuid_.clone(), server);
+        self.touch();
+        Ok((self.render_server(&self.servers[&new_uuid_]), cloned))
+    }
+
     /// The backend refused to start: back to stopped.
     pub fn abort_start(&mut self, uuid: &str) {
         self.bump_gen(uuid);

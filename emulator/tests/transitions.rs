@@ -319,3 +319,65 @@ async fn resize_action_is_a_full_definition_update() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["objects"][0]["name"], "bare");
 }
+
+#[tokio::test]
+async fn server_clone_clones_disks_and_attaches_cdroms() {
+    let t = instant().await;
+    let disk = t.create_drive("disk", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = t
+        .post(
+            "drives/",
+            json!({"objects": [{"name": "cd", "size": 1073741824u64, "media": "cdrom"}]}),
+        )
+        .await;
+    let cd = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    t.wait_status("drives", &disk, "unmounted").await;
+    t.wait_status("drives", &cd, "unmounted").await;
+    let (_, ips) = t.get("ips/").await;
+    let ip = ips["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .post(
+            "servers/",
+            json!({"objects": [{"name": "src", "cpu": 1000, "mem": 536870912, "vnc_password": "x", "meta": {"k": "v"},
+                "drives": [{"dev_channel": "0:0", "device": "virtio", "drive": disk}, {"dev_channel": "0:1", "device": "virtio", "drive": cd}],
+                "nics": [{"ip_v4_conf": {"conf": "static", "ip": ip}}]}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let src = v["objects"][0].clone();
+    let (s, c) = t
+        .post(
+            &format!("servers/{}/action/?do=clone", src["uuid"].as_str().unwrap()),
+            json!({"name": "copy", "random_vnc_password": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{c}");
+    assert_eq!(c["name"], "copy");
+    assert_eq!(c["status"], "stopped");
+    assert_ne!(c["vnc_password"], "x");
+    assert_eq!(c["meta"], json!({"k": "v"}));
+    assert_ne!(
+        c["drives"][0]["drive"]["uuid"],
+        disk.as_str(),
+        "disk cloned"
+    );
+    assert_eq!(
+        c["drives"][1]["drive"]["uuid"],
+        cd.as_str(),
+        "cdrom attached as is"
+    );
+    assert_eq!(
+        c["nics"][0]["ip_v4_conf"]["conf"], "dhcp",
+        "IPs set to DHCP"
+    );
+    assert_ne!(c["nics"][0]["mac"], src["nics"][0]["mac"]);
+    let new_disk = c["drives"][0]["drive"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(t.status("drives", &new_disk).await, "unmounted");
+    assert!(t.emu.context_socket(c["uuid"].as_str().unwrap()).exists());
+}
