@@ -182,3 +182,58 @@ async fn paths_without_trailing_slash_are_accepted() {
     let (s, _) = t.get("libdrives").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn every_detail_listing_parses_into_the_api_models() {
+    let t = instant().await;
+    let d = t.create_drive("d", 1 << 30).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_status("drives", &d, "unmounted").await;
+    let u = t.create_server("s", Some(&d)).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.post(
+        "tags/",
+        serde_json::json!({"objects": [{"name": "x", "resources": [u, d]}]}),
+    )
+    .await;
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    let (_, v) = t.get("servers/detail/?limit=0").await;
+    let _: cloudsigma_api::ListResponse<cloudsigma_api::Server> =
+        serde_json::from_value(v).expect("servers");
+    let (_, v) = t.get("drives/detail/?limit=0").await;
+    let _: cloudsigma_api::ListResponse<cloudsigma_api::Drive> =
+        serde_json::from_value(v).expect("drives");
+    let (_, v) = t.get("libdrives/?limit=0").await;
+    let _: cloudsigma_api::ListResponse<cloudsigma_api::LibDrive> =
+        serde_json::from_value(v).expect("libdrives");
+    let (_, v) = t.get("ips/detail/?limit=0").await;
+    let l: cloudsigma_api::ListResponse<cloudsigma_api::Ip> =
+        serde_json::from_value(v).expect("ips");
+    assert!(l.objects.len() >= 3, "two subscribed + one NAT address");
+    let (_, v) = t.get("vlans/detail/?limit=0").await;
+    let _: cloudsigma_api::ListResponse<cloudsigma_api::Vlan> =
+        serde_json::from_value(v).expect("vlans");
+    let (_, v) = t.get("tags/detail/?limit=0").await;
+    let tags: cloudsigma_api::ListResponse<cloudsigma_api::Tag> =
+        serde_json::from_value(v).expect("tags");
+    assert_eq!(tags.objects[0].resources.len(), 2);
+    let (_, v) = t
+        .post(
+            &format!("servers/{u}/action/?do=stop"),
+            serde_json::json!({}),
+        )
+        .await;
+    let _: cloudsigma_api::ActionResult = serde_json::from_value(v).expect("action result");
+    // the server context parses into the context model
+    let ctx = t
+        .admin(reqwest::Method::GET, &format!("servers/{u}/context"), None)
+        .await
+        .1;
+    let c: cloudsigma_api::ServerContext = serde_json::from_value(ctx).expect("context");
+    assert_eq!(c.uuid, u);
+}
