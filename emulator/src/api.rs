@@ -605,7 +605,7 @@ fn list(app: &Arc<App>, res: &str, detail: bool, query: &Query) -> Result<Reply,
                         && eq(&ver, &l.version)
                         && eq(&media, &Some(l.media.clone()))
                         // [V dumps/response_libdrive_get] category is a list of strings
-                        && cat.as_ref().map_or(true, |want| {
+                        && cat.as_ref().is_none_or(|want| {
                             let have: Vec<&str> = match l.extra.get("category") {
                                 Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
                                 Some(Value::String(c)) => vec![c.as_str()],

@@ -7,6 +7,7 @@ use crate::state::{State, NAMESERVERS};
 
 const GIB: u64 = 1 << 30;
 
+#[allow(clippy::too_many_arguments)] // a table of seed rows reads best as positional columns
 fn lib(
     uuid: &str,
     name: &str,

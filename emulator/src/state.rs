@@ -106,6 +106,9 @@ pub struct State {
     pub version: u64,
 }
 
+/// (source drive, new drive, size) of a drive cloned along with a server.
+pub type ClonedDrive = (String, String, u64);
+
 /// What `start` needs the app to do after the state changed (call the backend).
 pub struct StartPlan {
     pub spec: crate::backend::StartSpec,
@@ -1373,7 +1376,7 @@ impl State {
         &mut self,
         uuid: &str,
         body: &Value,
-    ) -> Result<(Server, Vec<(String, String, u64)>), ApiError> {
+    ) -> Result<(Server, Vec<ClonedDrive>), ApiError> {
         let o = match body {
             Value::Object(o) => o.clone(),
             Value::Null => Map::new(),

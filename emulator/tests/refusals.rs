@@ -122,7 +122,7 @@ async fn unknown_uuid_is_404_notexist() {
         format!("drives/{ghost}/"),
         format!("libdrives/{ghost}/"),
         format!("tags/{ghost}/"),
-        format!("ips/192.0.2.99/"),
+        "ips/192.0.2.99/".to_string(),
         format!("vlans/{ghost}/"),
         format!("servers/{ghost}/runtime/"),
     ] {
