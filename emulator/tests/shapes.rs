@@ -87,6 +87,8 @@ async fn running_server_matches_reference_dump() {
     assert!(nic["vlan"].is_null());
     assert_eq!(nic["model"], "virtio");
     assert_eq!(nic["runtime"]["interface_type"], "public");
+    assert!(nic["runtime"]["ip_v6"].is_null() && nic["runtime"].get("ip_v6").is_some());
+    assert_eq!(nic["runtime"]["io"]["bytes_recv"], 0);
     let ip = nic["runtime"]["ip_v4"]["uuid"].as_str().unwrap();
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
     is_resource_ref(&nic["runtime"]["ip_v4"], "ips");
