@@ -15,6 +15,25 @@ use crate::faults::OnceRule;
 
 type R = (StatusCode, Json<Value>);
 
+/// A JSON body regardless of `Content-Type` (so `curl -d '{...}'` works without `-H`);
+/// an empty body is `null`.
+pub struct AnyJson(pub Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for AnyJson {
+    type Rejection = R;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(AnyJson(Value::Null));
+        }
+        serde_json::from_slice(&bytes)
+            .map(AnyJson)
+            .map_err(|e| bad(format!("body is not valid JSON: {e}")))
+    }
+}
+
 fn bad(msg: String) -> R {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg})))
 }
@@ -82,7 +101,7 @@ async fn faults_get(AxState(app): AxState<Arc<App>>) -> R {
 }
 
 /// Partial update: only the fields present change.
-async fn faults_put(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
+async fn faults_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     let Some(o) = v.as_object() else {
         return bad("body must be a JSON object".into());
     };
@@ -128,7 +147,7 @@ async fn once_get(AxState(app): AxState<Arc<App>>) -> R {
 }
 
 /// Body: one rule or a list of rules.
-async fn once_post(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
+async fn once_post(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     let rules: Vec<OnceRule> = match if v.is_array() {
         serde_json::from_value(v)
     } else {
@@ -178,7 +197,7 @@ async fn timings_get(AxState(app): AxState<Arc<App>>) -> R {
 }
 
 /// Whole `Timings` in milliseconds, e.g. `{"drive_create": 0, ...}`; missing fields keep values.
-async fn timings_put(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
+async fn timings_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     let mut st = app.lock();
     let mut merged = json!(st.timings);
     if let Some(o) = v.as_object() {
@@ -202,7 +221,7 @@ async fn gc_get(AxState(app): AxState<Arc<App>>) -> R {
     (StatusCode::OK, Json(json!(app.lock().global_context)))
 }
 
-async fn gc_put(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
+async fn gc_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     match crate::state::parse_meta(&v) {
         Ok(m) => {
             let mut st = app.lock();
@@ -226,7 +245,7 @@ async fn vd_get(AxState(app): AxState<Arc<App>>) -> R {
 }
 
 /// `{"location": "zrh", "cloudinit": "..."}` or null to remove.
-async fn vd_put(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
+async fn vd_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     let mut st = app.lock();
     st.vendor_data = if v.is_null() { None } else { Some(v.clone()) };
     st.touch();
@@ -234,7 +253,7 @@ async fn vd_put(AxState(app): AxState<Arc<App>>, Json(v): Json<Value>) -> R {
 }
 
 /// Register a library drive: a `LibDrive` JSON, optionally with `"image_path"` for VM backends.
-async fn libdrive_add(AxState(app): AxState<Arc<App>>, Json(mut v): Json<Value>) -> R {
+async fn libdrive_add(AxState(app): AxState<Arc<App>>, AnyJson(mut v): AnyJson) -> R {
     let image_path = v
         .as_object_mut()
         .and_then(|o| o.remove("image_path"))

@@ -196,3 +196,28 @@ async fn admin_state_dumps_everything() {
         .unwrap()
         .ends_with(&format!("{u}.sock")));
 }
+
+#[tokio::test]
+async fn admin_accepts_json_without_content_type() {
+    // what `curl -X PUT $A/faults -d '{...}'` sends: form content type, JSON body
+    let t = instant().await;
+    let r = t
+        .http
+        .put(format!("{}faults", t.emu.admin_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"latency_ms": 5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["latency_ms"], 5);
+    let r = t
+        .http
+        .put(format!("{}faults", t.emu.admin_url()))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
