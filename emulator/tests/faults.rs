@@ -136,7 +136,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     })
     .await;
     let mut limited = 0;
-    for _ in 0..10 {
+    for _ in 0..30 {
         let (s, v, h) = t.req(Method::GET, "servers/", None).await;
         if s == StatusCode::TOO_MANY_REQUESTS {
             limited += 1;
@@ -144,7 +144,8 @@ async fn rate_limit_answers_429_with_retry_after() {
             assert_error(&v, "backend");
         }
     }
-    assert!(limited >= 4, "limited {limited}");
+    // even if the 30 requests straddle a few one-second windows, most are refused
+    assert!(limited >= 10, "limited {limited}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         t.get("servers/").await.0,
