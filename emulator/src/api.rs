@@ -207,6 +207,8 @@ enum Reply {
     Json(StatusCode, Vec<u8>),
     /// Encoded after the state lock is released, so big listings serialize in parallel.
     Lazy(Box<dyn FnOnce() -> serde_json::Result<Vec<u8>> + Send>),
+    /// 201 with a `Location` header ([V docs] "201 on create (with Location)").
+    Created(Vec<u8>, String),
     NoContent,
 }
 
@@ -218,8 +220,28 @@ impl Reply {
                 Ok(b) => json_response(StatusCode::OK, b, rid),
                 Err(e) => err(ApiError::backend(format!("cannot encode answer: {e}")), rid),
             },
+            Reply::Created(b, location) => {
+                let mut r = json_response(StatusCode::CREATED, b, rid);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
             Reply::NoContent => no_content(rid),
         }
+    }
+    /// `{"objects": [...]}` with 201 and `Location` of the first created object.
+    fn created<T: Serialize>(
+        res: &str,
+        first_uuid: Option<&str>,
+        objects: &T,
+    ) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(&json!({ "objects": objects }))
+            .map_err(|e| ApiError::backend(format!("cannot encode answer: {e}")))?;
+        Ok(Reply::Created(
+            body,
+            format!("/api/2.0/{res}/{}/", first_uuid.unwrap_or("")),
+        ))
     }
     fn json<T: Serialize>(status: StatusCode, v: &T) -> Result<Reply, ApiError> {
         serde_json::to_vec(v)
@@ -710,7 +732,11 @@ async fn create(app: &Arc<App>, res: &str, body: &Bytes) -> Result<Reply, ApiErr
                 app.contexts.open(app, &s.uuid);
             }
             // [V SDK] 201 with {"objects": [...]}
-            Reply::json(StatusCode::CREATED, &json!({"objects": created}))
+            Reply::created(
+                "servers",
+                created.first().map(|s| s.uuid.as_str()),
+                &created,
+            )
         }
         "drives" => {
             let created = app.lock().create_drives(&items)?;
@@ -726,11 +752,14 @@ async fn create(app: &Arc<App>, res: &str, body: &Bytes) -> Result<Reply, ApiErr
                     )));
                 }
             }
-            Reply::json(StatusCode::CREATED, &json!({"objects": created}))
+            Reply::created("drives", created.first().map(|d| d.uuid.as_str()), &created)
         }
         "tags" => {
             let created = app.lock().create_tags(&items)?;
-            Reply::json(StatusCode::CREATED, &json!({"objects": created}))
+            let first = created
+                .first()
+                .and_then(|t| t["uuid"].as_str().map(str::to_string));
+            Reply::created("tags", first.as_deref(), &created)
         }
         _ => Err(ApiError::notexist("resource", res)),
     }

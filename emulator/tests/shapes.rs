@@ -162,6 +162,11 @@ async fn create_answers_201_envelope_and_delete_204_empty() {
         .unwrap()
         .starts_with("application/json"));
     assert_eq!(v["objects"].as_array().unwrap().len(), 2);
+    let first = v["objects"][0]["uuid"].as_str().unwrap();
+    assert_eq!(
+        h.get("location").unwrap().to_str().unwrap(),
+        format!("/api/2.0/drives/{first}/")
+    );
     assert_eq!(v["objects"][1]["media"], "cdrom");
     let u = v["objects"][0]["uuid"].as_str().unwrap().to_string();
     t.wait_status("drives", &u, "unmounted").await;
