@@ -223,6 +223,35 @@ impl EmulatorHandle {
         st.global_context = gc;
         st.touch();
     }
+    /// Replace the fault settings (like `PUT /admin/faults` with every field).
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.app
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cfg = faults;
+    }
+    /// Add a one-shot failure rule (like `POST /admin/faults/once`).
+    pub fn add_once_rule(&self, rule: OnceRule) {
+        self.app
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .once
+            .push(rule);
+    }
+    /// Requests per `"METHOD /api/2.0/pattern/"` and the total (like `GET /admin/counters`).
+    pub fn counters(&self) -> (u64, std::collections::BTreeMap<String, u64>) {
+        let c = self.app.counters.lock().unwrap_or_else(|p| p.into_inner());
+        (c.total, c.endpoints.clone())
+    }
+    pub fn reset_counters(&self) {
+        *self.app.counters.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+    }
+    /// Change transition durations for transitions started from now on.
+    pub fn set_timings(&self, timings: Timings) {
+        self.app.lock().timings = timings;
+    }
     /// A JSON dump of all objects (like `GET /admin/state`).
     pub fn snapshot(&self) -> state::Snapshot {
         self.app.lock().snapshot()

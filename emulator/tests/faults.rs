@@ -222,3 +222,27 @@ async fn admin_accepts_json_without_content_type() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn handle_methods_drive_faults_and_counters() {
+    let t = instant().await;
+    t.emu.add_once_rule(cloudsim::OnceRule {
+        method: Some("GET".into()),
+        path: "/api/2.0/drives/".into(),
+        status: 503,
+        count: 1,
+    });
+    assert_eq!(t.get("drives/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(t.get("drives/").await.0, StatusCode::OK);
+    let (total, by) = t.emu.counters();
+    assert_eq!(total, 2);
+    assert_eq!(by["GET /api/2.0/drives/"], 2);
+    t.emu.reset_counters();
+    assert_eq!(t.emu.counters().0, 0);
+    t.emu.set_faults(FaultConfig {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Default::default()
+    });
+    assert_eq!(t.get("drives/").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+}
