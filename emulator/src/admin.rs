@@ -254,6 +254,9 @@ async fn vd_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
 
 /// Register a library drive: a `LibDrive` JSON, optionally with `"image_path"` for VM backends.
 async fn libdrive_add(AxState(app): AxState<Arc<App>>, AnyJson(mut v): AnyJson) -> R {
+    if !v.is_object() {
+        return bad("body must be a library drive JSON object (name, media, size, ...)".into());
+    }
     let image_path = v
         .as_object_mut()
         .and_then(|o| o.remove("image_path"))

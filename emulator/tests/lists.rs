@@ -189,6 +189,22 @@ async fn registered_library_drive_is_listed() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (_, v) = t.get("libdrives/?version=12-local").await;
     assert_eq!(v["meta"]["total_count"], 1);
+    let (s, _) = t
+        .admin(reqwest::Method::POST, "libdrives", Some(json!([1, 2])))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "a non-object is refused, not a crash"
+    );
+    let (s, _) = t
+        .admin(
+            reqwest::Method::POST,
+            "libdrives",
+            Some(json!({"name": "no size"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
