@@ -1,1 +1,318 @@
-fn main() {}
+//! `imgbuild`: build a CloudSigma node image from a recipe. See docs/imgbuild.md.
+//!
+//! Exit codes: 0 built (or already built), 1 build failed (resources cleaned up), 2 usage,
+//! configuration or recipe validation error, 3 failed and cleanup incomplete (run
+//! `imgbuild clean`), 130 interrupted by SIGINT, 143 by SIGTERM (both after cleanup).
+
+use clap::{Args, Parser, Subcommand};
+use imgbuild::build::{self, BuildError, Builder, Options};
+use imgbuild::cloud::{Cloud, CloudConfig, ConfigOverrides};
+use imgbuild::progress::{Mode, Reporter};
+use imgbuild::recipe::{self, Recipe};
+use imgbuild::transport::{LocalTransport, OpenSsh, Transport};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "imgbuild", version, about = "Build CloudSigma-native node images from recipes", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image (the default: `imgbuild RECIPE` is `imgbuild build RECIPE`).
+    Build(BuildArgs),
+    /// Check a recipe: syntax, step kinds, files, variables, sha256s. Prints every error as file:line.
+    Validate {
+        recipe: String,
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
+    /// Remove leftovers of builds that were killed hard (build servers and build drives; never images).
+    Clean {
+        #[command(flatten)]
+        cloud: CloudArgs,
+        /// Only leftovers whose build started at least this many minutes ago.
+        #[arg(long, default_value_t = 120)]
+        older_than_minutes: u64,
+        /// Every leftover regardless of age (do not run while a build is in progress).
+        #[arg(long)]
+        all: bool,
+        /// List what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct CloudArgs {
+    /// CloudSigma location, e.g. zrh (https://zrh.cloudsigma.com/api/2.0/).
+    #[arg(long)]
+    region: Option<String>,
+    /// API base URL (e.g. an emulator: http://127.0.0.1:PORT/api/2.0/).
+    #[arg(long)]
+    api_url: Option<String>,
+    #[arg(long)]
+    username: Option<String>,
+    /// Name of an environment variable holding the password (never pass secrets as arguments).
+    #[arg(long, value_name = "VAR")]
+    password_from_env: Option<String>,
+    /// Name of an environment variable holding a bearer token.
+    #[arg(long, value_name = "VAR")]
+    token_from_env: Option<String>,
+    /// Config file (default $CLOUDSIGMA_CONFIG or ~/.config/cloudsigma/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Default)]
+struct BuildArgs {
+    /// Recipe name (under image-recipes/), directory or recipe.yaml path.
+    recipe: Option<String>,
+    #[command(flatten)]
+    cloud: CloudArgs,
+    /// Override a recipe variable (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// `text` prints the image uuid; `json` prints a manifest.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+    /// Print every phase, step and API call without making any.
+    #[arg(long)]
+    dry_run: bool,
+    /// Build even if an image with the same fingerprint exists.
+    #[arg(long)]
+    force: bool,
+    /// On failure keep the server and drive for debugging (they cost money: `imgbuild clean --all`).
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// SSH login user (default: the recipe's ssh_user, else the library drive's default_user).
+    #[arg(long)]
+    ssh_user: Option<String>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// Testing only: `local:DIR` provisions through a recording transport instead of SSH.
+    #[arg(long, hide = true)]
+    transport: Option<String>,
+    /// Testing only: SSH port instead of 22.
+    #[arg(long, hide = true, default_value_t = 22)]
+    ssh_port: u16,
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_LEFTOVERS: u8 = 3;
+
+fn cloud_from(a: &CloudArgs) -> Result<Cloud, String> {
+    let from_env = |v: &Option<String>, what: &str| -> Result<Option<String>, String> {
+        match v {
+            None => Ok(None),
+            Some(name) => std::env::var(name).map(Some).map_err(|_| format!("--{what}-from-env {name}: that environment variable is not set")),
+        }
+    };
+    let o = ConfigOverrides {
+        api_url: a.api_url.clone(),
+        region: a.region.clone(),
+        username: a.username.clone(),
+        password: from_env(&a.password_from_env, "password")?,
+        token: from_env(&a.token_from_env, "token")?,
+        config_file: a.config.clone(),
+    };
+    let cfg = CloudConfig::resolve(&o).map_err(|e| e.to_string())?;
+    Cloud::new(cfg).map_err(|e| e.to_string())
+}
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// First SIGINT/SIGTERM cancels the build (which then cleans up); a second one exits at once.
+fn install_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        let mut n = 0;
+        loop {
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            n += 1;
+            if n == 1 {
+                SIGNAL.store(code, Ordering::SeqCst);
+                eprintln!("imgbuild: interrupted; cleaning up what this build created (signal again to exit immediately)");
+                cancel.cancel();
+            } else {
+                eprintln!("imgbuild: exiting without finishing cleanup; run `imgbuild clean --all` to remove leftovers");
+                std::process::exit(code);
+            }
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Validate { recipe, vars }) => validate(&recipe, &vars),
+        Some(Cmd::Clean { cloud, older_than_minutes, all, dry_run }) => {
+            let c = match cloud_from(&cloud) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("imgbuild: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let rep = build::clean(&c, Duration::from_secs(older_than_minutes * 60), all, dry_run, &|l| eprintln!("{l}")).await;
+            match rep {
+                Ok(r) => {
+                    eprintln!("{} {} server(s), {} drive(s)", if dry_run { "would remove" } else { "removed" }, r.servers.len(), r.drives.len());
+                    for f in &r.failed {
+                        eprintln!("could not remove {f}");
+                    }
+                    if r.failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_LEFTOVERS)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("imgbuild clean: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Some(Cmd::Build(b)) => run_build(b).await,
+        None => run_build(cli.build).await,
+    }
+}
+
+fn load(recipe_arg: &str, vars: &[String]) -> Result<Recipe, ExitCode> {
+    let file = recipe::locate(recipe_arg).map_err(|e| {
+        eprintln!("imgbuild: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let overrides = recipe::parse_overrides(vars).map_err(|e| {
+        eprintln!("imgbuild: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    Recipe::load(&file, &overrides).map_err(|d| {
+        eprintln!("{d}");
+        eprintln!("imgbuild: {} error(s) in recipe {}", d.0.len(), file.display());
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn validate(recipe_arg: &str, vars: &[String]) -> ExitCode {
+    match load(recipe_arg, vars) {
+        Ok(r) => {
+            println!("{}: ok ({} steps, {} files, vars: {})", r.file.display(), r.steps.len(), r.files.len(), r.vars.keys().cloned().collect::<Vec<_>>().join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(c) => c,
+    }
+}
+
+async fn run_build(a: BuildArgs) -> ExitCode {
+    let Some(recipe_arg) = a.recipe.clone() else {
+        eprintln!("imgbuild: no recipe given. Usage: imgbuild RECIPE [--region R | --api-url URL] [--var k=v]... (see --help)");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let recipe = match load(&recipe_arg, &a.vars) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let opts = Options {
+        force: a.force,
+        keep_on_failure: a.keep_on_failure,
+        ssh_user: a.ssh_user.clone(),
+        ssh_port: a.ssh_port,
+        on_phase: None,
+    };
+    if a.dry_run {
+        // no cloud needed: the plan is derived from the recipe alone
+        print!("{}", build::plan(&recipe, &opts, a.cloud.api_url.as_deref()));
+        return ExitCode::SUCCESS;
+    }
+    let cloud = match cloud_from(&a.cloud) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imgbuild: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cancel = CancellationToken::new();
+    install_signals(cancel.clone());
+    let transport: Arc<dyn Transport> = match a.transport.as_deref() {
+        Some(t) if t.starts_with("local:") => {
+            let mut lt = LocalTransport::new(PathBuf::from(&t["local:".len()..]));
+            // lets tests land a signal inside provisioning
+            if let Some(ms) = std::env::var("IMGBUILD_TEST_STEP_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+                lt.delay = Duration::from_millis(ms);
+            }
+            lt.cancel = Some(cancel.clone());
+            Arc::new(lt)
+        }
+        Some(t) => {
+            eprintln!("imgbuild: unknown --transport {t:?}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                eprintln!("imgbuild: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+    };
+    let mode = if a.plain { Mode::Plain } else { Mode::detect() };
+    let reporter = Reporter::new(mode);
+    let builder = Builder::new(cloud, transport, reporter.clone(), cancel, opts);
+    let res = builder.build(&recipe).await;
+    reporter.finish();
+    match res {
+        Ok(m) => {
+            eprintln!(
+                "image {} ({}){} in {:.1}s, {} API calls",
+                m.image_name,
+                m.image_uuid,
+                if m.cached { " already built" } else { " built" },
+                m.stats.wall_ms as f64 / 1000.0,
+                m.stats.api_calls
+            );
+            if a.output == "json" {
+                match serde_json::to_string_pretty(&m) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("imgbuild: manifest: {e}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                }
+            } else {
+                println!("{}", m.image_uuid);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imgbuild: {e}");
+            let left = !e.cleanup().left.is_empty();
+            match &e {
+                BuildError::Interrupted { .. } => {
+                    let code = SIGNAL.load(Ordering::SeqCst);
+                    ExitCode::from(if code == 143 { 143 } else { 130 })
+                }
+                BuildError::Failed { kept, .. } if left || *kept => ExitCode::from(EXIT_LEFTOVERS),
+                BuildError::Failed { .. } => ExitCode::from(EXIT_FAILED),
+            }
+        }
+    }
+}

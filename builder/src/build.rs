@@ -1,0 +1,733 @@
+//! The build pipeline, its cleanup guard, the cache lookup and `clean`.
+//!
+//! Every resource a build creates is named `imgbuild-<build id>-…`, tagged `imgbuild` and carries
+//! meta `imgbuild.build-id` / `imgbuild.state=building` / `imgbuild.started`, so that a build
+//! killed hard (SIGKILL, power loss) can be found by `imgbuild clean` later. A build that fails or
+//! is interrupted deletes what it created itself, in reverse order, before exiting.
+
+use crate::cloud::{Cloud, CloudError};
+use crate::progress::Reporter;
+use crate::recipe::{Recipe, StepKind};
+use crate::transport::{Target, Transport, TransportError};
+use cloudsigma_api::{Drive, DriveStatus, LibDrive, Ref, Server, ServerStatus};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+pub const TAG: &str = "imgbuild";
+pub const META_BUILD_ID: &str = "imgbuild.build-id";
+pub const META_STATE: &str = "imgbuild.state";
+pub const META_STARTED: &str = "imgbuild.started";
+pub const META_FINGERPRINT: &str = "imgbuild.fingerprint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Other(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// What a build run created, for the cleanup guard.
+#[derive(Debug, Default, Clone)]
+pub struct Created {
+    pub drive: Option<String>,
+    pub server: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Names of objects whose create call was sent but whose answer never came (so the uuid is
+    /// unknown): cleanup looks them up by name.
+    pub maybe_drive: Option<String>,
+    pub maybe_server: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    pub deleted: Vec<String>,
+    pub left: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("build failed in phase {phase}: {error}")]
+    Failed { phase: String, error: String, cleanup: CleanupReport, kept: bool },
+    #[error("build interrupted in phase {phase}")]
+    Interrupted { phase: String, cleanup: CleanupReport, kept: bool },
+}
+
+impl BuildError {
+    pub fn cleanup(&self) -> &CleanupReport {
+        match self {
+            BuildError::Failed { cleanup, .. } | BuildError::Interrupted { cleanup, .. } => cleanup,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub image_uuid: String,
+    pub image_name: String,
+    pub cached: bool,
+    pub recipe: String,
+    pub fingerprint: String,
+    pub build_id: String,
+    pub built_at: String,
+    pub base: BaseInfo,
+    pub vars: BTreeMap<String, String>,
+    pub size: u64,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub uploads: BTreeMap<String, String>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseInfo {
+    pub uuid: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub wall_ms: u64,
+    pub api_calls: u64,
+    pub api_ms: u64,
+    pub poll_ms: u64,
+    pub guest_ms: u64,
+    /// Wall time minus time waiting on the cloud (requests, polling) and the guest.
+    pub own_ms: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct Options {
+    pub force: bool,
+    pub keep_on_failure: bool,
+    pub ssh_user: Option<String>,
+    pub ssh_port: u16,
+    /// Test hook: called with each phase name as it begins (e.g. to cancel at a given phase).
+    pub on_phase: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+}
+
+/// The phases in order (names used in messages, `--dry-run` and tests).
+pub const PHASES: &[&str] = &[
+    "resolve-base",
+    "cache-lookup",
+    "ensure-tags",
+    "clone",
+    "resize",
+    "create-server",
+    "start",
+    "wait-ssh",
+    "provision",
+    "clean-guest",
+    "shutdown",
+    "delete-server",
+    "finalize",
+];
+
+pub struct Builder {
+    pub cloud: Cloud,
+    pub transport: Arc<dyn Transport>,
+    pub reporter: Reporter,
+    pub cancel: CancellationToken,
+    pub opts: Options,
+    guest_us: AtomicU64,
+    phase: std::sync::Mutex<String>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// UTC civil date from unix seconds (Howard Hinnant's algorithm; avoids a date crate).
+pub fn utc_parts(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+}
+
+pub fn rfc3339(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+fn compact_time(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(secs);
+    format!("{y:04}{mo:02}{d:02}t{h:02}{mi:02}{s:02}z")
+}
+
+pub fn new_build_id() -> String {
+    use rand::Rng;
+    let n: u32 = rand::thread_rng().gen();
+    format!("{n:08x}")
+}
+
+fn random_password() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect()
+}
+
+/// Pick the library drive: attributes must match, deprecated ones are skipped, and among
+/// several the newest-looking (highest name) wins so the choice is stable.
+pub fn pick_base(libs: &[LibDrive], r: &Recipe) -> Result<LibDrive, String> {
+    let b = &r.spec.base;
+    let eq = |a: &Option<String>, w: &str| a.as_deref().map(|x| x.eq_ignore_ascii_case(w)).unwrap_or(false);
+    let mut m: Vec<&LibDrive> = libs
+        .iter()
+        .filter(|l| eq(&l.distribution, &b.distribution) && eq(&l.version, &b.version) && eq(&l.arch, &b.arch) && eq(&l.image_type, &b.image_type))
+        .filter(|l| l.deprecated != Some(true))
+        .collect();
+    m.sort_by(|a, b| a.name.cmp(&b.name));
+    m.last().map(|l| (*l).clone()).ok_or_else(|| {
+        format!(
+            "no library drive matches distribution={} version={} arch={} image_type={} (found {} library drives; check `base:` in the recipe)",
+            b.distribution, b.version, b.arch, b.image_type, libs.len()
+        )
+    })
+}
+
+impl Builder {
+    pub fn new(cloud: Cloud, transport: Arc<dyn Transport>, reporter: Reporter, cancel: CancellationToken, opts: Options) -> Builder {
+        Builder { cloud, transport, reporter, cancel, opts, guest_us: AtomicU64::new(0), phase: std::sync::Mutex::new(String::new()) }
+    }
+
+    fn enter(&self, p: &str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_string();
+        self.reporter.phase(p);
+        if let Some(h) = &self.opts.on_phase {
+            h(p);
+        }
+    }
+
+    fn phase(&self) -> String {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Await `f` unless the build is cancelled first.
+    async fn c<T, E: Into<StepError>>(&self, f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, StepError> {
+        if self.cancel.is_cancelled() {
+            return Err(StepError::Interrupted);
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(StepError::Interrupted),
+            r = f => r.map_err(Into::into),
+        }
+    }
+
+    /// Like [`Self::c`] for guest work, whose duration counts as waiting on the guest.
+    async fn g<T>(&self, f: impl std::future::Future<Output = Result<T, TransportError>>) -> Result<T, StepError> {
+        let s = Instant::now();
+        let r = self.c(f).await;
+        self.guest_us.fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match r {
+            Err(StepError::Transport(TransportError::Cancelled)) => Err(StepError::Interrupted),
+            x => x,
+        }
+    }
+
+    /// Run a whole build. On error the guard deletes what was created (unless keep_on_failure).
+    pub async fn build(&self, recipe: &Recipe) -> Result<Manifest, BuildError> {
+        let started = Instant::now();
+        let mut created = Created::default();
+        let r = self.run(recipe, &mut created, started).await;
+        match r {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let phase = self.phase();
+                let interrupted = matches!(e, StepError::Interrupted);
+                if !interrupted {
+                    self.reporter.line(&format!("error in phase {phase}: {e}"));
+                }
+                let cleanup = if self.opts.keep_on_failure {
+                    self.reporter.line("--keep-on-failure: leaving the build's resources for inspection (remove them with `imgbuild clean --all`):");
+                    let mut rep = CleanupReport::default();
+                    if let Some(s) = &created.server {
+                        rep.left.push(format!("server {s}"));
+                    }
+                    if let Some(d) = &created.drive {
+                        rep.left.push(format!("drive {d}"));
+                    }
+                    for l in &rep.left {
+                        self.reporter.line(&format!("  kept {l}"));
+                    }
+                    rep
+                } else {
+                    self.cleanup(&created).await
+                };
+                let kept = self.opts.keep_on_failure;
+                Err(if interrupted {
+                    BuildError::Interrupted { phase, cleanup, kept }
+                } else {
+                    BuildError::Failed { phase, error: e.to_string(), cleanup, kept }
+                })
+            }
+        }
+    }
+
+    async fn run(&self, recipe: &Recipe, created: &mut Created, started: Instant) -> Result<Manifest, StepError> {
+        let to = &recipe.spec.timeouts;
+        let secs = Duration::from_secs;
+        let build_id = new_build_id();
+        let started_unix = now_unix();
+
+        self.enter("resolve-base");
+        let b = &recipe.spec.base;
+        let q = [("distribution", b.distribution.as_str()), ("version", b.version.as_str())];
+        let libs = self.c(self.cloud.list_libdrives(&q)).await?;
+        let base = pick_base(&libs, recipe).map_err(StepError::Other)?;
+        if recipe.spec.disk_size.0 < base.size {
+            return Err(StepError::Other(format!(
+                "disk_size {} is smaller than the base drive {} ({} bytes); raise disk_size",
+                recipe.spec.disk_size.0, base.name, base.size
+            )));
+        }
+        let fingerprint = recipe.fingerprint(&base.uuid);
+        self.reporter.line(&format!("base {} ({}), fingerprint {}", base.name, base.uuid, &fingerprint[..16]));
+
+        self.enter("cache-lookup");
+        let tags = self.c(self.cloud.list_tags()).await?;
+        let tag_uuid = |name: &str| tags.iter().find(|t| t.name == name).map(|t| t.uuid.clone());
+        if let (Some(t), false) = (tag_uuid(TAG), self.opts.force) {
+            let drives = self.c(self.cloud.list_drives(&[("tag", t.as_str())])).await?;
+            if let Some(d) = drives.iter().find(|d| d.meta.get(META_FINGERPRINT) == Some(&fingerprint) && d.meta.get(META_STATE).map(String::as_str) == Some("image")) {
+                self.reporter.line(&format!("image with this fingerprint exists: {} ({}); nothing to do (use --force to rebuild)", d.name, d.uuid));
+                return Ok(self.manifest_of(recipe, d, &base, &fingerprint, true, started));
+            }
+        }
+
+        self.enter("ensure-tags");
+        let ctx_base = self.template_ctx(recipe, &build_id, started_unix, &fingerprint, &base.uuid);
+        let mut want_tags = vec![TAG.to_string()];
+        for t in &recipe.spec.output.tags {
+            let v = crate::recipe::render(t, &ctx_base).map_err(StepError::Other)?;
+            if !want_tags.contains(&v) {
+                want_tags.push(v);
+            }
+        }
+        let missing: Vec<String> = want_tags.iter().filter(|n| tag_uuid(n).is_none()).cloned().collect();
+        let mut tag_ids: BTreeMap<String, String> = want_tags.iter().filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u))).collect();
+        if !missing.is_empty() {
+            let made = self.c(self.cloud.create_tags(&missing)).await?;
+            for t in made {
+                created.tags.push((t.uuid.clone(), t.name.clone()));
+                tag_ids.insert(t.name.clone(), t.uuid.clone());
+            }
+        }
+        let build_tag = tag_ids.get(TAG).cloned().ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
+
+        let mut build_meta = BTreeMap::new();
+        build_meta.insert(META_BUILD_ID.to_string(), build_id.clone());
+        build_meta.insert(META_STATE.to_string(), "building".to_string());
+        build_meta.insert(META_STARTED.to_string(), started_unix.to_string());
+        build_meta.insert("imgbuild.recipe".to_string(), recipe.spec.name.clone());
+
+        self.enter("clone");
+        let drive_name = format!("imgbuild-{build_id}-build");
+        created.maybe_drive = Some(drive_name.clone());
+        let d = self.c(self.cloud.clone_libdrive(&base.uuid, &json!({"name": drive_name, "media": "disk"}))).await?;
+        created.drive = Some(d.uuid.clone());
+        let d = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.clone))).await?;
+
+        self.enter("resize");
+        // resize takes the full definition: set our meta and tag in the same call
+        let mut body = serde_json::to_value(&d).map_err(|e| StepError::Other(e.to_string()))?;
+        let mut meta = d.meta.clone();
+        meta.extend(build_meta.clone());
+        body["size"] = json!(recipe.spec.disk_size.0);
+        body["meta"] = json!(meta);
+        body["tags"] = json!([build_tag]);
+        let d = self.c(self.cloud.resize_drive(&d.uuid, &body)).await?;
+        let _ = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize))).await?;
+
+        self.enter("create-server");
+        let server_name = format!("imgbuild-{build_id}-builder");
+        let mut smeta = build_meta.clone();
+        // cloud-init's CloudSigma datasource reads meta["ssh_public_key"] unconditionally
+        smeta.insert("ssh_public_key".into(), self.transport.public_key());
+        let mut sbody = json!({
+            "name": server_name,
+            "cpu": recipe.spec.server.cpu,
+            "mem": recipe.spec.server.mem.0,
+            "vnc_password": random_password(),
+            "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": d.uuid}],
+            "nics": [{"ip_v4_conf": {"conf": "dhcp", "ip": null}, "model": "virtio"}],
+            "meta": smeta,
+            "tags": [build_tag],
+        });
+        if let Some(smp) = recipe.spec.server.smp {
+            sbody["smp"] = json!(smp);
+        }
+        created.maybe_server = Some(server_name.clone());
+        let s = self.c(self.cloud.create_server(&sbody)).await?;
+        created.server = Some(s.uuid.clone());
+
+        self.enter("start");
+        self.c(self.cloud.server_action(&s.uuid, "start")).await?;
+        let mut s = self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Running, secs(to.start))).await?;
+        let mut ip = runtime_ip(&s);
+        let ip_deadline = Instant::now() + secs(60);
+        while ip.is_none() && Instant::now() < ip_deadline {
+            self.c(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, StepError>(())
+            })
+            .await?;
+            s = self.c(self.cloud.get_server(&s.uuid)).await?;
+            ip = runtime_ip(&s);
+        }
+        let ip = ip.ok_or_else(|| StepError::Other(format!("server {} is running but has no NAT IP in its runtime", s.uuid)))?;
+
+        self.enter("wait-ssh");
+        let user = self.opts.ssh_user.clone().or_else(|| recipe.spec.ssh_user.clone()).or_else(|| base.default_user.clone()).unwrap_or_else(|| "cloudsigma".into());
+        let target = Target { host: ip.clone(), port: if self.opts.ssh_port == 0 { 22 } else { self.opts.ssh_port }, user };
+        self.reporter.line(&format!("builder server {} at {}; waiting for SSH as {}", s.uuid, ip, target.user));
+        self.g(self.transport.wait_ready(&target, secs(to.ssh), &self.cancel)).await?;
+
+        self.enter("provision");
+        let env = recipe.script_env();
+        let total = recipe.steps.len();
+        for (i, st) in recipe.steps.iter().enumerate() {
+            self.reporter.step(i + 1, total, &st.name);
+            let tmo = secs(st.timeout);
+            let sink = |l: &str| self.reporter.output(l);
+            match &st.kind {
+                StepKind::Script { path } => self.g(self.transport.run_script(&target, path, &env, tmo, &sink)).await?,
+                StepKind::Upload { src, dest, mode, sha256 } => {
+                    self.g(self.transport.upload(&target, src, dest, mode, tmo)).await?;
+                    let got = self.g(self.transport.remote_sha256(&target, dest)).await?;
+                    if !got.eq_ignore_ascii_case(sha256) {
+                        return Err(StepError::Other(format!("upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}", src.display())));
+                    }
+                    self.reporter.output(&format!("{dest}: sha256 {got} verified"));
+                }
+                StepKind::Reboot => self.g(self.transport.reboot(&target, secs(to.reboot), &self.cancel)).await?,
+            }
+        }
+        self.reporter.end_steps();
+
+        self.enter("clean-guest");
+        self.g(self.transport.clean(&target)).await?;
+
+        self.enter("shutdown");
+        self.c(self.cloud.server_action(&s.uuid, "shutdown")).await?;
+        match self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Stopped, secs(to.shutdown))).await {
+            Ok(_) => {}
+            Err(StepError::Cloud(CloudError::Timeout { .. })) => {
+                self.reporter.line("guest did not power off after ACPI shutdown; forcing stop");
+                self.c(self.cloud.server_action(&s.uuid, "stop")).await?;
+                self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Stopped, secs(to.stop))).await?;
+            }
+            Err(e) => return Err(e),
+        }
+
+        self.enter("delete-server");
+        // no recurse: the drive is the product
+        self.c(self.cloud.delete_server(&s.uuid)).await?;
+        created.server = None;
+        created.maybe_server = None;
+
+        self.enter("finalize");
+        let built_at = now_unix();
+        let ctx = self.template_ctx(recipe, &build_id, built_at, &fingerprint, &base.uuid);
+        let name = crate::recipe::render(&recipe.spec.output.name, &ctx).map_err(StepError::Other)?;
+        let mut meta = d.meta.clone();
+        meta.remove(META_STARTED);
+        for (k, v) in &recipe.spec.output.meta {
+            meta.insert(k.clone(), crate::recipe::render(v, &ctx).map_err(StepError::Other)?);
+        }
+        meta.insert(META_STATE.into(), "image".into());
+        meta.insert(META_FINGERPRINT.into(), fingerprint.clone());
+        meta.insert("imgbuild.built-at".into(), rfc3339(built_at));
+        meta.insert("imgbuild.base".into(), base.uuid.clone());
+        meta.insert("imgbuild.version".into(), env!("CARGO_PKG_VERSION").into());
+        let mut fin = self.c(self.cloud.get_drive(&d.uuid)).await?;
+        fin.name = name;
+        fin.meta = meta;
+        fin.tags = want_tags.iter().filter_map(|n| tag_ids.get(n)).map(|u| Ref::Uuid(u.clone())).collect();
+        let body = serde_json::to_value(&fin).map_err(|e| StepError::Other(e.to_string()))?;
+        let fin = self.c(self.cloud.update_drive(&fin.uuid, &body)).await?;
+        // from here on the drive is the product, not a leftover
+        *created = Created::default();
+        let mut m = self.manifest_of(recipe, &fin, &base, &fingerprint, false, started);
+        m.build_id = build_id;
+        m.tags = want_tags;
+        Ok(m)
+    }
+
+    fn template_ctx(&self, recipe: &Recipe, build_id: &str, t: u64, fingerprint: &str, base_uuid: &str) -> minijinja::Value {
+        let mut m: BTreeMap<String, Value> = recipe.vars.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        m.insert("build_id".into(), json!(build_id));
+        m.insert("build_time".into(), json!(compact_time(t)));
+        let (y, mo, d, ..) = utc_parts(t);
+        m.insert("build_date".into(), json!(format!("{y:04}{mo:02}{d:02}")));
+        m.insert("recipe".into(), json!(recipe.spec.name));
+        m.insert("fingerprint".into(), json!(fingerprint));
+        m.insert("base_uuid".into(), json!(base_uuid));
+        m.insert("upload_sha256".into(), json!(recipe.upload_sha256()));
+        minijinja::Value::from_serialize(&m)
+    }
+
+    fn manifest_of(&self, recipe: &Recipe, d: &Drive, base: &LibDrive, fingerprint: &str, cached: bool, started: Instant) -> Manifest {
+        let m = &self.cloud.metrics;
+        let wall = started.elapsed();
+        let api = m.api_time();
+        let poll = m.poll_time();
+        let guest = Duration::from_micros(self.guest_us.load(Ordering::Relaxed));
+        let own = wall.saturating_sub(api + poll + guest);
+        Manifest {
+            image_uuid: d.uuid.clone(),
+            image_name: d.name.clone(),
+            cached,
+            recipe: recipe.spec.name.clone(),
+            fingerprint: fingerprint.to_string(),
+            build_id: d.meta.get(META_BUILD_ID).cloned().unwrap_or_default(),
+            built_at: d.meta.get("imgbuild.built-at").cloned().unwrap_or_default(),
+            base: BaseInfo { uuid: base.uuid.clone(), name: base.name.clone() },
+            vars: recipe.vars.clone(),
+            size: d.size,
+            tags: Vec::new(),
+            meta: d.meta.clone(),
+            uploads: recipe.upload_sha256(),
+            stats: Stats {
+                wall_ms: wall.as_millis() as u64,
+                api_calls: m.calls.load(Ordering::Relaxed),
+                api_ms: api.as_millis() as u64,
+                poll_ms: poll.as_millis() as u64,
+                guest_ms: guest.as_millis() as u64,
+                own_ms: own.as_millis() as u64,
+            },
+        }
+    }
+
+    /// Delete what a failed build created: stop and delete the server, then the drive, then
+    /// tags it created. Each delete is tried a few times (cleanup must survive a flaky API,
+    /// including a fault on a non-retried POST like `stop`). Never cancelled by signals.
+    pub async fn cleanup(&self, created: &Created) -> CleanupReport {
+        let mut rep = CleanupReport::default();
+        let cloud = &self.cloud;
+        let mut server = created.server.clone();
+        let mut drive = created.drive.clone();
+        // the create call may have succeeded without us seeing the answer
+        if server.is_none() {
+            if let Some(n) = &created.maybe_server {
+                if let Ok(v) = cloud.list_servers(&[("name", n.as_str())]).await {
+                    server = v.into_iter().find(|s| &s.name == n).map(|s| s.uuid);
+                }
+            }
+        }
+        if drive.is_none() {
+            if let Some(n) = &created.maybe_drive {
+                if let Ok(v) = cloud.list_drives(&[("name", n.as_str())]).await {
+                    drive = v.into_iter().find(|d| &d.name == n).map(|d| d.uuid);
+                }
+            }
+        }
+        if let Some(s) = &server {
+            match delete_server_stopping(cloud, s).await {
+                Ok(()) => rep.deleted.push(format!("server {s}")),
+                Err(e) => rep.left.push(format!("server {s} ({e})")),
+            }
+        }
+        if let Some(d) = &drive {
+            match delete_drive_when_idle(cloud, d).await {
+                Ok(()) => rep.deleted.push(format!("drive {d}")),
+                Err(e) => rep.left.push(format!("drive {d} ({e})")),
+            }
+        }
+        for (u, n) in &created.tags {
+            match retry(|| cloud.delete_tag(u)).await {
+                Ok(()) => rep.deleted.push(format!("tag {n} ({u})")),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => rep.left.push(format!("tag {n} {u} ({e})")),
+            }
+        }
+        for d in &rep.deleted {
+            self.reporter.line(&format!("cleanup: deleted {d}"));
+        }
+        for l in &rep.left {
+            self.reporter.line(&format!("cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"));
+        }
+        rep
+    }
+}
+
+fn runtime_ip(s: &Server) -> Option<String> {
+    s.nics.iter().find_map(|n| n.runtime_ipv4().map(str::to_string))
+}
+
+async fn retry<T, F: std::future::Future<Output = Result<T, CloudError>>>(mut f: impl FnMut() -> F) -> Result<T, CloudError> {
+    let mut delay = Duration::from_millis(200);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n < 4 && !e.is_not_found() && e.status().map(|s| s == 429 || s >= 500 || s == 403 || s == 409).unwrap_or(true) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Stop (hard) a server if it is not stopped, wait, and delete it (drives kept).
+pub async fn delete_server_stopping(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
+    let s = match retry(|| cloud.get_server(uuid)).await {
+        Ok(s) => s,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if s.status != ServerStatus::Stopped {
+        if s.status != ServerStatus::Stopping {
+            // a server still `starting` refuses stop in some states: retry covers that
+            let _ = retry(|| cloud.server_action(uuid, "stop")).await;
+        }
+        cloud.wait_server(uuid, ServerStatus::Stopped, Duration::from_secs(180)).await?;
+    }
+    match retry(|| cloud.delete_server(uuid)).await {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r,
+    }
+}
+
+/// Wait for a drive to leave cloning/resizing, then delete it.
+pub async fn delete_drive_when_idle(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
+    match retry(|| cloud.get_drive(uuid)).await {
+        Ok(d) if d.status != DriveStatus::Unmounted => {
+            cloud.wait_drive(uuid, DriveStatus::Unmounted, Duration::from_secs(900)).await?;
+        }
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match retry(|| cloud.delete_drive(uuid)).await {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r,
+    }
+}
+
+/// What `imgbuild clean` found / removed.
+#[derive(Debug, Default, Serialize)]
+pub struct CleanReport {
+    pub servers: Vec<String>,
+    pub drives: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+fn is_build_leftover_name(name: &str, suffix: &str) -> bool {
+    name.strip_prefix("imgbuild-").and_then(|r| r.strip_suffix(suffix)).map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit())).unwrap_or(false)
+}
+
+/// Remove leftovers of builds killed hard: build servers and in-progress build drives (never
+/// finished images). Age comes from meta `imgbuild.started`; objects without it (killed between
+/// the clone and the resize call) count as new unless `all`.
+pub async fn clean(cloud: &Cloud, older_than: Duration, all: bool, dry_run: bool, report: &dyn Fn(&str)) -> Result<CleanReport, CloudError> {
+    let now = now_unix();
+    let old = |meta: &cloudsigma_api::Meta| -> bool {
+        all || meta.get(META_STARTED).and_then(|s| s.parse::<u64>().ok()).map(|t| now.saturating_sub(t) >= older_than.as_secs()).unwrap_or(false)
+    };
+    let mut rep = CleanReport::default();
+    let servers = cloud.list_servers(&[]).await?;
+    for s in servers.iter().filter(|s| s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")) {
+        if !old(&s.meta) {
+            continue;
+        }
+        report(&format!("{}server {} ({}, {})", if dry_run { "would delete " } else { "deleting " }, s.uuid, s.name, s.status));
+        if dry_run {
+            rep.servers.push(s.uuid.clone());
+            continue;
+        }
+        match delete_server_stopping(cloud, &s.uuid).await {
+            Ok(()) => rep.servers.push(s.uuid.clone()),
+            Err(e) => rep.failed.push(format!("server {}: {e}", s.uuid)),
+        }
+    }
+    let drives = cloud.list_drives(&[]).await?;
+    for d in drives.iter().filter(|d| {
+        d.meta.get(META_STATE).map(String::as_str) != Some("image") && (d.meta.get(META_STATE).map(String::as_str) == Some("building") || is_build_leftover_name(&d.name, "-build"))
+    }) {
+        if !old(&d.meta) {
+            continue;
+        }
+        report(&format!("{}drive {} ({}, {})", if dry_run { "would delete " } else { "deleting " }, d.uuid, d.name, d.status));
+        if dry_run {
+            rep.drives.push(d.uuid.clone());
+            continue;
+        }
+        match delete_drive_when_idle(cloud, &d.uuid).await {
+            Ok(()) => rep.drives.push(d.uuid.clone()),
+            Err(e) => rep.failed.push(format!("drive {}: {e}", d.uuid)),
+        }
+    }
+    Ok(rep)
+}
+
+/// `--dry-run`: every phase and API call the build would make, with no call made.
+pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
+    use std::fmt::Write;
+    let r = &recipe.spec;
+    let mut o = String::new();
+    let _ = writeln!(o, "plan for recipe {} ({})", r.name, recipe.file.display());
+    if let Some(u) = base_url {
+        let _ = writeln!(o, "API: {u}");
+    }
+    let _ = writeln!(o, "variables:");
+    for (k, v) in &recipe.vars {
+        let _ = writeln!(o, "  {k} = {v}");
+    }
+    let _ = writeln!(o, "fingerprint: sha256 over recipe + {} files + vars + base drive uuid (known after resolve-base)", recipe.files.len());
+    let b = &r.base;
+    let calls = [
+        format!("resolve-base   GET  libdrives/?distribution={}&version={}&limit=0  → pick arch={} image_type={}", b.distribution, b.version, b.arch, b.image_type),
+        "cache-lookup   GET  tags/detail/?limit=0; GET drives/detail/?tag=<imgbuild tag>&limit=0  → stop here if meta imgbuild.fingerprint matches".to_string(),
+        format!("ensure-tags    POST tags/  (only missing of: {TAG}{})", r.output.tags.iter().map(|t| format!(", {t}")).collect::<String>()),
+        "clone          POST libdrives/<base>/action/?do=clone {name: imgbuild-<id>-build}; GET drives/<uuid>/ until unmounted".to_string(),
+        format!("resize         POST drives/<uuid>/action/?do=resize size={} + meta imgbuild.* + tag {TAG}; GET until unmounted", r.disk_size.0),
+        format!("create-server  POST servers/ cpu={} mem={} smp={} drive 0:0 virtio boot_order 1, NIC dhcp (NAT), meta ssh_public_key=<ephemeral ed25519>", r.server.cpu, r.server.mem.0, r.server.smp.unwrap_or(1)),
+        "start          POST servers/<uuid>/action/?do=start; GET servers/<uuid>/ until running → runtime NAT IP".to_string(),
+        format!("wait-ssh       ssh {}@<NAT IP>:22 (ephemeral key, private known_hosts) until it answers", opts.ssh_user.clone().or_else(|| r.ssh_user.clone()).unwrap_or_else(|| "<library default_user>".into())),
+    ];
+    let _ = writeln!(o, "phases and API calls:");
+    for c in &calls {
+        let _ = writeln!(o, "  {c}");
+    }
+    let _ = writeln!(o, "  provision      {} steps:", recipe.steps.len());
+    for (i, s) in recipe.steps.iter().enumerate() {
+        let what = match &s.kind {
+            StepKind::Script { path } => format!("run {} as root with env {}", path.display(), recipe.script_env().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")),
+            StepKind::Upload { src, dest, mode, sha256 } => format!("upload {} → {dest} (mode {mode}), verify sha256 {}", src.display(), sha256),
+            StepKind::Reboot => "reboot and wait for SSH (new boot id)".into(),
+        };
+        let _ = writeln!(o, "    [{}/{}] {}: {what}", i + 1, recipe.steps.len(), s.name);
+    }
+    let rest = [
+        "clean-guest    remove /tmp/imgbuild and the login key, sync".to_string(),
+        format!("shutdown       POST servers/<uuid>/action/?do=shutdown; GET until stopped (≤{}s, then POST ?do=stop)", r.timeouts.shutdown),
+        "delete-server  DELETE servers/<uuid>/ (no recurse: the drive is kept)".to_string(),
+        format!("finalize       GET drives/<uuid>/; PUT drives/<uuid>/ name={:?} tags + meta (fingerprint, versions, build time)", r.output.name),
+    ];
+    for c in &rest {
+        let _ = writeln!(o, "  {c}");
+    }
+    let _ = writeln!(o, "on failure or SIGINT/SIGTERM: stop + DELETE the server, DELETE the drive and tags this build created{}", if opts.keep_on_failure { " (disabled by --keep-on-failure)" } else { "" });
+    o
+}

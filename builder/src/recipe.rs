@@ -1,0 +1,630 @@
+//! Recipe format: parsing, validation (with file:line diagnostics) and variable resolution.
+//!
+//! A recipe is `image-recipes/<name>/recipe.yaml`. Every path in it is relative to the recipe's
+//! directory, so steps can share scripts (`script: ../common/10-kernel.sh`). See docs/imgbuild.md.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Names every template may use besides the recipe's own `vars`.
+pub const BUILTIN_VARS: &[&str] = &[
+    "build_id",
+    "build_time",
+    "build_date",
+    "recipe",
+    "fingerprint",
+    "base_uuid",
+    "upload_sha256",
+];
+
+/// One validation problem, located in a file (and a line when known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Diag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.file.display(), l, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// All diagnostics of a failed validation.
+#[derive(Debug, Clone)]
+pub struct Diags(pub Vec<Diag>);
+
+impl fmt::Display for Diags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+impl std::error::Error for Diags {}
+
+/// A size given as bytes (`21474836480`) or with a binary unit (`20GiB`, `512MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let idx = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(idx);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 20GiB, 4096MiB or a byte count"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Which library drive to start from. Selected by attributes, never by exact name.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSelector {
+    pub distribution: String,
+    pub version: String,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    #[serde(default = "default_image_type")]
+    pub image_type: String,
+}
+fn default_arch() -> String {
+    "64".into()
+}
+fn default_image_type() -> String {
+    "preinst".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// CPU in MHz.
+    pub cpu: u64,
+    pub mem: Size,
+    #[serde(default)]
+    pub smp: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// minijinja template of the image (drive) name.
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Timeouts in seconds; defaults fit CloudSigma's usual speeds with a wide margin.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub clone: u64,
+    pub resize: u64,
+    pub start: u64,
+    pub ssh: u64,
+    pub step: u64,
+    pub reboot: u64,
+    pub shutdown: u64,
+    pub stop: u64,
+}
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { clone: 900, resize: 600, start: 300, ssh: 600, step: 3600, reboot: 600, shutdown: 120, stop: 120 }
+    }
+}
+
+/// A step as written. Exactly one of `script`, `upload`, `reboot` must be set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub upload: Option<String>,
+    #[serde(default)]
+    pub dest: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Expected sha256 of an upload's local file (checked by validate and before the build).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub reboot: Option<bool>,
+    /// Seconds; overrides `timeouts.step`.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// A scalar variable value (strings, numbers and booleans are accepted and kept as text).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum VarValue {
+    S(String),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+impl VarValue {
+    fn text(&self) -> String {
+        match self {
+            VarValue::S(s) => s.clone(),
+            VarValue::I(i) => i.to_string(),
+            VarValue::F(f) => f.to_string(),
+            VarValue::B(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub base: BaseSelector,
+    pub disk_size: Size,
+    pub server: ServerSpec,
+    /// SSH login user; default: the library drive's `default_user`.
+    #[serde(default)]
+    pub ssh_user: Option<String>,
+    #[serde(default)]
+    pub vars: BTreeMap<String, VarValue>,
+    pub steps: Vec<StepFile>,
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// A resolved step, paths absolute and templates rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Script { path: PathBuf },
+    Upload { src: PathBuf, dest: String, mode: String, sha256: String },
+    Reboot,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub kind: StepKind,
+    pub timeout: u64,
+    /// Line of the step in recipe.yaml, for messages.
+    pub line: Option<usize>,
+}
+
+/// A validated recipe with its variables resolved.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub text: String,
+    pub spec: RecipeFile,
+    pub vars: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+    /// Every local file the build reads (scripts, uploads): path → sha256, for the fingerprint.
+    pub files: BTreeMap<PathBuf, String>,
+}
+
+/// Find the recipe file for a name or path: a `recipe.yaml` path, a directory holding one, or a
+/// name looked up in `$IMGBUILD_RECIPES`, then `image-recipes/` in the current directory and its
+/// parents (so it works from anywhere inside the repository).
+pub fn locate(arg: &str) -> Result<PathBuf, String> {
+    let p = Path::new(arg);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    if p.is_dir() && p.join("recipe.yaml").is_file() {
+        return Ok(p.join("recipe.yaml"));
+    }
+    let mut tried = Vec::new();
+    if !arg.contains('/') {
+        if let Ok(d) = std::env::var("IMGBUILD_RECIPES") {
+            let c = Path::new(&d).join(arg).join("recipe.yaml");
+            if c.is_file() {
+                return Ok(c);
+            }
+            tried.push(c);
+        }
+        if let Ok(mut cwd) = std::env::current_dir() {
+            loop {
+                let c = cwd.join("image-recipes").join(arg).join("recipe.yaml");
+                if c.is_file() {
+                    return Ok(c);
+                }
+                tried.push(c);
+                if !cwd.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "recipe {arg:?} not found: give a recipe.yaml path, a directory containing one, or a name under image-recipes/ (looked in: {})",
+        tried.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// 1-based line of the first line containing `needle`, or None.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// 1-based line of a top-level key such as `output:`.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let pat = format!("{key}:");
+    text.lines().position(|l| l.trim_start().starts_with(&pat)).map(|i| i + 1)
+}
+
+/// Lines of the items of the top-level `steps:` list (a plain scan: recipes are block YAML).
+fn step_lines(text: &str) -> Vec<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("steps:")) else {
+        return Vec::new();
+    };
+    let mut indent: Option<usize> = None;
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate().skip(start + 1) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let ind = l.len() - t.len();
+        if ind == 0 && !t.starts_with('-') {
+            break;
+        }
+        if t.starts_with("- ") || t == "-" {
+            match indent {
+                None => {
+                    indent = Some(ind);
+                    out.push(i + 1);
+                }
+                Some(x) if x == ind => out.push(i + 1),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+pub fn sha256_file(p: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Environment variable name a recipe variable is passed to scripts as (`kubernetes_version` →
+/// `KUBERNETES_VERSION`).
+pub fn env_name(var: &str) -> String {
+    var.to_ascii_uppercase()
+}
+
+fn valid_var_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_lowercase() || ch == '_')
+        && c.all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+}
+
+/// Parse `k=v` overrides.
+pub fn parse_overrides(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for it in items {
+        let (k, v) = it
+            .split_once('=')
+            .ok_or_else(|| format!("--var {it:?}: expected NAME=VALUE"))?;
+        m.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env
+}
+
+/// Render a template with `ctx`. Errors name the template.
+pub fn render(tpl: &str, ctx: &minijinja::Value) -> Result<String, String> {
+    let env = template_env();
+    env.render_str(tpl, ctx)
+        .map_err(|e| format!("template {tpl:?}: {e}"))
+}
+
+/// Variables a template refers to that are neither recipe vars nor built-ins.
+fn unknown_template_vars(tpl: &str, known: &BTreeSet<String>) -> Result<Vec<String>, String> {
+    let env = template_env();
+    let t = env
+        .template_from_str(tpl)
+        .map_err(|e| format!("template {tpl:?} does not parse: {e}"))?;
+    let mut bad: Vec<String> = t
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| !known.contains(v) && !BUILTIN_VARS.contains(&v.as_str()))
+        .collect();
+    bad.sort();
+    Ok(bad)
+}
+
+impl Recipe {
+    /// Load, parse and validate a recipe, applying `--var` overrides. Returns every problem found.
+    pub fn load(file: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipe, Diags> {
+        let fd = |line: Option<usize>, message: String| Diag { file: file.to_path_buf(), line, message };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Diags(vec![fd(None, format!("cannot read recipe: {e}"))])
+        })?;
+        let spec: RecipeFile = serde_yaml::from_str(&text).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            Diags(vec![fd(line, format!("{e}"))])
+        })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let mut diags = Vec::new();
+
+        if spec.name.trim().is_empty() {
+            diags.push(fd(key_line(&text, "name"), "name must not be empty".into()));
+        }
+        if spec.disk_size.0 < (1 << 30) {
+            diags.push(fd(key_line(&text, "disk_size"), format!("disk_size {} is below 1 GiB", spec.disk_size.0)));
+        }
+        if !(250..=96_000).contains(&spec.server.cpu) {
+            diags.push(fd(key_line(&text, "cpu"), format!("server.cpu {} MHz is outside 250–96000", spec.server.cpu)));
+        }
+        if spec.server.mem.0 < (256 << 20) {
+            diags.push(fd(key_line(&text, "mem"), "server.mem must be at least 256MiB".into()));
+        }
+        if let Some(s) = spec.server.smp {
+            if !(1..=32).contains(&s) {
+                diags.push(fd(key_line(&text, "smp"), format!("server.smp {s} is outside 1–32")));
+            }
+        }
+
+        // variables: declared names, overrides only for declared ones
+        let mut vars = BTreeMap::new();
+        for (k, v) in &spec.vars {
+            if !valid_var_name(k) {
+                diags.push(fd(line_of(&text, &format!("{k}:")), format!("variable name {k:?} must be lower_snake_case (it is passed to scripts as {})", env_name(k))));
+            }
+            if BUILTIN_VARS.contains(&k.as_str()) {
+                diags.push(fd(line_of(&text, &format!("{k}:")), format!("variable {k:?} shadows a built-in variable")));
+            }
+            vars.insert(k.clone(), v.text());
+        }
+        for (k, v) in overrides {
+            if !vars.contains_key(k) {
+                diags.push(fd(
+                    key_line(&text, "vars"),
+                    format!("--var {k}: unknown variable; the recipe declares: {}", spec.vars.keys().cloned().collect::<Vec<_>>().join(", ")),
+                ));
+            } else {
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+        let known: BTreeSet<String> = vars.keys().cloned().collect();
+        let ctx = minijinja::Value::from_serialize(&vars);
+
+        // templates must only use known names
+        let check_tpl = |tpl: &str, what: &str, line: Option<usize>, diags: &mut Vec<Diag>| match unknown_template_vars(tpl, &known) {
+            Ok(bad) if bad.is_empty() => {}
+            Ok(bad) => diags.push(fd(line.or_else(|| line_of(&text, tpl)), format!("{what}: unknown variable(s) {} (declare them under vars:)", bad.join(", ")))),
+            Err(e) => diags.push(fd(line.or_else(|| line_of(&text, tpl)), format!("{what}: {e}"))),
+        };
+        check_tpl(&spec.output.name, "output.name", key_line(&text, "output").map(|_| line_of(&text, &spec.output.name)).flatten(), &mut diags);
+        for t in &spec.output.tags {
+            check_tpl(t, "output.tags", None, &mut diags);
+        }
+        for (k, v) in &spec.output.meta {
+            check_tpl(v, &format!("output.meta.{k}"), None, &mut diags);
+        }
+
+        // steps
+        let lines = step_lines(&text);
+        let mut steps = Vec::new();
+        let mut files = BTreeMap::new();
+        let mut dests = BTreeSet::new();
+        if spec.steps.is_empty() {
+            diags.push(fd(key_line(&text, "steps"), "steps must not be empty".into()));
+        }
+        for (i, s) in spec.steps.iter().enumerate() {
+            let line = lines.get(i).copied();
+            let n = i + 1;
+            let kinds = [s.script.is_some(), s.upload.is_some(), s.reboot.is_some()].iter().filter(|x| **x).count();
+            if kinds != 1 {
+                diags.push(fd(line, format!("step {n}: exactly one of `script`, `upload`, `reboot` must be set (found {kinds})")));
+                continue;
+            }
+            if s.reboot.is_none() && s.upload.is_none() && (s.dest.is_some() || s.mode.is_some() || s.sha256.is_some()) {
+                diags.push(fd(line, format!("step {n}: `dest`, `mode` and `sha256` belong to upload steps")));
+            }
+            let timeout = s.timeout.unwrap_or(spec.timeouts.step);
+            let kind = if let Some(script) = &s.script {
+                check_tpl(script, &format!("step {n} script"), line, &mut diags);
+                let rel = render(script, &ctx).unwrap_or_else(|_| script.clone());
+                let path = dir.join(&rel);
+                match sha256_file(&path) {
+                    Ok(h) => {
+                        files.insert(path.clone(), h);
+                    }
+                    Err(e) => diags.push(fd(line_of(&text, script).or(line), format!("step {n}: script {} cannot be read: {e}", path.display()))),
+                }
+                StepKind::Script { path }
+            } else if let Some(up) = &s.upload {
+                check_tpl(up, &format!("step {n} upload"), line, &mut diags);
+                let rel = render(up, &ctx).unwrap_or_else(|_| up.clone());
+                let src = dir.join(&rel);
+                let Some(dest) = &s.dest else {
+                    diags.push(fd(line, format!("step {n}: upload needs `dest` (an absolute path in the guest)")));
+                    continue;
+                };
+                check_tpl(dest, &format!("step {n} dest"), line, &mut diags);
+                let dest = render(dest, &ctx).unwrap_or_else(|_| dest.clone());
+                if !dest.starts_with('/') || dest.contains(['\'', '\n', '\0']) {
+                    diags.push(fd(line_of(&text, &dest).or(line), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
+                }
+                if !dests.insert(dest.clone()) {
+                    diags.push(fd(line_of(&text, &dest).or(line), format!("step {n}: dest {dest} is uploaded twice")));
+                }
+                let mode = s.mode.clone().unwrap_or_else(|| "0644".into());
+                if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
+                    diags.push(fd(line_of(&text, &format!("mode: {mode}")).or(line), format!("step {n}: mode {mode:?} must be octal like \"0755\"")));
+                }
+                let sha = match sha256_file(&src) {
+                    Ok(h) => {
+                        files.insert(src.clone(), h.clone());
+                        h
+                    }
+                    Err(e) => {
+                        diags.push(fd(line_of(&text, up).or(line), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
+                        String::new()
+                    }
+                };
+                if let (Some(want), false) = (&s.sha256, sha.is_empty()) {
+                    if !want.eq_ignore_ascii_case(&sha) {
+                        diags.push(fd(line_of(&text, want).or(line), format!("step {n}: {} has sha256 {sha}, the recipe expects {want}", src.display())));
+                    }
+                }
+                StepKind::Upload { src, dest, mode, sha256: sha }
+            } else {
+                if s.reboot != Some(true) {
+                    diags.push(fd(line, format!("step {n}: `reboot` must be true (omit the step otherwise)")));
+                }
+                StepKind::Reboot
+            };
+            let name = s.name.clone().unwrap_or_else(|| match &kind {
+                StepKind::Script { path } => path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                StepKind::Upload { dest, .. } => format!("upload {dest}"),
+                StepKind::Reboot => "reboot".into(),
+            });
+            steps.push(Step { name, kind, timeout, line });
+        }
+        if !diags.is_empty() {
+            return Err(Diags(diags));
+        }
+        Ok(Recipe { file: file.to_path_buf(), dir, text, spec, vars, steps, files })
+    }
+
+    /// Environment passed to scripts: every variable upper-cased, plus a few build facts.
+    pub fn script_env(&self) -> Vec<(String, String)> {
+        self.vars.iter().map(|(k, v)| (env_name(k), v.clone())).collect()
+    }
+
+    /// sha256 of each upload, keyed by guest path (the `upload_sha256` template variable).
+    pub fn upload_sha256(&self) -> BTreeMap<String, String> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Upload { dest, sha256, .. } => Some((dest.clone(), sha256.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The recipe fingerprint: sha256 over the recipe text, every file it reads (by path relative
+    /// to the recipe directory, so a checkout elsewhere gives the same value), the resolved
+    /// variables and the base drive uuid. Same inputs → same image → no rebuild.
+    pub fn fingerprint(&self, base_uuid: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(b"imgbuild-fingerprint-v1\n");
+        h.update((self.text.len() as u64).to_le_bytes());
+        h.update(self.text.as_bytes());
+        for (p, sha) in &self.files {
+            let rel = pathdiff(p, &self.dir);
+            h.update(b"file\0");
+            h.update(rel.as_bytes());
+            h.update(b"\0");
+            h.update(sha.as_bytes());
+        }
+        for (k, v) in &self.vars {
+            h.update(b"var\0");
+            h.update(k.as_bytes());
+            h.update(b"\0");
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        h.update(b"base\0");
+        h.update(base_uuid.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// `p` relative to `base` as text (lexical; both come from joining onto the recipe dir).
+fn pathdiff(p: &Path, base: &Path) -> String {
+    match p.strip_prefix(base) {
+        Ok(r) => r.to_string_lossy().into_owned(),
+        Err(_) => p.to_string_lossy().into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("20 parsecs").is_err());
+        assert!(parse_size("GiB").is_err());
+    }
+
+    #[test]
+    fn step_lines_found() {
+        let t = "name: x\nsteps:\n  - script: a.sh\n    name: a\n  # c\n  - reboot: true\noutput:\n  name: y\n";
+        assert_eq!(step_lines(t), vec![3, 6]);
+    }
+
+    #[test]
+    fn var_names() {
+        assert!(valid_var_name("kubernetes_version"));
+        assert!(!valid_var_name("Kube"));
+        assert!(!valid_var_name("1x"));
+    }
+}

@@ -1,0 +1,421 @@
+//! Provisioning transports: how steps reach the builder VM.
+//!
+//! - [`OpenSsh`]: the system `ssh` client with an ephemeral ed25519 key and a private
+//!   known_hosts file (both in a 0700 temp dir removed on drop). Nothing touches ~/.ssh.
+//! - [`LocalTransport`]: records every operation and copies uploads into a sandbox dir; used
+//!   against the emulator where no VM runs (tests, bench, `--transport local:DIR`).
+
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0:?}: {1}")]
+    Timeout(Duration, String),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// Receives each line a remote command prints (stdout and stderr, in arrival order).
+pub type LineSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// Where to connect. The port is 22 on CloudSigma; tests may point elsewhere.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// The public key to put in the server's meta (`ssh_public_key`), one OpenSSH line.
+    fn public_key(&self) -> String;
+    /// Wait until a login works, retrying with backoff until `timeout`.
+    async fn wait_ready(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError>;
+    /// Run a local script file as root with `env` set, streaming output.
+    async fn run_script(&self, t: &Target, script: &Path, env: &[(String, String)], timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError>;
+    /// Copy a local file to `dest` (root-owned, `mode`).
+    async fn upload(&self, t: &Target, src: &Path, dest: &str, mode: &str, timeout: Duration) -> Result<(), TransportError>;
+    /// sha256 of a file in the guest, computed there.
+    async fn remote_sha256(&self, t: &Target, path: &str) -> Result<String, TransportError>;
+    /// Reboot and wait until the guest is back (a new boot id).
+    async fn reboot(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError>;
+    /// Final guest cleanup: remove the build's uploads dir and the login key, flush disks.
+    async fn clean(&self, t: &Target) -> Result<(), TransportError>;
+}
+
+/// Quote for a POSIX shell (single quotes; embedded quotes closed and escaped).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn sudo(user: &str) -> &'static str {
+    if user == "root" {
+        ""
+    } else {
+        "sudo -n "
+    }
+}
+
+pub struct OpenSsh {
+    dir: tempfile::TempDir,
+    public_key: String,
+    connect_timeout: u64,
+}
+
+impl OpenSsh {
+    /// Generate the ephemeral key pair. Fails with a clear message if OpenSSH is missing.
+    pub async fn new(comment: &str) -> Result<OpenSsh, TransportError> {
+        let dir = tempfile::Builder::new()
+            .prefix("imgbuild-ssh-")
+            .tempdir()
+            .map_err(|e| TransportError::Failed(format!("cannot create a temp dir for the SSH key: {e}")))?;
+        // tempdir() is 0700 already; the key file gets 0600 from ssh-keygen.
+        let key = dir.path().join("id_ed25519");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| TransportError::Failed(format!("cannot run ssh-keygen (install openssh-client): {e}")))?;
+        if !out.status.success() {
+            return Err(TransportError::Failed(format!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        let public_key = std::fs::read_to_string(key.with_extension("pub"))
+            .map_err(|e| TransportError::Failed(format!("cannot read the generated public key: {e}")))?
+            .trim()
+            .to_string();
+        std::fs::write(dir.path().join("known_hosts"), b"").map_err(|e| TransportError::Failed(format!("known_hosts: {e}")))?;
+        Ok(OpenSsh { dir, public_key, connect_timeout: 10 })
+    }
+
+    fn base_args(&self, t: &Target) -> Vec<String> {
+        let d = self.dir.path();
+        vec![
+            "-i".into(),
+            d.join("id_ed25519").display().to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            // a fresh VM has a fresh host key: trust it on first contact, then pin it in our
+            // private file for the rest of the build (a changed key mid-build fails).
+            "-o".into(),
+            "StrictHostKeyChecking=accept-new".into(),
+            "-o".into(),
+            format!("ConnectTimeout={}", self.connect_timeout),
+            "-o".into(),
+            "ServerAliveInterval=15".into(),
+            "-o".into(),
+            "ServerAliveCountMax=4".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-F".into(),
+            "/dev/null".into(),
+            "-p".into(),
+            t.port.to_string(),
+            format!("{}@{}", t.user, t.host),
+        ]
+    }
+
+    /// Run `cmd` remotely with optional stdin bytes; stream lines to `out`; return the exit code.
+    async fn exec(&self, t: &Target, cmd: &str, stdin: Option<Vec<u8>>, timeout: Duration, out: LineSink<'_>) -> Result<i32, TransportError> {
+        let mut c = Command::new("ssh");
+        c.args(self.base_args(t)).arg("--").arg(cmd);
+        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn().map_err(|e| TransportError::Failed(format!("cannot run ssh (install openssh-client): {e}")))?;
+        let feed = match (stdin, child.stdin.take()) {
+            (Some(bytes), Some(mut w)) => Some(tokio::spawn(async move {
+                let _ = w.write_all(&bytes).await;
+                let _ = w.shutdown().await;
+            })),
+            _ => None,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut readers = Vec::new();
+        if let Some(o) = child.stdout.take() {
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut l = BufReader::new(o).lines();
+                while let Ok(Some(x)) = l.next_line().await {
+                    let _ = tx.send(x);
+                }
+            }));
+        }
+        if let Some(e) = child.stderr.take() {
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut l = BufReader::new(e).lines();
+                while let Ok(Some(x)) = l.next_line().await {
+                    let _ = tx.send(x);
+                }
+            }));
+        }
+        drop(tx);
+        let run = async {
+            while let Some(line) = rx.recv().await {
+                out(&line);
+            }
+            child.wait().await
+        };
+        let status = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(TransportError::Failed(format!("ssh: {e}"))),
+            Err(_) => return Err(TransportError::Timeout(timeout, format!("remote command {cmd:?}"))),
+        };
+        if let Some(f) = feed {
+            let _ = f.await;
+        }
+        Ok(status.code().unwrap_or(255))
+    }
+
+    async fn exec_ok(&self, t: &Target, cmd: &str, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<String, TransportError> {
+        let buf = Mutex::new(Vec::<String>::new());
+        let sink = |l: &str| buf.lock().unwrap_or_else(|p| p.into_inner()).push(l.to_string());
+        let code = self.exec(t, cmd, stdin, timeout, &sink).await?;
+        let text = buf.into_inner().unwrap_or_else(|p| p.into_inner()).join("\n");
+        if code != 0 {
+            return Err(TransportError::Failed(format!("remote command {cmd:?} exited {code}: {}", text.trim())));
+        }
+        Ok(text)
+    }
+
+    async fn boot_id(&self, t: &Target) -> Result<String, TransportError> {
+        Ok(self.exec_ok(t, "cat /proc/sys/kernel/random/boot_id", None, Duration::from_secs(60)).await?.trim().to_string())
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(TransportError::Cancelled),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Transport for OpenSsh {
+    fn public_key(&self) -> String {
+        self.public_key.clone()
+    }
+
+    async fn wait_ready(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        let mut last;
+        loop {
+            let buf = Mutex::new(String::new());
+            let sink = |l: &str| {
+                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                b.clear();
+                b.push_str(l);
+            };
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => return Err(TransportError::Cancelled),
+                r = self.exec(t, "true", None, Duration::from_secs(self.connect_timeout + 20), &sink) => r,
+            };
+            match attempt {
+                Ok(0) => return Ok(()),
+                Ok(code) => last = format!("ssh exited {code}: {}", buf.lock().unwrap_or_else(|p| p.into_inner())),
+                Err(e) => last = e.to_string(),
+            }
+            if start.elapsed() >= timeout {
+                return Err(TransportError::Timeout(timeout, format!("SSH to {}@{}:{} (last: {last})", t.user, t.host, t.port)));
+            }
+            sleep_or_cancel(delay, cancel).await?;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn run_script(&self, t: &Target, script: &Path, env: &[(String, String)], timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError> {
+        let body = std::fs::read(script).map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", script.display())))?;
+        // Upload the script first and run it from a file with stdin at /dev/null: `bash -s`
+        // would let apt-get & co. swallow the rest of the script from stdin.
+        let remote = format!("/tmp/imgbuild/{}", script.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "step.sh".into()));
+        self.exec_ok(t, &format!("mkdir -p /tmp/imgbuild && cat > {}", sh_quote(&remote)), Some(body), Duration::from_secs(120)).await?;
+        let mut cmd = format!("{}env DEBIAN_FRONTEND=noninteractive", sudo(&t.user));
+        for (k, v) in env {
+            cmd.push(' ');
+            cmd.push_str(k);
+            cmd.push('=');
+            cmd.push_str(&sh_quote(v));
+        }
+        cmd.push_str(&format!(" bash -euo pipefail {} </dev/null", sh_quote(&remote)));
+        let code = self.exec(t, &cmd, None, timeout, out).await?;
+        if code != 0 {
+            return Err(TransportError::Failed(format!("script {} exited {code}", script.display())));
+        }
+        Ok(())
+    }
+
+    async fn upload(&self, t: &Target, src: &Path, dest: &str, mode: &str, timeout: Duration) -> Result<(), TransportError> {
+        let body = std::fs::read(src).map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?;
+        // stream over the same authenticated channel (no scp/sftp subsystem needed in the guest)
+        let tmp = format!("/tmp/imgbuild/upload.{}", std::process::id());
+        let cmd = format!(
+            "mkdir -p /tmp/imgbuild && cat > {tmp} && {s}install -D -o root -g root -m {mode} {tmp} {dest} && rm -f {tmp}",
+            tmp = sh_quote(&tmp),
+            s = sudo(&t.user),
+            mode = sh_quote(mode),
+            dest = sh_quote(dest)
+        );
+        self.exec_ok(t, &cmd, Some(body), timeout).await.map(|_| ())
+    }
+
+    async fn remote_sha256(&self, t: &Target, path: &str) -> Result<String, TransportError> {
+        let out = self.exec_ok(t, &format!("{}sha256sum -- {}", sudo(&t.user), sh_quote(path)), None, Duration::from_secs(120)).await?;
+        out.split_whitespace()
+            .next()
+            .filter(|h| h.len() == 64)
+            .map(str::to_string)
+            .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
+    }
+
+    async fn reboot(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+        let before = self.boot_id(t).await?;
+        // the connection drops while rebooting: ssh's own exit code is meaningless here
+        let sink = |_: &str| {};
+        let _ = self.exec(t, &format!("{}systemctl reboot", sudo(&t.user)), None, Duration::from_secs(30), &sink).await;
+        let start = Instant::now();
+        loop {
+            sleep_or_cancel(Duration::from_secs(2), cancel).await?;
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(TransportError::Timeout(timeout, "guest did not come back from reboot".into()));
+            }
+            self.wait_ready(t, left, cancel).await?;
+            if let Ok(now) = self.boot_id(t).await {
+                if now != before {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn clean(&self, t: &Target) -> Result<(), TransportError> {
+        // The ephemeral key must not stay in the image; after this no further login works.
+        let cmd = format!(
+            "{s}rm -rf /tmp/imgbuild; {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\"; {s}sync",
+            s = sudo(&t.user)
+        );
+        self.exec_ok(t, &cmd, None, Duration::from_secs(120)).await.map(|_| ())
+    }
+}
+
+/// One thing the local transport was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    WaitReady { host: String, user: String },
+    Script { path: PathBuf, env: Vec<(String, String)> },
+    Upload { src: PathBuf, dest: String, mode: String },
+    Sha256 { path: String },
+    Reboot,
+    Clean,
+}
+
+/// Test transport: records operations; uploads are copied into `sandbox` so the sha256 check
+/// is real. `delay` is slept (cancellably) in every operation so interruption tests can land
+/// inside the provisioning phase; `fail_script` makes the script with that file name fail.
+#[derive(Clone)]
+pub struct LocalTransport {
+    pub sandbox: PathBuf,
+    pub log: Arc<Mutex<Vec<Recorded>>>,
+    pub delay: Duration,
+    pub fail_script: Option<String>,
+    pub cancel: Option<CancellationToken>,
+}
+
+impl LocalTransport {
+    pub fn new(sandbox: PathBuf) -> LocalTransport {
+        LocalTransport { sandbox, log: Arc::default(), delay: Duration::ZERO, fail_script: None, cancel: None }
+    }
+    fn rec(&self, r: Recorded) {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    }
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn sandboxed(&self, dest: &str) -> PathBuf {
+        self.sandbox.join(dest.trim_start_matches('/'))
+    }
+    async fn pause(&self, cancel: Option<&CancellationToken>) -> Result<(), TransportError> {
+        if self.delay.is_zero() {
+            return Ok(());
+        }
+        match cancel.or(self.cancel.as_ref()) {
+            Some(c) => sleep_or_cancel(self.delay, c).await,
+            None => {
+                tokio::time::sleep(self.delay).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    fn public_key(&self) -> String {
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA imgbuild-local-transport".into()
+    }
+    async fn wait_ready(&self, t: &Target, _timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+        self.rec(Recorded::WaitReady { host: t.host.clone(), user: t.user.clone() });
+        self.pause(Some(cancel)).await
+    }
+    async fn run_script(&self, _t: &Target, script: &Path, env: &[(String, String)], _timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError> {
+        self.rec(Recorded::Script { path: script.to_path_buf(), env: env.to_vec() });
+        out(&format!("[local transport] would run {}", script.display()));
+        self.pause(None).await?;
+        let name = script.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if self.fail_script.as_deref() == Some(name.as_str()) {
+            return Err(TransportError::Failed(format!("script {} exited 1", script.display())));
+        }
+        Ok(())
+    }
+    async fn upload(&self, _t: &Target, src: &Path, dest: &str, mode: &str, _timeout: Duration) -> Result<(), TransportError> {
+        self.rec(Recorded::Upload { src: src.to_path_buf(), dest: dest.into(), mode: mode.into() });
+        let to = self.sandboxed(dest);
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p).map_err(|e| TransportError::Failed(format!("{}: {e}", p.display())))?;
+        }
+        std::fs::copy(src, &to).map_err(|e| TransportError::Failed(format!("copy {} → {}: {e}", src.display(), to.display())))?;
+        self.pause(None).await
+    }
+    async fn remote_sha256(&self, _t: &Target, path: &str) -> Result<String, TransportError> {
+        self.rec(Recorded::Sha256 { path: path.into() });
+        crate::recipe::sha256_file(&self.sandboxed(path)).map_err(|e| TransportError::Failed(format!("sha256 {path}: {e}")))
+    }
+    async fn reboot(&self, _t: &Target, _timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+        self.rec(Recorded::Reboot);
+        self.pause(Some(cancel)).await
+    }
+    async fn clean(&self, _t: &Target) -> Result<(), TransportError> {
+        self.rec(Recorded::Clean);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}
