@@ -1,0 +1,195 @@
+//! Waiters: poll an object until it reaches a status, backing off exponentially (no fixed sleeps)
+//! up to a deadline.
+
+use super::{Client, Error};
+use crate::models::{Drive, DriveStatus, Server, ServerStatus};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Poll interval schedule of the waiters: `initial`, doubling, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for WaitPolicy {
+    fn default() -> Self {
+        WaitPolicy {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WaitPolicy {
+    /// The poll interval after `polls` unsuccessful polls (1-based).
+    pub fn interval(&self, polls: u32) -> Duration {
+        let exp = polls.saturating_sub(1).min(30);
+        self.initial.saturating_mul(1u32 << exp).min(self.max)
+    }
+}
+
+/// Generic polling loop. `fetch` errors end the wait at once (they were already retried by the
+/// client if retryable; a 404 means the object is gone and waiting longer cannot help).
+pub(crate) async fn poll_until<T, F, Fut>(
+    policy: WaitPolicy,
+    timeout: Duration,
+    what: String,
+    want: String,
+    mut fetch: F,
+    status_of: impl Fn(&T) -> String,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut polls = 0u32;
+    loop {
+        let obj = fetch().await?;
+        polls += 1;
+        if done(&obj) {
+            tracing::debug!(%what, %want, polls, elapsed_ms = started.elapsed().as_millis() as u64, "wait done");
+            return Ok(obj);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                what,
+                want,
+                last: status_of(&obj),
+                waited: started.elapsed(),
+            });
+        }
+        // Never sleep past the deadline: the last poll happens right at it.
+        let sleep = policy.interval(polls).min(deadline - now);
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+impl Client {
+    /// Poll `GET /drives/{uuid}/` until its status is `want` (e.g. `unmounted` after create or
+    /// clone), or fail with [`Error::Timeout`] naming the drive, `want` and the last status seen.
+    pub async fn wait_drive_status(
+        &self,
+        uuid: &str,
+        want: DriveStatus,
+        timeout: Duration,
+    ) -> Result<Drive, Error> {
+        poll_until(
+            self.wait_policy,
+            timeout,
+            format!("drive {uuid}"),
+            want.to_string(),
+            || self.get_drive(uuid),
+            |d: &Drive| d.status.to_string(),
+            |d: &Drive| d.status == want,
+        )
+        .await
+    }
+
+    /// Poll `GET /servers/{uuid}/` until its status is `want` (`running`, `stopped`), or fail with
+    /// [`Error::Timeout`].
+    pub async fn wait_server_status(
+        &self,
+        uuid: &str,
+        want: ServerStatus,
+        timeout: Duration,
+    ) -> Result<Server, Error> {
+        poll_until(
+            self.wait_policy,
+            timeout,
+            format!("server {uuid}"),
+            want.to_string(),
+            || self.get_server(uuid),
+            |s: &Server| s.status.to_string(),
+            |s: &Server| s.status == want,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_doubles_to_cap() {
+        let p = WaitPolicy::default();
+        let v: Vec<u128> = (1..=7).map(|n| p.interval(n).as_millis()).collect();
+        assert_eq!(v, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(p.interval(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_times_out_with_last_status() {
+        let mut n = 0;
+        let r: Result<u32, Error> = poll_until(
+            WaitPolicy::default(),
+            Duration::from_secs(3),
+            "drive d1".into(),
+            "unmounted".into(),
+            || {
+                n += 1;
+                let v = n;
+                async move { Ok(v) }
+            },
+            |_| "creating".into(),
+            |_| false,
+        )
+        .await;
+        match r {
+            Err(Error::Timeout {
+                what,
+                want,
+                last,
+                waited,
+            }) => {
+                assert_eq!(
+                    (what.as_str(), want.as_str(), last.as_str()),
+                    ("drive d1", "unmounted", "creating")
+                );
+                assert!(
+                    waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+                    "{waited:?}"
+                );
+            }
+            other => panic!("expected timeout, got {other:?}"),
+        }
+        // 200+400+800+1600(clipped to 1000) => 5 polls within 3 s, not a tight loop
+        assert_eq!(n, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_stops_on_error() {
+        let mut n = 0;
+        let r: Result<u32, Error> = poll_until(
+            WaitPolicy::default(),
+            Duration::from_secs(60),
+            "server s".into(),
+            "running".into(),
+            || {
+                n += 1;
+                let v = n;
+                async move {
+                    if v < 3 {
+                        Ok(v)
+                    } else {
+                        Err(super::super::error::api_error(
+                            404, "GET", "/x/", b"", None, None,
+                        ))
+                    }
+                }
+            },
+            |_| "starting".into(),
+            |_| false,
+        )
+        .await;
+        assert!(r.unwrap_err().is_not_found());
+        assert_eq!(n, 3);
+    }
+}
