@@ -1,1 +1,407 @@
-//! Serial-port server-context client (CloudSigma's "cepko" protocol). Not yet implemented.
+//! Serial-port server-context client (CloudSigma's "cepko" protocol).
+//!
+//! The hypervisor answers on the guest's second serial port (`/dev/ttyS1`): the guest writes
+//! `"<\n" + KEY + "\n>"` and receives one line of JSON (or a bare leaf string), `\n`, then EOT
+//! (`0x04`). We follow cloud-init's client: read until `\n`, strip `\x04`/`\n`/`\r` on both
+//! ends, require ASCII, parse JSON else keep the bare string.
+//!
+//! Robustness rules (all learned from the field, see docs/agent.md):
+//! - raw mode without echo, otherwise a 16550 tty in cooked mode echoes our request back to the
+//!   host and mangles `\r`/`\n`;
+//! - flush stale input before each request (a previous, abandoned reply may still be queued);
+//! - every read has a deadline (poll), and the whole exchange is retried with backoff until an
+//!   overall deadline, because the port may not answer early in boot.
+//!
+//! No async runtime here: the node agent links this module statically and must stay small.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::termios::{self, FlushArg, LocalFlags, SetArg, SpecialCharacterIndices};
+
+use crate::models::ServerContext;
+
+/// The default device of the server context.
+pub const DEFAULT_PATH: &str = "/dev/ttyS1";
+
+/// Replies are one line; anything longer than this is not a server context (the real one is a few KiB).
+const MAX_REPLY: usize = 4 * 1024 * 1024;
+
+/// Errors of the context client. Every variant names the device so the message says where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// Nothing at all came back before the deadline (host not answering, wrong port).
+    #[error("no answer from the server context on {path} after {waited:?} (is this a CloudSigma VM with the context on that port? try --context-file for debugging)")]
+    NoAnswer { path: PathBuf, waited: Duration },
+    /// Something came back but it is not a context reply (non-ASCII bytes, wrong JSON shape...).
+    #[error("unexpected reply from the server context on {path} for key {key:?}: {reason} (first bytes: {sample:?})")]
+    Garbage {
+        path: PathBuf,
+        key: String,
+        reason: String,
+        sample: String,
+    },
+    /// A reply started but did not end (no newline before the deadline, or cut JSON).
+    #[error("truncated reply from the server context on {path} for key {key:?}: got {got} bytes without a complete line/JSON document")]
+    Truncated { path: PathBuf, key: String, got: usize },
+    /// The device could not be opened/configured/read.
+    #[error("server context device {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The whole-context JSON is well formed but does not match the expected shape.
+    #[error("server context on {path} does not look like a CloudSigma context: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How long to try.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Give up (returning the last error) after this long in total.
+    pub deadline: Duration,
+    /// Upper bound for one request/reply exchange.
+    pub attempt_timeout: Duration,
+    /// First pause between attempts; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        // cloud-init uses 60 s read timeout; we retry within that budget instead of waiting once.
+        ReadOptions {
+            deadline: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ReadOptions {
+    pub fn with_deadline(deadline: Duration) -> Self {
+        ReadOptions {
+            deadline,
+            attempt_timeout: deadline.min(Duration::from_secs(10)),
+            ..Default::default()
+        }
+    }
+}
+
+/// Read the whole server context, retrying until `deadline`.
+pub fn read_context(path: impl AsRef<Path>, deadline: Duration) -> Result<ServerContext, ContextError> {
+    read_context_with(path.as_ref(), ReadOptions::with_deadline(deadline))
+}
+
+/// Read the whole context with explicit options.
+pub fn read_context_with(path: &Path, opts: ReadOptions) -> Result<ServerContext, ContextError> {
+    let value = retry(path, "", opts, |v| {
+        if v.is_object() {
+            Ok(())
+        } else {
+            Err(format!("expected a JSON object for the whole context, got {}", kind(v)))
+        }
+    })?;
+    parse_context_value(path, value)
+}
+
+/// Read one key (e.g. `/meta/cloudinit-user-data`, `name`, `/nics/0/mac`) with the default options.
+/// A leaf comes back as a JSON string (the protocol sends leaves unquoted).
+pub fn read_key(path: impl AsRef<Path>, key: &str) -> Result<serde_json::Value, ContextError> {
+    read_key_with(path.as_ref(), key, ReadOptions::default())
+}
+
+pub fn read_key_with(path: &Path, key: &str, opts: ReadOptions) -> Result<serde_json::Value, ContextError> {
+    retry(path, key, opts, |_| Ok(()))
+}
+
+/// Parse a whole-context JSON document (from the serial port or a `--context-file`).
+pub fn parse_context(path: &Path, bytes: &[u8]) -> Result<ServerContext, ContextError> {
+    let text = strip(bytes);
+    let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+        if e.is_eof() {
+            ContextError::Truncated { path: path.to_owned(), key: String::new(), got: text.len() }
+        } else {
+            ContextError::Decode { path: path.to_owned(), source: e }
+        }
+    })?;
+    parse_context_value(path, value)
+}
+
+fn parse_context_value(path: &Path, value: serde_json::Value) -> Result<ServerContext, ContextError> {
+    serde_json::from_value(value).map_err(|e| ContextError::Decode { path: path.to_owned(), source: e })
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a bare string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn retry(
+    path: &Path,
+    key: &str,
+    opts: ReadOptions,
+    check: impl Fn(&serde_json::Value) -> Result<(), String>,
+) -> Result<serde_json::Value, ContextError> {
+    let start = Instant::now();
+    let mut backoff = opts.initial_backoff;
+    loop {
+        let remaining = opts.deadline.saturating_sub(start.elapsed());
+        let attempt = remaining.min(opts.attempt_timeout).max(Duration::from_millis(10));
+        let result = query_once(path, key, attempt).and_then(|v| {
+            check(&v).map(|()| v.clone()).map_err(|reason| ContextError::Garbage {
+                path: path.to_owned(),
+                key: key.to_owned(),
+                reason,
+                sample: sample(v.to_string().as_bytes()),
+            })
+        });
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let elapsed = start.elapsed();
+                if elapsed + backoff >= opts.deadline {
+                    // Report the total time waited, not the last attempt's.
+                    return Err(match e {
+                        ContextError::NoAnswer { path, .. } => ContextError::NoAnswer { path, waited: elapsed },
+                        other => other,
+                    });
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+        }
+    }
+}
+
+/// One request/reply exchange on a freshly opened device.
+pub fn query_once(path: &Path, key: &str, timeout: Duration) -> Result<serde_json::Value, ContextError> {
+    let io_err = |op: &'static str| move |source: io::Error| ContextError::Io { path: path.to_owned(), op, source };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    // O_NOCTTY: never let the serial port become our controlling terminal (we may run as a
+    // session leader under systemd). O_NONBLOCK: reads are driven by poll with a deadline.
+    let mut dev: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("open"))?;
+    set_raw(&dev).map_err(io_err("set raw mode"))?;
+    flush_stale(&mut dev).map_err(io_err("flush stale input"))?;
+
+    let request = format!("<\n{key}\n>");
+    write_all_deadline(&mut dev, request.as_bytes(), deadline).map_err(|e| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            ContextError::NoAnswer { path: path.to_owned(), waited: started.elapsed() }
+        } else {
+            ContextError::Io { path: path.to_owned(), op: "write request", source: e }
+        }
+    })?;
+
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        // A stale EOT (left over from a previous reply) may precede the answer: drop it.
+        while buf.first() == Some(&0x04) {
+            buf.remove(0);
+        }
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(pos);
+            break;
+        }
+        if buf.len() > MAX_REPLY {
+            return Err(ContextError::Garbage {
+                path: path.to_owned(),
+                key: key.to_owned(),
+                reason: format!("reply longer than {MAX_REPLY} bytes without a newline"),
+                sample: sample(&buf),
+            });
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(if buf.is_empty() {
+                ContextError::NoAnswer { path: path.to_owned(), waited: started.elapsed() }
+            } else {
+                ContextError::Truncated { path: path.to_owned(), key: key.to_owned(), got: buf.len() }
+            });
+        }
+        if !wait_readable(&dev, deadline - now).map_err(io_err("poll"))? {
+            continue;
+        }
+        match dev.read(&mut chunk) {
+            Ok(0) => {
+                // EOF / hangup (pty peer closed): nothing more will come. Avoid a busy loop.
+                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            // EIO on a pty master that went away: treat like no data.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+            }
+            Err(e) => return Err(ContextError::Io { path: path.to_owned(), op: "read reply", source: e }),
+        }
+    }
+    decode_reply(path, key, &buf)
+}
+
+/// Decode one reply line (exposed for fuzzing and tests).
+pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Value, ContextError> {
+    let text = strip(raw);
+    if !text.is_ascii() {
+        return Err(ContextError::Garbage {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason: "reply is not ASCII (the protocol escapes non-ASCII in JSON)".into(),
+            sample: sample(text),
+        });
+    }
+    if text.iter().any(|&b| b < 0x20 && b != b'\t') {
+        return Err(ContextError::Garbage {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason: "reply contains control characters (the protocol escapes them)".into(),
+            sample: sample(text),
+        });
+    }
+    match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let looks_json = matches!(text.first(), Some(b'{') | Some(b'['));
+            if looks_json && e.is_eof() {
+                Err(ContextError::Truncated { path: path.to_owned(), key: key.to_owned(), got: text.len() })
+            } else if looks_json {
+                Err(ContextError::Garbage {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    reason: format!("invalid JSON: {e}"),
+                    sample: sample(text),
+                })
+            } else {
+                // Leaves come back unquoted: keep the bare string, as cloud-init does. ASCII checked.
+                Ok(serde_json::Value::String(String::from_utf8_lossy(text).into_owned()))
+            }
+        }
+    }
+}
+
+fn strip(mut s: &[u8]) -> &[u8] {
+    let junk = |b: &u8| matches!(b, 0x04 | b'\n' | b'\r');
+    while s.first().is_some_and(junk) {
+        s = &s[1..];
+    }
+    while s.last().is_some_and(junk) {
+        s = &s[..s.len() - 1];
+    }
+    s
+}
+
+/// A short, printable prefix of a bad reply for error messages. Context replies may contain
+/// secrets (user data), so at most 32 bytes are shown.
+fn sample(bytes: &[u8]) -> String {
+    bytes.iter().take(32).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+}
+
+fn set_raw(dev: &File) -> io::Result<()> {
+    let mut t = match termios::tcgetattr(dev.as_fd()) {
+        Ok(t) => t,
+        // Not a tty (a FIFO or socket in some test setups): nothing to configure.
+        Err(Errno::ENOTTY) | Err(Errno::EINVAL) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    termios::cfmakeraw(&mut t);
+    // cfmakeraw already clears ECHO; be explicit because echo is the failure that matters most.
+    t.local_flags.remove(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ICANON | LocalFlags::ISIG);
+    t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+    t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    termios::tcsetattr(dev.as_fd(), SetArg::TCSANOW, &t)?;
+    Ok(())
+}
+
+fn flush_stale(dev: &mut File) -> io::Result<()> {
+    match termios::tcflush(dev.as_fd(), FlushArg::TCIOFLUSH) {
+        Ok(()) | Err(Errno::ENOTTY) | Err(Errno::EINVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Also drain whatever is readable right now (bytes that raced with the flush).
+    let mut junk = [0u8; 4096];
+    loop {
+        match dev.read(&mut junk) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn wait_readable(dev: &File, timeout: Duration) -> io::Result<bool> {
+    wait(dev, PollFlags::POLLIN, timeout)
+}
+
+fn wait(dev: &File, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
+    let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(dev.as_fd(), flags)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_all_deadline(dev: &mut File, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        match dev.write(data) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "device accepted no bytes")),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                }
+                wait(dev, PollFlags::POLLOUT, deadline - now)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_strips_and_parses() {
+        let p = Path::new("/dev/x");
+        assert_eq!(decode_reply(p, "", b"\x04{\"a\":1}\n\x04").unwrap(), serde_json::json!({"a":1}));
+        assert_eq!(decode_reply(p, "name", b"my-node").unwrap(), serde_json::json!("my-node"));
+        assert_eq!(decode_reply(p, "x", b"").unwrap(), serde_json::json!(""));
+        assert!(matches!(decode_reply(p, "", b"{\"a\":"), Err(ContextError::Truncated { .. })));
+        assert!(matches!(decode_reply(p, "", b"{\"a\" x}"), Err(ContextError::Garbage { .. })));
+        assert!(matches!(decode_reply(p, "", "caf\u{e9}".as_bytes()), Err(ContextError::Garbage { .. })));
+    }
+}
