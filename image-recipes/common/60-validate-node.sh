@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Validation of the OS-level node checklist (the goss idea, in plain shell): fail loudly with
+# every problem listed rather than stopping at the first.
+set -uo pipefail
+
+fail=0
+check() {
+  local what=$1
+  shift
+  if "$@" >/dev/null 2>&1; then
+    echo "ok:   $what"
+  else
+    echo "FAIL: $what"
+    fail=1
+  fi
+}
+
+check "module overlay loaded" grep -qw '^overlay' /proc/modules
+check "module br_netfilter loaded" grep -qw '^br_netfilter' /proc/modules
+check "modules configured at boot" grep -qx br_netfilter /etc/modules-load.d/kubernetes.conf
+check "net.ipv4.ip_forward = 1" test "$(sysctl -n net.ipv4.ip_forward)" = 1
+check "bridge-nf-call-iptables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-iptables)" = 1
+check "bridge-nf-call-ip6tables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-ip6tables)" = 1
+check "swap off" test -z "$(swapon --show --noheadings)"
+check "no swap in fstab" bash -c "! grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab"
+check "agent binary present" test -x /usr/local/bin/cloudsigma-agent
+check "bootstrap unit enabled" systemctl is-enabled cloudsigma-bootstrap.service
+check "cloud-init disabled" test -f /etc/cloud/cloud-init.disabled
+check "host key regeneration enabled" systemctl is-enabled imgbuild-ssh-hostkeys.service
+
+exit "$fail"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Kubernetes part of the validation: pinned versions present, held, services enabled, images there.
+set -uo pipefail
+
+: "${KUBERNETES_VERSION:?}" "${CONTAINERD_VERSION:?}" "${PAUSE_IMAGE:?}"
+fail=0
+check() {
+  local what=$1
+  shift
+  if "$@" >/dev/null 2>&1; then
+    echo "ok:   $what"
+  else
+    echo "FAIL: $what"
+    fail=1
+  fi
+}
+
+check "kubeadm v$KUBERNETES_VERSION" bash -c "kubeadm version -o short | grep -qx 'v$KUBERNETES_VERSION'"
+check "kubelet v$KUBERNETES_VERSION" bash -c "kubelet --version | grep -q 'v$KUBERNETES_VERSION\$'"
+check "kubectl v$KUBERNETES_VERSION" bash -c "kubectl version --client | grep -q 'v$KUBERNETES_VERSION'"
+check "kube packages held" bash -c "apt-mark showhold | grep -qx kubeadm && apt-mark showhold | grep -qx kubelet"
+check "containerd $CONTAINERD_VERSION" bash -c "containerd --version | grep -q 'v$CONTAINERD_VERSION '"
+check "containerd enabled" systemctl is-enabled containerd
+check "containerd active" systemctl is-active containerd
+check "kubelet enabled" systemctl is-enabled kubelet
+check "SystemdCgroup = true" grep -q 'SystemdCgroup = true' /etc/containerd/config.toml
+check "runc present" test -x /usr/local/sbin/runc
+check "CNI bridge plugin present" test -x /opt/cni/bin/bridge
+check "crictl configured" grep -q containerd.sock /etc/crictl.yaml
+check "pause image pulled" bash -c "crictl images -o json | grep -q '${PAUSE_IMAGE%%:*}'"
+
+exit "$fail"
