@@ -227,12 +227,15 @@ impl Client {
                     tracing::debug!(%method, %path, status, elapsed_ms, attempt, "cloudsigma api");
                     return Ok((status, body));
                 }
-                Ok((404, _)) if req.gone_ok_on_retry && attempt > 1 => {
+                // send_once maps every non-2xx status to Err.
+                Ok((status, body)) => {
+                    return Err(error::api_error(status, &method, &path, &body, None, None))
+                }
+                Err(e) if e.is_not_found() && req.gone_ok_on_retry && attempt > 1 => {
                     tracing::debug!(%method, %path, status = 404, elapsed_ms, attempt,
                         "cloudsigma api: already gone after a retried DELETE");
                     return Ok((204, Vec::new()));
                 }
-                Ok(_) => unreachable!("send_once maps error statuses to Err"),
                 Err(e) => e,
             };
             tracing::debug!(%method, %path, status = ?result.status(), elapsed_ms, attempt,

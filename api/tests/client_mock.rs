@@ -1,0 +1,595 @@
+//! The REST client against a tiny scripted HTTP/1.1 server on loopback: pagination, retries
+//! (and their absence for POST), Retry-After, timeouts, error bodies, waiters.
+#![cfg(feature = "client")]
+
+use cloudsigma_api::client::{Auth, Client, Config, Error, RetryPolicy, WaitPolicy};
+use cloudsigma_api::{DriveCreate, DriveStatus, ServerStatus};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    /// path + query
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn query(&self, key: &str) -> Option<String> {
+        let q = self.target.split_once('?')?.1;
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    delay: Duration,
+}
+
+fn resp(status: u16, body: Value) -> Resp {
+    Resp {
+        status,
+        headers: vec![],
+        body: if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        },
+        delay: Duration::ZERO,
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen, usize) -> Resp + Send + Sync>;
+
+struct Mock {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    async fn start(h: impl Fn(&Seen, usize) -> Resp + Send + Sync + 'static) -> Mock {
+        let handler: Handler = Arc::new(h);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = l.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    let head_end = loop {
+                        let n = match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&tmp[..n]);
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let mut rl = lines.next().unwrap_or("").split(' ');
+                    let method = rl.next().unwrap_or("").to_string();
+                    let target = rl.next().unwrap_or("").to_string();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[head_end + 4..].to_vec();
+                    while body.len() < len {
+                        let n = match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        body.extend_from_slice(&tmp[..n]);
+                    }
+                    let req = Seen {
+                        method,
+                        target,
+                        headers,
+                        body,
+                    };
+                    let idx = {
+                        let mut s = seen.lock().unwrap();
+                        s.push(req.clone());
+                        s.len() - 1
+                    };
+                    let r = handler(&req, idx);
+                    if !r.delay.is_zero() {
+                        tokio::time::sleep(r.delay).await;
+                    }
+                    let mut out = format!(
+                        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        r.status,
+                        r.body.len()
+                    );
+                    for (k, v) in &r.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    out.push_str(&r.body);
+                    let _ = sock.write_all(out.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Mock {
+            base: format!("http://{addr}/api/2.0/"),
+            seen,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn client(&self) -> Client {
+        self.client_with(fast_retry(5), Duration::from_secs(5))
+    }
+
+    fn client_with(&self, retry: RetryPolicy, timeout: Duration) -> Client {
+        let cfg = Config::for_url(
+            &self.base,
+            Auth::Basic {
+                username: "user@example.com".into(),
+                password: "pw".into(),
+            },
+        )
+        .unwrap()
+        .with_retry(retry)
+        .with_timeout(timeout);
+        Client::new(cfg).unwrap()
+    }
+}
+
+fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: attempts,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        max_retry_after: Duration::from_secs(5),
+    }
+}
+
+fn server_json(i: usize, status: &str) -> Value {
+    json!({"uuid": format!("s-{i}"), "name": format!("n{i}"), "cpu": 1000, "mem": 536870912,
+           "status": status, "vnc_password": "x", "drives": [], "nics": [], "meta": {}, "tags": [],
+           "runtime": null, "resource_uri": format!("/api/2.0/servers/s-{i}/")})
+}
+
+fn drive_json(uuid: &str, status: &str) -> Value {
+    json!({"uuid": uuid, "name": "d", "size": 1073741824u64, "media": "disk", "status": status,
+           "mounted_on": [], "meta": {}, "tags": []})
+}
+
+/// Serve `total` servers honouring limit/offset, capping pages at `cap`.
+fn paged(total: usize, cap: usize) -> impl Fn(&Seen, usize) -> Resp {
+    move |req, _| {
+        let limit: usize = req
+            .query("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(20);
+        let offset: usize = req
+            .query("offset")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let n = limit.min(cap);
+        let objs: Vec<Value> = (offset..(offset + n).min(total))
+            .map(|i| server_json(i, "stopped"))
+            .collect();
+        resp(
+            200,
+            json!({"meta": {"limit": limit, "offset": offset, "total_count": total}, "objects": objs}),
+        )
+    }
+}
+
+#[tokio::test]
+async fn pagination_reads_three_pages() {
+    let m = Mock::start(paged(5, 1000)).await;
+    let c = m.client().with_page_size(2);
+    let servers = c.list_servers().await.unwrap();
+    assert_eq!(
+        servers.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>(),
+        ["s-0", "s-1", "s-2", "s-3", "s-4"]
+    );
+    let seen = m.seen();
+    assert_eq!(seen.len(), 3);
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s.method, "GET");
+        assert!(
+            s.target.starts_with("/api/2.0/servers/detail/?"),
+            "{}",
+            s.target
+        );
+        assert_eq!(s.query("limit").as_deref(), Some("2"));
+        assert_eq!(s.query("offset"), Some((i * 2).to_string()));
+    }
+    assert_eq!(c.calls(), 3);
+}
+
+#[tokio::test]
+async fn pagination_survives_server_capped_pages_and_keeps_filters() {
+    // The server caps pages at 3 although 100 were asked: short pages are not the end.
+    let m = Mock::start(paged(7, 3)).await;
+    let c = m.client();
+    let servers = c
+        .list_servers_filtered(&[("name__contains", "n"), ("limit", "1")])
+        .await
+        .unwrap();
+    assert_eq!(servers.len(), 7);
+    let seen = m.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|s| s.query("name__contains").as_deref() == Some("n")));
+    // the caller's limit is ignored: the client owns paging
+    assert!(seen
+        .iter()
+        .all(|s| s.query("limit").as_deref() == Some("100")));
+}
+
+#[tokio::test]
+async fn pagination_stops_on_empty_page_despite_total() {
+    // total_count overstates (objects deleted meanwhile): an empty page ends the listing.
+    let m = Mock::start(|req: &Seen, _| {
+        let offset: usize = req
+            .query("offset")
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let objs: Vec<Value> = if offset == 0 {
+            vec![server_json(0, "running")]
+        } else {
+            vec![]
+        };
+        resp(
+            200,
+            json!({"meta": {"limit": 100, "offset": offset, "total_count": 50}, "objects": objs}),
+        )
+    })
+    .await;
+    let servers = m.client().list_servers().await.unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(m.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn get_429_then_success_is_retried() {
+    let m = Mock::start(|_, i| {
+        if i == 0 {
+            let mut r = resp(429, json!([{"error_type": "permission", "error_message": "rate limited", "error_point": null}]));
+            r.headers.push(("Retry-After", "0".into()));
+            r
+        } else {
+            resp(200, server_json(1, "running"))
+        }
+    })
+    .await;
+    let c = m.client();
+    let s = c.get_server("s-1").await.unwrap();
+    assert_eq!(s.status, ServerStatus::Running);
+    assert_eq!(m.seen().len(), 2);
+    assert_eq!(c.calls(), 2);
+}
+
+#[tokio::test]
+async fn post_500_is_not_retried() {
+    let m = Mock::start(|_, _| {
+        resp(
+            500,
+            json!([{"error_type": "backend", "error_message": "boom", "error_point": null}]),
+        )
+    })
+    .await;
+    let c = m.client();
+    let e = c
+        .create_drive(&DriveCreate {
+            name: "d".into(),
+            size: 1 << 30,
+            media: "disk".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(500));
+    assert!(
+        e.is_retryable(),
+        "500 is retryable in principle; POST just is not retried"
+    );
+    assert_eq!(m.seen().len(), 1, "a POST must be sent exactly once");
+    let e = c.start_server("s-1").await.unwrap_err();
+    assert_eq!(e.status(), Some(500));
+    assert_eq!(m.seen().len(), 2);
+    // the create body is the objects envelope
+    let body: Value = serde_json::from_slice(&m.seen()[0].body).unwrap();
+    assert_eq!(body["objects"][0]["name"], "d");
+    // actions send {} and ?do=
+    assert_eq!(m.seen()[1].target, "/api/2.0/servers/s-1/action/?do=start");
+    assert_eq!(m.seen()[1].body, b"{}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let m = Mock::start(|_, i| {
+        if i == 0 {
+            let mut r = resp(503, json!([{"error_type": "concurrency", "error_message": "busy", "error_point": null}]));
+            r.headers.push(("Retry-After", "1".into()));
+            r
+        } else {
+            resp(200, server_json(2, "stopped"))
+        }
+    })
+    .await;
+    let c = m.client(); // backoff alone would be <= 5 ms
+    let t = Instant::now();
+    c.get_server("s-2").await.unwrap();
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    assert_eq!(m.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_beyond_limit_returns_the_error() {
+    let m = Mock::start(|_, _| {
+        let mut r = resp(429, json!([]));
+        r.headers.push(("Retry-After", "3600".into()));
+        r
+    })
+    .await;
+    let e = m.client().get_server("s").await.unwrap_err();
+    assert_eq!(e.status(), Some(429));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+    assert_eq!(m.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let m = Mock::start(|_, _| resp(502, Value::String("bad gateway".into()))).await;
+    let c = m.client_with(fast_retry(4), Duration::from_secs(5));
+    let e = c.list_drives().await.unwrap_err();
+    assert_eq!(e.status(), Some(502));
+    assert_eq!(m.seen().len(), 4);
+    assert_eq!(c.calls(), 4);
+}
+
+#[tokio::test]
+async fn per_request_timeout() {
+    let m = Mock::start(|_, _| {
+        let mut r = resp(200, server_json(1, "running"));
+        r.delay = Duration::from_secs(3);
+        r
+    })
+    .await;
+    let c = m.client_with(RetryPolicy::none(), Duration::from_millis(300));
+    let t = Instant::now();
+    let e = c.get_server("s-1").await.unwrap_err();
+    assert!(matches!(e, Error::RequestTimeout { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(e.to_string().contains("GET /api/2.0/servers/s-1/"), "{e}");
+    // with retries, an idempotent GET is attempted again after a timeout
+    let c = m.client_with(fast_retry(2), Duration::from_millis(200));
+    let _ = c.get_server("s-1").await.unwrap_err();
+    assert_eq!(c.calls(), 2);
+}
+
+#[tokio::test]
+async fn connection_refused_is_transport_error_and_retried_for_get() {
+    // Bind then drop to get a port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = Config::for_url(
+        &format!("http://127.0.0.1:{port}/api/2.0/"),
+        Auth::Bearer("t".into()),
+    )
+    .unwrap()
+    .with_retry(fast_retry(3));
+    let c = Client::new(cfg).unwrap();
+    let e = c.list_tags().await.unwrap_err();
+    assert!(matches!(e, Error::Transport { .. }), "{e:?}");
+    assert_eq!(c.calls(), 3);
+    let e = c.create_tag(&Default::default()).await.unwrap_err();
+    assert!(matches!(e, Error::Transport { .. }), "{e:?}");
+    assert_eq!(c.calls(), 4, "POST not retried on connection errors either");
+}
+
+#[tokio::test]
+async fn error_body_status_and_request_id() {
+    let m = Mock::start(|_, _| {
+        let mut r = resp(404, json!([{"error_point": null, "error_type": "notexist", "error_message": "Object with uuid nope does not exist"}]));
+        r.headers.push(("X-REQUEST-ID", "req-42".into()));
+        r
+    })
+    .await;
+    let e = m.client().get_drive("nope").await.unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(m.seen().len(), 1, "404 is not retried");
+    match &e {
+        Error::Api {
+            status,
+            method,
+            path,
+            errors,
+            request_id,
+            ..
+        } => {
+            assert_eq!(*status, 404);
+            assert_eq!(method, "GET");
+            assert_eq!(path, "/api/2.0/drives/nope/");
+            assert_eq!(errors[0].error_type, "notexist");
+            assert_eq!(request_id.as_deref(), Some("req-42"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("req-42"));
+}
+
+#[tokio::test]
+async fn auth_headers_basic_and_bearer() {
+    let m = Mock::start(|_, _| {
+        resp(
+            200,
+            json!({"meta": {"limit": 100, "offset": 0, "total_count": 0}, "objects": []}),
+        )
+    })
+    .await;
+    m.client().list_ips().await.unwrap();
+    // base64("user@example.com:pw")
+    assert_eq!(
+        m.seen()[0].header("authorization"),
+        Some("Basic dXNlckBleGFtcGxlLmNvbTpwdw==")
+    );
+    let c = Client::new(Config::for_url(&m.base, Auth::Bearer("tok-1".into())).unwrap()).unwrap();
+    c.list_vlans().await.unwrap();
+    assert_eq!(m.seen()[1].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(
+        m.seen()[1].target,
+        "/api/2.0/vlans/detail/?limit=100&offset=0"
+    );
+}
+
+#[tokio::test]
+async fn put_and_delete_are_retried_and_delete_404_after_retry_is_success() {
+    let m = Mock::start(|req: &Seen, i| match (req.method.as_str(), i) {
+        ("DELETE", 0) => resp(503, json!([])),
+        ("DELETE", _) => resp(
+            404,
+            json!([{"error_type": "notexist", "error_message": "gone", "error_point": null}]),
+        ),
+        _ => resp(200, Value::Null),
+    })
+    .await;
+    let c = m.client();
+    c.delete_drive("d-1").await.unwrap();
+    assert_eq!(m.seen().len(), 2);
+    // a 404 on the FIRST attempt stays an error
+    let e = c
+        .delete_server("s-9", Some("all_drives"))
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(
+        m.seen()[2].target,
+        "/api/2.0/servers/s-9/?recurse=all_drives"
+    );
+    assert!(matches!(
+        c.delete_server("s", Some("everything")).await,
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[tokio::test]
+async fn decode_error_names_the_endpoint() {
+    let m = Mock::start(|_, _| resp(200, json!({"unexpected": true}))).await;
+    let e = m.client().get_server("s-1").await.unwrap_err();
+    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    assert!(e.to_string().contains("/api/2.0/servers/s-1/"), "{e}");
+}
+
+#[tokio::test]
+async fn waiter_success() {
+    let m = Mock::start(|_, i| {
+        resp(
+            200,
+            drive_json("d-1", if i < 2 { "creating" } else { "unmounted" }),
+        )
+    })
+    .await;
+    let c = m.client().with_wait_policy(WaitPolicy {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(40),
+    });
+    let d = c
+        .wait_drive_status("d-1", DriveStatus::Unmounted, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DriveStatus::Unmounted);
+    assert_eq!(m.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn waiter_timeout_names_object_want_and_last() {
+    let m = Mock::start(|_, _| resp(200, server_json(3, "starting"))).await;
+    let c = m.client().with_wait_policy(WaitPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    });
+    let t = Instant::now();
+    let e = c
+        .wait_server_status("s-3", ServerStatus::Running, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    let el = t.elapsed();
+    match &e {
+        Error::Timeout {
+            what, want, last, ..
+        } => {
+            assert_eq!(
+                (what.as_str(), want.as_str(), last.as_str()),
+                ("server s-3", "running", "starting")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        el >= Duration::from_millis(500) && el < Duration::from_secs(2),
+        "{el:?}"
+    );
+    // backoff, not a busy loop: 20+40+80+100+100+100... ≈ 7 polls in 500 ms
+    let polls = m.seen().len();
+    assert!((4..=10).contains(&polls), "{polls} polls");
+    assert!(
+        e.to_string().contains("server s-3") && e.to_string().contains("last status: starting")
+    );
+}
+
+#[tokio::test]
+async fn waiter_404_is_an_error_not_a_wait() {
+    let m = Mock::start(|_, _| {
+        resp(
+            404,
+            json!([{"error_type": "notexist", "error_message": "no", "error_point": null}]),
+        )
+    })
+    .await;
+    let c = m.client();
+    let t = Instant::now();
+    let e = c
+        .wait_drive_status("d-x", DriveStatus::Unmounted, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found());
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(m.seen().len(), 1);
+}
