@@ -1,0 +1,361 @@
+//! End-to-end builds of the shipped ubuntu-k8s recipe against the in-process emulator, with the
+//! recording transport standing in for the VM (no VM runs here; the real SSH path is exercised
+//! by tests/e2e with the QEMU backend).
+
+use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, OnceRule};
+use imgbuild::build::{self, BuildError, Builder, Options, PHASES};
+use imgbuild::cloud::{Auth, Cloud, CloudConfig};
+use imgbuild::progress::{Mode, Reporter};
+use imgbuild::recipe::{self, Recipe};
+use imgbuild::transport::{LocalTransport, Recorded};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    emu: EmulatorHandle,
+    dir: tempfile::TempDir,
+    agent: PathBuf,
+    unit: PathBuf,
+}
+
+fn recipe_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml")
+}
+
+async fn fixture() -> Fixture {
+    let emu = Emulator::start(EmulatorConfig::for_tests()).await.expect("emulator starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = dir.path().join("cloudsigma-agent");
+    std::fs::write(&agent, b"#!/bin/sh\necho fake agent\n").unwrap();
+    let unit = dir.path().join("cloudsigma-bootstrap.service");
+    std::fs::write(&unit, b"[Unit]\nDescription=test\n").unwrap();
+    Fixture { emu, dir, agent, unit }
+}
+
+impl Fixture {
+    fn vars(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("agent_binary".into(), self.agent.display().to_string());
+        m.insert("bootstrap_unit".into(), self.unit.display().to_string());
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+    fn recipe(&self, extra: &[(&str, &str)]) -> Recipe {
+        Recipe::load(&recipe_file(), &self.vars(extra)).expect("shipped recipe validates")
+    }
+    fn cloud(&self) -> Cloud {
+        Cloud::new(CloudConfig {
+            base_url: url::Url::parse(&self.emu.api_url()).unwrap(),
+            auth: Auth::Basic { username: self.emu.username().into(), password: self.emu.password().into() },
+            timeout: Duration::from_secs(10),
+            max_retries: 6,
+        })
+        .unwrap()
+    }
+    fn transport(&self) -> LocalTransport {
+        LocalTransport::new(self.dir.path().join("sandbox"))
+    }
+    fn builder(&self, t: LocalTransport, cancel: CancellationToken, opts: Options) -> Builder {
+        Builder::new(self.cloud(), Arc::new(t), Reporter::new(Mode::Quiet), cancel, opts)
+    }
+    async fn build(&self, extra: &[(&str, &str)], opts: Options) -> Result<build::Manifest, BuildError> {
+        self.builder(self.transport(), CancellationToken::new(), opts).build(&self.recipe(extra)).await
+    }
+    /// (servers, drives, tags) as the emulator holds them.
+    fn counts(&self) -> (usize, usize, usize) {
+        let s = self.emu.snapshot();
+        (s.servers.len(), s.drives.len(), s.tags.len())
+    }
+    fn posts(&self) -> u64 {
+        self.emu.counters().1.iter().filter(|(k, _)| k.starts_with("POST ")).map(|(_, v)| v).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
+    let f = fixture().await;
+    let t = f.transport();
+    let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
+    let r = f.recipe(&[]);
+    let m = b.build(&r).await.expect("build succeeds");
+
+    let snap = f.emu.snapshot();
+    assert!(snap.servers.is_empty(), "no server may remain: {:?}", snap.servers);
+    assert_eq!(snap.drives.len(), 1, "exactly one drive: {:?}", snap.drives);
+    let d = &snap.drives[0];
+    assert_eq!(d.uuid, m.image_uuid);
+    assert!(d.name.starts_with("ubuntu-2404-kube-v1.34.1-"), "name {}", d.name);
+    assert_eq!(d.size, 20 << 30);
+    assert_eq!(d.meta.get("imgbuild.state").map(String::as_str), Some("image"));
+    assert_eq!(d.meta.get("imgbuild.fingerprint"), Some(&m.fingerprint));
+    assert_eq!(d.meta.get("kubernetes_version").map(String::as_str), Some("1.34.1"));
+    assert_eq!(d.meta.get("containerd_version").map(String::as_str), Some("1.7.28"));
+    assert_eq!(d.meta.get("agent_sha256"), Some(&recipe::sha256_file(&f.agent).unwrap()));
+    assert!(d.meta.contains_key("imgbuild.built-at"));
+    assert!(!d.meta.contains_key("imgbuild.started"));
+    let tag_names: Vec<String> = d
+        .tags
+        .iter()
+        .filter_map(|r| snap.tags.iter().find(|t| t.uuid == r.uuid()).map(|t| t.name.clone()))
+        .collect();
+    for want in ["imgbuild", "k8s-node", "kubernetes-v1.34.1"] {
+        assert!(tag_names.iter().any(|n| n == want), "tag {want} missing: {tag_names:?}");
+    }
+    // provisioning: every step in order, uploads verified by sha256, login key removed at the end
+    let rec = t.recorded();
+    let scripts = rec.iter().filter(|r| matches!(r, Recorded::Script { .. })).count();
+    assert_eq!(scripts, 8);
+    assert!(rec.contains(&Recorded::Sha256 { path: "/usr/local/bin/cloudsigma-agent".into() }));
+    assert!(rec.contains(&Recorded::Reboot));
+    assert_eq!(rec.last(), Some(&Recorded::Clean));
+    match &rec[0] {
+        Recorded::WaitReady { user, .. } => assert_eq!(user, "cloudsigma", "SSH user comes from the library drive"),
+        other => panic!("first operation should wait for SSH: {other:?}"),
+    }
+    if let Some(Recorded::Script { env, .. }) = rec.iter().find(|r| matches!(r, Recorded::Script { .. })) {
+        assert!(env.contains(&("KUBERNETES_VERSION".into(), "1.34.1".into())));
+    }
+    assert!(m.stats.api_calls <= 40, "API calls per build: {}", m.stats.api_calls);
+    f.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
+    let f = fixture().await;
+    let emu = Arc::new(f.emu);
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let (e2, s2) = (emu.clone(), seen.clone());
+    let opts = Options {
+        on_phase: Some(Arc::new(move |p: &str| {
+            if p == "wait-ssh" {
+                *s2.lock().unwrap() = e2.snapshot().servers.first().cloned();
+            }
+        })),
+        ..Default::default()
+    };
+    let cloud = Cloud::new(CloudConfig {
+        base_url: url::Url::parse(&emu.api_url()).unwrap(),
+        auth: Auth::Basic { username: emu.username().into(), password: emu.password().into() },
+        timeout: Duration::from_secs(10),
+        max_retries: 6,
+    })
+    .unwrap();
+    let t = LocalTransport::new(f.dir.path().join("sb"));
+    let mut vars = BTreeMap::new();
+    vars.insert("agent_binary".to_string(), f.agent.display().to_string());
+    vars.insert("bootstrap_unit".to_string(), f.unit.display().to_string());
+    let r = Recipe::load(&recipe_file(), &vars).unwrap();
+    let b = Builder::new(cloud, Arc::new(t.clone()), Reporter::new(Mode::Quiet), CancellationToken::new(), opts);
+    b.build(&r).await.expect("build");
+    let s = seen.lock().unwrap().clone().expect("server existed during wait-ssh");
+    use imgbuild::transport::Transport;
+    assert_eq!(s.meta.get("ssh_public_key"), Some(&t.public_key()));
+    assert!(s.meta.contains_key("imgbuild.build-id"));
+    assert_eq!(s.cpu, 4000);
+    assert_eq!(s.mem, 4 << 30);
+    assert_eq!(s.drives.len(), 1);
+    assert_eq!(s.drives[0].dev_channel, "0:0");
+    assert_eq!(s.drives[0].boot_order, Some(1));
+    assert_eq!(s.nics.len(), 1);
+    assert!(s.nics[0].vlan.is_none());
+    assert!(s.vnc_password.as_deref().map(|p| p.len() >= 16).unwrap_or(true));
+    assert!(!s.tags.is_empty(), "the build server is tagged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() {
+    let f = fixture().await;
+    let first = f.build(&[], Options::default()).await.expect("first build");
+    f.emu.reset_counters();
+    let again = f.build(&[], Options::default()).await.expect("cached build");
+    assert!(again.cached);
+    assert_eq!(again.image_uuid, first.image_uuid);
+    assert_eq!(f.posts(), 0, "a cached build must not POST: {:?}", f.emu.counters().1);
+    assert_eq!(f.counts(), (0, 1, 3));
+
+    // a variable changes → new fingerprint → new image
+    let v = f.build(&[("kubernetes_version", "1.34.2")], Options::default()).await.expect("rebuild");
+    assert!(!v.cached);
+    assert_ne!(v.fingerprint, first.fingerprint);
+    assert_eq!(f.counts().1, 2);
+
+    // a file's content changes (same path) → rebuild
+    std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
+    let a = f.build(&[], Options::default()).await.expect("rebuild after file change");
+    assert!(!a.cached);
+    assert_eq!(f.counts().1, 3);
+
+    // --force rebuilds an unchanged recipe
+    let forced = f.build(&[], Options { force: true, ..Default::default() }).await.expect("forced");
+    assert!(!forced.cached);
+    assert_eq!(f.counts().1, 4);
+    f.emu.shutdown().await;
+}
+
+#[test]
+fn fingerprint_covers_recipe_text_vars_files_and_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+    write("a.sh", "echo a\n");
+    let recipe = "name: t\nbase: {distribution: Ubuntu, version: \"24.04\"}\ndisk_size: 10GiB\nserver: {cpu: 2000, mem: 2GiB}\nvars: {x: \"1\"}\nsteps:\n  - script: a.sh\noutput: {name: \"t-{{ x }}\"}\n";
+    write("recipe.yaml", recipe);
+    let load = |o: &[(&str, &str)]| {
+        let m: BTreeMap<String, String> = o.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Recipe::load(&dir.path().join("recipe.yaml"), &m).unwrap()
+    };
+    let base = load(&[]).fingerprint("u1");
+    assert_eq!(base, load(&[]).fingerprint("u1"), "deterministic");
+    assert_ne!(base, load(&[]).fingerprint("u2"), "base drive");
+    assert_ne!(base, load(&[("x", "2")]).fingerprint("u1"), "vars");
+    write("a.sh", "echo b\n");
+    assert_ne!(base, load(&[]).fingerprint("u1"), "file content");
+    write("a.sh", "echo a\n");
+    write("recipe.yaml", &format!("{recipe}# comment\n"));
+    assert_ne!(base, load(&[]).fingerprint("u1"), "recipe text");
+}
+
+/// Each API call of the pipeline fails once. POSTs are not retried, so the build fails and must
+/// leave nothing; idempotent calls are retried and the build succeeds with exactly one image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("GET", "/api/2.0/libdrives/", true),
+        ("GET", "/api/2.0/tags/detail/", true),
+        ("POST", "/api/2.0/tags/", false),
+        ("POST", "/api/2.0/libdrives/{uuid}/action/", false),
+        ("GET", "/api/2.0/drives/{uuid}/", true),
+        ("POST", "/api/2.0/drives/{uuid}/action/", false),
+        ("POST", "/api/2.0/servers/", false),
+        ("POST", "/api/2.0/servers/{uuid}/action/?do=start", false),
+        ("GET", "/api/2.0/servers/{uuid}/", true),
+        ("POST", "/api/2.0/servers/{uuid}/action/?do=shutdown", false),
+        ("DELETE", "/api/2.0/servers/{uuid}/", true),
+        ("PUT", "/api/2.0/drives/{uuid}/", true),
+    ];
+    for (method, path, survives) in cases {
+        let f = fixture().await;
+        f.emu.add_once_rule(OnceRule { method: Some(method.to_string()), path: path.to_string(), status: 500, count: 1 });
+        let r = f.build(&[], Options::default()).await;
+        let (servers, drives, tags) = f.counts();
+        match r {
+            Ok(m) => {
+                assert!(survives, "{method} {path}: a POST failure must fail the build, got {m:?}");
+                assert_eq!((servers, drives), (0, 1), "{method} {path}");
+            }
+            Err(e) => {
+                assert!(!survives, "{method} {path}: an idempotent call must be retried, got {e}");
+                assert!(e.cleanup().left.is_empty(), "{method} {path}: {:?}", e.cleanup());
+                assert_eq!((servers, drives, tags), (0, 0, 0), "{method} {path}: leftovers after {e}");
+            }
+        }
+        f.emu.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_at_each_phase_leaves_nothing_behind() {
+    for phase in PHASES {
+        let f = fixture().await;
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        let p = phase.to_string();
+        let opts = Options {
+            on_phase: Some(Arc::new(move |now: &str| {
+                if now == p {
+                    c2.cancel();
+                }
+            })),
+            ..Default::default()
+        };
+        let r = f.builder(f.transport(), cancel, opts).build(&f.recipe(&[])).await;
+        match r {
+            Err(BuildError::Interrupted { phase: at, cleanup, .. }) => {
+                assert_eq!(&at, phase);
+                assert!(cleanup.left.is_empty(), "{phase}: {cleanup:?}");
+            }
+            other => panic!("{phase}: expected an interruption, got {other:?}"),
+        }
+        assert_eq!(f.counts(), (0, 0, 0), "{phase}: leftovers");
+        f.emu.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
+    let f = fixture().await;
+    let mut t = f.transport();
+    t.fail_script = Some("40-kubernetes.sh".into());
+    let r = f.builder(t.clone(), CancellationToken::new(), Options::default()).build(&f.recipe(&[])).await;
+    match r {
+        Err(BuildError::Failed { phase, error, cleanup, .. }) => {
+            assert_eq!(phase, "provision");
+            assert!(error.contains("40-kubernetes.sh"), "{error}");
+            assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
+            assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert_eq!(f.counts(), (0, 0, 0));
+
+    // a good image exists, then a failed build with --keep-on-failure leaves its server + drive
+    f.build(&[], Options::default()).await.expect("good build");
+    let r = f.builder(t, CancellationToken::new(), Options { keep_on_failure: true, force: true, ..Default::default() }).build(&f.recipe(&[])).await;
+    assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
+    assert_eq!(f.counts().0, 1);
+    assert_eq!(f.counts().1, 2);
+    // `clean` with an age limit leaves the fresh leftovers, `--all` removes them, never the image
+    let cloud = f.cloud();
+    let rep = build::clean(&cloud, Duration::from_secs(3600), false, false, &|_| {}).await.unwrap();
+    assert!(rep.servers.is_empty() && rep.drives.is_empty());
+    let rep = build::clean(&cloud, Duration::from_secs(3600), true, false, &|_| {}).await.unwrap();
+    assert_eq!((rep.servers.len(), rep.drives.len()), (1, 1));
+    let snap = f.emu.snapshot();
+    assert!(snap.servers.is_empty());
+    assert_eq!(snap.drives.len(), 1);
+    assert_eq!(snap.drives[0].meta.get("imgbuild.state").map(String::as_str), Some("image"));
+    f.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_503_and_429_are_ridden_out() {
+    let f = fixture().await;
+    // 503 bursts on the polled GETs and the final PUT
+    for p in ["/api/2.0/drives/{uuid}/", "/api/2.0/servers/{uuid}/"] {
+        f.emu.add_once_rule(OnceRule { method: Some("GET".into()), path: p.into(), status: 503, count: 3 });
+    }
+    f.emu.add_once_rule(OnceRule { method: Some("PUT".into()), path: "/api/2.0/drives/{uuid}/".into(), status: 502, count: 2 });
+    f.build(&[], Options::default()).await.expect("503 bursts are retried");
+    assert_eq!(f.counts().0, 0);
+
+    // rate limiting: 429 + Retry-After, even on POSTs (refused before running, so safe to repeat)
+    f.emu.set_faults(FaultConfig { rate_limit_per_sec: 8, ..Default::default() });
+    let m = f.build(&[("kubernetes_version", "1.34.0")], Options::default()).await.expect("429s are retried");
+    assert!(!m.cached);
+    assert_eq!(f.counts().0, 0);
+    assert_eq!(f.counts().1, 2);
+    f.emu.shutdown().await;
+}
+
+#[test]
+fn dry_run_plan_names_every_phase_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("a");
+    std::fs::write(&agent, b"x").unwrap();
+    let mut v = BTreeMap::new();
+    v.insert("agent_binary".to_string(), agent.display().to_string());
+    v.insert("bootstrap_unit".to_string(), agent.display().to_string());
+    let r = Recipe::load(&recipe_file(), &v).unwrap();
+    let p = build::plan(&r, &Options::default(), None);
+    for ph in PHASES {
+        assert!(p.contains(ph), "plan lacks phase {ph}:\n{p}");
+    }
+    for s in &r.steps {
+        assert!(p.contains(&s.name), "plan lacks step {}", s.name);
+    }
+    assert!(p.contains("POST servers/") && p.contains("DELETE servers/<uuid>/"));
+}
