@@ -9,7 +9,7 @@ use crate::cloud::{Cloud, CloudError};
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, StepKind};
 use crate::transport::{Target, Transport, TransportError};
-use cloudsigma_api::{Drive, DriveStatus, LibDrive, Ref, Server, ServerStatus};
+use cloudsigma_api::{Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerCreate, ServerDrive, ServerStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -324,12 +324,10 @@ impl Builder {
         }
         let missing: Vec<String> = want_tags.iter().filter(|n| tag_uuid(n).is_none()).cloned().collect();
         let mut tag_ids: BTreeMap<String, String> = want_tags.iter().filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u))).collect();
-        if !missing.is_empty() {
-            let made = self.c(self.cloud.create_tags(&missing)).await?;
-            for t in made {
-                created.tags.push((t.uuid.clone(), t.name.clone()));
-                tag_ids.insert(t.name.clone(), t.uuid.clone());
-            }
+        for name in &missing {
+            let t = self.c(self.cloud.create_tag(name)).await?;
+            created.tags.push((t.uuid.clone(), t.name.clone()));
+            tag_ids.insert(t.name.clone(), t.uuid.clone());
         }
         let build_tag = tag_ids.get(TAG).cloned().ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
 
@@ -342,19 +340,17 @@ impl Builder {
         self.enter("clone");
         let drive_name = format!("imgbuild-{build_id}-build");
         created.maybe_drive = Some(drive_name.clone());
-        let d = self.c(self.cloud.clone_libdrive(&base.uuid, &json!({"name": drive_name, "media": "disk"}))).await?;
+        let req = DriveClone { name: Some(drive_name.clone()), media: Some("disk".into()), ..Default::default() };
+        let d = self.c(self.cloud.clone_libdrive(&base.uuid, &req)).await?;
         created.drive = Some(d.uuid.clone());
         let d = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.clone))).await?;
 
         self.enter("resize");
         // resize takes the full definition: set our meta and tag in the same call
-        let mut body = serde_json::to_value(&d).map_err(|e| StepError::Other(e.to_string()))?;
-        let mut meta = d.meta.clone();
-        meta.extend(build_meta.clone());
-        body["size"] = json!(recipe.spec.disk_size.0);
-        body["meta"] = json!(meta);
-        body["tags"] = json!([build_tag]);
-        let d = self.c(self.cloud.resize_drive(&d.uuid, &body)).await?;
+        let mut def = d.clone();
+        def.meta.extend(build_meta.clone());
+        def.tags = vec![Ref::Uuid(build_tag.clone())];
+        let d = self.c(self.cloud.resize_drive(&def, recipe.spec.disk_size.0)).await?;
         let _ = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize))).await?;
 
         self.enter("create-server");
@@ -362,21 +358,21 @@ impl Builder {
         let mut smeta = build_meta.clone();
         // cloud-init's CloudSigma datasource reads meta["ssh_public_key"] unconditionally
         smeta.insert("ssh_public_key".into(), self.transport.public_key());
-        let mut sbody = json!({
-            "name": server_name,
-            "cpu": recipe.spec.server.cpu,
-            "mem": recipe.spec.server.mem.0,
-            "vnc_password": random_password(),
-            "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": d.uuid}],
-            "nics": [{"ip_v4_conf": {"conf": "dhcp", "ip": null}, "model": "virtio"}],
-            "meta": smeta,
-            "tags": [build_tag],
-        });
-        if let Some(smp) = recipe.spec.server.smp {
-            sbody["smp"] = json!(smp);
-        }
+        let sreq = ServerCreate {
+            name: server_name.clone(),
+            cpu: recipe.spec.server.cpu,
+            mem: recipe.spec.server.mem.0,
+            smp: recipe.spec.server.smp,
+            vnc_password: random_password(),
+            drives: vec![ServerDrive { boot_order: Some(1), dev_channel: "0:0".into(), device: "virtio".into(), drive: Ref::Uuid(d.uuid.clone()), extra: Default::default() }],
+            // one public NIC with DHCP = CloudSigma's NAT address
+            nics: vec![Nic::public_dhcp()],
+            meta: smeta,
+            tags: vec![Ref::Uuid(build_tag.clone())],
+            pubkeys: Vec::new(),
+        };
         created.maybe_server = Some(server_name.clone());
-        let s = self.c(self.cloud.create_server(&sbody)).await?;
+        let s = self.c(self.cloud.create_server(&sreq)).await?;
         created.server = Some(s.uuid.clone());
 
         self.enter("start");
@@ -462,8 +458,7 @@ impl Builder {
         fin.name = name;
         fin.meta = meta;
         fin.tags = want_tags.iter().filter_map(|n| tag_ids.get(n)).map(|u| Ref::Uuid(u.clone())).collect();
-        let body = serde_json::to_value(&fin).map_err(|e| StepError::Other(e.to_string()))?;
-        let fin = self.c(self.cloud.update_drive(&fin.uuid, &body)).await?;
+        let fin = self.c(self.cloud.update_drive(&fin)).await?;
         // from here on the drive is the product, not a leftover
         *created = Created::default();
         let mut m = self.manifest_of(recipe, &fin, &base, &fingerprint, false, started);
@@ -508,7 +503,7 @@ impl Builder {
             uploads: recipe.upload_sha256(),
             stats: Stats {
                 wall_ms: wall.as_millis() as u64,
-                api_calls: m.calls.load(Ordering::Relaxed),
+                api_calls: self.cloud.calls(),
                 api_ms: api.as_millis() as u64,
                 poll_ms: poll.as_millis() as u64,
                 guest_ms: guest.as_millis() as u64,

@@ -6,7 +6,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use imgbuild::build::{self, BuildError, Builder, Options};
-use imgbuild::cloud::{Cloud, CloudConfig, ConfigOverrides};
+use imgbuild::cloud::{Cloud, ConfigOverrides};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
 use imgbuild::transport::{LocalTransport, OpenSsh, Transport};
@@ -127,8 +127,7 @@ fn cloud_from(a: &CloudArgs) -> Result<Cloud, String> {
         token: from_env(&a.token_from_env, "token")?,
         config_file: a.config.clone(),
     };
-    let cfg = CloudConfig::resolve(&o).map_err(|e| e.to_string())?;
-    Cloud::new(cfg).map_err(|e| e.to_string())
+    Cloud::resolve(&o).map_err(|e| e.to_string())
 }
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);

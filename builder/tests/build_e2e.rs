@@ -4,7 +4,7 @@
 
 use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, OnceRule};
 use imgbuild::build::{self, BuildError, Builder, Options, PHASES};
-use imgbuild::cloud::{Auth, Cloud, CloudConfig};
+use imgbuild::cloud::{Auth, Cloud, Config};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
 use imgbuild::transport::{LocalTransport, Recorded};
@@ -19,6 +19,11 @@ struct Fixture {
     dir: tempfile::TempDir,
     agent: PathBuf,
     unit: PathBuf,
+}
+
+fn cloud_for(emu: &EmulatorHandle) -> Cloud {
+    let auth = Auth::Basic { username: emu.username().into(), password: emu.password().into() };
+    Cloud::new(Config::for_url(&emu.api_url(), auth).unwrap().with_timeout(Duration::from_secs(10))).unwrap()
 }
 
 fn recipe_file() -> PathBuf {
@@ -49,13 +54,7 @@ impl Fixture {
         Recipe::load(&recipe_file(), &self.vars(extra)).expect("shipped recipe validates")
     }
     fn cloud(&self) -> Cloud {
-        Cloud::new(CloudConfig {
-            base_url: url::Url::parse(&self.emu.api_url()).unwrap(),
-            auth: Auth::Basic { username: self.emu.username().into(), password: self.emu.password().into() },
-            timeout: Duration::from_secs(10),
-            max_retries: 6,
-        })
-        .unwrap()
+        cloud_for(&self.emu)
     }
     fn transport(&self) -> LocalTransport {
         LocalTransport::new(self.dir.path().join("sandbox"))
@@ -138,13 +137,7 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
         })),
         ..Default::default()
     };
-    let cloud = Cloud::new(CloudConfig {
-        base_url: url::Url::parse(&emu.api_url()).unwrap(),
-        auth: Auth::Basic { username: emu.username().into(), password: emu.password().into() },
-        timeout: Duration::from_secs(10),
-        max_retries: 6,
-    })
-    .unwrap();
+    let cloud = cloud_for(&emu);
     let t = LocalTransport::new(f.dir.path().join("sb"));
     let mut vars = BTreeMap::new();
     vars.insert("agent_binary".to_string(), f.agent.display().to_string());
