@@ -1,0 +1,201 @@
+//! Paths under `--root`, atomic writes, owner lookup from the root's passwd/group.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Map an absolute guest path (`/etc/hostname`) under the agent's root.
+pub fn under(root: &Path, abs: &str) -> PathBuf {
+    root.join(abs.trim_start_matches('/'))
+}
+
+/// Numeric owner of a file, resolved by the caller. `None` leaves that id unchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Replace,
+    Append,
+}
+
+/// Write `data` to `path` atomically: a temporary file is created in the same directory with the
+/// final mode (before any content lands), filled, fsynced, chowned and renamed over the target,
+/// then the directory is fsynced. Append mode copies the current content first, so a reader never
+/// sees a half-appended file either. Parent directories are created (0755, like cloud-init).
+/// On any error the temporary file is removed and the target is untouched.
+pub fn atomic_write(path: &Path, data: &[u8], mode: u32, owner: Owner, how: WriteMode) -> io::Result<ChownOutcome> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory"))?;
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.cs-agent-tmp.{}", name.to_string_lossy(), std::process::id()));
+    let _ = fs::remove_file(&tmp); // a leftover from a crashed run of the same pid
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&tmp)?;
+        // The umask may have narrowed the mode: set it exactly before writing content.
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        if how == WriteMode::Append {
+            match File::open(path) {
+                Ok(mut old) => {
+                    io::copy(&mut old, &mut f)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        f.write_all(data)?;
+        f.sync_all()?;
+        let chown = chown_file(&f, owner)?;
+        // chown may clear setuid/setgid bits: restore the exact mode afterwards.
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(chown)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChownOutcome {
+    Done,
+    /// Not permitted (the agent runs unprivileged under a test root): recorded as a warning.
+    NotPermitted,
+}
+
+fn chown_file(f: &File, owner: Owner) -> io::Result<ChownOutcome> {
+    if owner.uid.is_none() && owner.gid.is_none() {
+        return Ok(ChownOutcome::Done);
+    }
+    match std::os::unix::fs::fchown(f, owner.uid, owner.gid) {
+        Ok(()) => Ok(ChownOutcome::Done),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(ChownOutcome::NotPermitted),
+        Err(e) => Err(e),
+    }
+}
+
+/// Look up a user or group name in a passwd/group style file (name:x:id:...).
+fn lookup(file: &Path, name: &str) -> io::Result<Option<u32>> {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[0] == name)
+        .and_then(|f| f[2].parse().ok()))
+}
+
+/// Resolve cloud-init's `owner` ("user:group", "user", numeric ids allowed) against the root's
+/// /etc/passwd and /etc/group. Missing ids are an error naming the file to check.
+pub fn resolve_owner(root: &Path, spec: &str) -> Result<Owner, String> {
+    let spec = spec.trim();
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u.trim(), Some(g.trim())),
+        None => (spec, None),
+    };
+    let resolve = |name: &str, file: &str, what: &str| -> Result<Option<u32>, String> {
+        if name.is_empty() || name == "-1" {
+            return Ok(None);
+        }
+        if let Ok(n) = name.parse::<u32>() {
+            return Ok(Some(n));
+        }
+        if name == "root" {
+            return Ok(Some(0));
+        }
+        let path = under(root, file);
+        match lookup(&path, name) {
+            Ok(Some(id)) => Ok(Some(id)),
+            Ok(None) => Err(format!("{what} {name:?} not found in {}", path.display())),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    };
+    Ok(Owner {
+        uid: resolve(user, "/etc/passwd", "user")?,
+        gid: match group {
+            Some(g) => resolve(g, "/etc/group", "group")?,
+            None => None,
+        },
+    })
+}
+
+/// UTC timestamp (RFC 3339, seconds) without a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn atomic_write_modes_and_append() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/file");
+        atomic_write(&p, b"one\n", 0o640, Owner::default(), WriteMode::Replace).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
+        atomic_write(&p, b"two\n", 0o600, Owner::default(), WriteMode::Append).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn owners_from_root_files() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\netcd:x:998:997::/:/bin/false\n").unwrap();
+        fs::write(d.path().join("etc/group"), "root:x:0:\netcd:x:997:\n").unwrap();
+        assert_eq!(resolve_owner(d.path(), "etcd:etcd").unwrap(), Owner { uid: Some(998), gid: Some(997) });
+        assert_eq!(resolve_owner(d.path(), "root:root").unwrap(), Owner { uid: Some(0), gid: Some(0) });
+        assert_eq!(resolve_owner(d.path(), "1000:1000").unwrap(), Owner { uid: Some(1000), gid: Some(1000) });
+        let e = resolve_owner(d.path(), "nobody:etcd").unwrap_err();
+        assert!(e.contains("nobody") && e.contains("passwd"), "{e}");
+    }
+}

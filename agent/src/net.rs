@@ -1,0 +1,137 @@
+//! Guest interfaces, classified public/private by matching them to the context's NICs.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use cloudsigma_api::ServerContext;
+use serde::Deserialize;
+
+use crate::report::{AddressInfo, InterfaceInfo};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Iface {
+    pub name: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// "a.b.c.d/prefix" or "a.b.c.d"
+    #[serde(default)]
+    pub ipv4: Vec<String>,
+}
+
+/// The node's interfaces: from a JSON fixture (tests, `--net-fixture`) or getifaddrs(3).
+pub fn interfaces(fixture: Option<&Path>) -> Result<Vec<Iface>, String> {
+    if let Some(f) = fixture {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()));
+    }
+    let mut by_name: BTreeMap<String, Iface> = BTreeMap::new();
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
+    for a in addrs {
+        let entry = by_name
+            .entry(a.interface_name.clone())
+            .or_insert_with(|| Iface { name: a.interface_name.clone(), mac: None, ipv4: Vec::new() });
+        let Some(addr) = a.address else { continue };
+        if let Some(link) = addr.as_link_addr() {
+            if let Some(mac) = link.addr() {
+                entry.mac = Some(mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+            }
+        } else if let Some(sin) = addr.as_sockaddr_in() {
+            let prefix = a
+                .netmask
+                .and_then(|m| m.as_sockaddr_in().map(|m| u32::from(m.ip()).count_ones()))
+                .unwrap_or(32);
+            entry.ipv4.push(format!("{}/{prefix}", Ipv4Addr::from(sin.ip())));
+        }
+    }
+    Ok(by_name.into_values().collect())
+}
+
+fn norm_mac(m: &str) -> String {
+    m.trim().to_ascii_lowercase()
+}
+
+fn split_cidr(s: &str) -> (String, Option<u8>) {
+    match s.split_once('/') {
+        Some((a, p)) => (a.to_string(), p.parse().ok()),
+        None => (s.to_string(), None),
+    }
+}
+
+/// Classify each interface: by MAC against the context's NICs (vlan set → private, else public),
+/// then by address against the NICs' IPs; loopback is loopback; the rest unknown.
+pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
+    let ctx_ips: Vec<String> = ctx
+        .nics
+        .iter()
+        .filter_map(|n| n.ip_v4_conf.as_ref()?.ip.as_ref().map(|ip| ip.address().to_string()))
+        .collect();
+    ifaces
+        .iter()
+        .map(|i| {
+            let addresses: Vec<AddressInfo> = i
+                .ipv4
+                .iter()
+                .map(|s| {
+                    let (address, prefix) = split_cidr(s);
+                    AddressInfo { address, prefix }
+                })
+                .collect();
+            let nic = i.mac.as_deref().and_then(|m| {
+                ctx.nics.iter().find(|n| n.mac.as_deref().map(norm_mac) == Some(norm_mac(m)))
+            });
+            let (class, vlan) = if let Some(n) = nic {
+                if n.is_private() {
+                    ("private", n.vlan.as_ref().map(|v| v.uuid().to_string()))
+                } else {
+                    ("public", None)
+                }
+            } else if addresses.iter().any(|a| a.address.starts_with("127.")) || i.name == "lo" {
+                ("loopback", None)
+            } else if addresses.iter().any(|a| ctx_ips.contains(&a.address)) {
+                ("public", None)
+            } else {
+                ("unknown", None)
+            };
+            InterfaceInfo { name: i.name.clone(), mac: i.mac.clone(), addresses, class: class.into(), vlan }
+        })
+        .collect()
+}
+
+/// kubelet's --node-ip: the first IPv4 of a private (VLAN) interface, else of the public one.
+pub fn node_ip(classified: &[InterfaceInfo]) -> Option<(String, &'static str)> {
+    for (class, label) in [("private", "private"), ("public", "public")] {
+        if let Some(a) = classified.iter().filter(|i| i.class == class).flat_map(|i| i.addresses.iter()).next() {
+            return Some((a.address.clone(), label));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_wins() {
+        let ctx: ServerContext = serde_json::from_value(serde_json::json!({
+            "uuid":"u","name":"n",
+            "nics":[
+                {"mac":"22:AA:00:00:00:01","vlan":null,"ip_v4_conf":{"conf":"dhcp","ip":{"uuid":"31.171.1.2","netmask":24,"gateway":null,"nameservers":[],"tags":[],"meta":{}}}},
+                {"mac":"22:aa:00:00:00:02","vlan":{"uuid":"vlan-1","resource_uri":"/api/2.0/vlans/vlan-1/"}}
+            ]}))
+        .unwrap();
+        let ifs = vec![
+            Iface { name: "lo".into(), mac: None, ipv4: vec!["127.0.0.1/8".into()] },
+            Iface { name: "ens3".into(), mac: Some("22:aa:00:00:00:01".into()), ipv4: vec!["31.171.1.2/24".into()] },
+            Iface { name: "ens4".into(), mac: Some("22:aa:00:00:00:02".into()), ipv4: vec!["10.10.0.5/24".into()] },
+        ];
+        let c = classify(&ctx, &ifs);
+        assert_eq!(c[0].class, "loopback");
+        assert_eq!(c[1].class, "public");
+        assert_eq!(c[2].class, "private");
+        assert_eq!(c[2].vlan.as_deref(), Some("vlan-1"));
+        assert_eq!(node_ip(&c), Some(("10.10.0.5".into(), "private")));
+        assert_eq!(node_ip(&c[..2]), Some(("31.171.1.2".into(), "public")));
+    }
+}

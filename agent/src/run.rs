@@ -1,0 +1,611 @@
+//! The bootstrap sequence, in cloud-init's order, with one status phase per step.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudsigma_api::{context, ServerContext};
+
+use crate::cloudconfig::{self, CloudConfig, Encoding, WriteFile};
+use crate::fsutil::{self, atomic_write, under, ChownOutcome, Owner, WriteMode};
+use crate::redact::redact_line;
+use crate::report::{Logger, Phase, Status, StepError};
+use crate::{net, template, userdata};
+
+pub const MARKER: &str = "/run/cluster-api/bootstrap-success.complete";
+pub const STATE_DIR: &str = "/var/lib/cloudsigma-agent";
+pub const STATUS_FILE: &str = "/run/cloudsigma/bootstrap.json";
+pub const LOG_FILE: &str = "/var/log/cloudsigma-bootstrap.log";
+/// Output of bootcmd/runcmd/scripts. Kept apart from the log (0600) because `kubeadm init` prints
+/// the join command with its token: it must not reach the journal or the agent's log.
+pub const OUTPUT_FILE: &str = "/var/log/cloudsigma-bootstrap-output.log";
+
+/// Exit codes (docs/agent.md).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub context_file: Option<PathBuf>,
+    pub serial: PathBuf,
+    pub root: PathBuf,
+    pub force: bool,
+    pub timeout: Duration,
+    pub status_file: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub net_fixture: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+struct Agent<'a> {
+    o: &'a Opts,
+    real_root: bool,
+    log: Logger,
+    status: Status,
+    status_path: PathBuf,
+    marker: PathBuf,
+}
+
+type Step<T> = Result<T, String>;
+
+pub fn run(o: &Opts) -> i32 {
+    let real_root = o.root == Path::new("/");
+    let marker = under(&o.root, MARKER);
+    let log_path = o.log_file.clone().unwrap_or_else(|| under(&o.root, LOG_FILE));
+    let mut a = Agent {
+        o,
+        real_root,
+        log: Logger::open(&log_path, o.quiet),
+        status: Status::new(&marker),
+        status_path: o.status_file.clone().unwrap_or_else(|| under(&o.root, STATUS_FILE)),
+        marker,
+    };
+    if let Some(e) = a.log.open_error.clone() {
+        a.status.warnings.push(e.clone());
+        eprintln!("cloudsigma-agent: {e}");
+    }
+    a.log.info(&format!(
+        "cloudsigma-agent {} starting (root {}, source {})",
+        env!("CARGO_PKG_VERSION"),
+        o.root.display(),
+        o.context_file.as_ref().map(|p| format!("file {}", p.display())).unwrap_or_else(|| format!("serial {}", o.serial.display()))
+    ));
+    let code = match a.sequence() {
+        Ok(result) => {
+            a.status.result = result.into();
+            EXIT_OK
+        }
+        Err(()) => {
+            a.status.result = "failure".into();
+            // The marker must never survive a failed run.
+            if a.marker.exists() {
+                match fs::remove_file(&a.marker) {
+                    Ok(()) => a.log.warn(&format!("removed {} because the bootstrap failed", a.marker.display())),
+                    Err(e) => a.log.error(&format!("cannot remove {}: {e}", a.marker.display())),
+                }
+            }
+            EXIT_FAILED
+        }
+    };
+    a.finish();
+    code
+}
+
+impl Agent<'_> {
+    fn phase<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Step<T>) -> Result<T, ()> {
+        let start_ms = self.status.elapsed_ms();
+        let t = Instant::now();
+        self.log.info(&format!("phase {name}: start"));
+        let r = f(self);
+        let duration_ms = t.elapsed().as_millis() as u64;
+        match r {
+            Ok(v) => {
+                self.log.info(&format!("phase {name}: ok ({duration_ms} ms)"));
+                self.status.phases.push(Phase { name: name.into(), start_ms, duration_ms, result: "ok".into(), detail: None });
+                Ok(v)
+            }
+            Err(msg) => {
+                self.log.error(&format!("phase {name}: FAILED: {msg}"));
+                self.status.phases.push(Phase {
+                    name: name.into(),
+                    start_ms,
+                    duration_ms,
+                    result: "failed".into(),
+                    detail: Some(msg.clone()),
+                });
+                self.status.error = Some(StepError { step: name.into(), message: msg });
+                Err(())
+            }
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        self.log.info(&format!("phase {name}: skipped ({why})"));
+        let start_ms = self.status.elapsed_ms();
+        self.status.phases.push(Phase { name: name.into(), start_ms, duration_ms: 0, result: "skipped".into(), detail: Some(why.into()) });
+    }
+
+    fn warn(&mut self, msg: String) {
+        self.log.warn(&msg);
+        self.status.warnings.push(msg);
+    }
+
+    fn stamp_path(&self, uuid: &str) -> PathBuf {
+        under(&self.o.root, STATE_DIR).join(format!("instance-{uuid}.done"))
+    }
+
+    /// Returns the final result word ("success" | "skipped") or Err after recording the failure.
+    fn sequence(&mut self) -> Result<&'static str, ()> {
+        let ctx = match self.phase("context", |a| a.load_context()) {
+            Ok(c) => c,
+            Err(()) => {
+                // A node that already joined must not be marked failed on reboot just because the
+                // context port is slow: say so and leave it alone.
+                if !self.o.force && self.any_stamp() {
+                    self.warn("context unavailable but this node was bootstrapped before (done-stamp present); skipping".into());
+                    self.status.error = None;
+                    return Ok("skipped");
+                }
+                return Err(());
+            }
+        };
+        self.status.instance_id = Some(ctx.uuid.clone());
+        let hostname = template::local_hostname(&ctx);
+        self.status.hostname = Some(hostname.clone());
+        self.network(&ctx);
+
+        if ctx.meta.get("cloudinit-dsmode").map(|m| m.trim() == "disabled").unwrap_or(false) {
+            self.skip("userdata", "meta.cloudinit-dsmode is 'disabled'");
+            return Ok("skipped");
+        }
+
+        let Some(raw) = self.phase("userdata", |_| userdata::extract(&ctx).map_err(|e| e.to_string()))? else {
+            self.skip("userdata", "the server has no meta.cloudinit-user-data");
+            return Ok("skipped");
+        };
+        let size = raw.len();
+        let mut kind = self.phase("userdata_format", |_| userdata::classify(raw).map_err(|e| e.to_string()))?;
+        self.log.info(&format!("user data: {size} bytes, {}", kind.name()));
+        if let userdata::Kind::JinjaTemplate(src) = &kind {
+            let src = src.clone();
+            let serial = self.o.serial.display().to_string();
+            kind = self.phase("template", |_| {
+                let tctx = template::build_context(&ctx, &serial);
+                let out = template::render(&src, &tctx).map_err(|e| e.to_string())?;
+                match userdata::classify(out.into_bytes()).map_err(|e| format!("after rendering: {e}"))? {
+                    userdata::Kind::JinjaTemplate(_) => Err("rendered template starts with a template header again".into()),
+                    k => Ok(k),
+                }
+            })?;
+        }
+        self.status.user_data_kind = Some(kind.name().into());
+
+        let cfg = match &kind {
+            userdata::Kind::CloudConfig(text) => {
+                let text = text.clone();
+                self.phase("cloudconfig", |_| cloudconfig::parse(&text).map_err(|e| e.to_string()))?
+            }
+            _ => CloudConfig::default(),
+        };
+        for w in cfg.warnings.clone() {
+            self.warn(w);
+        }
+        for key in &cfg.unsupported {
+            self.log.warn(&format!("cloud-config key '{key}' is not implemented by cloudsigma-agent: NOT applied"));
+        }
+        self.status.unsupported = cfg.unsupported.clone();
+
+        // bootcmd runs on every boot, like cloud-init's.
+        if cfg.bootcmd.is_empty() {
+            self.skip("bootcmd", "no bootcmd");
+        } else {
+            let script = cloudconfig::shellify(&cfg.bootcmd);
+            self.phase("bootcmd", |a| a.run_script("bootcmd", &script, &ctx.uuid))?;
+        }
+
+        let stamp = self.stamp_path(&ctx.uuid);
+        if stamp.exists() && !self.o.force {
+            // /run is a tmpfs: after a reboot the marker is gone although this instance did
+            // bootstrap successfully (the stamp is only written together with the marker).
+            if !self.marker.exists() {
+                self.phase("marker_restore", |a| {
+                    atomic_write(&a.marker, b"success\n", 0o644, Owner::default(), WriteMode::Replace)
+                        .map(|_| ())
+                        .map_err(|e| format!("{}: {e}", a.marker.display()))
+                })?;
+            }
+            self.skip("bootstrap", &format!("already bootstrapped ({} exists; use --force to re-run)", stamp.display()));
+            return Ok("skipped");
+        }
+        if self.marker.exists() {
+            // A marker without our stamp is stale (or from a forced re-run): it must be earned again.
+            let _ = fs::remove_file(&self.marker);
+            self.log.info(&format!("removed stale {}", self.marker.display()));
+        }
+
+        let (now, deferred): (Vec<WriteFile>, Vec<WriteFile>) = cfg.write_files.iter().cloned().partition(|f| !f.defer);
+        if now.is_empty() {
+            self.skip("write_files", "no files");
+        } else {
+            self.phase("write_files", |a| a.write_files(&now))?;
+        }
+        self.phase("hostname", |a| a.hostname(&cfg, &hostname))?;
+        self.phase("swap", |a| a.swap())?;
+        let node_ip_set_by_data = mentions_node_ip(&cfg);
+        if node_ip_set_by_data {
+            self.skip("node_ip", "the bootstrap data sets node-ip itself");
+        } else {
+            self.phase("node_ip", |a| a.node_ip())?;
+        }
+        if deferred.is_empty() {
+            self.skip("write_files_deferred", "no deferred files");
+        } else {
+            self.phase("write_files_deferred", |a| a.write_files(&deferred))?;
+        }
+        match &kind {
+            userdata::Kind::Script(bytes) => {
+                let s = String::from_utf8_lossy(bytes).into_owned();
+                self.phase("script", |a| a.run_script("user-script", &s, &ctx.uuid))?;
+            }
+            _ if cfg.runcmd.is_empty() => self.skip("runcmd", "no runcmd"),
+            _ => {
+                for (i, c) in cfg.runcmd.iter().enumerate() {
+                    let line = match c {
+                        cloudconfig::Cmd::Line(l) => l.clone(),
+                        cloudconfig::Cmd::Words(w) => w.join(" "),
+                    };
+                    for l in line.lines() {
+                        self.log.info(&format!("runcmd[{i}]: {}", redact_line(l)));
+                    }
+                }
+                let script = cloudconfig::shellify(&cfg.runcmd);
+                self.phase("runcmd", |a| a.run_script("runcmd", &script, &ctx.uuid))?;
+            }
+        }
+        self.phase("marker", |a| {
+            if a.marker.exists() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the bootstrap commands finished but {} was not created (the data's '&& echo success > {MARKER}' did not run: see {})",
+                    a.marker.display(),
+                    under(&a.o.root, OUTPUT_FILE).display()
+                ))
+            }
+        })?;
+        let stamp_body = format!("{}\n", fsutil::now_rfc3339());
+        self.phase("done_stamp", |_| {
+            atomic_write(&stamp, stamp_body.as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
+                .map(|_| ())
+                .map_err(|e| format!("{}: {e}", stamp.display()))
+        })?;
+        Ok("success")
+    }
+
+    fn any_stamp(&self) -> bool {
+        fs::read_dir(under(&self.o.root, STATE_DIR))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".done")))
+            .unwrap_or(false)
+    }
+
+    fn load_context(&mut self) -> Step<ServerContext> {
+        if let Some(f) = &self.o.context_file {
+            let bytes = fs::read(f).map_err(|e| format!("cannot read context file {}: {e}", f.display()))?;
+            context::parse_context(f, &bytes).map_err(|e| e.to_string())
+        } else {
+            context::read_context(&self.o.serial, self.o.timeout).map_err(|e| e.to_string())
+        }
+    }
+
+    fn network(&mut self, ctx: &ServerContext) {
+        match net::interfaces(self.o.net_fixture.as_deref()) {
+            Ok(ifs) => self.status.interfaces = net::classify(ctx, &ifs),
+            Err(e) => self.warn(format!("cannot list network interfaces: {e}")),
+        }
+    }
+
+    fn write_files(&mut self, files: &[WriteFile]) -> Step<()> {
+        for f in files {
+            let data = decode_content(f)?;
+            let owner = fsutil::resolve_owner(&self.o.root, &f.owner).map_err(|e| format!("{} owner: {e}", f.path))?;
+            let target = under(&self.o.root, &f.path);
+            let how = if f.append { WriteMode::Append } else { WriteMode::Replace };
+            let outcome = atomic_write(&target, &data, f.permissions, owner, how)
+                .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            if outcome == ChownOutcome::NotPermitted {
+                if self.real_root {
+                    return Err(format!("cannot chown {} to {}: not permitted", f.path, f.owner));
+                }
+                self.warn(format!("{}: chown to {} not permitted (unprivileged test root)", f.path, f.owner));
+            }
+            // Paths, sizes and modes only: file contents are secrets (keys, tokens).
+            self.log.info(&format!(
+                "wrote {} ({} bytes, mode {:04o}, owner {}{}{})",
+                f.path,
+                data.len(),
+                f.permissions,
+                f.owner,
+                if f.append { ", appended" } else { "" },
+                if f.defer { ", deferred" } else { "" }
+            ));
+        }
+        Ok(())
+    }
+
+    fn hostname(&mut self, cfg: &CloudConfig, from_context: &str) -> Step<()> {
+        if cfg.preserve_hostname {
+            self.log.info("preserve_hostname is set: hostname left unchanged");
+            return Ok(());
+        }
+        let (short, fqdn) = match (&cfg.fqdn, &cfg.hostname) {
+            (Some(f), Some(h)) => (h.split('.').next().unwrap_or(h).to_string(), Some(f.clone())),
+            (Some(f), None) => (f.split('.').next().unwrap_or(f).to_string(), Some(f.clone())),
+            (None, Some(h)) if h.contains('.') => (h.split('.').next().unwrap_or(h).to_string(), Some(h.clone())),
+            (None, Some(h)) => (h.clone(), None),
+            (None, None) => (from_context.to_string(), None),
+        };
+        // cloud-init writes the FQDN only when asked to prefer it.
+        let mut name = if cfg.prefer_fqdn_over_hostname { fqdn.clone().unwrap_or(short) } else { short };
+        let clean: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+            .take(64)
+            .collect();
+        if clean != name {
+            self.warn(format!("hostname {name:?} is not a valid host name; using {clean:?}"));
+            name = clean;
+        }
+        let name = name.trim_matches(|c| c == '-' || c == '.').to_string();
+        if name.is_empty() {
+            return Err("no usable hostname (empty after sanitising)".into());
+        }
+        let path = under(&self.o.root, "/etc/hostname");
+        atomic_write(&path, format!("{name}\n").as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.status.hostname = Some(name.clone());
+        if self.real_root {
+            let st = Command::new("hostname").arg(&name).status().map_err(|e| format!("cannot run hostname: {e}"))?;
+            if !st.success() {
+                return Err(format!("hostname {name} exited with {st}"));
+            }
+        }
+        self.log.info(&format!("hostname set to {name}"));
+        Ok(())
+    }
+
+    fn swap(&mut self) -> Step<()> {
+        let swaps = under(&self.o.root, "/proc/swaps");
+        let active: Vec<String> = fs::read_to_string(&swaps)
+            .map(|t| t.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect())
+            .unwrap_or_default();
+        if !active.is_empty() {
+            if self.real_root {
+                let st = Command::new("swapoff").arg("-a").status().map_err(|e| format!("cannot run swapoff: {e}"))?;
+                if !st.success() {
+                    return Err(format!("swapoff -a exited with {st} (active: {})", active.join(", ")));
+                }
+                self.log.info(&format!("swapoff -a: disabled {}", active.join(", ")));
+            } else {
+                self.log.info(&format!("active swap {} (swapoff -a runs only when --root is /)", active.join(", ")));
+            }
+        }
+        let fstab = under(&self.o.root, "/etc/fstab");
+        let text = match fs::read_to_string(&fstab) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", fstab.display())),
+        };
+        let (new, n) = comment_swap(&text);
+        if n > 0 {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let meta = fs::metadata(&fstab).map_err(|e| format!("{}: {e}", fstab.display()))?;
+            let owner = Owner { uid: Some(meta.uid()), gid: Some(meta.gid()) };
+            atomic_write(&fstab, new.as_bytes(), meta.permissions().mode() & 0o7777, owner, WriteMode::Replace)
+                .map_err(|e| format!("{}: {e}", fstab.display()))?;
+            self.log.info(&format!("commented {n} swap line(s) in /etc/fstab"));
+        }
+        Ok(())
+    }
+
+    fn node_ip(&mut self) -> Step<()> {
+        let Some((ip, class)) = net::node_ip(&self.status.interfaces) else {
+            self.log.info("no interface matches a context NIC: kubelet picks its own node IP");
+            return Ok(());
+        };
+        let path = under(&self.o.root, "/etc/default/kubelet");
+        let old = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let new = set_node_ip(&old, &ip);
+        atomic_write(&path, new.as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.log.info(&format!("kubelet --node-ip={ip} ({class} address) in /etc/default/kubelet"));
+        self.status.node_ip = Some(ip);
+        Ok(())
+    }
+
+    /// Write `body` as a 0700 script under the state dir and run it with /bin/sh. Output goes to
+    /// the 0600 output log (it may contain secrets), never to the agent's log.
+    fn run_script(&mut self, name: &str, body: &str, instance_id: &str) -> Step<()> {
+        let mut body = body.to_string();
+        if !self.real_root {
+            // Test roots: the data's absolute marker path is mapped under --root so that a test
+            // never touches the host's /run (documented in docs/agent.md).
+            let mapped = under(&self.o.root, "/run/cluster-api").display().to_string();
+            body = body.replace("/run/cluster-api", &mapped);
+        }
+        let dir = under(&self.o.root, STATE_DIR).join("scripts");
+        let path = dir.join(name);
+        atomic_write(&path, body.as_bytes(), 0o700, Owner::default(), WriteMode::Replace)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let out_path = under(&self.o.root, OUTPUT_FILE);
+        if let Some(p) = out_path.parent() {
+            let _ = fs::create_dir_all(p);
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&out_path)
+            .map_err(|e| format!("cannot open {}: {e}", out_path.display()))?;
+        let mut out2 = out.try_clone().map_err(|e| e.to_string())?;
+        let _ = writeln!(out2, "===== {} {name} =====", fsutil::now_rfc3339());
+        self.log.info(&format!("running {} with /bin/sh ({} bytes, output in {})", path.display(), body.len(), out_path.display()));
+        let t = Instant::now();
+        let cwd = if self.real_root { PathBuf::from("/") } else { self.o.root.clone() };
+        let status = Command::new("/bin/sh")
+            .arg(&path)
+            .current_dir(cwd)
+            .env("INSTANCE_ID", instance_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(out2))
+            .status()
+            .map_err(|e| format!("cannot run /bin/sh {}: {e}", path.display()))?;
+        self.log.info(&format!("{name} exited with {status} after {} ms", t.elapsed().as_millis()));
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{name} script exited with {status} (see {})", out_path.display()))
+        }
+    }
+
+    fn finish(&mut self) {
+        self.status.marker_present = self.marker.exists();
+        self.status.duration_ms = self.status.elapsed_ms();
+        self.status.finished_at = Some(fsutil::now_rfc3339());
+        if let Err(e) = self.status.write(&self.status_path) {
+            self.log.error(&format!("cannot write status file {}: {e}", self.status_path.display()));
+        }
+        let summary = match (&self.status.result[..], &self.status.error) {
+            (_, Some(err)) => format!(
+                "cloudsigma-bootstrap: FAILED at step {} after {} ms: {} (journalctl -u cloudsigma-bootstrap; {})",
+                err.step, self.status.duration_ms, err.message, self.status_path.display()
+            ),
+            (r, None) => format!(
+                "cloudsigma-bootstrap: {} instance={} host={} in {} ms{}",
+                r.to_uppercase(),
+                self.status.instance_id.as_deref().unwrap_or("?"),
+                self.status.hostname.as_deref().unwrap_or("?"),
+                self.status.duration_ms,
+                if self.status.unsupported.is_empty() { String::new() } else { format!(" (unsupported keys: {})", self.status.unsupported.join(",")) }
+            ),
+        };
+        self.log.info(&summary);
+        let console = if self.real_root { OpenOptions::new().write(true).open("/dev/console").ok() } else { None };
+        match console {
+            Some(mut c) => {
+                let _ = writeln!(c, "{summary}");
+            }
+            None => eprintln!("{summary}"),
+        }
+    }
+}
+
+fn decode_content(f: &WriteFile) -> Step<Vec<u8>> {
+    let b64 = |c: &[u8]| {
+        userdata::decode_base64(&String::from_utf8_lossy(c))
+            .map_err(|_| format!("{}: content is not valid base64 (encoding {:?})", f.path, enc_name(f.encoding)))
+    };
+    let gz = |c: &[u8]| userdata::gunzip(c).map_err(|e| format!("{}: content does not gunzip: {e}", f.path));
+    match f.encoding {
+        Encoding::Plain => Ok(f.content.clone()),
+        Encoding::Base64 => b64(&f.content),
+        Encoding::Gzip => gz(&f.content),
+        Encoding::GzipBase64 => gz(&b64(&f.content)?),
+    }
+}
+
+fn enc_name(e: Encoding) -> &'static str {
+    match e {
+        Encoding::Plain => "text/plain",
+        Encoding::Base64 => "b64",
+        Encoding::Gzip => "gzip",
+        Encoding::GzipBase64 => "gz+b64",
+    }
+}
+
+/// Whether the data configures kubelet's node-ip itself (then ours would override it: skip).
+fn mentions_node_ip(cfg: &CloudConfig) -> bool {
+    let in_files = cfg
+        .write_files
+        .iter()
+        .any(|f| f.encoding == Encoding::Plain && String::from_utf8_lossy(&f.content).contains("node-ip"));
+    let in_cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter()).any(|c| match c {
+        cloudconfig::Cmd::Line(l) => l.contains("node-ip"),
+        cloudconfig::Cmd::Words(w) => w.iter().any(|x| x.contains("node-ip")),
+    });
+    in_files || in_cmds
+}
+
+/// Comment out active swap lines of an fstab. Returns the new text and how many lines changed.
+pub fn comment_swap(text: &str) -> (String, usize) {
+    let mut n = 0;
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let fields: Vec<&str> = t.split_whitespace().collect();
+        if !t.starts_with('#') && fields.len() >= 3 && fields[2] == "swap" {
+            out.push_str("#cloudsigma-agent: swap disabled for kubelet# ");
+            n += 1;
+        }
+        out.push_str(line);
+    }
+    (out, n)
+}
+
+/// Set `--node-ip=IP` in KUBELET_EXTRA_ARGS, keeping the other arguments and lines.
+pub fn set_node_ip(old: &str, ip: &str) -> String {
+    let mut found = false;
+    let mut lines: Vec<String> = old
+        .lines()
+        .map(|l| {
+            if let Some(v) = l.strip_prefix("KUBELET_EXTRA_ARGS=") {
+                found = true;
+                let v = v.trim().trim_matches('"').trim_matches('\'');
+                let mut args: Vec<&str> = v.split_whitespace().filter(|a| !a.starts_with("--node-ip")).collect();
+                let flag = format!("--node-ip={ip}");
+                args.push(&flag);
+                format!("KUBELET_EXTRA_ARGS={}", args.join(" "))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        lines.push(format!("KUBELET_EXTRA_ARGS=--node-ip={ip}"));
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_swap_commented_once() {
+        let t = "UUID=1 / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n# /old none swap sw 0 0\n";
+        let (n1, c1) = comment_swap(t);
+        assert_eq!(c1, 1);
+        assert!(n1.contains("#cloudsigma-agent: swap disabled for kubelet# /swap.img"));
+        let (_, c2) = comment_swap(&n1);
+        assert_eq!(c2, 0, "idempotent");
+    }
+
+    #[test]
+    fn node_ip_merges() {
+        assert_eq!(set_node_ip("", "10.0.0.5"), "KUBELET_EXTRA_ARGS=--node-ip=10.0.0.5\n");
+        assert_eq!(
+            set_node_ip("# x\nKUBELET_EXTRA_ARGS=\"--v=2 --node-ip=1.2.3.4\"\n", "10.0.0.5"),
+            "# x\nKUBELET_EXTRA_ARGS=--v=2 --node-ip=10.0.0.5\n"
+        );
+    }
+}
