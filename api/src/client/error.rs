@@ -206,7 +206,7 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Vec<ApiErrorEntry>, Option<Strin
 pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs < 86_400.0).then(|| Duration::from_secs_f64(secs))
+    (0.0..86_400.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
 impl fmt::Display for ApiErrorEntry {
