@@ -293,10 +293,10 @@ impl Builder {
         let q = [("distribution", b.distribution.as_str()), ("version", b.version.as_str())];
         let libs = self.c(self.cloud.list_libdrives(&q)).await?;
         let base = pick_base(&libs, recipe).map_err(StepError::Other)?;
-        if recipe.spec.disk_size.0 < base.size {
+        if recipe.disk_size < base.size {
             return Err(StepError::Other(format!(
                 "disk_size {} is smaller than the base drive {} ({} bytes); raise disk_size",
-                recipe.spec.disk_size.0, base.name, base.size
+                recipe.disk_size, base.name, base.size
             )));
         }
         let fingerprint = recipe.fingerprint(&base.uuid);
@@ -350,7 +350,7 @@ impl Builder {
         let mut def = d.clone();
         def.meta.extend(build_meta.clone());
         def.tags = vec![Ref::Uuid(build_tag.clone())];
-        let d = self.c(self.cloud.resize_drive(&def, recipe.spec.disk_size.0)).await?;
+        let d = self.c(self.cloud.resize_drive(&def, recipe.disk_size)).await?;
         let _ = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize))).await?;
 
         self.enter("create-server");
@@ -361,7 +361,7 @@ impl Builder {
         let sreq = ServerCreate {
             name: server_name.clone(),
             cpu: recipe.spec.server.cpu,
-            mem: recipe.spec.server.mem.0,
+            mem: recipe.mem,
             smp: recipe.spec.server.smp,
             vnc_password: random_password(),
             drives: vec![ServerDrive { boot_order: Some(1), dev_channel: "0:0".into(), device: "virtio".into(), drive: Ref::Uuid(d.uuid.clone()), extra: Default::default() }],
@@ -696,8 +696,8 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
         "cache-lookup   GET  tags/detail/?limit=0; GET drives/detail/?tag=<imgbuild tag>&limit=0  → stop here if meta imgbuild.fingerprint matches".to_string(),
         format!("ensure-tags    POST tags/  (only missing of: {TAG}{})", r.output.tags.iter().map(|t| format!(", {t}")).collect::<String>()),
         "clone          POST libdrives/<base>/action/?do=clone {name: imgbuild-<id>-build}; GET drives/<uuid>/ until unmounted".to_string(),
-        format!("resize         POST drives/<uuid>/action/?do=resize size={} + meta imgbuild.* + tag {TAG}; GET until unmounted", r.disk_size.0),
-        format!("create-server  POST servers/ cpu={} mem={} smp={} drive 0:0 virtio boot_order 1, NIC dhcp (NAT), meta ssh_public_key=<ephemeral ed25519>", r.server.cpu, r.server.mem.0, r.server.smp.unwrap_or(1)),
+        format!("resize         POST drives/<uuid>/action/?do=resize size={} + meta imgbuild.* + tag {TAG}; GET until unmounted", recipe.disk_size),
+        format!("create-server  POST servers/ cpu={} mem={} smp={} drive 0:0 virtio boot_order 1, NIC dhcp (NAT), meta ssh_public_key=<ephemeral ed25519>", r.server.cpu, recipe.mem, r.server.smp.unwrap_or(1)),
         "start          POST servers/<uuid>/action/?do=start; GET servers/<uuid>/ until running → runtime NAT IP".to_string(),
         format!("wait-ssh       ssh {}@<NAT IP>:22 (ephemeral key, private known_hosts) until it answers", opts.ssh_user.clone().or_else(|| r.ssh_user.clone()).unwrap_or_else(|| "<library default_user>".into())),
     ];

@@ -54,21 +54,20 @@ impl fmt::Display for Diags {
 }
 impl std::error::Error for Diags {}
 
-/// A size given as bytes (`21474836480`) or with a binary unit (`20GiB`, `512MiB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
+/// A size given as bytes (`21474836480`) or with a binary unit (`20GiB`, `512MiB`). Parsed in
+/// [`Recipe::load`] (not in serde) so a bad value is reported with its line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
 
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+impl Size {
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => parse_size(s),
         }
     }
 }
@@ -241,6 +240,10 @@ pub struct Recipe {
     pub steps: Vec<Step>,
     /// Every local file the build reads (scripts, uploads): path → sha256, for the fingerprint.
     pub files: BTreeMap<PathBuf, String>,
+    /// `disk_size` in bytes.
+    pub disk_size: u64,
+    /// `server.mem` in bytes.
+    pub mem: u64,
 }
 
 /// Find the recipe file for a name or path: a `recipe.yaml` path, a directory holding one, or a
@@ -294,6 +297,19 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
 fn key_line(text: &str, key: &str) -> Option<usize> {
     let pat = format!("{key}:");
     text.lines().position(|l| l.trim_start().starts_with(&pat)).map(|i| i + 1)
+}
+
+/// Line of `key:` inside the step starting at `step_line` (before the next step), else the step line.
+fn key_in_step(text: &str, step_line: Option<usize>, next: Option<usize>, key: &str) -> Option<usize> {
+    let start = step_line?;
+    let pat = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(start - 1)
+        .take_while(|(i, _)| next.map(|n| i + 1 < n).unwrap_or(true))
+        .find(|(_, l)| l.trim_start().trim_start_matches("- ").starts_with(&pat))
+        .map(|(i, _)| i + 1)
+        .or(step_line)
 }
 
 /// Lines of the items of the top-level `steps:` list (a plain scan: recipes are block YAML).
@@ -411,13 +427,21 @@ impl Recipe {
         if spec.name.trim().is_empty() {
             diags.push(fd(key_line(&text, "name"), "name must not be empty".into()));
         }
-        if spec.disk_size.0 < (1 << 30) {
-            diags.push(fd(key_line(&text, "disk_size"), format!("disk_size {} is below 1 GiB", spec.disk_size.0)));
+        let disk_size = spec.disk_size.bytes().unwrap_or_else(|e| {
+            diags.push(fd(key_line(&text, "disk_size"), format!("disk_size: {e}")));
+            1 << 30
+        });
+        if disk_size < (1 << 30) {
+            diags.push(fd(key_line(&text, "disk_size"), format!("disk_size {disk_size} is below 1 GiB")));
         }
+        let mem = spec.server.mem.bytes().unwrap_or_else(|e| {
+            diags.push(fd(key_line(&text, "mem"), format!("server.mem: {e}")));
+            256 << 20
+        });
         if !(250..=96_000).contains(&spec.server.cpu) {
             diags.push(fd(key_line(&text, "cpu"), format!("server.cpu {} MHz is outside 250–96000", spec.server.cpu)));
         }
-        if spec.server.mem.0 < (256 << 20) {
+        if mem < (256 << 20) {
             diags.push(fd(key_line(&text, "mem"), "server.mem must be at least 256MiB".into()));
         }
         if let Some(s) = spec.server.smp {
@@ -474,6 +498,8 @@ impl Recipe {
         }
         for (i, s) in spec.steps.iter().enumerate() {
             let line = lines.get(i).copied();
+            let next = lines.get(i + 1).copied();
+            let at = |key: &str| key_in_step(&text, line, next, key);
             let n = i + 1;
             let kinds = [s.script.is_some(), s.upload.is_some(), s.reboot.is_some()].iter().filter(|x| **x).count();
             if kinds != 1 {
@@ -492,7 +518,7 @@ impl Recipe {
                     Ok(h) => {
                         files.insert(path.clone(), h);
                     }
-                    Err(e) => diags.push(fd(line_of(&text, script).or(line), format!("step {n}: script {} cannot be read: {e}", path.display()))),
+                    Err(e) => diags.push(fd(at("script"), format!("step {n}: script {} cannot be read: {e}", path.display()))),
                 }
                 StepKind::Script { path }
             } else if let Some(up) = &s.upload {
@@ -506,14 +532,14 @@ impl Recipe {
                 check_tpl(dest, &format!("step {n} dest"), line, &mut diags);
                 let dest = render(dest, &ctx).unwrap_or_else(|_| dest.clone());
                 if !dest.starts_with('/') || dest.contains(['\'', '\n', '\0']) {
-                    diags.push(fd(line_of(&text, &dest).or(line), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
+                    diags.push(fd(at("dest"), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
                 }
                 if !dests.insert(dest.clone()) {
-                    diags.push(fd(line_of(&text, &dest).or(line), format!("step {n}: dest {dest} is uploaded twice")));
+                    diags.push(fd(at("dest"), format!("step {n}: dest {dest} is uploaded twice")));
                 }
                 let mode = s.mode.clone().unwrap_or_else(|| "0644".into());
                 if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
-                    diags.push(fd(line_of(&text, &format!("mode: {mode}")).or(line), format!("step {n}: mode {mode:?} must be octal like \"0755\"")));
+                    diags.push(fd(at("mode"), format!("step {n}: mode {mode:?} must be octal like \"0755\"")));
                 }
                 let sha = match sha256_file(&src) {
                     Ok(h) => {
@@ -521,13 +547,13 @@ impl Recipe {
                         h
                     }
                     Err(e) => {
-                        diags.push(fd(line_of(&text, up).or(line), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
+                        diags.push(fd(at("upload"), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
                         String::new()
                     }
                 };
                 if let (Some(want), false) = (&s.sha256, sha.is_empty()) {
                     if !want.eq_ignore_ascii_case(&sha) {
-                        diags.push(fd(line_of(&text, want).or(line), format!("step {n}: {} has sha256 {sha}, the recipe expects {want}", src.display())));
+                        diags.push(fd(at("sha256"), format!("step {n}: {} has sha256 {sha}, the recipe expects {want}", src.display())));
                     }
                 }
                 StepKind::Upload { src, dest, mode, sha256: sha }
@@ -547,7 +573,7 @@ impl Recipe {
         if !diags.is_empty() {
             return Err(Diags(diags));
         }
-        Ok(Recipe { file: file.to_path_buf(), dir, text, spec, vars, steps, files })
+        Ok(Recipe { file: file.to_path_buf(), dir, text, spec, vars, steps, files, disk_size, mem })
     }
 
     /// Environment passed to scripts: every variable upper-cased, plus a few build facts.
