@@ -1,0 +1,198 @@
+//! Test harness: a fake root, stub commands that record their argv, and a context around given
+//! user data, as the infrastructure provider puts it (base64 + base64_fields).
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+
+pub const UUID: &str = "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff";
+pub const STUBS: &[&str] = &["kubeadm", "systemctl", "hostname", "swapoff", "curl"];
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub stub_dir: PathBuf,
+    pub stub_log: PathBuf,
+    pub context: PathBuf,
+    pub fixture: PathBuf,
+}
+
+pub fn data(name: &str) -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap()
+}
+
+pub fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The server context as the hypervisor serves it: a public NIC and a private (VLAN) NIC.
+pub fn context_json(user_data_b64: &str) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": UUID,
+        "name": "worker-0",
+        "cpu": 2000, "mem": 4294967296u64, "smp": 2,
+        "meta": {
+            "base64_fields": "cloudinit-user-data",
+            "cloudinit-user-data": user_data_b64,
+            "ssh_public_key": "ssh-ed25519 AAAAC3 test",
+            "cloudinit-dsmode": "net"
+        },
+        "nics": [
+            {"ip_v4_conf": {"conf": "dhcp", "ip": {"uuid": "31.171.250.20", "netmask": 24, "gateway": "31.171.250.1", "nameservers": ["8.8.8.8"], "tags": [], "meta": {}}},
+             "mac": "22:aa:bb:cc:dd:01", "model": "virtio", "vlan": null},
+            {"ip_v4_conf": null, "mac": "22:AA:BB:CC:DD:02", "model": "virtio",
+             "vlan": {"uuid": "5bc05e7e-6555-4f40-add8-3b8e91447702", "resource_uri": "/api/2.0/vlans/5bc05e7e-6555-4f40-add8-3b8e91447702/"}}
+        ],
+        "global_context": {"region": "zrh"},
+        "tags": [], "drives": [], "vnc_password": "vncsecret"
+    })
+}
+
+impl Node {
+    pub fn new(user_data: &[u8]) -> Node {
+        Node::with_context(context_json(&b64(user_data)))
+    }
+
+    pub fn with_context(ctx: serde_json::Value) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for d in ["etc", "run", "proc", "var/lib", "tmp"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(
+            root.join("etc/fstab"),
+            "UUID=abcd / ext4 errors=remount-ro 0 1\n/swap.img none swap sw 0 0\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("proc/swaps"),
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/swap.img                               file\t\t2097148\t\t0\t\t-2\n",
+        )
+        .unwrap();
+        let stub_dir = dir.path().join("bin");
+        fs::create_dir_all(&stub_dir).unwrap();
+        let stub_log = dir.path().join("stub.log");
+        for s in STUBS {
+            let p = stub_dir.join(s);
+            // Each stub records its name and argv; STUB_FAIL=<name> makes that stub fail.
+            // curl prints a harmless install script (the RKE2 data pipes it into sh).
+            let extra = if *s == "curl" { "echo 'echo rke2-installed'\n" } else { "" };
+            fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' \"{s} $*\" >> \"$STUB_LOG\"\n{extra}[ \"$STUB_FAIL\" = \"{s}\" ] && exit 1\nexit 0\n"
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let context = dir.path().join("context.json");
+        fs::write(&context, serde_json::to_vec(&ctx).unwrap()).unwrap();
+        let fixture = dir.path().join("net.json");
+        fs::write(
+            &fixture,
+            r#"[{"name":"lo","mac":"00:00:00:00:00:00","ipv4":["127.0.0.1/8"]},
+                {"name":"ens3","mac":"22:aa:bb:cc:dd:01","ipv4":["31.171.250.20/24"]},
+                {"name":"ens4","mac":"22:aa:bb:cc:dd:02","ipv4":["10.10.0.5/24"]}]"#,
+        )
+        .unwrap();
+        Node { dir, root, stub_dir, stub_log, context, fixture }
+    }
+
+    pub fn run(&self, extra: &[&str]) -> Output {
+        self.run_env(extra, &[])
+    }
+
+    pub fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let path = format!("{}:{}", self.stub_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"));
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--context-file")
+            .arg(&self.context)
+            .arg("--net-fixture")
+            .arg(&self.fixture)
+            .args(extra)
+            .env("PATH", path)
+            .env("STUB_LOG", &self.stub_log)
+            .env_remove("STUB_FAIL");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    pub fn p(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    pub fn read(&self, abs: &str) -> String {
+        fs::read_to_string(self.p(abs)).unwrap_or_else(|e| panic!("{abs}: {e}"))
+    }
+
+    pub fn mode(&self, abs: &str) -> u32 {
+        fs::metadata(self.p(abs)).unwrap().permissions().mode() & 0o7777
+    }
+
+    pub fn stub_calls(&self) -> Vec<String> {
+        fs::read_to_string(&self.stub_log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.read("/run/cloudsigma/bootstrap.json")).unwrap()
+    }
+
+    pub fn marker(&self) -> bool {
+        self.p("/run/cluster-api/bootstrap-success.complete").exists()
+    }
+
+    pub fn log(&self) -> String {
+        self.read("/var/log/cloudsigma-bootstrap.log")
+    }
+
+    pub fn phases(&self) -> Vec<(String, String)> {
+        self.status()["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p["result"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// Every file under the root (relative), to check nothing half-written or temporary is left.
+    pub fn all_files(&self) -> Vec<String> {
+        fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in fs::read_dir(d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.root, &self.root, &mut v);
+        v.sort();
+        v
+    }
+
+    pub fn assert_no_secrets(&self, secrets: &[&str]) {
+        let log = self.log();
+        let status = self.read("/run/cloudsigma/bootstrap.json");
+        for s in secrets {
+            assert!(!log.contains(s), "log leaks {s:?}:\n{log}");
+            assert!(!status.contains(s), "status leaks {s:?}:\n{status}");
+        }
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
