@@ -352,3 +352,77 @@ fn dry_run_plan_names_every_phase_and_step() {
     }
     assert!(p.contains("POST servers/") && p.contains("DELETE servers/<uuid>/"));
 }
+
+/// The real binary, a real SIGINT in the middle of provisioning: it cleans up, says what it
+/// deleted and exits 130; the emulator holds nothing afterwards. Also the JSON manifest path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let f = fixture().await;
+    let sandbox = f.dir.path().join("sb");
+    let cmd = |delay_ms: &str| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+        c.arg(recipe_file())
+            .arg("--api-url")
+            .arg(f.emu.api_url())
+            .arg("--var")
+            .arg(format!("agent_binary={}", f.agent.display()))
+            .arg("--var")
+            .arg(format!("bootstrap_unit={}", f.unit.display()))
+            .arg("--transport")
+            .arg(format!("local:{}", sandbox.display()))
+            .arg("--plain")
+            .env("CLOUDSIGMA_USERNAME", f.emu.username())
+            .env("CLOUDSIGMA_PASSWORD", f.emu.password())
+            .env("CLOUDSIGMA_CONFIG", "")
+            .env("IMGBUILD_TEST_STEP_DELAY_MS", delay_ms)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let mut child = cmd("5000").spawn().expect("spawn imgbuild");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    // wait until provisioning runs (the server exists, the drive exists)
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.push(l.clone());
+            if l.contains("step 1/") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "provisioning never started: {log:#?}");
+    assert_eq!(f.counts().0, 1, "the builder server exists while provisioning");
+    // SAFETY: sending a signal to our own child process by pid.
+    let pid = child.id().expect("running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    while let Ok(Some(l)) = lines.next_line().await {
+        log.push(l);
+    }
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(130), "{log:#?}");
+    let text = log.join("\n");
+    assert!(text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"), "{text}");
+    assert_eq!(f.counts(), (0, 0, 0), "leftovers after SIGINT:\n{text}");
+
+    // a normal run prints a JSON manifest on stdout (progress stays on stderr)
+    let out = cmd("0").arg("--output").arg("json").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON manifest");
+    let snap = f.emu.snapshot();
+    assert_eq!(snap.drives.len(), 1);
+    assert_eq!(m["image_uuid"], snap.drives[0].uuid.as_str());
+    assert_eq!(m["cached"], false);
+    assert_eq!(m["vars"]["kubernetes_version"], "1.34.1");
+    assert!(m["stats"]["api_calls"].as_u64().unwrap() > 0);
+    // secrets never appear in any output
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains(f.emu.password()));
+    f.emu.shutdown().await;
+}
