@@ -593,3 +593,72 @@ async fn waiter_404_is_an_error_not_a_wait() {
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(m.seen().len(), 1);
 }
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_name_requests_but_never_secrets() {
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    // Thread-local: the current-thread test runtime runs the client and the mock here.
+    let _guard = tracing::subscriber::set_default(sub);
+    let m = Mock::start(|req: &Seen, i| match (req.method.as_str(), i) {
+        ("PUT", 1) => resp(503, json!([])), // index 0 is the GET
+        ("PUT", _) => resp(
+            200,
+            Value::String(String::from_utf8_lossy(&req.body).into()),
+        ),
+        _ => resp(200, server_json(1, "stopped")),
+    })
+    .await;
+    let cfg = Config::for_url(
+        &m.base,
+        Auth::Basic {
+            username: "ops@example.com".into(),
+            password: "pw-s3cret-123".into(),
+        },
+    )
+    .unwrap()
+    .with_retry(fast_retry(3));
+    let c = Client::new(cfg).unwrap();
+    let mut s = c.get_server("s-1").await.unwrap();
+    s.meta.insert(
+        "k8s_join_token".into(),
+        "bootstrap-abcdef.0123456789abcdef".into(),
+    );
+    // the mock answers the PUT with the body as a JSON string: a decode error, after a retry
+    let e = c.update_server(&s).await.unwrap_err();
+    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    assert!(!e.to_string().contains("bootstrap-abcdef"), "{e}");
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("/api/2.0/servers/s-1/") && text.contains("GET") && text.contains("PUT"),
+        "{text}"
+    );
+    assert!(text.contains("attempt=2"), "the retry is logged: {text}");
+    for secret in [
+        "pw-s3cret-123",
+        "bootstrap-abcdef",
+        "Basic ",
+        "b3BzQGV4YW1wbGUuY29tOnB3LXMzY3JldC0xMjM",
+    ] {
+        assert!(!text.contains(secret), "log leaks {secret:?}: {text}");
+    }
+}

@@ -103,6 +103,30 @@ fn path_of(url: &Url) -> String {
     }
 }
 
+/// Replace the contents of every double-quoted segment (backslash escapes honoured) with `…`.
+fn scrub_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            out.push('…');
+            let mut escaped = false;
+            for q in chars.by_ref() {
+                if escaped {
+                    escaped = false;
+                } else if q == '\\' {
+                    escaped = true;
+                } else if q == '"' {
+                    out.push('"');
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn check_id(kind: &str, id: &str) -> Result<(), Error> {
     if id.trim().is_empty() || id == "." || id == ".." || id.contains(['/', '?', '#']) {
         return Err(Error::InvalidInput(format!(
@@ -311,8 +335,9 @@ impl Client {
         serde_json::from_slice(body).map_err(|e| Error::Decode {
             method: method.to_string(),
             path: path_of(url),
-            // serde's message names the field and position, never echoes values at length.
-            message: e.to_string(),
+            // serde's message names the field and position but may quote the offending value
+            // ("invalid type: string \"...\""), which can be a secret from `meta`: drop it.
+            message: scrub_quoted(&e.to_string()),
         })
     }
 
@@ -682,6 +707,19 @@ mod tests {
             c.url(&["tags", "u", "servers"], &[]).as_str(),
             "https://zrh.cloudsigma.com/api/2.0/tags/u/servers/"
         );
+    }
+
+    #[test]
+    fn decode_messages_drop_quoted_values() {
+        assert_eq!(
+            scrub_quoted(
+                r#"invalid type: string "{\"meta\":{\"t\":\"secret\"}}", expected struct Server at line 1 column 9"#
+            ),
+            "invalid type: string \"…\", expected struct Server at line 1 column 9"
+        );
+        assert_eq!(scrub_quoted("missing field `uuid`"), "missing field `uuid`");
+        // an unterminated quote drops the rest
+        assert_eq!(scrub_quoted(r#"x "abc"#), "x \"…");
     }
 
     #[test]
