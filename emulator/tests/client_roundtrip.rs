@@ -207,6 +207,20 @@ async fn servers_crud_actions_runtime_and_recursive_delete() {
         DriveStatus::Unmounted
     );
 
+    // restart keeps it running
+    c.start_server(&s.uuid).await.unwrap();
+    c.wait_server_status(&s.uuid, ServerStatus::Running, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(c.restart_server(&s.uuid).await.unwrap().action, "restart");
+    c.wait_server_status(&s.uuid, ServerStatus::Running, WAIT)
+        .await
+        .unwrap();
+    c.stop_server(&s.uuid).await.unwrap();
+    c.wait_server_status(&s.uuid, ServerStatus::Stopped, WAIT)
+        .await
+        .unwrap();
+
     // start + ACPI shutdown
     c.start_server(&s.uuid).await.unwrap();
     c.wait_server_status(&s.uuid, ServerStatus::Running, WAIT)
@@ -368,8 +382,28 @@ async fn ips_and_vlans() {
             .all(|i| i.uuid.parse::<std::net::Ipv4Addr>().is_ok()),
         "{ips:?}"
     );
+    assert_eq!(c.get_ip(&ips[0].uuid).await.unwrap().uuid, ips[0].uuid);
+    assert!(c.get_ip("198.51.100.77").await.unwrap_err().is_not_found());
     let vlans = c.list_vlans().await.unwrap();
     assert!(!vlans.is_empty(), "the emulator seeds a VLAN");
+    assert_eq!(
+        c.get_vlan(&vlans[0].uuid).await.unwrap().uuid,
+        vlans[0].uuid
+    );
+    // tags on IPs and VLANs
+    let t = c
+        .create_tag(&TagCreate {
+            name: "net".into(),
+            resources: vec![
+                Ref::from(ips[0].uuid.as_str()),
+                Ref::from(vlans[0].uuid.as_str()),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.tag_ips(&t.uuid).await.unwrap()[0].uuid, ips[0].uuid);
+    assert_eq!(c.tag_vlans(&t.uuid).await.unwrap()[0].uuid, vlans[0].uuid);
     // a server on a VLAN shows up in the VLAN's servers
     let mut spec = server_spec("private", None);
     spec.nics = vec![Nic {

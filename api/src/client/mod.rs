@@ -546,6 +546,11 @@ impl Client {
         self.server_action(uuid, "shutdown").await
     }
 
+    /// Reboot (ACPI-less reset of the VM).
+    pub async fn restart_server(&self, uuid: &str) -> Result<ActionResult, Error> {
+        self.server_action(uuid, "restart").await
+    }
+
     /// `GET servers/{uuid}/runtime/`: `None` while the server is stopped.
     pub async fn server_runtime(&self, uuid: &str) -> Result<Option<ServerRuntime>, Error> {
         check_id("server", uuid)?;
@@ -641,6 +646,17 @@ impl Client {
         self.list_all(&["vlans", "detail"], &[]).await
     }
 
+    /// One subscribed IP; its uuid is the address.
+    pub async fn get_ip(&self, address: &str) -> Result<Ip, Error> {
+        check_id("ip", address)?;
+        self.get_json(&["ips", address], &[]).await
+    }
+
+    pub async fn get_vlan(&self, uuid: &str) -> Result<Vlan, Error> {
+        check_id("vlan", uuid)?;
+        self.get_json(&["vlans", uuid], &[]).await
+    }
+
     pub async fn list_tags(&self) -> Result<Vec<Tag>, Error> {
         self.list_all(&["tags", "detail"], &[]).await
     }
@@ -674,6 +690,18 @@ impl Client {
     pub async fn tag_drives(&self, uuid: &str) -> Result<Vec<Drive>, Error> {
         check_id("tag", uuid)?;
         self.list_all(&["tags", uuid, "drives"], &[]).await
+    }
+
+    /// IPs carrying tag `uuid` (`GET tags/{uuid}/ips/`).
+    pub async fn tag_ips(&self, uuid: &str) -> Result<Vec<Ip>, Error> {
+        check_id("tag", uuid)?;
+        self.list_all(&["tags", uuid, "ips"], &[]).await
+    }
+
+    /// VLANs carrying tag `uuid` (`GET tags/{uuid}/vlans/`).
+    pub async fn tag_vlans(&self, uuid: &str) -> Result<Vec<Vlan>, Error> {
+        check_id("tag", uuid)?;
+        self.list_all(&["tags", uuid, "vlans"], &[]).await
     }
 }
 
