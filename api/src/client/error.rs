@@ -201,12 +201,21 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Vec<ApiErrorEntry>, Option<Strin
     (Vec::new(), Some(excerpt))
 }
 
-/// `Retry-After`: delay-seconds (integer or decimal). HTTP-dates are rare on APIs and ignored
-/// (the exponential backoff applies instead).
+/// `Retry-After`: delay-seconds (integer or decimal) or an HTTP-date (RFC 9110 §10.2.3); a date in
+/// the past means "now". Unparseable values are ignored (the exponential backoff applies).
 pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
+    parse_retry_after_at(v, std::time::SystemTime::now())
+}
+
+fn parse_retry_after_at(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();
-    let secs: f64 = v.parse().ok()?;
-    (0.0..86_400.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
+    if let Ok(secs) = v.parse::<f64>() {
+        return (0.0..86_400.0)
+            .contains(&secs)
+            .then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 impl fmt::Display for ApiErrorEntry {
@@ -287,7 +296,14 @@ mod tests {
     fn retry_after_values() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // an HTTP-date in the past: retry now; in the future: wait until then
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
 }
