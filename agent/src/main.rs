@@ -1,13 +1,6 @@
 //! cloudsigma-agent: turns a booting CloudSigma VM into a Kubernetes node (docs/agent.md).
 
-mod cloudconfig;
-mod fsutil;
-mod net;
-mod redact;
-mod report;
-mod run;
-mod template;
-mod userdata;
+use cloudsigma_agent::run;
 
 use std::path::PathBuf;
 use std::time::Duration;
