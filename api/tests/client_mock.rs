@@ -662,3 +662,31 @@ async fn debug_logs_name_requests_but_never_secrets() {
         assert!(!text.contains(secret), "log leaks {secret:?}: {text}");
     }
 }
+
+#[tokio::test]
+async fn pagination_drops_duplicates_from_shifted_pages() {
+    // Between page 1 and 2 a server was inserted before the offset: page 2 repeats s-1.
+    let m = Mock::start(|req: &Seen, _| {
+        let offset: usize = req
+            .query("offset")
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let (ids, total): (Vec<usize>, usize) = match offset {
+            0 => (vec![0, 1], 4),
+            2 => (vec![1, 2], 5),
+            _ => (vec![3], 5),
+        };
+        let objs: Vec<Value> = ids.into_iter().map(|i| server_json(i, "stopped")).collect();
+        resp(
+            200,
+            json!({"meta": {"limit": 2, "offset": offset, "total_count": total}, "objects": objs}),
+        )
+    })
+    .await;
+    let servers = m.client().with_page_size(2).list_servers().await.unwrap();
+    assert_eq!(
+        servers.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>(),
+        ["s-0", "s-1", "s-2", "s-3"]
+    );
+    assert_eq!(m.seen().len(), 3);
+}

@@ -149,6 +149,35 @@ fn check_action(action: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Objects with a uuid, so listings can drop duplicates: with `limit`/`offset` paging, an object
+/// created before the current offset while we page shifts the rest and repeats one entry.
+pub trait Identified {
+    fn id(&self) -> &str;
+}
+
+macro_rules! identified {
+    ($($t:ty),*) => {$(
+        impl Identified for $t {
+            fn id(&self) -> &str {
+                &self.uuid
+            }
+        }
+    )*};
+}
+identified!(Server, Drive, LibDrive, Ip, Vlan, Tag);
+
+/// Keep the first occurrence of every uuid, preserving order.
+fn dedup_by_id<T: Identified>(items: Vec<T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        if seen.insert(it.id().to_string()) {
+            out.push(it);
+        }
+    }
+    out
+}
+
 impl Client {
     pub fn new(cfg: Config) -> Result<Client, Error> {
         let http = reqwest::Client::builder()
@@ -473,10 +502,19 @@ impl Client {
         }
     }
 
+    /// [`Client::list_all`] without duplicate uuids.
+    pub async fn list_unique<T: DeserializeOwned + Identified>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, Error> {
+        Ok(dedup_by_id(self.list_all(segments, query).await?))
+    }
+
     // ---------------------------------------------------------------- servers
 
     pub async fn list_servers(&self) -> Result<Vec<Server>, Error> {
-        self.list_all(&["servers", "detail"], &[]).await
+        self.list_unique(&["servers", "detail"], &[]).await
     }
 
     /// `GET servers/detail/` with filters, e.g. `[("tag", uuid)]`, `[("name__contains", "k8s")]`.
@@ -484,7 +522,7 @@ impl Client {
         &self,
         query: &[(&str, &str)],
     ) -> Result<Vec<Server>, Error> {
-        self.list_all(&["servers", "detail"], query).await
+        self.list_unique(&["servers", "detail"], query).await
     }
 
     pub async fn get_server(&self, uuid: &str) -> Result<Server, Error> {
@@ -560,11 +598,11 @@ impl Client {
     // ---------------------------------------------------------------- drives
 
     pub async fn list_drives(&self) -> Result<Vec<Drive>, Error> {
-        self.list_all(&["drives", "detail"], &[]).await
+        self.list_unique(&["drives", "detail"], &[]).await
     }
 
     pub async fn list_drives_filtered(&self, query: &[(&str, &str)]) -> Result<Vec<Drive>, Error> {
-        self.list_all(&["drives", "detail"], query).await
+        self.list_unique(&["drives", "detail"], query).await
     }
 
     pub async fn get_drive(&self, uuid: &str) -> Result<Drive, Error> {
@@ -618,7 +656,7 @@ impl Client {
 
     /// Library drives matching `query` (e.g. `[("distribution", "Ubuntu"), ("version", "24.04")]`).
     pub async fn list_libdrives(&self, query: &[(&str, &str)]) -> Result<Vec<LibDrive>, Error> {
-        self.list_all(&["libdrives", "detail"], query).await
+        self.list_unique(&["libdrives", "detail"], query).await
     }
 
     pub async fn get_libdrive(&self, uuid: &str) -> Result<LibDrive, Error> {
@@ -639,11 +677,11 @@ impl Client {
     // ---------------------------------------------------------------- ips, vlans, tags
 
     pub async fn list_ips(&self) -> Result<Vec<Ip>, Error> {
-        self.list_all(&["ips", "detail"], &[]).await
+        self.list_unique(&["ips", "detail"], &[]).await
     }
 
     pub async fn list_vlans(&self) -> Result<Vec<Vlan>, Error> {
-        self.list_all(&["vlans", "detail"], &[]).await
+        self.list_unique(&["vlans", "detail"], &[]).await
     }
 
     /// One subscribed IP; its uuid is the address.
@@ -658,7 +696,7 @@ impl Client {
     }
 
     pub async fn list_tags(&self) -> Result<Vec<Tag>, Error> {
-        self.list_all(&["tags", "detail"], &[]).await
+        self.list_unique(&["tags", "detail"], &[]).await
     }
 
     pub async fn get_tag(&self, uuid: &str) -> Result<Tag, Error> {
@@ -683,25 +721,25 @@ impl Client {
     /// Servers carrying tag `uuid` (`GET tags/{uuid}/servers/`).
     pub async fn tag_servers(&self, uuid: &str) -> Result<Vec<Server>, Error> {
         check_id("tag", uuid)?;
-        self.list_all(&["tags", uuid, "servers"], &[]).await
+        self.list_unique(&["tags", uuid, "servers"], &[]).await
     }
 
     /// Drives carrying tag `uuid` (`GET tags/{uuid}/drives/`).
     pub async fn tag_drives(&self, uuid: &str) -> Result<Vec<Drive>, Error> {
         check_id("tag", uuid)?;
-        self.list_all(&["tags", uuid, "drives"], &[]).await
+        self.list_unique(&["tags", uuid, "drives"], &[]).await
     }
 
     /// IPs carrying tag `uuid` (`GET tags/{uuid}/ips/`).
     pub async fn tag_ips(&self, uuid: &str) -> Result<Vec<Ip>, Error> {
         check_id("tag", uuid)?;
-        self.list_all(&["tags", uuid, "ips"], &[]).await
+        self.list_unique(&["tags", uuid, "ips"], &[]).await
     }
 
     /// VLANs carrying tag `uuid` (`GET tags/{uuid}/vlans/`).
     pub async fn tag_vlans(&self, uuid: &str) -> Result<Vec<Vlan>, Error> {
         check_id("tag", uuid)?;
-        self.list_all(&["tags", uuid, "vlans"], &[]).await
+        self.list_unique(&["tags", uuid, "vlans"], &[]).await
     }
 }
 
