@@ -95,7 +95,10 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             Value::String(s) => s.clone(),
             other => scalar_string(other).unwrap_or_else(|| format!("<{}>", type_name(other))),
         };
-        let kerr = |msg: String| ConfigError::Key { key: key.clone(), msg };
+        let kerr = |msg: String| ConfigError::Key {
+            key: key.clone(),
+            msg,
+        };
         match key.as_str() {
             "bootcmd" => cfg.bootcmd = parse_cmds(&key, &v)?,
             "runcmd" => cfg.runcmd = parse_cmds(&key, &v)?,
@@ -103,7 +106,9 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             "hostname" => cfg.hostname = opt_string(&v).map_err(kerr)?,
             "fqdn" => cfg.fqdn = opt_string(&v).map_err(kerr)?,
             "preserve_hostname" => cfg.preserve_hostname = boolish(&v).map_err(kerr)?,
-            "prefer_fqdn_over_hostname" => cfg.prefer_fqdn_over_hostname = boolish(&v).map_err(kerr)?,
+            "prefer_fqdn_over_hostname" => {
+                cfg.prefer_fqdn_over_hostname = boolish(&v).map_err(kerr)?
+            }
             _ => cfg.unsupported.push(key),
         }
     }
@@ -113,7 +118,9 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
 fn opt_string(v: &Value) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
-        other => scalar_string(other).map(Some).ok_or_else(|| format!("expected a string, got {}", type_name(other))),
+        other => scalar_string(other)
+            .map(Some)
+            .ok_or_else(|| format!("expected a string, got {}", type_name(other))),
     }
 }
 
@@ -138,7 +145,10 @@ pub fn parse_cmds(key: &str, v: &Value) -> Result<Vec<Cmd>, ConfigError> {
         // cloud-init's shellify raises TypeError for anything but a list (a bare string included).
         Value::Sequence(s) => s,
         other => {
-            return Err(ConfigError::Key { key: key.into(), msg: format!("expected a list, got {}", type_name(other)) })
+            return Err(ConfigError::Key {
+                key: key.into(),
+                msg: format!("expected a list, got {}", type_name(other)),
+            })
         }
     };
     let mut out = Vec::new();
@@ -156,7 +166,10 @@ pub fn parse_cmds(key: &str, v: &Value) -> Result<Vec<Cmd>, ConfigError> {
                         Value::Bool(b) => w.push(if *b { "True" } else { "False" }.to_string()),
                         other => w.push(scalar_string(other).ok_or_else(|| ConfigError::Key {
                             key: format!("{key}[{i}]"),
-                            msg: format!("list item words must be scalars, got {}", type_name(other)),
+                            msg: format!(
+                                "list item words must be scalars, got {}",
+                                type_name(other)
+                            ),
                         })?),
                     }
                 }
@@ -165,7 +178,10 @@ pub fn parse_cmds(key: &str, v: &Value) -> Result<Vec<Cmd>, ConfigError> {
             other => {
                 return Err(ConfigError::Key {
                     key: format!("{key}[{i}]"),
-                    msg: format!("unable to shellify {} (expected a string or a list)", type_name(other)),
+                    msg: format!(
+                        "unable to shellify {} (expected a string or a list)",
+                        type_name(other)
+                    ),
                 })
             }
         }
@@ -178,13 +194,19 @@ fn parse_write_files(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<WriteF
         Value::Null => return Ok(Vec::new()),
         Value::Sequence(s) => s,
         other => {
-            return Err(ConfigError::Key { key: "write_files".into(), msg: format!("expected a list, got {}", type_name(other)) })
+            return Err(ConfigError::Key {
+                key: "write_files".into(),
+                msg: format!("expected a list, got {}", type_name(other)),
+            })
         }
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let key = format!("write_files[{i}]");
-        let err = |msg: String| ConfigError::Key { key: key.clone(), msg };
+        let err = |msg: String| ConfigError::Key {
+            key: key.clone(),
+            msg,
+        };
         let Value::Mapping(m) = item else {
             return Err(err(format!("expected a mapping, got {}", type_name(item))));
         };
@@ -214,18 +236,27 @@ fn parse_write_files(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<WriteF
             _ => (Encoding::Plain, Some(enc_raw.clone())),
         };
         if let Some(e) = &unknown_encoding {
-            warnings.push(format!("{key} ({path}): unknown encoding {e:?}, written as plain text"));
+            warnings.push(format!(
+                "{key} ({path}): unknown encoding {e:?}, written as plain text"
+            ));
         }
-        let owner = get("owner").and_then(scalar_string).unwrap_or_else(|| "root:root".into());
+        let owner = get("owner")
+            .and_then(scalar_string)
+            .unwrap_or_else(|| "root:root".into());
         let (permissions, bad_permissions) = match get("permissions") {
             None | Some(Value::Null) => (0o644, None),
             Some(p) => match decode_perms(p) {
                 Some(m) => (m, None),
-                None => (0o644, Some(scalar_string(p).unwrap_or_else(|| type_name(p).into()))),
+                None => (
+                    0o644,
+                    Some(scalar_string(p).unwrap_or_else(|| type_name(p).into())),
+                ),
             },
         };
         if let Some(b) = &bad_permissions {
-            warnings.push(format!("{key} ({path}): undecodable permissions {b:?}, using 0644"));
+            warnings.push(format!(
+                "{key} ({path}): undecodable permissions {b:?}, using 0644"
+            ));
         }
         let append = match get("append") {
             Some(v) => boolish(v).map_err(|m| err(format!("append: {m}")))?,
@@ -236,9 +267,21 @@ fn parse_write_files(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<WriteF
             None => false,
         };
         if get("source").is_some() {
-            warnings.push(format!("{key} ({path}): 'source' (download) is not supported; using 'content'"));
+            warnings.push(format!(
+                "{key} ({path}): 'source' (download) is not supported; using 'content'"
+            ));
         }
-        out.push(WriteFile { path, content, encoding, unknown_encoding, owner, permissions, bad_permissions, append, defer });
+        out.push(WriteFile {
+            path,
+            content,
+            encoding,
+            unknown_encoding,
+            owner,
+            permissions,
+            bad_permissions,
+            append,
+            defer,
+        });
     }
     Ok(out)
 }
@@ -259,7 +302,10 @@ pub fn decode_perms(v: &Value) -> Option<u32> {
         }
         Value::String(s) => {
             let s = s.trim();
-            let s = s.strip_prefix("0o").or_else(|| s.strip_prefix("0O")).unwrap_or(s);
+            let s = s
+                .strip_prefix("0o")
+                .or_else(|| s.strip_prefix("0O"))
+                .unwrap_or(s);
             if s.is_empty() {
                 return None;
             }
@@ -277,7 +323,10 @@ pub fn shellify(cmds: &[Cmd]) -> String {
         match c {
             Cmd::Line(l) => s.push_str(l),
             Cmd::Words(w) => {
-                let quoted: Vec<String> = w.iter().map(|x| format!("'{}'", x.replace('\'', "'\\''"))).collect();
+                let quoted: Vec<String> = w
+                    .iter()
+                    .map(|x| format!("'{}'", x.replace('\'', "'\\''")))
+                    .collect();
                 s.push_str(&quoted.join(" "));
             }
         }
@@ -292,8 +341,14 @@ mod tests {
 
     #[test]
     fn shellify_like_cloud_init() {
-        let cfg = parse("runcmd:\n  - echo hi && true\n  - [ls, -l, \"it's\"]\n  - null\n  - [echo, 1]\n").unwrap();
-        assert_eq!(shellify(&cfg.runcmd), "#!/bin/sh\necho hi && true\n'ls' '-l' 'it'\\''s'\n'echo' '1'\n");
+        let cfg = parse(
+            "runcmd:\n  - echo hi && true\n  - [ls, -l, \"it's\"]\n  - null\n  - [echo, 1]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            shellify(&cfg.runcmd),
+            "#!/bin/sh\necho hi && true\n'ls' '-l' 'it'\\''s'\n'echo' '1'\n"
+        );
     }
 
     #[test]
@@ -308,17 +363,27 @@ mod tests {
         assert_eq!(cfg.write_files[1].permissions, 0o755);
         assert!(cfg.write_files[1].append);
         assert_eq!(cfg.write_files[1].owner, "root:root");
-        assert_eq!(cfg.write_files[1].unknown_encoding.as_deref(), Some("weird"));
+        assert_eq!(
+            cfg.write_files[1].unknown_encoding.as_deref(),
+            Some("weird")
+        );
         assert_eq!(cfg.unsupported, vec!["users", "ntp"]);
         assert_eq!(cfg.warnings.len(), 1);
     }
 
     #[test]
     fn errors_name_the_key() {
-        assert!(matches!(parse("runcmd: [{a: 1}]"), Err(ConfigError::Key { key, .. }) if key == "runcmd[0]"));
-        assert!(matches!(parse("write_files: [{content: x}]"), Err(ConfigError::Key { key, .. }) if key == "write_files[0]"));
+        assert!(
+            matches!(parse("runcmd: [{a: 1}]"), Err(ConfigError::Key { key, .. }) if key == "runcmd[0]")
+        );
+        assert!(
+            matches!(parse("write_files: [{content: x}]"), Err(ConfigError::Key { key, .. }) if key == "write_files[0]")
+        );
         assert!(matches!(parse("a: [unclosed"), Err(ConfigError::Yaml(_))));
         assert!(matches!(parse("- a"), Err(ConfigError::NotMapping(_))));
-        assert!(matches!(parse("runcmd: echo hi"), Err(ConfigError::Key { .. })));
+        assert!(matches!(
+            parse("runcmd: echo hi"),
+            Err(ConfigError::Key { .. })
+        ));
     }
 }

@@ -28,18 +28,32 @@ pub enum WriteMode {
 /// then the directory is fsynced. Append mode copies the current content first, so a reader never
 /// sees a half-appended file either. Parent directories are created (0755, like cloud-init).
 /// On any error the temporary file is removed and the target is untouched.
-pub fn atomic_write(path: &Path, data: &[u8], mode: u32, owner: Owner, how: WriteMode) -> io::Result<ChownOutcome> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory"))?;
+pub fn atomic_write(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Owner,
+    how: WriteMode,
+) -> io::Result<ChownOutcome> {
+    let dir = path.parent().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory")
+    })?;
     fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.cs-agent-tmp.{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.cs-agent-tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp); // a leftover from a crashed run of the same pid
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&tmp)?;
         // The umask may have narrowed the mode: set it exactly before writing content.
         f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
         if how == WriteMode::Append {
@@ -159,7 +173,12 @@ pub fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -178,10 +197,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a/b/file");
         atomic_write(&p, b"one\n", 0o640, Owner::default(), WriteMode::Replace).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
         atomic_write(&p, b"two\n", 0o600, Owner::default(), WriteMode::Append).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "one\ntwo\n");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
     }
@@ -190,11 +215,33 @@ mod tests {
     fn owners_from_root_files() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("etc")).unwrap();
-        fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\netcd:x:998:997::/:/bin/false\n").unwrap();
+        fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\netcd:x:998:997::/:/bin/false\n",
+        )
+        .unwrap();
         fs::write(d.path().join("etc/group"), "root:x:0:\netcd:x:997:\n").unwrap();
-        assert_eq!(resolve_owner(d.path(), "etcd:etcd").unwrap(), Owner { uid: Some(998), gid: Some(997) });
-        assert_eq!(resolve_owner(d.path(), "root:root").unwrap(), Owner { uid: Some(0), gid: Some(0) });
-        assert_eq!(resolve_owner(d.path(), "1000:1000").unwrap(), Owner { uid: Some(1000), gid: Some(1000) });
+        assert_eq!(
+            resolve_owner(d.path(), "etcd:etcd").unwrap(),
+            Owner {
+                uid: Some(998),
+                gid: Some(997)
+            }
+        );
+        assert_eq!(
+            resolve_owner(d.path(), "root:root").unwrap(),
+            Owner {
+                uid: Some(0),
+                gid: Some(0)
+            }
+        );
+        assert_eq!(
+            resolve_owner(d.path(), "1000:1000").unwrap(),
+            Owner {
+                uid: Some(1000),
+                gid: Some(1000)
+            }
+        );
         let e = resolve_owner(d.path(), "nobody:etcd").unwrap_err();
         assert!(e.contains("nobody") && e.contains("passwd"), "{e}");
     }

@@ -5,7 +5,8 @@ use cloudsigma_agent::run;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const USAGE: &str = "usage: cloudsigma-agent [--context-file FILE | --serial DEV] [--root DIR] [--force]
+const USAGE: &str =
+    "usage: cloudsigma-agent [--context-file FILE | --serial DEV] [--root DIR] [--force]
                         [--timeout SECONDS] [--status-file FILE] [--log-file FILE] [--quiet]
 
 Reads the CloudSigma server context (default: serial port /dev/ttyS1), renders and executes the
@@ -42,7 +43,10 @@ fn parse_args(args: &[String]) -> Result<run::Opts, String> {
             _ => (a.as_str(), None),
         };
         let mut value = |name: &str| -> Result<String, String> {
-            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{name} needs a value"))
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag {
             "--context-file" => o.context_file = Some(value(flag)?.into()),
@@ -53,7 +57,9 @@ fn parse_args(args: &[String]) -> Result<run::Opts, String> {
             "--net-fixture" => o.net_fixture = Some(value(flag)?.into()),
             "--timeout" => {
                 let v = value(flag)?;
-                let s: f64 = v.parse().map_err(|_| format!("--timeout {v:?} is not a number of seconds"))?;
+                let s: f64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout {v:?} is not a number of seconds"))?;
                 if !(s.is_finite() && s > 0.0) {
                     return Err(format!("--timeout {v:?} must be > 0"));
                 }
@@ -65,7 +71,9 @@ fn parse_args(args: &[String]) -> Result<run::Opts, String> {
         }
     }
     if !o.root.is_absolute() {
-        o.root = std::env::current_dir().map_err(|e| e.to_string())?.join(&o.root);
+        o.root = std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(&o.root);
     }
     Ok(o)
 }

@@ -1,7 +1,6 @@
 //! Guest interfaces, classified public/private by matching them to the context's NICs.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use cloudsigma_api::ServerContext;
@@ -22,7 +21,8 @@ pub struct Iface {
 /// The node's interfaces: from a JSON fixture (tests, `--net-fixture`) or getifaddrs(3).
 pub fn interfaces(fixture: Option<&Path>) -> Result<Vec<Iface>, String> {
     if let Some(f) = fixture {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()));
     }
     let mut by_name: BTreeMap<String, Iface> = BTreeMap::new();
@@ -30,18 +30,27 @@ pub fn interfaces(fixture: Option<&Path>) -> Result<Vec<Iface>, String> {
     for a in addrs {
         let entry = by_name
             .entry(a.interface_name.clone())
-            .or_insert_with(|| Iface { name: a.interface_name.clone(), mac: None, ipv4: Vec::new() });
+            .or_insert_with(|| Iface {
+                name: a.interface_name.clone(),
+                mac: None,
+                ipv4: Vec::new(),
+            });
         let Some(addr) = a.address else { continue };
         if let Some(link) = addr.as_link_addr() {
             if let Some(mac) = link.addr() {
-                entry.mac = Some(mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+                entry.mac = Some(
+                    mac.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
             }
         } else if let Some(sin) = addr.as_sockaddr_in() {
             let prefix = a
                 .netmask
                 .and_then(|m| m.as_sockaddr_in().map(|m| u32::from(m.ip()).count_ones()))
                 .unwrap_or(32);
-            entry.ipv4.push(format!("{}/{prefix}", Ipv4Addr::from(sin.ip())));
+            entry.ipv4.push(format!("{}/{prefix}", sin.ip()));
         }
     }
     Ok(by_name.into_values().collect())
@@ -64,7 +73,13 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
     let ctx_ips: Vec<String> = ctx
         .nics
         .iter()
-        .filter_map(|n| n.ip_v4_conf.as_ref()?.ip.as_ref().map(|ip| ip.address().to_string()))
+        .filter_map(|n| {
+            n.ip_v4_conf
+                .as_ref()?
+                .ip
+                .as_ref()
+                .map(|ip| ip.address().to_string())
+        })
         .collect();
     ifaces
         .iter()
@@ -78,7 +93,9 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
                 })
                 .collect();
             let nic = i.mac.as_deref().and_then(|m| {
-                ctx.nics.iter().find(|n| n.mac.as_deref().map(norm_mac) == Some(norm_mac(m)))
+                ctx.nics
+                    .iter()
+                    .find(|n| n.mac.as_deref().map(norm_mac) == Some(norm_mac(m)))
             });
             let (class, vlan) = if let Some(n) = nic {
                 if n.is_private() {
@@ -93,7 +110,13 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
             } else {
                 ("unknown", None)
             };
-            InterfaceInfo { name: i.name.clone(), mac: i.mac.clone(), addresses, class: class.into(), vlan }
+            InterfaceInfo {
+                name: i.name.clone(),
+                mac: i.mac.clone(),
+                addresses,
+                class: class.into(),
+                vlan,
+            }
         })
         .collect()
 }
@@ -101,7 +124,12 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
 /// kubelet's --node-ip: the first IPv4 of a private (VLAN) interface, else of the public one.
 pub fn node_ip(classified: &[InterfaceInfo]) -> Option<(String, &'static str)> {
     for (class, label) in [("private", "private"), ("public", "public")] {
-        if let Some(a) = classified.iter().filter(|i| i.class == class).flat_map(|i| i.addresses.iter()).next() {
+        if let Some(a) = classified
+            .iter()
+            .filter(|i| i.class == class)
+            .flat_map(|i| i.addresses.iter())
+            .next()
+        {
             return Some((a.address.clone(), label));
         }
     }
@@ -122,9 +150,21 @@ mod tests {
             ]}))
         .unwrap();
         let ifs = vec![
-            Iface { name: "lo".into(), mac: None, ipv4: vec!["127.0.0.1/8".into()] },
-            Iface { name: "ens3".into(), mac: Some("22:aa:00:00:00:01".into()), ipv4: vec!["31.171.1.2/24".into()] },
-            Iface { name: "ens4".into(), mac: Some("22:aa:00:00:00:02".into()), ipv4: vec!["10.10.0.5/24".into()] },
+            Iface {
+                name: "lo".into(),
+                mac: None,
+                ipv4: vec!["127.0.0.1/8".into()],
+            },
+            Iface {
+                name: "ens3".into(),
+                mac: Some("22:aa:00:00:00:01".into()),
+                ipv4: vec!["31.171.1.2/24".into()],
+            },
+            Iface {
+                name: "ens4".into(),
+                mac: Some("22:aa:00:00:00:02".into()),
+                ipv4: vec!["10.10.0.5/24".into()],
+            },
         ];
         let c = classify(&ctx, &ifs);
         assert_eq!(c[0].class, "loopback");

@@ -33,7 +33,10 @@ pub fn redact_line(line: &str) -> String {
         if let Some((k, _)) = bare.split_once('=') {
             let kl = k.to_ascii_lowercase();
             if SECRET_FLAGS.contains(&k)
-                || (!k.starts_with('-') && ["token", "password", "secret", "key"].iter().any(|s| kl.contains(s)))
+                || (!k.starts_with('-')
+                    && ["token", "password", "secret", "key"]
+                        .iter()
+                        .any(|s| kl.contains(s)))
             {
                 out.push(format!("{k}=<redacted>"));
                 continue;
@@ -56,7 +59,9 @@ fn looks_secret(w: &str) -> bool {
     let b = w.as_bytes();
     b.len() == 23
         && b[6] == b'.'
-        && b.iter().enumerate().all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -70,9 +75,18 @@ mod tests {
         assert!(!r.contains("abcdef.0123"), "{r}");
         assert!(!r.contains("0123456789abcdef0123"), "{r}");
         assert!(!r.contains("deadbeef"), "{r}");
-        assert!(r.starts_with("kubeadm join 10.0.0.1:6443 --token <redacted>"), "{r}");
-        assert_eq!(redact_line("RKE2_TOKEN=s3cr3t sh install.sh"), "RKE2_TOKEN=<redacted> sh install.sh");
-        assert_eq!(redact_line("echo abcdef.0123456789abcdef"), "echo <redacted>");
+        assert!(
+            r.starts_with("kubeadm join 10.0.0.1:6443 --token <redacted>"),
+            "{r}"
+        );
+        assert_eq!(
+            redact_line("RKE2_TOKEN=s3cr3t sh install.sh"),
+            "RKE2_TOKEN=<redacted> sh install.sh"
+        );
+        assert_eq!(
+            redact_line("echo abcdef.0123456789abcdef"),
+            "echo <redacted>"
+        );
         assert_eq!(
             redact_line("kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml"),
             "kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml"

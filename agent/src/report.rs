@@ -23,9 +23,19 @@ impl Logger {
             .parent()
             .map(fs::create_dir_all)
             .transpose()
-            .and_then(|_| OpenOptions::new().create(true).append(true).mode(0o600).open(path));
+            .and_then(|_| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)
+            });
         match opened {
-            Ok(f) => Logger { file: Some(f), open_error: None, quiet },
+            Ok(f) => Logger {
+                file: Some(f),
+                open_error: None,
+                quiet,
+            },
             Err(e) => Logger {
                 file: None,
                 open_error: Some(format!("cannot open log file {}: {e}", path.display())),
@@ -147,6 +157,13 @@ impl Status {
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         json.push(b'\n');
-        fsutil::atomic_write(path, &json, 0o644, fsutil::Owner::default(), fsutil::WriteMode::Replace).map(|_| ())
+        fsutil::atomic_write(
+            path,
+            &json,
+            0o644,
+            fsutil::Owner::default(),
+            fsutil::WriteMode::Replace,
+        )
+        .map(|_| ())
     }
 }

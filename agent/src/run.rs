@@ -55,13 +55,19 @@ type Step<T> = Result<T, String>;
 pub fn run(o: &Opts) -> i32 {
     let real_root = o.root == Path::new("/");
     let marker = under(&o.root, MARKER);
-    let log_path = o.log_file.clone().unwrap_or_else(|| under(&o.root, LOG_FILE));
+    let log_path = o
+        .log_file
+        .clone()
+        .unwrap_or_else(|| under(&o.root, LOG_FILE));
     let mut a = Agent {
         o,
         real_root,
         log: Logger::open(&log_path, o.quiet),
         status: Status::new(&marker),
-        status_path: o.status_file.clone().unwrap_or_else(|| under(&o.root, STATUS_FILE)),
+        status_path: o
+            .status_file
+            .clone()
+            .unwrap_or_else(|| under(&o.root, STATUS_FILE)),
         marker,
     };
     if let Some(e) = a.log.open_error.clone() {
@@ -72,7 +78,10 @@ pub fn run(o: &Opts) -> i32 {
         "cloudsigma-agent {} starting (root {}, source {})",
         env!("CARGO_PKG_VERSION"),
         o.root.display(),
-        o.context_file.as_ref().map(|p| format!("file {}", p.display())).unwrap_or_else(|| format!("serial {}", o.serial.display()))
+        o.context_file
+            .as_ref()
+            .map(|p| format!("file {}", p.display()))
+            .unwrap_or_else(|| format!("serial {}", o.serial.display()))
     ));
     let code = match a.sequence() {
         Ok(result) => {
@@ -84,8 +93,13 @@ pub fn run(o: &Opts) -> i32 {
             // The marker must never survive a failed run.
             if a.marker.exists() {
                 match fs::remove_file(&a.marker) {
-                    Ok(()) => a.log.warn(&format!("removed {} because the bootstrap failed", a.marker.display())),
-                    Err(e) => a.log.error(&format!("cannot remove {}: {e}", a.marker.display())),
+                    Ok(()) => a.log.warn(&format!(
+                        "removed {} because the bootstrap failed",
+                        a.marker.display()
+                    )),
+                    Err(e) => a
+                        .log
+                        .error(&format!("cannot remove {}: {e}", a.marker.display())),
                 }
             }
             EXIT_FAILED
@@ -104,8 +118,15 @@ impl Agent<'_> {
         let duration_ms = t.elapsed().as_millis() as u64;
         match r {
             Ok(v) => {
-                self.log.info(&format!("phase {name}: ok ({duration_ms} ms)"));
-                self.status.phases.push(Phase { name: name.into(), start_ms, duration_ms, result: "ok".into(), detail: None });
+                self.log
+                    .info(&format!("phase {name}: ok ({duration_ms} ms)"));
+                self.status.phases.push(Phase {
+                    name: name.into(),
+                    start_ms,
+                    duration_ms,
+                    result: "ok".into(),
+                    detail: None,
+                });
                 Ok(v)
             }
             Err(msg) => {
@@ -117,7 +138,10 @@ impl Agent<'_> {
                     result: "failed".into(),
                     detail: Some(msg.clone()),
                 });
-                self.status.error = Some(StepError { step: name.into(), message: msg });
+                self.status.error = Some(StepError {
+                    step: name.into(),
+                    message: msg,
+                });
                 Err(())
             }
         }
@@ -126,7 +150,13 @@ impl Agent<'_> {
     fn skip(&mut self, name: &str, why: &str) {
         self.log.info(&format!("phase {name}: skipped ({why})"));
         let start_ms = self.status.elapsed_ms();
-        self.status.phases.push(Phase { name: name.into(), start_ms, duration_ms: 0, result: "skipped".into(), detail: Some(why.into()) });
+        self.status.phases.push(Phase {
+            name: name.into(),
+            start_ms,
+            duration_ms: 0,
+            result: "skipped".into(),
+            detail: Some(why.into()),
+        });
     }
 
     fn warn(&mut self, msg: String) {
@@ -158,26 +188,41 @@ impl Agent<'_> {
         self.status.hostname = Some(hostname.clone());
         self.network(&ctx);
 
-        if ctx.meta.get("cloudinit-dsmode").map(|m| m.trim() == "disabled").unwrap_or(false) {
+        if ctx
+            .meta
+            .get("cloudinit-dsmode")
+            .map(|m| m.trim() == "disabled")
+            .unwrap_or(false)
+        {
             self.skip("userdata", "meta.cloudinit-dsmode is 'disabled'");
             return Ok("skipped");
         }
 
-        let Some(raw) = self.phase("userdata", |_| userdata::extract(&ctx).map_err(|e| e.to_string()))? else {
+        let Some(raw) = self.phase("userdata", |_| {
+            userdata::extract(&ctx).map_err(|e| e.to_string())
+        })?
+        else {
             self.skip("userdata", "the server has no meta.cloudinit-user-data");
             return Ok("skipped");
         };
         let size = raw.len();
-        let mut kind = self.phase("userdata_format", |_| userdata::classify(raw).map_err(|e| e.to_string()))?;
-        self.log.info(&format!("user data: {size} bytes, {}", kind.name()));
+        let mut kind = self.phase("userdata_format", |_| {
+            userdata::classify(raw).map_err(|e| e.to_string())
+        })?;
+        self.log
+            .info(&format!("user data: {size} bytes, {}", kind.name()));
         if let userdata::Kind::JinjaTemplate(src) = &kind {
             let src = src.clone();
             let serial = self.o.serial.display().to_string();
             kind = self.phase("template", |_| {
                 let tctx = template::build_context(&ctx, &serial);
                 let out = template::render(&src, &tctx).map_err(|e| e.to_string())?;
-                match userdata::classify(out.into_bytes()).map_err(|e| format!("after rendering: {e}"))? {
-                    userdata::Kind::JinjaTemplate(_) => Err("rendered template starts with a template header again".into()),
+                match userdata::classify(out.into_bytes())
+                    .map_err(|e| format!("after rendering: {e}"))?
+                {
+                    userdata::Kind::JinjaTemplate(_) => {
+                        Err("rendered template starts with a template header again".into())
+                    }
                     k => Ok(k),
                 }
             })?;
@@ -187,7 +232,9 @@ impl Agent<'_> {
         let cfg = match &kind {
             userdata::Kind::CloudConfig(text) => {
                 let text = text.clone();
-                self.phase("cloudconfig", |_| cloudconfig::parse(&text).map_err(|e| e.to_string()))?
+                self.phase("cloudconfig", |_| {
+                    cloudconfig::parse(&text).map_err(|e| e.to_string())
+                })?
             }
             _ => CloudConfig::default(),
         };
@@ -195,7 +242,9 @@ impl Agent<'_> {
             self.warn(w);
         }
         for key in &cfg.unsupported {
-            self.log.warn(&format!("cloud-config key '{key}' is not implemented by cloudsigma-agent: NOT applied"));
+            self.log.warn(&format!(
+                "cloud-config key '{key}' is not implemented by cloudsigma-agent: NOT applied"
+            ));
         }
         self.status.unsupported = cfg.unsupported.clone();
 
@@ -213,21 +262,35 @@ impl Agent<'_> {
             // bootstrap successfully (the stamp is only written together with the marker).
             if !self.marker.exists() {
                 self.phase("marker_restore", |a| {
-                    atomic_write(&a.marker, b"success\n", 0o644, Owner::default(), WriteMode::Replace)
-                        .map(|_| ())
-                        .map_err(|e| format!("{}: {e}", a.marker.display()))
+                    atomic_write(
+                        &a.marker,
+                        b"success\n",
+                        0o644,
+                        Owner::default(),
+                        WriteMode::Replace,
+                    )
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: {e}", a.marker.display()))
                 })?;
             }
-            self.skip("bootstrap", &format!("already bootstrapped ({} exists; use --force to re-run)", stamp.display()));
+            self.skip(
+                "bootstrap",
+                &format!(
+                    "already bootstrapped ({} exists; use --force to re-run)",
+                    stamp.display()
+                ),
+            );
             return Ok("skipped");
         }
         if self.marker.exists() {
             // A marker without our stamp is stale (or from a forced re-run): it must be earned again.
             let _ = fs::remove_file(&self.marker);
-            self.log.info(&format!("removed stale {}", self.marker.display()));
+            self.log
+                .info(&format!("removed stale {}", self.marker.display()));
         }
 
-        let (now, deferred): (Vec<WriteFile>, Vec<WriteFile>) = cfg.write_files.iter().cloned().partition(|f| !f.defer);
+        let (now, deferred): (Vec<WriteFile>, Vec<WriteFile>) =
+            cfg.write_files.iter().cloned().partition(|f| !f.defer);
         if now.is_empty() {
             self.skip("write_files", "no files");
         } else {
@@ -279,22 +342,32 @@ impl Agent<'_> {
         })?;
         let stamp_body = format!("{}\n", fsutil::now_rfc3339());
         self.phase("done_stamp", |_| {
-            atomic_write(&stamp, stamp_body.as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
-                .map(|_| ())
-                .map_err(|e| format!("{}: {e}", stamp.display()))
+            atomic_write(
+                &stamp,
+                stamp_body.as_bytes(),
+                0o644,
+                Owner::default(),
+                WriteMode::Replace,
+            )
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", stamp.display()))
         })?;
         Ok("success")
     }
 
     fn any_stamp(&self) -> bool {
         fs::read_dir(under(&self.o.root, STATE_DIR))
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".done")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".done"))
+            })
             .unwrap_or(false)
     }
 
     fn load_context(&mut self) -> Step<ServerContext> {
         if let Some(f) = &self.o.context_file {
-            let bytes = fs::read(f).map_err(|e| format!("cannot read context file {}: {e}", f.display()))?;
+            let bytes = fs::read(f)
+                .map_err(|e| format!("cannot read context file {}: {e}", f.display()))?;
             context::parse_context(f, &bytes).map_err(|e| e.to_string())
         } else {
             context::read_context(&self.o.serial, self.o.timeout).map_err(|e| e.to_string())
@@ -311,16 +384,27 @@ impl Agent<'_> {
     fn write_files(&mut self, files: &[WriteFile]) -> Step<()> {
         for f in files {
             let data = decode_content(f)?;
-            let owner = fsutil::resolve_owner(&self.o.root, &f.owner).map_err(|e| format!("{} owner: {e}", f.path))?;
+            let owner = fsutil::resolve_owner(&self.o.root, &f.owner)
+                .map_err(|e| format!("{} owner: {e}", f.path))?;
             let target = under(&self.o.root, &f.path);
-            let how = if f.append { WriteMode::Append } else { WriteMode::Replace };
+            let how = if f.append {
+                WriteMode::Append
+            } else {
+                WriteMode::Replace
+            };
             let outcome = atomic_write(&target, &data, f.permissions, owner, how)
                 .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
             if outcome == ChownOutcome::NotPermitted {
                 if self.real_root {
-                    return Err(format!("cannot chown {} to {}: not permitted", f.path, f.owner));
+                    return Err(format!(
+                        "cannot chown {} to {}: not permitted",
+                        f.path, f.owner
+                    ));
                 }
-                self.warn(format!("{}: chown to {} not permitted (unprivileged test root)", f.path, f.owner));
+                self.warn(format!(
+                    "{}: chown to {} not permitted (unprivileged test root)",
+                    f.path, f.owner
+                ));
             }
             // Paths, sizes and modes only: file contents are secrets (keys, tokens).
             self.log.info(&format!(
@@ -338,25 +422,47 @@ impl Agent<'_> {
 
     fn hostname(&mut self, cfg: &CloudConfig, from_context: &str) -> Step<()> {
         if cfg.preserve_hostname {
-            self.log.info("preserve_hostname is set: hostname left unchanged");
+            self.log
+                .info("preserve_hostname is set: hostname left unchanged");
             return Ok(());
         }
         let (short, fqdn) = match (&cfg.fqdn, &cfg.hostname) {
-            (Some(f), Some(h)) => (h.split('.').next().unwrap_or(h).to_string(), Some(f.clone())),
-            (Some(f), None) => (f.split('.').next().unwrap_or(f).to_string(), Some(f.clone())),
-            (None, Some(h)) if h.contains('.') => (h.split('.').next().unwrap_or(h).to_string(), Some(h.clone())),
+            (Some(f), Some(h)) => (
+                h.split('.').next().unwrap_or(h).to_string(),
+                Some(f.clone()),
+            ),
+            (Some(f), None) => (
+                f.split('.').next().unwrap_or(f).to_string(),
+                Some(f.clone()),
+            ),
+            (None, Some(h)) if h.contains('.') => (
+                h.split('.').next().unwrap_or(h).to_string(),
+                Some(h.clone()),
+            ),
             (None, Some(h)) => (h.clone(), None),
             (None, None) => (from_context.to_string(), None),
         };
         // cloud-init writes the FQDN only when asked to prefer it.
-        let mut name = if cfg.prefer_fqdn_over_hostname { fqdn.clone().unwrap_or(short) } else { short };
+        let mut name = if cfg.prefer_fqdn_over_hostname {
+            fqdn.clone().unwrap_or(short)
+        } else {
+            short
+        };
         let clean: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(64)
             .collect();
         if clean != name {
-            self.warn(format!("hostname {name:?} is not a valid host name; using {clean:?}"));
+            self.warn(format!(
+                "hostname {name:?} is not a valid host name; using {clean:?}"
+            ));
             name = clean;
         }
         let name = name.trim_matches(|c| c == '-' || c == '.').to_string();
@@ -364,13 +470,26 @@ impl Agent<'_> {
             return Err("no usable hostname (empty after sanitising)".into());
         }
         let path = under(&self.o.root, "/etc/hostname");
-        atomic_write(&path, format!("{name}\n").as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        atomic_write(
+            &path,
+            format!("{name}\n").as_bytes(),
+            0o644,
+            Owner::default(),
+            WriteMode::Replace,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
         self.status.hostname = Some(name.clone());
         if self.real_root {
-            let st = Command::new("hostname").arg(&name).status().map_err(|e| format!("cannot run hostname: {e}"))?;
-            if !st.success() {
-                return Err(format!("hostname {name} exited with {st}"));
+            match Command::new("hostname").arg(&name).status() {
+                Ok(st) if st.success() => {}
+                Ok(st) => return Err(format!("hostname {name} exited with {st}")),
+                // Minimal images may lack the hostname tool: set the kernel's name directly.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::write("/proc/sys/kernel/hostname", &name).map_err(|e| {
+                        format!("cannot set the hostname via /proc/sys/kernel/hostname: {e}")
+                    })?
+                }
+                Err(e) => return Err(format!("cannot run hostname: {e}")),
             }
         }
         self.log.info(&format!("hostname set to {name}"));
@@ -380,17 +499,32 @@ impl Agent<'_> {
     fn swap(&mut self) -> Step<()> {
         let swaps = under(&self.o.root, "/proc/swaps");
         let active: Vec<String> = fs::read_to_string(&swaps)
-            .map(|t| t.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect())
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if !active.is_empty() {
             if self.real_root {
-                let st = Command::new("swapoff").arg("-a").status().map_err(|e| format!("cannot run swapoff: {e}"))?;
+                let st = Command::new("swapoff")
+                    .arg("-a")
+                    .status()
+                    .map_err(|e| format!("cannot run swapoff: {e}"))?;
                 if !st.success() {
-                    return Err(format!("swapoff -a exited with {st} (active: {})", active.join(", ")));
+                    return Err(format!(
+                        "swapoff -a exited with {st} (active: {})",
+                        active.join(", ")
+                    ));
                 }
-                self.log.info(&format!("swapoff -a: disabled {}", active.join(", ")));
+                self.log
+                    .info(&format!("swapoff -a: disabled {}", active.join(", ")));
             } else {
-                self.log.info(&format!("active swap {} (swapoff -a runs only when --root is /)", active.join(", ")));
+                self.log.info(&format!(
+                    "active swap {} (swapoff -a runs only when --root is /)",
+                    active.join(", ")
+                ));
             }
         }
         let fstab = under(&self.o.root, "/etc/fstab");
@@ -403,17 +537,28 @@ impl Agent<'_> {
         if n > 0 {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let meta = fs::metadata(&fstab).map_err(|e| format!("{}: {e}", fstab.display()))?;
-            let owner = Owner { uid: Some(meta.uid()), gid: Some(meta.gid()) };
-            atomic_write(&fstab, new.as_bytes(), meta.permissions().mode() & 0o7777, owner, WriteMode::Replace)
-                .map_err(|e| format!("{}: {e}", fstab.display()))?;
-            self.log.info(&format!("commented {n} swap line(s) in /etc/fstab"));
+            let owner = Owner {
+                uid: Some(meta.uid()),
+                gid: Some(meta.gid()),
+            };
+            atomic_write(
+                &fstab,
+                new.as_bytes(),
+                meta.permissions().mode() & 0o7777,
+                owner,
+                WriteMode::Replace,
+            )
+            .map_err(|e| format!("{}: {e}", fstab.display()))?;
+            self.log
+                .info(&format!("commented {n} swap line(s) in /etc/fstab"));
         }
         Ok(())
     }
 
     fn node_ip(&mut self) -> Step<()> {
         let Some((ip, class)) = net::node_ip(&self.status.interfaces) else {
-            self.log.info("no interface matches a context NIC: kubelet picks its own node IP");
+            self.log
+                .info("no interface matches a context NIC: kubelet picks its own node IP");
             return Ok(());
         };
         let path = under(&self.o.root, "/etc/default/kubelet");
@@ -423,9 +568,17 @@ impl Agent<'_> {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let new = set_node_ip(&old, &ip);
-        atomic_write(&path, new.as_bytes(), 0o644, Owner::default(), WriteMode::Replace)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        self.log.info(&format!("kubelet --node-ip={ip} ({class} address) in /etc/default/kubelet"));
+        atomic_write(
+            &path,
+            new.as_bytes(),
+            0o644,
+            Owner::default(),
+            WriteMode::Replace,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.log.info(&format!(
+            "kubelet --node-ip={ip} ({class} address) in /etc/default/kubelet"
+        ));
         self.status.node_ip = Some(ip);
         Ok(())
     }
@@ -437,13 +590,21 @@ impl Agent<'_> {
         if !self.real_root {
             // Test roots: the data's absolute marker path is mapped under --root so that a test
             // never touches the host's /run (documented in docs/agent.md).
-            let mapped = under(&self.o.root, "/run/cluster-api").display().to_string();
+            let mapped = under(&self.o.root, "/run/cluster-api")
+                .display()
+                .to_string();
             body = body.replace("/run/cluster-api", &mapped);
         }
         let dir = under(&self.o.root, STATE_DIR).join("scripts");
         let path = dir.join(name);
-        atomic_write(&path, body.as_bytes(), 0o700, Owner::default(), WriteMode::Replace)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        atomic_write(
+            &path,
+            body.as_bytes(),
+            0o700,
+            Owner::default(),
+            WriteMode::Replace,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let out_path = under(&self.o.root, OUTPUT_FILE);
         if let Some(p) = out_path.parent() {
             let _ = fs::create_dir_all(p);
@@ -456,9 +617,18 @@ impl Agent<'_> {
             .map_err(|e| format!("cannot open {}: {e}", out_path.display()))?;
         let mut out2 = out.try_clone().map_err(|e| e.to_string())?;
         let _ = writeln!(out2, "===== {} {name} =====", fsutil::now_rfc3339());
-        self.log.info(&format!("running {} with /bin/sh ({} bytes, output in {})", path.display(), body.len(), out_path.display()));
+        self.log.info(&format!(
+            "running {} with /bin/sh ({} bytes, output in {})",
+            path.display(),
+            body.len(),
+            out_path.display()
+        ));
         let t = Instant::now();
-        let cwd = if self.real_root { PathBuf::from("/") } else { self.o.root.clone() };
+        let cwd = if self.real_root {
+            PathBuf::from("/")
+        } else {
+            self.o.root.clone()
+        };
         let status = Command::new("/bin/sh")
             .arg(&path)
             .current_dir(cwd)
@@ -468,11 +638,17 @@ impl Agent<'_> {
             .stderr(Stdio::from(out2))
             .status()
             .map_err(|e| format!("cannot run /bin/sh {}: {e}", path.display()))?;
-        self.log.info(&format!("{name} exited with {status} after {} ms", t.elapsed().as_millis()));
+        self.log.info(&format!(
+            "{name} exited with {status} after {} ms",
+            t.elapsed().as_millis()
+        ));
         if status.success() {
             Ok(())
         } else {
-            Err(format!("{name} script exited with {status} (see {})", out_path.display()))
+            Err(format!(
+                "{name} script exited with {status} (see {})",
+                out_path.display()
+            ))
         }
     }
 
@@ -481,7 +657,10 @@ impl Agent<'_> {
         self.status.duration_ms = self.status.elapsed_ms();
         self.status.finished_at = Some(fsutil::now_rfc3339());
         if let Err(e) = self.status.write(&self.status_path) {
-            self.log.error(&format!("cannot write status file {}: {e}", self.status_path.display()));
+            self.log.error(&format!(
+                "cannot write status file {}: {e}",
+                self.status_path.display()
+            ));
         }
         let summary = match (&self.status.result[..], &self.status.error) {
             (_, Some(err)) => format!(
@@ -498,7 +677,11 @@ impl Agent<'_> {
             ),
         };
         self.log.info(&summary);
-        let console = if self.real_root { OpenOptions::new().write(true).open("/dev/console").ok() } else { None };
+        let console = if self.real_root {
+            OpenOptions::new().write(true).open("/dev/console").ok()
+        } else {
+            None
+        };
         match console {
             Some(mut c) => {
                 let _ = writeln!(c, "{summary}");
@@ -510,10 +693,17 @@ impl Agent<'_> {
 
 fn decode_content(f: &WriteFile) -> Step<Vec<u8>> {
     let b64 = |c: &[u8]| {
-        userdata::decode_base64(&String::from_utf8_lossy(c))
-            .map_err(|_| format!("{}: content is not valid base64 (encoding {:?})", f.path, enc_name(f.encoding)))
+        userdata::decode_base64(&String::from_utf8_lossy(c)).map_err(|_| {
+            format!(
+                "{}: content is not valid base64 (encoding {:?})",
+                f.path,
+                enc_name(f.encoding)
+            )
+        })
     };
-    let gz = |c: &[u8]| userdata::gunzip(c).map_err(|e| format!("{}: content does not gunzip: {e}", f.path));
+    let gz = |c: &[u8]| {
+        userdata::gunzip(c).map_err(|e| format!("{}: content does not gunzip: {e}", f.path))
+    };
     match f.encoding {
         Encoding::Plain => Ok(f.content.clone()),
         Encoding::Base64 => b64(&f.content),
@@ -533,14 +723,17 @@ fn enc_name(e: Encoding) -> &'static str {
 
 /// Whether the data configures kubelet's node-ip itself (then ours would override it: skip).
 fn mentions_node_ip(cfg: &CloudConfig) -> bool {
-    let in_files = cfg
-        .write_files
-        .iter()
-        .any(|f| f.encoding == Encoding::Plain && String::from_utf8_lossy(&f.content).contains("node-ip"));
-    let in_cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter()).any(|c| match c {
-        cloudconfig::Cmd::Line(l) => l.contains("node-ip"),
-        cloudconfig::Cmd::Words(w) => w.iter().any(|x| x.contains("node-ip")),
+    let in_files = cfg.write_files.iter().any(|f| {
+        f.encoding == Encoding::Plain && String::from_utf8_lossy(&f.content).contains("node-ip")
     });
+    let in_cmds = cfg
+        .runcmd
+        .iter()
+        .chain(cfg.bootcmd.iter())
+        .any(|c| match c {
+            cloudconfig::Cmd::Line(l) => l.contains("node-ip"),
+            cloudconfig::Cmd::Words(w) => w.iter().any(|x| x.contains("node-ip")),
+        });
     in_files || in_cmds
 }
 
@@ -569,7 +762,10 @@ pub fn set_node_ip(old: &str, ip: &str) -> String {
             if let Some(v) = l.strip_prefix("KUBELET_EXTRA_ARGS=") {
                 found = true;
                 let v = v.trim().trim_matches('"').trim_matches('\'');
-                let mut args: Vec<&str> = v.split_whitespace().filter(|a| !a.starts_with("--node-ip")).collect();
+                let mut args: Vec<&str> = v
+                    .split_whitespace()
+                    .filter(|a| !a.starts_with("--node-ip"))
+                    .collect();
                 let flag = format!("--node-ip={ip}");
                 args.push(&flag);
                 format!("KUBELET_EXTRA_ARGS={}", args.join(" "))
@@ -602,9 +798,15 @@ mod tests {
 
     #[test]
     fn node_ip_merges() {
-        assert_eq!(set_node_ip("", "10.0.0.5"), "KUBELET_EXTRA_ARGS=--node-ip=10.0.0.5\n");
         assert_eq!(
-            set_node_ip("# x\nKUBELET_EXTRA_ARGS=\"--v=2 --node-ip=1.2.3.4\"\n", "10.0.0.5"),
+            set_node_ip("", "10.0.0.5"),
+            "KUBELET_EXTRA_ARGS=--node-ip=10.0.0.5\n"
+        );
+        assert_eq!(
+            set_node_ip(
+                "# x\nKUBELET_EXTRA_ARGS=\"--v=2 --node-ip=1.2.3.4\"\n",
+                "10.0.0.5"
+            ),
             "# x\nKUBELET_EXTRA_ARGS=--v=2 --node-ip=10.0.0.5\n"
         );
     }

@@ -18,7 +18,10 @@ pub enum TemplateError {
 pub fn local_hostname(ctx: &ServerContext) -> String {
     let name: String = ctx.name.chars().take(61).collect();
     let ok = !ctx.name.is_empty()
-        && ctx.name.chars().all(|c| c.is_ascii_alphanumeric() || (' '..='_').contains(&c) || c == '.');
+        && ctx
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || (' '..='_').contains(&c) || c == '.');
     if ok {
         name
     } else {
@@ -32,7 +35,13 @@ pub fn region(ctx: &ServerContext) -> Option<String> {
         .get("region")
         .or_else(|| ctx.global_context.get("region"))
         .cloned()
-        .or_else(|| ctx.vendor_data.as_ref()?.get("location")?.as_str().map(str::to_string))
+        .or_else(|| {
+            ctx.vendor_data
+                .as_ref()?
+                .get("location")?
+                .as_str()
+                .map(str::to_string)
+        })
 }
 
 /// cloud-init adds underscore aliases for hyphenated keys (`cloudinit-user-data` →
@@ -68,7 +77,11 @@ pub fn build_context(ctx: &ServerContext, serial: &str) -> Value {
         m.insert("local_hostname".into(), Value::String(hostname.clone()));
     }
     let region = region(ctx);
-    let keys: Vec<Value> = ctx.meta.get("ssh_public_key").map(|k| vec![Value::String(k.clone())]).unwrap_or_default();
+    let keys: Vec<Value> = ctx
+        .meta
+        .get("ssh_public_key")
+        .map(|k| vec![Value::String(k.clone())])
+        .unwrap_or_default();
     let v1 = serde_json::json!({
         "instance_id": ctx.uuid,
         "local_hostname": hostname,
@@ -111,10 +124,12 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
-    let tmpl = env.template_from_named_str("user-data", source).map_err(|e| TemplateError::Other {
-        line: e.line().map(|l| l + 1).unwrap_or(0),
-        msg: e.detail().unwrap_or("syntax error").to_string(),
-    })?;
+    let tmpl = env
+        .template_from_named_str("user-data", source)
+        .map_err(|e| TemplateError::Other {
+            line: e.line().map(|l| l + 1).unwrap_or(0),
+            msg: e.detail().unwrap_or("syntax error").to_string(),
+        })?;
     match tmpl.render(ctx) {
         Ok(mut out) => {
             // The header line was removed before rendering: line numbers in errors are +1.
@@ -139,7 +154,10 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
                     .unwrap_or_else(|| "<expression>".into());
                 Err(TemplateError::Undefined { name, line })
             } else {
-                Err(TemplateError::Other { line, msg: format!("{}: {}", e.kind(), e.detail().unwrap_or("")) })
+                Err(TemplateError::Other {
+                    line,
+                    msg: format!("{}: {}", e.kind(), e.detail().unwrap_or("")),
+                })
             }
         }
     }
@@ -182,7 +200,10 @@ mod tests {
         match e {
             TemplateError::Undefined { name, line } => {
                 assert_eq!(name, "ds.meta_data.nope");
-                assert_eq!(line, 3, "line counted in the original user data (header is line 1)");
+                assert_eq!(
+                    line, 3,
+                    "line counted in the original user data (header is line 1)"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -79,7 +79,9 @@ pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
         .read_to_end(&mut out)
         .map_err(|e| e.to_string())?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(format!("larger than {MAX_DECOMPRESSED} bytes after decompression"));
+        return Err(format!(
+            "larger than {MAX_DECOMPRESSED} bytes after decompression"
+        ));
     }
     Ok(out)
 }
@@ -93,7 +95,11 @@ pub fn classify(bytes: Vec<u8>) -> Result<Kind, UserDataError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
     let first = text.lines().next().unwrap_or("").trim_end();
     if is_jinja_header(first) {
-        let rest = text.split_once('\n').map(|(_, r)| r).unwrap_or("").to_string();
+        let rest = text
+            .split_once('\n')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .to_string();
         return Ok(Kind::JinjaTemplate(rest));
     }
     if first == "#cloud-config" || first.starts_with("#cloud-config ") {
@@ -103,7 +109,9 @@ pub fn classify(bytes: Vec<u8>) -> Result<Kind, UserDataError> {
         "#cloud-config-archive".to_string()
     } else if first.starts_with("#include") {
         "#include".to_string()
-    } else if first.to_ascii_lowercase().starts_with("content-type:") || first.starts_with("MIME-Version") {
+    } else if first.to_ascii_lowercase().starts_with("content-type:")
+        || first.starts_with("MIME-Version")
+    {
         "MIME multipart".to_string()
     } else if first.starts_with("#cloud-boothook") {
         "#cloud-boothook".to_string()
@@ -111,7 +119,10 @@ pub fn classify(bytes: Vec<u8>) -> Result<Kind, UserDataError> {
         "empty user data".to_string()
     } else {
         // Never echo the content: it may be a secret. Say how long it is instead.
-        format!("unrecognised first line ({} bytes of user data)", text.len())
+        format!(
+            "unrecognised first line ({} bytes of user data)",
+            text.len()
+        )
     };
     Err(UserDataError::Unsupported(what))
 }
@@ -119,8 +130,12 @@ pub fn classify(bytes: Vec<u8>) -> Result<Kind, UserDataError> {
 /// cloud-init: `## template: jinja` (case-insensitive, spaces flexible).
 pub fn is_jinja_header(line: &str) -> bool {
     let l = line.trim().to_ascii_lowercase();
-    let Some(rest) = l.strip_prefix("##") else { return false };
-    let Some(rest) = rest.trim_start().strip_prefix("template:") else { return false };
+    let Some(rest) = l.strip_prefix("##") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_start().strip_prefix("template:") else {
+        return false;
+    };
     rest.trim() == "jinja"
 }
 
@@ -129,18 +144,26 @@ mod tests {
     use super::*;
 
     fn ctx(meta: &[(&str, &str)]) -> ServerContext {
-        let meta: serde_json::Map<String, serde_json::Value> =
-            meta.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        let meta: serde_json::Map<String, serde_json::Value> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
         serde_json::from_value(serde_json::json!({"uuid":"u","name":"n","meta":meta})).unwrap()
     }
 
     #[test]
     fn base64_only_when_listed() {
-        let c = ctx(&[("cloudinit-user-data", "I2Nsb3VkLWNvbmZpZwo="), ("base64_fields", "foo, cloudinit-user-data")]);
+        let c = ctx(&[
+            ("cloudinit-user-data", "I2Nsb3VkLWNvbmZpZwo="),
+            ("base64_fields", "foo, cloudinit-user-data"),
+        ]);
         assert_eq!(extract(&c).unwrap().unwrap(), b"#cloud-config\n");
         let c = ctx(&[("cloudinit-user-data", "I2Nsb3VkLWNvbmZpZwo=")]);
         assert_eq!(extract(&c).unwrap().unwrap(), b"I2Nsb3VkLWNvbmZpZwo=");
-        let c = ctx(&[("cloudinit-user-data", "!!notbase64"), ("base64_fields", "cloudinit-user-data")]);
+        let c = ctx(&[
+            ("cloudinit-user-data", "!!notbase64"),
+            ("base64_fields", "cloudinit-user-data"),
+        ]);
         assert!(matches!(extract(&c), Err(UserDataError::Base64(_))));
     }
 
@@ -151,16 +174,32 @@ mod tests {
         enc.write_all(b"#cloud-config\nruncmd: []\n").unwrap();
         let gz = enc.finish().unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(gz);
-        let c = ctx(&[("cloudinit-user-data", &b64), ("base64_fields", "cloudinit-user-data")]);
-        assert_eq!(extract(&c).unwrap().unwrap(), b"#cloud-config\nruncmd: []\n");
+        let c = ctx(&[
+            ("cloudinit-user-data", &b64),
+            ("base64_fields", "cloudinit-user-data"),
+        ]);
+        assert_eq!(
+            extract(&c).unwrap().unwrap(),
+            b"#cloud-config\nruncmd: []\n"
+        );
     }
 
     #[test]
     fn classify_headers() {
-        assert!(matches!(classify(b"## template: jinja\n#cloud-config\n".to_vec()), Ok(Kind::JinjaTemplate(t)) if t == "#cloud-config\n"));
-        assert!(matches!(classify(b"#cloud-config\na: 1".to_vec()), Ok(Kind::CloudConfig(_))));
-        assert!(matches!(classify(b"#!/bin/sh\necho".to_vec()), Ok(Kind::Script(_))));
-        let e = classify(b"secret-stuff: yes".to_vec()).unwrap_err().to_string();
+        assert!(
+            matches!(classify(b"## template: jinja\n#cloud-config\n".to_vec()), Ok(Kind::JinjaTemplate(t)) if t == "#cloud-config\n")
+        );
+        assert!(matches!(
+            classify(b"#cloud-config\na: 1".to_vec()),
+            Ok(Kind::CloudConfig(_))
+        ));
+        assert!(matches!(
+            classify(b"#!/bin/sh\necho".to_vec()),
+            Ok(Kind::Script(_))
+        ));
+        let e = classify(b"secret-stuff: yes".to_vec())
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
         assert!(is_jinja_header("##   Template:  Jinja "));
     }

@@ -10,12 +10,28 @@ fn assert_failed_at(n: &Node, out: &std::process::Output, step: &str) -> String 
     assert_eq!(st["result"], "failure");
     assert_eq!(st["error"]["step"], step, "status: {st:#}");
     assert_eq!(st["marker_present"], false);
-    let failed: Vec<(String, String)> = n.phases().into_iter().filter(|(_, r)| r == "failed").collect();
+    let failed: Vec<(String, String)> = n
+        .phases()
+        .into_iter()
+        .filter(|(_, r)| r == "failed")
+        .collect();
     assert_eq!(failed, vec![(step.to_string(), "failed".to_string())]);
-    assert!(!n.p(&format!("/var/lib/cloudsigma-agent/instance-{UUID}.done")).exists(), "no done-stamp");
-    let leftovers: Vec<String> = n.all_files().into_iter().filter(|f| f.contains(".cs-agent-tmp")).collect();
+    assert!(
+        !n.p(&format!("/var/lib/cloudsigma-agent/instance-{UUID}.done"))
+            .exists(),
+        "no done-stamp"
+    );
+    let leftovers: Vec<String> = n
+        .all_files()
+        .into_iter()
+        .filter(|f| f.contains(".cs-agent-tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-    assert!(stderr(out).contains(&format!("FAILED at step {step}")), "{}", stderr(out));
+    assert!(
+        stderr(out).contains(&format!("FAILED at step {step}")),
+        "{}",
+        stderr(out)
+    );
     st["error"]["message"].as_str().unwrap().to_string()
 }
 
@@ -45,7 +61,10 @@ fn undefined_template_variable() {
     let n = Node::new(b"## template: jinja\n#cloud-config\nruncmd:\n  - kubeadm join --node-name {{ ds.meta_data.no_such_key }}\n");
     let out = n.run(&[]);
     let msg = assert_failed_at(&n, &out, "template");
-    assert!(msg.contains("ds.meta_data.no_such_key") && msg.contains("line 4"), "{msg}");
+    assert!(
+        msg.contains("ds.meta_data.no_such_key") && msg.contains("line 4"),
+        "{msg}"
+    );
     assert!(n.stub_calls().is_empty());
 }
 
@@ -87,13 +106,21 @@ fn unwritable_path() {
     let out = n.run(&[]);
     let msg = assert_failed_at(&n, &out, "write_files");
     assert!(msg.contains("/etc/kubernetes/pki/ca.crt"), "{msg}");
-    assert!(n.stub_calls().is_empty(), "nothing runs after a failed step");
-    assert!(!n.p("/run/kubeadm/kubeadm.yaml").exists(), "later files not written");
+    assert!(
+        n.stub_calls().is_empty(),
+        "nothing runs after a failed step"
+    );
+    assert!(
+        !n.p("/run/kubeadm/kubeadm.yaml").exists(),
+        "later files not written"
+    );
 }
 
 #[test]
 fn bad_file_encoding_content() {
-    let n = Node::new(b"#cloud-config\nwrite_files:\n  - path: /etc/a\n    encoding: b64\n    content: '***'\n");
+    let n = Node::new(
+        b"#cloud-config\nwrite_files:\n  - path: /etc/a\n    encoding: b64\n    content: '***'\n",
+    );
     let out = n.run(&[]);
     let msg = assert_failed_at(&n, &out, "write_files");
     assert!(msg.contains("/etc/a") && msg.contains("base64"), "{msg}");
@@ -102,7 +129,9 @@ fn bad_file_encoding_content() {
 
 #[test]
 fn unknown_owner() {
-    let n = Node::new(b"#cloud-config\nwrite_files:\n  - path: /etc/a\n    owner: etcd:etcd\n    content: x\n");
+    let n = Node::new(
+        b"#cloud-config\nwrite_files:\n  - path: /etc/a\n    owner: etcd:etcd\n    content: x\n",
+    );
     let out = n.run(&[]);
     let msg = assert_failed_at(&n, &out, "write_files");
     assert!(msg.contains("etcd") && msg.contains("passwd"), "{msg}");
@@ -112,7 +141,11 @@ fn unknown_owner() {
 fn stale_marker_is_removed_on_failure() {
     let n = Node::new(b"#cloud-config\nruncmd:\n  - kubeadm join\n");
     std::fs::create_dir_all(n.p("/run/cluster-api")).unwrap();
-    std::fs::write(n.p("/run/cluster-api/bootstrap-success.complete"), "success\n").unwrap();
+    std::fs::write(
+        n.p("/run/cluster-api/bootstrap-success.complete"),
+        "success\n",
+    )
+    .unwrap();
     let out = n.run_env(&[], &[("STUB_FAIL", "kubeadm")]);
     assert_failed_at(&n, &out, "runcmd");
 }
@@ -128,7 +161,10 @@ fn missing_context_file() {
 
 #[test]
 fn usage_error_exit_2() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent")).arg("--bogus").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--bogus"));
 }

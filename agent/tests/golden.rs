@@ -8,11 +8,20 @@ use common::*;
 fn kubeadm_join_worker() {
     let n = Node::new(data("kubeadm-join.yaml").as_bytes());
     let out = n.run(&[]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}\nlog: {}", stderr(&out), n.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nlog: {}",
+        stderr(&out),
+        n.log()
+    );
 
     // Files: rendered, with modes.
     let cfg = n.read("/run/kubeadm/kubeadm-join-config.yaml");
-    assert!(cfg.contains(&format!("provider-id: cloudsigma://{UUID}")), "{cfg}");
+    assert!(
+        cfg.contains(&format!("provider-id: cloudsigma://{UUID}")),
+        "{cfg}"
+    );
     assert!(cfg.contains("name: 'worker-0'"), "{cfg}");
     assert!(!cfg.contains("{{"), "fully rendered");
     assert_eq!(n.mode("/run/kubeadm/kubeadm-join-config.yaml"), 0o640);
@@ -30,19 +39,32 @@ fn kubeadm_join_worker() {
     );
     // runcmd script built like cloud-init's shellify.
     let script = n.read("/var/lib/cloudsigma-agent/scripts/runcmd");
-    assert!(script.starts_with("#!/bin/sh\nsystemctl restart containerd\nkubeadm join"), "{script}");
+    assert!(
+        script.starts_with("#!/bin/sh\nsystemctl restart containerd\nkubeadm join"),
+        "{script}"
+    );
     let boot = n.read("/var/lib/cloudsigma-agent/scripts/bootcmd");
-    assert!(boot.contains(&format!("echo boot {UUID}")), "bootcmd rendered too: {boot}");
+    assert!(
+        boot.contains(&format!("echo boot {UUID}")),
+        "bootcmd rendered too: {boot}"
+    );
     assert!(boot.contains("\n'systemctl' 'daemon-reload'\n"), "{boot}");
 
     // Node prep.
     assert_eq!(n.read("/etc/hostname"), "worker-0\n");
-    assert!(n.read("/etc/fstab").contains("#cloudsigma-agent: swap disabled for kubelet# /swap.img"));
-    assert_eq!(n.read("/etc/default/kubelet"), "KUBELET_EXTRA_ARGS=--node-ip=10.10.0.5\n");
+    assert!(n
+        .read("/etc/fstab")
+        .contains("#cloudsigma-agent: swap disabled for kubelet# /swap.img"));
+    assert_eq!(
+        n.read("/etc/default/kubelet"),
+        "KUBELET_EXTRA_ARGS=--node-ip=10.10.0.5\n"
+    );
 
     // Success.
     assert!(n.marker());
-    assert!(n.p(&format!("/var/lib/cloudsigma-agent/instance-{UUID}.done")).exists());
+    assert!(n
+        .p(&format!("/var/lib/cloudsigma-agent/instance-{UUID}.done"))
+        .exists());
     let st = n.status();
     assert_eq!(st["result"], "success");
     assert_eq!(st["instance_id"], UUID);
@@ -55,12 +77,29 @@ fn kubeadm_join_worker() {
     assert_eq!(
         names,
         [
-            "context", "userdata", "userdata_format", "template", "cloudconfig", "bootcmd", "write_files", "hostname",
-            "swap", "node_ip", "write_files_deferred", "runcmd", "marker", "done_stamp"
+            "context",
+            "userdata",
+            "userdata_format",
+            "template",
+            "cloudconfig",
+            "bootcmd",
+            "write_files",
+            "hostname",
+            "swap",
+            "node_ip",
+            "write_files_deferred",
+            "runcmd",
+            "marker",
+            "done_stamp"
         ]
     );
     let ifs = st["interfaces"].as_array().unwrap();
-    let class = |name: &str| ifs.iter().find(|i| i["name"] == name).unwrap()["class"].as_str().unwrap().to_string();
+    let class = |name: &str| {
+        ifs.iter().find(|i| i["name"] == name).unwrap()["class"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(class("ens3"), "public");
     assert_eq!(class("ens4"), "private");
     assert_eq!(class("lo"), "loopback");
@@ -69,9 +108,22 @@ fn kubeadm_join_worker() {
     }
 
     // Secrets: no token, no CA hash, no file content in log or status.
-    n.assert_no_secrets(&["abcdef.0123456789abcdef", "5b5ea6b2e6c4", "apiServerEndpoint", "vncsecret"]);
-    assert!(n.log().contains("wrote /run/kubeadm/kubeadm-join-config.yaml ("), "paths and sizes are logged");
-    assert!(stderr(&out).contains("SUCCESS"), "summary line: {}", stderr(&out));
+    n.assert_no_secrets(&[
+        "abcdef.0123456789abcdef",
+        "5b5ea6b2e6c4",
+        "apiServerEndpoint",
+        "vncsecret",
+    ]);
+    assert!(
+        n.log()
+            .contains("wrote /run/kubeadm/kubeadm-join-config.yaml ("),
+        "paths and sizes are logged"
+    );
+    assert!(
+        stderr(&out).contains("SUCCESS"),
+        "summary line: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -84,13 +136,23 @@ fn kubeadm_join_is_idempotent_and_force_reruns() {
     let out = n.run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", n.log());
     let calls = n.stub_calls();
-    assert_eq!(calls[first..], ["systemctl daemon-reload"], "only bootcmd runs again");
+    assert_eq!(
+        calls[first..],
+        ["systemctl daemon-reload"],
+        "only bootcmd runs again"
+    );
     assert_eq!(n.status()["result"], "skipped");
     assert!(n.marker(), "marker restored from the done-stamp");
     // --force runs everything again.
     let out = n.run(&["--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", n.log());
-    assert_eq!(n.stub_calls().iter().filter(|c| c.starts_with("kubeadm join")).count(), 2);
+    assert_eq!(
+        n.stub_calls()
+            .iter()
+            .filter(|c| c.starts_with("kubeadm join"))
+            .count(),
+        2
+    );
     assert_eq!(n.status()["result"], "success");
 }
 
@@ -98,47 +160,92 @@ fn kubeadm_join_is_idempotent_and_force_reruns() {
 fn kubeadm_init_control_plane() {
     let n = Node::new(data("kubeadm-init.yaml").as_bytes());
     let out = n.run(&[]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}\nlog: {}", stderr(&out), n.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nlog: {}",
+        stderr(&out),
+        n.log()
+    );
     assert_eq!(n.mode("/etc/kubernetes/pki/ca.key"), 0o600);
     assert_eq!(n.mode("/etc/kubernetes/pki/ca.crt"), 0o640);
     assert_eq!(n.mode("/etc/kubernetes/pki/etcd/ca.crt"), 0o640);
-    assert!(n.read("/etc/kubernetes/pki/ca.key").starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
-    assert_eq!(n.read("/etc/kubernetes/pki/sa.key"), "-----BEGIN RSA PRIVATE KEY-----\nsa-key\n-----END RSA PRIVATE KEY-----\n");
+    assert!(n
+        .read("/etc/kubernetes/pki/ca.key")
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+    assert_eq!(
+        n.read("/etc/kubernetes/pki/sa.key"),
+        "-----BEGIN RSA PRIVATE KEY-----\nsa-key\n-----END RSA PRIVATE KEY-----\n"
+    );
     assert_eq!(n.read("/etc/kubernetes/cloudsigma.conf"), "region: zrh\n");
     assert_eq!(n.read("/etc/kubernetes/manifests/late.yaml"), "kind: Pod\n");
     let kcfg = n.read("/run/kubeadm/kubeadm.yaml");
     assert!(kcfg.contains(&format!("provider-id: cloudsigma://{UUID}")));
     assert_eq!(
         n.stub_calls(),
-        vec!["swapoff -a", "kubeadm init --config /run/kubeadm/kubeadm.yaml"],
+        vec![
+            "swapoff -a",
+            "kubeadm init --config /run/kubeadm/kubeadm.yaml"
+        ],
         "agent's own swapoff is not run under a test root; the data's is"
     );
     let st = n.status();
     assert_eq!(st["result"], "success");
     assert_eq!(st["unsupported"], serde_json::json!(["ntp", "users"]));
     let log = n.log();
-    assert!(log.contains("cloud-config key 'ntp' is not implemented"), "{log}");
-    assert!(log.contains("cloud-config key 'users' is not implemented"), "{log}");
+    assert!(
+        log.contains("cloud-config key 'ntp' is not implemented"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cloud-config key 'users' is not implemented"),
+        "{log}"
+    );
     // Deferred files are written after the others, just before runcmd.
     let names: Vec<String> = n.phases().into_iter().map(|(n, _)| n).collect();
     let pos = |x: &str| names.iter().position(|n| n == x).unwrap();
-    assert!(pos("write_files") < pos("write_files_deferred") && pos("write_files_deferred") < pos("runcmd"));
-    n.assert_no_secrets(&["secretsecret", "MIIC6jCC", "abcdef.0123456789abcdef", "sa-key"]);
+    assert!(
+        pos("write_files") < pos("write_files_deferred")
+            && pos("write_files_deferred") < pos("runcmd")
+    );
+    n.assert_no_secrets(&[
+        "secretsecret",
+        "MIIC6jCC",
+        "abcdef.0123456789abcdef",
+        "sa-key",
+    ]);
 }
 
 #[test]
 fn rke2_agent() {
     let n = Node::new(data("rke2-agent.yaml").as_bytes());
     let out = n.run(&[]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}\nlog: {}", stderr(&out), n.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nlog: {}",
+        stderr(&out),
+        n.log()
+    );
     let cfg = n.read("/etc/rancher/rke2/config.yaml");
-    assert!(cfg.contains(&format!("- provider-id=cloudsigma://{UUID}\n")), "{cfg}");
+    assert!(
+        cfg.contains(&format!("- provider-id=cloudsigma://{UUID}\n")),
+        "{cfg}"
+    );
     assert!(cfg.contains("node-name: worker-0\n"), "{cfg}");
     assert_eq!(n.mode("/etc/rancher/rke2/config.yaml"), 0o640);
-    assert_eq!(n.mode("/etc/rancher/rke2/registries.yaml"), 0o644, "default mode");
+    assert_eq!(
+        n.mode("/etc/rancher/rke2/registries.yaml"),
+        0o644,
+        "default mode"
+    );
     assert_eq!(
         n.stub_calls(),
-        vec!["curl -sfL https://get.rke2.io", "systemctl enable rke2-agent.service", "systemctl start rke2-agent.service"]
+        vec![
+            "curl -sfL https://get.rke2.io",
+            "systemctl enable rke2-agent.service",
+            "systemctl start rke2-agent.service"
+        ]
     );
     assert!(n.marker());
     assert_eq!(n.status()["result"], "success");

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::termios::{self, FlushArg, LocalFlags, SetArg, SpecialCharacterIndices};
+use nix::sys::termios::{
+    self, ControlFlags, FlushArg, LocalFlags, SetArg, SpecialCharacterIndices,
+};
 
 use crate::models::ServerContext;
 
@@ -49,7 +51,11 @@ pub enum ContextError {
     },
     /// A reply started but did not end (no newline before the deadline, or cut JSON).
     #[error("truncated reply from the server context on {path} for key {key:?}: got {got} bytes without a complete line/JSON document")]
-    Truncated { path: PathBuf, key: String, got: usize },
+    Truncated {
+        path: PathBuf,
+        key: String,
+        got: usize,
+    },
     /// The device could not be opened/configured/read.
     #[error("server context device {path}: {op}: {source}")]
     Io {
@@ -102,7 +108,10 @@ impl ReadOptions {
 }
 
 /// Read the whole server context, retrying until `deadline`.
-pub fn read_context(path: impl AsRef<Path>, deadline: Duration) -> Result<ServerContext, ContextError> {
+pub fn read_context(
+    path: impl AsRef<Path>,
+    deadline: Duration,
+) -> Result<ServerContext, ContextError> {
     read_context_with(path.as_ref(), ReadOptions::with_deadline(deadline))
 }
 
@@ -112,7 +121,10 @@ pub fn read_context_with(path: &Path, opts: ReadOptions) -> Result<ServerContext
         if v.is_object() {
             Ok(())
         } else {
-            Err(format!("expected a JSON object for the whole context, got {}", kind(v)))
+            Err(format!(
+                "expected a JSON object for the whole context, got {}",
+                kind(v)
+            ))
         }
     })?;
     parse_context_value(path, value)
@@ -124,7 +136,11 @@ pub fn read_key(path: impl AsRef<Path>, key: &str) -> Result<serde_json::Value, 
     read_key_with(path.as_ref(), key, ReadOptions::default())
 }
 
-pub fn read_key_with(path: &Path, key: &str, opts: ReadOptions) -> Result<serde_json::Value, ContextError> {
+pub fn read_key_with(
+    path: &Path,
+    key: &str,
+    opts: ReadOptions,
+) -> Result<serde_json::Value, ContextError> {
     retry(path, key, opts, |_| Ok(()))
 }
 
@@ -133,16 +149,29 @@ pub fn parse_context(path: &Path, bytes: &[u8]) -> Result<ServerContext, Context
     let text = strip(bytes);
     let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
         if e.is_eof() {
-            ContextError::Truncated { path: path.to_owned(), key: String::new(), got: text.len() }
+            ContextError::Truncated {
+                path: path.to_owned(),
+                key: String::new(),
+                got: text.len(),
+            }
         } else {
-            ContextError::Decode { path: path.to_owned(), source: e }
+            ContextError::Decode {
+                path: path.to_owned(),
+                source: e,
+            }
         }
     })?;
     parse_context_value(path, value)
 }
 
-fn parse_context_value(path: &Path, value: serde_json::Value) -> Result<ServerContext, ContextError> {
-    serde_json::from_value(value).map_err(|e| ContextError::Decode { path: path.to_owned(), source: e })
+fn parse_context_value(
+    path: &Path,
+    value: serde_json::Value,
+) -> Result<ServerContext, ContextError> {
+    serde_json::from_value(value).map_err(|e| ContextError::Decode {
+        path: path.to_owned(),
+        source: e,
+    })
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -166,14 +195,18 @@ fn retry(
     let mut backoff = opts.initial_backoff;
     loop {
         let remaining = opts.deadline.saturating_sub(start.elapsed());
-        let attempt = remaining.min(opts.attempt_timeout).max(Duration::from_millis(10));
+        let attempt = remaining
+            .min(opts.attempt_timeout)
+            .max(Duration::from_millis(10));
         let result = query_once(path, key, attempt).and_then(|v| {
-            check(&v).map(|()| v.clone()).map_err(|reason| ContextError::Garbage {
-                path: path.to_owned(),
-                key: key.to_owned(),
-                reason,
-                sample: sample(v.to_string().as_bytes()),
-            })
+            check(&v)
+                .map(|()| v.clone())
+                .map_err(|reason| ContextError::Garbage {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    reason,
+                    sample: sample(v.to_string().as_bytes()),
+                })
         });
         match result {
             Ok(v) => return Ok(v),
@@ -182,7 +215,10 @@ fn retry(
                 if elapsed + backoff >= opts.deadline {
                     // Report the total time waited, not the last attempt's.
                     return Err(match e {
-                        ContextError::NoAnswer { path, .. } => ContextError::NoAnswer { path, waited: elapsed },
+                        ContextError::NoAnswer { path, .. } => ContextError::NoAnswer {
+                            path,
+                            waited: elapsed,
+                        },
                         other => other,
                     });
                 }
@@ -194,8 +230,18 @@ fn retry(
 }
 
 /// One request/reply exchange on a freshly opened device.
-pub fn query_once(path: &Path, key: &str, timeout: Duration) -> Result<serde_json::Value, ContextError> {
-    let io_err = |op: &'static str| move |source: io::Error| ContextError::Io { path: path.to_owned(), op, source };
+pub fn query_once(
+    path: &Path,
+    key: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, ContextError> {
+    let io_err = |op: &'static str| {
+        move |source: io::Error| ContextError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
     let started = Instant::now();
     let deadline = started + timeout;
     // O_NOCTTY: never let the serial port become our controlling terminal (we may run as a
@@ -212,9 +258,16 @@ pub fn query_once(path: &Path, key: &str, timeout: Duration) -> Result<serde_jso
     let request = format!("<\n{key}\n>");
     write_all_deadline(&mut dev, request.as_bytes(), deadline).map_err(|e| {
         if e.kind() == io::ErrorKind::TimedOut {
-            ContextError::NoAnswer { path: path.to_owned(), waited: started.elapsed() }
+            ContextError::NoAnswer {
+                path: path.to_owned(),
+                waited: started.elapsed(),
+            }
         } else {
-            ContextError::Io { path: path.to_owned(), op: "write request", source: e }
+            ContextError::Io {
+                path: path.to_owned(),
+                op: "write request",
+                source: e,
+            }
         }
     })?;
 
@@ -240,9 +293,16 @@ pub fn query_once(path: &Path, key: &str, timeout: Duration) -> Result<serde_jso
         let now = Instant::now();
         if now >= deadline {
             return Err(if buf.is_empty() {
-                ContextError::NoAnswer { path: path.to_owned(), waited: started.elapsed() }
+                ContextError::NoAnswer {
+                    path: path.to_owned(),
+                    waited: started.elapsed(),
+                }
             } else {
-                ContextError::Truncated { path: path.to_owned(), key: key.to_owned(), got: buf.len() }
+                ContextError::Truncated {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    got: buf.len(),
+                }
             });
         }
         if !wait_readable(&dev, deadline - now).map_err(io_err("poll"))? {
@@ -251,15 +311,29 @@ pub fn query_once(path: &Path, key: &str, timeout: Duration) -> Result<serde_jso
         match dev.read(&mut chunk) {
             Ok(0) => {
                 // EOF / hangup (pty peer closed): nothing more will come. Avoid a busy loop.
-                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
             // EIO on a pty master that went away: treat like no data.
             Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
-                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
             }
-            Err(e) => return Err(ContextError::Io { path: path.to_owned(), op: "read reply", source: e }),
+            Err(e) => {
+                return Err(ContextError::Io {
+                    path: path.to_owned(),
+                    op: "read reply",
+                    source: e,
+                })
+            }
         }
     }
     decode_reply(path, key, &buf)
@@ -289,7 +363,11 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
         Err(e) => {
             let looks_json = matches!(text.first(), Some(b'{') | Some(b'['));
             if looks_json && e.is_eof() {
-                Err(ContextError::Truncated { path: path.to_owned(), key: key.to_owned(), got: text.len() })
+                Err(ContextError::Truncated {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    got: text.len(),
+                })
             } else if looks_json {
                 Err(ContextError::Garbage {
                     path: path.to_owned(),
@@ -299,7 +377,9 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
                 })
             } else {
                 // Leaves come back unquoted: keep the bare string, as cloud-init does. ASCII checked.
-                Ok(serde_json::Value::String(String::from_utf8_lossy(text).into_owned()))
+                Ok(serde_json::Value::String(
+                    String::from_utf8_lossy(text).into_owned(),
+                ))
             }
         }
     }
@@ -319,7 +399,12 @@ fn strip(mut s: &[u8]) -> &[u8] {
 /// A short, printable prefix of a bad reply for error messages. Context replies may contain
 /// secrets (user data), so at most 32 bytes are shown.
 fn sample(bytes: &[u8]) -> String {
-    bytes.iter().take(32).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    bytes
+        .iter()
+        .take(32)
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 fn set_raw(dev: &File) -> io::Result<()> {
@@ -331,7 +416,12 @@ fn set_raw(dev: &File) -> io::Result<()> {
     };
     termios::cfmakeraw(&mut t);
     // cfmakeraw already clears ECHO; be explicit because echo is the failure that matters most.
-    t.local_flags.remove(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ICANON | LocalFlags::ISIG);
+    t.local_flags
+        .remove(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ICANON | LocalFlags::ISIG);
+    // CLOCAL: ignore modem lines, so a 16550 port without carrier (DCD) never blocks or hangs
+    // up on us; CREAD: enable the receiver.
+    t.control_flags
+        .insert(ControlFlags::CLOCAL | ControlFlags::CREAD);
     t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
     t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
     termios::tcsetattr(dev.as_fd(), SetArg::TCSANOW, &t)?;
@@ -375,9 +465,17 @@ fn wait(dev: &File, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
 fn write_all_deadline(dev: &mut File, mut data: &[u8], deadline: Instant) -> io::Result<()> {
     while !data.is_empty() {
         match dev.write(data) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "device accepted no bytes")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "device accepted no bytes",
+                ))
+            }
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
@@ -397,11 +495,26 @@ mod tests {
     #[test]
     fn decode_strips_and_parses() {
         let p = Path::new("/dev/x");
-        assert_eq!(decode_reply(p, "", b"\x04{\"a\":1}\n\x04").unwrap(), serde_json::json!({"a":1}));
-        assert_eq!(decode_reply(p, "name", b"my-node").unwrap(), serde_json::json!("my-node"));
+        assert_eq!(
+            decode_reply(p, "", b"\x04{\"a\":1}\n\x04").unwrap(),
+            serde_json::json!({"a":1})
+        );
+        assert_eq!(
+            decode_reply(p, "name", b"my-node").unwrap(),
+            serde_json::json!("my-node")
+        );
         assert_eq!(decode_reply(p, "x", b"").unwrap(), serde_json::json!(""));
-        assert!(matches!(decode_reply(p, "", b"{\"a\":"), Err(ContextError::Truncated { .. })));
-        assert!(matches!(decode_reply(p, "", b"{\"a\" x}"), Err(ContextError::Garbage { .. })));
-        assert!(matches!(decode_reply(p, "", "caf\u{e9}".as_bytes()), Err(ContextError::Garbage { .. })));
+        assert!(matches!(
+            decode_reply(p, "", b"{\"a\":"),
+            Err(ContextError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_reply(p, "", b"{\"a\" x}"),
+            Err(ContextError::Garbage { .. })
+        ));
+        assert!(matches!(
+            decode_reply(p, "", "caf\u{e9}".as_bytes()),
+            Err(ContextError::Garbage { .. })
+        ));
     }
 }

@@ -23,7 +23,11 @@ struct Pty {
 fn pty() -> Pty {
     let r = nix::pty::openpty(None, None).expect("openpty");
     let path = nix::unistd::ttyname(&r.slave).expect("ttyname");
-    Pty { master: File::from(r.master), slave: r.slave, path }
+    Pty {
+        master: File::from(r.master),
+        slave: r.slave,
+        path,
+    }
 }
 
 /// Reads one request `<\n KEY \n>` from the master side, skipping anything before `<` (echo,
@@ -72,20 +76,30 @@ fn full_context_over_pty() {
     let peer = thread::spawn(move || {
         let key = read_request(&mut master).unwrap();
         tx.send(key).unwrap();
-        master.write_all(format!("{CONTEXT}\n\x04").as_bytes()).unwrap();
+        master
+            .write_all(format!("{CONTEXT}\n\x04").as_bytes())
+            .unwrap();
     });
     let ctx = context::read_context_with(&p.path, opts(5000)).expect("context");
     peer.join().unwrap();
     assert_eq!(rx.recv().unwrap(), "", "whole context is the empty key");
     assert_eq!(ctx.uuid, "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff");
     assert_eq!(ctx.name, "worker-0");
-    assert_eq!(ctx.meta.get("base64_fields").map(String::as_str), Some("cloudinit-user-data"));
-    assert_eq!(ctx.global_context.get("region").map(String::as_str), Some("zrh"));
+    assert_eq!(
+        ctx.meta.get("base64_fields").map(String::as_str),
+        Some("cloudinit-user-data")
+    );
+    assert_eq!(
+        ctx.global_context.get("region").map(String::as_str),
+        Some("zrh")
+    );
     assert_eq!(ctx.nics.len(), 1);
     // The termios state we left on the port: raw, no echo.
     let t = nix::sys::termios::tcgetattr(&p.slave).unwrap();
     assert!(!t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
-    assert!(!t.local_flags.contains(nix::sys::termios::LocalFlags::ICANON));
+    assert!(!t
+        .local_flags
+        .contains(nix::sys::termios::LocalFlags::ICANON));
 }
 
 #[test]
@@ -144,14 +158,21 @@ fn no_peer_times_out_with_no_answer() {
         }
         other => panic!("expected NoAnswer, got {other:?}"),
     }
-    assert!(elapsed < Duration::from_secs(3), "deadline respected: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "deadline respected: {elapsed:?}"
+    );
     assert!(err.to_string().contains(&p.path.display().to_string()));
 }
 
 #[test]
 fn missing_device_is_io_error() {
-    let err = context::read_context_with(std::path::Path::new("/nonexistent/ttyS9"), opts(200)).unwrap_err();
-    assert!(matches!(err, ContextError::Io { op: "open", .. }), "{err:?}");
+    let err = context::read_context_with(std::path::Path::new("/nonexistent/ttyS9"), opts(200))
+        .unwrap_err();
+    assert!(
+        matches!(err, ContextError::Io { op: "open", .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -162,7 +183,9 @@ fn garbage_then_good_answer_on_retry() {
         read_request(&mut master).unwrap();
         master.write_all(b"\xff\xfegarbage\n\x04").unwrap();
         read_request(&mut master).unwrap();
-        master.write_all(format!("{CONTEXT}\n\x04").as_bytes()).unwrap();
+        master
+            .write_all(format!("{CONTEXT}\n\x04").as_bytes())
+            .unwrap();
     });
     let ctx = context::read_context_with(&p.path, opts(5000)).expect("retry succeeds");
     assert_eq!(ctx.uuid, "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff");
@@ -224,11 +247,15 @@ fn stale_bytes_are_flushed() {
     let p = pty();
     let mut master = p.master.try_clone().unwrap();
     // An abandoned reply from an earlier request is still queued on the port.
-    master.write_all(b"{\"uuid\":\"stale\",\"name\":\"stale\"}\n\x04").unwrap();
+    master
+        .write_all(b"{\"uuid\":\"stale\",\"name\":\"stale\"}\n\x04")
+        .unwrap();
     thread::sleep(Duration::from_millis(100));
     let peer = thread::spawn(move || {
         read_request(&mut master).unwrap();
-        master.write_all(format!("{CONTEXT}\n\x04").as_bytes()).unwrap();
+        master
+            .write_all(format!("{CONTEXT}\n\x04").as_bytes())
+            .unwrap();
     });
     let ctx = context::read_context_with(&p.path, opts(5000)).unwrap();
     assert_eq!(ctx.name, "worker-0", "the stale reply must not be taken");
@@ -241,7 +268,9 @@ fn leading_eot_from_previous_reply_is_ignored() {
     let mut master = p.master.try_clone().unwrap();
     let peer = thread::spawn(move || {
         read_request(&mut master).unwrap();
-        master.write_all(format!("\x04{CONTEXT}\r\n\x04").as_bytes()).unwrap();
+        master
+            .write_all(format!("\x04{CONTEXT}\r\n\x04").as_bytes())
+            .unwrap();
     });
     let ctx = context::read_context_with(&p.path, opts(5000)).unwrap();
     assert_eq!(ctx.name, "worker-0");

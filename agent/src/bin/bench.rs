@@ -19,7 +19,10 @@ use base64::Engine;
 const JOIN: &str = include_str!("../../tests/data/kubeadm-join.yaml");
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -27,13 +30,25 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     for d in ["etc", "run", "proc", "var/lib"] {
         fs::create_dir_all(root.join(d)).expect("mkdir");
     }
-    fs::write(root.join("etc/fstab"), "UUID=abcd / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n").expect("fstab");
-    fs::write(root.join("proc/swaps"), "Filename Type Size Used Priority\n/swap.img file 2097148 0 -2\n").expect("swaps");
+    fs::write(
+        root.join("etc/fstab"),
+        "UUID=abcd / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n",
+    )
+    .expect("fstab");
+    fs::write(
+        root.join("proc/swaps"),
+        "Filename Type Size Used Priority\n/swap.img file 2097148 0 -2\n",
+    )
+    .expect("swaps");
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("mkdir bin");
     for s in ["kubeadm", "systemctl", "hostname", "swapoff"] {
         let p = bin.join(s);
-        fs::write(&p, format!("#!/bin/sh\necho \"$(date +%s%N) {s} $*\" >> \"$STUB_LOG\"\n")).expect("stub");
+        fs::write(
+            &p,
+            format!("#!/bin/sh\necho \"$(date +%s%N) {s} $*\" >> \"$STUB_LOG\"\n"),
+        )
+        .expect("stub");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let ud = base64::engine::general_purpose::STANDARD.encode(JOIN);
@@ -55,16 +70,29 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let here = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let agent = arg("--agent").map(PathBuf::from).unwrap_or_else(|| here.join("cloudsigma-agent"));
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let agent = arg("--agent")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| here.join("cloudsigma-agent"));
     let static_bin = arg("--static").map(PathBuf::from).unwrap_or_else(|| {
         let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
         PathBuf::from(target).join("x86_64-unknown-linux-gnu/release/cloudsigma-agent")
     });
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(20);
     if !agent.exists() {
-        eprintln!("agent binary {} not found (build it or pass --agent)", agent.display());
+        eprintln!(
+            "agent binary {} not found (build it or pass --agent)",
+            agent.display()
+        );
         std::process::exit(2);
     }
 
@@ -75,7 +103,11 @@ fn main() {
         fs::create_dir_all(&dir).expect("tmp");
         let (root, bin, ctx, net) = setup(&dir);
         let log = dir.join("stub.log");
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let t0 = now_ns();
         let st = Command::new(&agent)
             .arg("--root")
@@ -111,7 +143,11 @@ fn main() {
 
     // SAFETY: getrusage only writes into the provided struct.
     let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    let rss_kib = if unsafe { nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, &mut ru) } == 0 { ru.ru_maxrss } else { -1 };
+    let rss_kib = if unsafe { nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, &mut ru) } == 0 {
+        ru.ru_maxrss
+    } else {
+        -1
+    };
     let rss_mib = rss_kib as f64 / 1024.0;
 
     let size = fs::metadata(&static_bin).map(|m| m.len()).ok();
@@ -125,7 +161,10 @@ fn main() {
             s as f64 / 1048576.0,
             static_bin.display()
         ),
-        None => println!("static binary size:         {} not built (see docs/agent.md)", static_bin.display()),
+        None => println!(
+            "static binary size:         {} not built (see docs/agent.md)",
+            static_bin.display()
+        ),
     }
     let ok = median < 100.0 && rss_kib <= 10 * 1000 && size.map(|s| s <= 5_000_000).unwrap_or(true);
     if !ok {

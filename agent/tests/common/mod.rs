@@ -22,7 +22,12 @@ pub struct Node {
 }
 
 pub fn data(name: &str) -> String {
-    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap()
+    fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
 }
 
 pub fn b64(s: &[u8]) -> String {
@@ -82,7 +87,11 @@ impl Node {
             let p = stub_dir.join(s);
             // Each stub records its name and argv; STUB_FAIL=<name> makes that stub fail.
             // curl prints a harmless install script (the RKE2 data pipes it into sh).
-            let extra = if *s == "curl" { "echo 'echo rke2-installed'\n" } else { "" };
+            let extra = if *s == "curl" {
+                "echo 'echo rke2-installed'\n"
+            } else {
+                ""
+            };
             fs::write(
                 &p,
                 format!(
@@ -102,7 +111,14 @@ impl Node {
                 {"name":"ens4","mac":"22:aa:bb:cc:dd:02","ipv4":["10.10.0.5/24"]}]"#,
         )
         .unwrap();
-        Node { dir, root, stub_dir, stub_log, context, fixture }
+        Node {
+            dir,
+            root,
+            stub_dir,
+            stub_log,
+            context,
+            fixture,
+        }
     }
 
     pub fn run(&self, extra: &[&str]) -> Output {
@@ -110,7 +126,11 @@ impl Node {
     }
 
     pub fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let path = format!("{}:{}", self.stub_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            self.stub_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut c = Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"));
         c.arg("--root")
             .arg(&self.root)
@@ -141,7 +161,11 @@ impl Node {
     }
 
     pub fn stub_calls(&self) -> Vec<String> {
-        fs::read_to_string(&self.stub_log).unwrap_or_default().lines().map(str::to_string).collect()
+        fs::read_to_string(&self.stub_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -149,7 +173,8 @@ impl Node {
     }
 
     pub fn marker(&self) -> bool {
-        self.p("/run/cluster-api/bootstrap-success.complete").exists()
+        self.p("/run/cluster-api/bootstrap-success.complete")
+            .exists()
     }
 
     pub fn log(&self) -> String {
@@ -161,7 +186,12 @@ impl Node {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| (p["name"].as_str().unwrap().to_string(), p["result"].as_str().unwrap().to_string()))
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["result"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 
