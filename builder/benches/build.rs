@@ -25,7 +25,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let builds: usize = std::env::var("BUILDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let builds: usize = std::env::var("BUILDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let emu = Emulator::start(EmulatorConfig::for_tests()).await?;
     let dir = tempfile::tempdir()?;
     let agent = dir.path().join("cloudsigma-agent");
@@ -33,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&agent, vec![0x5au8; 4 << 20])?;
     let unit = dir.path().join("cloudsigma-bootstrap.service");
     std::fs::write(&unit, "[Unit]\n")?;
-    let recipe_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml");
+    let recipe_file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml");
 
     let mut own = Vec::new();
     let mut wall = Vec::new();
@@ -48,9 +52,24 @@ async fn main() -> anyhow::Result<()> {
         let t0 = std::time::Instant::now();
         let recipe = Recipe::load(&recipe_file, &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
         let load = t0.elapsed();
-        let cloud = Cloud::new(Config::for_url(&emu.api_url(), Auth::Basic { username: emu.username().into(), password: emu.password().into() })?.with_timeout(Duration::from_secs(10)))?;
+        let cloud = Cloud::new(
+            Config::for_url(
+                &emu.api_url(),
+                Auth::Basic {
+                    username: emu.username().into(),
+                    password: emu.password().into(),
+                },
+            )?
+            .with_timeout(Duration::from_secs(10)),
+        )?;
         let t = LocalTransport::new(dir.path().join(format!("sb{i}")));
-        let b = Builder::new(cloud, Arc::new(t), Reporter::new(Mode::Quiet), CancellationToken::new(), Options::default());
+        let b = Builder::new(
+            cloud,
+            Arc::new(t),
+            Reporter::new(Mode::Quiet),
+            CancellationToken::new(),
+            Options::default(),
+        );
         emu.reset_counters();
         let m = b.build(&recipe).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let (total, _) = emu.counters();
@@ -68,8 +87,20 @@ async fn main() -> anyhow::Result<()> {
     vars.insert("bootstrap_unit".to_string(), unit.display().to_string());
     vars.insert("kubernetes_version".to_string(), format!("1.34.{builds}"));
     let recipe = Recipe::load(&recipe_file, &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cloud = Cloud::new(Config::for_url(&emu.api_url(), Auth::Basic { username: emu.username().into(), password: emu.password().into() })?)?;
-    let b = Builder::new(cloud, Arc::new(LocalTransport::new(dir.path().join("cached"))), Reporter::new(Mode::Quiet), CancellationToken::new(), Options::default());
+    let cloud = Cloud::new(Config::for_url(
+        &emu.api_url(),
+        Auth::Basic {
+            username: emu.username().into(),
+            password: emu.password().into(),
+        },
+    )?)?;
+    let b = Builder::new(
+        cloud,
+        Arc::new(LocalTransport::new(dir.path().join("cached"))),
+        Reporter::new(Mode::Quiet),
+        CancellationToken::new(),
+        Options::default(),
+    );
     emu.reset_counters();
     let m = b.build(&recipe).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(m.cached);
@@ -77,9 +108,20 @@ async fn main() -> anyhow::Result<()> {
 
     println!("imgbuild bench: {builds} full builds of ubuntu-k8s against cloudsim (instant timings, recording transport, 4 MiB agent)");
     println!("  builder own time per build (wall − cloud/guest waits, incl. recipe load+hash): p50 {:.1} ms  p95 {:.1} ms  max {:.1} ms   (target < 1000 ms)", pct(&mut own.clone(), 0.5), pct(&mut own.clone(), 0.95), pct(&mut own, 1.0));
-    println!("  wall time per build:                 p50 {:.1} ms  max {:.1} ms", pct(&mut wall.clone(), 0.5), pct(&mut wall, 1.0));
-    println!("  recipe load + fingerprint inputs:    p50 {:.1} ms", pct(&mut load_ms, 0.5));
-    println!("  API calls per build (emulator count): p50 {:.0}  max {:.0}   (target ≤ 40)", pct(&mut calls.clone(), 0.5), pct(&mut calls, 1.0));
+    println!(
+        "  wall time per build:                 p50 {:.1} ms  max {:.1} ms",
+        pct(&mut wall.clone(), 0.5),
+        pct(&mut wall, 1.0)
+    );
+    println!(
+        "  recipe load + fingerprint inputs:    p50 {:.1} ms",
+        pct(&mut load_ms, 0.5)
+    );
+    println!(
+        "  API calls per build (emulator count): p50 {:.0}  max {:.0}   (target ≤ 40)",
+        pct(&mut calls.clone(), 0.5),
+        pct(&mut calls, 1.0)
+    );
     println!("  API calls for a cached (no-op) run:  {cached_calls}");
     emu.shutdown().await;
     Ok(())

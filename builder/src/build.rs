@@ -9,7 +9,10 @@ use crate::cloud::{Cloud, CloudError};
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, StepKind};
 use crate::transport::{Target, Transport, TransportError};
-use cloudsigma_api::{Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerCreate, ServerDrive, ServerStatus};
+use cloudsigma_api::{
+    Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerCreate, ServerDrive,
+    ServerStatus,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -57,9 +60,18 @@ pub struct CleanupReport {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("build failed in phase {phase}: {error}")]
-    Failed { phase: String, error: String, cleanup: CleanupReport, kept: bool },
+    Failed {
+        phase: String,
+        error: String,
+        cleanup: CleanupReport,
+        kept: bool,
+    },
     #[error("build interrupted in phase {phase}")]
-    Interrupted { phase: String, cleanup: CleanupReport, kept: bool },
+    Interrupted {
+        phase: String,
+        cleanup: CleanupReport,
+        kept: bool,
+    },
 }
 
 impl BuildError {
@@ -105,6 +117,9 @@ pub struct Stats {
     pub own_ms: u64,
 }
 
+/// Called with each phase name as it begins.
+pub type PhaseHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub struct Options {
     pub force: bool,
@@ -112,7 +127,7 @@ pub struct Options {
     pub ssh_user: Option<String>,
     pub ssh_port: u16,
     /// Test hook: called with each phase name as it begins (e.g. to cancel at a given phase).
-    pub on_phase: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_phase: Option<PhaseHook>,
 }
 
 /// The phases in order (names used in messages, `--dry-run` and tests).
@@ -143,7 +158,10 @@ pub struct Builder {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// UTC civil date from unix seconds (Howard Hinnant's algorithm; avoids a date crate).
@@ -159,7 +177,14 @@ pub fn utc_parts(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 pub fn rfc3339(secs: u64) -> String {
@@ -181,17 +206,30 @@ pub fn new_build_id() -> String {
 fn random_password() -> String {
     use rand::distributions::Alphanumeric;
     use rand::Rng;
-    rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
 }
 
 /// Pick the library drive: attributes must match, deprecated ones are skipped, and among
 /// several the newest-looking (highest name) wins so the choice is stable.
 pub fn pick_base(libs: &[LibDrive], r: &Recipe) -> Result<LibDrive, String> {
     let b = &r.spec.base;
-    let eq = |a: &Option<String>, w: &str| a.as_deref().map(|x| x.eq_ignore_ascii_case(w)).unwrap_or(false);
+    let eq = |a: &Option<String>, w: &str| {
+        a.as_deref()
+            .map(|x| x.eq_ignore_ascii_case(w))
+            .unwrap_or(false)
+    };
     let mut m: Vec<&LibDrive> = libs
         .iter()
-        .filter(|l| eq(&l.distribution, &b.distribution) && eq(&l.version, &b.version) && eq(&l.arch, &b.arch) && eq(&l.image_type, &b.image_type))
+        .filter(|l| {
+            eq(&l.distribution, &b.distribution)
+                && eq(&l.version, &b.version)
+                && eq(&l.arch, &b.arch)
+                && eq(&l.image_type, &b.image_type)
+        })
         .filter(|l| l.deprecated != Some(true))
         .collect();
     m.sort_by(|a, b| a.name.cmp(&b.name));
@@ -204,8 +242,22 @@ pub fn pick_base(libs: &[LibDrive], r: &Recipe) -> Result<LibDrive, String> {
 }
 
 impl Builder {
-    pub fn new(cloud: Cloud, transport: Arc<dyn Transport>, reporter: Reporter, cancel: CancellationToken, opts: Options) -> Builder {
-        Builder { cloud, transport, reporter, cancel, opts, guest_us: AtomicU64::new(0), phase: std::sync::Mutex::new(String::new()) }
+    pub fn new(
+        cloud: Cloud,
+        transport: Arc<dyn Transport>,
+        reporter: Reporter,
+        cancel: CancellationToken,
+        opts: Options,
+    ) -> Builder {
+        Builder {
+            cloud,
+            transport,
+            reporter,
+            cancel,
+            opts,
+            guest_us: AtomicU64::new(0),
+            phase: std::sync::Mutex::new(String::new()),
+        }
     }
 
     fn enter(&self, p: &str) {
@@ -221,7 +273,10 @@ impl Builder {
     }
 
     /// Await `f` unless the build is cancelled first.
-    async fn c<T, E: Into<StepError>>(&self, f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, StepError> {
+    async fn c<T, E: Into<StepError>>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, StepError> {
         if self.cancel.is_cancelled() {
             return Err(StepError::Interrupted);
         }
@@ -233,10 +288,14 @@ impl Builder {
     }
 
     /// Like [`Self::c`] for guest work, whose duration counts as waiting on the guest.
-    async fn g<T>(&self, f: impl std::future::Future<Output = Result<T, TransportError>>) -> Result<T, StepError> {
+    async fn g<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, StepError> {
         let s = Instant::now();
         let r = self.c(f).await;
-        self.guest_us.fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.guest_us
+            .fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
         match r {
             Err(StepError::Transport(TransportError::Cancelled)) => Err(StepError::Interrupted),
             x => x,
@@ -274,15 +333,29 @@ impl Builder {
                 };
                 let kept = self.opts.keep_on_failure;
                 Err(if interrupted {
-                    BuildError::Interrupted { phase, cleanup, kept }
+                    BuildError::Interrupted {
+                        phase,
+                        cleanup,
+                        kept,
+                    }
                 } else {
-                    BuildError::Failed { phase, error: e.to_string(), cleanup, kept }
+                    BuildError::Failed {
+                        phase,
+                        error: e.to_string(),
+                        cleanup,
+                        kept,
+                    }
                 })
             }
         }
     }
 
-    async fn run(&self, recipe: &Recipe, created: &mut Created, started: Instant) -> Result<Manifest, StepError> {
+    async fn run(
+        &self,
+        recipe: &Recipe,
+        created: &mut Created,
+        started: Instant,
+    ) -> Result<Manifest, StepError> {
         let to = &recipe.spec.timeouts;
         let secs = Duration::from_secs;
         let build_id = new_build_id();
@@ -290,7 +363,10 @@ impl Builder {
 
         self.enter("resolve-base");
         let b = &recipe.spec.base;
-        let q = [("distribution", b.distribution.as_str()), ("version", b.version.as_str())];
+        let q = [
+            ("distribution", b.distribution.as_str()),
+            ("version", b.version.as_str()),
+        ];
         let libs = self.c(self.cloud.list_libdrives(&q)).await?;
         let base = pick_base(&libs, recipe).map_err(StepError::Other)?;
         if recipe.disk_size < base.size {
@@ -300,14 +376,24 @@ impl Builder {
             )));
         }
         let fingerprint = recipe.fingerprint(&base.uuid);
-        self.reporter.line(&format!("base {} ({}), fingerprint {}", base.name, base.uuid, &fingerprint[..16]));
+        self.reporter.line(&format!(
+            "base {} ({}), fingerprint {}",
+            base.name,
+            base.uuid,
+            &fingerprint[..16]
+        ));
 
         self.enter("cache-lookup");
         let tags = self.c(self.cloud.list_tags()).await?;
         let tag_uuid = |name: &str| tags.iter().find(|t| t.name == name).map(|t| t.uuid.clone());
         if let (Some(t), false) = (tag_uuid(TAG), self.opts.force) {
-            let drives = self.c(self.cloud.list_drives(&[("tag", t.as_str())])).await?;
-            if let Some(d) = drives.iter().find(|d| d.meta.get(META_FINGERPRINT) == Some(&fingerprint) && d.meta.get(META_STATE).map(String::as_str) == Some("image")) {
+            let drives = self
+                .c(self.cloud.list_drives(&[("tag", t.as_str())]))
+                .await?;
+            if let Some(d) = drives.iter().find(|d| {
+                d.meta.get(META_FINGERPRINT) == Some(&fingerprint)
+                    && d.meta.get(META_STATE).map(String::as_str) == Some("image")
+            }) {
                 self.reporter.line(&format!("image with this fingerprint exists: {} ({}); nothing to do (use --force to rebuild)", d.name, d.uuid));
                 return Ok(self.manifest_of(recipe, d, &base, &fingerprint, true, started));
             }
@@ -322,14 +408,24 @@ impl Builder {
                 want_tags.push(v);
             }
         }
-        let missing: Vec<String> = want_tags.iter().filter(|n| tag_uuid(n).is_none()).cloned().collect();
-        let mut tag_ids: BTreeMap<String, String> = want_tags.iter().filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u))).collect();
+        let missing: Vec<String> = want_tags
+            .iter()
+            .filter(|n| tag_uuid(n).is_none())
+            .cloned()
+            .collect();
+        let mut tag_ids: BTreeMap<String, String> = want_tags
+            .iter()
+            .filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u)))
+            .collect();
         for name in &missing {
             let t = self.c(self.cloud.create_tag(name)).await?;
             created.tags.push((t.uuid.clone(), t.name.clone()));
             tag_ids.insert(t.name.clone(), t.uuid.clone());
         }
-        let build_tag = tag_ids.get(TAG).cloned().ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
+        let build_tag = tag_ids
+            .get(TAG)
+            .cloned()
+            .ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
 
         let mut build_meta = BTreeMap::new();
         build_meta.insert(META_BUILD_ID.to_string(), build_id.clone());
@@ -340,18 +436,32 @@ impl Builder {
         self.enter("clone");
         let drive_name = format!("imgbuild-{build_id}-build");
         created.maybe_drive = Some(drive_name.clone());
-        let req = DriveClone { name: Some(drive_name.clone()), media: Some("disk".into()), ..Default::default() };
+        let req = DriveClone {
+            name: Some(drive_name.clone()),
+            media: Some("disk".into()),
+            ..Default::default()
+        };
         let d = self.c(self.cloud.clone_libdrive(&base.uuid, &req)).await?;
         created.drive = Some(d.uuid.clone());
-        let d = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.clone))).await?;
+        let d = self
+            .c(self
+                .cloud
+                .wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.clone)))
+            .await?;
 
         self.enter("resize");
         // resize takes the full definition: set our meta and tag in the same call
         let mut def = d.clone();
         def.meta.extend(build_meta.clone());
         def.tags = vec![Ref::Uuid(build_tag.clone())];
-        let d = self.c(self.cloud.resize_drive(&def, recipe.disk_size)).await?;
-        let _ = self.c(self.cloud.wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize))).await?;
+        let d = self
+            .c(self.cloud.resize_drive(&def, recipe.disk_size))
+            .await?;
+        let _ = self
+            .c(self
+                .cloud
+                .wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize)))
+            .await?;
 
         self.enter("create-server");
         let server_name = format!("imgbuild-{build_id}-builder");
@@ -364,7 +474,13 @@ impl Builder {
             mem: recipe.mem,
             smp: recipe.spec.server.smp,
             vnc_password: random_password(),
-            drives: vec![ServerDrive { boot_order: Some(1), dev_channel: "0:0".into(), device: "virtio".into(), drive: Ref::Uuid(d.uuid.clone()), extra: Default::default() }],
+            drives: vec![ServerDrive {
+                boot_order: Some(1),
+                dev_channel: "0:0".into(),
+                device: "virtio".into(),
+                drive: Ref::Uuid(d.uuid.clone()),
+                extra: Default::default(),
+            }],
             // one public NIC with DHCP = CloudSigma's NAT address
             nics: vec![Nic::public_dhcp()],
             meta: smeta,
@@ -377,7 +493,11 @@ impl Builder {
 
         self.enter("start");
         self.c(self.cloud.server_action(&s.uuid, "start")).await?;
-        let mut s = self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Running, secs(to.start))).await?;
+        let mut s = self
+            .c(self
+                .cloud
+                .wait_server(&s.uuid, ServerStatus::Running, secs(to.start)))
+            .await?;
         let mut ip = runtime_ip(&s);
         let ip_deadline = Instant::now() + secs(60);
         while ip.is_none() && Instant::now() < ip_deadline {
@@ -389,13 +509,38 @@ impl Builder {
             s = self.c(self.cloud.get_server(&s.uuid)).await?;
             ip = runtime_ip(&s);
         }
-        let ip = ip.ok_or_else(|| StepError::Other(format!("server {} is running but has no NAT IP in its runtime", s.uuid)))?;
+        let ip = ip.ok_or_else(|| {
+            StepError::Other(format!(
+                "server {} is running but has no NAT IP in its runtime",
+                s.uuid
+            ))
+        })?;
 
         self.enter("wait-ssh");
-        let user = self.opts.ssh_user.clone().or_else(|| recipe.spec.ssh_user.clone()).or_else(|| base.default_user.clone()).unwrap_or_else(|| "cloudsigma".into());
-        let target = Target { host: ip.clone(), port: if self.opts.ssh_port == 0 { 22 } else { self.opts.ssh_port }, user };
-        self.reporter.line(&format!("builder server {} at {}; waiting for SSH as {}", s.uuid, ip, target.user));
-        self.g(self.transport.wait_ready(&target, secs(to.ssh), &self.cancel)).await?;
+        let user = self
+            .opts
+            .ssh_user
+            .clone()
+            .or_else(|| recipe.spec.ssh_user.clone())
+            .or_else(|| base.default_user.clone())
+            .unwrap_or_else(|| "cloudsigma".into());
+        let target = Target {
+            host: ip.clone(),
+            port: if self.opts.ssh_port == 0 {
+                22
+            } else {
+                self.opts.ssh_port
+            },
+            user,
+        };
+        self.reporter.line(&format!(
+            "builder server {} at {}; waiting for SSH as {}",
+            s.uuid, ip, target.user
+        ));
+        self.g(self
+            .transport
+            .wait_ready(&target, secs(to.ssh), &self.cancel))
+            .await?;
 
         self.enter("provision");
         let env = recipe.script_env();
@@ -405,16 +550,31 @@ impl Builder {
             let tmo = secs(st.timeout);
             let sink = |l: &str| self.reporter.output(l);
             match &st.kind {
-                StepKind::Script { path } => self.g(self.transport.run_script(&target, path, &env, tmo, &sink)).await?,
-                StepKind::Upload { src, dest, mode, sha256 } => {
-                    self.g(self.transport.upload(&target, src, dest, mode, tmo)).await?;
+                StepKind::Script { path } => {
+                    self.g(self.transport.run_script(&target, path, &env, tmo, &sink))
+                        .await?
+                }
+                StepKind::Upload {
+                    src,
+                    dest,
+                    mode,
+                    sha256,
+                } => {
+                    self.g(self.transport.upload(&target, src, dest, mode, tmo))
+                        .await?;
                     let got = self.g(self.transport.remote_sha256(&target, dest)).await?;
                     if !got.eq_ignore_ascii_case(sha256) {
                         return Err(StepError::Other(format!("upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}", src.display())));
                     }
-                    self.reporter.output(&format!("{dest}: sha256 {got} verified"));
+                    self.reporter
+                        .output(&format!("{dest}: sha256 {got} verified"));
                 }
-                StepKind::Reboot => self.g(self.transport.reboot(&target, secs(to.reboot), &self.cancel)).await?,
+                StepKind::Reboot => {
+                    self.g(self
+                        .transport
+                        .reboot(&target, secs(to.reboot), &self.cancel))
+                        .await?
+                }
             }
         }
         self.reporter.end_steps();
@@ -423,13 +583,23 @@ impl Builder {
         self.g(self.transport.clean(&target)).await?;
 
         self.enter("shutdown");
-        self.c(self.cloud.server_action(&s.uuid, "shutdown")).await?;
-        match self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Stopped, secs(to.shutdown))).await {
+        self.c(self.cloud.server_action(&s.uuid, "shutdown"))
+            .await?;
+        match self
+            .c(self
+                .cloud
+                .wait_server(&s.uuid, ServerStatus::Stopped, secs(to.shutdown)))
+            .await
+        {
             Ok(_) => {}
             Err(StepError::Cloud(CloudError::Timeout { .. })) => {
-                self.reporter.line("guest did not power off after ACPI shutdown; forcing stop");
+                self.reporter
+                    .line("guest did not power off after ACPI shutdown; forcing stop");
                 self.c(self.cloud.server_action(&s.uuid, "stop")).await?;
-                self.c(self.cloud.wait_server(&s.uuid, ServerStatus::Stopped, secs(to.stop))).await?;
+                self.c(self
+                    .cloud
+                    .wait_server(&s.uuid, ServerStatus::Stopped, secs(to.stop)))
+                    .await?;
             }
             Err(e) => return Err(e),
         }
@@ -443,11 +613,15 @@ impl Builder {
         self.enter("finalize");
         let built_at = now_unix();
         let ctx = self.template_ctx(recipe, &build_id, built_at, &fingerprint, &base.uuid);
-        let name = crate::recipe::render(&recipe.spec.output.name, &ctx).map_err(StepError::Other)?;
+        let name =
+            crate::recipe::render(&recipe.spec.output.name, &ctx).map_err(StepError::Other)?;
         let mut meta = d.meta.clone();
         meta.remove(META_STARTED);
         for (k, v) in &recipe.spec.output.meta {
-            meta.insert(k.clone(), crate::recipe::render(v, &ctx).map_err(StepError::Other)?);
+            meta.insert(
+                k.clone(),
+                crate::recipe::render(v, &ctx).map_err(StepError::Other)?,
+            );
         }
         meta.insert(META_STATE.into(), "image".into());
         meta.insert(META_FINGERPRINT.into(), fingerprint.clone());
@@ -457,7 +631,11 @@ impl Builder {
         let mut fin = self.c(self.cloud.get_drive(&d.uuid)).await?;
         fin.name = name;
         fin.meta = meta;
-        fin.tags = want_tags.iter().filter_map(|n| tag_ids.get(n)).map(|u| Ref::Uuid(u.clone())).collect();
+        fin.tags = want_tags
+            .iter()
+            .filter_map(|n| tag_ids.get(n))
+            .map(|u| Ref::Uuid(u.clone()))
+            .collect();
         let fin = self.c(self.cloud.update_drive(&fin)).await?;
         // from here on the drive is the product, not a leftover
         *created = Created::default();
@@ -467,8 +645,19 @@ impl Builder {
         Ok(m)
     }
 
-    fn template_ctx(&self, recipe: &Recipe, build_id: &str, t: u64, fingerprint: &str, base_uuid: &str) -> minijinja::Value {
-        let mut m: BTreeMap<String, Value> = recipe.vars.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    fn template_ctx(
+        &self,
+        recipe: &Recipe,
+        build_id: &str,
+        t: u64,
+        fingerprint: &str,
+        base_uuid: &str,
+    ) -> minijinja::Value {
+        let mut m: BTreeMap<String, Value> = recipe
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         m.insert("build_id".into(), json!(build_id));
         m.insert("build_time".into(), json!(compact_time(t)));
         let (y, mo, d, ..) = utc_parts(t);
@@ -480,7 +669,15 @@ impl Builder {
         minijinja::Value::from_serialize(&m)
     }
 
-    fn manifest_of(&self, recipe: &Recipe, d: &Drive, base: &LibDrive, fingerprint: &str, cached: bool, started: Instant) -> Manifest {
+    fn manifest_of(
+        &self,
+        recipe: &Recipe,
+        d: &Drive,
+        base: &LibDrive,
+        fingerprint: &str,
+        cached: bool,
+        started: Instant,
+    ) -> Manifest {
         let m = &self.cloud.metrics;
         let wall = started.elapsed();
         let api = m.api_time();
@@ -495,7 +692,10 @@ impl Builder {
             fingerprint: fingerprint.to_string(),
             build_id: d.meta.get(META_BUILD_ID).cloned().unwrap_or_default(),
             built_at: d.meta.get("imgbuild.built-at").cloned().unwrap_or_default(),
-            base: BaseInfo { uuid: base.uuid.clone(), name: base.name.clone() },
+            base: BaseInfo {
+                uuid: base.uuid.clone(),
+                name: base.name.clone(),
+            },
             vars: recipe.vars.clone(),
             size: d.size,
             tags: Vec::new(),
@@ -558,24 +758,36 @@ impl Builder {
             self.reporter.line(&format!("cleanup: deleted {d}"));
         }
         for l in &rep.left {
-            self.reporter.line(&format!("cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"));
+            self.reporter.line(&format!(
+                "cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"
+            ));
         }
         rep
     }
 }
 
 fn runtime_ip(s: &Server) -> Option<String> {
-    s.nics.iter().find_map(|n| n.runtime_ipv4().map(str::to_string))
+    s.nics
+        .iter()
+        .find_map(|n| n.runtime_ipv4().map(str::to_string))
 }
 
-async fn retry<T, F: std::future::Future<Output = Result<T, CloudError>>>(mut f: impl FnMut() -> F) -> Result<T, CloudError> {
+async fn retry<T, F: std::future::Future<Output = Result<T, CloudError>>>(
+    mut f: impl FnMut() -> F,
+) -> Result<T, CloudError> {
     let mut delay = Duration::from_millis(200);
     let mut n = 0;
     loop {
         n += 1;
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if n < 4 && !e.is_not_found() && e.status().map(|s| s == 429 || s >= 500 || s == 403 || s == 409).unwrap_or(true) => {
+            Err(e)
+                if n < 4
+                    && !e.is_not_found()
+                    && e.status()
+                        .map(|s| s == 429 || s >= 500 || s == 403 || s == 409)
+                        .unwrap_or(true) =>
+            {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -596,7 +808,9 @@ pub async fn delete_server_stopping(cloud: &Cloud, uuid: &str) -> Result<(), Clo
             // a server still `starting` refuses stop in some states: retry covers that
             let _ = retry(|| cloud.server_action(uuid, "stop")).await;
         }
-        cloud.wait_server(uuid, ServerStatus::Stopped, Duration::from_secs(180)).await?;
+        cloud
+            .wait_server(uuid, ServerStatus::Stopped, Duration::from_secs(180))
+            .await?;
     }
     match retry(|| cloud.delete_server(uuid)).await {
         Err(e) if e.is_not_found() => Ok(()),
@@ -608,7 +822,9 @@ pub async fn delete_server_stopping(cloud: &Cloud, uuid: &str) -> Result<(), Clo
 pub async fn delete_drive_when_idle(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
     match retry(|| cloud.get_drive(uuid)).await {
         Ok(d) if d.status != DriveStatus::Unmounted => {
-            cloud.wait_drive(uuid, DriveStatus::Unmounted, Duration::from_secs(900)).await?;
+            cloud
+                .wait_drive(uuid, DriveStatus::Unmounted, Duration::from_secs(900))
+                .await?;
         }
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
@@ -629,24 +845,49 @@ pub struct CleanReport {
 }
 
 fn is_build_leftover_name(name: &str, suffix: &str) -> bool {
-    name.strip_prefix("imgbuild-").and_then(|r| r.strip_suffix(suffix)).map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit())).unwrap_or(false)
+    name.strip_prefix("imgbuild-")
+        .and_then(|r| r.strip_suffix(suffix))
+        .map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or(false)
 }
 
 /// Remove leftovers of builds killed hard: build servers and in-progress build drives (never
 /// finished images). Age comes from meta `imgbuild.started`; objects without it (killed between
 /// the clone and the resize call) count as new unless `all`.
-pub async fn clean(cloud: &Cloud, older_than: Duration, all: bool, dry_run: bool, report: &dyn Fn(&str)) -> Result<CleanReport, CloudError> {
+pub async fn clean(
+    cloud: &Cloud,
+    older_than: Duration,
+    all: bool,
+    dry_run: bool,
+    report: &dyn Fn(&str),
+) -> Result<CleanReport, CloudError> {
     let now = now_unix();
     let old = |meta: &cloudsigma_api::Meta| -> bool {
-        all || meta.get(META_STARTED).and_then(|s| s.parse::<u64>().ok()).map(|t| now.saturating_sub(t) >= older_than.as_secs()).unwrap_or(false)
+        all || meta
+            .get(META_STARTED)
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|t| now.saturating_sub(t) >= older_than.as_secs())
+            .unwrap_or(false)
     };
     let mut rep = CleanReport::default();
     let servers = cloud.list_servers(&[]).await?;
-    for s in servers.iter().filter(|s| s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")) {
+    for s in servers.iter().filter(|s| {
+        s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")
+    }) {
         if !old(&s.meta) {
             continue;
         }
-        report(&format!("{}server {} ({}, {})", if dry_run { "would delete " } else { "deleting " }, s.uuid, s.name, s.status));
+        report(&format!(
+            "{}server {} ({}, {})",
+            if dry_run {
+                "would delete "
+            } else {
+                "deleting "
+            },
+            s.uuid,
+            s.name,
+            s.status
+        ));
         if dry_run {
             rep.servers.push(s.uuid.clone());
             continue;
@@ -658,12 +899,24 @@ pub async fn clean(cloud: &Cloud, older_than: Duration, all: bool, dry_run: bool
     }
     let drives = cloud.list_drives(&[]).await?;
     for d in drives.iter().filter(|d| {
-        d.meta.get(META_STATE).map(String::as_str) != Some("image") && (d.meta.get(META_STATE).map(String::as_str) == Some("building") || is_build_leftover_name(&d.name, "-build"))
+        d.meta.get(META_STATE).map(String::as_str) != Some("image")
+            && (d.meta.get(META_STATE).map(String::as_str) == Some("building")
+                || is_build_leftover_name(&d.name, "-build"))
     }) {
         if !old(&d.meta) {
             continue;
         }
-        report(&format!("{}drive {} ({}, {})", if dry_run { "would delete " } else { "deleting " }, d.uuid, d.name, d.status));
+        report(&format!(
+            "{}drive {} ({}, {})",
+            if dry_run {
+                "would delete "
+            } else {
+                "deleting "
+            },
+            d.uuid,
+            d.name,
+            d.status
+        ));
         if dry_run {
             rep.drives.push(d.uuid.clone());
             continue;
@@ -708,11 +961,35 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     let _ = writeln!(o, "  provision      {} steps:", recipe.steps.len());
     for (i, s) in recipe.steps.iter().enumerate() {
         let what = match &s.kind {
-            StepKind::Script { path } => format!("run {} as root with env {}", path.display(), recipe.script_env().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")),
-            StepKind::Upload { src, dest, mode, sha256 } => format!("upload {} → {dest} (mode {mode}), verify sha256 {}", src.display(), sha256),
+            StepKind::Script { path } => format!(
+                "run {} as root with env {}",
+                path.display(),
+                recipe
+                    .script_env()
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            StepKind::Upload {
+                src,
+                dest,
+                mode,
+                sha256,
+            } => format!(
+                "upload {} → {dest} (mode {mode}), verify sha256 {}",
+                src.display(),
+                sha256
+            ),
             StepKind::Reboot => "reboot and wait for SSH (new boot id)".into(),
         };
-        let _ = writeln!(o, "    [{}/{}] {}: {what}", i + 1, recipe.steps.len(), s.name);
+        let _ = writeln!(
+            o,
+            "    [{}/{}] {}: {what}",
+            i + 1,
+            recipe.steps.len(),
+            s.name
+        );
     }
     let rest = [
         "clean-guest    remove /tmp/imgbuild and the login key, sync".to_string(),

@@ -8,7 +8,9 @@
 
 pub use cloudsigma_api::client::{Auth, Config, ConfigOverrides};
 use cloudsigma_api::client::{Client, Error};
-use cloudsigma_api::{Drive, DriveClone, DriveStatus, LibDrive, Server, ServerCreate, ServerStatus, Tag, TagCreate};
+use cloudsigma_api::{
+    Drive, DriveClone, DriveStatus, LibDrive, Server, ServerCreate, ServerStatus, Tag, TagCreate,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +18,22 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
     #[error(transparent)]
-    Api(#[from] Error),
-    #[error("timed out after {waited:.1?} waiting for {what} to become {want} (last status: {last})")]
-    Timeout { what: String, want: String, last: String, waited: Duration },
+    Api(Box<Error>),
+    #[error(
+        "timed out after {waited:.1?} waiting for {what} to become {want} (last status: {last})"
+    )]
+    Timeout {
+        what: String,
+        want: String,
+        last: String,
+        waited: Duration,
+    },
+}
+
+impl From<Error> for CloudError {
+    fn from(e: Error) -> Self {
+        CloudError::Api(Box::new(e))
+    }
 }
 
 impl CloudError {
@@ -58,7 +73,10 @@ pub struct Cloud {
 
 impl Cloud {
     pub fn new(cfg: Config) -> Result<Cloud, CloudError> {
-        Ok(Cloud { client: Client::new(cfg)?, metrics: Arc::default() })
+        Ok(Cloud {
+            client: Client::new(cfg)?,
+            metrics: Arc::default(),
+        })
     }
 
     /// Flags > environment > config file; no endpoint at all is an error (imgbuild never guesses
@@ -76,24 +94,37 @@ impl Cloud {
         self.client.calls()
     }
 
-    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, CloudError> {
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, CloudError> {
         let s = Instant::now();
         let r = f.await;
-        self.metrics.api_us.fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics
+            .api_us
+            .fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(r?)
     }
 
     /// A POST, repeated only when refused with 429 (honouring Retry-After).
-    async fn post<T, F: std::future::Future<Output = Result<T, Error>>>(&self, mut f: impl FnMut() -> F) -> Result<T, CloudError> {
+    async fn post<T, F: std::future::Future<Output = Result<T, Error>>>(
+        &self,
+        mut f: impl FnMut() -> F,
+    ) -> Result<T, CloudError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.timed(f()).await {
                 Err(CloudError::Api(e)) if e.status() == Some(429) && attempt < 8 => {
-                    let d = e.retry_after().unwrap_or(Duration::from_millis(500)).min(Duration::from_secs(30));
+                    let d = e
+                        .retry_after()
+                        .unwrap_or(Duration::from_millis(500))
+                        .min(Duration::from_secs(30));
                     let s = Instant::now();
                     tokio::time::sleep(d).await;
-                    self.metrics.api_us.fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    self.metrics
+                        .api_us
+                        .fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
                 r => return r,
             }
@@ -135,14 +166,19 @@ impl Cloud {
         self.post(|| self.client.create_server(s)).await
     }
     pub async fn server_action(&self, uuid: &str, action: &str) -> Result<(), CloudError> {
-        self.post(|| self.client.server_action(uuid, action)).await.map(|_| ())
+        self.post(|| self.client.server_action(uuid, action))
+            .await
+            .map(|_| ())
     }
     /// Delete a server and nothing else (no `recurse`: the drive is the product).
     pub async fn delete_server(&self, uuid: &str) -> Result<(), CloudError> {
         self.timed(self.client.delete_server(uuid, None)).await
     }
     pub async fn create_tag(&self, name: &str) -> Result<Tag, CloudError> {
-        let t = TagCreate { name: name.to_string(), ..Default::default() };
+        let t = TagCreate {
+            name: name.to_string(),
+            ..Default::default()
+        };
         self.post(|| self.client.create_tag(&t)).await
     }
     pub async fn delete_tag(&self, uuid: &str) -> Result<(), CloudError> {
@@ -150,7 +186,15 @@ impl Cloud {
     }
 
     /// Poll with exponential backoff (first poll at once) until `done`, or the deadline.
-    async fn wait<T, F>(&self, what: String, want: String, timeout: Duration, mut fetch: impl FnMut() -> F, status: impl Fn(&T) -> String, done: impl Fn(&T) -> bool) -> Result<T, CloudError>
+    async fn wait<T, F>(
+        &self,
+        what: String,
+        want: String,
+        timeout: Duration,
+        mut fetch: impl FnMut() -> F,
+        status: impl Fn(&T) -> String,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, CloudError>
     where
         F: std::future::Future<Output = Result<T, CloudError>>,
     {
@@ -162,20 +206,53 @@ impl Cloud {
                 return Ok(v);
             }
             if start.elapsed() >= timeout {
-                return Err(CloudError::Timeout { what, want, last: status(&v), waited: start.elapsed() });
+                return Err(CloudError::Timeout {
+                    what,
+                    want,
+                    last: status(&v),
+                    waited: start.elapsed(),
+                });
             }
             let s = Instant::now();
             tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
-            self.metrics.poll_us.fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.metrics
+                .poll_us
+                .fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
             delay = (delay * 2).min(Duration::from_secs(3));
         }
     }
 
-    pub async fn wait_drive(&self, uuid: &str, want: DriveStatus, timeout: Duration) -> Result<Drive, CloudError> {
-        self.wait(format!("drive {uuid}"), want.to_string(), timeout, || self.get_drive(uuid), |d: &Drive| d.status.to_string(), |d| d.status == want).await
+    pub async fn wait_drive(
+        &self,
+        uuid: &str,
+        want: DriveStatus,
+        timeout: Duration,
+    ) -> Result<Drive, CloudError> {
+        self.wait(
+            format!("drive {uuid}"),
+            want.to_string(),
+            timeout,
+            || self.get_drive(uuid),
+            |d: &Drive| d.status.to_string(),
+            |d| d.status == want,
+        )
+        .await
     }
 
-    pub async fn wait_server(&self, uuid: &str, want: ServerStatus, timeout: Duration) -> Result<Server, CloudError> {
-        self.wait(format!("server {uuid}"), want.to_string(), timeout, || self.get_server(uuid), |s: &Server| s.status.to_string(), |s| s.status == want).await
+    pub async fn wait_server(
+        &self,
+        uuid: &str,
+        want: ServerStatus,
+        timeout: Duration,
+    ) -> Result<Server, CloudError> {
+        self.wait(
+            format!("server {uuid}"),
+            want.to_string(),
+            timeout,
+            || self.get_server(uuid),
+            |s: &Server| s.status.to_string(),
+            |s| s.status == want,
+        )
+        .await
     }
 }

@@ -18,7 +18,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "imgbuild", version, about = "Build CloudSigma-native node images from recipes", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Build CloudSigma-native node images from recipes",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -116,7 +121,9 @@ fn cloud_from(a: &CloudArgs) -> Result<Cloud, String> {
     let from_env = |v: &Option<String>, what: &str| -> Result<Option<String>, String> {
         match v {
             None => Ok(None),
-            Some(name) => std::env::var(name).map(Some).map_err(|_| format!("--{what}-from-env {name}: that environment variable is not set")),
+            Some(name) => std::env::var(name).map(Some).map_err(|_| {
+                format!("--{what}-from-env {name}: that environment variable is not set")
+            }),
         }
     };
     let o = ConfigOverrides {
@@ -136,7 +143,10 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 fn install_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             return;
         };
         let mut n = 0;
@@ -163,7 +173,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Validate { recipe, vars }) => validate(&recipe, &vars),
-        Some(Cmd::Clean { cloud, older_than_minutes, all, dry_run }) => {
+        Some(Cmd::Clean {
+            cloud,
+            older_than_minutes,
+            all,
+            dry_run,
+        }) => {
             let c = match cloud_from(&cloud) {
                 Ok(c) => c,
                 Err(e) => {
@@ -171,10 +186,22 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let rep = build::clean(&c, Duration::from_secs(older_than_minutes * 60), all, dry_run, &|l| eprintln!("{l}")).await;
+            let rep = build::clean(
+                &c,
+                Duration::from_secs(older_than_minutes * 60),
+                all,
+                dry_run,
+                &|l| eprintln!("{l}"),
+            )
+            .await;
             match rep {
                 Ok(r) => {
-                    eprintln!("{} {} server(s), {} drive(s)", if dry_run { "would remove" } else { "removed" }, r.servers.len(), r.drives.len());
+                    eprintln!(
+                        "{} {} server(s), {} drive(s)",
+                        if dry_run { "would remove" } else { "removed" },
+                        r.servers.len(),
+                        r.drives.len()
+                    );
                     for f in &r.failed {
                         eprintln!("could not remove {f}");
                     }
@@ -206,7 +233,11 @@ fn load(recipe_arg: &str, vars: &[String]) -> Result<Recipe, ExitCode> {
     })?;
     Recipe::load(&file, &overrides).map_err(|d| {
         eprintln!("{d}");
-        eprintln!("imgbuild: {} error(s) in recipe {}", d.0.len(), file.display());
+        eprintln!(
+            "imgbuild: {} error(s) in recipe {}",
+            d.0.len(),
+            file.display()
+        );
         ExitCode::from(EXIT_USAGE)
     })
 }
@@ -214,7 +245,13 @@ fn load(recipe_arg: &str, vars: &[String]) -> Result<Recipe, ExitCode> {
 fn validate(recipe_arg: &str, vars: &[String]) -> ExitCode {
     match load(recipe_arg, vars) {
         Ok(r) => {
-            println!("{}: ok ({} steps, {} files, vars: {})", r.file.display(), r.steps.len(), r.files.len(), r.vars.keys().cloned().collect::<Vec<_>>().join(", "));
+            println!(
+                "{}: ok ({} steps, {} files, vars: {})",
+                r.file.display(),
+                r.steps.len(),
+                r.files.len(),
+                r.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(c) => c,
@@ -239,7 +276,10 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     };
     if a.dry_run {
         // no cloud needed: the plan is derived from the recipe alone
-        print!("{}", build::plan(&recipe, &opts, a.cloud.api_url.as_deref()));
+        print!(
+            "{}",
+            build::plan(&recipe, &opts, a.cloud.api_url.as_deref())
+        );
         return ExitCode::SUCCESS;
     }
     let cloud = match cloud_from(&a.cloud) {
@@ -255,7 +295,10 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         Some(t) if t.starts_with("local:") => {
             let mut lt = LocalTransport::new(PathBuf::from(&t["local:".len()..]));
             // lets tests land a signal inside provisioning
-            if let Some(ms) = std::env::var("IMGBUILD_TEST_STEP_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+            if let Some(ms) = std::env::var("IMGBUILD_TEST_STEP_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
                 lt.delay = Duration::from_millis(ms);
             }
             lt.cancel = Some(cancel.clone());

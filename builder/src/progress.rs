@@ -25,6 +25,9 @@ impl Mode {
     }
 }
 
+/// (n, total, name, started)
+type CurrentStep = (usize, usize, String, Instant);
+
 #[derive(Clone)]
 pub struct Reporter {
     mode: Mode,
@@ -32,24 +35,37 @@ pub struct Reporter {
     bar: Option<ProgressBar>,
     /// Lines kept in Quiet mode (tests inspect them).
     pub captured: Arc<Mutex<Vec<String>>>,
-    step: Arc<Mutex<Option<(usize, usize, String, Instant)>>>,
+    step: Arc<Mutex<Option<CurrentStep>>>,
 }
 
 impl Reporter {
     pub fn new(mode: Mode) -> Reporter {
         let bar = (mode == Mode::Fancy).then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        Reporter { mode, start: Instant::now(), bar, captured: Arc::default(), step: Arc::default() }
+        Reporter {
+            mode,
+            start: Instant::now(),
+            bar,
+            captured: Arc::default(),
+            step: Arc::default(),
+        }
     }
 
     fn emit(&self, s: &str) {
         match (&self.bar, self.mode) {
             (Some(b), _) => b.println(s),
-            (None, Mode::Quiet) => self.captured.lock().unwrap_or_else(|p| p.into_inner()).push(s.to_string()),
+            (None, Mode::Quiet) => self
+                .captured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(s.to_string()),
             (None, _) => eprintln!("{s}"),
         }
     }
@@ -67,7 +83,8 @@ impl Reporter {
     }
 
     pub fn step(&self, n: usize, total: usize, name: &str) {
-        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some((n, total, name.to_string(), Instant::now()));
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((n, total, name.to_string(), Instant::now()));
         if let Some(b) = &self.bar {
             b.set_message(format!("step {n}/{total}: {name}"));
         }
@@ -98,6 +115,9 @@ impl Reporter {
     }
 
     pub fn captured(&self) -> Vec<String> {
-        self.captured.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

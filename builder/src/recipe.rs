@@ -85,9 +85,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
         "TiB" | "T" => 1 << 40,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB or TiB")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB or TiB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Which library drive to start from. Selected by attributes, never by exact name.
@@ -144,7 +149,16 @@ pub struct Timeouts {
 }
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { clone: 900, resize: 600, start: 300, ssh: 600, step: 3600, reboot: 600, shutdown: 120, stop: 120 }
+        Timeouts {
+            clone: 900,
+            resize: 600,
+            start: 300,
+            ssh: 600,
+            step: 3600,
+            reboot: 600,
+            shutdown: 120,
+            stop: 120,
+        }
     }
 }
 
@@ -215,8 +229,15 @@ pub struct RecipeFile {
 /// A resolved step, paths absolute and templates rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
-    Script { path: PathBuf },
-    Upload { src: PathBuf, dest: String, mode: String, sha256: String },
+    Script {
+        path: PathBuf,
+    },
+    Upload {
+        src: PathBuf,
+        dest: String,
+        mode: String,
+        sha256: String,
+    },
     Reboot,
 }
 
@@ -296,11 +317,18 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
 /// 1-based line of a top-level key such as `output:`.
 fn key_line(text: &str, key: &str) -> Option<usize> {
     let pat = format!("{key}:");
-    text.lines().position(|l| l.trim_start().starts_with(&pat)).map(|i| i + 1)
+    text.lines()
+        .position(|l| l.trim_start().starts_with(&pat))
+        .map(|i| i + 1)
 }
 
 /// Line of `key:` inside the step starting at `step_line` (before the next step), else the step line.
-fn key_in_step(text: &str, step_line: Option<usize>, next: Option<usize>, key: &str) -> Option<usize> {
+fn key_in_step(
+    text: &str,
+    step_line: Option<usize>,
+    next: Option<usize>,
+    key: &str,
+) -> Option<usize> {
     let start = step_line?;
     let pat = format!("{key}:");
     text.lines()
@@ -413,15 +441,21 @@ fn unknown_template_vars(tpl: &str, known: &BTreeSet<String>) -> Result<Vec<Stri
 impl Recipe {
     /// Load, parse and validate a recipe, applying `--var` overrides. Returns every problem found.
     pub fn load(file: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipe, Diags> {
-        let fd = |line: Option<usize>, message: String| Diag { file: file.to_path_buf(), line, message };
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Diags(vec![fd(None, format!("cannot read recipe: {e}"))])
-        })?;
+        let fd = |line: Option<usize>, message: String| Diag {
+            file: file.to_path_buf(),
+            line,
+            message,
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Diags(vec![fd(None, format!("cannot read recipe: {e}"))]))?;
         let spec: RecipeFile = serde_yaml::from_str(&text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             Diags(vec![fd(line, format!("{e}"))])
         })?;
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         let mut diags = Vec::new();
 
         if spec.name.trim().is_empty() {
@@ -432,21 +466,33 @@ impl Recipe {
             1 << 30
         });
         if disk_size < (1 << 30) {
-            diags.push(fd(key_line(&text, "disk_size"), format!("disk_size {disk_size} is below 1 GiB")));
+            diags.push(fd(
+                key_line(&text, "disk_size"),
+                format!("disk_size {disk_size} is below 1 GiB"),
+            ));
         }
         let mem = spec.server.mem.bytes().unwrap_or_else(|e| {
             diags.push(fd(key_line(&text, "mem"), format!("server.mem: {e}")));
             256 << 20
         });
         if !(250..=96_000).contains(&spec.server.cpu) {
-            diags.push(fd(key_line(&text, "cpu"), format!("server.cpu {} MHz is outside 250–96000", spec.server.cpu)));
+            diags.push(fd(
+                key_line(&text, "cpu"),
+                format!("server.cpu {} MHz is outside 250–96000", spec.server.cpu),
+            ));
         }
         if mem < (256 << 20) {
-            diags.push(fd(key_line(&text, "mem"), "server.mem must be at least 256MiB".into()));
+            diags.push(fd(
+                key_line(&text, "mem"),
+                "server.mem must be at least 256MiB".into(),
+            ));
         }
         if let Some(s) = spec.server.smp {
             if !(1..=32).contains(&s) {
-                diags.push(fd(key_line(&text, "smp"), format!("server.smp {s} is outside 1–32")));
+                diags.push(fd(
+                    key_line(&text, "smp"),
+                    format!("server.smp {s} is outside 1–32"),
+                ));
             }
         }
 
@@ -457,7 +503,10 @@ impl Recipe {
                 diags.push(fd(line_of(&text, &format!("{k}:")), format!("variable name {k:?} must be lower_snake_case (it is passed to scripts as {})", env_name(k))));
             }
             if BUILTIN_VARS.contains(&k.as_str()) {
-                diags.push(fd(line_of(&text, &format!("{k}:")), format!("variable {k:?} shadows a built-in variable")));
+                diags.push(fd(
+                    line_of(&text, &format!("{k}:")),
+                    format!("variable {k:?} shadows a built-in variable"),
+                ));
             }
             vars.insert(k.clone(), v.text());
         }
@@ -465,7 +514,10 @@ impl Recipe {
             if !vars.contains_key(k) {
                 diags.push(fd(
                     key_line(&text, "vars"),
-                    format!("--var {k}: unknown variable; the recipe declares: {}", spec.vars.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "--var {k}: unknown variable; the recipe declares: {}",
+                        spec.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             } else {
                 vars.insert(k.clone(), v.clone());
@@ -475,12 +527,28 @@ impl Recipe {
         let ctx = minijinja::Value::from_serialize(&vars);
 
         // templates must only use known names
-        let check_tpl = |tpl: &str, what: &str, line: Option<usize>, diags: &mut Vec<Diag>| match unknown_template_vars(tpl, &known) {
-            Ok(bad) if bad.is_empty() => {}
-            Ok(bad) => diags.push(fd(line.or_else(|| line_of(&text, tpl)), format!("{what}: unknown variable(s) {} (declare them under vars:)", bad.join(", ")))),
-            Err(e) => diags.push(fd(line.or_else(|| line_of(&text, tpl)), format!("{what}: {e}"))),
+        let check_tpl = |tpl: &str, what: &str, line: Option<usize>, diags: &mut Vec<Diag>| {
+            match unknown_template_vars(tpl, &known) {
+                Ok(bad) if bad.is_empty() => {}
+                Ok(bad) => diags.push(fd(
+                    line.or_else(|| line_of(&text, tpl)),
+                    format!(
+                        "{what}: unknown variable(s) {} (declare them under vars:)",
+                        bad.join(", ")
+                    ),
+                )),
+                Err(e) => diags.push(fd(
+                    line.or_else(|| line_of(&text, tpl)),
+                    format!("{what}: {e}"),
+                )),
+            }
         };
-        check_tpl(&spec.output.name, "output.name", key_line(&text, "output").map(|_| line_of(&text, &spec.output.name)).flatten(), &mut diags);
+        check_tpl(
+            &spec.output.name,
+            "output.name",
+            key_line(&text, "output").and_then(|_| line_of(&text, &spec.output.name)),
+            &mut diags,
+        );
         for t in &spec.output.tags {
             check_tpl(t, "output.tags", None, &mut diags);
         }
@@ -494,20 +562,32 @@ impl Recipe {
         let mut files = BTreeMap::new();
         let mut dests = BTreeSet::new();
         if spec.steps.is_empty() {
-            diags.push(fd(key_line(&text, "steps"), "steps must not be empty".into()));
+            diags.push(fd(
+                key_line(&text, "steps"),
+                "steps must not be empty".into(),
+            ));
         }
         for (i, s) in spec.steps.iter().enumerate() {
             let line = lines.get(i).copied();
             let next = lines.get(i + 1).copied();
             let at = |key: &str| key_in_step(&text, line, next, key);
             let n = i + 1;
-            let kinds = [s.script.is_some(), s.upload.is_some(), s.reboot.is_some()].iter().filter(|x| **x).count();
+            let kinds = [s.script.is_some(), s.upload.is_some(), s.reboot.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
             if kinds != 1 {
                 diags.push(fd(line, format!("step {n}: exactly one of `script`, `upload`, `reboot` must be set (found {kinds})")));
                 continue;
             }
-            if s.reboot.is_none() && s.upload.is_none() && (s.dest.is_some() || s.mode.is_some() || s.sha256.is_some()) {
-                diags.push(fd(line, format!("step {n}: `dest`, `mode` and `sha256` belong to upload steps")));
+            if s.reboot.is_none()
+                && s.upload.is_none()
+                && (s.dest.is_some() || s.mode.is_some() || s.sha256.is_some())
+            {
+                diags.push(fd(
+                    line,
+                    format!("step {n}: `dest`, `mode` and `sha256` belong to upload steps"),
+                ));
             }
             let timeout = s.timeout.unwrap_or(spec.timeouts.step);
             let kind = if let Some(script) = &s.script {
@@ -518,7 +598,10 @@ impl Recipe {
                     Ok(h) => {
                         files.insert(path.clone(), h);
                     }
-                    Err(e) => diags.push(fd(at("script"), format!("step {n}: script {} cannot be read: {e}", path.display()))),
+                    Err(e) => diags.push(fd(
+                        at("script"),
+                        format!("step {n}: script {} cannot be read: {e}", path.display()),
+                    )),
                 }
                 StepKind::Script { path }
             } else if let Some(up) = &s.upload {
@@ -526,7 +609,10 @@ impl Recipe {
                 let rel = render(up, &ctx).unwrap_or_else(|_| up.clone());
                 let src = dir.join(&rel);
                 let Some(dest) = &s.dest else {
-                    diags.push(fd(line, format!("step {n}: upload needs `dest` (an absolute path in the guest)")));
+                    diags.push(fd(
+                        line,
+                        format!("step {n}: upload needs `dest` (an absolute path in the guest)"),
+                    ));
                     continue;
                 };
                 check_tpl(dest, &format!("step {n} dest"), line, &mut diags);
@@ -535,11 +621,18 @@ impl Recipe {
                     diags.push(fd(at("dest"), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
                 }
                 if !dests.insert(dest.clone()) {
-                    diags.push(fd(at("dest"), format!("step {n}: dest {dest} is uploaded twice")));
+                    diags.push(fd(
+                        at("dest"),
+                        format!("step {n}: dest {dest} is uploaded twice"),
+                    ));
                 }
                 let mode = s.mode.clone().unwrap_or_else(|| "0644".into());
-                if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
-                    diags.push(fd(at("mode"), format!("step {n}: mode {mode:?} must be octal like \"0755\"")));
+                if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c))
+                {
+                    diags.push(fd(
+                        at("mode"),
+                        format!("step {n}: mode {mode:?} must be octal like \"0755\""),
+                    ));
                 }
                 let sha = match sha256_file(&src) {
                     Ok(h) => {
@@ -553,32 +646,67 @@ impl Recipe {
                 };
                 if let (Some(want), false) = (&s.sha256, sha.is_empty()) {
                     if !want.eq_ignore_ascii_case(&sha) {
-                        diags.push(fd(at("sha256"), format!("step {n}: {} has sha256 {sha}, the recipe expects {want}", src.display())));
+                        diags.push(fd(
+                            at("sha256"),
+                            format!(
+                                "step {n}: {} has sha256 {sha}, the recipe expects {want}",
+                                src.display()
+                            ),
+                        ));
                     }
                 }
-                StepKind::Upload { src, dest, mode, sha256: sha }
+                StepKind::Upload {
+                    src,
+                    dest,
+                    mode,
+                    sha256: sha,
+                }
             } else {
                 if s.reboot != Some(true) {
-                    diags.push(fd(line, format!("step {n}: `reboot` must be true (omit the step otherwise)")));
+                    diags.push(fd(
+                        line,
+                        format!("step {n}: `reboot` must be true (omit the step otherwise)"),
+                    ));
                 }
                 StepKind::Reboot
             };
             let name = s.name.clone().unwrap_or_else(|| match &kind {
-                StepKind::Script { path } => path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                StepKind::Script { path } => path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 StepKind::Upload { dest, .. } => format!("upload {dest}"),
                 StepKind::Reboot => "reboot".into(),
             });
-            steps.push(Step { name, kind, timeout, line });
+            steps.push(Step {
+                name,
+                kind,
+                timeout,
+                line,
+            });
         }
         if !diags.is_empty() {
             return Err(Diags(diags));
         }
-        Ok(Recipe { file: file.to_path_buf(), dir, text, spec, vars, steps, files, disk_size, mem })
+        Ok(Recipe {
+            file: file.to_path_buf(),
+            dir,
+            text,
+            spec,
+            vars,
+            steps,
+            files,
+            disk_size,
+            mem,
+        })
     }
 
     /// Environment passed to scripts: every variable upper-cased, plus a few build facts.
     pub fn script_env(&self) -> Vec<(String, String)> {
-        self.vars.iter().map(|(k, v)| (env_name(k), v.clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (env_name(k), v.clone()))
+            .collect()
     }
 
     /// sha256 of each upload, keyed by guest path (the `upload_sha256` template variable).

@@ -40,15 +40,39 @@ pub trait Transport: Send + Sync {
     /// The public key to put in the server's meta (`ssh_public_key`), one OpenSSH line.
     fn public_key(&self) -> String;
     /// Wait until a login works, retrying with backoff until `timeout`.
-    async fn wait_ready(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError>;
+    async fn wait_ready(
+        &self,
+        t: &Target,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError>;
     /// Run a local script file as root with `env` set, streaming output.
-    async fn run_script(&self, t: &Target, script: &Path, env: &[(String, String)], timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError>;
+    async fn run_script(
+        &self,
+        t: &Target,
+        script: &Path,
+        env: &[(String, String)],
+        timeout: Duration,
+        out: LineSink<'_>,
+    ) -> Result<(), TransportError>;
     /// Copy a local file to `dest` (root-owned, `mode`).
-    async fn upload(&self, t: &Target, src: &Path, dest: &str, mode: &str, timeout: Duration) -> Result<(), TransportError>;
+    async fn upload(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError>;
     /// sha256 of a file in the guest, computed there.
     async fn remote_sha256(&self, t: &Target, path: &str) -> Result<String, TransportError>;
     /// Reboot and wait until the guest is back (a new boot id).
-    async fn reboot(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError>;
+    async fn reboot(
+        &self,
+        t: &Target,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError>;
     /// Final guest cleanup: remove the build's uploads dir and the login key, flush disks.
     async fn clean(&self, t: &Target) -> Result<(), TransportError>;
 }
@@ -78,7 +102,9 @@ impl OpenSsh {
         let dir = tempfile::Builder::new()
             .prefix("imgbuild-ssh-")
             .tempdir()
-            .map_err(|e| TransportError::Failed(format!("cannot create a temp dir for the SSH key: {e}")))?;
+            .map_err(|e| {
+                TransportError::Failed(format!("cannot create a temp dir for the SSH key: {e}"))
+            })?;
         // tempdir() is 0700 already; the key file gets 0600 from ssh-keygen.
         let key = dir.path().join("id_ed25519");
         let out = Command::new("ssh-keygen")
@@ -87,16 +113,30 @@ impl OpenSsh {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| TransportError::Failed(format!("cannot run ssh-keygen (install openssh-client): {e}")))?;
+            .map_err(|e| {
+                TransportError::Failed(format!(
+                    "cannot run ssh-keygen (install openssh-client): {e}"
+                ))
+            })?;
         if !out.status.success() {
-            return Err(TransportError::Failed(format!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(TransportError::Failed(format!(
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         let public_key = std::fs::read_to_string(key.with_extension("pub"))
-            .map_err(|e| TransportError::Failed(format!("cannot read the generated public key: {e}")))?
+            .map_err(|e| {
+                TransportError::Failed(format!("cannot read the generated public key: {e}"))
+            })?
             .trim()
             .to_string();
-        std::fs::write(dir.path().join("known_hosts"), b"").map_err(|e| TransportError::Failed(format!("known_hosts: {e}")))?;
-        Ok(OpenSsh { dir, public_key, connect_timeout: 10 })
+        std::fs::write(dir.path().join("known_hosts"), b"")
+            .map_err(|e| TransportError::Failed(format!("known_hosts: {e}")))?;
+        Ok(OpenSsh {
+            dir,
+            public_key,
+            connect_timeout: 10,
+        })
     }
 
     fn base_args(&self, t: &Target) -> Vec<String> {
@@ -133,14 +173,27 @@ impl OpenSsh {
     }
 
     /// Run `cmd` remotely with optional stdin bytes; stream lines to `out`; return the exit code.
-    async fn exec(&self, t: &Target, cmd: &str, stdin: Option<Vec<u8>>, timeout: Duration, out: LineSink<'_>) -> Result<i32, TransportError> {
+    async fn exec(
+        &self,
+        t: &Target,
+        cmd: &str,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+        out: LineSink<'_>,
+    ) -> Result<i32, TransportError> {
         let mut c = Command::new("ssh");
         c.args(self.base_args(t)).arg("--").arg(cmd);
-        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = c.spawn().map_err(|e| TransportError::Failed(format!("cannot run ssh (install openssh-client): {e}")))?;
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = c.spawn().map_err(|e| {
+            TransportError::Failed(format!("cannot run ssh (install openssh-client): {e}"))
+        })?;
         let feed = match (stdin, child.stdin.take()) {
             (Some(bytes), Some(mut w)) => Some(tokio::spawn(async move {
                 let _ = w.write_all(&bytes).await;
@@ -178,7 +231,12 @@ impl OpenSsh {
         let status = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(TransportError::Failed(format!("ssh: {e}"))),
-            Err(_) => return Err(TransportError::Timeout(timeout, format!("remote command {cmd:?}"))),
+            Err(_) => {
+                return Err(TransportError::Timeout(
+                    timeout,
+                    format!("remote command {cmd:?}"),
+                ))
+            }
         };
         if let Some(f) = feed {
             let _ = f.await;
@@ -186,19 +244,44 @@ impl OpenSsh {
         Ok(status.code().unwrap_or(255))
     }
 
-    async fn exec_ok(&self, t: &Target, cmd: &str, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<String, TransportError> {
+    async fn exec_ok(
+        &self,
+        t: &Target,
+        cmd: &str,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
         let buf = Mutex::new(Vec::<String>::new());
-        let sink = |l: &str| buf.lock().unwrap_or_else(|p| p.into_inner()).push(l.to_string());
+        let sink = |l: &str| {
+            buf.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(l.to_string())
+        };
         let code = self.exec(t, cmd, stdin, timeout, &sink).await?;
-        let text = buf.into_inner().unwrap_or_else(|p| p.into_inner()).join("\n");
+        let text = buf
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n");
         if code != 0 {
-            return Err(TransportError::Failed(format!("remote command {cmd:?} exited {code}: {}", text.trim())));
+            return Err(TransportError::Failed(format!(
+                "remote command {cmd:?} exited {code}: {}",
+                text.trim()
+            )));
         }
         Ok(text)
     }
 
     async fn boot_id(&self, t: &Target) -> Result<String, TransportError> {
-        Ok(self.exec_ok(t, "cat /proc/sys/kernel/random/boot_id", None, Duration::from_secs(60)).await?.trim().to_string())
+        Ok(self
+            .exec_ok(
+                t,
+                "cat /proc/sys/kernel/random/boot_id",
+                None,
+                Duration::from_secs(60),
+            )
+            .await?
+            .trim()
+            .to_string())
     }
 }
 
@@ -215,7 +298,12 @@ impl Transport for OpenSsh {
         self.public_key.clone()
     }
 
-    async fn wait_ready(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+    async fn wait_ready(
+        &self,
+        t: &Target,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(500);
         let mut last;
@@ -232,23 +320,52 @@ impl Transport for OpenSsh {
             };
             match attempt {
                 Ok(0) => return Ok(()),
-                Ok(code) => last = format!("ssh exited {code}: {}", buf.lock().unwrap_or_else(|p| p.into_inner())),
+                Ok(code) => {
+                    last = format!(
+                        "ssh exited {code}: {}",
+                        buf.lock().unwrap_or_else(|p| p.into_inner())
+                    )
+                }
                 Err(e) => last = e.to_string(),
             }
             if start.elapsed() >= timeout {
-                return Err(TransportError::Timeout(timeout, format!("SSH to {}@{}:{} (last: {last})", t.user, t.host, t.port)));
+                return Err(TransportError::Timeout(
+                    timeout,
+                    format!("SSH to {}@{}:{} (last: {last})", t.user, t.host, t.port),
+                ));
             }
             sleep_or_cancel(delay, cancel).await?;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
-    async fn run_script(&self, t: &Target, script: &Path, env: &[(String, String)], timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError> {
-        let body = std::fs::read(script).map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", script.display())))?;
+    async fn run_script(
+        &self,
+        t: &Target,
+        script: &Path,
+        env: &[(String, String)],
+        timeout: Duration,
+        out: LineSink<'_>,
+    ) -> Result<(), TransportError> {
+        let body = std::fs::read(script).map_err(|e| {
+            TransportError::Failed(format!("cannot read {}: {e}", script.display()))
+        })?;
         // Upload the script first and run it from a file with stdin at /dev/null: `bash -s`
         // would let apt-get & co. swallow the rest of the script from stdin.
-        let remote = format!("/tmp/imgbuild/{}", script.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "step.sh".into()));
-        self.exec_ok(t, &format!("mkdir -p /tmp/imgbuild && cat > {}", sh_quote(&remote)), Some(body), Duration::from_secs(120)).await?;
+        let remote = format!(
+            "/tmp/imgbuild/{}",
+            script
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "step.sh".into())
+        );
+        self.exec_ok(
+            t,
+            &format!("mkdir -p /tmp/imgbuild && cat > {}", sh_quote(&remote)),
+            Some(body),
+            Duration::from_secs(120),
+        )
+        .await?;
         let mut cmd = format!("{}env DEBIAN_FRONTEND=noninteractive", sudo(&t.user));
         for (k, v) in env {
             cmd.push(' ');
@@ -256,16 +373,30 @@ impl Transport for OpenSsh {
             cmd.push('=');
             cmd.push_str(&sh_quote(v));
         }
-        cmd.push_str(&format!(" bash -euo pipefail {} </dev/null", sh_quote(&remote)));
+        cmd.push_str(&format!(
+            " bash -euo pipefail {} </dev/null",
+            sh_quote(&remote)
+        ));
         let code = self.exec(t, &cmd, None, timeout, out).await?;
         if code != 0 {
-            return Err(TransportError::Failed(format!("script {} exited {code}", script.display())));
+            return Err(TransportError::Failed(format!(
+                "script {} exited {code}",
+                script.display()
+            )));
         }
         Ok(())
     }
 
-    async fn upload(&self, t: &Target, src: &Path, dest: &str, mode: &str, timeout: Duration) -> Result<(), TransportError> {
-        let body = std::fs::read(src).map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?;
+    async fn upload(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let body = std::fs::read(src)
+            .map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?;
         // stream over the same authenticated channel (no scp/sftp subsystem needed in the guest)
         let tmp = format!("/tmp/imgbuild/upload.{}", std::process::id());
         let cmd = format!(
@@ -279,7 +410,14 @@ impl Transport for OpenSsh {
     }
 
     async fn remote_sha256(&self, t: &Target, path: &str) -> Result<String, TransportError> {
-        let out = self.exec_ok(t, &format!("{}sha256sum -- {}", sudo(&t.user), sh_quote(path)), None, Duration::from_secs(120)).await?;
+        let out = self
+            .exec_ok(
+                t,
+                &format!("{}sha256sum -- {}", sudo(&t.user), sh_quote(path)),
+                None,
+                Duration::from_secs(120),
+            )
+            .await?;
         out.split_whitespace()
             .next()
             .filter(|h| h.len() == 64)
@@ -287,17 +425,33 @@ impl Transport for OpenSsh {
             .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
     }
 
-    async fn reboot(&self, t: &Target, timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+    async fn reboot(
+        &self,
+        t: &Target,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError> {
         let before = self.boot_id(t).await?;
         // the connection drops while rebooting: ssh's own exit code is meaningless here
         let sink = |_: &str| {};
-        let _ = self.exec(t, &format!("{}systemctl reboot", sudo(&t.user)), None, Duration::from_secs(30), &sink).await;
+        let _ = self
+            .exec(
+                t,
+                &format!("{}systemctl reboot", sudo(&t.user)),
+                None,
+                Duration::from_secs(30),
+                &sink,
+            )
+            .await;
         let start = Instant::now();
         loop {
             sleep_or_cancel(Duration::from_secs(2), cancel).await?;
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
-                return Err(TransportError::Timeout(timeout, "guest did not come back from reboot".into()));
+                return Err(TransportError::Timeout(
+                    timeout,
+                    "guest did not come back from reboot".into(),
+                ));
             }
             self.wait_ready(t, left, cancel).await?;
             if let Ok(now) = self.boot_id(t).await {
@@ -314,17 +468,31 @@ impl Transport for OpenSsh {
             "{s}rm -rf /tmp/imgbuild; {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\"; {s}sync",
             s = sudo(&t.user)
         );
-        self.exec_ok(t, &cmd, None, Duration::from_secs(120)).await.map(|_| ())
+        self.exec_ok(t, &cmd, None, Duration::from_secs(120))
+            .await
+            .map(|_| ())
     }
 }
 
 /// One thing the local transport was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
-    WaitReady { host: String, user: String },
-    Script { path: PathBuf, env: Vec<(String, String)> },
-    Upload { src: PathBuf, dest: String, mode: String },
-    Sha256 { path: String },
+    WaitReady {
+        host: String,
+        user: String,
+    },
+    Script {
+        path: PathBuf,
+        env: Vec<(String, String)>,
+    },
+    Upload {
+        src: PathBuf,
+        dest: String,
+        mode: String,
+    },
+    Sha256 {
+        path: String,
+    },
     Reboot,
     Clean,
 }
@@ -343,7 +511,13 @@ pub struct LocalTransport {
 
 impl LocalTransport {
     pub fn new(sandbox: PathBuf) -> LocalTransport {
-        LocalTransport { sandbox, log: Arc::default(), delay: Duration::ZERO, fail_script: None, cancel: None }
+        LocalTransport {
+            sandbox,
+            log: Arc::default(),
+            delay: Duration::ZERO,
+            fail_script: None,
+            cancel: None,
+        }
     }
     fn rec(&self, r: Recorded) {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push(r);
@@ -373,34 +547,78 @@ impl Transport for LocalTransport {
     fn public_key(&self) -> String {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA imgbuild-local-transport".into()
     }
-    async fn wait_ready(&self, t: &Target, _timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
-        self.rec(Recorded::WaitReady { host: t.host.clone(), user: t.user.clone() });
+    async fn wait_ready(
+        &self,
+        t: &Target,
+        _timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError> {
+        self.rec(Recorded::WaitReady {
+            host: t.host.clone(),
+            user: t.user.clone(),
+        });
         self.pause(Some(cancel)).await
     }
-    async fn run_script(&self, _t: &Target, script: &Path, env: &[(String, String)], _timeout: Duration, out: LineSink<'_>) -> Result<(), TransportError> {
-        self.rec(Recorded::Script { path: script.to_path_buf(), env: env.to_vec() });
+    async fn run_script(
+        &self,
+        _t: &Target,
+        script: &Path,
+        env: &[(String, String)],
+        _timeout: Duration,
+        out: LineSink<'_>,
+    ) -> Result<(), TransportError> {
+        self.rec(Recorded::Script {
+            path: script.to_path_buf(),
+            env: env.to_vec(),
+        });
         out(&format!("[local transport] would run {}", script.display()));
         self.pause(None).await?;
-        let name = script.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = script
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if self.fail_script.as_deref() == Some(name.as_str()) {
-            return Err(TransportError::Failed(format!("script {} exited 1", script.display())));
+            return Err(TransportError::Failed(format!(
+                "script {} exited 1",
+                script.display()
+            )));
         }
         Ok(())
     }
-    async fn upload(&self, _t: &Target, src: &Path, dest: &str, mode: &str, _timeout: Duration) -> Result<(), TransportError> {
-        self.rec(Recorded::Upload { src: src.to_path_buf(), dest: dest.into(), mode: mode.into() });
+    async fn upload(
+        &self,
+        _t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        _timeout: Duration,
+    ) -> Result<(), TransportError> {
+        self.rec(Recorded::Upload {
+            src: src.to_path_buf(),
+            dest: dest.into(),
+            mode: mode.into(),
+        });
         let to = self.sandboxed(dest);
         if let Some(p) = to.parent() {
-            std::fs::create_dir_all(p).map_err(|e| TransportError::Failed(format!("{}: {e}", p.display())))?;
+            std::fs::create_dir_all(p)
+                .map_err(|e| TransportError::Failed(format!("{}: {e}", p.display())))?;
         }
-        std::fs::copy(src, &to).map_err(|e| TransportError::Failed(format!("copy {} → {}: {e}", src.display(), to.display())))?;
+        std::fs::copy(src, &to).map_err(|e| {
+            TransportError::Failed(format!("copy {} → {}: {e}", src.display(), to.display()))
+        })?;
         self.pause(None).await
     }
     async fn remote_sha256(&self, _t: &Target, path: &str) -> Result<String, TransportError> {
         self.rec(Recorded::Sha256 { path: path.into() });
-        crate::recipe::sha256_file(&self.sandboxed(path)).map_err(|e| TransportError::Failed(format!("sha256 {path}: {e}")))
+        crate::recipe::sha256_file(&self.sandboxed(path))
+            .map_err(|e| TransportError::Failed(format!("sha256 {path}: {e}")))
     }
-    async fn reboot(&self, _t: &Target, _timeout: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
+    async fn reboot(
+        &self,
+        _t: &Target,
+        _timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), TransportError> {
         self.rec(Recorded::Reboot);
         self.pause(Some(cancel)).await
     }

@@ -22,8 +22,16 @@ struct Fixture {
 }
 
 fn cloud_for(emu: &EmulatorHandle) -> Cloud {
-    let auth = Auth::Basic { username: emu.username().into(), password: emu.password().into() };
-    Cloud::new(Config::for_url(&emu.api_url(), auth).unwrap().with_timeout(Duration::from_secs(10))).unwrap()
+    let auth = Auth::Basic {
+        username: emu.username().into(),
+        password: emu.password().into(),
+    };
+    Cloud::new(
+        Config::for_url(&emu.api_url(), auth)
+            .unwrap()
+            .with_timeout(Duration::from_secs(10)),
+    )
+    .unwrap()
 }
 
 fn recipe_file() -> PathBuf {
@@ -31,13 +39,20 @@ fn recipe_file() -> PathBuf {
 }
 
 async fn fixture() -> Fixture {
-    let emu = Emulator::start(EmulatorConfig::for_tests()).await.expect("emulator starts");
+    let emu = Emulator::start(EmulatorConfig::for_tests())
+        .await
+        .expect("emulator starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = dir.path().join("cloudsigma-agent");
     std::fs::write(&agent, b"#!/bin/sh\necho fake agent\n").unwrap();
     let unit = dir.path().join("cloudsigma-bootstrap.service");
     std::fs::write(&unit, b"[Unit]\nDescription=test\n").unwrap();
-    Fixture { emu, dir, agent, unit }
+    Fixture {
+        emu,
+        dir,
+        agent,
+        unit,
+    }
 }
 
 impl Fixture {
@@ -60,10 +75,22 @@ impl Fixture {
         LocalTransport::new(self.dir.path().join("sandbox"))
     }
     fn builder(&self, t: LocalTransport, cancel: CancellationToken, opts: Options) -> Builder {
-        Builder::new(self.cloud(), Arc::new(t), Reporter::new(Mode::Quiet), cancel, opts)
+        Builder::new(
+            self.cloud(),
+            Arc::new(t),
+            Reporter::new(Mode::Quiet),
+            cancel,
+            opts,
+        )
     }
-    async fn build(&self, extra: &[(&str, &str)], opts: Options) -> Result<build::Manifest, BuildError> {
-        self.builder(self.transport(), CancellationToken::new(), opts).build(&self.recipe(extra)).await
+    async fn build(
+        &self,
+        extra: &[(&str, &str)],
+        opts: Options,
+    ) -> Result<build::Manifest, BuildError> {
+        self.builder(self.transport(), CancellationToken::new(), opts)
+            .build(&self.recipe(extra))
+            .await
     }
     /// (servers, drives, tags) as the emulator holds them.
     fn counts(&self) -> (usize, usize, usize) {
@@ -71,7 +98,13 @@ impl Fixture {
         (s.servers.len(), s.drives.len(), s.tags.len())
     }
     fn posts(&self) -> u64 {
-        self.emu.counters().1.iter().filter(|(k, _)| k.starts_with("POST ")).map(|(_, v)| v).sum()
+        self.emu
+            .counters()
+            .1
+            .iter()
+            .filter(|(k, _)| k.starts_with("POST "))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 
@@ -84,42 +117,83 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     let m = b.build(&r).await.expect("build succeeds");
 
     let snap = f.emu.snapshot();
-    assert!(snap.servers.is_empty(), "no server may remain: {:?}", snap.servers);
+    assert!(
+        snap.servers.is_empty(),
+        "no server may remain: {:?}",
+        snap.servers
+    );
     assert_eq!(snap.drives.len(), 1, "exactly one drive: {:?}", snap.drives);
     let d = &snap.drives[0];
     assert_eq!(d.uuid, m.image_uuid);
-    assert!(d.name.starts_with("ubuntu-2404-kube-v1.34.1-"), "name {}", d.name);
+    assert!(
+        d.name.starts_with("ubuntu-2404-kube-v1.34.1-"),
+        "name {}",
+        d.name
+    );
     assert_eq!(d.size, 20 << 30);
-    assert_eq!(d.meta.get("imgbuild.state").map(String::as_str), Some("image"));
+    assert_eq!(
+        d.meta.get("imgbuild.state").map(String::as_str),
+        Some("image")
+    );
     assert_eq!(d.meta.get("imgbuild.fingerprint"), Some(&m.fingerprint));
-    assert_eq!(d.meta.get("kubernetes_version").map(String::as_str), Some("1.34.1"));
-    assert_eq!(d.meta.get("containerd_version").map(String::as_str), Some("1.7.28"));
-    assert_eq!(d.meta.get("agent_sha256"), Some(&recipe::sha256_file(&f.agent).unwrap()));
+    assert_eq!(
+        d.meta.get("kubernetes_version").map(String::as_str),
+        Some("1.34.1")
+    );
+    assert_eq!(
+        d.meta.get("containerd_version").map(String::as_str),
+        Some("1.7.28")
+    );
+    assert_eq!(
+        d.meta.get("agent_sha256"),
+        Some(&recipe::sha256_file(&f.agent).unwrap())
+    );
     assert!(d.meta.contains_key("imgbuild.built-at"));
     assert!(!d.meta.contains_key("imgbuild.started"));
     let tag_names: Vec<String> = d
         .tags
         .iter()
-        .filter_map(|r| snap.tags.iter().find(|t| t.uuid == r.uuid()).map(|t| t.name.clone()))
+        .filter_map(|r| {
+            snap.tags
+                .iter()
+                .find(|t| t.uuid == r.uuid())
+                .map(|t| t.name.clone())
+        })
         .collect();
     for want in ["imgbuild", "k8s-node", "kubernetes-v1.34.1"] {
-        assert!(tag_names.iter().any(|n| n == want), "tag {want} missing: {tag_names:?}");
+        assert!(
+            tag_names.iter().any(|n| n == want),
+            "tag {want} missing: {tag_names:?}"
+        );
     }
     // provisioning: every step in order, uploads verified by sha256, login key removed at the end
     let rec = t.recorded();
-    let scripts = rec.iter().filter(|r| matches!(r, Recorded::Script { .. })).count();
+    let scripts = rec
+        .iter()
+        .filter(|r| matches!(r, Recorded::Script { .. }))
+        .count();
     assert_eq!(scripts, 8);
-    assert!(rec.contains(&Recorded::Sha256 { path: "/usr/local/bin/cloudsigma-agent".into() }));
+    assert!(rec.contains(&Recorded::Sha256 {
+        path: "/usr/local/bin/cloudsigma-agent".into()
+    }));
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
     match &rec[0] {
-        Recorded::WaitReady { user, .. } => assert_eq!(user, "cloudsigma", "SSH user comes from the library drive"),
+        Recorded::WaitReady { user, .. } => {
+            assert_eq!(user, "cloudsigma", "SSH user comes from the library drive")
+        }
         other => panic!("first operation should wait for SSH: {other:?}"),
     }
-    if let Some(Recorded::Script { env, .. }) = rec.iter().find(|r| matches!(r, Recorded::Script { .. })) {
+    if let Some(Recorded::Script { env, .. }) =
+        rec.iter().find(|r| matches!(r, Recorded::Script { .. }))
+    {
         assert!(env.contains(&("KUBERNETES_VERSION".into(), "1.34.1".into())));
     }
-    assert!(m.stats.api_calls <= 40, "API calls per build: {}", m.stats.api_calls);
+    assert!(
+        m.stats.api_calls <= 40,
+        "API calls per build: {}",
+        m.stats.api_calls
+    );
     f.emu.shutdown().await;
 }
 
@@ -143,9 +217,19 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
     vars.insert("agent_binary".to_string(), f.agent.display().to_string());
     vars.insert("bootstrap_unit".to_string(), f.unit.display().to_string());
     let r = Recipe::load(&recipe_file(), &vars).unwrap();
-    let b = Builder::new(cloud, Arc::new(t.clone()), Reporter::new(Mode::Quiet), CancellationToken::new(), opts);
+    let b = Builder::new(
+        cloud,
+        Arc::new(t.clone()),
+        Reporter::new(Mode::Quiet),
+        CancellationToken::new(),
+        opts,
+    );
     b.build(&r).await.expect("build");
-    let s = seen.lock().unwrap().clone().expect("server existed during wait-ssh");
+    let s = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("server existed during wait-ssh");
     use imgbuild::transport::Transport;
     assert_eq!(s.meta.get("ssh_public_key"), Some(&t.public_key()));
     assert!(s.meta.contains_key("imgbuild.build-id"));
@@ -156,7 +240,11 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
     assert_eq!(s.drives[0].boot_order, Some(1));
     assert_eq!(s.nics.len(), 1);
     assert!(s.nics[0].vlan.is_none());
-    assert!(s.vnc_password.as_deref().map(|p| p.len() >= 16).unwrap_or(true));
+    assert!(s
+        .vnc_password
+        .as_deref()
+        .map(|p| p.len() >= 16)
+        .unwrap_or(true));
     assert!(!s.tags.is_empty(), "the build server is tagged");
 }
 
@@ -165,26 +253,49 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
     let f = fixture().await;
     let first = f.build(&[], Options::default()).await.expect("first build");
     f.emu.reset_counters();
-    let again = f.build(&[], Options::default()).await.expect("cached build");
+    let again = f
+        .build(&[], Options::default())
+        .await
+        .expect("cached build");
     assert!(again.cached);
     assert_eq!(again.image_uuid, first.image_uuid);
-    assert_eq!(f.posts(), 0, "a cached build must not POST: {:?}", f.emu.counters().1);
+    assert_eq!(
+        f.posts(),
+        0,
+        "a cached build must not POST: {:?}",
+        f.emu.counters().1
+    );
     assert_eq!(f.counts(), (0, 1, 3));
 
     // a variable changes → new fingerprint → new image
-    let v = f.build(&[("kubernetes_version", "1.34.2")], Options::default()).await.expect("rebuild");
+    let v = f
+        .build(&[("kubernetes_version", "1.34.2")], Options::default())
+        .await
+        .expect("rebuild");
     assert!(!v.cached);
     assert_ne!(v.fingerprint, first.fingerprint);
     assert_eq!(f.counts().1, 2);
 
     // a file's content changes (same path) → rebuild
     std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
-    let a = f.build(&[], Options::default()).await.expect("rebuild after file change");
+    let a = f
+        .build(&[], Options::default())
+        .await
+        .expect("rebuild after file change");
     assert!(!a.cached);
     assert_eq!(f.counts().1, 3);
 
     // --force rebuilds an unchanged recipe
-    let forced = f.build(&[], Options { force: true, ..Default::default() }).await.expect("forced");
+    let forced = f
+        .build(
+            &[],
+            Options {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("forced");
     assert!(!forced.cached);
     assert_eq!(f.counts().1, 4);
     f.emu.shutdown().await;
@@ -198,7 +309,10 @@ fn fingerprint_covers_recipe_text_vars_files_and_base() {
     let recipe = "name: t\nbase: {distribution: Ubuntu, version: \"24.04\"}\ndisk_size: 10GiB\nserver: {cpu: 2000, mem: 2GiB}\nvars: {x: \"1\"}\nsteps:\n  - script: a.sh\noutput: {name: \"t-{{ x }}\"}\n";
     write("recipe.yaml", recipe);
     let load = |o: &[(&str, &str)]| {
-        let m: BTreeMap<String, String> = o.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: BTreeMap<String, String> = o
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Recipe::load(&dir.path().join("recipe.yaml"), &m).unwrap()
     };
     let base = load(&[]).fingerprint("u1");
@@ -232,18 +346,37 @@ async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
     ];
     for (method, path, survives) in cases {
         let f = fixture().await;
-        f.emu.add_once_rule(OnceRule { method: Some(method.to_string()), path: path.to_string(), status: 500, count: 1 });
+        f.emu.add_once_rule(OnceRule {
+            method: Some(method.to_string()),
+            path: path.to_string(),
+            status: 500,
+            count: 1,
+        });
         let r = f.build(&[], Options::default()).await;
         let (servers, drives, tags) = f.counts();
         match r {
             Ok(m) => {
-                assert!(survives, "{method} {path}: a POST failure must fail the build, got {m:?}");
+                assert!(
+                    survives,
+                    "{method} {path}: a POST failure must fail the build, got {m:?}"
+                );
                 assert_eq!((servers, drives), (0, 1), "{method} {path}");
             }
             Err(e) => {
-                assert!(!survives, "{method} {path}: an idempotent call must be retried, got {e}");
-                assert!(e.cleanup().left.is_empty(), "{method} {path}: {:?}", e.cleanup());
-                assert_eq!((servers, drives, tags), (0, 0, 0), "{method} {path}: leftovers after {e}");
+                assert!(
+                    !survives,
+                    "{method} {path}: an idempotent call must be retried, got {e}"
+                );
+                assert!(
+                    e.cleanup().left.is_empty(),
+                    "{method} {path}: {:?}",
+                    e.cleanup()
+                );
+                assert_eq!(
+                    (servers, drives, tags),
+                    (0, 0, 0),
+                    "{method} {path}: leftovers after {e}"
+                );
             }
         }
         f.emu.shutdown().await;
@@ -265,9 +398,14 @@ async fn cancellation_at_each_phase_leaves_nothing_behind() {
             })),
             ..Default::default()
         };
-        let r = f.builder(f.transport(), cancel, opts).build(&f.recipe(&[])).await;
+        let r = f
+            .builder(f.transport(), cancel, opts)
+            .build(&f.recipe(&[]))
+            .await;
         match r {
-            Err(BuildError::Interrupted { phase: at, cleanup, .. }) => {
+            Err(BuildError::Interrupted {
+                phase: at, cleanup, ..
+            }) => {
                 assert_eq!(&at, phase);
                 assert!(cleanup.left.is_empty(), "{phase}: {cleanup:?}");
             }
@@ -283,9 +421,17 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
     let f = fixture().await;
     let mut t = f.transport();
     t.fail_script = Some("40-kubernetes.sh".into());
-    let r = f.builder(t.clone(), CancellationToken::new(), Options::default()).build(&f.recipe(&[])).await;
+    let r = f
+        .builder(t.clone(), CancellationToken::new(), Options::default())
+        .build(&f.recipe(&[]))
+        .await;
     match r {
-        Err(BuildError::Failed { phase, error, cleanup, .. }) => {
+        Err(BuildError::Failed {
+            phase,
+            error,
+            cleanup,
+            ..
+        }) => {
             assert_eq!(phase, "provision");
             assert!(error.contains("40-kubernetes.sh"), "{error}");
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
@@ -297,20 +443,41 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
 
     // a good image exists, then a failed build with --keep-on-failure leaves its server + drive
     f.build(&[], Options::default()).await.expect("good build");
-    let r = f.builder(t, CancellationToken::new(), Options { keep_on_failure: true, force: true, ..Default::default() }).build(&f.recipe(&[])).await;
+    let r = f
+        .builder(
+            t,
+            CancellationToken::new(),
+            Options {
+                keep_on_failure: true,
+                force: true,
+                ..Default::default()
+            },
+        )
+        .build(&f.recipe(&[]))
+        .await;
     assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
     assert_eq!(f.counts().0, 1);
     assert_eq!(f.counts().1, 2);
     // `clean` with an age limit leaves the fresh leftovers, `--all` removes them, never the image
     let cloud = f.cloud();
-    let rep = build::clean(&cloud, Duration::from_secs(3600), false, false, &|_| {}).await.unwrap();
+    let rep = build::clean(&cloud, Duration::from_secs(3600), false, false, &|_| {})
+        .await
+        .unwrap();
     assert!(rep.servers.is_empty() && rep.drives.is_empty());
-    let rep = build::clean(&cloud, Duration::from_secs(3600), true, false, &|_| {}).await.unwrap();
+    let rep = build::clean(&cloud, Duration::from_secs(3600), true, false, &|_| {})
+        .await
+        .unwrap();
     assert_eq!((rep.servers.len(), rep.drives.len()), (1, 1));
     let snap = f.emu.snapshot();
     assert!(snap.servers.is_empty());
     assert_eq!(snap.drives.len(), 1);
-    assert_eq!(snap.drives[0].meta.get("imgbuild.state").map(String::as_str), Some("image"));
+    assert_eq!(
+        snap.drives[0]
+            .meta
+            .get("imgbuild.state")
+            .map(String::as_str),
+        Some("image")
+    );
     f.emu.shutdown().await;
 }
 
@@ -319,15 +486,33 @@ async fn bursts_of_503_and_429_are_ridden_out() {
     let f = fixture().await;
     // 503 bursts on the polled GETs and the final PUT
     for p in ["/api/2.0/drives/{uuid}/", "/api/2.0/servers/{uuid}/"] {
-        f.emu.add_once_rule(OnceRule { method: Some("GET".into()), path: p.into(), status: 503, count: 3 });
+        f.emu.add_once_rule(OnceRule {
+            method: Some("GET".into()),
+            path: p.into(),
+            status: 503,
+            count: 3,
+        });
     }
-    f.emu.add_once_rule(OnceRule { method: Some("PUT".into()), path: "/api/2.0/drives/{uuid}/".into(), status: 502, count: 2 });
-    f.build(&[], Options::default()).await.expect("503 bursts are retried");
+    f.emu.add_once_rule(OnceRule {
+        method: Some("PUT".into()),
+        path: "/api/2.0/drives/{uuid}/".into(),
+        status: 502,
+        count: 2,
+    });
+    f.build(&[], Options::default())
+        .await
+        .expect("503 bursts are retried");
     assert_eq!(f.counts().0, 0);
 
     // rate limiting: 429 + Retry-After, even on POSTs (refused before running, so safe to repeat)
-    f.emu.set_faults(FaultConfig { rate_limit_per_sec: 8, ..Default::default() });
-    let m = f.build(&[("kubernetes_version", "1.34.0")], Options::default()).await.expect("429s are retried");
+    f.emu.set_faults(FaultConfig {
+        rate_limit_per_sec: 8,
+        ..Default::default()
+    });
+    let m = f
+        .build(&[("kubernetes_version", "1.34.0")], Options::default())
+        .await
+        .expect("429s are retried");
     assert!(!m.cached);
     assert_eq!(f.counts().0, 0);
     assert_eq!(f.counts().1, 2);
@@ -398,7 +583,11 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     .await
     .unwrap_or(false);
     assert!(found, "provisioning never started: {log:#?}");
-    assert_eq!(f.counts().0, 1, "the builder server exists while provisioning");
+    assert_eq!(
+        f.counts().0,
+        1,
+        "the builder server exists while provisioning"
+    );
     // SAFETY: sending a signal to our own child process by pid.
     let pid = child.id().expect("running") as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
@@ -408,13 +597,22 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     let status = child.wait().await.unwrap();
     assert_eq!(status.code(), Some(130), "{log:#?}");
     let text = log.join("\n");
-    assert!(text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"), "{text}");
+    assert!(
+        text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"),
+        "{text}"
+    );
     assert_eq!(f.counts(), (0, 0, 0), "leftovers after SIGINT:\n{text}");
 
     // a normal run prints a JSON manifest on stdout (progress stays on stderr)
     let out = cmd("0").arg("--output").arg("json").output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON manifest");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is the JSON manifest");
     let snap = f.emu.snapshot();
     assert_eq!(snap.drives.len(), 1);
     assert_eq!(m["image_uuid"], snap.drives[0].uuid.as_str());
@@ -422,7 +620,11 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     assert_eq!(m["vars"]["kubernetes_version"], "1.34.1");
     assert!(m["stats"]["api_calls"].as_u64().unwrap() > 0);
     // secrets never appear in any output
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!all.contains(f.emu.password()));
     f.emu.shutdown().await;
 }

@@ -36,7 +36,10 @@ fn setup(recipe: &str) -> (tempfile::TempDir, PathBuf) {
 
 fn errors(recipe: &str, vars: &[(&str, &str)]) -> Vec<Diag> {
     let (_d, p) = setup(recipe);
-    let v: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let v: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     match Recipe::load(&p, &v) {
         Ok(_) => Vec::new(),
         Err(e) => {
@@ -51,7 +54,8 @@ fn errors(recipe: &str, vars: &[(&str, &str)]) -> Vec<Diag> {
 fn assert_err(recipe: &str, vars: &[(&str, &str)], line: usize, needle: &str) {
     let errs = errors(recipe, vars);
     assert!(
-        errs.iter().any(|d| d.line == Some(line) && d.message.contains(needle)),
+        errs.iter()
+            .any(|d| d.line == Some(line) && d.message.contains(needle)),
         "expected an error at line {line} containing {needle:?}, got {errs:#?}"
     );
 }
@@ -65,9 +69,19 @@ fn good_recipe_validates() {
 #[test]
 fn yaml_and_schema_errors_carry_lines() {
     // unknown key (typo) inside server:
-    assert_err(&GOOD.replace("  mem: 2GiB", "  mem: 2GiB\n  memory: 3"), &[], 9, "memory");
+    assert_err(
+        &GOOD.replace("  mem: 2GiB", "  mem: 2GiB\n  memory: 3"),
+        &[],
+        9,
+        "memory",
+    );
     // broken YAML
-    assert_err(&GOOD.replace("  - reboot: true", "  - reboot: [true"), &[], 16, "");
+    assert_err(
+        &GOOD.replace("  - reboot: true", "  - reboot: [true"),
+        &[],
+        16,
+        "",
+    );
     // bad size unit
     assert_err(&GOOD.replace("10GiB", "10 parsecs"), &[], 5, "size");
 }
@@ -75,11 +89,26 @@ fn yaml_and_schema_errors_carry_lines() {
 #[test]
 fn step_errors_carry_the_step_line() {
     // two kinds in one step
-    assert_err(&GOOD.replace("  - script: a.sh", "  - script: a.sh\n    reboot: true"), &[], 12, "exactly one of");
+    assert_err(
+        &GOOD.replace("  - script: a.sh", "  - script: a.sh\n    reboot: true"),
+        &[],
+        12,
+        "exactly one of",
+    );
     // missing script file
-    assert_err(&GOOD.replace("script: a.sh", "script: ../common/missing.sh"), &[], 12, "cannot be read");
+    assert_err(
+        &GOOD.replace("script: a.sh", "script: ../common/missing.sh"),
+        &[],
+        12,
+        "cannot be read",
+    );
     // upload without dest
-    assert_err(&GOOD.replace("    dest: /usr/local/bin/f\n", ""), &[], 13, "needs `dest`");
+    assert_err(
+        &GOOD.replace("    dest: /usr/local/bin/f\n", ""),
+        &[],
+        13,
+        "needs `dest`",
+    );
     // bad mode
     assert_err(&GOOD.replace("\"0755\"", "\"0955\""), &[], 15, "octal");
     // sha256 mismatch of an upload
@@ -89,11 +118,18 @@ fn step_errors_carry_the_step_line() {
 #[test]
 fn variable_errors() {
     // unknown variable in a template
-    assert_err(&GOOD.replace("{{ k8s }}", "{{ k8s_version }}"), &[], 18, "k8s_version");
+    assert_err(
+        &GOOD.replace("{{ k8s }}", "{{ k8s_version }}"),
+        &[],
+        18,
+        "k8s_version",
+    );
     // unknown --var
     assert_err(GOOD, &[("nope", "1")], 9, "unknown variable");
     // every error is reported, not only the first
-    let many = GOOD.replace("script: a.sh", "script: missing.sh").replace("{{ k8s }}", "{{ zzz }}");
+    let many = GOOD
+        .replace("script: a.sh", "script: missing.sh")
+        .replace("{{ k8s }}", "{{ zzz }}");
     assert!(errors(&many, &[("nope", "1")]).len() >= 3);
 }
 
@@ -101,20 +137,36 @@ fn variable_errors() {
 fn matching_sha256_passes() {
     let (d, _) = setup(GOOD);
     let sha = imgbuild::recipe::sha256_file(&d.path().join("f.bin")).unwrap();
-    let r = GOOD.replace("    mode: \"0755\"", &format!("    mode: \"0755\"\n    sha256: {sha}"));
+    let r = GOOD.replace(
+        "    mode: \"0755\"",
+        &format!("    mode: \"0755\"\n    sha256: {sha}"),
+    );
     assert!(errors(&r, &[]).is_empty());
 }
 
 #[test]
 fn validate_cli_exit_codes_and_output() {
     let (d, p) = setup(&GOOD.replace("script: a.sh", "script: nope.sh"));
-    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild")).arg("validate").arg(&p).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("validate")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:12:", p.display())), "{err}");
     std::fs::write(d.path().join("nope.sh"), "echo\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild")).arg("validate").arg(&p).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("validate")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -136,10 +188,22 @@ fn build_without_any_cloud_configuration_refuses() {
 #[test]
 fn dry_run_needs_no_cloud_and_prints_the_plan() {
     let (_d, p) = setup(GOOD);
-    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild")).arg(&p).arg("--dry-run").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg(&p)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("POST libdrives/<base>/action/?do=clone") && s.contains("[3/3] reboot"), "{s}");
+    assert!(
+        s.contains("POST libdrives/<base>/action/?do=clone") && s.contains("[3/3] reboot"),
+        "{s}"
+    );
 }
 
 fn scripts_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -158,18 +222,31 @@ fn shipped_recipe_scripts_pass_shellcheck() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes");
     let mut scripts = Vec::new();
     scripts_under(&root, &mut scripts);
-    assert!(scripts.len() >= 7, "expected the shipped scripts, found {scripts:?}");
-    let out = match Command::new("shellcheck").arg("--severity=style").args(&scripts).output() {
+    assert!(
+        scripts.len() >= 7,
+        "expected the shipped scripts, found {scripts:?}"
+    );
+    let out = match Command::new("shellcheck")
+        .arg("--severity=style")
+        .args(&scripts)
+        .output()
+    {
         Ok(o) => o,
         Err(e) => {
             if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") {
-                eprintln!("SKIPPED: shellcheck not installed ({e}); install it with scripts/install-deps");
+                eprintln!(
+                    "SKIPPED: shellcheck not installed ({e}); install it with scripts/install-deps"
+                );
                 return;
             }
             panic!("shellcheck is required (scripts/install-deps installs it): {e}");
         }
     };
-    assert!(out.status.success(), "shellcheck findings:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "shellcheck findings:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -180,7 +257,8 @@ fn shipped_recipe_validates_with_its_files() {
     let mut v = BTreeMap::new();
     v.insert("agent_binary".to_string(), agent.display().to_string());
     v.insert("bootstrap_unit".to_string(), agent.display().to_string());
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml");
     let r = Recipe::load(&file, &v).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.vars["kubernetes_version"], "1.34.1");
     assert_eq!(r.vars["containerd_version"], "1.7.28");
