@@ -463,9 +463,11 @@ impl Transport for OpenSsh {
     }
 
     async fn clean(&self, t: &Target) -> Result<(), TransportError> {
-        // The ephemeral key must not stay in the image; after this no further login works.
+        // The ephemeral key must not stay in the image, and every node must get its own SSH host
+        // keys (regenerated at first boot). sshd loads host keys per new connection, so this
+        // must be the build's last login: nothing can connect after it.
         let cmd = format!(
-            "{s}rm -rf /tmp/imgbuild; {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\"; {s}sync",
+            "{s}rm -rf /tmp/imgbuild && {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\" && {s}sh -c 'rm -f /etc/ssh/ssh_host_*' && {s}sync",
             s = sudo(&t.user)
         );
         self.exec_ok(t, &cmd, None, Duration::from_secs(120))

@@ -22,7 +22,7 @@ touch /etc/cloud/cloud-init.disabled
 cat > /etc/systemd/system/imgbuild-ssh-hostkeys.service <<'UNIT'
 [Unit]
 Description=Generate missing SSH host keys (image built by imgbuild)
-Before=ssh.service sshd.service
+Before=ssh.service sshd.service ssh.socket
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]

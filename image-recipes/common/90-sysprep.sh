@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sysprep: make the disk a template. Every node cloned from it must get its own machine-id,
-# SSH host keys and logs. (The build's login key is removed by imgbuild itself afterwards.)
+# SSH host keys and logs. (The login key and the host keys are removed by imgbuild itself
+# at the very end, because every new SSH connection needs the host keys.)
 set -euo pipefail
 
 if command -v cloud-init >/dev/null 2>&1; then
@@ -15,7 +16,8 @@ if [ -d /var/lib/dbus ]; then
   ln -s /etc/machine-id /var/lib/dbus/machine-id
 fi
 
-rm -f /etc/ssh/ssh_host_*
+# SSH host keys are NOT removed here: imgbuild still needs one more SSH login after this step.
+# Its final clean-guest command removes them (with the login key) on that last connection.
 
 if command -v apt-get >/dev/null 2>&1; then
   apt-get clean
