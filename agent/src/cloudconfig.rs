@@ -54,6 +54,8 @@ pub struct CloudConfig {
     pub fqdn: Option<String>,
     pub preserve_hostname: bool,
     pub prefer_fqdn_over_hostname: bool,
+    /// Top-level `ssh_authorized_keys`: installed like meta.ssh_public_key.
+    pub ssh_authorized_keys: Vec<String>,
     /// Top-level keys present in the data that the agent does not implement, in document order.
     pub unsupported: Vec<String>,
     /// Non-fatal remarks (unknown sub-fields...), never containing content.
@@ -109,6 +111,7 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             "prefer_fqdn_over_hostname" => {
                 cfg.prefer_fqdn_over_hostname = boolish(&v).map_err(kerr)?
             }
+            "ssh_authorized_keys" => cfg.ssh_authorized_keys = string_list(&v).map_err(kerr)?,
             _ => cfg.unsupported.push(key),
         }
     }
@@ -121,6 +124,24 @@ fn opt_string(v: &Value) -> Result<Option<String>, String> {
         other => scalar_string(other)
             .map(Some)
             .ok_or_else(|| format!("expected a string, got {}", type_name(other))),
+    }
+}
+
+fn string_list(v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|i| {
+                scalar_string(i)
+                    .ok_or_else(|| format!("expected a list of strings, found {}", type_name(i)))
+            })
+            .collect(),
+        other => Err(format!(
+            "expected a list of strings, got {}",
+            type_name(other)
+        )),
     }
 }
 

@@ -150,6 +150,19 @@ pub fn resolve_owner(root: &Path, spec: &str) -> Result<Owner, String> {
     })
 }
 
+/// (name, uid, gid, home) of the first user with this uid in the root's /etc/passwd.
+pub fn user_by_uid(root: &Path, uid: u32) -> Option<(String, u32, u32, String)> {
+    let text = fs::read_to_string(under(root, "/etc/passwd")).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 6 && f[2].parse::<u32>().ok()? == uid {
+            Some((f[0].to_string(), uid, f[3].parse().ok()?, f[5].to_string()))
+        } else {
+            None
+        }
+    })
+}
+
 /// UTC timestamp (RFC 3339, seconds) without a date crate.
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()

@@ -297,6 +297,7 @@ impl Agent<'_> {
             self.phase("write_files", |a| a.write_files(&now))?;
         }
         self.phase("hostname", |a| a.hostname(&cfg, &hostname))?;
+        self.phase("ssh_keys", |a| a.ssh_keys(&ctx, &cfg))?;
         self.phase("swap", |a| a.swap())?;
         let node_ip_set_by_data = mentions_node_ip(&cfg);
         if node_ip_set_by_data {
@@ -493,6 +494,93 @@ impl Agent<'_> {
             }
         }
         self.log.info(&format!("hostname set to {name}"));
+        Ok(())
+    }
+
+    /// cloud-init's ssh module, reduced to keys: meta.ssh_public_key (one key per line) and the
+    /// data's top-level ssh_authorized_keys are added (never removed) to root's and the image's
+    /// login user's (uid 1000, if any) authorized_keys. The images are built without keys.
+    fn ssh_keys(&mut self, ctx: &ServerContext, cfg: &CloudConfig) -> Step<()> {
+        let mut keys: Vec<String> = ctx
+            .meta
+            .get("ssh_public_key")
+            .map(|k| {
+                k.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.extend(
+            cfg.ssh_authorized_keys
+                .iter()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
+        );
+        if keys.is_empty() {
+            self.log
+                .info("no SSH public keys in the context or the data");
+            return Ok(());
+        }
+        let mut targets = vec![("root".to_string(), 0u32, 0u32, "/root".to_string())];
+        if let Some(u) = fsutil::user_by_uid(&self.o.root, 1000) {
+            targets.push(u);
+        }
+        for (name, uid, gid, home) in targets {
+            let ssh_dir = under(
+                &self.o.root,
+                &format!("{}/.ssh", home.trim_end_matches('/')),
+            );
+            let path = ssh_dir.join("authorized_keys");
+            let old = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let missing: Vec<&String> = keys
+                .iter()
+                .filter(|k| !old.lines().any(|l| l.trim() == k.as_str()))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            if !ssh_dir.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&ssh_dir)
+                    .map_err(|e| format!("{}: {e}", ssh_dir.display()))?;
+                if let Err(e) = std::os::unix::fs::chown(&ssh_dir, Some(uid), Some(gid)) {
+                    if self.real_root {
+                        return Err(format!("chown {}: {e}", ssh_dir.display()));
+                    }
+                }
+            }
+            let mut new = old.clone();
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            for k in &missing {
+                new.push_str(k);
+                new.push('\n');
+            }
+            let owner = Owner {
+                uid: Some(uid),
+                gid: Some(gid),
+            };
+            let outcome = atomic_write(&path, new.as_bytes(), 0o600, owner, WriteMode::Replace)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if outcome == ChownOutcome::NotPermitted && self.real_root {
+                return Err(format!("cannot chown {} to {name}", path.display()));
+            }
+            self.log.info(&format!(
+                "added {} SSH key(s) for {name} ({}/.ssh/authorized_keys)",
+                missing.len(),
+                home
+            ));
+        }
         Ok(())
     }
 

@@ -60,6 +60,18 @@ fn kubeadm_join_worker() {
         "KUBELET_EXTRA_ARGS=--node-ip=10.10.0.5\n"
     );
 
+    // SSH keys from meta.ssh_public_key for root and the login user (uid 1000).
+    assert_eq!(
+        n.read("/root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3 test\n"
+    );
+    assert_eq!(
+        n.read("/home/debian/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3 test\n"
+    );
+    assert_eq!(n.mode("/root/.ssh/authorized_keys"), 0o600);
+    assert_eq!(n.mode("/home/debian/.ssh"), 0o700);
+
     // Success.
     assert!(n.marker());
     assert!(n
@@ -85,6 +97,7 @@ fn kubeadm_join_worker() {
             "bootcmd",
             "write_files",
             "hostname",
+            "ssh_keys",
             "swap",
             "node_ip",
             "write_files_deferred",
@@ -214,6 +227,12 @@ fn kubeadm_init_control_plane() {
         "abcdef.0123456789abcdef",
         "sa-key",
     ]);
+    // Top-level ssh_authorized_keys join meta.ssh_public_key; `users` itself is not implemented.
+    let keys = n.read("/root/.ssh/authorized_keys");
+    assert_eq!(
+        keys,
+        "ssh-ed25519 AAAAC3 test\nssh-ed25519 AAAAC3Nza capi@example\n"
+    );
 }
 
 #[test]

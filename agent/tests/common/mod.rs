@@ -68,8 +68,12 @@ impl Node {
         for d in ["etc", "run", "proc", "var/lib", "tmp"] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
-        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\ndebian:x:1000:1000:Debian:/home/debian:/bin/bash\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\ndebian:x:1000:\n").unwrap();
         fs::write(
             root.join("etc/fstab"),
             "UUID=abcd / ext4 errors=remount-ro 0 1\n/swap.img none swap sw 0 0\n",
