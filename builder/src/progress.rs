@@ -82,7 +82,20 @@ impl Reporter {
         self.emit(&format!("{} == {p}", self.stamp()));
     }
 
+    /// Report how long the current step took (when the next one starts or the steps end).
+    fn close_step(&self) {
+        let prev = self.step.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((n, t, name, at)) = prev {
+            self.emit(&format!(
+                "{} -- step {n}/{t} done in {:.1}s: {name}",
+                self.stamp(),
+                at.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
     pub fn step(&self, n: usize, total: usize, name: &str) {
+        self.close_step();
         *self.step.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((n, total, name.to_string(), Instant::now()));
         if let Some(b) = &self.bar {
@@ -92,7 +105,7 @@ impl Reporter {
     }
 
     pub fn end_steps(&self) {
-        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.close_step();
     }
 
     /// One line of remote output, prefixed with the step so interleaved logs stay readable.

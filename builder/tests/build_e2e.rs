@@ -179,8 +179,12 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
     match &rec[0] {
-        Recorded::WaitReady { user, .. } => {
-            assert_eq!(user, "cloudsigma", "SSH user comes from the library drive")
+        Recorded::WaitReady { user, host } => {
+            assert_eq!(user, "cloudsigma", "SSH user comes from the library drive");
+            assert!(
+                host.parse::<std::net::Ipv4Addr>().is_ok(),
+                "SSH goes to the runtime NAT IP, got {host:?}"
+            );
         }
         other => panic!("first operation should wait for SSH: {other:?}"),
     }
@@ -193,6 +197,11 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         m.stats.api_calls <= 40,
         "API calls per build: {}",
         m.stats.api_calls
+    );
+    let log = b.reporter.captured().join("\n");
+    assert!(
+        log.contains("step 11/11 done in"),
+        "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;
 }

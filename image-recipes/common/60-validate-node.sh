@@ -15,8 +15,9 @@ check() {
   fi
 }
 
-check "module overlay loaded" grep -qw '^overlay' /proc/modules
-check "module br_netfilter loaded" grep -qw '^br_netfilter' /proc/modules
+# /sys/module/X exists for loaded modules and for ones built into the kernel alike
+check "module overlay loaded" test -d /sys/module/overlay
+check "module br_netfilter loaded" test -d /sys/module/br_netfilter
 check "modules configured at boot" grep -qx br_netfilter /etc/modules-load.d/kubernetes.conf
 check "net.ipv4.ip_forward = 1" test "$(sysctl -n net.ipv4.ip_forward)" = 1
 check "bridge-nf-call-iptables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-iptables)" = 1
