@@ -30,9 +30,19 @@ fn bootstrap_from_serial_port() {
         true
     });
     // No --context-file: run the binary directly with --serial.
-    let path = format!("{}:{}", n.stub_dir.display(), std::env::var("PATH").unwrap());
+    let path = format!(
+        "{}:{}",
+        n.stub_dir.display(),
+        std::env::var("PATH").unwrap()
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args(["--serial", tty.to_str().unwrap(), "--timeout", "10", "--net-fixture"])
+        .args([
+            "--serial",
+            tty.to_str().unwrap(),
+            "--timeout",
+            "10",
+            "--net-fixture",
+        ])
         .arg(&n.fixture)
         .arg("--root")
         .arg(&n.root)
@@ -40,10 +50,15 @@ fn bootstrap_from_serial_port() {
         .env("STUB_LOG", &n.stub_log)
         .output()
         .unwrap();
-    assert!(host.join().unwrap(), "the agent sent the whole-context request");
+    assert!(
+        host.join().unwrap(),
+        "the agent sent the whole-context request"
+    );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), n.log());
     assert!(n.marker());
-    assert!(n.read("/run/kubeadm/kubeadm-join-config.yaml").contains(&format!("cloudsigma://{UUID}")));
+    assert!(n
+        .read("/run/kubeadm/kubeadm-join-config.yaml")
+        .contains(&format!("cloudsigma://{UUID}")));
     drop(pty.slave);
 }
 
@@ -54,7 +69,13 @@ fn silent_serial_port_fails_context_step() {
     let tty = nix::unistd::ttyname(&pty.slave).unwrap();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args(["--serial", tty.to_str().unwrap(), "--timeout", "1", "--root"])
+        .args([
+            "--serial",
+            tty.to_str().unwrap(),
+            "--timeout",
+            "1",
+            "--root",
+        ])
         .arg(&n.root)
         .output()
         .unwrap();
@@ -62,6 +83,12 @@ fn silent_serial_port_fails_context_step() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let st = n.status();
     assert_eq!(st["error"]["step"], "context");
-    assert!(st["error"]["message"].as_str().unwrap().contains("no answer"), "{st}");
+    assert!(
+        st["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{st}"
+    );
     drop(pty);
 }
