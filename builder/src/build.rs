@@ -395,7 +395,17 @@ impl Builder {
                     && d.meta.get(META_STATE).map(String::as_str) == Some("image")
             }) {
                 self.reporter.line(&format!("image with this fingerprint exists: {} ({}); nothing to do (use --force to rebuild)", d.name, d.uuid));
-                return Ok(self.manifest_of(recipe, d, &base, &fingerprint, true, started));
+                let mut m = self.manifest_of(recipe, d, &base, &fingerprint, true, started);
+                m.tags = d
+                    .tags
+                    .iter()
+                    .filter_map(|r| {
+                        tags.iter()
+                            .find(|t| t.uuid == r.uuid())
+                            .map(|t| t.name.clone())
+                    })
+                    .collect();
+                return Ok(m);
             }
         }
 

@@ -268,6 +268,12 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .expect("cached build");
     assert!(again.cached);
     assert_eq!(again.image_uuid, first.image_uuid);
+    assert_eq!(again.fingerprint, first.fingerprint);
+    assert!(
+        again.tags.contains(&"k8s-node".to_string()),
+        "{:?}",
+        again.tags
+    );
     assert_eq!(
         f.posts(),
         0,
@@ -575,42 +581,48 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
             .kill_on_drop(true);
         c
     };
-    let mut child = cmd("5000").spawn().expect("spawn imgbuild");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    // wait until provisioning runs (the server exists, the drive exists)
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(l)) = lines.next_line().await {
-            log.push(l.clone());
-            if l.contains("step 1/") {
-                return true;
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut child = cmd("1500").spawn().expect("spawn imgbuild");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = Vec::new();
+        // wait until provisioning runs (the server exists, the drive exists)
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                log.push(l.clone());
+                if l.contains("step 1/") {
+                    return true;
+                }
             }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(found, "provisioning never started: {log:#?}");
+        assert_eq!(
+            f.counts().0,
+            1,
+            "the builder server exists while provisioning"
+        );
+        // SAFETY: sending a signal to our own child process by pid.
+        let pid = child.id().expect("running") as i32;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.push(l);
         }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(found, "provisioning never started: {log:#?}");
-    assert_eq!(
-        f.counts().0,
-        1,
-        "the builder server exists while provisioning"
-    );
-    // SAFETY: sending a signal to our own child process by pid.
-    let pid = child.id().expect("running") as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    while let Ok(Some(l)) = lines.next_line().await {
-        log.push(l);
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(code), "{log:#?}");
+        let text = log.join("\n");
+        assert!(
+            text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"),
+            "{text}"
+        );
+        assert_eq!(
+            f.counts(),
+            (0, 0, 0),
+            "leftovers after signal {sig}:\n{text}"
+        );
     }
-    let status = child.wait().await.unwrap();
-    assert_eq!(status.code(), Some(130), "{log:#?}");
-    let text = log.join("\n");
-    assert!(
-        text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"),
-        "{text}"
-    );
-    assert_eq!(f.counts(), (0, 0, 0), "leftovers after SIGINT:\n{text}");
 
     // a normal run prints a JSON manifest on stdout (progress stays on stderr)
     let out = cmd("0").arg("--output").arg("json").output().await.unwrap();
