@@ -172,7 +172,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         .iter()
         .filter(|r| matches!(r, Recorded::Script { .. }))
         .count();
-    assert_eq!(scripts, 8);
+    assert_eq!(scripts, 9);
     assert!(rec.contains(&Recorded::Sha256 {
         path: "/usr/local/bin/cloudsigma-agent".into()
     }));
@@ -200,7 +200,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     );
     let log = b.reporter.captured().join("\n");
     assert!(
-        log.contains("step 11/11 done in"),
+        log.contains("step 12/12 done in"),
         "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;

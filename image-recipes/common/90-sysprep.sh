@@ -19,6 +19,7 @@ fi
 # SSH host keys are NOT removed here: imgbuild still needs one more SSH login after this step.
 # Its final clean-guest command removes them (with the login key) on that last connection.
 
+rm -f /etc/apt/apt.conf.d/99imgbuild-lock-timeout
 if command -v apt-get >/dev/null 2>&1; then
   apt-get clean
   rm -rf /var/lib/apt/lists/*

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# First step of every build: let the first boot settle before provisioning. SSH answers before
+# cloud-init has finished (it may still be writing keys, users or running apt), and Ubuntu's
+# apt-daily/unattended-upgrades grab the dpkg lock right after boot.
+set -euo pipefail
+
+if command -v cloud-init >/dev/null 2>&1; then
+  # exit code 2 = finished with recoverable errors: still finished, go on
+  rc=0
+  cloud-init status --wait >/dev/null || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then
+    echo "cloud-init status --wait failed ($rc):" >&2
+    cloud-init status --long >&2 || true
+    exit 1
+  fi
+fi
+
+# No background apt runs during the build; apt waits for a held lock instead of failing.
+systemctl stop apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service >/dev/null 2>&1 || true
+if [ -d /etc/apt/apt.conf.d ]; then
+  echo 'DPkg::Lock::Timeout "600";' > /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+fi
+echo "first boot settled"
