@@ -83,6 +83,13 @@ pub fn run(o: &Opts) -> i32 {
             .map(|p| format!("file {}", p.display()))
             .unwrap_or_else(|| format!("serial {}", o.serial.display()))
     ));
+    // A "running" status first: if systemd kills us on timeout, the file says where we were.
+    if let Err(e) = a.status.write(&a.status_path) {
+        a.log.warn(&format!(
+            "cannot write status file {}: {e}",
+            a.status_path.display()
+        ));
+    }
     let code = match a.sequence() {
         Ok(result) => {
             a.status.result = result.into();
