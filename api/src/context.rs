@@ -244,14 +244,7 @@ pub fn query_once(
     };
     let started = Instant::now();
     let deadline = started + timeout;
-    // O_NOCTTY: never let the serial port become our controlling terminal (we may run as a
-    // session leader under systemd). O_NONBLOCK: reads are driven by poll with a deadline.
-    let mut dev: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err("open"))?;
+    let mut dev = open_device(path).map_err(io_err("open"))?;
     set_raw(&dev).map_err(io_err("set raw mode"))?;
     flush_stale(&mut dev).map_err(io_err("flush stale input"))?;
 
@@ -407,10 +400,32 @@ fn sample(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Open the context device. A serial port (the node's /dev/ttyS1, a pty in tests) is opened
+/// `O_NOCTTY` (never become our controlling terminal: we may run as a session leader under
+/// systemd) and `O_NONBLOCK` (reads are driven by poll with a deadline). A unix socket (the
+/// emulator's per-server context socket, which QEMU maps to the guest's ttyS1) is connected, so
+/// the agent can be tested against the emulator without a VM.
+fn open_device(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+    {
+        let s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_nonblocking(true)?;
+        return Ok(File::from(std::os::fd::OwnedFd::from(s)));
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
 fn set_raw(dev: &File) -> io::Result<()> {
     let mut t = match termios::tcgetattr(dev.as_fd()) {
         Ok(t) => t,
-        // Not a tty (a FIFO or socket in some test setups): nothing to configure.
+        // Not a tty (the emulator's unix socket): nothing to configure.
         Err(Errno::ENOTTY) | Err(Errno::EINVAL) => return Ok(()),
         Err(e) => return Err(e.into()),
     };

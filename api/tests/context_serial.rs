@@ -276,3 +276,32 @@ fn leading_eot_from_previous_reply_is_ignored() {
     assert_eq!(ctx.name, "worker-0");
     peer.join().unwrap();
 }
+
+#[test]
+fn unix_socket_like_the_emulator() {
+    let dir = tempfile_dir();
+    let sock = dir.join("ctx.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = [0u8; 4];
+        s.read_exact(&mut req).unwrap();
+        assert_eq!(&req, b"<\n\n>");
+        s.write_all(format!("{CONTEXT}\n\x04").as_bytes()).unwrap();
+    });
+    let ctx = context::read_context_with(&sock, opts(5000)).unwrap();
+    assert_eq!(ctx.name, "worker-0");
+    peer.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "cs-ctx-test-{}-{:?}",
+        std::process::id(),
+        thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
