@@ -952,12 +952,42 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     for (k, v) in &recipe.vars {
         let _ = writeln!(o, "  {k} = {v}");
     }
+    let _ = writeln!(
+        o,
+        "scripts run as root with: {}",
+        recipe
+            .script_env()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let vars_ctx = minijinja::Value::from_serialize(&recipe.vars);
+    let show = |t: &str| crate::recipe::render(t, &vars_ctx).unwrap_or_else(|_| t.to_string());
+    let rel = |p: &std::path::Path| {
+        // lexical, for display: image-recipes/ubuntu-k8s/../common/x.sh → common/x.sh style
+        let mut parts: Vec<String> = Vec::new();
+        for c in p
+            .strip_prefix(recipe.dir.parent().unwrap_or(&recipe.dir))
+            .unwrap_or(p)
+            .components()
+        {
+            match c {
+                std::path::Component::ParentDir => {
+                    parts.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => parts.push(other.as_os_str().to_string_lossy().into_owned()),
+            }
+        }
+        parts.join("/")
+    };
     let _ = writeln!(o, "fingerprint: sha256 over recipe + {} files + vars + base drive uuid (known after resolve-base)", recipe.files.len());
     let b = &r.base;
     let calls = [
-        format!("resolve-base   GET  libdrives/?distribution={}&version={}&limit=0  → pick arch={} image_type={}", b.distribution, b.version, b.arch, b.image_type),
-        "cache-lookup   GET  tags/detail/?limit=0; GET drives/detail/?tag=<imgbuild tag>&limit=0  → stop here if meta imgbuild.fingerprint matches".to_string(),
-        format!("ensure-tags    POST tags/  (only missing of: {TAG}{})", r.output.tags.iter().map(|t| format!(", {t}")).collect::<String>()),
+        format!("resolve-base   GET  libdrives/detail/?distribution={}&version={}  → pick arch={} image_type={}", b.distribution, b.version, b.arch, b.image_type),
+        "cache-lookup   GET  tags/; GET drives/detail/?tag=<imgbuild tag>  → stop here if meta imgbuild.fingerprint matches".to_string(),
+        format!("ensure-tags    POST tags/ for each missing one of: {TAG}{}", r.output.tags.iter().map(|t| format!(", {}", show(t))).collect::<String>()),
         "clone          POST libdrives/<base>/action/?do=clone {name: imgbuild-<id>-build}; GET drives/<uuid>/ until unmounted".to_string(),
         format!("resize         POST drives/<uuid>/action/?do=resize size={} + meta imgbuild.* + tag {TAG}; GET until unmounted", recipe.disk_size),
         format!("create-server  POST servers/ cpu={} mem={} smp={} drive 0:0 virtio boot_order 1, NIC dhcp (NAT), meta ssh_public_key=<ephemeral ed25519>", r.server.cpu, recipe.mem, r.server.smp.unwrap_or(1)),
@@ -971,16 +1001,7 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     let _ = writeln!(o, "  provision      {} steps:", recipe.steps.len());
     for (i, s) in recipe.steps.iter().enumerate() {
         let what = match &s.kind {
-            StepKind::Script { path } => format!(
-                "run {} as root with env {}",
-                path.display(),
-                recipe
-                    .script_env()
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            StepKind::Script { path } => format!("run {}", rel(path)),
             StepKind::Upload {
                 src,
                 dest,
@@ -1002,10 +1023,10 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
         );
     }
     let rest = [
-        "clean-guest    remove /tmp/imgbuild and the login key, sync".to_string(),
+        "clean-guest    last SSH login: remove /tmp/imgbuild, the login key and the SSH host keys, sync".to_string(),
         format!("shutdown       POST servers/<uuid>/action/?do=shutdown; GET until stopped (≤{}s, then POST ?do=stop)", r.timeouts.shutdown),
         "delete-server  DELETE servers/<uuid>/ (no recurse: the drive is kept)".to_string(),
-        format!("finalize       GET drives/<uuid>/; PUT drives/<uuid>/ name={:?} tags + meta (fingerprint, versions, build time)", r.output.name),
+        format!("finalize       GET drives/<uuid>/; PUT drives/<uuid>/ name={:?} tags + meta (fingerprint, versions, build time)", show(&r.output.name)),
     ];
     for c in &rest {
         let _ = writeln!(o, "  {c}");
