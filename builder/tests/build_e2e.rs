@@ -649,3 +649,71 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     assert!(!all.contains(f.emu.password()));
     f.emu.shutdown().await;
 }
+
+/// `imgbuild clean` through the CLI: a build kept with --keep-on-failure (exit 3) is removed by
+/// `clean --all`; `--dry-run` only lists; the finished image of another build survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_cli_removes_kept_leftovers_but_not_images() {
+    let f = fixture().await;
+    f.build(&[], Options::default())
+        .await
+        .expect("an image exists");
+    let mut t = f.transport();
+    t.fail_script = Some("10-kernel.sh".into());
+    let r = f
+        .builder(
+            t,
+            CancellationToken::new(),
+            Options {
+                keep_on_failure: true,
+                force: true,
+                ..Default::default()
+            },
+        )
+        .build(&f.recipe(&[]))
+        .await;
+    assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
+    assert_eq!((f.counts().0, f.counts().1), (1, 2));
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .arg("clean")
+            .arg("--api-url")
+            .arg(f.emu.api_url())
+            .args(extra)
+            .env("CLOUDSIGMA_USERNAME", f.emu.username())
+            .env("CLOUDSIGMA_PASSWORD", f.emu.password())
+            .env("CLOUDSIGMA_CONFIG", "")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| run(&["--all", "--dry-run"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would remove 1 server(s), 1 drive(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (f.counts().0, f.counts().1),
+        (1, 2),
+        "dry run removes nothing"
+    );
+    let out = tokio::task::block_in_place(|| run(&["--all"]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap = f.emu.snapshot();
+    assert!(snap.servers.is_empty());
+    assert_eq!(snap.drives.len(), 1);
+    assert_eq!(
+        snap.drives[0]
+            .meta
+            .get("imgbuild.state")
+            .map(String::as_str),
+        Some("image")
+    );
+    f.emu.shutdown().await;
+}
