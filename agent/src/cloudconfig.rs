@@ -56,6 +56,8 @@ pub struct CloudConfig {
     pub prefer_fqdn_over_hostname: bool,
     /// Top-level `ssh_authorized_keys`: installed like meta.ssh_public_key.
     pub ssh_authorized_keys: Vec<String>,
+    /// `users`: the subset the Cluster API kubeadm provider emits (see [`User`]).
+    pub users: Vec<User>,
     /// Top-level keys present in the data that the agent does not implement, in document order.
     pub unsupported: Vec<String>,
     /// Non-fatal remarks (unknown sub-fields...), never containing content.
@@ -112,10 +114,149 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
                 cfg.prefer_fqdn_over_hostname = boolish(&v).map_err(kerr)?
             }
             "ssh_authorized_keys" => cfg.ssh_authorized_keys = string_list(&v).map_err(kerr)?,
+            "users" => cfg.users = parse_users(&v, &mut cfg.warnings)?,
             _ => cfg.unsupported.push(key),
         }
     }
     Ok(cfg)
+}
+
+/// One `users` entry. Implemented: name, gecos, shell, groups, homedir, primary_group,
+/// lock_passwd, sudo, ssh_authorized_keys. Other fields are listed as warnings (not applied).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct User {
+    pub name: String,
+    pub gecos: Option<String>,
+    pub shell: Option<String>,
+    pub groups: Vec<String>,
+    pub homedir: Option<String>,
+    pub primary_group: Option<String>,
+    pub lock_passwd: bool,
+    pub sudo: Vec<String>,
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+const USER_FIELDS: &[&str] = &[
+    "name",
+    "gecos",
+    "shell",
+    "groups",
+    "homedir",
+    "primary_group",
+    "lock_passwd",
+    "sudo",
+    "ssh_authorized_keys",
+];
+
+fn parse_users(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, ConfigError> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Sequence(s) => s.clone(),
+        // cloud-init also accepts a single string/mapping.
+        other => vec![other.clone()],
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("users[{i}]");
+        let err = |msg: String| ConfigError::Key {
+            key: key.clone(),
+            msg,
+        };
+        let m = match item {
+            Value::String(s) if s == "default" => {
+                warnings.push(format!(
+                    "{key}: 'default' user: images define their own login user; nothing to do"
+                ));
+                continue;
+            }
+            Value::String(s) => {
+                out.push(User {
+                    name: s.clone(),
+                    lock_passwd: true,
+                    ..Default::default()
+                });
+                continue;
+            }
+            Value::Mapping(m) => m,
+            other => {
+                return Err(err(format!(
+                    "expected a mapping or a name, got {}",
+                    type_name(other)
+                )))
+            }
+        };
+        let get = |n: &str| m.get(Value::String(n.into()));
+        let name = get("name")
+            .and_then(scalar_string)
+            .filter(|n| !n.trim().is_empty());
+        let Some(name) = name else {
+            return Err(err("missing 'name'".into()));
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || name.starts_with('-')
+        {
+            return Err(err(format!("invalid user name {name:?}")));
+        }
+        let opt = |n: &str| -> Result<Option<String>, ConfigError> {
+            get(n)
+                .map(opt_string)
+                .transpose()
+                .map(Option::flatten)
+                .map_err(|m| err(format!("{n}: {m}")))
+        };
+        // groups: list or comma-separated string.
+        let groups = match get("groups") {
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(|g| g.trim().to_string())
+                .filter(|g| !g.is_empty())
+                .collect(),
+            Some(v) => string_list(v).map_err(|m| err(format!("groups: {m}")))?,
+            None => Vec::new(),
+        };
+        let sudo = match get("sudo") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Vec::new(),
+            Some(v) => string_list(v).map_err(|m| err(format!("sudo: {m}")))?,
+        };
+        let lock_passwd = match get("lock_passwd") {
+            Some(v) => boolish(v).map_err(|m| err(format!("lock_passwd: {m}")))?,
+            None => true,
+        };
+        let keys = match get("ssh_authorized_keys") {
+            Some(v) => string_list(v).map_err(|m| err(format!("ssh_authorized_keys: {m}")))?,
+            None => Vec::new(),
+        };
+        for (k, _) in m.iter() {
+            let k = scalar_string(k).unwrap_or_default();
+            if !USER_FIELDS.contains(&k.as_str()) {
+                warnings.push(format!(
+                    "{key} ({name}): field '{k}' is not implemented: NOT applied"
+                ));
+            }
+        }
+        for g in groups.iter().chain(opt("primary_group")?.iter()) {
+            if !g
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(format!("invalid group name {g:?}")));
+            }
+        }
+        out.push(User {
+            name,
+            gecos: opt("gecos")?,
+            shell: opt("shell")?,
+            groups,
+            homedir: opt("homedir")?,
+            primary_group: opt("primary_group")?,
+            lock_passwd,
+            sudo,
+            ssh_authorized_keys: keys,
+        });
+    }
+    Ok(out)
 }
 
 fn opt_string(v: &Value) -> Result<Option<String>, String> {
@@ -388,7 +529,7 @@ mod tests {
             cfg.write_files[1].unknown_encoding.as_deref(),
             Some("weird")
         );
-        assert_eq!(cfg.unsupported, vec!["users", "ntp"]);
+        assert_eq!(cfg.unsupported, vec!["ntp"]);
         assert_eq!(cfg.warnings.len(), 1);
     }
 

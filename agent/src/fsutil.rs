@@ -152,10 +152,28 @@ pub fn resolve_owner(root: &Path, spec: &str) -> Result<Owner, String> {
 
 /// (name, uid, gid, home) of the first user with this uid in the root's /etc/passwd.
 pub fn user_by_uid(root: &Path, uid: u32) -> Option<(String, u32, u32, String)> {
+    find_user(root, |_, u| u == uid)
+}
+
+/// (name, uid, gid, home) of the user with this name in the root's /etc/passwd.
+pub fn user_by_name(root: &Path, name: &str) -> Option<(String, u32, u32, String)> {
+    find_user(root, |n, _| n == name)
+}
+
+/// Whether a group of that name exists in the root's /etc/group.
+pub fn group_exists(root: &Path, name: &str) -> bool {
+    lookup(&under(root, "/etc/group"), name)
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+fn find_user(root: &Path, want: impl Fn(&str, u32) -> bool) -> Option<(String, u32, u32, String)> {
     let text = fs::read_to_string(under(root, "/etc/passwd")).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        if f.len() >= 6 && f[2].parse::<u32>().ok()? == uid {
+        let uid = f.get(2)?.parse::<u32>().ok()?;
+        if f.len() >= 6 && want(f[0], uid) {
             Some((f[0].to_string(), uid, f[3].parse().ok()?, f[5].to_string()))
         } else {
             None

@@ -304,6 +304,11 @@ impl Agent<'_> {
             self.phase("write_files", |a| a.write_files(&now))?;
         }
         self.phase("hostname", |a| a.hostname(&cfg, &hostname))?;
+        if cfg.users.is_empty() {
+            self.skip("users", "no users");
+        } else {
+            self.phase("users", |a| a.users(&cfg))?;
+        }
         self.phase("ssh_keys", |a| a.ssh_keys(&ctx, &cfg))?;
         self.phase("swap", |a| a.swap())?;
         let node_ip_set_by_data = mentions_node_ip(&cfg);
@@ -535,58 +540,164 @@ impl Agent<'_> {
             targets.push(u);
         }
         for (name, uid, gid, home) in targets {
-            let ssh_dir = under(
-                &self.o.root,
-                &format!("{}/.ssh", home.trim_end_matches('/')),
-            );
-            let path = ssh_dir.join("authorized_keys");
-            let old = match fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            };
-            let missing: Vec<&String> = keys
-                .iter()
-                .filter(|k| !old.lines().any(|l| l.trim() == k.as_str()))
-                .collect();
-            if missing.is_empty() {
-                continue;
+            self.add_keys(&name, uid, gid, &home, &keys)?;
+        }
+        Ok(())
+    }
+
+    /// Add the keys missing from a user's authorized_keys (atomic, 0600, owned by the user).
+    fn add_keys(
+        &mut self,
+        name: &str,
+        uid: u32,
+        gid: u32,
+        home: &str,
+        keys: &[String],
+    ) -> Step<()> {
+        let ssh_dir = under(
+            &self.o.root,
+            &format!("{}/.ssh", home.trim_end_matches('/')),
+        );
+        let path = ssh_dir.join("authorized_keys");
+        let old = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !old.lines().any(|l| l.trim() == k.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !ssh_dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&ssh_dir)
+                .map_err(|e| format!("{}: {e}", ssh_dir.display()))?;
+            if let Err(e) = std::os::unix::fs::chown(&ssh_dir, Some(uid), Some(gid)) {
+                if self.real_root {
+                    return Err(format!("chown {}: {e}", ssh_dir.display()));
+                }
             }
-            if !ssh_dir.exists() {
-                use std::os::unix::fs::DirBuilderExt;
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&ssh_dir)
-                    .map_err(|e| format!("{}: {e}", ssh_dir.display()))?;
-                if let Err(e) = std::os::unix::fs::chown(&ssh_dir, Some(uid), Some(gid)) {
+        }
+        let mut new = old.clone();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        for k in &missing {
+            new.push_str(k);
+            new.push('\n');
+        }
+        let owner = Owner {
+            uid: Some(uid),
+            gid: Some(gid),
+        };
+        let outcome = atomic_write(&path, new.as_bytes(), 0o600, owner, WriteMode::Replace)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if outcome == ChownOutcome::NotPermitted && self.real_root {
+            return Err(format!("cannot chown {} to {name}", path.display()));
+        }
+        self.log.info(&format!(
+            "added {} SSH key(s) for {name} ({home}/.ssh/authorized_keys)",
+            missing.len()
+        ));
+        Ok(())
+    }
+
+    /// The `users` subset the kubeadm provider emits. Accounts are created with useradd/groupadd
+    /// only when --root is /; under a test root only existing users get keys and sudo rules.
+    fn users(&mut self, cfg: &CloudConfig) -> Step<()> {
+        let mut sudoers = String::new();
+        for u in &cfg.users {
+            let exists = fsutil::user_by_name(&self.o.root, &u.name).is_some();
+            let mut groups: Vec<&String> = u.groups.iter().collect();
+            groups.extend(u.primary_group.iter());
+            for g in groups {
+                if !fsutil::group_exists(&self.o.root, g) {
                     if self.real_root {
-                        return Err(format!("chown {}: {e}", ssh_dir.display()));
+                        run_tool("groupadd", &[g.as_str()])?;
+                    } else {
+                        self.warn(format!("group {g} missing under the test root; groupadd runs only when --root is /"));
                     }
                 }
             }
-            let mut new = old.clone();
-            if !new.is_empty() && !new.ends_with('\n') {
-                new.push('\n');
+            if !exists {
+                if !self.real_root {
+                    self.warn(format!(
+                        "user {} does not exist under the test root; useradd runs only when --root is /",
+                        u.name
+                    ));
+                    continue;
+                }
+                let mut args: Vec<String> = vec!["-m".into()];
+                for (flag, v) in [
+                    ("-c", &u.gecos),
+                    ("-s", &u.shell),
+                    ("-d", &u.homedir),
+                    ("-g", &u.primary_group),
+                ] {
+                    if let Some(v) = v {
+                        args.push(flag.into());
+                        args.push(v.clone());
+                    }
+                }
+                if !u.groups.is_empty() {
+                    args.push("-G".into());
+                    args.push(u.groups.join(","));
+                }
+                args.push(u.name.clone());
+                run_tool(
+                    "useradd",
+                    &args.iter().map(String::as_str).collect::<Vec<_>>(),
+                )?;
+                self.log.info(&format!("created user {}", u.name));
+            } else if !u.groups.is_empty() && self.real_root {
+                run_tool("usermod", &["-a", "-G", &u.groups.join(","), &u.name])?;
             }
-            for k in &missing {
-                new.push_str(k);
-                new.push('\n');
+            if u.lock_passwd && self.real_root {
+                run_tool("passwd", &["-l", &u.name])?;
             }
-            let owner = Owner {
-                uid: Some(uid),
-                gid: Some(gid),
-            };
-            let outcome = atomic_write(&path, new.as_bytes(), 0o600, owner, WriteMode::Replace)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if outcome == ChownOutcome::NotPermitted && self.real_root {
-                return Err(format!("cannot chown {} to {name}", path.display()));
+            for rule in &u.sudo {
+                // One rule per line; a newline inside a rule would inject another rule.
+                if rule.contains('\n') {
+                    return Err(format!(
+                        "users: sudo rule for {} contains a newline",
+                        u.name
+                    ));
+                }
+                sudoers.push_str(&format!("{} {rule}\n", u.name));
             }
-            self.log.info(&format!(
-                "added {} SSH key(s) for {name} ({}/.ssh/authorized_keys)",
-                missing.len(),
-                home
-            ));
+            if !u.ssh_authorized_keys.is_empty() {
+                let Some((name, uid, gid, home)) = fsutil::user_by_name(&self.o.root, &u.name)
+                else {
+                    return Err(format!(
+                        "user {} not found in /etc/passwd after creation",
+                        u.name
+                    ));
+                };
+                self.add_keys(&name, uid, gid, &home, &u.ssh_authorized_keys)?;
+            }
+        }
+        if !sudoers.is_empty() {
+            let path = under(&self.o.root, "/etc/sudoers.d/90-cloudsigma-agent-users");
+            let body =
+                format!("# Written by cloudsigma-agent from the bootstrap data's users\n{sudoers}");
+            atomic_write(
+                &path,
+                body.as_bytes(),
+                0o440,
+                Owner {
+                    uid: Some(0),
+                    gid: Some(0),
+                },
+                WriteMode::Replace,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            self.log.info(&format!("sudo rules in {}", path.display()));
         }
         Ok(())
     }
@@ -783,6 +894,19 @@ impl Agent<'_> {
             }
             None => eprintln!("{summary}"),
         }
+    }
+}
+
+/// Run a system tool (useradd, groupadd...) and fail the step on a non-zero exit.
+fn run_tool(tool: &str, args: &[&str]) -> Step<()> {
+    let st = Command::new(tool)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{tool} {} exited with {st}", args.join(" ")))
     }
 }
 

@@ -97,6 +97,7 @@ fn kubeadm_join_worker() {
             "bootcmd",
             "write_files",
             "hostname",
+            "users",
             "ssh_keys",
             "swap",
             "node_ip",
@@ -204,14 +205,14 @@ fn kubeadm_init_control_plane() {
     );
     let st = n.status();
     assert_eq!(st["result"], "success");
-    assert_eq!(st["unsupported"], serde_json::json!(["ntp", "users"]));
+    assert_eq!(st["unsupported"], serde_json::json!(["ntp"]));
     let log = n.log();
     assert!(
         log.contains("cloud-config key 'ntp' is not implemented"),
         "{log}"
     );
     assert!(
-        log.contains("cloud-config key 'users' is not implemented"),
+        log.contains("user capi does not exist under the test root"),
         "{log}"
     );
     // Deferred files are written after the others, just before runcmd.
@@ -290,4 +291,34 @@ fn plain_cloud_config_without_base64_and_shell_script() {
     assert_eq!(out.status.code(), Some(0), "{}", n.log());
     assert_eq!(n.stub_calls(), vec!["kubeadm reset -f"]);
     assert_eq!(n.status()["user_data_kind"], "script");
+}
+
+#[test]
+fn users_sudo_and_keys_for_existing_user() {
+    let n = Node::new(
+        b"#cloud-config\nusers:\n  - name: debian\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    passwd: $6$hash\n    ssh_authorized_keys:\n      - ssh-ed25519 AAAAuser debian@x\n  - default\n",
+    );
+    let out = n.run(&[]);
+    // No runcmd and thus no marker: the data does not bootstrap anything.
+    assert_eq!(out.status.code(), Some(1), "{}", n.log());
+    assert_eq!(n.status()["error"]["step"], "marker");
+    assert_eq!(
+        n.read("/etc/sudoers.d/90-cloudsigma-agent-users"),
+        "# Written by cloudsigma-agent from the bootstrap data's users\ndebian ALL=(ALL) NOPASSWD:ALL\n"
+    );
+    assert_eq!(n.mode("/etc/sudoers.d/90-cloudsigma-agent-users"), 0o440);
+    let keys = n.read("/home/debian/.ssh/authorized_keys");
+    assert!(
+        keys.contains("ssh-ed25519 AAAAuser debian@x\n")
+            && keys.contains("ssh-ed25519 AAAAC3 test\n"),
+        "{keys}"
+    );
+    let st = n.status();
+    let warnings = st["warnings"].to_string();
+    assert!(
+        warnings.contains("field 'passwd' is not implemented"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("$6$hash"), "no secret in warnings");
+    n.assert_no_secrets(&["$6$hash"]);
 }
