@@ -22,6 +22,8 @@ pub mod persist;
 pub mod pty;
 pub mod seed;
 pub mod state;
+/// The QEMU backend (`--backend qemu`): real VMs, qcow2 drives. Owned by the vm-e2e work.
+pub mod vm;
 
 pub use backend::{
     Backend, BackendError, BackendEvents, ShutdownMode, StartDrive, StartNic, StartSpec,

@@ -69,6 +69,26 @@ struct Args {
     /// Account-wide global_context entries, KEY=VALUE (repeatable).
     #[arg(long = "global-context", value_name = "KEY=VALUE")]
     global_context: Vec<String>,
+    /// What runs the servers: `state` (API state only, default) or `qemu` (real VMs, qcow2 drives;
+    /// see docs/e2e.md).
+    #[arg(long, value_enum, default_value = "state")]
+    backend: BackendArg,
+    /// QEMU backend: directory for drive images, console logs and QMP sockets.
+    #[arg(long, default_value = "cloudsim-vm")]
+    vm_data_dir: PathBuf,
+    /// QEMU backend: a library image directory from tests/vm-image/build.sh to register as the
+    /// library drive "Debian 12 (local test image)".
+    #[arg(long)]
+    vm_image: Option<PathBuf>,
+    /// QEMU backend: guest memory cap in MiB.
+    #[arg(long, default_value_t = 2048)]
+    vm_max_mem: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum BackendArg {
+    State,
+    Qemu,
 }
 
 #[tokio::main]
@@ -109,6 +129,20 @@ async fn main() -> anyhow::Result<()> {
         *slot = serde_json::json!(ms);
         timings = serde_json::from_value(j)?;
     }
+    let mut backend: Option<std::sync::Arc<dyn cloudsim::Backend>> = None;
+    let mut extra_libdrives = Vec::new();
+    if a.backend == BackendArg::Qemu {
+        let mut qc = cloudsim::vm::QemuConfig::new(&a.vm_data_dir);
+        qc.max_mem_mib = a.vm_max_mem;
+        let b = cloudsim::vm::QemuBackend::new(qc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        backend = Some(std::sync::Arc::new(b));
+        if let Some(dir) = &a.vm_image {
+            extra_libdrives
+                .push(cloudsim::vm::local_library_drive(dir).map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+    } else if a.vm_image.is_some() {
+        anyhow::bail!("--vm-image needs --backend qemu");
+    }
     let cfg = EmulatorConfig {
         listen: a.listen,
         username: a.user,
@@ -126,6 +160,8 @@ async fn main() -> anyhow::Result<()> {
             error_status: a.error_status,
             rate_limit_per_sec: a.rate_limit,
         },
+        backend,
+        extra_libdrives,
         ..Default::default()
     };
     let emu = Emulator::start(cfg).await?;
