@@ -1,0 +1,237 @@
+//! One `servers/detail` listing per sync period, shared by every Node.
+//!
+//! Upstream cloud-node controllers call the cloud once per Node per period; with 1,000 Nodes that is
+//! 1,000 calls. Here every reconcile reads a shared snapshot; the snapshot is refreshed when it is
+//! older than the sync period, or on demand when a Node names an unknown server — but never more
+//! often than `min_interval`, and after failures (429, 5xx, timeouts) with exponential backoff.
+//! Concurrent callers wait on one refresh instead of each listing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use cloudsigma_api::client::Client;
+use cloudsigma_api::models::Server;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub by_uuid: HashMap<String, Arc<Server>>,
+    /// Several servers may share a name: a name lookup with more than one match is ambiguous.
+    pub by_name: HashMap<String, Vec<Arc<Server>>>,
+    /// When the listing completed; `None` = never listed successfully.
+    pub fetched_at: Option<Instant>,
+}
+
+impl Snapshot {
+    fn from_list(list: Vec<Server>) -> Snapshot {
+        let mut s = Snapshot {
+            fetched_at: Some(Instant::now()),
+            ..Default::default()
+        };
+        for srv in list {
+            let srv = Arc::new(srv);
+            s.by_name
+                .entry(srv.name.clone())
+                .or_default()
+                .push(srv.clone());
+            s.by_uuid.insert(srv.uuid.to_ascii_lowercase(), srv);
+        }
+        s
+    }
+    pub fn age(&self) -> Option<Duration> {
+        self.fetched_at.map(|t| t.elapsed())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("CloudSigma servers listing failed: {0}")]
+    List(String),
+    #[error("CloudSigma servers listing backed off after failures ({failures} in a row); next try in {retry_in:?}")]
+    BackingOff { failures: u32, retry_in: Duration },
+}
+
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+pub struct ServerCache {
+    client: Client,
+    metrics: Arc<Metrics>,
+    sync_period: Duration,
+    min_interval: Duration,
+    snap: RwLock<Arc<Snapshot>>,
+    refresh: Mutex<RefreshState>,
+}
+
+/// Outcome of a lookup by uuid.
+pub enum Lookup {
+    Found(Arc<Server>),
+    /// Absent from a complete listing younger than `min_interval` or refreshed for this lookup.
+    NotListed,
+}
+
+impl ServerCache {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        sync_period: Duration,
+        min_interval: Duration,
+    ) -> Self {
+        ServerCache {
+            client,
+            metrics,
+            sync_period,
+            min_interval: min_interval.min(sync_period),
+            snap: RwLock::new(Arc::new(Snapshot::default())),
+            refresh: Mutex::new(RefreshState {
+                last_attempt: None,
+                failures: 0,
+                not_before: None,
+            }),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        // A poisoned lock only means a panic elsewhere; the snapshot itself is immutable.
+        match self.snap.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// A snapshot no older than the sync period (refreshing if needed).
+    pub async fn fresh(&self) -> Result<Arc<Snapshot>, CacheError> {
+        let s = self.current();
+        match s.age() {
+            Some(a) if a < self.sync_period => Ok(s),
+            _ => self.refresh_if_not_newer(s.fetched_at, false).await,
+        }
+    }
+
+    /// Refreshes unless someone else already refreshed after `seen`. With `rate_limited`, a
+    /// listing younger than `min_interval` is returned as is (on-demand refreshes for unknown uuids
+    /// must not turn into one listing per Node).
+    async fn refresh_if_not_newer(
+        &self,
+        seen: Option<Instant>,
+        rate_limited: bool,
+    ) -> Result<Arc<Snapshot>, CacheError> {
+        let mut st = self.refresh.lock().await;
+        let cur = self.current();
+        if cur.fetched_at.is_some() && cur.fetched_at != seen {
+            return Ok(cur); // refreshed while we waited for the lock
+        }
+        let now = Instant::now();
+        if let Some(nb) = st.not_before {
+            if now < nb {
+                return Err(CacheError::BackingOff {
+                    failures: st.failures,
+                    retry_in: nb - now,
+                });
+            }
+        }
+        if rate_limited {
+            if let Some(last) = st.last_attempt {
+                if now.duration_since(last) < self.min_interval && cur.fetched_at.is_some() {
+                    return Ok(cur);
+                }
+            }
+        }
+        st.last_attempt = Some(now);
+        let t0 = Instant::now();
+        let res = self.client.list_servers().await;
+        self.metrics
+            .api_call("list_servers", res.is_ok(), t0.elapsed());
+        match res {
+            Ok(list) => {
+                st.failures = 0;
+                st.not_before = None;
+                self.metrics.cached_servers.set(list.len() as i64);
+                let snap = Arc::new(Snapshot::from_list(list));
+                match self.snap.write() {
+                    Ok(mut g) => *g = snap.clone(),
+                    Err(p) => *p.into_inner() = snap.clone(),
+                }
+                self.metrics.set_ready(true);
+                tracing::debug!(
+                    servers = snap.by_uuid.len(),
+                    took_ms = t0.elapsed().as_millis() as u64,
+                    "servers listed"
+                );
+                Ok(snap)
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                // 1 s, 2 s, 4 s … capped at the sync period; a Retry-After (429) wins when longer.
+                let mut wait = Duration::from_secs(1u64 << st.failures.min(6).saturating_sub(1));
+                wait = wait.min(self.sync_period.max(Duration::from_secs(1)));
+                if let Some(ra) = e.retry_after() {
+                    wait = wait.max(ra);
+                }
+                st.not_before = Some(Instant::now() + wait);
+                tracing::warn!(error = %e, failures = st.failures, backoff_ms = wait.as_millis() as u64, "CloudSigma servers listing failed");
+                Err(CacheError::List(e.to_string()))
+            }
+        }
+    }
+
+    /// Looks a server up by uuid; an unknown uuid triggers one rate-limited refresh.
+    pub async fn by_uuid(&self, uuid: &str) -> Result<Lookup, CacheError> {
+        let snap = self.fresh().await?;
+        if let Some(s) = snap.by_uuid.get(uuid) {
+            return Ok(Lookup::Found(s.clone()));
+        }
+        let snap = self.refresh_if_not_newer(snap.fetched_at, true).await?;
+        Ok(match snap.by_uuid.get(uuid) {
+            Some(s) => Lookup::Found(s.clone()),
+            None => Lookup::NotListed,
+        })
+    }
+
+    /// Looks a server up by name (Nodes without providerID). More than one match is an error.
+    pub async fn by_name(&self, name: &str) -> Result<Option<Arc<Server>>, String> {
+        let mut snap = self.fresh().await.map_err(|e| e.to_string())?;
+        if !snap.by_name.contains_key(name) {
+            snap = self
+                .refresh_if_not_newer(snap.fetched_at, true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        match snap.by_name.get(name).map(Vec::as_slice) {
+            None | Some([]) => Ok(None),
+            Some([one]) => Ok(Some(one.clone())),
+            Some(many) => Err(format!(
+                "{} CloudSigma servers are named {name:?} ({}); set the Node's providerID (kubelet --provider-id=cloudsigma://<uuid>) or rename the servers",
+                many.len(),
+                many.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// Is the server definitively gone? Only a direct GET answering 404 says yes; anything else
+    /// (found, any error, timeout) is "not certain". Called only after a complete listing lacked it.
+    pub async fn confirm_gone(&self, uuid: &str) -> Result<bool, String> {
+        let t0 = Instant::now();
+        let res = self.client.get_server(uuid).await;
+        let ok = match &res {
+            Ok(_) => true,
+            Err(e) => e.is_not_found(),
+        };
+        self.metrics.api_call("get_server", ok, t0.elapsed());
+        match res {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

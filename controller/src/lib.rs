@@ -1,0 +1,329 @@
+//! CloudSigma cloud controller: initializes Nodes registered with `--cloud-provider=external` from
+//! the CloudSigma API and keeps them in step with their servers. See docs/controller.md.
+
+pub mod cache;
+pub mod leader;
+pub mod metrics;
+pub mod node;
+pub mod reconcile;
+pub mod testkit;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::{controller, watcher, Controller};
+use tokio::sync::watch;
+
+pub use metrics::Metrics;
+
+/// Command line / environment options of `cloudsigma-controller`.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "cloudsigma-controller",
+    version,
+    about = "CloudSigma cloud controller manager"
+)]
+pub struct Options {
+    /// CloudSigma region (e.g. zrh, fra); also the value of the topology region label.
+    #[arg(long, env = "CLOUDSIGMA_REGION")]
+    pub region: Option<String>,
+    /// Zone label value; defaults to the region (CloudSigma regions have one zone).
+    #[arg(long, env = "CLOUDSIGMA_ZONE")]
+    pub zone: Option<String>,
+    /// API base URL (overrides the region's URL), e.g. http://127.0.0.1:8080/api/2.0/.
+    #[arg(long, env = "CLOUDSIGMA_API_URL")]
+    pub api_url: Option<String>,
+    #[arg(long, env = "CLOUDSIGMA_USERNAME")]
+    pub username: Option<String>,
+    #[arg(long, env = "CLOUDSIGMA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Bearer access token instead of username/password.
+    #[arg(long, env = "CLOUDSIGMA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Files (e.g. a mounted Secret) holding the password / access token; trailing newline ignored.
+    #[arg(long, env = "CLOUDSIGMA_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    #[arg(long, env = "CLOUDSIGMA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "CLOUDSIGMA_USERNAME_FILE")]
+    pub username_file: Option<PathBuf>,
+    /// CloudSigma CLI-style config file (TOML).
+    #[arg(long, env = "CLOUDSIGMA_CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// How old the shared server listing may get: one `servers/detail` listing per period serves all
+    /// Nodes; also the lifecycle and address re-sync period of every Node.
+    #[arg(long, env = "CLOUDSIGMA_SYNC_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+    /// Minimum spacing of on-demand listings (a Node naming a server not in the listing yet).
+    #[arg(long, env = "CLOUDSIGMA_MIN_REFRESH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub min_refresh_interval: Duration,
+    /// Timeout of one CloudSigma API request.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+    /// Parallel Node reconciles.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u16,
+    /// kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    #[arg(long, default_value = "cloudsigma-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the Deployment sets POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// Identity in the Lease; default POD_NAME, else hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:10258")]
+    pub metrics_bind: SocketAddr,
+    /// text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 500ms, 30s, 5m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn read_secret_file(p: &PathBuf) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("reading credentials file {}: {e}", p.display()))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl Options {
+    /// Builds the CloudSigma client: flags/env, then files, then the config file.
+    pub fn cloudsigma_client(&self) -> anyhow::Result<cloudsigma_api::client::Client> {
+        use cloudsigma_api::client::{Client, Config, ConfigOverrides};
+        let mut ov = ConfigOverrides {
+            api_url: self.api_url.clone(),
+            region: self.region.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            config_file: self.config_file.clone(),
+        };
+        if let Some(p) = &self.username_file {
+            ov.username = Some(read_secret_file(p)?);
+        }
+        if let Some(p) = &self.password_file {
+            ov.password = Some(read_secret_file(p)?);
+        }
+        if let Some(p) = &self.token_file {
+            ov.token = Some(read_secret_file(p)?);
+        }
+        let mut cfg = Config::resolve(&ov)
+            .map_err(|e| anyhow::anyhow!("CloudSigma credentials/config: {e}"))?;
+        cfg.timeout = self.api_timeout;
+        Client::new(cfg).map_err(|e| anyhow::anyhow!("CloudSigma client: {e}"))
+    }
+
+    pub fn region_label(&self) -> String {
+        self.region.clone().unwrap_or_default()
+    }
+    pub fn zone_label(&self) -> String {
+        self.zone
+            .clone()
+            .or_else(|| self.region.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs until `shutdown` turns true (or leadership is lost, which is an error: the process should
+/// exit and be restarted as a candidate).
+pub async fn run(
+    opts: Options,
+    kube: kube::Client,
+    cs: cloudsigma_api::client::Client,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let server = tokio::spawn(serve_http(
+        opts.metrics_bind,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let elector = if opts.leader_elect {
+        let identity = opts.identity.clone().unwrap_or_else(default_identity);
+        let e = leader::Elector::new(
+            kube.clone(),
+            leader::LeaseConfig {
+                name: opts.lease_name.clone(),
+                namespace: opts.lease_namespace.clone(),
+                identity,
+                lease_duration: opts.lease_duration,
+                renew_deadline: opts.renew_deadline,
+                retry_period: opts.retry_period,
+            },
+        );
+        // A standby is healthy and ready: it only waits.
+        metrics.set_ready(true);
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = wait_true(&mut shutdown) => { server.abort(); return Ok(()); }
+        }
+        metrics.set_ready(false);
+        metrics.is_leader.set(1);
+        Some(e)
+    } else {
+        None
+    };
+
+    let ctx = Arc::new(reconcile::Ctx {
+        nodes: Api::<Node>::all(kube.clone()),
+        cache: cache::ServerCache::new(
+            cs,
+            metrics.clone(),
+            opts.sync_period,
+            opts.min_refresh_interval,
+        ),
+        metrics: metrics.clone(),
+        region: opts.region_label(),
+        zone: opts.zone_label(),
+        sync_period: opts.sync_period,
+    });
+    // Prime the cache before the first reconciles so that the initial burst of Nodes shares one
+    // listing; a failure here is retried by the reconciles themselves.
+    if let Err(e) = ctx.cache.fresh().await {
+        tracing::warn!(error = %e, "initial CloudSigma listing failed; will retry");
+    }
+
+    let mut sd = shutdown.clone();
+    let ctrl = Controller::new(ctx.nodes.clone(), watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(opts.concurrency))
+        .graceful_shutdown_on(async move { wait_true(&mut sd).await })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                match e {
+                    controller::Error::ReconcilerFailed(..) => {} // logged by error_policy
+                    other => tracing::debug!(error = %other, "controller event"),
+                }
+            }
+        });
+
+    let res = match &elector {
+        Some(e) => tokio::select! {
+            _ = ctrl => Ok(()),
+            _ = e.hold() => Err(anyhow::anyhow!("lost leadership")),
+        },
+        None => {
+            ctrl.await;
+            Ok(())
+        }
+    };
+    metrics.is_leader.set(0);
+    server.abort();
+    res
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    // A dropped sender counts as shutdown.
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "cloudsigma-controller".into());
+    format!("{host}_{}", std::process::id())
+}
+
+async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    use axum::{http::StatusCode, routing::get, Router};
+    let m1 = metrics.clone();
+    let m2 = metrics.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = m2.clone();
+                async move {
+                    if m.ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no complete CloudSigma server listing yet",
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind the metrics/health address; set --metrics-bind");
+            return;
+        }
+    };
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { wait_true(&mut shutdown).await })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! Test/bench harness: a real etcd + kube-apiserver on loopback (binaries built by
+//! tests/kube/build.sh into $CLOUDSIGMA_K8S_CACHE/kube-bin). Not used by the controller itself.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "cloudsigma-test-admin-token";
+
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("CLOUDSIGMA_K8S_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/cloudsigma-k8s"),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Paths of etcd and kube-apiserver, building them with tests/kube/build.sh when missing.
+/// Err = unavailable (the caller fails, or skips when CLOUDSIGMA_K8S_ALLOW_SKIP=1).
+pub fn binaries() -> Result<(PathBuf, PathBuf), String> {
+    let bin = cache_dir().join("kube-bin");
+    let etcd = bin.join("etcd");
+    let api = bin.join("kube-apiserver");
+    if !(etcd.exists() && api.exists()) {
+        let script = repo_root().join("tests/kube/build.sh");
+        eprintln!(
+            "kube binaries missing in {}; running {}",
+            bin.display(),
+            script.display()
+        );
+        let st = Command::new("bash")
+            .arg(&script)
+            .status()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !st.success() {
+            return Err(format!(
+                "{} failed ({st}); see its output",
+                script.display()
+            ));
+        }
+    }
+    if etcd.exists() && api.exists() {
+        Ok((etcd, api))
+    } else {
+        Err(format!(
+            "{} and {} still missing after the build",
+            etcd.display(),
+            api.display()
+        ))
+    }
+}
+
+/// Returns None (after printing why) when the prerequisites are missing and skipping is allowed;
+/// panics with the reason otherwise.
+pub fn binaries_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    match binaries() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") => {
+            eprintln!("SKIP {test}: {e} (CLOUDSIGMA_K8S_ALLOW_SKIP=1)");
+            None
+        }
+        Err(e) => panic!("{test}: kube-apiserver/etcd unavailable: {e}; run tests/kube/build.sh (or set CLOUDSIGMA_K8S_ALLOW_SKIP=1 to skip)"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// A running etcd + kube-apiserver; stopped (apiserver first) and cleaned up on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    apiserver: Child,
+    etcd: Child,
+}
+
+impl Cluster {
+    pub fn start(etcd_bin: &Path, api_bin: &Path) -> Result<Cluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("cs-kube-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let d = dir.path();
+        let (cport, pport, aport) = (free_port(), free_port(), free_port());
+        let log = |name: &str| {
+            std::fs::File::create(d.join(name))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null())
+        };
+        let etcd = Command::new(etcd_bin)
+            .args([
+                "--name=default",
+                &format!("--data-dir={}", d.join("etcd").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{cport}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{cport}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{pport}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{pport}"),
+                &format!("--initial-cluster=default=http://127.0.0.1:{pport}"),
+                "--log-level=warn",
+                "--quota-backend-bytes=1073741824",
+            ])
+            .stdout(log("etcd.log"))
+            .stderr(log("etcd.log"))
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", etcd_bin.display()))?;
+        let mut guard = PartialCluster { etcd: Some(etcd) };
+
+        let key = d.join("sa.key");
+        let pubkey = d.join("sa.pub");
+        run_ok(
+            Command::new("openssl")
+                .args(["genrsa", "-out"])
+                .arg(&key)
+                .arg("2048"),
+        )?;
+        run_ok(
+            Command::new("openssl")
+                .args(["rsa", "-pubout", "-in"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&pubkey),
+        )?;
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
+        )
+        .map_err(|e| format!("writing tokens.csv: {e}"))?;
+        let apiserver = Command::new(api_bin)
+            .args([
+                format!("--etcd-servers=http://127.0.0.1:{cport}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={aport}"),
+                format!("--cert-dir={}", d.join("certs").display()),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", pubkey.display()),
+                format!("--service-account-signing-key-file={}", key.display()),
+                format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                // The 1,000-Node bench writes fast; the default flow-control budget would throttle
+                // the test client, not the controller under test.
+                "--max-requests-inflight=2000".into(),
+                "--max-mutating-requests-inflight=1000".into(),
+            ])
+            .stdout(log("kube-apiserver.log"))
+            .stderr(log("kube-apiserver.log"))
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", api_bin.display()))?;
+        let url = format!("https://127.0.0.1:{aport}");
+        let kubeconfig = d.join("admin.kubeconfig");
+        write_kubeconfig(&kubeconfig, &url, ADMIN_TOKEN)?;
+        let etcd = guard.etcd.take().expect("etcd child");
+        let c = Cluster {
+            dir,
+            url,
+            kubeconfig,
+            apiserver,
+            etcd,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = c.kubectl(&["get", "--raw", "/readyz"]);
+            if matches!(&out, Ok(s) if s.trim() == "ok") {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(c.dir.path().join("kube-apiserver.log"))
+                    .unwrap_or_default();
+                let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+                return Err(format!(
+                    "kube-apiserver not ready after 90 s: {out:?}\nlog tail (reversed):\n{tail}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(c)
+    }
+
+    /// kubectl as the admin; Ok(stdout) on success.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_as(&self.kubeconfig, args, None)
+    }
+
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, String> {
+        use std::io::Write;
+        let mut cmd = Command::new("kubectl");
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("kubectl: {e}"))?;
+        if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
+            let _ = si.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("kubectl: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "kubectl {args:?}: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// A kubeconfig authenticating with `token` (e.g. a ServiceAccount token).
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf, String> {
+        let p = self.dir.path().join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&p, &self.url, token)?;
+        Ok(p)
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig).await
+    }
+}
+
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("reading test kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("test kubeconfig");
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+struct PartialCluster {
+    etcd: Option<Child>,
+}
+impl Drop for PartialCluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // apiserver before etcd, each by the pid we started.
+        stop(&mut self.apiserver);
+        stop(&mut self.etcd);
+    }
+}
+
+fn stop(c: &mut Child) {
+    // SIGTERM for a graceful stop, SIGKILL after 5 s.
+    let _ = Command::new("kill").arg(c.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn run_ok(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn write_kubeconfig(path: &Path, url: &str, token: &str) -> Result<(), String> {
+    let body = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: u\ncurrent-context: test\n"
+    );
+    std::fs::write(path, body).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// A Node as kubelet `--cloud-provider=external` registers it.
+pub fn tainted_node(
+    name: &str,
+    provider_id: Option<&str>,
+    provided_ip: Option<&str>,
+) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": provided_ip.map(|ip| serde_json::json!({"alpha.kubernetes.io/provided-node-ip": ip})).unwrap_or(serde_json::json!({})),
+        },
+        "spec": {
+            "providerID": provider_id,
+            "taints": [{"key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true", "effect": "NoSchedule"}]
+        }
+    }))
+    .expect("node fixture")
+}

@@ -1,0 +1,497 @@
+//! Integration tests against a REAL kube-apiserver + etcd (tests/kube/build.sh) and the CloudSigma
+//! emulator (cloudsim, in-process).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+use cloudsigma_controller::node::{TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
+use cloudsigma_controller::testkit::{self, Cluster};
+use cloudsigma_controller::{run, Metrics, Options};
+use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, Timings};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+async fn emulator() -> EmulatorHandle {
+    Emulator::start(EmulatorConfig {
+        timings: Timings::instant(),
+        ..Default::default()
+    })
+    .await
+    .expect("emulator start")
+}
+
+fn cs_client(emu: &EmulatorHandle) -> Client {
+    let mut cfg = Config::for_url(
+        &emu.api_url(),
+        Auth::Basic {
+            username: emu.username().into(),
+            password: emu.password().into(),
+        },
+    )
+    .expect("emulator url");
+    // Outage tests should not sit in client retries for long.
+    cfg.retry.max_attempts = 2;
+    cfg.retry.base_delay = Duration::from_millis(50);
+    cfg.timeout = Duration::from_secs(3);
+    Client::new(cfg).expect("client")
+}
+
+async fn create_server(cs: &Client, name: &str, start: bool) -> String {
+    let s = cs
+        .create_server(&ServerCreate {
+            name: name.into(),
+            cpu: 2000,
+            mem: 2 << 30,
+            smp: Some(2),
+            vnc_password: "vncpass".into(),
+            nics: vec![Nic::public_dhcp()],
+            ..Default::default()
+        })
+        .await
+        .expect("create server");
+    if start {
+        cs.start_server(&s.uuid).await.expect("start");
+        cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
+            .await
+            .expect("running");
+    }
+    s.uuid
+}
+
+fn opts(api_url: &str, sync: Duration, metrics_port: u16) -> Options {
+    use clap::Parser;
+    let mut o = Options::parse_from(["cloudsigma-controller", "--region=zrh"]);
+    o.api_url = Some(api_url.into());
+    o.sync_period = sync;
+    o.min_refresh_interval = Duration::from_millis(200);
+    o.metrics_bind = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    o.lease_namespace = "kube-system".into();
+    o
+}
+
+async fn wait_for<F: Fn(&Node) -> bool>(api: &Api<Node>, name: &str, what: &str, f: F) -> Node {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(n)) = api.get_opt(name).await {
+            if f(&n) {
+                return n;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {name}: timed out waiting for {what}; node: {}",
+                    serde_json::to_string_pretty(&n).unwrap_or_default()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!("node {name}: timed out waiting for {what}; node missing");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_gone(api: &Api<Node>, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(name).await.ok().flatten().is_some() {
+        assert!(Instant::now() < deadline, "node {name} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn taint_keys(n: &Node) -> Vec<String> {
+    cloudsigma_controller::node::taints(n)
+        .into_iter()
+        .map(|t| t.key)
+        .collect()
+}
+
+fn addrs(n: &Node) -> Vec<(String, String)> {
+    cloudsigma_controller::node::current_addresses(n)
+        .into_iter()
+        .map(|a| (a.type_, a.address))
+        .collect()
+}
+
+fn labels(n: &Node) -> BTreeMap<String, String> {
+    n.metadata.labels.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn initializes_tracks_lifecycle_and_survives_outages() {
+    let Some((etcd, api_bin)) =
+        testkit::binaries_or_skip("initializes_tracks_lifecycle_and_survives_outages")
+    else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let kube = cluster.client().await;
+    let nodes: Api<Node> = Api::all(kube.clone());
+    let emu = emulator().await;
+    let cs = cs_client(&emu);
+
+    let a = create_server(&cs, "node-a", true).await;
+    let b = create_server(&cs, "node-b", true).await;
+    let srv_a = cs.get_server(&a).await.expect("get a");
+    let nat_a = srv_a.nics[0]
+        .runtime_ipv4()
+        .expect("NAT IP of a running server")
+        .to_string();
+
+    // node-a: providerID set by kubelet, provided IP = its public address. node-b: no providerID
+    // (found by name), no provided IP. node-x: unknown name: must stay tainted.
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("node-a", Some(&format!("cloudsigma://{a}")), Some(&nat_a)),
+        )
+        .await
+        .expect("create a");
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("node-b", None, None),
+        )
+        .await
+        .expect("create b");
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("node-x", None, None),
+        )
+        .await
+        .expect("create x");
+
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = watch::channel(false);
+    let port = testkit::free_port();
+    let ctl = tokio::spawn(run(
+        opts(&emu.api_url(), Duration::from_secs(1), port),
+        kube.clone(),
+        cs_client(&emu),
+        metrics.clone(),
+        rx,
+    ));
+
+    let na = wait_for(&nodes, "node-a", "initialization", |n| {
+        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
+    })
+    .await;
+    assert_eq!(
+        na.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        Some(format!("cloudsigma://{a}"))
+    );
+    assert_eq!(
+        addrs(&na),
+        vec![
+            ("InternalIP".into(), nat_a.clone()),
+            ("ExternalIP".into(), nat_a.clone()),
+            ("Hostname".into(), "node-a".into())
+        ]
+    );
+    let l = labels(&na);
+    assert_eq!(
+        l.get("node.kubernetes.io/instance-type")
+            .map(String::as_str),
+        Some("2c-2000mhz-2g")
+    );
+    assert_eq!(
+        l.get("beta.kubernetes.io/instance-type")
+            .map(String::as_str),
+        Some("2c-2000mhz-2g")
+    );
+    assert_eq!(
+        l.get("topology.kubernetes.io/region").map(String::as_str),
+        Some("zrh")
+    );
+    assert_eq!(
+        l.get("topology.kubernetes.io/zone").map(String::as_str),
+        Some("zrh")
+    );
+    assert_eq!(
+        l.get("kubernetes.io/hostname").map(String::as_str),
+        Some("node-a"),
+        "existing labels kept"
+    );
+
+    let nb = wait_for(&nodes, "node-b", "initialization by name", |n| {
+        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
+    })
+    .await;
+    assert_eq!(
+        nb.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        Some(format!("cloudsigma://{b}"))
+    );
+    assert!(
+        addrs(&nb).iter().any(|(t, _)| t == "ExternalIP"),
+        "{:?}",
+        addrs(&nb)
+    );
+
+    // /metrics and /readyz are served.
+    let body = reqwest_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        body.contains("cloudsigma_controller_cloudsigma_api_calls_total"),
+        "{body}"
+    );
+    assert_eq!(
+        reqwest_get(&format!("http://127.0.0.1:{port}/readyz")).await,
+        "ok"
+    );
+
+    // Stopped server → shutdown taint; started again → removed.
+    cs.stop_server(&a).await.expect("stop");
+    cs.wait_server_status(&a, ServerStatus::Stopped, Duration::from_secs(10))
+        .await
+        .expect("stopped");
+    wait_for(&nodes, "node-a", "shutdown taint", |n| {
+        taint_keys(n).contains(&TAINT_SHUTDOWN.to_string())
+    })
+    .await;
+    cs.start_server(&a).await.expect("start again");
+    wait_for(&nodes, "node-a", "shutdown taint removed", |n| {
+        !taint_keys(n).contains(&TAINT_SHUTDOWN.to_string())
+    })
+    .await;
+
+    // An unknown name stays tainted (never guessed).
+    let nx = nodes.get("node-x").await.expect("node-x");
+    assert!(taint_keys(&nx).contains(&TAINT_UNINITIALIZED.to_string()));
+    assert!(nx
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.clone())
+        .is_none());
+
+    // Outage: 100% 500s. Delete server b behind the controller's back first is impossible during
+    // the outage, so: a Node whose server never existed must survive while the API fails…
+    let ghost = "00000000-0000-4000-8000-000000000001";
+    let mut g = testkit::tainted_node("node-ghost", Some(&format!("cloudsigma://{ghost}")), None);
+    g.spec.as_mut().expect("spec").taints = None;
+    emu.set_faults(FaultConfig {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await; // let the cached listing age past the sync period
+    nodes
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("create ghost");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        nodes.get_opt("node-ghost").await.expect("get").is_some(),
+        "deleted during an outage"
+    );
+    assert!(nodes.get_opt("node-b").await.expect("get").is_some());
+    assert!(
+        metrics.deletions_skipped.get() > 0,
+        "outage should be counted as skipped deletions"
+    );
+    let calls_during_outage = metrics.api_calls_total("list_servers");
+    // …and is deleted once the API answers "gone" for certain (proves the check above can fail).
+    emu.set_faults(FaultConfig::default());
+    wait_gone(&nodes, "node-ghost").await;
+    assert!(metrics.api_calls_total("list_servers") > calls_during_outage);
+
+    // Deleted server → Node deleted.
+    cs.stop_server(&b).await.expect("stop b");
+    cs.wait_server_status(&b, ServerStatus::Stopped, Duration::from_secs(10))
+        .await
+        .expect("b stopped");
+    cs.delete_server(&b, None).await.expect("delete b");
+    wait_gone(&nodes, "node-b").await;
+    assert!(
+        nodes.get_opt("node-a").await.expect("get").is_some(),
+        "node-a must stay"
+    );
+
+    // A stopped emulator (connection refused): nothing is deleted.
+    let pid_c = create_server(&cs, "node-c", true).await;
+    let mut c = testkit::tainted_node("node-c", Some(&format!("cloudsigma://{pid_c}")), None);
+    c.spec.as_mut().expect("spec").taints = None;
+    nodes
+        .create(&PostParams::default(), &c)
+        .await
+        .expect("create c");
+    emu.shutdown().await;
+    cs.delete_server(&pid_c, None).await.ok(); // fails: emulator is down; the node must stay anyway
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for n in ["node-a", "node-c", "node-x"] {
+        assert!(
+            nodes.get_opt(n).await.expect("get").is_some(),
+            "{n} deleted while the API was down"
+        );
+    }
+
+    tx.send(true).expect("shutdown");
+    tokio::time::timeout(Duration::from_secs(10), ctl)
+        .await
+        .expect("controller stops")
+        .expect("join")
+        .expect("run ok");
+}
+
+async fn reqwest_get(url: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The real binary, under the kustomize ServiceAccount's RBAC only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_runs_under_kustomize_rbac() {
+    let Some((etcd, api_bin)) = testkit::binaries_or_skip("binary_runs_under_kustomize_rbac")
+    else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let rendered = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(testkit::repo_root().join("controller/config"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&rendered.stdout).to_string();
+    // Everything except the Deployment (no kubelet/scheduler here to run it).
+    let docs: Vec<&str> = rendered
+        .split("\n---\n")
+        .filter(|d| !d.contains("kind: Deployment"))
+        .collect();
+    cluster
+        .kubectl_as(
+            &cluster.kubeconfig,
+            &["apply", "-f", "-"],
+            Some(&docs.join("\n---\n")),
+        )
+        .expect("apply rbac");
+    let token = cluster
+        .kubectl(&[
+            "-n",
+            "cloudsigma-system",
+            "create",
+            "token",
+            "cloudsigma-controller",
+            "--duration=1h",
+        ])
+        .expect("create token");
+    let sa_kc = cluster
+        .kubeconfig_for_token("sa", token.trim())
+        .expect("sa kubeconfig");
+
+    // Least privilege, answered by the real RBAC.
+    let can = |args: &[&str]| {
+        cluster
+            .kubectl_as(&sa_kc, &[&["auth", "can-i"][..], args].concat(), None)
+            .map(|s| s.trim().to_string())
+    };
+    assert_eq!(
+        can(&["list", "secrets", "--all-namespaces"]).unwrap_or_else(|e| e),
+        "no".to_string() + ""
+    );
+    assert!(can(&["get", "secrets", "-n", "cloudsigma-system"]).is_err());
+    assert!(can(&["create", "pods", "-n", "default"]).is_err());
+    assert!(
+        can(&["update", "leases", "-n", "kube-system"]).is_err(),
+        "leases only in its own namespace"
+    );
+    assert_eq!(
+        can(&["update", "leases", "-n", "cloudsigma-system"]).expect("leases"),
+        "yes"
+    );
+    assert_eq!(
+        can(&["patch", "nodes", "--subresource=status"]).expect("nodes/status"),
+        "yes"
+    );
+    assert_eq!(can(&["delete", "nodes"]).expect("delete nodes"), "yes");
+
+    let emu = emulator().await;
+    let cs = cs_client(&emu);
+    let uuid = create_server(&cs, "worker-1", true).await;
+    let admin = cluster.client().await;
+    let nodes: Api<Node> = Api::all(admin);
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("worker-1", None, None),
+        )
+        .await
+        .expect("create node");
+
+    let bin = env!("CARGO_BIN_EXE_cloudsigma-controller");
+    let port = testkit::free_port();
+    let log = std::fs::File::create(cluster.dir.path().join("controller.log")).expect("log");
+    let mut child = tokio::process::Command::new(bin)
+        .arg(format!("--kubeconfig={}", sa_kc.display()))
+        .arg(format!("--api-url={}", emu.api_url()))
+        .arg("--region=fra")
+        .arg("--sync-period=1s")
+        .arg(format!("--metrics-bind=127.0.0.1:{port}"))
+        .arg("--log-format=json")
+        .env("POD_NAMESPACE", "cloudsigma-system")
+        .env("CLOUDSIGMA_USERNAME", emu.username())
+        .env("CLOUDSIGMA_PASSWORD", emu.password())
+        .env_remove("CLOUDSIGMA_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn controller");
+
+    let n = wait_for(&nodes, "worker-1", "initialization by the binary", |n| {
+        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
+    })
+    .await;
+    assert_eq!(
+        n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        Some(format!("cloudsigma://{uuid}"))
+    );
+    assert_eq!(
+        labels(&n)
+            .get("topology.kubernetes.io/region")
+            .map(String::as_str),
+        Some("fra")
+    );
+    // It took the Lease in its namespace.
+    let holder = cluster
+        .kubectl(&[
+            "-n",
+            "cloudsigma-system",
+            "get",
+            "lease",
+            "cloudsigma-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .expect("lease");
+    assert!(!holder.trim().is_empty());
+    let log =
+        std::fs::read_to_string(cluster.dir.path().join("controller.log")).unwrap_or_default();
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "RBAC denied something:\n{log}"
+    );
+    assert!(!log.contains(emu.password()), "password leaked into logs");
+
+    // SIGTERM → clean exit.
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .arg(&pid)
+        .status()
+        .expect("kill");
+    let st = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(st.success(), "exit status {st}");
+    emu.shutdown().await;
+}
