@@ -44,7 +44,7 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn resolve(self) -> Accel {
+    fn resolve(self, qemu: &Path) -> Accel {
         match self {
             Accel::Auto => {
                 let ok = std::fs::OpenOptions::new()
@@ -52,7 +52,7 @@ impl Accel {
                     .write(true)
                     .open("/dev/kvm")
                     .is_ok();
-                if ok {
+                if ok && kvm_boots(qemu) {
                     Accel::Kvm
                 } else {
                     Accel::Tcg
@@ -61,6 +61,26 @@ impl Accel {
             a => a,
         }
     }
+}
+
+/// `/dev/kvm` opening is not enough: under some nested hypervisors QEMU aborts at vCPU setup
+/// ("failed to set MSR 0x10a"). Start a diskless KVM VM for a moment: alive after 1.5 s = usable.
+fn kvm_boots(qemu: &Path) -> bool {
+    let child = std::process::Command::new(qemu)
+        .args([
+            "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults", "-no-user-config",
+            "-display", "none", "-m", "64",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    alive
 }
 
 /// Configuration of the QEMU backend.
@@ -86,7 +106,12 @@ impl QemuConfig {
             data_dir: data_dir.into(),
             qemu_system: "qemu-system-x86_64".into(),
             qemu_img: "qemu-img".into(),
-            accel: Accel::Auto,
+            // CLOUDSIM_VM_ACCEL=kvm|tcg overrides the probe
+            accel: match std::env::var("CLOUDSIM_VM_ACCEL").as_deref() {
+                Ok("kvm") => Accel::Kvm,
+                Ok("tcg") => Accel::Tcg,
+                _ => Accel::Auto,
+            },
             cmdline: "root=/dev/vda rw console=ttyS0,115200 net.ifnames=1 quiet".into(),
             max_mem_mib: 2048,
             ip_prefix: "127.77.0".into(),
@@ -145,7 +170,7 @@ impl QemuBackend {
                 )));
             }
         }
-        let accel = cfg.accel.resolve();
+        let accel = cfg.accel.resolve(&cfg.qemu_system);
         tracing::info!(?accel, dir = %cfg.data_dir.display(), "QEMU backend ready");
         Ok(QemuBackend {
             cfg,
@@ -316,7 +341,8 @@ impl QemuBackend {
                     path.display()
                 ));
                 a.push("-device".into());
-                a.push(format!("virtio-blk-pci,drive=d{i},bootindex={i}"));
+                // bootindex 0 belongs to the linuxboot ROM under direct kernel boot
+                a.push(format!("virtio-blk-pci,drive=d{i},bootindex={}", i + 1));
             }
         }
         for (i, n) in spec.nics.iter().enumerate() {
