@@ -116,11 +116,14 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
 async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
     let addrs = node::desired_addresses(n, server).map_err(Error::Node)?;
-    if addrs != node::current_addresses(n) {
-        patch_addresses(&name, &addrs, ctx).await?;
-    }
+    // The status patch returns the Node with its new resourceVersion: the Update below uses it, so
+    // it does not conflict with our own write.
+    let mut cur = if addrs != node::current_addresses(n) {
+        patch_addresses(&name, &addrs, ctx).await?
+    } else {
+        n.clone()
+    };
     let itype = node::instance_type(server);
-    let mut cur = n.clone();
     // Update with optimistic concurrency; on a conflict (kubelet heartbeat labels, another writer)
     // re-read and re-apply.
     for attempt in 0..5 {
@@ -156,14 +159,14 @@ async fn patch_addresses(
     name: &str,
     addrs: &[k8s_openapi::api::core::v1::NodeAddress],
     ctx: &Ctx,
-) -> Result<(), Error> {
+) -> Result<Node, Error> {
     // A JSON merge patch replaces the whole list: the strategic merge of `addresses` is keyed by
     // type and would keep stale entries.
     let patch = json!({ "status": { "addresses": addrs } });
-    ctx.nodes
+    Ok(ctx
+        .nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+        .await?)
 }
 
 async fn lifecycle_present(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
