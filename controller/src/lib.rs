@@ -215,6 +215,13 @@ pub async fn run(
         region: opts.region_label(),
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
+        recorder: kube::runtime::events::Recorder::new(
+            kube.clone(),
+            kube::runtime::events::Reporter {
+                controller: "cloudsigma-controller".into(),
+                instance: opts.identity.clone(),
+            },
+        ),
     });
     // Prime the cache before the first reconciles so that the initial burst of Nodes shares one
     // listing; a failure here is retried by the reconciles themselves.

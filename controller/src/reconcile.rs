@@ -9,6 +9,8 @@ use cloudsigma_api::models::{Server, ServerStatus};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::Resource;
 use serde_json::json;
 
 use crate::cache::{Lookup, ServerCache};
@@ -22,6 +24,24 @@ pub struct Ctx {
     pub region: String,
     pub zone: String,
     pub sync_period: Duration,
+    /// Events on the Node (`kubectl describe node` shows why it is still tainted).
+    pub recorder: Recorder,
+}
+
+impl Ctx {
+    async fn event(&self, n: &Node, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        // Events are best effort: a failure to record one never fails the reconcile.
+        if let Err(e) = self.recorder.publish(&ev, &n.object_ref(&())).await {
+            tracing::debug!(error = %e, "could not record event");
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +69,16 @@ pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.metrics.reconcile(res.is_ok());
     if let Err(e) = &res {
         ctx.metrics.error(e.kind());
+        if node::has_taint(&n, node::TAINT_UNINITIALIZED) {
+            ctx.event(
+                &n,
+                EventType::Warning,
+                "InitializationFailed",
+                "Initialize",
+                e.to_string(),
+            )
+            .await;
+        }
     }
     res
 }
@@ -140,6 +170,14 @@ async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
         match ctx.nodes.replace(&name, &PostParams::default(), &cur).await {
             Ok(_) => {
                 ctx.metrics.action("initialized");
+                ctx.event(
+                    n,
+                    EventType::Normal,
+                    "Initialized",
+                    "Initialize",
+                    format!("from CloudSigma server {} ({itype})", server.uuid),
+                )
+                .await;
                 tracing::info!(node = %name, server = %server.uuid, instance_type = %itype, "node initialized");
                 return Ok(());
             }
@@ -249,6 +287,14 @@ async fn lifecycle_gone(n: &Node, uuid: &str, ctx: &Ctx) -> Result<Action, Error
                 Err(e) => return Err(e.into()),
             }
             ctx.metrics.action("deleted");
+            ctx.event(
+                n,
+                EventType::Normal,
+                "DeletingNode",
+                "Delete",
+                format!("CloudSigma server {uuid} no longer exists"),
+            )
+            .await;
             tracing::info!(node = %name, server = uuid, "server gone (listing and GET 404): node deleted");
             Ok(Action::await_change())
         }

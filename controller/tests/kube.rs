@@ -264,9 +264,24 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
         .as_ref()
         .and_then(|s| s.provider_id.clone())
         .is_none());
+    // …and says why in an Event.
+    let ev = cluster
+        .kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note}{\"\\n\"}{end}",
+        ])
+        .expect("events");
+    assert!(
+        ev.lines()
+            .any(|l| l.starts_with("node-x InitializationFailed")
+                && l.contains("no CloudSigma server named")),
+        "events:\n{ev}"
+    );
 
-    // Outage: 100% 500s. Delete server b behind the controller's back first is impossible during
-    // the outage, so: a Node whose server never existed must survive while the API fails…
+    // Outage: 100% 500s. A Node whose server never existed must survive while the API fails…
     let ghost = "00000000-0000-4000-8000-000000000001";
     let mut g = testkit::tainted_node("node-ghost", Some(&format!("cloudsigma://{ghost}")), None);
     g.spec.as_mut().expect("spec").taints = None;
@@ -473,6 +488,24 @@ async fn binary_runs_under_kustomize_rbac() {
         ])
         .expect("lease");
     assert!(!holder.trim().is_empty());
+    // The Event was written under the ServiceAccount's RBAC.
+    let ev = cluster
+        .kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.regarding.name} {.reason}{\"\\n\"}{end}",
+        ])
+        .expect("events");
+    assert!(
+        ev.lines().any(|l| l == "worker-1 Initialized"),
+        "events:\n{ev}"
+    );
+    assert_eq!(
+        can(&["create", "events.events.k8s.io", "-n", "default"]),
+        "yes"
+    );
     let log =
         std::fs::read_to_string(cluster.dir.path().join("controller.log")).unwrap_or_default();
     assert!(
