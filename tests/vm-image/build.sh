@@ -50,9 +50,11 @@ ROOT="$WORK/root"
 start=$(date +%s)
 
 # Debootstrap's tarball of downloaded .debs is kept so a script change does not download again.
+# libnss-myhostname: the current hostname always resolves (sudo looks it up on every call; without
+# it each sudo waits for a DNS timeout, as the emulated network has no resolver for it).
 # python3-cffi-backend: provides the virtual python3-cffi-backend-api-* that python3-cryptography
 # (cloud-init -> oauthlib) needs; debootstrap's resolver does not follow virtual packages.
-PKGS="systemd-sysv,udev,dbus,linux-image-cloud-amd64,initramfs-tools,openssh-server,cloud-init,python3-cffi-backend,sudo,ca-certificates,iproute2,procps,less,python3-serial"
+PKGS="systemd-sysv,udev,dbus,linux-image-cloud-amd64,initramfs-tools,openssh-server,cloud-init,python3-cffi-backend,libnss-myhostname,sudo,ca-certificates,iproute2,procps,less,python3-serial"
 DEBS="$CACHE/debs-bookworm-$(echo "$PKGS" | sha256sum | cut -c1-8).tgz"
 if [[ ! -f "$DEBS" ]]; then
   log "downloading packages (~150 MB) from $MIRROR"
@@ -80,7 +82,7 @@ DHCP=ipv4
 NET
 chroot "$ROOT" systemctl enable systemd-networkd.service >&2
 # No systemd-resolved in minbase; a static resolver is enough (QEMU user networking's DNS).
-echo "nameserver 10.0.2.3" > "$ROOT/etc/resolv.conf"
+printf 'nameserver 10.0.2.3\noptions timeout:1 attempts:1\n' > "$ROOT/etc/resolv.conf"
 # "network online" = any interface configured, at most 30 s (the bootstrap unit orders after it).
 mkdir -p "$ROOT/etc/systemd/system/systemd-networkd-wait-online.service.d"
 cat > "$ROOT/etc/systemd/system/systemd-networkd-wait-online.service.d/10-any.conf" <<'UNIT'
@@ -95,6 +97,9 @@ mkdir -p "$ROOT/etc/cloud/cloud.cfg.d"
 cat > "$ROOT/etc/cloud/cloud.cfg.d/90-cloudsigma-local.cfg" <<'CFG'
 datasource_list: [ CloudSigma, None ]
 network: {config: disabled}
+manage_etc_hosts: localhost
+# the locale module fails on minbase (no locales package) and costs seconds under TCG
+locale: false
 CFG
 
 # The default user exists up front (cloud-init would create it too), passwordless sudo, so a key

@@ -402,7 +402,7 @@ async fn whole_loop() {
     assert!(!ci.contains("RAN") && !ci.lines().any(|l| l.trim() == "active"), "cloud-init ran: {ci}");
     // agent time: unit start (journal, monotonic) → kubeadm exec (stub records /proc/uptime)
     let started = ssh
-        .run("journalctl -b -o short-monotonic --no-pager -u cloudsigma-bootstrap.service | grep -m1 'Starting' | sed -E 's/^\\[ *([0-9.]+)\\].*/\\1/'")
+        .run("sudo journalctl -b -o short-monotonic --no-pager -u cloudsigma-bootstrap.service | grep -m1 'Starting' | sed -E 's/^\\[ *([0-9.]+)\\].*/\\1/'")
         .unwrap_or_default();
     let exec_at = stub.lines().find_map(|l| l.split("uptime=").nth(1)).and_then(|v| v.trim().parse::<f64>().ok());
     let agent_ms = match (started.trim().parse::<f64>().ok(), exec_at) {
