@@ -25,14 +25,23 @@ fn missing_prereq() -> Option<String> {
     if unsafe { libc_geteuid() } != 0 {
         return Some("must run as root (debootstrap builds the library image)".into());
     }
-    for tool in ["qemu-system-x86_64", "qemu-img", "debootstrap", "mke2fs", "ssh", "ssh-keygen"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "debootstrap",
+        "mke2fs",
+        "ssh",
+        "ssh-keygen",
+    ] {
         let ok = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
         if !ok {
-            return Some(format!("{tool} not found (scripts/install-deps installs it)"));
+            return Some(format!(
+                "{tool} not found (scripts/install-deps installs it)"
+            ));
         }
     }
     None
@@ -71,12 +80,25 @@ impl Drop for FailureReport {
         }
         if let Some(p) = &self.console {
             let log = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
-            let tail: String = log.chars().rev().take(20_000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("===== VM console log ({}) =====\n{tail}\n===== end console =====", p.display());
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(20_000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "===== VM console log ({}) =====\n{tail}\n===== end console =====",
+                p.display()
+            );
         }
         if let Some(s) = &self.ssh {
             let st = s.run("sudo cat /run/cloudsigma/bootstrap.json; echo; sudo journalctl -b -u cloudsigma-bootstrap --no-pager | tail -50");
-            eprintln!("===== agent status / journal =====\n{}\n=====", st.unwrap_or_else(|e| e));
+            eprintln!(
+                "===== agent status / journal =====\n{}\n=====",
+                st.unwrap_or_else(|e| e)
+            );
         }
     }
 }
@@ -94,9 +116,18 @@ impl Ssh {
             .args(["-F", "/dev/null", "-i"])
             .arg(&self.key)
             .args([
-                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
             ])
             .arg(format!("{}@{}", self.user, self.host))
             .arg(script)
@@ -133,7 +164,10 @@ impl Api {
         if let Some(b) = body {
             rq = rq.json(&b);
         }
-        let rs = rq.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let rs = rq
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = rs.status();
         let text = rs.text().await.unwrap_or_default();
         assert!(status.is_success(), "{method} {url} -> {status}: {text}");
@@ -155,7 +189,11 @@ impl Api {
             if v["status"] == want {
                 return v;
             }
-            assert!(t.elapsed() < timeout, "{p}: status {} after {timeout:?}, wanted {want}", v["status"]);
+            assert!(
+                t.elapsed() < timeout,
+                "{p}: status {} after {timeout:?}, wanted {want}",
+                v["status"]
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -217,7 +255,10 @@ async fn whole_loop() {
 
     // 1. library image (cached by build.sh)
     let p = Instant::now();
-    say(t0, "library image: tests/vm-image/build.sh (cached after the first run)");
+    say(
+        t0,
+        "library image: tests/vm-image/build.sh (cached after the first run)",
+    );
     let img_dir = run(
         Command::new(repo.join("tests/vm-image/build.sh")).stderr(std::process::Stdio::inherit()),
         "tests/vm-image/build.sh",
@@ -227,7 +268,10 @@ async fn whole_loop() {
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
     let p = Instant::now();
-    say(t0, "binaries: static cloudsigma-agent (release) and imgbuild");
+    say(
+        t0,
+        "binaries: static cloudsigma-agent (release) and imgbuild",
+    );
     // A target dir of its own: the outer `cargo test` may hold the lock of the main one.
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -242,7 +286,16 @@ async fn whole_loop() {
                 Command::new(&cargo)
                     .current_dir(&repo)
                     .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                    .args(["build", "--release", "-p", "cloudsigma-agent", "--bin", "cloudsigma-agent", "--target", "x86_64-unknown-linux-gnu"])
+                    .args([
+                        "build",
+                        "--release",
+                        "-p",
+                        "cloudsigma-agent",
+                        "--bin",
+                        "cloudsigma-agent",
+                        "--target",
+                        "x86_64-unknown-linux-gnu",
+                    ])
                     .env("CARGO_TARGET_DIR", &target)
                     .stderr(std::process::Stdio::inherit()),
                 "cargo build cloudsigma-agent",
@@ -272,7 +325,14 @@ async fn whole_loop() {
         cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
             .unwrap_or_else(|e| panic!("QEMU backend: {e}")),
     );
-    say(t0, &format!("emulator: QEMU backend, accel {:?}, data {}", backend.accel(), data.path().display()));
+    say(
+        t0,
+        &format!(
+            "emulator: QEMU backend, accel {:?}, data {}",
+            backend.accel(),
+            data.path().display()
+        ),
+    );
     let mut timings = cloudsim::Timings::instant();
     // the guest decides when an ACPI shutdown is done; give it time
     timings.shutdown_timeout = Duration::from_secs(180);
@@ -280,10 +340,14 @@ async fn whole_loop() {
         timings,
         context_dir: Some(data.path().join("ctx")),
         backend: Some(backend.clone()),
-        extra_libdrives: vec![cloudsim::vm::local_library_drive(&img_dir).unwrap_or_else(|e| panic!("{e}"))],
+        extra_libdrives: vec![
+            cloudsim::vm::local_library_drive(&img_dir).unwrap_or_else(|e| panic!("{e}"))
+        ],
         ..Default::default()
     };
-    let emu = cloudsim::Emulator::start(cfg).await.expect("emulator start");
+    let emu = cloudsim::Emulator::start(cfg)
+        .await
+        .expect("emulator start");
     let api = Api {
         http: reqwest::Client::new(),
         base: emu.api_url(),
@@ -293,7 +357,10 @@ async fn whole_loop() {
 
     // 4. imgbuild: the real build, real SSH into the real VM
     let p = Instant::now();
-    say(t0, "imgbuild debian-test-node (boots the library image, provisions over SSH)");
+    say(
+        t0,
+        "imgbuild debian-test-node (boots the library image, provisions over SSH)",
+    );
     let out = tokio::task::spawn_blocking({
         let api_url = emu.api_url();
         let (u, pw) = (api.user.clone(), api.pass.clone());
@@ -304,7 +371,14 @@ async fn whole_loop() {
                     .current_dir(&repo)
                     .env("CLOUDSIGMA_USERNAME", u)
                     .env("CLOUDSIGMA_PASSWORD", pw)
-                    .args(["build", "image-recipes/debian-test-node", "--api-url", &api_url, "--output", "json"])
+                    .args([
+                        "build",
+                        "image-recipes/debian-test-node",
+                        "--api-url",
+                        &api_url,
+                        "--output",
+                        "json",
+                    ])
                     .arg("--var")
                     .arg(format!("agent_binary={}", agent_bin.display()))
                     .stderr(std::process::Stdio::inherit()),
@@ -316,7 +390,9 @@ async fn whole_loop() {
     .expect("imgbuild task");
     let manifest: Value = serde_json::from_str(out.trim())
         .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or_default()))
-        .unwrap_or_else(|e| panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}"));
+        .unwrap_or_else(|e| {
+            panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}")
+        });
     let image = manifest["image"]["uuid"]
         .as_str()
         .or_else(|| manifest["image_uuid"].as_str())
@@ -330,13 +406,30 @@ async fn whole_loop() {
     let p = Instant::now();
     let keydir = tempfile::tempdir().expect("tempdir");
     let key = keydir.path().join("id");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), "ssh-keygen");
+    run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key),
+        "ssh-keygen",
+    );
     let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("pubkey");
     let clone = api
-        .post(&format!("drives/{image}/action/?do=clone"), json!({"name": "e2e-node-1-root"}))
+        .post(
+            &format!("drives/{image}/action/?do=clone"),
+            json!({"name": "e2e-node-1-root"}),
+        )
         .await;
-    let clone = clone["objects"][0]["uuid"].as_str().or_else(|| clone["uuid"].as_str()).expect("clone uuid").to_string();
-    api.wait_status(&format!("drives/{clone}/"), "unmounted", Duration::from_secs(120)).await;
+    let clone = clone["objects"][0]["uuid"]
+        .as_str()
+        .or_else(|| clone["uuid"].as_str())
+        .expect("clone uuid")
+        .to_string();
+    api.wait_status(
+        &format!("drives/{clone}/"),
+        "unmounted",
+        Duration::from_secs(120),
+    )
+    .await;
     let user_data = base64::engine::general_purpose::STANDARD.encode(bootstrap_data(pubkey.trim()));
     let created = api
         .post(
@@ -349,16 +442,41 @@ async fn whole_loop() {
             }]}),
         )
         .await;
-    let server = created["objects"][0]["uuid"].as_str().expect("server uuid").to_string();
-    let mut report = FailureReport { console: Some(data.path().join("vm/servers").join(&server).join("console.log")), ssh: None };
-    api.post(&format!("servers/{server}/action/?do=start"), json!({})).await;
-    let running = api.wait_status(&format!("servers/{server}/"), "running", Duration::from_secs(60)).await;
+    let server = created["objects"][0]["uuid"]
+        .as_str()
+        .expect("server uuid")
+        .to_string();
+    let mut report = FailureReport {
+        console: Some(
+            data.path()
+                .join("vm/servers")
+                .join(&server)
+                .join("console.log"),
+        ),
+        ssh: None,
+    };
+    api.post(&format!("servers/{server}/action/?do=start"), json!({}))
+        .await;
+    let running = api
+        .wait_status(
+            &format!("servers/{server}/"),
+            "running",
+            Duration::from_secs(60),
+        )
+        .await;
     let ip = running["runtime"]["nics"][0]["ip_v4"]["uuid"]
         .as_str()
         .unwrap_or_else(|| panic!("no runtime NAT IP: {running}"))
         .to_string();
-    say(t0, &format!("node {server} started, NAT IP {ip}; waiting for the agent's marker"));
-    let ssh = Ssh { key: key.clone(), host: ip.clone(), user: "debian".into() };
+    say(
+        t0,
+        &format!("node {server} started, NAT IP {ip}; waiting for the agent's marker"),
+    );
+    let ssh = Ssh {
+        key: key.clone(),
+        host: ip.clone(),
+        user: "debian".into(),
+    };
     report.ssh = Some(ssh.clone());
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -374,7 +492,10 @@ async fn whole_loop() {
             }
             _ => {}
         }
-        assert!(Instant::now() < deadline, "node did not bootstrap within 10 min");
+        assert!(
+            Instant::now() < deadline,
+            "node did not bootstrap within 10 min"
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     phases.push(("node boot + bootstrap", p.elapsed()));
@@ -382,29 +503,63 @@ async fn whole_loop() {
 
     // 6. assertions
     let hostname = ssh.run("hostname").expect("hostname");
-    assert_eq!(hostname.trim(), "e2e-node-1", "hostname from the context name");
+    assert_eq!(
+        hostname.trim(),
+        "e2e-node-1",
+        "hostname from the context name"
+    );
     let swaps = ssh.run("tail -n +2 /proc/swaps").expect("/proc/swaps");
     assert!(swaps.trim().is_empty(), "swap still on: {swaps}");
-    let stub = ssh.run("sudo cat /var/log/kubeadm-stub.log").expect("stub log");
-    assert!(stub.contains("argv: join --config /run/kubeadm/kubeadm-join-config.yaml"), "kubeadm join not called as expected:\n{stub}");
-    assert!(stub.contains(&format!("cloudsigma://{server}")), "rendered config lacks the provider id:\n{stub}");
-    assert!(stub.contains("name: 'e2e-node-1'") || stub.contains("name: e2e-node-1"), "rendered config lacks the node name:\n{stub}");
-    assert!(!stub.contains("{{"), "unrendered template in the config:\n{stub}");
-    assert_eq!(stub.matches("=== kubeadm stub").count(), 1, "kubeadm called more than once:\n{stub}");
-    let status: Value = serde_json::from_str(&ssh.run("sudo cat /run/cloudsigma/bootstrap.json").expect("status"))
-        .expect("status file is JSON");
+    let stub = ssh
+        .run("sudo cat /var/log/kubeadm-stub.log")
+        .expect("stub log");
+    assert!(
+        stub.contains("argv: join --config /run/kubeadm/kubeadm-join-config.yaml"),
+        "kubeadm join not called as expected:\n{stub}"
+    );
+    assert!(
+        stub.contains(&format!("cloudsigma://{server}")),
+        "rendered config lacks the provider id:\n{stub}"
+    );
+    assert!(
+        stub.contains("name: 'e2e-node-1'") || stub.contains("name: e2e-node-1"),
+        "rendered config lacks the node name:\n{stub}"
+    );
+    assert!(
+        !stub.contains("{{"),
+        "unrendered template in the config:\n{stub}"
+    );
+    assert_eq!(
+        stub.matches("=== kubeadm stub").count(),
+        1,
+        "kubeadm called more than once:\n{stub}"
+    );
+    let status: Value = serde_json::from_str(
+        &ssh.run("sudo cat /run/cloudsigma/bootstrap.json")
+            .expect("status"),
+    )
+    .expect("status file is JSON");
     let st = status.to_string();
-    assert!(st.contains(&ip) || st.contains("10.0.2.15"), "status file lacks the node's addresses: {status}");
+    assert!(
+        st.contains(&ip) || st.contains("10.0.2.15"),
+        "status file lacks the node's addresses: {status}"
+    );
     let ci = ssh
         .run("test -e /etc/cloud/cloud-init.disabled && echo DISABLED; test -e /run/cloud-init/result.json && echo RAN; systemctl is-active cloud-init.service cloud-config.service cloud-final.service || true")
         .expect("cloud-init check");
     assert!(ci.contains("DISABLED"), "cloud-init not disabled: {ci}");
-    assert!(!ci.contains("RAN") && !ci.lines().any(|l| l.trim() == "active"), "cloud-init ran: {ci}");
+    assert!(
+        !ci.contains("RAN") && !ci.lines().any(|l| l.trim() == "active"),
+        "cloud-init ran: {ci}"
+    );
     // agent time: unit start (journal, monotonic) → kubeadm exec (stub records /proc/uptime)
     let started = ssh
         .run("sudo journalctl -b -o short-monotonic --no-pager -u cloudsigma-bootstrap.service | grep -m1 'Starting' | sed -E 's/^\\[ *([0-9.]+)\\].*/\\1/'")
         .unwrap_or_default();
-    let exec_at = stub.lines().find_map(|l| l.split("uptime=").nth(1)).and_then(|v| v.trim().parse::<f64>().ok());
+    let exec_at = stub
+        .lines()
+        .find_map(|l| l.split("uptime=").nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok());
     let agent_ms = match (started.trim().parse::<f64>().ok(), exec_at) {
         (Some(s), Some(e)) => Some(((e - s) * 1000.0).round()),
         _ => None,
@@ -415,10 +570,17 @@ async fn whole_loop() {
 
     // 7. shutdown (ACPI) and delete: zero resources left
     let p = Instant::now();
-    api.post(&format!("servers/{server}/action/?do=shutdown"), json!({})).await;
-    api.wait_status(&format!("servers/{server}/"), "stopped", Duration::from_secs(180)).await;
+    api.post(&format!("servers/{server}/action/?do=shutdown"), json!({}))
+        .await;
+    api.wait_status(
+        &format!("servers/{server}/"),
+        "stopped",
+        Duration::from_secs(180),
+    )
+    .await;
     report.ssh = None;
-    api.delete(&format!("servers/{server}/?recurse=all_drives")).await;
+    api.delete(&format!("servers/{server}/?recurse=all_drives"))
+        .await;
     api.delete(&format!("drives/{image}/")).await;
     // imgbuild's tags (imgbuild, k8s-node, e2e-test) are account resources too
     let tags = api.get("tags/").await;
@@ -429,11 +591,24 @@ async fn whole_loop() {
     }
     let servers = api.get("servers/").await;
     let drives = api.get("drives/").await;
-    assert_eq!(servers["objects"].as_array().map(Vec::len), Some(0), "servers left: {servers}");
-    assert_eq!(drives["objects"].as_array().map(Vec::len), Some(0), "drives left: {drives}");
-    let files: Vec<_> = std::fs::read_dir(data.path().join("vm/drives")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert_eq!(
+        servers["objects"].as_array().map(Vec::len),
+        Some(0),
+        "servers left: {servers}"
+    );
+    assert_eq!(
+        drives["objects"].as_array().map(Vec::len),
+        Some(0),
+        "drives left: {drives}"
+    );
+    let files: Vec<_> = std::fs::read_dir(data.path().join("vm/drives"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(files.is_empty(), "drive files left: {files:?}");
-    assert!(!data.path().join("vm/servers").join(&server).exists(), "server dir left");
+    assert!(
+        !data.path().join("vm/servers").join(&server).exists(),
+        "server dir left"
+    );
     phases.push(("shutdown + delete", p.elapsed()));
     emu.shutdown().await;
     drop(report);
