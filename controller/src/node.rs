@@ -63,7 +63,7 @@ pub fn provider_id(uuid: &str) -> String {
 pub fn instance_type(server: &Server) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    let mem = if server.mem % GIB == 0 {
+    let mem = if server.mem.is_multiple_of(GIB) {
         format!("{}g", server.mem / GIB)
     } else {
         format!("{}m", server.mem / MIB)
