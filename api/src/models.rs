@@ -207,7 +207,10 @@ impl Nic {
     /// A public NAT NIC: DHCP and no VLAN (there is no explicit NAT flag in the API).
     pub fn public_dhcp() -> Nic {
         Nic {
-            ip_v4_conf: Some(IpV4Conf { conf: IpConfMode::Dhcp, ip: None }),
+            ip_v4_conf: Some(IpV4Conf {
+                conf: IpConfMode::Dhcp,
+                ip: None,
+            }),
             model: Some("virtio".into()),
             ..Default::default()
         }
@@ -490,7 +493,9 @@ mod tests {
     #[test]
     fn ref_accepts_bare_uuid_and_object() {
         let a: Ref = serde_json::from_str("\"abc\"").unwrap();
-        let b: Ref = serde_json::from_str(r#"{"uuid":"abc","resource_uri":"/api/2.0/drives/abc/"}"#).unwrap();
+        let b: Ref =
+            serde_json::from_str(r#"{"uuid":"abc","resource_uri":"/api/2.0/drives/abc/"}"#)
+                .unwrap();
         assert_eq!(a.uuid(), "abc");
         assert_eq!(b.uuid(), "abc");
     }
@@ -501,14 +506,23 @@ mod tests {
             r#"{"uuid":"u","name":"n","nics":[{"ip_v4_conf":{"conf":"dhcp","ip":{"uuid":"31.171.1.2","netmask":24,"gateway":"31.171.1.1","nameservers":["8.8.8.8"],"tags":[],"meta":{}}},"mac":"22:aa","model":"virtio","vlan":null}],"global_context":{},"meta":{}}"#,
         )
         .unwrap();
-        let ip = ctx.nics[0].ip_v4_conf.as_ref().unwrap().ip.as_ref().unwrap();
+        let ip = ctx.nics[0]
+            .ip_v4_conf
+            .as_ref()
+            .unwrap()
+            .ip
+            .as_ref()
+            .unwrap();
         assert_eq!(ip.address(), "31.171.1.2");
         assert!(matches!(ip, IpRef::Full(_)));
     }
 
     #[test]
     fn status_names_match_api() {
-        assert_eq!(serde_json::to_string(&DriveStatus::CloningDst).unwrap(), "\"cloning_dst\"");
+        assert_eq!(
+            serde_json::to_string(&DriveStatus::CloningDst).unwrap(),
+            "\"cloning_dst\""
+        );
         assert_eq!(ServerStatus::Stopping.to_string(), "stopping");
     }
 }

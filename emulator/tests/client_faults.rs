@@ -252,7 +252,11 @@ async fn latency_beyond_timeout_is_a_request_timeout() {
     let t = Instant::now();
     let e = c.list_vlans().await.unwrap_err();
     assert!(matches!(e, Error::RequestTimeout { .. }), "{e:?}");
-    assert!(t.elapsed() < Duration::from_millis(1400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
     // attempts are bounded: 3 attempts x 300 ms, then the timeout error
     let c = client_for(&emu, retry(3), Duration::from_millis(300));
     let t = Instant::now();
