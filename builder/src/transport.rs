@@ -418,9 +418,10 @@ impl Transport for OpenSsh {
                 Duration::from_secs(120),
             )
             .await?;
+        // The output may carry stderr noise (e.g. sudo warnings) before the sum: take the digest
+        // token itself rather than the first word.
         out.split_whitespace()
-            .next()
-            .filter(|h| h.len() == 64)
+            .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_string)
             .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
     }
