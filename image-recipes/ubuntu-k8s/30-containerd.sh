@@ -51,4 +51,4 @@ install -m 0644 config.toml /etc/containerd/config.toml
 systemctl daemon-reload
 systemctl enable --now containerd
 /usr/local/bin/containerd --version
-runc --version | head -n1
+runc --version | sed -n 1p   # not head: SIGPIPE under pipefail

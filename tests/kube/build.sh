@@ -56,4 +56,4 @@ build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$KU
     "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
 
 "$bin/kube-apiserver" --version
-"$bin/etcd" --version | head -1
+"$bin/etcd" --version | sed -n 1p   # not head: its early exit SIGPIPEs etcd under pipefail
