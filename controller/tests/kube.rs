@@ -488,20 +488,27 @@ async fn binary_runs_under_kustomize_rbac() {
         ])
         .expect("lease");
     assert!(!holder.trim().is_empty());
-    // The Event was written under the ServiceAccount's RBAC.
-    let ev = cluster
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "-o",
-            "jsonpath={range .items[*]}{.regarding.name} {.reason}{\"\\n\"}{end}",
-        ])
-        .expect("events");
-    assert!(
-        ev.lines().any(|l| l == "worker-1 Initialized"),
-        "events:\n{ev}"
-    );
+    // The Event was written under the ServiceAccount's RBAC (asynchronously: poll for it).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = cluster
+            .kubectl(&[
+                "get",
+                "events.events.k8s.io",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.regarding.name} {.reason}{\"\\n\"}{end}",
+            ])
+            .expect("events");
+        if ev.lines().any(|l| l == "worker-1 Initialized") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Initialized event; events:\n{ev}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         can(&["create", "events.events.k8s.io", "-n", "default"]),
         "yes"
@@ -525,5 +532,195 @@ async fn binary_runs_under_kustomize_rbac() {
         .expect("exits")
         .expect("wait");
     assert!(st.success(), "exit status {st}");
+    emu.shutdown().await;
+}
+
+fn lease_holder(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            "cloudsigma-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}",
+        ])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+async fn wait_lease(cluster: &Cluster, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = lease_holder(cluster);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lease holder/transitions: want {want:?}, have {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two replicas of the real binary: only the Lease holder reconciles; a killed leader's replica
+/// takes over once the Lease expires; a leader whose Lease is taken exits instead of acting on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_fails_over_and_never_has_two_leaders() {
+    let Some((etcd, api_bin)) = testkit::binaries_or_skip("leader_election_fails_over") else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let emu = emulator().await;
+    let cs = cs_client(&emu);
+    let nodes: Api<Node> = Api::all(cluster.client().await);
+    let bin = env!("CARGO_BIN_EXE_cloudsigma-controller");
+    let replica = |identity: &str| {
+        let port = testkit::free_port();
+        let log = std::fs::File::create(
+            cluster
+                .dir
+                .path()
+                .join(format!("controller-{identity}.log")),
+        )
+        .expect("log");
+        let child = tokio::process::Command::new(bin)
+            .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+            .arg(format!("--api-url={}", emu.api_url()))
+            .args(["--region=zrh", "--sync-period=1s", "--leader-elect=true"])
+            .args([
+                "--lease-duration=3s",
+                "--renew-deadline=2s",
+                "--retry-period=300ms",
+            ])
+            .arg(format!("--identity={identity}"))
+            .arg(format!("--metrics-bind=127.0.0.1:{port}"))
+            .env("POD_NAMESPACE", "kube-system")
+            .env("CLOUDSIGMA_USERNAME", emu.username())
+            .env("CLOUDSIGMA_PASSWORD", emu.password())
+            .env_remove("CLOUDSIGMA_TOKEN")
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn controller");
+        (child, format!("http://127.0.0.1:{port}/metrics"))
+    };
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+
+    let (mut a, a_metrics) = replica("replica-a");
+    wait_lease(&cluster, "replica-a 0", Duration::from_secs(20)).await;
+    let (mut b, b_metrics) = replica("replica-b");
+
+    create_server(&cs, "worker-a", true).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("worker-a", None, None),
+        )
+        .await
+        .expect("create node");
+    wait_for(&nodes, "worker-a", "initialization by the leader", |n| {
+        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
+    })
+    .await;
+    // The standby is up (serving metrics) and has done nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let standby = loop {
+        let m = reqwest_get(&b_metrics).await;
+        if m.contains("cloudsigma_controller_leader") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "replica-b serves no metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(metric(&standby, "cloudsigma_controller_leader "), 0.0);
+    assert_eq!(
+        metric(&standby, "cloudsigma_controller_reconciles_total"),
+        0.0
+    );
+    assert!(
+        metric(
+            &reqwest_get(&a_metrics).await,
+            "cloudsigma_controller_reconciles_total"
+        ) >= 1.0
+    );
+
+    // The leader dies without releasing the Lease: the standby waits out the lease duration.
+    a.start_kill().expect("kill replica-a");
+    let _ = a.wait().await;
+    let killed = Instant::now();
+    wait_lease(&cluster, "replica-b 1", Duration::from_secs(15)).await;
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "replica-b took an unexpired Lease after {:?}",
+        killed.elapsed()
+    );
+    create_server(&cs, "worker-b", true).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("worker-b", None, None),
+        )
+        .await
+        .expect("create node");
+    wait_for(
+        &nodes,
+        "worker-b",
+        "initialization by the new leader",
+        |n| !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string()),
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &reqwest_get(&b_metrics).await,
+            "cloudsigma_controller_leader "
+        ),
+        1.0
+    );
+
+    // Someone else holds the Lease now (fresh renewTime): replica-b must stop, not keep acting.
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .expect("date");
+    // A spec-level replace of the holder, as another candidate's write would do.
+    let patch = format!(
+        r#"{{"spec":{{"holderIdentity":"intruder","renewTime":"{now}","leaseDurationSeconds":60}}}}"#
+    );
+    cluster
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "lease",
+            "cloudsigma-controller",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .expect("steal the lease");
+    let st = tokio::time::timeout(Duration::from_secs(10), b.wait())
+        .await
+        .expect("replica-b exits after losing the Lease")
+        .expect("wait");
+    assert!(
+        !st.success(),
+        "losing leadership must exit non-zero, got {st}"
+    );
+    let log = std::fs::read_to_string(cluster.dir.path().join("controller-replica-b.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("lost leadership") || log.contains("taken by another"),
+        "log:\n{log}"
+    );
     emu.shutdown().await;
 }

@@ -659,6 +659,27 @@ impl State {
 
     // ------------------------------------------------------------------ servers
 
+    /// `meta` and `tags` of a create/PUT body; a PUT that omits them keeps the resource's own.
+    fn meta_and_tags(
+        &self,
+        o: &Map<String, Value>,
+        existing: Option<(&str, &Meta)>,
+    ) -> Result<(Meta, Vec<String>), ApiError> {
+        let meta = match o.get("meta") {
+            Some(v) if !v.is_null() => parse_meta(v)?,
+            _ => existing.map(|(_, m)| m.clone()).unwrap_or_default(),
+        };
+        let tags = match o.get("tags") {
+            Some(v) if !v.is_null() => parse_refs(v, "tags")?,
+            _ => existing
+                .and_then(|(uuid, _)| self.tags_of.get(uuid))
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        self.validate_refs_tags(&tags)?;
+        Ok((meta, tags))
+    }
+
     fn validate_refs_tags(&self, tags: &[String]) -> Result<(), ApiError> {
         for t in tags {
             if !self.tags.contains_key(t) {
@@ -747,22 +768,7 @@ impl State {
             }
             _ => existing.map(|e| e.nics.clone()).unwrap_or_default(),
         };
-        let meta = match o.get("meta") {
-            Some(v) if !v.is_null() => parse_meta(v)?,
-            _ => existing.map(|e| e.meta.clone()).unwrap_or_default(),
-        };
-        let tags = match o.get("tags") {
-            Some(v) if !v.is_null() => parse_refs(v, "tags")?,
-            _ => existing
-                .map(|e| {
-                    self.tags_of
-                        .get(&e.uuid)
-                        .map(|s| s.iter().cloned().collect())
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default(),
-        };
-        self.validate_refs_tags(&tags)?;
+        let (meta, tags) = self.meta_and_tags(o, existing.map(|e| (e.uuid.as_str(), &e.meta)))?;
         let pubkeys = match o.get("pubkeys") {
             Some(v) if !v.is_null() => parse_refs(v, "pubkeys")?
                 .iter()
@@ -1658,22 +1664,7 @@ impl State {
         let storage_type = get_str(o, "storage_type")?
             .or_else(|| existing.and_then(|e| e.storage_type.clone()))
             .unwrap_or_else(|| "dssd".into());
-        let meta = match o.get("meta") {
-            Some(v) if !v.is_null() => parse_meta(v)?,
-            _ => existing.map(|e| e.meta.clone()).unwrap_or_default(),
-        };
-        let tags = match o.get("tags") {
-            Some(v) if !v.is_null() => parse_refs(v, "tags")?,
-            _ => existing
-                .map(|e| {
-                    self.tags_of
-                        .get(&e.uuid)
-                        .map(|s| s.iter().cloned().collect())
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default(),
-        };
-        self.validate_refs_tags(&tags)?;
+        let (meta, tags) = self.meta_and_tags(o, existing.map(|e| (e.uuid.as_str(), &e.meta)))?;
         let affinities = match o.get("affinities") {
             Some(Value::Array(a)) => a
                 .iter()
