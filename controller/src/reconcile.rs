@@ -2,6 +2,7 @@
 //! Nodes whose server is definitively gone) and periodic address re-sync — all from the shared
 //! server cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,12 @@ pub struct Ctx {
     pub sync_period: Duration,
     /// Events on the Node (`kubectl describe node` shows why it is still tainted).
     pub recorder: Recorder,
+    /// Also record a Normal event for each initialized Node (upstream does; off by default).
+    pub success_events: bool,
+    /// Node uid → the resourceVersions it had before our initializing Update. Our own status
+    /// patch triggers a second reconcile that may still see the tainted copy from the watch; this
+    /// recognises that copy as stale, instead of writing again and meeting a 409.
+    pub stale_after_init: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Ctx {
@@ -107,8 +114,24 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
         return Ok(Action::await_change()); // another cloud's Node
     }
     let requeue = Action::requeue(ctx.sync_period);
+    let uid = n.metadata.uid.clone().unwrap_or_default();
+    let tainted = node::has_taint(n, node::TAINT_UNINITIALIZED);
+    {
+        let mut stale = ctx
+            .stale_after_init
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !tainted {
+            stale.remove(&uid);
+        } else if let (Some(rvs), Some(rv)) = (stale.get(&uid), &n.metadata.resource_version) {
+            if rvs.contains(rv) {
+                // Already initialized by us; the watch will bring the untainted version.
+                return Ok(Action::await_change());
+            }
+        }
+    }
 
-    if node::has_taint(n, node::TAINT_UNINITIALIZED) {
+    if tainted {
         let server = match &pid {
             ProviderId::CloudSigma(uuid) => match ctx.cache.by_uuid(uuid).await.map_err(|e| Error::Cloud(e.to_string()))? {
                 Lookup::Found(s) => s,
@@ -151,6 +174,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
 async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
     let addrs = node::desired_addresses(n, server).map_err(Error::Node)?;
+    let mut stale_rvs: Vec<String> = n.metadata.resource_version.iter().cloned().collect();
     // The status patch returns the Node with its new resourceVersion: the Update below uses it, so
     // it does not conflict with our own write.
     let mut cur = if addrs != node::current_addresses(n) {
@@ -172,17 +196,32 @@ async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
         let labels = cur.metadata.labels.get_or_insert_with(Default::default);
         let add = node::labels_to_add(labels, &itype, &ctx.region, &ctx.zone);
         labels.extend(add);
+        stale_rvs.extend(cur.metadata.resource_version.iter().cloned());
         match ctx.nodes.replace(&name, &PostParams::default(), &cur).await {
             Ok(_) => {
+                if let Some(uid) = &n.metadata.uid {
+                    let mut stale = ctx
+                        .stale_after_init
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    // Entries normally leave when the untainted Node is seen; a Node deleted
+                    // first would leave one behind. Only an optimisation: bound it crudely.
+                    if stale.len() >= 4096 {
+                        stale.clear();
+                    }
+                    stale.insert(uid.clone(), stale_rvs);
+                }
                 ctx.metrics.action("initialized");
-                ctx.event(
-                    n,
-                    EventType::Normal,
-                    "Initialized",
-                    "Initialize",
-                    format!("from CloudSigma server {} ({itype})", server.uuid),
-                )
-                .await;
+                if ctx.success_events {
+                    ctx.event(
+                        n,
+                        EventType::Normal,
+                        "Initialized",
+                        "Initialize",
+                        format!("from CloudSigma server {} ({itype})", server.uuid),
+                    )
+                    .await;
+                }
                 tracing::info!(node = %name, server = %server.uuid, instance_type = %itype, "node initialized");
                 return Ok(());
             }

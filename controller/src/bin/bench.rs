@@ -19,7 +19,7 @@ use cloudsigma_controller::testkit::{self, Cluster};
 use cloudsim::{Emulator, EmulatorConfig, Timings};
 use futures::{stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use std::collections::HashSet;
 
@@ -29,6 +29,45 @@ enum Mode {
     Preregistered,
     /// The controller runs; Nodes are registered 64 at a time; timed from the first registration.
     Streaming,
+}
+
+/// `apiserver_request_total` for nodes and events, keyed "VERB resource[/subresource] code".
+fn apiserver_requests(cluster: &Cluster) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(text) = cluster.kubectl(&["get", "--raw", "/metrics"]) else {
+        return out;
+    };
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let resource = label("resource");
+        if resource != "nodes" && resource != "events" {
+            continue;
+        }
+        let sub = label("subresource");
+        let key = format!(
+            "{} {}{}{} {}",
+            label("verb"),
+            resource,
+            if sub.is_empty() { "" } else { "/" },
+            sub,
+            label("code")
+        );
+        *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
 }
 
 /// When the last of the `n` bench Nodes lost its uninitialized taint, as seen by a watch.
@@ -151,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let port = testkit::free_port();
     let log = std::fs::File::create(cluster.dir.path().join("controller.log"))?;
     let (_, before) = emu.counters();
+    let kube_before = apiserver_requests(&cluster);
     let t_start = Instant::now();
     let mut child = tokio::process::Command::new(&ctl_bin)
         .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
@@ -170,6 +210,22 @@ async fn main() -> anyhow::Result<()> {
     let pid = child
         .id()
         .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
+    // BENCH_APISERVER_PROFILE=FILE: a 2 s CPU profile of kube-apiserver during the burst
+    // (`go tool pprof -top FILE`), to see where the apiserver spends it.
+    let profile = std::env::var_os("BENCH_APISERVER_PROFILE").map(|path| {
+        let kubeconfig = cluster.kubeconfig.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let out = std::process::Command::new("kubectl")
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args(["get", "--raw", "/debug/pprof/profile?seconds=2"])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => std::fs::write(&path, o.stdout).is_ok(),
+                _ => false,
+            }
+        })
+    });
 
     let mut reg_line = String::new();
     let t0 = if mode == Mode::Streaming {
@@ -210,6 +266,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let done_at = done_at.duration_since(t0);
 
+    if let Some(h) = profile {
+        if h.join().unwrap_or(false) {
+            println!("kube-apiserver CPU profile written (BENCH_APISERVER_PROFILE)");
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb: u64 = status
         .lines()
@@ -218,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let (_, after) = emu.counters();
+    let kube_after = apiserver_requests(&cluster);
     let mut calls: Vec<(String, u64)> = after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
@@ -243,12 +305,76 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in &calls {
         println!("  {v:6}  {k}");
     }
+    println!("kube-apiserver requests during the run (all clients, incl. the bench's watch):");
+    for (k, v) in &kube_after {
+        let d = v - kube_before.get(k).copied().unwrap_or(0.0);
+        if d >= 1.0 {
+            println!("  {d:6}  {k}");
+        }
+    }
     println!(
         "controller peak RSS:         {:.1} MB  (target <= 64 MB)",
         hwm_kb as f64 / 1024.0
     );
 
     let _ = child.kill().await;
+    let _ = child.wait().await;
+
+    // The floor: the same two writes per Node (status patch, then Update removing the taint),
+    // issued by a bare client with the same parallelism and no controller. What is left between
+    // this and the figure above is the controller's own cost.
+    eprintln!("measuring the apiserver floor on {n} fresh Nodes ...");
+    let fresh: Vec<_> = stream::iter(0..n)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let node = testkit::tainted_node(&format!("floor-{i:04}"), None, None);
+                nodes.create(&PostParams::default(), &node).await
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    anyhow::ensure!(
+        fresh.iter().all(|r| r.is_ok()),
+        "floor Node creation failed"
+    );
+    let t_floor = Instant::now();
+    let written: Vec<_> = stream::iter(0..n)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let name = format!("floor-{i:04}");
+                let addrs = serde_json::json!({"status": {"addresses": [
+                    {"type": "InternalIP", "address": format!("10.1.{}.{}", i / 250, i % 250 + 1)},
+                    {"type": "ExternalIP", "address": format!("10.2.{}.{}", i / 250, i % 250 + 1)},
+                    {"type": "Hostname", "address": name},
+                ]}});
+                let mut cur = nodes
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&addrs))
+                    .await?;
+                let spec = cur.spec.get_or_insert_with(Default::default);
+                spec.provider_id = Some(format!("cloudsigma://floor-{i}"));
+                spec.taints = None;
+                cur.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(
+                        "node.kubernetes.io/instance-type".into(),
+                        "c2000-m2048".into(),
+                    );
+                nodes.replace(&name, &PostParams::default(), &cur).await
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let floor = t_floor.elapsed();
+    anyhow::ensure!(written.iter().all(|r| r.is_ok()), "floor writes failed");
+    println!(
+        "apiserver floor:             {:.3} s  (the same 2 writes per Node from a bare client, 64 parallel, no controller)",
+        floor.as_secs_f64()
+    );
     let kept = std::env::temp_dir().join("cloudsigma-controller-bench.log");
     if std::fs::copy(cluster.dir.path().join("controller.log"), &kept).is_ok() {
         println!("controller log:              {}", kept.display());
