@@ -3,8 +3,7 @@
 //! initialized (seen by an independent watch), the CloudSigma calls made (emulator counters) and
 //! the controller's peak RSS.
 //!
-//!   cargo build --release -p cloudsigma-controller --features bench --bins
-//!   target/release/cloudsigma-controller-bench [NODES] [--streaming] [--<controller flag>=...]
+//!   cargo bench -p cloudsigma-controller --bench initialize -- [NODES] [--streaming] [--<controller flag>=...]
 //!
 //! Default: the Nodes are all registered, then the controller starts (timed from its start).
 //! `--streaming`: the controller runs first and the Nodes arrive 64 at a time.
@@ -93,22 +92,18 @@ async fn main() -> anyhow::Result<()> {
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--streaming" => mode = Mode::Streaming,
+            "--bench" => {} // added by `cargo bench`
             a if a.starts_with("--") => extra_args.push(a.to_string()), // passed to the controller
             a => {
                 n = a.parse().map_err(|_| {
-                    anyhow::anyhow!("usage: cloudsigma-controller-bench [NODES] [--streaming] [--controller-flag=...]")
+                    anyhow::anyhow!("usage: cargo bench -p cloudsigma-controller --bench initialize -- [NODES] [--streaming] [--controller-flag=...]")
                 })?
             }
         }
     }
     let (etcd, api) = testkit::binaries().map_err(anyhow::Error::msg)?;
-    let ctl_bin = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join("cloudsigma-controller"))
-        .filter(|p| p.exists())
-        .ok_or_else(|| {
-            anyhow::anyhow!("cloudsigma-controller binary not next to the bench; build with --bins")
-        })?;
+    // The real controller binary, built by cargo alongside this bench.
+    let ctl_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cloudsigma-controller"));
     let cluster = Cluster::start(&etcd, &api).map_err(anyhow::Error::msg)?;
     let emu = Emulator::start(EmulatorConfig {
         timings: Timings::instant(),
