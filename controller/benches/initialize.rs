@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         let kubeconfig = cluster.kubeconfig.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(500));
-            let out = std::process::Command::new("kubectl")
+            let out = testkit::kubectl()
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .args(["get", "--raw", "/debug/pprof/profile?seconds=2"])
                 .output();

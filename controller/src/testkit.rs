@@ -16,6 +16,17 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// kubectl v1.34.1 built by tests/kube/build.sh next to the apiserver (same version, and present on a
+/// fresh machine); else whatever `kubectl` is on PATH.
+pub fn kubectl() -> Command {
+    let pinned = cache_dir().join("kube-bin/kubectl");
+    Command::new(if pinned.exists() {
+        pinned.into_os_string()
+    } else {
+        "kubectl".into()
+    })
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -201,7 +212,7 @@ impl Cluster {
         stdin: Option<&str>,
     ) -> Result<String, String> {
         use std::io::Write;
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = kubectl();
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
             .stdin(if stdin.is_some() {

@@ -386,7 +386,7 @@ async fn binary_runs_under_kustomize_rbac() {
         return;
     };
     let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
-    let rendered = std::process::Command::new("kubectl")
+    let rendered = testkit::kubectl()
         .args(["kustomize"])
         .arg(testkit::repo_root().join("controller/config"))
         .output()
@@ -426,7 +426,7 @@ async fn binary_runs_under_kustomize_rbac() {
     // Least privilege, answered by the real RBAC.
     // `kubectl auth can-i` prints yes/no (exit status 1 for no).
     let can = |args: &[&str]| -> String {
-        let out = std::process::Command::new("kubectl")
+        let out = testkit::kubectl()
             .arg(format!("--kubeconfig={}", sa_kc.display()))
             .args(["auth", "can-i"])
             .args(args)

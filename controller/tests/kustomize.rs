@@ -1,16 +1,17 @@
 //! `kubectl kustomize controller/config` renders, and the objects are what the docs promise.
 
-use std::process::Command;
-
 fn render() -> Option<Vec<serde_yaml::Value>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
-    let out = match Command::new("kubectl").args(["kustomize", dir]).output() {
+    let out = match cloudsigma_controller::testkit::kubectl()
+        .args(["kustomize", dir])
+        .output()
+    {
         Ok(o) => o,
         Err(e) if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") => {
             eprintln!("SKIP: kubectl not runnable ({e}) and CLOUDSIGMA_K8S_ALLOW_SKIP=1");
             return None;
         }
-        Err(e) => panic!("kubectl not runnable ({e}); scripts/install-deps installs it"),
+        Err(e) => panic!("kubectl not runnable ({e}); tests/kube/build.sh builds it"),
     };
     assert!(
         out.status.success(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver (v1.34.1) and etcd (v3.6.4) that the controller's integration tests
+# Builds the pinned kube-apiserver and kubectl (v1.34.1) and etcd (v3.6.4) that the controller's integration tests
 # start on loopback. No registry here serves Kubernetes binaries, but the Go module proxy serves the
 # sources, so the small wrapper modules in this directory build them (see
 # /work/shared/reference/kube-apiserver.md for why a wrapper with replace lines is needed).
@@ -55,5 +55,11 @@ vpkg=k8s.io/component-base/version
 build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$KUBE_VERSION" \
     "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
 
+# kubectl from the same module: kustomize for the install checks and `auth can-i` for the RBAC tests,
+# without depending on a kubectl the machine may not have.
+build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$KUBE_VERSION" \
+    "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
+
 "$bin/kube-apiserver" --version
+"$bin/kubectl" version --client | sed -n 1p
 "$bin/etcd" --version | sed -n 1p   # not head: its early exit SIGPIPEs etcd under pipefail
