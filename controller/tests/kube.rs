@@ -556,6 +556,22 @@ async fn binary_runs_under_kustomize_rbac() {
     emu.shutdown().await;
 }
 
+/// A running server and its tainted Node; returns once something removed the taint.
+async fn register_and_initialize(cs: &Client, nodes: &Api<Node>, name: &str, what: &str) -> Node {
+    create_server(cs, name, true).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node(name, None, None),
+        )
+        .await
+        .expect("create node");
+    wait_for(nodes, name, what, |n| {
+        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
+    })
+    .await
+}
+
 fn lease_holder(cluster: &Cluster) -> String {
     cluster
         .kubectl(&[
@@ -640,18 +656,7 @@ async fn leader_election_fails_over_and_never_has_two_leaders() {
     wait_lease(&cluster, "replica-a 0", Duration::from_secs(20)).await;
     let (mut b, b_metrics) = replica("replica-b");
 
-    create_server(&cs, "worker-a", true).await;
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("worker-a", None, None),
-        )
-        .await
-        .expect("create node");
-    wait_for(&nodes, "worker-a", "initialization by the leader", |n| {
-        !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
-    })
-    .await;
+    register_and_initialize(&cs, &nodes, "worker-a", "initialization by the leader").await;
     // The standby is up (serving metrics) and has done nothing.
     let deadline = Instant::now() + Duration::from_secs(10);
     let standby = loop {
@@ -684,21 +689,7 @@ async fn leader_election_fails_over_and_never_has_two_leaders() {
         "replica-b took an unexpired Lease after {:?}",
         killed.elapsed()
     );
-    create_server(&cs, "worker-b", true).await;
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("worker-b", None, None),
-        )
-        .await
-        .expect("create node");
-    wait_for(
-        &nodes,
-        "worker-b",
-        "initialization by the new leader",
-        |n| !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string()),
-    )
-    .await;
+    register_and_initialize(&cs, &nodes, "worker-b", "initialization by the new leader").await;
     assert_eq!(
         metric(
             &reqwest_get(&b_metrics).await,
