@@ -58,13 +58,22 @@ pub struct CloudConfig {
     pub ssh_authorized_keys: Vec<String>,
     /// `users`: the subset the Cluster API kubeadm provider emits (see [`User`]).
     pub users: Vec<User>,
+    /// `ntp` (None when absent or null, as cloud-init).
+    pub ntp: Option<crate::ntp::Ntp>,
+    /// `disk_setup`, in document order.
+    pub disk_setup: Vec<crate::storage::Disk>,
+    /// `fs_setup`, in document order.
+    pub fs_setup: Vec<crate::storage::Filesystem>,
+    /// `mounts` with `mount_default_fields` applied; None when the key is absent (an empty list
+    /// still removes the entries a previous run added).
+    pub mounts: Option<Vec<crate::storage::Mount>>,
     /// Top-level keys present in the data that the agent does not implement, in document order.
     pub unsupported: Vec<String>,
     /// Non-fatal remarks (unknown sub-fields...), never containing content.
     pub warnings: Vec<String>,
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -76,7 +85,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
+pub(crate) fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -94,6 +103,9 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
         other => return Err(ConfigError::NotMapping(type_name(&other))),
     };
     let mut cfg = CloudConfig::default();
+    // mounts needs mount_default_fields, which may come after it in the document.
+    let mut mounts = None;
+    let mut mount_defaults = None;
     for (k, v) in map {
         let key = match &k {
             Value::String(s) => s.clone(),
@@ -115,8 +127,20 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             }
             "ssh_authorized_keys" => cfg.ssh_authorized_keys = string_list(&v).map_err(kerr)?,
             "users" => cfg.users = parse_users(&v, &mut cfg.warnings)?,
+            "ntp" => cfg.ntp = crate::ntp::parse(&v, &mut cfg.warnings)?,
+            "disk_setup" => cfg.disk_setup = crate::storage::parse_disk_setup(&v)?,
+            "fs_setup" => cfg.fs_setup = crate::storage::parse_fs_setup(&v, &mut cfg.warnings)?,
+            "mounts" => mounts = Some(v),
+            "mount_default_fields" => mount_defaults = Some(v),
             _ => cfg.unsupported.push(key),
         }
+    }
+    if let Some(m) = mounts.filter(|m| !m.is_null()) {
+        cfg.mounts = Some(crate::storage::parse_mounts(
+            &m,
+            mount_defaults.as_ref(),
+            &mut cfg.warnings,
+        )?);
     }
     Ok(cfg)
 }
@@ -259,7 +283,7 @@ fn parse_users(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, Confi
     Ok(out)
 }
 
-fn opt_string(v: &Value) -> Result<Option<String>, String> {
+pub(crate) fn opt_string(v: &Value) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
         other => scalar_string(other)
@@ -268,7 +292,7 @@ fn opt_string(v: &Value) -> Result<Option<String>, String> {
     }
 }
 
-fn string_list(v: &Value) -> Result<Vec<String>, String> {
+pub(crate) fn string_list(v: &Value) -> Result<Vec<String>, String> {
     match v {
         Value::Null => Ok(Vec::new()),
         Value::String(s) => Ok(vec![s.clone()]),
@@ -286,7 +310,7 @@ fn string_list(v: &Value) -> Result<Vec<String>, String> {
     }
 }
 
-fn boolish(v: &Value) -> Result<bool, String> {
+pub(crate) fn boolish(v: &Value) -> Result<bool, String> {
     match v {
         Value::Bool(b) => Ok(*b),
         Value::Null => Ok(false),
@@ -529,7 +553,8 @@ mod tests {
             cfg.write_files[1].unknown_encoding.as_deref(),
             Some("weird")
         );
-        assert_eq!(cfg.unsupported, vec!["ntp"]);
+        assert_eq!(cfg.unsupported, Vec::<String>::new());
+        assert!(cfg.ntp.is_some());
         assert_eq!(cfg.warnings.len(), 1);
     }
 

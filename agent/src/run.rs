@@ -13,7 +13,8 @@ use crate::cloudconfig::{self, CloudConfig, Encoding, WriteFile};
 use crate::fsutil::{self, atomic_write, under, ChownOutcome, Owner, WriteMode};
 use crate::redact::redact_line;
 use crate::report::{Logger, Phase, Status, StepError};
-use crate::{net, template, userdata};
+use crate::storage::{self, Disk, Filesystem, Mount, PartSel};
+use crate::{net, ntp, sys, template, userdata};
 
 pub const MARKER: &str = "/run/cluster-api/bootstrap-success.complete";
 pub const STATE_DIR: &str = "/var/lib/cloudsigma-agent";
@@ -303,6 +304,21 @@ impl Agent<'_> {
         } else {
             self.phase("write_files", |a| a.write_files(&now))?;
         }
+        // cloud-init's init stage: disk_setup (partitions, then filesystems), then mounts.
+        if cfg.disk_setup.is_empty() {
+            self.skip("disk_setup", "no disks to partition");
+        } else {
+            self.phase("disk_setup", |a| a.disk_setup(&cfg.disk_setup))?;
+        }
+        if cfg.fs_setup.is_empty() {
+            self.skip("fs_setup", "no filesystems");
+        } else {
+            self.phase("fs_setup", |a| a.fs_setup(&cfg.fs_setup))?;
+        }
+        match &cfg.mounts {
+            None => self.skip("mounts", "no mounts"),
+            Some(m) => self.phase("mounts", |a| a.mounts(m))?,
+        }
         self.phase("hostname", |a| a.hostname(&cfg, &hostname))?;
         if cfg.users.is_empty() {
             self.skip("users", "no users");
@@ -316,6 +332,12 @@ impl Agent<'_> {
             self.skip("node_ip", "the bootstrap data sets node-ip itself");
         } else {
             self.phase("node_ip", |a| a.node_ip())?;
+        }
+        // cloud-init's config stage: ntp comes before runcmd (which runs in the final stage).
+        match &cfg.ntp {
+            None => self.skip("ntp", "no ntp"),
+            Some(n) if !n.enabled => self.skip("ntp", "ntp.enabled is false"),
+            Some(n) => self.phase("ntp", |a| a.ntp(n))?,
         }
         if deferred.is_empty() {
             self.skip("write_files_deferred", "no deferred files");
@@ -702,6 +724,317 @@ impl Agent<'_> {
         Ok(())
     }
 
+    fn ntp(&mut self, n: &ntp::Ntp) -> Step<()> {
+        let client = ntp::detect(&self.o.root, n.client)?;
+        let (unit, path, body) = match client {
+            ntp::Client::Chrony => ("chrony", ntp::CHRONY_SOURCES, ntp::chrony_sources(n)),
+            _ => (
+                "systemd-timesyncd",
+                ntp::TIMESYNCD_DROPIN,
+                ntp::timesyncd_dropin(n),
+            ),
+        };
+        if n.servers.is_empty() && n.pools.is_empty() {
+            // cloud-init would write its distro's default pools: the image's own defaults are
+            // the same pools, so they are kept.
+            self.log.info(&format!(
+                "ntp: no servers or pools in the data: {unit} keeps the image's configuration"
+            ));
+        } else {
+            let target = under(&self.o.root, path);
+            atomic_write(
+                &target,
+                body.as_bytes(),
+                0o644,
+                Owner {
+                    uid: Some(0),
+                    gid: Some(0),
+                },
+                WriteMode::Replace,
+            )
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            if client == ntp::Client::Chrony {
+                self.chrony_sourcedir()?;
+            }
+            self.log.info(&format!(
+                "ntp: {unit} uses {} (in {path})",
+                n.servers
+                    .iter()
+                    .chain(n.pools.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        sys::check("systemctl", &["enable", unit], None)?;
+        sys::check("systemctl", &["restart", unit], None)?;
+        Ok(())
+    }
+
+    /// Images whose chrony.conf predates `sourcedir` would never read our sources file.
+    fn chrony_sourcedir(&mut self) -> Step<()> {
+        let conf = under(&self.o.root, ntp::CHRONY_CONF);
+        let text = match fs::read_to_string(&conf) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", conf.display())),
+        };
+        if ntp::chrony_reads_sourcedir(&text) {
+            return Ok(());
+        }
+        let mut add = String::new();
+        if !text.is_empty() && !text.ends_with('\n') {
+            add.push('\n');
+        }
+        add.push_str(&format!(
+            "# Added by cloudsigma-agent for the bootstrap data's ntp servers\nsourcedir {}\n",
+            ntp::CHRONY_SOURCEDIR
+        ));
+        atomic_write(
+            &conf,
+            add.as_bytes(),
+            0o644,
+            Owner::default(),
+            WriteMode::Append,
+        )
+        .map_err(|e| format!("cannot update {}: {e}", conf.display()))?;
+        self.log.info(&format!(
+            "ntp: added 'sourcedir {}' to {}",
+            ntp::CHRONY_SOURCEDIR,
+            ntp::CHRONY_CONF
+        ));
+        Ok(())
+    }
+
+    /// A device path is looked up under --root (tests create stand-ins there; a debugging run
+    /// with a scratch root thus never reaches the host's disks), but passed to the tools as is.
+    fn device_exists(&mut self, dev: &str) -> Step<()> {
+        let p = under(&self.o.root, dev);
+        if p.exists() {
+            return Ok(());
+        }
+        // Partitions created a moment ago may still be on their way from udev.
+        let _ = sys::run("udevadm", &["settle"], None);
+        if p.exists() {
+            Ok(())
+        } else {
+            Err(format!("device {dev} does not exist"))
+        }
+    }
+
+    fn disk_setup(&mut self, disks: &[Disk]) -> Step<()> {
+        for d in disks {
+            let dev = d.device.as_str();
+            self.device_exists(dev)
+                .map_err(|e| format!("disk_setup {dev}: {e}"))?;
+            let probe = blkid(dev)?;
+            if let Some(pt) = &probe.pttype {
+                if !d.overwrite {
+                    self.log.info(&format!(
+                        "disk_setup: {dev} already has a {pt} partition table: left as is (overwrite is false)"
+                    ));
+                    continue;
+                }
+                let out = sys::check("sfdisk", &["--json", dev], None)?;
+                if let Some((label, n)) = storage::sfdisk_json_layout(&out.stdout) {
+                    let count_ok = if d.parts.is_empty() {
+                        n >= 1
+                    } else {
+                        n == d.parts.len()
+                    };
+                    if label == d.table_type.label() && count_ok {
+                        self.log.info(&format!(
+                            "disk_setup: {dev} already has the requested layout ({label}, {n} partition(s)): left as is"
+                        ));
+                        continue;
+                    }
+                }
+                self.warn(format!(
+                    "disk_setup: replacing the {pt} partition table of {dev} (overwrite is true)"
+                ));
+            } else if let Some(fs) = &probe.fstype {
+                if !d.overwrite {
+                    self.warn(format!(
+                        "disk_setup: {dev} carries a {fs} filesystem on the whole disk: not partitioned (overwrite is false)"
+                    ));
+                    continue;
+                }
+            }
+            let out = sys::check("blockdev", &["--getsize64", dev], None)?;
+            let size: u64 = out.stdout.trim().parse().map_err(|_| {
+                format!("disk_setup {dev}: blockdev --getsize64 did not print a size")
+            })?;
+            let script = storage::sfdisk_script(d, size).map_err(|e| format!("disk_setup: {e}"))?;
+            sys::check(
+                "sfdisk",
+                &["--wipe", "always", dev],
+                Some(script.as_bytes()),
+            )
+            .map_err(|e| format!("disk_setup {dev}: {e}"))?;
+            // The partition nodes (and their by-label links) appear through udev.
+            let _ = sys::run("udevadm", &["settle"], None);
+            self.log.info(&format!(
+                "disk_setup: partitioned {dev} ({}, {} partition(s))",
+                d.table_type.label(),
+                d.parts.len().max(1)
+            ));
+        }
+        Ok(())
+    }
+
+    fn fs_setup(&mut self, list: &[Filesystem]) -> Step<()> {
+        let mut made = 0;
+        for (i, f) in list.iter().enumerate() {
+            let key = format!("fs_setup[{i}]");
+            let (target, force) = match f.partition {
+                PartSel::Num(_) | PartSel::Raw => {
+                    let raw = f.partition == PartSel::Raw;
+                    let target = match f.partition {
+                        PartSel::Num(n) => storage::partition_path(&f.device, n),
+                        _ => f.device.clone(),
+                    };
+                    self.device_exists(&target)
+                        .map_err(|e| format!("{key}: {e}"))?;
+                    let p = blkid(&target)?;
+                    let label = p
+                        .label
+                        .as_ref()
+                        .map(|l| format!(" labelled '{l}'"))
+                        .unwrap_or_default();
+                    match (&p.fstype, &p.pttype) {
+                        (Some(t), _) if *t == f.filesystem && p.label == f.label && !f.overwrite => {
+                            self.log.info(&format!(
+                                "{key}: {target} already has the {t} filesystem{label}: kept"
+                            ));
+                            continue;
+                        }
+                        (Some(t), _) if f.overwrite || f.replace_fs.as_deref() == Some(t) => {
+                            self.warn(format!(
+                                "{key}: replacing the {t} filesystem{label} on {target} ({})",
+                                if f.overwrite { "overwrite is true" } else { "replace_fs" }
+                            ));
+                            (target, true)
+                        }
+                        (Some(t), _) => {
+                            return Err(format!(
+                                "{key}: {target} already has a {t} filesystem{label}; not formatted as {} (overwrite is false)",
+                                f.filesystem
+                            ))
+                        }
+                        (None, Some(pt)) if raw && !f.overwrite => {
+                            return Err(format!(
+                                "{key}: {target} has a {pt} partition table; not formatted as a whole (overwrite is false)"
+                            ))
+                        }
+                        (None, _) => (target, raw || f.overwrite),
+                    }
+                }
+                PartSel::Any | PartSel::Auto => {
+                    self.device_exists(&f.device)
+                        .map_err(|e| format!("{key}: {e}"))?;
+                    let out = sys::check(
+                        "lsblk",
+                        &[
+                            "--pairs",
+                            "--paths",
+                            "--output",
+                            "NAME,TYPE,FSTYPE,LABEL",
+                            &f.device,
+                        ],
+                        None,
+                    )?;
+                    let devs = storage::parse_lsblk_pairs(&out.stdout);
+                    let (target, reuse) =
+                        storage::pick_device(f, &devs).map_err(|e| format!("{key}: {e}"))?;
+                    if reuse {
+                        self.log.info(&format!(
+                            "{key}: {target} already has a {} filesystem: kept",
+                            f.filesystem
+                        ));
+                        continue;
+                    }
+                    let had_fs = devs.iter().any(|d| d.name == target && d.fstype.is_some());
+                    let force = had_fs || target == f.device;
+                    (target, force)
+                }
+            };
+            let (tool, args) = storage::mkfs_command(f, &target, force);
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            sys::check(&tool, &argv, None).map_err(|e| format!("{key}: {e}"))?;
+            made += 1;
+            self.log.info(&format!(
+                "{key}: created {}{} on {target}",
+                f.filesystem,
+                f.label
+                    .as_ref()
+                    .map(|l| format!(" '{l}'"))
+                    .unwrap_or_default()
+            ));
+        }
+        if made > 0 {
+            // mounts by LABEL= need udev's by-label links of the new filesystems.
+            let _ = sys::run("udevadm", &["settle"], None);
+        }
+        Ok(())
+    }
+
+    fn mounts(&mut self, mounts: &[Mount]) -> Step<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let fstab = under(&self.o.root, "/etc/fstab");
+        let (old, mode, owner) = match fs::read_to_string(&fstab) {
+            Ok(t) => {
+                let meta = fs::metadata(&fstab).map_err(|e| format!("{}: {e}", fstab.display()))?;
+                let owner = Owner {
+                    uid: Some(meta.uid()),
+                    gid: Some(meta.gid()),
+                };
+                (t, meta.permissions().mode() & 0o7777, owner)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (String::new(), 0o644, Owner::default())
+            }
+            Err(e) => return Err(format!("{}: {e}", fstab.display())),
+        };
+        let (new, left_out) = storage::merge_fstab(&old, mounts);
+        for d in &left_out {
+            self.warn(format!(
+                "mounts: {d} is already in /etc/fstab (not written by us): that line is kept, the data's entry is not added"
+            ));
+        }
+        let ours: Vec<&Mount> = mounts
+            .iter()
+            .filter(|m| !left_out.contains(&m.device))
+            .collect();
+        for m in &ours {
+            if m.mountpoint.starts_with('/') {
+                let dir = under(&self.o.root, &m.mountpoint);
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&dir)
+                    .map_err(|e| format!("mounts: cannot create {}: {e}", m.mountpoint))?;
+            }
+        }
+        if new != old {
+            atomic_write(&fstab, new.as_bytes(), mode, owner, WriteMode::Replace)
+                .map_err(|e| format!("{}: {e}", fstab.display()))?;
+            self.log.info(&format!(
+                "mounts: /etc/fstab updated ({} entr{} of ours)",
+                ours.len(),
+                if ours.len() == 1 { "y" } else { "ies" }
+            ));
+            // systemd generates mount units from fstab: reload first, or mount -a warns that
+            // systemd still uses the old version.
+            sys::check("systemctl", &["daemon-reload"], None)?;
+        } else {
+            self.log.info("mounts: /etc/fstab already up to date");
+        }
+        if !ours.is_empty() {
+            sys::check("mount", &["-a"], None)?;
+        }
+        Ok(())
+    }
+
     fn swap(&mut self) -> Step<()> {
         let swaps = under(&self.o.root, "/proc/swaps");
         let active: Vec<String> = fs::read_to_string(&swaps)
@@ -894,6 +1227,23 @@ impl Agent<'_> {
             }
             None => eprintln!("{summary}"),
         }
+    }
+}
+
+/// `blkid -p` (low-level probe, no cache, like cloud-init's `-c /dev/null`): exit 2 means no
+/// signature at all.
+fn blkid(dev: &str) -> Step<storage::Probe> {
+    let out = sys::run("blkid", &["-p", "-o", "export", dev], None)?;
+    match out.code {
+        Some(0) => Ok(storage::parse_blkid_export(&out.stdout)),
+        Some(2) => Ok(storage::Probe::default()),
+        _ => Err(format!(
+            "blkid -p -o export {dev} exited with {}{}",
+            out.code
+                .map(|c| format!("status {c}"))
+                .unwrap_or_else(|| "a signal".into()),
+            out.why()
+        )),
     }
 }
 

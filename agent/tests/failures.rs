@@ -168,3 +168,42 @@ fn usage_error_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--bogus"));
 }
+
+#[test]
+fn failing_mkfs() {
+    let n = Node::new(data("kubeadm-init-disks.yaml").as_bytes());
+    n.fake_disk("sdb");
+    let fstab = n.read("/etc/fstab");
+    let out = n.run_env(&[], &[("STUB_FAIL", "mkfs.ext4")]);
+    let msg = assert_failed_at(&n, &out, "fs_setup");
+    assert!(
+        msg.contains("mkfs.ext4") && msg.contains("/dev/sdb1"),
+        "{msg}"
+    );
+    assert!(!n
+        .stub_calls()
+        .iter()
+        .any(|c| c.starts_with("kubeadm") || c.starts_with("mount")));
+    assert_eq!(n.read("/etc/fstab"), fstab, "mounts did not run");
+    n.assert_no_secrets(&["abcdef.0123456789abcdef"]);
+}
+
+#[test]
+fn missing_disk_is_named() {
+    let n = Node::new(data("kubeadm-init-disks.yaml").as_bytes());
+    let out = n.run(&[]);
+    let msg = assert_failed_at(&n, &out, "disk_setup");
+    assert!(msg.contains("device /dev/sdb does not exist"), "{msg}");
+    assert!(!n
+        .stub_calls()
+        .iter()
+        .any(|c| c.starts_with("sfdisk") || c.starts_with("kubeadm")));
+}
+
+#[test]
+fn bad_storage_key_fails_parsing_without_content() {
+    let n = Node::new(b"#cloud-config\nfs_setup:\n  - device: /dev/sdb\n    filesystem: 'ext4 --secret=hunter2'\n");
+    let out = n.run(&[]);
+    let msg = assert_failed_at(&n, &out, "cloudconfig");
+    assert!(msg.contains("fs_setup[0].filesystem"), "{msg}");
+}

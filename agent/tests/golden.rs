@@ -96,11 +96,15 @@ fn kubeadm_join_worker() {
             "cloudconfig",
             "bootcmd",
             "write_files",
+            "disk_setup",
+            "fs_setup",
+            "mounts",
             "hostname",
             "users",
             "ssh_keys",
             "swap",
             "node_ip",
+            "ntp",
             "write_files_deferred",
             "runcmd",
             "marker",
@@ -198,19 +202,21 @@ fn kubeadm_init_control_plane() {
     assert_eq!(
         n.stub_calls(),
         vec![
+            "systemctl enable systemd-timesyncd",
+            "systemctl restart systemd-timesyncd",
             "swapoff -a",
             "kubeadm init --config /run/kubeadm/kubeadm.yaml"
         ],
-        "agent's own swapoff is not run under a test root; the data's is"
+        "ntp before runcmd; agent's own swapoff is not run under a test root; the data's is"
     );
     let st = n.status();
     assert_eq!(st["result"], "success");
-    assert_eq!(st["unsupported"], serde_json::json!(["ntp"]));
-    let log = n.log();
-    assert!(
-        log.contains("cloud-config key 'ntp' is not implemented"),
-        "{log}"
+    assert_eq!(st["unsupported"], serde_json::json!([]));
+    assert_eq!(
+        n.read("/etc/systemd/timesyncd.conf.d/cloud-init.conf"),
+        "# Written by cloudsigma-agent from the bootstrap data's ntp\n[Time]\nNTP=0.pool.ntp.org\n"
     );
+    let log = n.log();
     assert!(
         log.contains("user capi does not exist under the test root"),
         "{log}"

@@ -10,7 +10,21 @@ use std::process::{Command, Output};
 use base64::Engine;
 
 pub const UUID: &str = "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff";
-pub const STUBS: &[&str] = &["kubeadm", "systemctl", "hostname", "swapoff", "curl"];
+pub const STUBS: &[&str] = &[
+    "kubeadm",
+    "systemctl",
+    "hostname",
+    "swapoff",
+    "curl",
+    // The agent's own storage tools: never the host's real ones in a test.
+    "blkid",
+    "blockdev",
+    "sfdisk",
+    "lsblk",
+    "mkfs.ext4",
+    "mount",
+    "udevadm",
+];
 
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -74,6 +88,9 @@ impl Node {
         )
         .unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\ndebian:x:1000:\n").unwrap();
+        // A Debian image: systemd-timesyncd is the time client.
+        fs::create_dir_all(root.join("etc/systemd")).unwrap();
+        fs::write(root.join("etc/systemd/timesyncd.conf"), "[Time]\n").unwrap();
         fs::write(
             root.join("etc/fstab"),
             "UUID=abcd / ext4 errors=remount-ro 0 1\n/swap.img none swap sw 0 0\n",
@@ -145,11 +162,87 @@ impl Node {
             .args(extra)
             .env("PATH", path)
             .env("STUB_LOG", &self.stub_log)
+            .env("STUB_ROOT", &self.root)
+            .env("STUB_STATE", self.dir.path().join("state"))
             .env_remove("STUB_FAIL");
         for (k, v) in env {
             c.env(k, v);
         }
         c.output().unwrap()
+    }
+
+    /// Replace a stub: it records its argv, fails when STUB_FAIL names it, else runs `body`.
+    pub fn stub(&self, name: &str, body: &str) {
+        let p = self.stub_dir.join(name);
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >> \"$STUB_LOG\"\n[ \"$STUB_FAIL\" = \"{name}\" ] && exit 1\n{body}\nexit 0\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A blank disk `/dev/NAME` (a stand-in file under the root) and storage tools that keep its
+    /// state in STUB_STATE: sfdisk writes a table and creates the partition nodes, mkfs.ext4
+    /// records the filesystem, blkid and lsblk report what is there.
+    pub fn fake_disk(&self, name: &str) {
+        fs::create_dir_all(self.p("/dev")).unwrap();
+        fs::write(self.p(&format!("/dev/{name}")), "").unwrap();
+        fs::create_dir_all(self.dir.path().join("state")).unwrap();
+        // State file of a device: STUB_STATE/_dev_sdb1.
+        let st = r#"st() { printf '%s/%s' "$STUB_STATE" "$(printf '%s' "$1" | tr / _)"; }"#;
+        self.stub(
+            "blkid",
+            &format!("{st}\nf=$(st \"$4\")\n[ -f \"$f\" ] || exit 2\ncat \"$f\""),
+        );
+        self.stub("blockdev", "echo 10737418240");
+        self.stub(
+            "sfdisk",
+            &format!(
+                r#"{st}
+if [ "$1" = "--json" ]; then
+  n=$(ls "$STUB_ROOT$2"[0-9]* 2>/dev/null | wc -l)
+  printf '{{"partitiontable": {{"label": "gpt", "partitions": [%s]}}}}
+' "$(i=0; while [ $i -lt $n ]; do [ $i -gt 0 ] && printf ,; printf '{{}}'; i=$((i+1)); done)"
+  exit 0
+fi
+dev="$3"
+cat > "$STUB_STATE/sfdisk.in"
+printf 'PTTYPE=%s
+' "$(sed -n 's/^label: //p' "$STUB_STATE/sfdisk.in")" > "$(st "$dev")"
+i=1
+for l in $(grep -c '^\(size\|type\)=' "$STUB_STATE/sfdisk.in" | xargs seq 1); do : > "$STUB_ROOT$dev$l"; done"#
+            ),
+        );
+        self.stub(
+            "lsblk",
+            &format!(
+                r#"{st}
+dev="$5"
+printf 'NAME="%s" TYPE="disk" FSTYPE="" LABEL=""
+' "$dev"
+for p in "$STUB_ROOT$dev"[0-9]*; do
+  [ -e "$p" ] || continue
+  node=${{p#"$STUB_ROOT"}}
+  f=$(st "$node")
+  t=$(sed -n 's/^TYPE=//p' "$f" 2>/dev/null); l=$(sed -n 's/^LABEL=//p' "$f" 2>/dev/null)
+  printf 'NAME="%s" TYPE="part" FSTYPE="%s" LABEL="%s"
+' "$node" "$t" "$l"
+done"#
+            ),
+        );
+        self.stub(
+            "mkfs.ext4",
+            &format!(
+                r#"{st}
+label=""; for a in "$@"; do [ "$prev" = "-L" ] && label="$a"; prev="$a"; dev="$a"; done
+printf 'TYPE=ext4
+LABEL=%s
+' "$label" > "$(st "$dev")""#
+            ),
+        );
     }
 
     pub fn p(&self, abs: &str) -> PathBuf {
