@@ -145,8 +145,19 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
     Ok(cfg)
 }
 
-/// One `users` entry. Implemented: name, gecos, shell, groups, homedir, primary_group,
-/// lock_passwd, sudo, ssh_authorized_keys. Other fields are listed as warnings (not applied).
+/// A value that must never reach a log: Debug prints a placeholder.
+#[derive(Clone, PartialEq, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One `users` entry: every field the Cluster API kubeadm provider emits (name, gecos, groups,
+/// homedir, inactive, lock_passwd, passwd, primary_group, shell, ssh_authorized_keys, sudo).
+/// Other fields are listed as warnings (not applied).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct User {
     pub name: String,
@@ -158,9 +169,15 @@ pub struct User {
     pub lock_passwd: bool,
     pub sudo: Vec<String>,
     pub ssh_authorized_keys: Vec<String>,
+    /// A crypt(3) hash, set when the user is created (cloud-init's `useradd --password`).
+    pub passwd: Option<Secret>,
+    /// Days after password expiry until the account is disabled (`useradd --inactive`).
+    pub inactive: Option<String>,
 }
 
 const USER_FIELDS: &[&str] = &[
+    "passwd",
+    "inactive",
     "name",
     "gecos",
     "shell",
@@ -260,6 +277,39 @@ fn parse_users(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, Confi
                 ));
             }
         }
+        let passwd = match get("passwd") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) if p.is_empty() => None,
+            // The value is a secret: errors describe it, never show it.
+            Some(Value::String(p)) if p.contains([':', '\n', '\r']) => {
+                return Err(err(
+                    "passwd: not a crypt hash (contains ':' or a line break)".into(),
+                ))
+            }
+            Some(Value::String(p)) => Some(Secret(p.clone())),
+            Some(other) => {
+                return Err(err(format!(
+                    "passwd: expected a string, got {}",
+                    type_name(other)
+                )))
+            }
+        };
+        // cloud-init passes only a string to useradd; the kubeadm provider writes
+        // `inactive: true`, which cloud-init therefore ignores: so do we, with a warning.
+        let inactive = match get("inactive") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => {
+                warnings.push(format!(
+                    "{key} ({name}): inactive: {b} is not a number of days; ignored, as cloud-init does"
+                ));
+                None
+            }
+            Some(v) => match scalar_string(v) {
+                Some(d) if !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()) => Some(d),
+                Some(d) if d == "-1" => Some(d),
+                _ => return Err(err("inactive: expected a number of days".into())),
+            },
+        };
         for g in groups.iter().chain(opt("primary_group")?.iter()) {
             if !g
                 .chars()
@@ -278,6 +328,8 @@ fn parse_users(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, Confi
             lock_passwd,
             sudo,
             ssh_authorized_keys: keys,
+            passwd,
+            inactive,
         });
     }
     Ok(out)

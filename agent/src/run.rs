@@ -655,30 +655,40 @@ impl Agent<'_> {
                     ));
                     continue;
                 }
-                let mut args: Vec<String> = vec!["-m".into()];
-                for (flag, v) in [
-                    ("-c", &u.gecos),
-                    ("-s", &u.shell),
-                    ("-d", &u.homedir),
-                    ("-g", &u.primary_group),
-                ] {
-                    if let Some(v) = v {
-                        args.push(flag.into());
-                        args.push(v.clone());
-                    }
-                }
-                if !u.groups.is_empty() {
-                    args.push("-G".into());
-                    args.push(u.groups.join(","));
-                }
-                args.push(u.name.clone());
+                let args = useradd_args(u);
                 run_tool(
                     "useradd",
                     &args.iter().map(String::as_str).collect::<Vec<_>>(),
                 )?;
-                self.log.info(&format!("created user {}", u.name));
-            } else if !u.groups.is_empty() && self.real_root {
-                run_tool("usermod", &["-a", "-G", &u.groups.join(","), &u.name])?;
+                if let Some(p) = &u.passwd {
+                    // On stdin, not as useradd's --password argument as cloud-init does: argv
+                    // is readable by every process.
+                    sys::check(
+                        "chpasswd",
+                        &["-e"],
+                        Some(chpasswd_line(&u.name, p).as_bytes()),
+                    )
+                    .map_err(|e| format!("users: setting the password of {}: {e}", u.name))?;
+                }
+                self.log.info(&format!(
+                    "created user {}{}",
+                    u.name,
+                    if u.passwd.is_some() {
+                        " (password hash set)"
+                    } else {
+                        ""
+                    }
+                ));
+            } else {
+                if u.passwd.is_some() || u.inactive.is_some() {
+                    self.warn(format!(
+                        "user {} exists: passwd/inactive not changed (cloud-init applies them only when it creates the user)",
+                        u.name
+                    ));
+                }
+                if !u.groups.is_empty() && self.real_root {
+                    run_tool("usermod", &["-a", "-G", &u.groups.join(","), &u.name])?;
+                }
             }
             if u.lock_passwd && self.real_root {
                 run_tool("passwd", &["-l", &u.name])?;
@@ -1260,6 +1270,33 @@ fn run_tool(tool: &str, args: &[&str]) -> Step<()> {
     }
 }
 
+/// useradd's argv for a new user (cloud-init's create_user, minus the password: see users()).
+fn useradd_args(u: &cloudconfig::User) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-m".into()];
+    for (flag, v) in [
+        ("-c", &u.gecos),
+        ("-s", &u.shell),
+        ("-d", &u.homedir),
+        ("-g", &u.primary_group),
+        ("--inactive", &u.inactive),
+    ] {
+        if let Some(v) = v {
+            args.push(flag.into());
+            args.push(v.clone());
+        }
+    }
+    if !u.groups.is_empty() {
+        args.push("-G".into());
+        args.push(u.groups.join(","));
+    }
+    args.push(u.name.clone());
+    args
+}
+
+fn chpasswd_line(name: &str, p: &cloudconfig::Secret) -> String {
+    format!("{name}:{}\n", p.0)
+}
+
 fn decode_content(f: &WriteFile) -> Step<Vec<u8>> {
     let b64 = |c: &[u8]| {
         userdata::decode_base64(&String::from_utf8_lossy(c)).map_err(|_| {
@@ -1363,6 +1400,63 @@ mod tests {
         assert!(n1.contains("#cloudsigma-agent: swap disabled for kubelet# /swap.img"));
         let (_, c2) = comment_swap(&n1);
         assert_eq!(c2, 0, "idempotent");
+    }
+
+    #[test]
+    fn useradd_for_capi_users() {
+        let cfg = cloudconfig::parse(
+            "users:\n  - name: capi\n    gecos: Cluster API\n    groups: docker,adm\n    homedir: /home/capi\n    inactive: true\n    lock_passwd: true\n    passwd: $6$salt$hash\n    primary_group: capi\n    shell: /bin/bash\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    ssh_authorized_keys:\n      - ssh-ed25519 AAAA capi\n  - name: ops\n    inactive: 7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            useradd_args(&cfg.users[0]),
+            [
+                "-m",
+                "-c",
+                "Cluster API",
+                "-s",
+                "/bin/bash",
+                "-d",
+                "/home/capi",
+                "-g",
+                "capi",
+                "-G",
+                "docker,adm",
+                "capi"
+            ]
+        );
+        assert_eq!(
+            useradd_args(&cfg.users[1]),
+            ["-m", "--inactive", "7", "ops"]
+        );
+        assert_eq!(
+            chpasswd_line("capi", cfg.users[0].passwd.as_ref().unwrap()),
+            "capi:$6$salt$hash\n"
+        );
+        assert!(cfg.users[0].lock_passwd);
+        // Only the boolean inactive is a warning; nothing else is left unapplied.
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(cfg.warnings[0].contains("inactive: true"));
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("$6$salt"), "Debug hides the hash");
+        for (y, want) in [
+            (
+                "users: [{name: a, passwd: 'x:y'}]",
+                "passwd: not a crypt hash",
+            ),
+            (
+                "users: [{name: a, passwd: [x]}]",
+                "passwd: expected a string",
+            ),
+            (
+                "users: [{name: a, inactive: soon}]",
+                "inactive: expected a number",
+            ),
+        ] {
+            let e = cloudconfig::parse(y).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("users[0]"), "{e}");
+            assert!(!e.contains("x:y"), "{e}");
+        }
     }
 
     #[test]

@@ -322,7 +322,7 @@ fn users_sudo_and_keys_for_existing_user() {
     let st = n.status();
     let warnings = st["warnings"].to_string();
     assert!(
-        warnings.contains("field 'passwd' is not implemented"),
+        warnings.contains("user debian exists: passwd/inactive not changed"),
         "{warnings}"
     );
     assert!(!warnings.contains("$6$hash"), "no secret in warnings");
