@@ -887,6 +887,14 @@ mounts:
     }
 
     #[test]
+    fn truncated_documents_never_panic() {
+        // Every prefix of the CAPI document: half-written mappings, lists and scalars.
+        for i in 0..CAPI.len() {
+            let _ = parse(&CAPI[..i]);
+        }
+    }
+
+    #[test]
     fn bad_storage_input_names_the_key() {
         assert!(err("disk_setup: [a]").starts_with("disk_setup: expected a mapping"));
         assert!(err("disk_setup: {ephemeral0: {layout: true}}")
