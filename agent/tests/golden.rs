@@ -7,14 +7,7 @@ use common::*;
 #[test]
 fn kubeadm_join_worker() {
     let n = Node::new(data("kubeadm-join.yaml").as_bytes());
-    let out = n.run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}\nlog: {}",
-        stderr(&out),
-        n.log()
-    );
+    let out = n.run_ok(&[]);
 
     // Files: rendered, with modes.
     let cfg = n.read("/run/kubeadm/kubeadm-join-config.yaml");
@@ -177,14 +170,7 @@ fn kubeadm_join_is_idempotent_and_force_reruns() {
 #[test]
 fn kubeadm_init_control_plane() {
     let n = Node::new(data("kubeadm-init.yaml").as_bytes());
-    let out = n.run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}\nlog: {}",
-        stderr(&out),
-        n.log()
-    );
+    n.run_ok(&[]);
     assert_eq!(n.mode("/etc/kubernetes/pki/ca.key"), 0o600);
     assert_eq!(n.mode("/etc/kubernetes/pki/ca.crt"), 0o640);
     assert_eq!(n.mode("/etc/kubernetes/pki/etcd/ca.crt"), 0o640);
@@ -245,14 +231,7 @@ fn kubeadm_init_control_plane() {
 #[test]
 fn rke2_agent() {
     let n = Node::new(data("rke2-agent.yaml").as_bytes());
-    let out = n.run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}\nlog: {}",
-        stderr(&out),
-        n.log()
-    );
+    n.run_ok(&[]);
     let cfg = n.read("/etc/rancher/rke2/config.yaml");
     assert!(
         cfg.contains(&format!("- provider-id=cloudsigma://{UUID}\n")),

@@ -16,14 +16,7 @@ fn pos(calls: &[String], prefix: &str) -> usize {
 fn kubeadm_init_with_etcd_disk_and_ntp() {
     let n = Node::new(data("kubeadm-init-disks.yaml").as_bytes());
     n.fake_disk("sdb");
-    let out = n.run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}\nlog: {}",
-        stderr(&out),
-        n.log()
-    );
+    n.run_ok(&[]);
     assert_eq!(
         n.stub_calls(),
         vec![

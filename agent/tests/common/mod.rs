@@ -146,6 +146,19 @@ impl Node {
         self.run_env(extra, &[])
     }
 
+    /// Runs and asserts exit status 0, showing stderr and the agent's log otherwise.
+    pub fn run_ok(&self, extra: &[&str]) -> Output {
+        let out = self.run(extra);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stderr: {}\nlog: {}",
+            stderr(&out),
+            self.log()
+        );
+        out
+    }
+
     pub fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!(
             "{}:{}",
