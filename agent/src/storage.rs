@@ -12,6 +12,18 @@ fn kerr(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A top-level list key: `null` is an empty list, anything else but a list is an error naming it.
+fn list_or_empty<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], ConfigError> {
+    match v {
+        Value::Null => Ok(&[]),
+        Value::Sequence(s) => Ok(s),
+        other => Err(kerr(
+            key,
+            format!("expected a list, got {}", type_name(other)),
+        )),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableType {
     Mbr,
@@ -267,16 +279,7 @@ pub fn parse_fs_setup(
     v: &Value,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Filesystem>, ConfigError> {
-    let items = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Sequence(s) => s,
-        other => {
-            return Err(kerr(
-                "fs_setup",
-                format!("expected a list, got {}", type_name(other)),
-            ))
-        }
-    };
+    let items = list_or_empty(v, "fs_setup")?;
     let mut out = Vec::new();
     for (i, it) in items.iter().enumerate() {
         let key = format!("fs_setup[{i}]");
@@ -456,16 +459,7 @@ pub fn parse_mounts(
             ))
         }
     }
-    let items = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Sequence(s) => s,
-        other => {
-            return Err(kerr(
-                "mounts",
-                format!("expected a list, got {}", type_name(other)),
-            ))
-        }
-    };
+    let items = list_or_empty(v, "mounts")?;
     let mut out = Vec::new();
     for (i, it) in items.iter().enumerate() {
         let key = format!("mounts[{i}]");

@@ -101,6 +101,19 @@ async fn wait_gone(api: &Api<Node>, name: &str) {
     }
 }
 
+/// Every Event as "regarding-name reason note", one per line.
+fn events(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note}{\"\\n\"}{end}",
+        ])
+        .expect("events")
+}
+
 fn taint_keys(n: &Node) -> Vec<String> {
     cloudsigma_controller::node::taints(n)
         .into_iter()
@@ -280,15 +293,7 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
         .and_then(|s| s.provider_id.clone())
         .is_none());
     // …and says why in an Event.
-    let ev = cluster
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "-o",
-            "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note}{\"\\n\"}{end}",
-        ])
-        .expect("events");
+    let ev = events(&cluster);
     assert!(
         ev.lines()
             .any(|l| l.starts_with("node-x InitializationFailed")
@@ -512,16 +517,8 @@ async fn binary_runs_under_kustomize_rbac() {
     // The Event was written under the ServiceAccount's RBAC (asynchronously: poll for it).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let ev = cluster
-            .kubectl(&[
-                "get",
-                "events.events.k8s.io",
-                "-A",
-                "-o",
-                "jsonpath={range .items[*]}{.regarding.name} {.reason}{\"\\n\"}{end}",
-            ])
-            .expect("events");
-        if ev.lines().any(|l| l == "worker-1 Initialized") {
+        let ev = events(&cluster);
+        if ev.lines().any(|l| l.starts_with("worker-1 Initialized ")) {
             break;
         }
         assert!(
