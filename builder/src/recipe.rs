@@ -184,6 +184,11 @@ pub struct StepFile {
     /// Seconds; overrides `timeouts.step`.
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// A minijinja expression over the recipe's variables (`kubernetes_source == "local"`): the
+    /// step is part of the build only when it is true, as Ansible's `when` in image-builder's
+    /// roles. Decided once, when the recipe is loaded.
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 /// A scalar variable value (strings, numbers and booleans are accepted and kept as text).
@@ -209,6 +214,12 @@ impl VarValue {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
+    /// A thin recipe names the recipe it builds on (a path relative to this file's directory):
+    /// it inherits everything and may change `name`, `description`, `base`, `disk_size`, `server`,
+    /// `ssh_user`, `timeouts`, `output` and the values of `vars`, never the steps. Inherited paths
+    /// stay relative to the parent's directory.
+    #[serde(default)]
+    pub extends: Option<String>,
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -254,8 +265,12 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct Recipe {
     pub file: PathBuf,
+    /// The directory the steps' paths resolve against: the recipe's own, or for a thin recipe
+    /// (`extends`) the parent's.
     pub dir: PathBuf,
     pub text: String,
+    /// The parent recipe's text, for a thin recipe (part of the fingerprint).
+    pub parent_text: Option<String>,
     pub spec: RecipeFile,
     pub vars: BTreeMap<String, String>,
     pub steps: Vec<Step>,
@@ -448,14 +463,42 @@ impl Recipe {
         };
         let text = std::fs::read_to_string(file)
             .map_err(|e| Diags(vec![fd(None, format!("cannot read recipe: {e}"))]))?;
-        let spec: RecipeFile = serde_yaml::from_str(&text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            Diags(vec![fd(line, format!("{e}"))])
-        })?;
-        let dir = file
+        let own_dir = file
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        // A thin recipe lacks required fields until merged with its parent: look for `extends`
+        // first, and parse a standalone recipe straight from its text (for line numbers).
+        let extends = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("extends").and_then(|e| e.as_str()).map(str::to_string));
+        let (spec, parent) = match &extends {
+            None => {
+                let spec: RecipeFile = serde_yaml::from_str(&text).map_err(|e| {
+                    let line = e.location().map(|l| l.line());
+                    Diags(vec![fd(line, format!("{e}"))])
+                })?;
+                (spec, None)
+            }
+            Some(rel) => {
+                let parent = Parent::load(&own_dir, rel)
+                    .map_err(|(f, l, m)| Diags(vec![Diag { file: f, line: l, message: m }]))?;
+                let spec = parent.merge(&text).map_err(|m| {
+                    Diags(vec![fd(key_line(&text, "extends"), m)])
+                })?;
+                (spec, Some(parent))
+            }
+        };
+        // Steps (and their paths and lines) come from the parent for a thin recipe.
+        let (dir, steps_file, steps_text) = match &parent {
+            Some(p) => (p.dir.clone(), p.file.clone(), p.text.clone()),
+            None => (own_dir.clone(), file.to_path_buf(), text.clone()),
+        };
+        let sfd = |line: Option<usize>, message: String| Diag {
+            file: steps_file.clone(),
+            line,
+            message,
+        };
         let mut diags = Vec::new();
 
         if spec.name.trim().is_empty() {
@@ -557,34 +600,44 @@ impl Recipe {
         }
 
         // steps
-        let lines = step_lines(&text);
+        let lines = step_lines(&steps_text);
         let mut steps = Vec::new();
         let mut files = BTreeMap::new();
         let mut dests = BTreeSet::new();
         if spec.steps.is_empty() {
-            diags.push(fd(
-                key_line(&text, "steps"),
+            diags.push(sfd(
+                key_line(&steps_text, "steps"),
                 "steps must not be empty".into(),
             ));
         }
         for (i, s) in spec.steps.iter().enumerate() {
             let line = lines.get(i).copied();
             let next = lines.get(i + 1).copied();
-            let at = |key: &str| key_in_step(&text, line, next, key);
+            let at = |key: &str| key_in_step(&steps_text, line, next, key);
             let n = i + 1;
+            if let Some(when) = &s.when {
+                match eval_when(when, &known, &ctx) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        diags.push(sfd(at("when"), format!("step {n}: when: {e}")));
+                        continue;
+                    }
+                }
+            }
             let kinds = [s.script.is_some(), s.upload.is_some(), s.reboot.is_some()]
                 .iter()
                 .filter(|x| **x)
                 .count();
             if kinds != 1 {
-                diags.push(fd(line, format!("step {n}: exactly one of `script`, `upload`, `reboot` must be set (found {kinds})")));
+                diags.push(sfd(line, format!("step {n}: exactly one of `script`, `upload`, `reboot` must be set (found {kinds})")));
                 continue;
             }
             if s.reboot.is_none()
                 && s.upload.is_none()
                 && (s.dest.is_some() || s.mode.is_some() || s.sha256.is_some())
             {
-                diags.push(fd(
+                diags.push(sfd(
                     line,
                     format!("step {n}: `dest`, `mode` and `sha256` belong to upload steps"),
                 ));
@@ -598,7 +651,7 @@ impl Recipe {
                     Ok(h) => {
                         files.insert(path.clone(), h);
                     }
-                    Err(e) => diags.push(fd(
+                    Err(e) => diags.push(sfd(
                         at("script"),
                         format!("step {n}: script {} cannot be read: {e}", path.display()),
                     )),
@@ -607,9 +660,16 @@ impl Recipe {
             } else if let Some(up) = &s.upload {
                 check_tpl(up, &format!("step {n} upload"), line, &mut diags);
                 let rel = render(up, &ctx).unwrap_or_else(|_| up.clone());
+                if rel.trim().is_empty() {
+                    diags.push(sfd(
+                        at("upload"),
+                        format!("step {n}: upload source {up:?} is empty: set it with --var NAME=PATH"),
+                    ));
+                    continue;
+                }
                 let src = dir.join(&rel);
                 let Some(dest) = &s.dest else {
-                    diags.push(fd(
+                    diags.push(sfd(
                         line,
                         format!("step {n}: upload needs `dest` (an absolute path in the guest)"),
                     ));
@@ -618,10 +678,10 @@ impl Recipe {
                 check_tpl(dest, &format!("step {n} dest"), line, &mut diags);
                 let dest = render(dest, &ctx).unwrap_or_else(|_| dest.clone());
                 if !dest.starts_with('/') || dest.contains(['\'', '\n', '\0']) {
-                    diags.push(fd(at("dest"), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
+                    diags.push(sfd(at("dest"), format!("step {n}: dest {dest:?} must be an absolute path without quotes or newlines")));
                 }
                 if !dests.insert(dest.clone()) {
-                    diags.push(fd(
+                    diags.push(sfd(
                         at("dest"),
                         format!("step {n}: dest {dest} is uploaded twice"),
                     ));
@@ -629,10 +689,53 @@ impl Recipe {
                 let mode = s.mode.clone().unwrap_or_else(|| "0644".into());
                 if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c))
                 {
-                    diags.push(fd(
+                    diags.push(sfd(
                         at("mode"),
                         format!("step {n}: mode {mode:?} must be octal like \"0755\""),
                     ));
+                }
+                if src.is_dir() {
+                    // A directory uploads every regular file beneath it, each checked like a
+                    // single upload; without `mode`, each keeps its own permission bits.
+                    if s.sha256.is_some() {
+                        diags.push(sfd(at("sha256"), format!("step {n}: `sha256` applies to a file upload, and {} is a directory", src.display())));
+                    }
+                    let name = s.name.clone().unwrap_or_else(|| format!("upload {dest}"));
+                    match files_under(&src) {
+                        Ok(list) if list.is_empty() => diags.push(sfd(
+                            at("upload"),
+                            format!("step {n}: upload directory {} is empty", src.display()),
+                        )),
+                        Ok(list) => {
+                            for (rel, path, own_mode) in list {
+                                let d = format!("{}/{rel}", dest.trim_end_matches('/'));
+                                if d.contains(['\'', '\n', '\0']) || !dests.insert(d.clone()) {
+                                    diags.push(sfd(at("upload"), format!("step {n}: {} would be uploaded to {d:?}, which is taken or has quotes or newlines", path.display())));
+                                    continue;
+                                }
+                                let sha256 = match sha256_file(&path) {
+                                    Ok(h) => h,
+                                    Err(e) => {
+                                        diags.push(sfd(at("upload"), format!("step {n}: {} cannot be read: {e}", path.display())));
+                                        continue;
+                                    }
+                                };
+                                files.insert(path.clone(), sha256.clone());
+                                let mode = s.mode.clone().unwrap_or_else(|| format!("{:04o}", own_mode & 0o777));
+                                steps.push(Step {
+                                    name: format!("{name}: {rel}"),
+                                    kind: StepKind::Upload { src: path, dest: d, mode, sha256 },
+                                    timeout,
+                                    line,
+                                });
+                            }
+                        }
+                        Err(e) => diags.push(sfd(
+                            at("upload"),
+                            format!("step {n}: upload directory {} cannot be read: {e}", src.display()),
+                        )),
+                    }
+                    continue;
                 }
                 let sha = match sha256_file(&src) {
                     Ok(h) => {
@@ -640,13 +743,13 @@ impl Recipe {
                         h
                     }
                     Err(e) => {
-                        diags.push(fd(at("upload"), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
+                        diags.push(sfd(at("upload"), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
                         String::new()
                     }
                 };
                 if let (Some(want), false) = (&s.sha256, sha.is_empty()) {
                     if !want.eq_ignore_ascii_case(&sha) {
-                        diags.push(fd(
+                        diags.push(sfd(
                             at("sha256"),
                             format!(
                                 "step {n}: {} has sha256 {sha}, the recipe expects {want}",
@@ -663,7 +766,7 @@ impl Recipe {
                 }
             } else {
                 if s.reboot != Some(true) {
-                    diags.push(fd(
+                    diags.push(sfd(
                         line,
                         format!("step {n}: `reboot` must be true (omit the step otherwise)"),
                     ));
@@ -692,6 +795,7 @@ impl Recipe {
             file: file.to_path_buf(),
             dir,
             text,
+            parent_text: parent.map(|p| p.text),
             spec,
             vars,
             steps,
@@ -728,6 +832,11 @@ impl Recipe {
         h.update(b"imgbuild-fingerprint-v1\n");
         h.update((self.text.len() as u64).to_le_bytes());
         h.update(self.text.as_bytes());
+        if let Some(parent) = &self.parent_text {
+            h.update(b"parent\0");
+            h.update((parent.len() as u64).to_le_bytes());
+            h.update(parent.as_bytes());
+        }
         for (p, sha) in &self.files {
             let rel = pathdiff(p, &self.dir);
             h.update(b"file\0");
@@ -746,6 +855,127 @@ impl Recipe {
         h.update(base_uuid.as_bytes());
         hex::encode(h.finalize())
     }
+}
+
+/// The recipe a thin recipe `extends`.
+struct Parent {
+    file: PathBuf,
+    dir: PathBuf,
+    text: String,
+}
+
+impl Parent {
+    /// `rel` is a recipe directory or recipe.yaml path relative to the child's directory.
+    /// Errors are (file, line, message).
+    fn load(child_dir: &Path, rel: &str) -> Result<Parent, (PathBuf, Option<usize>, String)> {
+        let p = child_dir.join(rel);
+        let file = if p.is_dir() { p.join("recipe.yaml") } else { p };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            (file.clone(), None, format!("extends: cannot read the parent recipe: {e}"))
+        })?;
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Parent { file, dir, text })
+    }
+
+    /// The child's settings over the parent's: top-level keys replace the parent's, `vars` are
+    /// merged name by name, and the steps are the parent's alone.
+    fn merge(&self, child_text: &str) -> Result<RecipeFile, String> {
+        use serde_yaml::{Mapping, Value};
+        let parse = |t: &str, what: &str| -> Result<Mapping, String> {
+            match serde_yaml::from_str::<Value>(t) {
+                Ok(Value::Mapping(m)) => Ok(m),
+                Ok(_) => Err(format!("{what} is not a mapping")),
+                Err(e) => Err(format!("{what}: {e}")),
+            }
+        };
+        let mut merged = parse(&self.text, &format!("parent recipe {}", self.file.display()))?;
+        if merged.contains_key("extends") {
+            return Err(format!(
+                "the parent recipe {} extends another: one level of `extends` only",
+                self.file.display()
+            ));
+        }
+        for (k, v) in parse(child_text, "recipe")? {
+            match k.as_str() {
+                Some("extends") => {}
+                Some("steps") => {
+                    return Err("a recipe that `extends` another may not define `steps`: it may change name, description, base, disk_size, server, ssh_user, timeouts, output and vars".into())
+                }
+                Some("vars") => {
+                    let Value::Mapping(child_vars) = v else {
+                        return Err("vars must be a mapping".into());
+                    };
+                    let vars = merged
+                        .entry(Value::from("vars"))
+                        .or_insert_with(|| Value::Mapping(Mapping::new()));
+                    if let Value::Mapping(vars) = vars {
+                        vars.extend(child_vars);
+                    }
+                }
+                _ => {
+                    merged.insert(k, v);
+                }
+            }
+        }
+        serde_yaml::from_value(Value::Mapping(merged)).map_err(|e| format!("merged with the parent: {e}"))
+    }
+}
+
+/// Evaluates a step's `when` expression; names must be declared variables.
+fn eval_when(
+    expr: &str,
+    known: &BTreeSet<String>,
+    ctx: &minijinja::Value,
+) -> Result<bool, String> {
+    let env = template_env();
+    let e = env
+        .compile_expression(expr)
+        .map_err(|e| format!("{expr:?} does not parse: {e}"))?;
+    let unknown: Vec<String> = e
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| !known.contains(v))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{expr:?} uses unknown variable(s) {} (declare them under vars:)",
+            unknown.join(", ")
+        ));
+    }
+    e.eval(ctx)
+        .map(|v| v.is_true())
+        .map_err(|e| format!("{expr:?}: {e}"))
+}
+
+/// Regular files under `dir`, sorted: (path relative to `dir`, path, permission bits). Symlinks
+/// are refused rather than followed: an upload names exactly what goes into the image.
+fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                todo.push(path);
+            } else if meta.is_file() {
+                let rel = pathdiff(&path, dir);
+                out.push((rel, path, meta.permissions().mode()));
+            } else {
+                return Err(std::io::Error::other(format!(
+                    "{} is neither a regular file nor a directory",
+                    path.display()
+                )));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// `p` relative to `base` as text (lexical; both come from joining onto the recipe dir).

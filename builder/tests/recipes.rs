@@ -266,3 +266,116 @@ fn shipped_recipe_validates_with_its_files() {
     v.insert("kubernetes_verison".into(), "1".into());
     assert!(Recipe::load(&file, &v).is_err());
 }
+
+/// `when` keeps or drops a step by the recipe's variables, decided at load time; a name it uses
+/// must be declared.
+#[test]
+fn when_selects_steps_by_variable() {
+    let recipe = GOOD.replace(
+        "vars:\n  k8s: \"1.34.1\"\n",
+        "vars:\n  k8s: \"1.34.1\"\n  source: pkgs\n",
+    )
+    .replace(
+        "  - reboot: true\n",
+        "  - reboot: true\n    when: source == \"local\"\n",
+    );
+    let (_d, p) = setup(&recipe);
+    let load = |source: &str| {
+        let v = BTreeMap::from([("source".to_string(), source.to_string())]);
+        Recipe::load(&p, &v).unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(load("pkgs").steps.len(), 2, "the reboot step is dropped");
+    assert_eq!(load("local").steps.len(), 3, "the reboot step is kept");
+    let bad = recipe.replace("when: source ==", "when: sorce ==");
+    assert_err(&bad, &[], 18, "unknown variable(s) sorce");
+}
+
+/// An upload of a directory is one checked upload per regular file beneath it, each keeping its
+/// permission bits unless the step sets `mode`; an empty source names the variable to set.
+#[test]
+fn directory_upload_expands_to_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, p) = setup(&GOOD.replace("upload: f.bin", "upload: art").replace("    mode: \"0755\"\n", ""));
+    std::fs::create_dir_all(d.path().join("art/bin")).unwrap();
+    std::fs::write(d.path().join("art/bin/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(d.path().join("art/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(d.path().join("art/readme"), "r").unwrap();
+    std::fs::set_permissions(d.path().join("art/readme"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = Recipe::load(&p, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    let uploads: Vec<(String, String)> = r
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            imgbuild::recipe::StepKind::Upload { dest, mode, .. } => Some((dest.clone(), mode.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        uploads,
+        vec![
+            ("/usr/local/bin/f/bin/tool".to_string(), "0755".to_string()),
+            ("/usr/local/bin/f/readme".to_string(), "0644".to_string()),
+        ]
+    );
+    // every file is part of the fingerprint
+    assert!(r.files.keys().any(|f| f.ends_with("art/bin/tool")));
+    let empty = GOOD.replace("upload: f.bin", "upload: \"{{ k8s }}\"");
+    assert_err(&empty, &[("k8s", "")], 13, "is empty: set it with --var");
+}
+
+/// A thin recipe inherits the parent's steps (resolved in the parent's directory) and changes
+/// only settings and variable values; it may not bring steps of its own.
+#[test]
+fn extends_inherits_steps_and_overrides_settings() {
+    let (d, _parent) = setup(GOOD);
+    let child_dir = d.path().join("child");
+    std::fs::create_dir(&child_dir).unwrap();
+    let child = child_dir.join("recipe.yaml");
+    std::fs::write(
+        &child,
+        "extends: ..\nname: thin\nbase:\n  distribution: Debian\n  version: \"12\"\nvars:\n  k8s: \"1.35.0\"\n",
+    )
+    .unwrap();
+    let r = Recipe::load(&child, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.spec.name, "thin");
+    assert_eq!(r.spec.base.distribution, "Debian");
+    assert_eq!(r.vars["k8s"], "1.35.0");
+    assert_eq!(r.steps.len(), 3);
+    assert_eq!(
+        r.dir.canonicalize().unwrap(),
+        d.path().canonicalize().unwrap(),
+        "inherited steps resolve in the parent's directory"
+    );
+    // the parent's text is part of the fingerprint
+    let r2 = Recipe::load(&d.path().join("recipe.yaml"), &BTreeMap::new()).unwrap();
+    assert_ne!(r.fingerprint("b"), r2.fingerprint("b"));
+
+    std::fs::write(&child, "extends: ..\nname: thin\nsteps:\n  - reboot: true\n").unwrap();
+    let e = Recipe::load(&child, &BTreeMap::new()).unwrap_err().to_string();
+    assert!(e.contains("may not define `steps`"), "{e}");
+}
+
+/// The shipped thin recipe is the product recipe with the local source on Debian 12.
+#[test]
+fn debian_k8s_is_ubuntu_k8s_with_local_source() {
+    let d = tempfile::tempdir().unwrap();
+    let agent = d.path().join("agent");
+    std::fs::write(&agent, "x").unwrap();
+    std::fs::create_dir_all(d.path().join("art/bin")).unwrap();
+    std::fs::write(d.path().join("art/bin/kubelet"), "k").unwrap();
+    let v = BTreeMap::from([
+        ("agent_binary".to_string(), agent.display().to_string()),
+        ("artifacts_dir".to_string(), d.path().join("art").display().to_string()),
+    ]);
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes");
+    let thin = Recipe::load(&recipes.join("debian-k8s/recipe.yaml"), &v).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(thin.vars["kubernetes_source"], "local");
+    assert_eq!(thin.spec.base.distribution, "Debian");
+    let names = |r: &Recipe| r.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert!(names(&thin).iter().any(|n| n == "local artifacts: bin/kubelet"), "{:?}", names(&thin));
+    // the product recipe with the same source has the same steps
+    let mut v2 = v.clone();
+    v2.insert("kubernetes_source".into(), "local".into());
+    let product = Recipe::load(&recipes.join("ubuntu-k8s/recipe.yaml"), &v2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&thin), names(&product));
+}

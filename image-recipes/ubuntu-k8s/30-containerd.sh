@@ -1,51 +1,105 @@
 #!/usr/bin/env bash
-# containerd (pinned), runc and the CNI plugins from their upstream releases, checksums
-# verified; config with SystemdCgroup = true and the sandbox image matching Kubernetes.
-# Env (from recipe vars): CONTAINERD_VERSION, RUNC_VERSION, CNI_PLUGINS_VERSION, PAUSE_IMAGE.
+# containerd (pinned), runc and the CNI plugins, from the source KUBERNETES_SOURCE names (as
+# image-builder's kubernetes_source_type):
+#   pkgs   the upstream release tarballs, checksums verified (the default; needs the internet)
+#   local  the files imgbuild uploaded from a local artifacts directory (recipe var artifacts_dir,
+#          laid out as tests/kube/build.sh --node writes it) to /tmp/imgbuild/artifacts
+# Either way this script writes the unit and the config: SystemdCgroup = true, the sandbox image
+# matching Kubernetes, and registry hosts read from /etc/containerd/certs.d (so that mirrors in
+# KubeadmConfig `files` take effect).
+# Env (from recipe vars): KUBERNETES_SOURCE, CONTAINERD_VERSION, RUNC_VERSION, CNI_PLUGINS_VERSION,
+# PAUSE_IMAGE.
 set -euo pipefail
 
-: "${CONTAINERD_VERSION:?}" "${RUNC_VERSION:?}" "${CNI_PLUGINS_VERSION:?}" "${PAUSE_IMAGE:?}"
+: "${KUBERNETES_SOURCE:?}" "${CONTAINERD_VERSION:?}" "${RUNC_VERSION:?}" "${CNI_PLUGINS_VERSION:?}" "${PAUSE_IMAGE:?}"
+artifacts=/tmp/imgbuild/artifacts
 arch=$(dpkg --print-architecture)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
+# What kubeadm's preflight and kube-proxy/CNI need on every node, from the distribution.
 apt-get update -q
 apt-get install -y -q --no-install-recommends ca-certificates curl gnupg iptables conntrack socat ebtables ethtool
 # the distribution's containerd/runc would fight ours
 apt-get remove -y -q containerd runc docker.io >/dev/null 2>&1 || true
+install -d -m 0755 /opt/cni/bin /etc/cni/net.d /usr/local/bin /usr/local/sbin
 
-fetch() { curl -fsSL --retry 5 --retry-delay 2 -o "$2" "$1"; }
+case "$KUBERNETES_SOURCE" in
+pkgs)
+  fetch() { curl -fsSL --retry 5 --retry-delay 2 -o "$2" "$1"; }
+  gh=https://github.com
+  tarball=containerd-${CONTAINERD_VERSION}-linux-${arch}.tar.gz
+  fetch "$gh/containerd/containerd/releases/download/v${CONTAINERD_VERSION}/${tarball}" "$tarball"
+  fetch "$gh/containerd/containerd/releases/download/v${CONTAINERD_VERSION}/${tarball}.sha256sum" "$tarball.sha256sum"
+  sha256sum -c "$tarball.sha256sum"
+  tar -C /usr/local -xzf "$tarball"
 
-gh=https://github.com
-tarball=containerd-${CONTAINERD_VERSION}-linux-${arch}.tar.gz
-fetch "$gh/containerd/containerd/releases/download/v${CONTAINERD_VERSION}/${tarball}" "$tarball"
-fetch "$gh/containerd/containerd/releases/download/v${CONTAINERD_VERSION}/${tarball}.sha256sum" "$tarball.sha256sum"
-sha256sum -c "$tarball.sha256sum"
-tar -C /usr/local -xzf "$tarball"
-fetch "https://raw.githubusercontent.com/containerd/containerd/v${CONTAINERD_VERSION}/containerd.service" containerd.service
-install -m 0644 containerd.service /etc/systemd/system/containerd.service
+  fetch "$gh/opencontainers/runc/releases/download/v${RUNC_VERSION}/runc.${arch}" runc
+  fetch "$gh/opencontainers/runc/releases/download/v${RUNC_VERSION}/runc.sha256sum" runc.sha256sum
+  grep " runc.${arch}\$" runc.sha256sum | sed "s/runc.${arch}/runc/" | sha256sum -c -
+  install -m 0755 runc /usr/local/sbin/runc
 
-fetch "$gh/opencontainers/runc/releases/download/v${RUNC_VERSION}/runc.${arch}" runc
-fetch "$gh/opencontainers/runc/releases/download/v${RUNC_VERSION}/runc.sha256sum" runc.sha256sum
-grep " runc.${arch}\$" runc.sha256sum | sed "s/runc.${arch}/runc/" | sha256sum -c -
-install -m 0755 runc /usr/local/sbin/runc
+  cni=cni-plugins-linux-${arch}-v${CNI_PLUGINS_VERSION}.tgz
+  fetch "$gh/containernetworking/plugins/releases/download/v${CNI_PLUGINS_VERSION}/${cni}" "$cni"
+  fetch "$gh/containernetworking/plugins/releases/download/v${CNI_PLUGINS_VERSION}/${cni}.sha256" "$cni.sha256"
+  sha256sum -c "$cni.sha256"
+  tar -C /opt/cni/bin -xzf "$cni"
+  ;;
+local)
+  # imgbuild has checked each file's sha256 in the guest against the local one already.
+  for b in containerd containerd-shim-runc-v2 ctr; do
+    install -m 0755 "$artifacts/bin/$b" "/usr/local/bin/$b"
+  done
+  install -m 0755 "$artifacts/bin/runc" /usr/local/sbin/runc
+  for p in "$artifacts"/cni/*; do
+    install -m 0755 "$p" "/opt/cni/bin/${p##*/}"
+  done
+  ;;
+*)
+  echo "KUBERNETES_SOURCE=$KUBERNETES_SOURCE: expected pkgs or local (recipe var kubernetes_source)" >&2
+  exit 2
+  ;;
+esac
 
-cni=cni-plugins-linux-${arch}-v${CNI_PLUGINS_VERSION}.tgz
-fetch "$gh/containernetworking/plugins/releases/download/v${CNI_PLUGINS_VERSION}/${cni}" "$cni"
-fetch "$gh/containernetworking/plugins/releases/download/v${CNI_PLUGINS_VERSION}/${cni}.sha256" "$cni.sha256"
-sha256sum -c "$cni.sha256"
-install -d -m 0755 /opt/cni/bin /etc/cni/net.d
-tar -C /opt/cni/bin -xzf "$cni"
+# containerd's own unit (containerd/containerd containerd.service at the pinned tag), written here
+# so that both sources install the same one.
+cat > /etc/systemd/system/containerd.service <<'UNIT'
+[Unit]
+Description=containerd container runtime
+Documentation=https://containerd.io
+After=network.target local-fs.target dbus.service
 
-install -d -m 0755 /etc/containerd
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+install -d -m 0755 /etc/containerd /etc/containerd/certs.d /etc/containerd/conf.d
 /usr/local/bin/containerd config default > config.toml
-# runc through the systemd cgroup driver (kubelet's default since 1.22) and the pause image
-# kubeadm expects, so joins do not pull a second sandbox image
+# runc through the systemd cgroup driver (kubelet's default since 1.22), the pause image kubeadm
+# expects (so joins do not pull a second sandbox image), hosts.toml mirrors from certs.d, and
+# drop-in configs from conf.d (containerd 1.7 merges `imports` over this file).
 sed -i -e 's/SystemdCgroup = false/SystemdCgroup = true/' \
-       -e "s#sandbox_image = \".*\"#sandbox_image = \"${PAUSE_IMAGE}\"#" config.toml
+       -e "s#sandbox_image = \".*\"#sandbox_image = \"${PAUSE_IMAGE}\"#" \
+       -e '/\[plugins."io.containerd.grpc.v1.cri".registry\]/,/^ *\[/ s#config_path = ".*"#config_path = "/etc/containerd/certs.d"#' \
+       -e 's#^imports = \[.*\]#imports = ["/etc/containerd/conf.d/*.toml"]#' config.toml
 grep -q 'SystemdCgroup = true' config.toml
 grep -q "sandbox_image = \"${PAUSE_IMAGE}\"" config.toml
+grep -q 'config_path = "/etc/containerd/certs.d"' config.toml
+grep -q '^imports = \["/etc/containerd/conf.d/\*.toml"\]' config.toml
 install -m 0644 config.toml /etc/containerd/config.toml
 
 systemctl daemon-reload

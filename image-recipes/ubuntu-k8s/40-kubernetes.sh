@@ -1,26 +1,75 @@
 #!/usr/bin/env bash
-# kubelet, kubeadm, kubectl (and cri-tools' crictl) at the pinned version from pkgs.k8s.io,
-# held against upgrades; crictl pointed at containerd; control-plane/node images pre-pulled.
-# Env: KUBERNETES_VERSION (e.g. 1.34.1), PAUSE_IMAGE.
+# kubelet, kubeadm, kubectl and crictl at the pinned version, from the source KUBERNETES_SOURCE
+# names (see 30-containerd.sh): pkgs.k8s.io (held against upgrades), or the uploaded local
+# artifacts. Either way this script writes kubelet's unit and the kubeadm drop-in the deb would
+# install (kubernetes/release packaging: kubelet.service, kubelet.service.d/10-kubeadm.conf),
+# crictl.yaml, and pre-pulls the images: `kubeadm config images pull`, or `ctr images import` of
+# the local OCI archives under images/.
+# Env: KUBERNETES_SOURCE, KUBERNETES_VERSION (e.g. 1.34.1), PAUSE_IMAGE.
 set -euo pipefail
 
-: "${KUBERNETES_VERSION:?}"
-minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f1,2)
-repo="https://pkgs.k8s.io/core:/stable:/v${minor}/deb/"
+: "${KUBERNETES_SOURCE:?}" "${KUBERNETES_VERSION:?}"
+artifacts=/tmp/imgbuild/artifacts
 
-install -d -m 0755 /etc/apt/keyrings
-curl -fsSL --retry 5 "${repo}Release.key" | gpg --batch --yes --dearmor -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg
-echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] ${repo} /" > /etc/apt/sources.list.d/kubernetes.list
-apt-get update -q
+case "$KUBERNETES_SOURCE" in
+pkgs)
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f1,2)
+  repo="https://pkgs.k8s.io/core:/stable:/v${minor}/deb/"
+  install -d -m 0755 /etc/apt/keyrings
+  curl -fsSL --retry 5 "${repo}Release.key" | gpg --batch --yes --dearmor -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg
+  echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] ${repo} /" > /etc/apt/sources.list.d/kubernetes.list
+  apt-get update -q
+  # the package revision (e.g. 1.34.1-1.1) is whatever the repo carries for that version
+  pkgver=$(apt-cache madison kubeadm | awk -v v="$KUBERNETES_VERSION" '$3 ~ "^"v"-" {print $3; exit}')
+  if [ -z "$pkgver" ]; then
+    echo "kubeadm $KUBERNETES_VERSION not found in $repo" >&2
+    exit 1
+  fi
+  apt-get install -y -q --no-install-recommends "kubelet=$pkgver" "kubeadm=$pkgver" "kubectl=$pkgver" cri-tools
+  apt-mark hold kubelet kubeadm kubectl
+  ;;
+local)
+  for b in kubelet kubeadm kubectl crictl; do
+    install -m 0755 "$artifacts/bin/$b" "/usr/bin/$b"
+  done
+  ;;
+*)
+  echo "KUBERNETES_SOURCE=$KUBERNETES_SOURCE: expected pkgs or local (recipe var kubernetes_source)" >&2
+  exit 2
+  ;;
+esac
 
-# the package revision (e.g. 1.34.1-1.1) is whatever the repo carries for that version
-pkgver=$(apt-cache madison kubeadm | awk -v v="$KUBERNETES_VERSION" '$3 ~ "^"v"-" {print $3; exit}')
-if [ -z "$pkgver" ]; then
-  echo "kubeadm $KUBERNETES_VERSION not found in $repo" >&2
-  exit 1
-fi
-apt-get install -y -q --no-install-recommends "kubelet=$pkgver" "kubeadm=$pkgver" "kubectl=$pkgver" cri-tools
-apt-mark hold kubelet kubeadm kubectl
+cat > /etc/systemd/system/kubelet.service <<'UNIT'
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+install -d -m 0755 /etc/systemd/system/kubelet.service.d
+cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'UNIT'
+# Note: This dropin only works with kubeadm and kubelet v1.11+
+[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+# This is a file that "kubeadm init" and "kubeadm join" generates at runtime, populating the KUBELET_KUBEADM_ARGS variable dynamically
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+# This is a file that the user can use for overrides of the kubelet args as a last resort. Preferably, the user should use
+# the .NodeRegistration.KubeletExtraArgs object in the configuration files instead. KUBELET_EXTRA_ARGS should be sourced from this file.
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+UNIT
+systemctl daemon-reload
 
 cat > /etc/crictl.yaml <<'CONF'
 runtime-endpoint: unix:///run/containerd/containerd.sock
@@ -31,5 +80,12 @@ CONF
 # kubelet crash-loops until kubeadm configures it: expected, so enabled but not started here
 systemctl enable kubelet
 
-kubeadm config images pull --kubernetes-version "v${KUBERNETES_VERSION}" --cri-socket unix:///run/containerd/containerd.sock
+if [ "$KUBERNETES_SOURCE" = pkgs ]; then
+  kubeadm config images pull --kubernetes-version "v${KUBERNETES_VERSION}" --cri-socket unix:///run/containerd/containerd.sock
+else
+  for img in "$artifacts"/images/*.tar; do
+    [ -e "$img" ] || continue
+    ctr -n k8s.io images import "$img"
+  done
+fi
 crictl images

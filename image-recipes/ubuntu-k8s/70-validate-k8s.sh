@@ -2,7 +2,7 @@
 # Kubernetes part of the validation: pinned versions present, held, services enabled, images there.
 set -uo pipefail
 
-: "${KUBERNETES_VERSION:?}" "${CONTAINERD_VERSION:?}" "${PAUSE_IMAGE:?}"
+: "${KUBERNETES_SOURCE:?}" "${KUBERNETES_VERSION:?}" "${CONTAINERD_VERSION:?}" "${PAUSE_IMAGE:?}"
 fail=0
 check() {
   local what=$1
@@ -18,14 +18,21 @@ check() {
 check "kubeadm v$KUBERNETES_VERSION" bash -c "kubeadm version -o short | grep -qx 'v$KUBERNETES_VERSION'"
 check "kubelet v$KUBERNETES_VERSION" bash -c "kubelet --version | grep -q 'v$KUBERNETES_VERSION\$'"
 check "kubectl v$KUBERNETES_VERSION" bash -c "kubectl version --client | grep -q 'v$KUBERNETES_VERSION'"
-check "kube packages held" bash -c "apt-mark showhold | grep -qx kubeadm && apt-mark showhold | grep -qx kubelet"
+if [ "$KUBERNETES_SOURCE" = pkgs ]; then
+  check "kube packages held" bash -c "apt-mark showhold | grep -qx kubeadm && apt-mark showhold | grep -qx kubelet"
+fi
+check "kubelet drop-in for kubeadm" grep -q KUBELET_KUBEADM_ARGS /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
+check "crictl v1.34" bash -c "crictl --version | grep -q 'v1.34'"
+check "conntrack present (kubeadm preflight)" command -v conntrack
+check "iptables present (CNI bridge, kube-proxy)" command -v iptables
 check "containerd $CONTAINERD_VERSION" bash -c "containerd --version | grep -q 'v$CONTAINERD_VERSION '"
 check "containerd enabled" systemctl is-enabled containerd
 check "containerd active" systemctl is-active containerd
 check "kubelet enabled" systemctl is-enabled kubelet
 check "SystemdCgroup = true" grep -q 'SystemdCgroup = true' /etc/containerd/config.toml
 check "runc present" test -x /usr/local/sbin/runc
-check "CNI bridge plugin present" test -x /opt/cni/bin/bridge
+check "CNI plugins present (bridge, host-local, loopback, portmap)" bash -c "for p in bridge host-local loopback portmap; do test -x /opt/cni/bin/\$p || exit 1; done"
+check "containerd reads registry hosts from certs.d" grep -q 'config_path = "/etc/containerd/certs.d"' /etc/containerd/config.toml
 check "crictl configured" grep -q containerd.sock /etc/crictl.yaml
 check "pause image pulled" bash -c "crictl images -o json | grep -q '${PAUSE_IMAGE%%:*}'"
 

@@ -1,65 +1,125 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver and kubectl (v1.34.1) and etcd (v3.6.4) that the controller's integration tests
-# start on loopback. No registry here serves Kubernetes binaries, but the Go module proxy serves the
-# sources, so the small wrapper modules in this directory build them (see
-# /work/shared/reference/kube-apiserver.md for why a wrapper with replace lines is needed).
+# Builds, from Go modules, every Kubernetes part the tests run for real, pinned and cached.
+# No registry here serves Kubernetes binaries or images, but the Go module proxy serves the sources;
+# the small wrapper modules in this directory build them (../shared/reference/kube-apiserver.md
+# says why a wrapper with replace lines is needed).
 #
-# Output: $CLOUDSIGMA_K8S_CACHE/kube-bin/{kube-apiserver,etcd} (default ~/.cache/cloudsigma-k8s).
+#   tests/kube/build.sh            the controller tests' set: etcd, kube-apiserver, kubectl
+#   tests/kube/build.sh --node     also the real node's set (below)
+#
+# Outputs, under $CLOUDSIGMA_K8S_CACHE (default ~/.cache/cloudsigma-k8s):
+#   kube-bin/        host-side programs: etcd, kube-apiserver, kubectl and, with --node,
+#                    kube-controller-manager, kube-scheduler, kubeadm (the control plane's)
+#   node-artifacts/  with --node: the `local` artifact source of image-recipes/ubuntu-k8s
+#                    (docs/imgbuild.md): bin/{kubelet,kubeadm,kubectl,containerd,
+#                    containerd-shim-runc-v2,ctr,crictl,runc}, cni/{bridge,host-local,loopback,portmap}
+#                    (images/ is filled by tests/kube/images.sh)
 # Go's module and build caches live under $CLOUDSIGMA_K8S_CACHE/go, so a rerun is a no-op (a stamp
 # file records what each binary was built from) and a rebuild after a change mostly relinks.
-# Cold: ~5–12 min on 2 cores (download + compile); cached: well under a second.
+# Cold: ~5 min for the default set and ~12 more for --node on 2 cores; cached: about a second.
 set -euo pipefail
 
 KUBE_VERSION=v1.34.1
 ETCD_VERSION=v3.6.4
+CONTAINERD_VERSION=v1.7.28
+CRICTL_VERSION=v1.34.0
+CNI_PLUGINS_VERSION=v1.7.1
+
+node=0
+case "${1:-}" in
+    --node) node=1 ;;
+    "") ;;
+    *) echo "usage: tests/kube/build.sh [--node]" >&2; exit 2 ;;
+esac
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
 bin="$cache/kube-bin"
+art="$cache/node-artifacts"
 mkdir -p "$bin" "$cache/go"
 
 export GOMODCACHE="$cache/go/mod"
 export GOCACHE="$cache/go/build"
 export GOTOOLCHAIN=local   # never download another Go toolchain behind the user's back
 export GOFLAGS=-buildvcs=false
-export CGO_ENABLED=0       # static binaries, no C toolchain needed
+export CGO_ENABLED=0       # static binaries, no C toolchain needed (and they run in the guest as-is)
 
 if ! command -v go >/dev/null; then
     echo "tests/kube/build.sh: 'go' not found; install Go >= 1.24 (scripts/install-deps installs golang-go)" >&2
     exit 1
 fi
 
-# build NAME MODULE_DIR PACKAGE VERSION LDFLAGS: skips when the stamp says this exact input was built.
+# build OUT_DIR NAME MODULE_DIR PACKAGE VERSION LDFLAGS: skips when the stamp says this exact input
+# was built.
 build() {
-    local name=$1 dir=$2 pkg=$3 version=$4 ldflags=$5
+    local out=$1 name=$2 dir=$3 pkg=$4 version=$5 ldflags=$6
+    # Stamps live apart from the outputs: node-artifacts/ is uploaded into the image as it is.
+    local stamp="$cache/stamps/${out#"$cache"/}/$name.stamp"
+    mkdir -p "$out" "${stamp%/*}"
     # go.sum is committed; tidy only fills it in when it is missing (first creation).
     if [[ ! -s "$dir/go.sum" ]]; then (cd "$dir" && go mod tidy); fi
     local stamp_want
     stamp_want="$version $(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1) $ldflags"
-    if [[ -x "$bin/$name" && -f "$bin/$name.stamp" && "$(cat "$bin/$name.stamp")" == "$stamp_want" ]]; then
-        echo "tests/kube/build.sh: $name $version cached in $bin"
+    if [[ -x "$out/$name" && -f "$stamp" && "$(cat "$stamp")" == "$stamp_want" ]]; then
+        echo "tests/kube/build.sh: $name $version cached in $out"
         return 0
     fi
-    echo "tests/kube/build.sh: building $name $version (cold: several minutes) ..."
+    echo "tests/kube/build.sh: building $name $version (cold: minutes) ..."
     local start=$SECONDS
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/.$name.tmp" "$pkg")
-    mv -f "$bin/.$name.tmp" "$bin/$name"          # atomic: a half-written binary is never picked up
-    printf '%s' "$stamp_want" > "$bin/.$name.stamp.tmp" && mv -f "$bin/.$name.stamp.tmp" "$bin/$name.stamp"
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
+    mv -f "$out/.$name.tmp" "$out/$name"          # atomic: a half-written binary is never picked up
+    printf '%s' "$stamp_want" > "$stamp.tmp" && mv -f "$stamp.tmp" "$stamp"
     echo "tests/kube/build.sh: built $name in $((SECONDS - start)) s"
 }
 
-build etcd "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "-s -w"
+build "$bin" etcd "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "-s -w"
 
-# Without these the server reports v0.0.0-master.
+# Without these the programs report v0.0.0-master (and kubeadm refuses to join a 1.34 cluster).
 vpkg=k8s.io/component-base/version
-build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$KUBE_VERSION" \
-    "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
+kflags="-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
+kube() { build "$1" "$2" "$here/kubernetes" "k8s.io/kubernetes/cmd/$2" "$KUBE_VERSION" "$kflags"; }
 
-# kubectl from the same module: kustomize for the install checks and `auth can-i` for the RBAC tests,
-# without depending on a kubectl the machine may not have.
-build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$KUBE_VERSION" \
-    "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
+kube "$bin" kube-apiserver
+# kubectl from the same module: kustomize for the install checks and `auth can-i` for the RBAC
+# tests, without depending on a kubectl the machine may not have.
+kube "$bin" kubectl
 
 "$bin/kube-apiserver" --version
 "$bin/kubectl" version --client | sed -n 1p
 "$bin/etcd" --version | sed -n 1p   # not head: its early exit SIGPIPEs etcd under pipefail
+
+[[ $node == 1 ]] || exit 0
+
+# --- the real node's set -----------------------------------------------------------------------
+kube "$bin" kube-controller-manager
+kube "$bin" kube-scheduler
+kube "$bin" kubeadm
+kube "$art/bin" kubelet
+# the node gets the same kubeadm and kubectl as the host (hard links: no second copy on disk)
+ln -f "$bin/kubeadm" "$art/bin/kubeadm"
+ln -f "$bin/kubectl" "$art/bin/kubectl"
+
+cflags="-s -w -X github.com/containerd/containerd/version.Version=$CONTAINERD_VERSION"
+for cmd in containerd containerd-shim-runc-v2 ctr; do
+    build "$art/bin" "$cmd" "$here/containerd" "github.com/containerd/containerd/cmd/$cmd" "$CONTAINERD_VERSION" "$cflags"
+done
+build "$art/bin" crictl "$here/cri-tools" sigs.k8s.io/cri-tools/cmd/crictl "$CRICTL_VERSION" \
+    "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+for p in ipam/host-local main/bridge main/loopback meta/portmap; do
+    build "$art/cni" "${p#*/}" "$here/cni-plugins" "github.com/containernetworking/plugins/plugins/$p" \
+        "$CNI_PLUGINS_VERSION" "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION"
+done
+
+# runc: Debian's package (the guest is Debian 12 too, and has the libseccomp it links against).
+# Building runc from its module needs cgo and libseccomp-dev; Debian's build is the honest shortcut.
+if [[ ! -x "$art/bin/runc" ]]; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && { apt-get download runc >/dev/null 2>&1 || { apt-get update -qq && apt-get download runc; }; })
+    dpkg-deb -x "$tmp"/runc_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/usr/sbin/runc" "$art/bin/.runc.tmp"
+    mv -f "$art/bin/.runc.tmp" "$art/bin/runc"
+fi
+"$art/bin/kubelet" --version
+"$art/bin/containerd" --version
+"$art/bin/runc" --version | sed -n 1p

@@ -12,8 +12,8 @@
 //! the cache breaks such drives, documented in docs/e2e.md). A clone of an *account* drive is a
 //! full `qemu-img convert` copy, so deleting the source drive can never break the clone.
 //!
-//! Networking: QEMU user-mode networking per server, the guest's port 22 forwarded from a
-//! loopback address of its own, 127.77.0.N, which is also the server's runtime NAT IP in the
+//! Networking: QEMU user-mode networking per server, the guest's ports 22 and 10250 (kubelet)
+//! forwarded from a loopback address of its own, 127.77.0.N, which is also the server's runtime NAT IP in the
 //! API, so clients SSH to `runtime` IP:22 exactly as on CloudSigma. Only the first NIC is wired
 //! (VLAN NICs get an isolated user-mode network with no forwards).
 //!
@@ -108,6 +108,10 @@ pub struct QemuConfig {
     pub max_mem_mib: u64,
     /// First three octets of the per-server loopback addresses (127.77.0.N, N = 2..=254).
     pub ip_prefix: String,
+    /// Guest TCP ports reachable on the server's NAT IP, as on the real cloud where the NAT IP
+    /// exposes every port: SSH, and the kubelet's 10250 so that `kubectl logs`/`exec` work
+    /// (the apiserver dials the Node's address).
+    pub forwarded_ports: Vec<u16>,
 }
 
 impl QemuConfig {
@@ -125,6 +129,7 @@ impl QemuConfig {
             cmdline: "root=/dev/vda rw console=ttyS0,115200 net.ifnames=1 quiet".into(),
             max_mem_mib: 2048,
             ip_prefix: "127.77.0".into(),
+            forwarded_ports: vec![22, 10250],
         }
     }
 }
@@ -357,7 +362,13 @@ impl QemuBackend {
         }
         for (i, n) in spec.nics.iter().enumerate() {
             let netdev = if i == 0 {
-                format!("user,id=n{i},hostfwd=tcp:{ip}:22-:22")
+                let fwd: String = self
+                    .cfg
+                    .forwarded_ports
+                    .iter()
+                    .map(|p| format!(",hostfwd=tcp:{ip}:{p}-:{p}"))
+                    .collect();
+                format!("user,id=n{i}{fwd}")
             } else {
                 format!("user,id=n{i},restrict=on")
             };
@@ -896,6 +907,7 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("hostfwd=tcp:127.77.0.9:22-:22"), "{a}");
+        assert!(a.contains("hostfwd=tcp:127.77.0.9:10250-:10250"), "kubelet port: {a}");
         assert!(a.contains("-m 2048"), "memory capped: {a}");
         let boot_pos = a.find("boot.qcow2").unwrap();
         assert!(

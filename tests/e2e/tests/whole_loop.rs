@@ -8,196 +8,10 @@
 //! `scripts/demo` runs this test with its progress output (`--nocapture`).
 
 use base64::Engine as _;
+use e2e::harness::{self, say, Api, FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-fn say(t0: Instant, msg: &str) {
-    eprintln!("[e2e {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
-}
-
-/// Returns the reason the test cannot run here, if any.
-fn missing_prereq() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("must run as root (debootstrap builds the library image)".into());
-    }
-    for tool in [
-        "qemu-system-x86_64",
-        "qemu-img",
-        "debootstrap",
-        "mke2fs",
-        "ssh",
-        "ssh-keygen",
-    ] {
-        let ok = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            return Some(format!(
-                "{tool} not found (scripts/install-deps installs it)"
-            ));
-        }
-    }
-    None
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Prints the node's console log and agent status when the test fails anywhere after boot.
-struct FailureReport {
-    console: Option<PathBuf>,
-    ssh: Option<Ssh>,
-}
-
-impl Drop for FailureReport {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        if let Some(p) = &self.console {
-            let log = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(20_000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!(
-                "===== VM console log ({}) =====\n{tail}\n===== end console =====",
-                p.display()
-            );
-        }
-        if let Some(s) = &self.ssh {
-            let st = s.run("sudo cat /run/cloudsigma/bootstrap.json; echo; sudo journalctl -b -u cloudsigma-bootstrap --no-pager | tail -50");
-            eprintln!(
-                "===== agent status / journal =====\n{}\n=====",
-                st.unwrap_or_else(|e| e)
-            );
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Ssh {
-    key: PathBuf,
-    host: String,
-    user: String,
-}
-
-impl Ssh {
-    fn run(&self, script: &str) -> Result<String, String> {
-        let out = Command::new("ssh")
-            .args(["-F", "/dev/null", "-i"])
-            .arg(&self.key)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg(format!("{}@{}", self.user, self.host))
-            .arg(script)
-            .output()
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "ssh {}@{} exited {}: {}",
-                self.user,
-                self.host,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    user: String,
-    pass: String,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}{}", self.base, path);
-        let mut rq = self
-            .http
-            .request(method.clone(), &url)
-            .basic_auth(&self.user, Some(&self.pass));
-        if let Some(b) = body {
-            rq = rq.json(&b);
-        }
-        let rs = rq
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = rs.status();
-        let text = rs.text().await.unwrap_or_default();
-        assert!(status.is_success(), "{method} {url} -> {status}: {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-    async fn get(&self, p: &str) -> Value {
-        self.call(reqwest::Method::GET, p, None).await
-    }
-    async fn post(&self, p: &str, b: Value) -> Value {
-        self.call(reqwest::Method::POST, p, Some(b)).await
-    }
-    async fn delete(&self, p: &str) {
-        self.call(reqwest::Method::DELETE, p, None).await;
-    }
-    async fn wait_status(&self, p: &str, want: &str, timeout: Duration) -> Value {
-        let t = Instant::now();
-        loop {
-            let v = self.get(p).await;
-            if v["status"] == want {
-                return v;
-            }
-            assert!(
-                t.elapsed() < timeout,
-                "{p}: status {} after {timeout:?}, wanted {want}",
-                v["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
 
 /// Cluster API kubeadm bootstrap data for a worker, as CABPK emits it (jinja header, write_files
 /// with the JoinConfiguration, runcmd with the marker), plus our SSH key for the assertions.
@@ -244,14 +58,10 @@ runcmd:
 async fn whole_loop() {
     let t0 = Instant::now();
     let mut phases: Vec<(&str, Duration)> = Vec::new();
-    if let Some(why) = missing_prereq() {
-        if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") {
-            eprintln!("SKIPPED whole_loop: {why}");
-            return;
-        }
-        panic!("whole_loop cannot run: {why} (set CLOUDSIGMA_K8S_ALLOW_SKIP=1 to skip)");
+    if !harness::prereqs_or_skip("whole_loop") {
+        return;
     }
-    let repo = std::fs::canonicalize(REPO).expect("repo root");
+    let repo = harness::repo();
 
     // 1. library image (cached by build.sh)
     let p = Instant::now();
@@ -259,11 +69,7 @@ async fn whole_loop() {
         t0,
         "library image: tests/vm-image/build.sh (cached after the first run)",
     );
-    let img_dir = run(
-        Command::new(repo.join("tests/vm-image/build.sh")).stderr(std::process::Stdio::inherit()),
-        "tests/vm-image/build.sh",
-    );
-    let img_dir = PathBuf::from(img_dir.lines().last().unwrap_or_default().trim());
+    let img_dir = PathBuf::from(harness::script_last_line(&repo, "tests/vm-image/build.sh", &[]));
     phases.push(("library image", p.elapsed()));
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
@@ -272,51 +78,7 @@ async fn whole_loop() {
         t0,
         "binaries: static cloudsigma-agent (release) and imgbuild",
     );
-    // A target dir of its own: the outer `cargo test` may hold the lock of the main one.
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"))
-        .join("e2e-build");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // E2E_AGENT_BIN / E2E_IMGBUILD_BIN: use prebuilt binaries (CI builds them once).
-    let agent_bin = match std::env::var("E2E_AGENT_BIN") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            run(
-                Command::new(&cargo)
-                    .current_dir(&repo)
-                    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "cloudsigma-agent",
-                        "--bin",
-                        "cloudsigma-agent",
-                        "--target",
-                        "x86_64-unknown-linux-gnu",
-                    ])
-                    .env("CARGO_TARGET_DIR", &target)
-                    .stderr(std::process::Stdio::inherit()),
-                "cargo build cloudsigma-agent",
-            );
-            target.join("x86_64-unknown-linux-gnu/release/cloudsigma-agent")
-        }
-    };
-    let imgbuild = match std::env::var("E2E_IMGBUILD_BIN") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            run(
-                Command::new(&cargo)
-                    .current_dir(&repo)
-                    .args(["build", "-p", "imgbuild", "--bin", "imgbuild"])
-                    .env("CARGO_TARGET_DIR", &target)
-                    .stderr(std::process::Stdio::inherit()),
-                "cargo build imgbuild",
-            );
-            target.join("debug/imgbuild")
-        }
-    };
+    let bins = harness::build_binaries(&repo, false);
     phases.push(("binaries", p.elapsed()));
 
     // 3. emulator with the QEMU backend, in process
@@ -361,76 +123,23 @@ async fn whole_loop() {
         t0,
         "imgbuild debian-test-node (boots the library image, provisions over SSH)",
     );
-    let out = tokio::task::spawn_blocking({
-        let api_url = emu.api_url();
-        let (u, pw) = (api.user.clone(), api.pass.clone());
-        let repo = repo.clone();
-        move || {
-            run(
-                Command::new(&imgbuild)
-                    .current_dir(&repo)
-                    .env("CLOUDSIGMA_USERNAME", u)
-                    .env("CLOUDSIGMA_PASSWORD", pw)
-                    .args([
-                        "build",
-                        "image-recipes/debian-test-node",
-                        "--api-url",
-                        &api_url,
-                        "--output",
-                        "json",
-                    ])
-                    .arg("--var")
-                    .arg(format!("agent_binary={}", agent_bin.display()))
-                    .stderr(std::process::Stdio::inherit()),
-                "imgbuild debian-test-node",
-            )
-        }
-    })
-    .await
-    .expect("imgbuild task");
-    let manifest: Value = serde_json::from_str(out.trim())
-        .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or_default()))
-        .unwrap_or_else(|e| {
-            panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}")
-        });
-    let image = manifest["image"]["uuid"]
-        .as_str()
-        .or_else(|| manifest["image_uuid"].as_str())
-        .or_else(|| manifest["uuid"].as_str())
-        .unwrap_or_else(|| panic!("no image uuid in manifest: {manifest}"))
-        .to_string();
+    let image = tokio::task::block_in_place(|| {
+        harness::imgbuild(
+            &bins.imgbuild,
+            &repo,
+            &api,
+            "image-recipes/debian-test-node",
+            &[("agent_binary", bins.agent.display().to_string())],
+        )
+    });
     phases.push(("imgbuild", p.elapsed()));
     say(t0, &format!("image {image} built"));
 
     // 5. the node: clone the image, boot it with Cluster API bootstrap data
     let p = Instant::now();
-    let keydir = tempfile::tempdir().expect("tempdir");
-    let key = keydir.path().join("id");
-    run(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key),
-        "ssh-keygen",
-    );
-    let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("pubkey");
-    let clone = api
-        .post(
-            &format!("drives/{image}/action/?do=clone"),
-            json!({"name": "e2e-node-1-root"}),
-        )
-        .await;
-    let clone = clone["objects"][0]["uuid"]
-        .as_str()
-        .or_else(|| clone["uuid"].as_str())
-        .expect("clone uuid")
-        .to_string();
-    api.wait_status(
-        &format!("drives/{clone}/"),
-        "unmounted",
-        Duration::from_secs(120),
-    )
-    .await;
-    let user_data = base64::engine::general_purpose::STANDARD.encode(bootstrap_data(pubkey.trim()));
+    let (_keydir, key, pubkey) = harness::ssh_keypair();
+    let clone = api.clone_drive(&image, "e2e-node-1-root").await;
+    let user_data = base64::engine::general_purpose::STANDARD.encode(bootstrap_data(&pubkey));
     let created = api
         .post(
             "servers/",
@@ -454,6 +163,7 @@ async fn whole_loop() {
                 .join("console.log"),
         ),
         ssh: None,
+        extra: Vec::new(),
     };
     api.post(&format!("servers/{server}/action/?do=start"), json!({}))
         .await;
@@ -553,20 +263,18 @@ async fn whole_loop() {
         "cloud-init ran: {ci}"
     );
     // agent time: unit start (journal, monotonic) → kubeadm exec (stub records /proc/uptime)
-    let started = ssh
-        .run("sudo journalctl -b -o short-monotonic --no-pager -u cloudsigma-bootstrap.service | grep -m1 'Starting' | sed -E 's/^\\[ *([0-9.]+)\\].*/\\1/'")
-        .unwrap_or_default();
+    let started = harness::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
     let exec_at = stub
         .lines()
         .find_map(|l| l.split("uptime=").nth(1))
         .and_then(|v| v.trim().parse::<f64>().ok());
-    let agent_ms = match (started.trim().parse::<f64>().ok(), exec_at) {
+    let agent_ms = match (started, exec_at) {
         (Some(s), Some(e)) => Some(((e - s) * 1000.0).round()),
         _ => None,
     };
     let boot_done = ssh.run("cut -d' ' -f1 /proc/uptime").unwrap_or_default();
     say(t0, &format!("agent: unit start -> kubeadm exec = {} ms (unit start at {}s, kubeadm at {:?}s of guest uptime); guest uptime now {}s",
-        agent_ms.map(|m| m.to_string()).unwrap_or_else(|| "?".into()), started.trim(), exec_at, boot_done.trim()));
+        agent_ms.map(|m| m.to_string()).unwrap_or_else(|| "?".into()), started.unwrap_or(f64::NAN), exec_at, boot_done.trim()));
 
     // 7. shutdown (ACPI) and delete: zero resources left
     let p = Instant::now();
@@ -583,24 +291,7 @@ async fn whole_loop() {
         .await;
     api.delete(&format!("drives/{image}/")).await;
     // imgbuild's tags (imgbuild, k8s-node, e2e-test) are account resources too
-    let tags = api.get("tags/").await;
-    for t in tags["objects"].as_array().cloned().unwrap_or_default() {
-        if let Some(u) = t["uuid"].as_str() {
-            api.delete(&format!("tags/{u}/")).await;
-        }
-    }
-    let servers = api.get("servers/").await;
-    let drives = api.get("drives/").await;
-    assert_eq!(
-        servers["objects"].as_array().map(Vec::len),
-        Some(0),
-        "servers left: {servers}"
-    );
-    assert_eq!(
-        drives["objects"].as_array().map(Vec::len),
-        Some(0),
-        "drives left: {drives}"
-    );
+    api.assert_empty_after_tags().await;
     let files: Vec<_> = std::fs::read_dir(data.path().join("vm/drives"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -1,0 +1,438 @@
+//! What both loops need: prerequisites, progress lines, the builds they run (static agent,
+//! imgbuild, the controller), SSH into a node, the emulator's REST API, and a failure report that
+//! prints the node's console and agent journal when a test panics after boot.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+pub fn repo() -> PathBuf {
+    std::fs::canonicalize(REPO).expect("repo root")
+}
+
+/// `$CLOUDSIGMA_K8S_CACHE`, where slow builds live (scripts/cache-env).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("CLOUDSIGMA_K8S_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/cloudsigma-k8s")
+        })
+}
+
+pub fn say(t0: Instant, msg: &str) {
+    eprintln!("[e2e {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Returns the reason a VM test cannot run here, if any.
+pub fn missing_prereq() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return Some("must run as root (debootstrap builds the library image)".into());
+    }
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "debootstrap",
+        "mke2fs",
+        "ssh",
+        "ssh-keygen",
+    ] {
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            return Some(format!(
+                "{tool} not found (scripts/install-deps installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// Panics (or, with CLOUDSIGMA_K8S_ALLOW_SKIP=1, returns false) when the VM tests cannot run.
+pub fn prereqs_or_skip(test: &str) -> bool {
+    match missing_prereq() {
+        None => true,
+        Some(why) if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+        Some(why) => {
+            panic!("{test} cannot run: {why} (set CLOUDSIGMA_K8S_ALLOW_SKIP=1 to skip)")
+        }
+    }
+}
+
+pub fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a repo script whose last stdout line is its result (a path), progress on stderr.
+pub fn script_last_line(repo: &Path, script: &str, args: &[&str]) -> String {
+    let out = run(
+        Command::new(repo.join(script))
+            .args(args)
+            .stderr(std::process::Stdio::inherit()),
+        script,
+    );
+    out.lines().last().unwrap_or_default().trim().to_string()
+}
+
+/// The binaries the loops run, built by cargo into a target dir of their own (the outer
+/// `cargo test` may hold the lock of the main one). E2E_AGENT_BIN / E2E_IMGBUILD_BIN /
+/// E2E_CONTROLLER_BIN use prebuilt ones.
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub imgbuild: PathBuf,
+    pub controller: PathBuf,
+}
+
+pub fn e2e_target() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"))
+        .join("e2e-build")
+}
+
+pub fn build_binaries(repo: &Path, with_controller: bool) -> Binaries {
+    let target = e2e_target();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = |env: &[(&str, &str)], args: &[&str], what: &str| {
+        run(
+            Command::new(&cargo)
+                .current_dir(repo)
+                .envs(env.iter().copied())
+                .arg("build")
+                .args(args)
+                .env("CARGO_TARGET_DIR", &target)
+                .stderr(std::process::Stdio::inherit()),
+            what,
+        );
+    };
+    let agent = match std::env::var("E2E_AGENT_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => {
+            // static, as the image ships it
+            build(
+                &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+                &[
+                    "--release",
+                    "-p",
+                    "cloudsigma-agent",
+                    "--bin",
+                    "cloudsigma-agent",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ],
+                "cargo build cloudsigma-agent",
+            );
+            target.join("x86_64-unknown-linux-gnu/release/cloudsigma-agent")
+        }
+    };
+    let imgbuild = match std::env::var("E2E_IMGBUILD_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => {
+            build(&[], &["-p", "imgbuild", "--bin", "imgbuild"], "cargo build imgbuild");
+            target.join("debug/imgbuild")
+        }
+    };
+    let controller = match std::env::var("E2E_CONTROLLER_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) if with_controller => {
+            build(
+                &[],
+                &[
+                    "-p",
+                    "cloudsigma-controller",
+                    "--bin",
+                    "cloudsigma-controller",
+                ],
+                "cargo build cloudsigma-controller",
+            );
+            target.join("debug/cloudsigma-controller")
+        }
+        Err(_) => PathBuf::new(),
+    };
+    Binaries {
+        agent,
+        imgbuild,
+        controller,
+    }
+}
+
+/// Runs `imgbuild build RECIPE --output json` against the emulator and returns the image uuid.
+pub fn imgbuild(
+    bin: &Path,
+    repo: &Path,
+    api: &Api,
+    recipe: &str,
+    vars: &[(&str, String)],
+) -> String {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(repo)
+        .env("CLOUDSIGMA_USERNAME", &api.user)
+        .env("CLOUDSIGMA_PASSWORD", &api.pass)
+        .args([
+            "build",
+            recipe,
+            "--api-url",
+            &api.base,
+            "--output",
+            "json",
+            "--plain",
+        ])
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in vars {
+        cmd.arg("--var").arg(format!("{k}={v}"));
+    }
+    let out = run(&mut cmd, &format!("imgbuild {recipe}"));
+    let manifest: Value = serde_json::from_str(out.trim())
+        .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or_default()))
+        .unwrap_or_else(|e| {
+            panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}")
+        });
+    manifest["image"]["uuid"]
+        .as_str()
+        .or_else(|| manifest["image_uuid"].as_str())
+        .or_else(|| manifest["uuid"].as_str())
+        .unwrap_or_else(|| panic!("no image uuid in manifest: {manifest}"))
+        .to_string()
+}
+
+/// A fresh ed25519 key pair for SSH into a node: (dir holding it, private key path, public key).
+pub fn ssh_keypair() -> (tempfile::TempDir, PathBuf, String) {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let key = keydir.path().join("id");
+    run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key),
+        "ssh-keygen",
+    );
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("pubkey");
+    (keydir, key, pubkey.trim().to_string())
+}
+
+/// Prints the node's console log and agent status when the test fails anywhere after boot.
+pub struct FailureReport {
+    pub console: Option<PathBuf>,
+    pub ssh: Option<Ssh>,
+    /// Extra commands whose output helps (e.g. the kubelet's journal).
+    pub extra: Vec<String>,
+}
+
+impl Drop for FailureReport {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Some(p) = &self.console {
+            let log = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(20_000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "===== VM console log ({}) =====\n{tail}\n===== end console =====",
+                p.display()
+            );
+        }
+        if let Some(s) = &self.ssh {
+            let st = s.run("sudo cat /run/cloudsigma/bootstrap.json; echo; sudo journalctl -b -u cloudsigma-bootstrap --no-pager | tail -50");
+            eprintln!(
+                "===== agent status / journal =====\n{}\n=====",
+                st.unwrap_or_else(|e| e)
+            );
+            for cmd in &self.extra {
+                eprintln!(
+                    "===== {cmd} =====\n{}\n=====",
+                    s.run(cmd).unwrap_or_else(|e| e)
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Ssh {
+    pub key: PathBuf,
+    pub host: String,
+    pub user: String,
+}
+
+impl Ssh {
+    pub fn run(&self, script: &str) -> Result<String, String> {
+        let out = Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(&self.key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg(format!("{}@{}", self.user, self.host))
+            .arg(script)
+            .output()
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "ssh {}@{} exited {}: {}",
+                self.user,
+                self.host,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// The emulator's REST API, raw: the tests check the wire, not our client.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub user: String,
+    pub pass: String,
+}
+
+impl Api {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{}", self.base, path);
+        let mut rq = self
+            .http
+            .request(method.clone(), &url)
+            .basic_auth(&self.user, Some(&self.pass));
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let rs = rq
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = rs.status();
+        let text = rs.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{method} {url} -> {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+    pub async fn get(&self, p: &str) -> Value {
+        self.call(reqwest::Method::GET, p, None).await
+    }
+    pub async fn post(&self, p: &str, b: Value) -> Value {
+        self.call(reqwest::Method::POST, p, Some(b)).await
+    }
+    pub async fn delete(&self, p: &str) {
+        self.call(reqwest::Method::DELETE, p, None).await;
+    }
+    pub async fn wait_status(&self, p: &str, want: &str, timeout: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let v = self.get(p).await;
+            if v["status"] == want {
+                return v;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "{p}: status {} after {timeout:?}, wanted {want}",
+                v["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Clones a drive and waits until the clone is ready; returns its uuid.
+    pub async fn clone_drive(&self, src: &str, name: &str) -> String {
+        let clone = self
+            .post(
+                &format!("drives/{src}/action/?do=clone"),
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        let uuid = clone["objects"][0]["uuid"]
+            .as_str()
+            .or_else(|| clone["uuid"].as_str())
+            .expect("clone uuid")
+            .to_string();
+        self.wait_status(
+            &format!("drives/{uuid}/"),
+            "unmounted",
+            Duration::from_secs(300),
+        )
+        .await;
+        uuid
+    }
+
+    /// Deletes every tag (imgbuild's tags are account resources too) and asserts that no server
+    /// and no drive is left.
+    pub async fn assert_empty_after_tags(&self) {
+        let tags = self.get("tags/").await;
+        for t in tags["objects"].as_array().cloned().unwrap_or_default() {
+            if let Some(u) = t["uuid"].as_str() {
+                self.delete(&format!("tags/{u}/")).await;
+            }
+        }
+        let servers = self.get("servers/").await;
+        let drives = self.get("drives/").await;
+        assert_eq!(
+            servers["objects"].as_array().map(Vec::len),
+            Some(0),
+            "servers left: {servers}"
+        );
+        assert_eq!(
+            drives["objects"].as_array().map(Vec::len),
+            Some(0),
+            "drives left: {drives}"
+        );
+    }
+}
+
+/// The guest's journal: monotonic time (guest uptime, s) of the first line of `unit` matching
+/// `pattern` (grep -m1), or None.
+pub fn journal_uptime(ssh: &Ssh, unit: &str, pattern: &str) -> Option<f64> {
+    let out = ssh
+        .run(&format!(
+            "sudo journalctl -b -o short-monotonic --no-pager -u {unit} | grep -m1 -- {pattern} | sed -E 's/^\\[ *([0-9.]+)\\].*/\\1/'",
+            pattern = shell_quote(pattern)
+        ))
+        .ok()?;
+    out.trim().parse().ok()
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
