@@ -215,6 +215,18 @@ impl ControlPlane {
         let admin = cp.admin.display().to_string();
         cp.kubeadm_phase(&["upload-config", "all", "--kubeconfig", &admin])?;
         cp.kubeadm_phase(&["bootstrap-token", "--kubeconfig", &admin])?;
+        // kubeadm copies the server of the kubeconfig it was given (our host-side 127.0.0.1) into
+        // kube-public/cluster-info, and a joining node bootstraps against the server it finds
+        // there: it must be the guest's view, 10.0.2.2. The bootstrap signer re-signs the change.
+        let info = cp.kubectl(&["-n", "kube-public", "get", "configmap", "cluster-info", "-o", "json"])?;
+        let fixed = info.replace(
+            &format!("https://127.0.0.1:{port}"),
+            &format!("https://{GUEST_HOST}:{port}"),
+        );
+        if fixed == info {
+            return Err(format!("cluster-info does not name https://127.0.0.1:{port}:\n{info}"));
+        }
+        cp.kubectl_stdin(&["replace", "-f", "-"], &fixed)?;
         Ok(cp)
     }
 
@@ -319,11 +331,13 @@ impl ControlPlane {
                 .map(|s| s.to_string())
                 .ok_or_else(|| format!("no {flag} in the join command: {out}"))
         };
+        // The command names the server of the kubeconfig it ran with (the host's 127.0.0.1); a
+        // worker dials the controlPlaneEndpoint, the guest's view of the same apiserver.
+        if words.get(2) != Some(&format!("127.0.0.1:{}", self.port).as_str()) {
+            return Err(format!("unexpected endpoint in the join command: {out}"));
+        }
         Ok(JoinCredentials {
-            endpoint: words
-                .get(2)
-                .map(|s| s.to_string())
-                .ok_or_else(|| format!("no endpoint in the join command: {out}"))?,
+            endpoint: format!("{GUEST_HOST}:{}", self.port),
             token: after("--token")?,
             ca_cert_hash: after("--discovery-token-ca-cert-hash")?,
         })
