@@ -18,9 +18,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-# What kubeadm's preflight and kube-proxy/CNI need on every node, from the distribution.
+# What kubeadm's preflight and kube-proxy/CNI need on every node, from the distribution, and curl
+# (gnupg only to verify pkgs.k8s.io).
+keyring_tools=()
+[ "$KUBERNETES_SOURCE" = pkgs ] && keyring_tools=(gnupg)
 apt-get update -q
-apt-get install -y -q --no-install-recommends ca-certificates curl gnupg iptables conntrack socat ebtables ethtool
+apt-get install -y -q --no-install-recommends ca-certificates curl "${keyring_tools[@]}" iptables conntrack socat ebtables ethtool
 # the distribution's containerd/runc would fight ours
 apt-get remove -y -q containerd runc docker.io >/dev/null 2>&1 || true
 install -d -m 0755 /opt/cni/bin /etc/cni/net.d /usr/local/bin /usr/local/sbin

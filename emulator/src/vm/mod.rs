@@ -52,7 +52,7 @@ impl Accel {
                     .write(true)
                     .open("/dev/kvm")
                     .is_ok();
-                if ok && kvm_boots(qemu) {
+                if ok && !kvm_is_pvm() && kvm_boots(qemu) {
                     Accel::Kvm
                 } else {
                     Accel::Tcg
@@ -61,6 +61,14 @@ impl Accel {
             a => a,
         }
     }
+}
+
+/// PVM (`kvm_pvm`, a nested hypervisor without hardware virtualization) opens `/dev/kvm` and
+/// passes the probe below, but runs only PVM-aware guest kernels: a stock kernel dies early in
+/// boot with "KVM internal error … emulation failure" (seen on `lock cmpxchg16b`) and QEMU sits
+/// paused, so the VM never answers. Such a host gets TCG.
+fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
 }
 
 /// `/dev/kvm` opening is not enough: under some nested hypervisors QEMU aborts at vCPU setup
@@ -907,7 +915,10 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("hostfwd=tcp:127.77.0.9:22-:22"), "{a}");
-        assert!(a.contains("hostfwd=tcp:127.77.0.9:10250-:10250"), "kubelet port: {a}");
+        assert!(
+            a.contains("hostfwd=tcp:127.77.0.9:10250-:10250"),
+            "kubelet port: {a}"
+        );
         assert!(a.contains("-m 2048"), "memory capped: {a}");
         let boot_pos = a.find("boot.qcow2").unwrap();
         assert!(

@@ -85,7 +85,12 @@ impl ControlPlane {
 
         // PKI and kubeconfigs, as `kubeadm init` lays them out.
         cp.kubeadm_phase(&["certs", "all"])?;
-        cp.kubeadm_phase(&["kubeconfig", "all", "--kubeconfig-dir", &d.display().to_string()])?;
+        cp.kubeadm_phase(&[
+            "kubeconfig",
+            "all",
+            "--kubeconfig-dir",
+            &d.display().to_string(),
+        ])?;
         // The kubeconfigs name the advertised endpoint (10.0.2.2), which is the guest's view; on
         // the host the same apiserver is at 127.0.0.1.
         for conf in [
@@ -147,13 +152,22 @@ impl ControlPlane {
                 format!("--etcd-certfile={}", pk("apiserver-etcd-client.crt")),
                 format!("--etcd-keyfile={}", pk("apiserver-etcd-client.key")),
                 format!("--etcd-servers={etcd_url}"),
-                format!("--kubelet-client-certificate={}", pk("apiserver-kubelet-client.crt")),
-                format!("--kubelet-client-key={}", pk("apiserver-kubelet-client.key")),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    pk("apiserver-kubelet-client.crt")
+                ),
+                format!(
+                    "--kubelet-client-key={}",
+                    pk("apiserver-kubelet-client.key")
+                ),
                 "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
                 format!("--proxy-client-cert-file={}", pk("front-proxy-client.crt")),
                 format!("--proxy-client-key-file={}", pk("front-proxy-client.key")),
                 "--requestheader-allowed-names=front-proxy-client".into(),
-                format!("--requestheader-client-ca-file={}", pk("front-proxy-ca.crt")),
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    pk("front-proxy-ca.crt")
+                ),
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
                 "--requestheader-group-headers=X-Remote-Group".into(),
                 "--requestheader-username-headers=X-Remote-User".into(),
@@ -184,7 +198,10 @@ impl ControlPlane {
                 // tokencleaner expires bootstrap tokens
                 "--controllers=*,bootstrapsigner,tokencleaner".into(),
                 "--leader-elect=false".into(),
-                format!("--requestheader-client-ca-file={}", pk("front-proxy-ca.crt")),
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    pk("front-proxy-ca.crt")
+                ),
                 format!("--root-ca-file={}", pk("ca.crt")),
                 format!("--service-account-private-key-file={}", pk("sa.key")),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
@@ -218,13 +235,23 @@ impl ControlPlane {
         // kubeadm copies the server of the kubeconfig it was given (our host-side 127.0.0.1) into
         // kube-public/cluster-info, and a joining node bootstraps against the server it finds
         // there: it must be the guest's view, 10.0.2.2. The bootstrap signer re-signs the change.
-        let info = cp.kubectl(&["-n", "kube-public", "get", "configmap", "cluster-info", "-o", "json"])?;
+        let info = cp.kubectl(&[
+            "-n",
+            "kube-public",
+            "get",
+            "configmap",
+            "cluster-info",
+            "-o",
+            "json",
+        ])?;
         let fixed = info.replace(
             &format!("https://127.0.0.1:{port}"),
             &format!("https://{GUEST_HOST}:{port}"),
         );
         if fixed == info {
-            return Err(format!("cluster-info does not name https://127.0.0.1:{port}:\n{info}"));
+            return Err(format!(
+                "cluster-info does not name https://127.0.0.1:{port}:\n{info}"
+            ));
         }
         cp.kubectl_stdin(&["replace", "-f", "-"], &fixed)?;
         Ok(cp)
@@ -445,6 +472,11 @@ networking:
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: systemd
+# kubeadm derives this from certificatesDir, which here is the host's temp dir; on a node the
+# CA is where `kubeadm join` puts it (JoinConfiguration.caCertPath's default).
+authentication:
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
 "#,
         pki = dir.join("pki").display(),
         etcd = dir.join("etcd").display(),

@@ -154,7 +154,11 @@ pub fn build_binaries(repo: &Path, with_controller: bool) -> Binaries {
     let imgbuild = match std::env::var("E2E_IMGBUILD_BIN") {
         Ok(p) => PathBuf::from(p),
         Err(_) => {
-            build(&[], &["-p", "imgbuild", "--bin", "imgbuild"], "cargo build imgbuild");
+            build(
+                &[],
+                &["-p", "imgbuild", "--bin", "imgbuild"],
+                "cargo build imgbuild",
+            );
             target.join("debug/imgbuild")
         }
     };

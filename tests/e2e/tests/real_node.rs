@@ -174,12 +174,22 @@ async fn real_node() {
     phases.push(("artifacts", p.elapsed()));
 
     let p = Instant::now();
-    say(t0, "library image: tests/vm-image/build.sh (cached after the first run)");
-    let img_dir = PathBuf::from(harness::script_last_line(&repo, "tests/vm-image/build.sh", &[]));
+    say(
+        t0,
+        "library image: tests/vm-image/build.sh (cached after the first run)",
+    );
+    let img_dir = PathBuf::from(harness::script_last_line(
+        &repo,
+        "tests/vm-image/build.sh",
+        &[],
+    ));
     phases.push(("library image", p.elapsed()));
 
     let p = Instant::now();
-    say(t0, "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller");
+    say(
+        t0,
+        "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller",
+    );
     let bins = harness::build_binaries(&repo, true);
     phases.push(("binaries", p.elapsed()));
 
@@ -190,10 +200,22 @@ async fn real_node() {
         ControlPlane::start(&kube_bin, Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("control plane: {e}"))
     });
-    let join = tokio::task::block_in_place(|| cp.join_credentials())
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(join.endpoint, format!("10.0.2.2:{}", cp.port), "join endpoint");
-    say(t0, &format!("control plane up at 127.0.0.1:{} (10.0.2.2:{} from the guest); join token {}.…", cp.port, cp.port, join.token.split('.').next().unwrap_or("")));
+    let join =
+        tokio::task::block_in_place(|| cp.join_credentials()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        join.endpoint,
+        format!("10.0.2.2:{}", cp.port),
+        "join endpoint"
+    );
+    say(
+        t0,
+        &format!(
+            "control plane up at 127.0.0.1:{} (10.0.2.2:{} from the guest); join token {}.…",
+            cp.port,
+            cp.port,
+            join.token.split('.').next().unwrap_or("")
+        ),
+    );
     phases.push(("control plane", p.elapsed()));
 
     // 3. the emulator with the QEMU backend, in process
@@ -202,7 +224,10 @@ async fn real_node() {
         cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
             .unwrap_or_else(|e| panic!("QEMU backend: {e}")),
     );
-    say(t0, &format!("emulator: QEMU backend, accel {:?}", backend.accel()));
+    say(
+        t0,
+        &format!("emulator: QEMU backend, accel {:?}", backend.accel()),
+    );
     let mut timings = cloudsim::Timings::instant();
     timings.shutdown_timeout = Duration::from_secs(180);
     let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig {
@@ -225,7 +250,10 @@ async fn real_node() {
 
     // 4. imgbuild: the product recipe's scripts, local artifacts, on the Debian library image
     let p = Instant::now();
-    say(t0, "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local)");
+    say(
+        t0,
+        "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local)",
+    );
     let image = tokio::task::block_in_place(|| {
         harness::imgbuild(
             &bins.imgbuild,
@@ -244,7 +272,10 @@ async fn real_node() {
     // 5. the controller, as an operator would run it outside the cluster: the kustomize
     //    ServiceAccount and RBAC, a token of that ServiceAccount, the emulator's API
     let rendered = cp
-        .kubectl(&["kustomize", &repo.join("controller/config").display().to_string()])
+        .kubectl(&[
+            "kustomize",
+            &repo.join("controller/config").display().to_string(),
+        ])
         .expect("kubectl kustomize controller/config");
     // everything but the Deployment (its image needs a registry; issue 11 runs it in-cluster)
     let objects: Vec<&str> = rendered
@@ -254,7 +285,14 @@ async fn real_node() {
     cp.kubectl_stdin(&["apply", "-f", "-"], &objects.join("\n---\n"))
         .expect("applying the controller's ServiceAccount and RBAC");
     let token = cp
-        .kubectl(&["create", "token", "cloudsigma-controller", "-n", "cloudsigma-system", "--duration=2h"])
+        .kubectl(&[
+            "create",
+            "token",
+            "cloudsigma-controller",
+            "-n",
+            "cloudsigma-system",
+            "--duration=2h",
+        ])
         .expect("ServiceAccount token");
     let sa_kubeconfig = cp
         .kubeconfig_for_token("cloudsigma-controller", token.trim())
@@ -305,7 +343,12 @@ async fn real_node() {
         .expect("server uuid")
         .to_string();
     let mut report = FailureReport {
-        console: Some(data.path().join("vm/servers").join(&server).join("console.log")),
+        console: Some(
+            data.path()
+                .join("vm/servers")
+                .join(&server)
+                .join("console.log"),
+        ),
         ssh: None,
         extra: vec![
             "sudo journalctl -b -u kubelet --no-pager | tail -40".into(),
@@ -317,7 +360,11 @@ async fn real_node() {
         .await;
     let node_started = Instant::now();
     let running = api
-        .wait_status(&format!("servers/{server}/"), "running", Duration::from_secs(60))
+        .wait_status(
+            &format!("servers/{server}/"),
+            "running",
+            Duration::from_secs(60),
+        )
         .await;
     let ip = running["runtime"]["nics"][0]["ip_v4"]["uuid"]
         .as_str()
@@ -329,7 +376,10 @@ async fn real_node() {
         user: "debian".into(),
     };
     report.ssh = Some(ssh.clone());
-    say(t0, &format!("node {server} started, NAT IP {ip}; waiting for the kubelet to register"));
+    say(
+        t0,
+        &format!("node {server} started, NAT IP {ip}; waiting for the kubelet to register"),
+    );
     let cp_ref = &cp;
     let diag = || {
         format!(
@@ -367,7 +417,10 @@ async fn real_node() {
     let node = wait_for(
         "Node initialized by cloudsigma-controller",
         Duration::from_secs(120),
-        || node_json(cp_ref).filter(|n| !has_taint(n, UNINITIALIZED) && n["spec"]["providerID"].is_string()),
+        || {
+            node_json(cp_ref)
+                .filter(|n| !has_taint(n, UNINITIALIZED) && n["spec"]["providerID"].is_string())
+        },
         &diag,
     )
     .await;
@@ -379,13 +432,22 @@ async fn real_node() {
         "providerID"
     );
     let addresses = node["status"]["addresses"].to_string();
-    assert!(addresses.contains(&ip), "the NAT IP is not an address of the Node: {addresses}");
+    assert!(
+        addresses.contains(&ip),
+        "the NAT IP is not an address of the Node: {addresses}"
+    );
     let labels = node["metadata"]["labels"].to_string();
     assert!(
         labels.contains("node.kubernetes.io/instance-type"),
         "instance-type label missing: {labels}"
     );
-    say(t0, &format!("Node initialized: providerID {}, addresses {addresses}", node["spec"]["providerID"]));
+    say(
+        t0,
+        &format!(
+            "Node initialized: providerID {}, addresses {addresses}",
+            node["spec"]["providerID"]
+        ),
+    );
 
     // 9. Ready
     let p = Instant::now();
@@ -397,7 +459,9 @@ async fn real_node() {
     )
     .await;
     phases.push(("initialized -> Ready", p.elapsed()));
-    let wide = cp.kubectl(&["get", "nodes", "-o", "wide"]).unwrap_or_default();
+    let wide = cp
+        .kubectl(&["get", "nodes", "-o", "wide"])
+        .unwrap_or_default();
     let provider_col = cp
         .kubectl(&["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,PROVIDER-ID:.spec.providerID,ADDRESSES:.status.addresses[*].address"])
         .unwrap_or_default();
@@ -408,7 +472,11 @@ async fn real_node() {
     wait_for(
         "the default ServiceAccount (kube-controller-manager)",
         Duration::from_secs(60),
-        || cp_ref.kubectl(&["get", "serviceaccount", "default", "-n", "default"]).ok(),
+        || {
+            cp_ref
+                .kubectl(&["get", "serviceaccount", "default", "-n", "default"])
+                .ok()
+        },
         &diag,
     )
     .await;
@@ -427,7 +495,9 @@ async fn real_node() {
         || {
             format!(
                 "{}\n{}",
-                cp_ref.kubectl(&["describe", "pod", "hello"]).unwrap_or_else(|e| e),
+                cp_ref
+                    .kubectl(&["describe", "pod", "hello"])
+                    .unwrap_or_else(|e| e),
                 diag()
             )
         },
@@ -435,17 +505,28 @@ async fn real_node() {
     .await;
     phases.push(("Pod Running", p.elapsed()));
     assert_eq!(pod["spec"]["nodeName"], NODE, "scheduled elsewhere?");
-    let pod_ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    let pod_ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let answer = ssh
         .run(&format!("curl -sS --max-time 10 http://{pod_ip}:8080/"))
-        .unwrap_or_else(|e| panic!("the Pod's HTTP endpoint did not answer from inside the node: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("the Pod's HTTP endpoint did not answer from inside the node: {e}")
+        });
     assert_eq!(answer.trim(), "hello from pod hello", "the Pod's answer");
     // apiserver -> kubelet on the Node's address (the NAT IP's forwarded 10250)
     let logs = cp
         .kubectl(&["logs", "hello", "-n", "default"])
         .unwrap_or_else(|e| panic!("kubectl logs (apiserver -> kubelet at {ip}:10250): {e}"));
     assert!(logs.contains("listening on :8080"), "pod log: {logs}");
-    say(t0, &format!("Pod hello Running at {pod_ip}; it answered: {}", answer.trim()));
+    say(
+        t0,
+        &format!(
+            "Pod hello Running at {pod_ip}; it answered: {}",
+            answer.trim()
+        ),
+    );
 
     // guest-side figures (uptime stamps): boot -> agent start -> kubeadm join exec -> done
     let agent_start = harness::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
@@ -456,27 +537,43 @@ async fn real_node() {
         .unwrap_or(Value::Null);
     let scripts = status["phases"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "runcmd" || p["name"] == "scripts"))
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["name"] == "runcmd" || p["name"] == "scripts")
+        })
         .cloned()
         .unwrap_or(Value::Null);
     let marker = ssh
         .run("test -e /run/cluster-api/bootstrap-success.complete && echo yes")
         .unwrap_or_default();
-    assert_eq!(marker.trim(), "yes", "the success marker after a real kubeadm join");
+    assert_eq!(
+        marker.trim(),
+        "yes",
+        "the success marker after a real kubeadm join"
+    );
     report.ssh = None;
 
     // 11. the server goes away through the API; the controller deletes the Node
     let p = Instant::now();
     api.post(&format!("servers/{server}/action/?do=stop"), json!({}))
         .await;
-    api.wait_status(&format!("servers/{server}/"), "stopped", Duration::from_secs(120))
-        .await;
+    api.wait_status(
+        &format!("servers/{server}/"),
+        "stopped",
+        Duration::from_secs(120),
+    )
+    .await;
     api.delete(&format!("servers/{server}/?recurse=all_drives"))
         .await;
     wait_for(
         "Node deleted by cloudsigma-controller",
         Duration::from_secs(180),
-        || cp_ref.kubectl(&["get", "node", NODE, "--ignore-not-found", "-o", "name"]).ok().filter(|s| s.trim().is_empty()),
+        || {
+            cp_ref
+                .kubectl(&["get", "node", NODE, "--ignore-not-found", "-o", "name"])
+                .ok()
+                .filter(|s| s.trim().is_empty())
+        },
         &diag,
     )
     .await;
@@ -495,7 +592,10 @@ async fn real_node() {
     cp.stop();
     assert!(cp.running().is_empty(), "control-plane processes left");
     assert!(
-        !Path::new("/etc/kubernetes/manifests").exists() || std::fs::read_dir("/etc/kubernetes/manifests").map(|mut d| d.next().is_none()).unwrap_or(true),
+        !Path::new("/etc/kubernetes/manifests").exists()
+            || std::fs::read_dir("/etc/kubernetes/manifests")
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true),
         "the control plane must not write the host's /etc/kubernetes"
     );
     let qemu_left = Command::new("pgrep")
@@ -510,15 +610,33 @@ async fn real_node() {
     for (name, d) in &phases {
         eprintln!("  {name:<32} {:>7.1}s", d.as_secs_f64());
     }
-    eprintln!("  registered -> initialized (controller): {:.2}s", initialized.as_secs_f64());
+    eprintln!(
+        "  registered -> initialized (controller): {:.2}s",
+        initialized.as_secs_f64()
+    );
     if let Some(a) = agent_start {
         eprintln!("  guest: boot -> agent start          {a:>7.1}s (uptime)");
     }
-    if let (Some(start), Some(dur)) = (scripts["start_ms"].as_u64(), scripts["duration_ms"].as_u64()) {
-        eprintln!("  guest: agent start -> kubeadm exec  {:>7.3}s", start as f64 / 1000.0);
-        eprintln!("  guest: kubeadm join (whole)         {:>7.1}s", dur as f64 / 1000.0);
+    if let (Some(start), Some(dur)) = (
+        scripts["start_ms"].as_u64(),
+        scripts["duration_ms"].as_u64(),
+    ) {
+        eprintln!(
+            "  guest: agent start -> kubeadm exec  {:>7.3}s",
+            start as f64 / 1000.0
+        );
+        eprintln!(
+            "  guest: kubeadm join (whole)         {:>7.1}s",
+            dur as f64 / 1000.0
+        );
     }
-    eprintln!("  host: server start -> Node registered {:>5.1}s", registered_at.duration_since(node_started).as_secs_f64());
+    eprintln!(
+        "  host: server start -> Node registered {:>5.1}s",
+        registered_at.duration_since(node_started).as_secs_f64()
+    );
     eprintln!("\n$ kubectl get nodes -o wide   (at Ready)\n{wide}\n{provider_col}");
-    eprintln!("$ curl http://{pod_ip}:8080/   (from the node)\n{}", answer.trim());
+    eprintln!(
+        "$ curl http://{pod_ip}:8080/   (from the node)\n{}",
+        answer.trim()
+    );
 }

@@ -69,7 +69,11 @@ async fn whole_loop() {
         t0,
         "library image: tests/vm-image/build.sh (cached after the first run)",
     );
-    let img_dir = PathBuf::from(harness::script_last_line(&repo, "tests/vm-image/build.sh", &[]));
+    let img_dir = PathBuf::from(harness::script_last_line(
+        &repo,
+        "tests/vm-image/build.sh",
+        &[],
+    ));
     phases.push(("library image", p.elapsed()));
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
