@@ -2,7 +2,7 @@
 mod common;
 use async_trait::async_trait;
 use cloudsim::{
-    Backend, BackendError, BackendEvents, EmulatorConfig, ShutdownMode, StartSpec, Timings,
+    Backend, BackendError, BackendSink, EmulatorConfig, ShutdownMode, StartSpec, Timings,
 };
 use common::*;
 use reqwest::StatusCode;
@@ -130,12 +130,12 @@ async fn transitions_happen_without_requests() {
 #[derive(Default)]
 struct Recorder {
     starts: Mutex<Vec<StartSpec>>,
-    events: Mutex<Option<BackendEvents>>,
+    events: Mutex<Option<Arc<dyn BackendSink>>>,
 }
 
 #[async_trait]
 impl Backend for Recorder {
-    fn attach(&self, events: BackendEvents) {
+    fn attach(&self, events: Arc<dyn BackendSink>) {
         *self.events.lock().unwrap() = Some(events);
     }
     fn runtime_ip(&self, _server: &str, nic_index: usize) -> Option<String> {
