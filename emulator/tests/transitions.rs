@@ -164,11 +164,7 @@ async fn backend_sees_start_spec_and_controls_shutdown() {
         ..EmulatorConfig::for_tests()
     })
     .await;
-    let d = t.create_drive("boot", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("boot", 1 << 30).await;
     let srv = t.create_server("s", Some(&d)).await;
     let u = srv["uuid"].as_str().unwrap().to_string();
     t.action("servers", &u, "start").await;
@@ -302,11 +298,7 @@ async fn delete_recurse_variants() {
 #[tokio::test]
 async fn resize_action_is_a_full_definition_update() {
     let t = instant().await;
-    let d = t.create_drive("old", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("old", 1 << 30).await;
     let (s, v) = t
         .post(
             &format!("drives/{d}/action/?do=resize"),
