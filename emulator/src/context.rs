@@ -169,6 +169,7 @@ impl ContextManager {
                 return;
             }
         };
+        // two steps: downgrade the concrete Arc, then unsize (inference would ask for Arc<dyn ..>)
         let weak: Weak<S> = Arc::downgrade(source);
         let weak: Weak<dyn ContextSource> = weak;
         let u = uuid.to_string();
