@@ -3,11 +3,11 @@
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use crate::backend::Backend;
-use crate::context::ContextManager;
+use crate::backend::{Backend, BackendSink};
+use crate::context::{ContextManager, ContextSource};
 use crate::faults::{Counters, Faults};
 use crate::state::State;
 
@@ -64,5 +64,30 @@ impl App {
 
     pub fn server_context(&self, uuid: &str) -> Option<Value> {
         self.lock().server_context(uuid)
+    }
+}
+
+/// The serial context sockets ask the app for a server's context.
+impl ContextSource for App {
+    fn server_context(&self, uuid: &str) -> Option<Value> {
+        App::server_context(self, uuid)
+    }
+}
+
+/// What the backend gets in [`Backend::attach`]: weak, so a backend holding it does not keep a
+/// shut-down emulator alive (the app owns the backend; a strong reference would be a cycle).
+pub struct AppSink(pub Weak<App>);
+
+impl BackendSink for AppSink {
+    fn power_off(&self, server_uuid: &str) {
+        if let Some(app) = self.0.upgrade() {
+            app.power_off(server_uuid);
+        }
+    }
+
+    fn library_image(&self, libdrive_uuid: &str) -> Option<PathBuf> {
+        let app = self.0.upgrade()?;
+        let images = app.lib_images.lock().unwrap_or_else(|p| p.into_inner());
+        images.get(libdrive_uuid).cloned()
     }
 }

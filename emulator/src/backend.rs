@@ -8,7 +8,7 @@
 //! - (a) [`Backend::server_start`] receives a [`StartSpec`] with the boot drive uuid, every drive,
 //!   the NICs with MACs and their runtime IPs, and the server's context socket path (the emulator
 //!   listens on it; QEMU connects as a client: `-chardev socket,path=..,server=off` on ttyS1).
-//! - (b) the backend reports that a guest powered off via [`BackendEvents::power_off`] (given to it
+//! - (b) the backend reports that a guest powered off via [`BackendSink::power_off`] (given to it
 //!   in [`Backend::attach`]); the server then becomes `stopped` whatever it was doing.
 //! - (c) [`Backend::server_shutdown`] returns [`ShutdownMode::AwaitPowerOff`]: the server stays
 //!   `stopping` until the guest powers off, or goes back to `running` after
@@ -19,7 +19,7 @@
 
 use async_trait::async_trait;
 use std::path::PathBuf;
-use std::sync::Weak;
+use std::sync::Arc;
 
 /// A drive attached to a starting server.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub enum ShutdownMode {
     /// The emulator's timer decides: `stopping` → `stopped` after `Timings::server_shutdown`
     /// (the state-only backend assumes a well-behaved guest).
     Timed,
-    /// Wait for [`BackendEvents::power_off`]; back to `running` after `Timings::shutdown_timeout`.
+    /// Wait for [`BackendSink::power_off`]; back to `running` after `Timings::shutdown_timeout`.
     AwaitPowerOff,
 }
 
@@ -78,8 +78,8 @@ pub struct BackendError(pub String);
 /// Hooks are called without the state lock held; they may take time (the API call waits).
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Called once when the emulator starts, with a handle for reporting events back.
-    fn attach(&self, _events: BackendEvents) {}
+    /// Called once when the emulator starts, with the sink for reporting events back.
+    fn attach(&self, _sink: Arc<dyn BackendSink>) {}
     /// A new empty drive was created.
     async fn drive_created(
         &self,
@@ -138,32 +138,18 @@ pub struct StateOnlyBackend;
 #[async_trait]
 impl Backend for StateOnlyBackend {}
 
-/// Handle a backend uses to report events back to the state machine. Holds only a weak
-/// reference, so a backend keeping it does not keep a shut-down emulator alive.
-#[derive(Clone)]
-pub struct BackendEvents {
-    pub(crate) inner: Weak<crate::app::App>,
-}
-
-impl BackendEvents {
+/// What a backend may tell (or ask) the emulator: exactly the calls backends make, nothing more.
+/// The emulator hands one to [`Backend::attach`]. A trait rather than a handle to the emulator's
+/// internals keeps this module free of them (no import circle through the app) and lets a test
+/// backend or a future one depend on this seam alone. The emulator's sink holds only a weak
+/// reference, so a backend keeping it does not keep a shut-down emulator alive (calls then do
+/// nothing / answer `None`).
+pub trait BackendSink: Send + Sync {
     /// The guest of `server_uuid` powered off (shut down by itself, crashed, or honoured ACPI):
     /// the server becomes `stopped`, its runtime and NAT IPs are released.
-    pub fn power_off(&self, server_uuid: &str) {
-        if let Some(app) = self.inner.upgrade() {
-            app.power_off(server_uuid);
-        }
-    }
+    fn power_off(&self, server_uuid: &str);
 
     /// The local image file registered for a library drive (`EmulatorConfig.extra_libdrives` or
     /// `POST /admin/libdrives` with `image_path`), so a backend can materialise library clones.
-    pub fn library_image(&self, libdrive_uuid: &str) -> Option<PathBuf> {
-        let app = self.inner.upgrade()?;
-        let images = app.lib_images.lock().unwrap_or_else(|p| p.into_inner());
-        images.get(libdrive_uuid).cloned()
-    }
-
-    /// The current server context (what the serial socket serves for an empty key).
-    pub fn server_context(&self, server_uuid: &str) -> Option<serde_json::Value> {
-        self.inner.upgrade()?.server_context(server_uuid)
-    }
+    fn library_image(&self, libdrive_uuid: &str) -> Option<PathBuf>;
 }

@@ -14,7 +14,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
-use crate::app::App;
+/// Where the sockets get a server's current context (the emulator's app). A trait so the
+/// serial-line code depends on nothing but this seam (the app owns the [`ContextManager`]; a
+/// dependency back on the app would be an import circle).
+pub trait ContextSource: Send + Sync + 'static {
+    /// The context JSON of a server; `None` once it is gone.
+    fn server_context(&self, uuid: &str) -> Option<Value>;
+}
 
 /// Find one complete request in `buf`; returns (key, bytes consumed). Garbage before `<` is
 /// skipped (guests flush stale input; a stray byte must not wedge the line).
@@ -91,7 +97,7 @@ pub fn answer(ctx: Option<&Value>, key: &str) -> Vec<u8> {
 
 /// Serve cepko on one byte stream until EOF.
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    app: Weak<App>,
+    source: Weak<dyn ContextSource>,
     uuid: String,
     mut stream: S,
 ) {
@@ -105,7 +111,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         buf.extend_from_slice(&chunk[..n]);
         while let Some((key, used)) = parse_request(&buf) {
             buf.drain(..used);
-            let ctx = match app.upgrade() {
+            let ctx = match source.upgrade() {
                 Some(a) => a.server_context(&uuid),
                 None => return,
             };
@@ -153,7 +159,7 @@ impl ContextManager {
     }
 
     /// Listen on `<dir>/<uuid>.sock` (replacing a stale file). Must run inside a tokio runtime.
-    pub fn open(&self, app: &Arc<App>, uuid: &str) {
+    pub fn open<S: ContextSource>(&self, source: &Arc<S>, uuid: &str) {
         let path = self.socket_path(uuid);
         let _ = std::fs::remove_file(&path);
         let listener = match UnixListener::bind(&path) {
@@ -163,8 +169,11 @@ impl ContextManager {
                 return;
             }
         };
-        let weak = Arc::downgrade(app);
+        // two steps: downgrade the concrete Arc, then unsize (inference would ask for Arc<dyn ..>)
+        let weak: Weak<S> = Arc::downgrade(source);
+        let weak: Weak<dyn ContextSource> = weak;
         let u = uuid.to_string();
+        let pty_source = weak.clone();
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -179,8 +188,19 @@ impl ContextManager {
             }
         });
         let (pty_task, pty_path) = if self.pty {
-            match crate::pty::open(Arc::downgrade(app), uuid.to_string()) {
-                Ok((t, p)) => (Some(t), Some(p)),
+            match crate::pty::open() {
+                Ok((pty, p)) => {
+                    let u = uuid.to_string();
+                    let t = tokio::spawn(async move {
+                        match pty.into_stream() {
+                            Ok(stream) => serve_stream(pty_source, u, stream).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot register the pty with tokio")
+                            }
+                        }
+                    });
+                    (Some(t), Some(p))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open a pty for the server context");
                     (None, None)

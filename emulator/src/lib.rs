@@ -26,7 +26,7 @@ pub mod state;
 pub mod vm;
 
 pub use backend::{
-    Backend, BackendError, BackendEvents, ShutdownMode, StartDrive, StartNic, StartSpec,
+    Backend, BackendError, BackendSink, ShutdownMode, StartDrive, StartNic, StartSpec,
     StateOnlyBackend,
 };
 pub use config::{EmulatorConfig, FaultConfig, LibDriveSeed, Timings};
@@ -117,9 +117,7 @@ impl Emulator {
                     .insert(x.drive.uuid.clone(), p.clone());
             }
         }
-        backend.attach(BackendEvents {
-            inner: Arc::downgrade(&app),
-        });
+        backend.attach(Arc::new(app::AppSink(Arc::downgrade(&app))));
         for u in &server_uuids {
             app.contexts.open(&app, u);
         }
@@ -215,7 +213,7 @@ impl EmulatorHandle {
     pub fn context_pty(&self, server_uuid: &str) -> Option<PathBuf> {
         self.app.contexts.pty_path(server_uuid)
     }
-    /// Report that a guest powered off (what a VM backend does through [`BackendEvents`]).
+    /// Report that a guest powered off (what a VM backend does through [`BackendSink`]).
     pub fn power_off(&self, server_uuid: &str) {
         self.app.power_off(server_uuid);
     }

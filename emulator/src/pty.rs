@@ -1,15 +1,20 @@
-//! Optional per-server pty answering cepko (for guests/tests that want a tty path).
+//! Optional per-server pty: a tty path for guests/tests that want one; `context.rs` serves cepko
+//! on it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Weak;
-use tokio::task::JoinHandle;
 
-use crate::app::App;
+/// An open pty pair whose master side is not yet registered with tokio (see
+/// [`Pty::into_stream`]). This module only provides the byte stream; what is served on it
+/// (cepko) is the caller's business, so the pty knows nothing of the emulator.
+pub struct Pty {
+    master: std::fs::File,
+    slave: OwnedFd,
+}
 
-/// Open a pty pair; serve cepko on the master side; return the slave's path. The slave is put in
-/// raw mode without echo so a client sees exactly the bytes we send.
-pub fn open(app: Weak<App>, uuid: String) -> std::io::Result<(JoinHandle<()>, PathBuf)> {
+/// Open a pty pair and return it with the slave's path. The slave is put in raw mode without
+/// echo so a client sees exactly the bytes we send.
+pub fn open() -> std::io::Result<(Pty, PathBuf)> {
     use nix::pty::openpty;
     use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
     let pty = openpty(None, None).map_err(std::io::Error::from)?;
@@ -19,26 +24,27 @@ pub fn open(app: Weak<App>, uuid: String) -> std::io::Result<(JoinHandle<()>, Pa
         let _ = tcsetattr(&pty.slave, SetArg::TCSANOW, &t);
     }
     let master: OwnedFd = pty.master;
-    // Keep the slave open for the pty's lifetime: otherwise reads on the master fail with EIO
-    // whenever no client has it open.
-    let slave: OwnedFd = pty.slave;
     set_nonblocking(master.as_raw_fd())?;
-    let file = std::fs::File::from(master);
-    let task = tokio::spawn(async move {
-        let _slave = slave;
+    Ok((
+        Pty {
+            master: std::fs::File::from(master),
+            slave: pty.slave,
+        },
+        path,
+    ))
+}
+
+impl Pty {
+    /// The master side as an async byte stream. Must run inside a tokio runtime.
+    pub fn into_stream(self) -> std::io::Result<PtyStream> {
         // `new` is deprecated for types that do not own their fd; `File` does own it.
         #[allow(deprecated)]
-        let registered = tokio::io::unix::AsyncFd::new(file);
-        let stream = match registered {
-            Ok(fd) => PtyStream { fd },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register the pty with tokio");
-                return;
-            }
-        };
-        crate::context::serve_stream(app, uuid, stream).await;
-    });
-    Ok((task, path))
+        let fd = tokio::io::unix::AsyncFd::new(self.master)?;
+        Ok(PtyStream {
+            fd,
+            _slave: self.slave,
+        })
+    }
 }
 
 fn set_nonblocking(fd: i32) -> std::io::Result<()> {
@@ -50,8 +56,12 @@ fn set_nonblocking(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-struct PtyStream {
+/// The master side of a pty, readable and writable with tokio.
+pub struct PtyStream {
     fd: tokio::io::unix::AsyncFd<std::fs::File>,
+    /// Kept open for the stream's lifetime: otherwise reads on the master fail with EIO
+    /// whenever no client has the slave open.
+    _slave: OwnedFd,
 }
 
 impl tokio::io::AsyncRead for PtyStream {

@@ -2,59 +2,18 @@
 //! Retry-After honoured), POST creates and actions are sent exactly once — proven with the
 //! emulator's per-endpoint counters.
 
-use cloudsigma_api::client::{Auth, Client, Config, Error, RetryPolicy, WaitPolicy};
+mod common;
+use cloudsigma_api::client::{Client, Error, RetryPolicy};
 use cloudsigma_api::*;
-use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig};
+use cloudsim::{EmulatorConfig, EmulatorHandle, FaultConfig};
+use common::client::{self, admin, client_for, ready_drive, retry, WAIT};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: attempts,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(50),
-        max_retry_after: Duration::from_secs(5),
-    }
-}
-
-fn client_for(emu: &EmulatorHandle, policy: RetryPolicy, timeout: Duration) -> Client {
-    let cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .unwrap()
-    .with_timeout(timeout)
-    .with_retry(policy);
-    Client::new(cfg).unwrap().with_wait_policy(WaitPolicy {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(100),
-    })
-}
-
+/// A client with 5 attempts: enough to ride through the 2-failure one-shot rules used here.
 async fn start(cfg: EmulatorConfig) -> (EmulatorHandle, Client) {
-    let emu = Emulator::start(cfg).await.expect("emulator starts");
-    let c = client_for(&emu, retry(5), Duration::from_secs(10));
-    (emu, c)
-}
-
-async fn admin(emu: &EmulatorHandle, method: Method, path: &str, body: Option<Value>) -> Value {
-    let mut r = reqwest::Client::new().request(method, format!("{}{path}", emu.admin_url()));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.expect("admin request");
-    assert!(
-        resp.status().is_success(),
-        "admin {path}: {}",
-        resp.status()
-    );
-    resp.json().await.unwrap_or(Value::Null)
+    client::start(cfg, 5).await
 }
 
 async fn once(emu: &EmulatorHandle, method: &str, path: &str, status: u16, count: u32) {
@@ -88,11 +47,7 @@ fn disk(name: &str) -> DriveCreate {
 #[tokio::test]
 async fn get_put_delete_are_retried_through_5xx() {
     let (emu, c) = start(EmulatorConfig::for_tests()).await;
-    let d = c.create_drive(&disk("r")).await.unwrap();
-    let d = c
-        .wait_drive_status(&d.uuid, DriveStatus::Unmounted, WAIT)
-        .await
-        .unwrap();
+    let d = ready_drive(&c, &disk("r")).await;
 
     reset_counters(&emu).await;
     once(&emu, "GET", "/api/2.0/drives/detail/", 500, 2).await;
@@ -134,10 +89,7 @@ async fn post_create_and_actions_are_never_retried() {
     );
 
     // the next create (no fault left) works: the client did not swallow anything
-    let d = c.create_drive(&disk("twice")).await.unwrap();
-    c.wait_drive_status(&d.uuid, DriveStatus::Unmounted, WAIT)
-        .await
-        .unwrap();
+    let d = ready_drive(&c, &disk("twice")).await;
 
     // clone action
     once(&emu, "POST", "/api/2.0/drives/{uuid}/action/", 503, 1).await;

@@ -1,67 +1,20 @@
 //! Round trips of the cloudsigma-api REST client against cloudsim: every endpoint the builder and
 //! controller use, pagination, the API's refusals as typed errors, and the waiters.
 
-use cloudsigma_api::client::{Auth, Client, Config, Error, RetryPolicy, WaitPolicy};
+mod common;
+use cloudsigma_api::client::{Auth, Client, Config, Error};
 use cloudsigma_api::*;
-use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, Timings};
-use serde_json::Value;
+use cloudsim::{EmulatorConfig, EmulatorHandle, Timings};
+use common::client::{self, admin, WAIT};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn fast_waits() -> WaitPolicy {
-    WaitPolicy {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(100),
-    }
-}
-
-fn client_for(emu: &EmulatorHandle) -> Client {
-    let cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .unwrap()
-    .with_timeout(Duration::from_secs(10))
-    .with_retry(RetryPolicy {
-        max_attempts: 4,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(50),
-        max_retry_after: Duration::from_secs(5),
-    });
-    Client::new(cfg).unwrap().with_wait_policy(fast_waits())
-}
-
+/// Clients here try each idempotent call up to 4 times.
 async fn start(cfg: EmulatorConfig) -> (EmulatorHandle, Client) {
-    let emu = Emulator::start(cfg).await.expect("emulator starts");
-    let c = client_for(&emu);
-    (emu, c)
+    client::start(cfg, 4).await
 }
 
 async fn instant() -> (EmulatorHandle, Client) {
     start(EmulatorConfig::for_tests()).await
-}
-
-async fn admin(
-    emu: &EmulatorHandle,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut r = reqwest::Client::new().request(method, format!("{}{path}", emu.admin_url()));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.expect("admin request");
-    assert!(
-        resp.status().is_success(),
-        "admin {path}: {}",
-        resp.status()
-    );
-    resp.json().await.unwrap_or(Value::Null)
 }
 
 fn disk(name: &str, gib: u64) -> DriveCreate {
@@ -98,11 +51,9 @@ fn server_spec(name: &str, drive: Option<&str>) -> ServerCreate {
     }
 }
 
+/// A 1 GiB disk, `unmounted`.
 async fn ready_drive(c: &Client, name: &str) -> Drive {
-    let d = c.create_drive(&disk(name, 1)).await.unwrap();
-    c.wait_drive_status(&d.uuid, DriveStatus::Unmounted, WAIT)
-        .await
-        .unwrap()
+    client::ready_drive(c, &disk(name, 1)).await
 }
 
 #[tokio::test]

@@ -46,11 +46,7 @@ fn line(ans: &[u8]) -> String {
 
 async fn setup(cfg: EmulatorConfig) -> (T, String) {
     let t = start(cfg).await;
-    let d = t.create_drive("root", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("root", 1 << 30).await;
     t.admin(
         reqwest::Method::PUT,
         "global_context",

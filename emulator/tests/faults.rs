@@ -79,11 +79,7 @@ async fn error_rate_answers_configured_status() {
 #[tokio::test]
 async fn one_shot_failures_match_method_and_path() {
     let t = instant().await;
-    let d = t.create_drive("d", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("d", 1 << 30).await;
     let (s, _) = t
         .admin(Method::POST, "faults/once", Some(json!({"method": "POST", "path": "/api/2.0/drives/{uuid}/action/", "status": 500, "count": 2})))
         .await;

@@ -5,11 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 async fn running_server(t: &T) -> (String, String) {
-    let d = t.create_drive("d", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("d", 1 << 30).await;
     let u = t.create_server("s", Some(&d)).await["uuid"]
         .as_str()
         .unwrap()
@@ -228,11 +224,7 @@ async fn wrong_method_is_405() {
 #[tokio::test]
 async fn clone_smaller_than_source_is_refused() {
     let t = instant().await;
-    let d = t.create_drive("d", 2 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("d", 2 << 30).await;
     let (s, v) = t
         .post(
             &format!("drives/{d}/action/?do=clone"),
@@ -304,11 +296,7 @@ async fn put_on_mounted_drive_ignores_size_and_media() {
 async fn bulk_delete_refuses_all_if_one_is_refused() {
     let t = instant().await;
     let (_, mounted) = running_server(&t).await;
-    let free = t.create_drive("free", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &free, "unmounted").await;
+    let free = t.ready_drive("free", 1 << 30).await;
     let (s, v, _) = t
         .req(
             Method::DELETE,

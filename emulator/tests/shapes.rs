@@ -28,11 +28,7 @@ fn is_resource_ref(v: &Value, res: &str) {
 #[tokio::test]
 async fn running_server_matches_reference_dump() {
     let t = instant().await;
-    let d = t.create_drive("d", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("d", 1 << 30).await;
     let created = t.create_server("testServerAcc", Some(&d)).await;
     let u = created["uuid"].as_str().unwrap().to_string();
     // stopped: runtime null, nic has a MAC already
@@ -108,9 +104,7 @@ async fn running_server_matches_reference_dump() {
 #[tokio::test]
 async fn drive_matches_reference_dump() {
     let t = instant().await;
-    let d = t.create_drive("test_drive_1", 1073741824).await;
-    let u = d["uuid"].as_str().unwrap().to_string();
-    t.wait_status("drives", &u, "unmounted").await;
+    let u = t.ready_drive("test_drive_1", 1073741824).await;
     let (_, v) = t.get(&format!("drives/{u}/")).await;
     let want = [
         "affinities",
@@ -193,11 +187,7 @@ async fn paths_without_trailing_slash_are_accepted() {
 #[tokio::test]
 async fn every_detail_listing_parses_into_the_api_models() {
     let t = instant().await;
-    let d = t.create_drive("d", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("d", 1 << 30).await;
     let u = t.create_server("s", Some(&d)).await["uuid"]
         .as_str()
         .unwrap()

@@ -13,11 +13,7 @@ async fn state_file_round_trip() {
         ..EmulatorConfig::for_tests()
     };
     let t = start(cfg()).await;
-    let d = t.create_drive("keep", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("keep", 1 << 30).await;
     let u = t.create_server("keep-me", Some(&d)).await["uuid"]
         .as_str()
         .unwrap()

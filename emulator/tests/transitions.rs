@@ -2,7 +2,7 @@
 mod common;
 use async_trait::async_trait;
 use cloudsim::{
-    Backend, BackendError, BackendEvents, EmulatorConfig, ShutdownMode, StartSpec, Timings,
+    Backend, BackendError, BackendSink, EmulatorConfig, ShutdownMode, StartSpec, Timings,
 };
 use common::*;
 use reqwest::StatusCode;
@@ -130,12 +130,12 @@ async fn transitions_happen_without_requests() {
 #[derive(Default)]
 struct Recorder {
     starts: Mutex<Vec<StartSpec>>,
-    events: Mutex<Option<BackendEvents>>,
+    events: Mutex<Option<Arc<dyn BackendSink>>>,
 }
 
 #[async_trait]
 impl Backend for Recorder {
-    fn attach(&self, events: BackendEvents) {
+    fn attach(&self, events: Arc<dyn BackendSink>) {
         *self.events.lock().unwrap() = Some(events);
     }
     fn runtime_ip(&self, _server: &str, nic_index: usize) -> Option<String> {
@@ -164,11 +164,7 @@ async fn backend_sees_start_spec_and_controls_shutdown() {
         ..EmulatorConfig::for_tests()
     })
     .await;
-    let d = t.create_drive("boot", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("boot", 1 << 30).await;
     let srv = t.create_server("s", Some(&d)).await;
     let u = srv["uuid"].as_str().unwrap().to_string();
     t.action("servers", &u, "start").await;
@@ -302,11 +298,7 @@ async fn delete_recurse_variants() {
 #[tokio::test]
 async fn resize_action_is_a_full_definition_update() {
     let t = instant().await;
-    let d = t.create_drive("old", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_status("drives", &d, "unmounted").await;
+    let d = t.ready_drive("old", 1 << 30).await;
     let (s, v) = t
         .post(
             &format!("drives/{d}/action/?do=resize"),

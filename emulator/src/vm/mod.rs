@@ -23,7 +23,7 @@
 //! Processes never outlive the emulator: QEMU gets `PR_SET_PDEATHSIG(SIGKILL)`, the child handle
 //! kills on drop, and [`Backend::shutdown`] kills and reaps every VM.
 
-use crate::backend::{Backend, BackendError, BackendEvents, ShutdownMode, StartSpec};
+use crate::backend::{Backend, BackendError, BackendSink, ShutdownMode, StartSpec};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -159,7 +159,7 @@ struct Inner {
 pub struct QemuBackend {
     cfg: QemuConfig,
     accel: Accel,
-    events: OnceLock<BackendEvents>,
+    events: OnceLock<Arc<dyn BackendSink>>,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -267,7 +267,7 @@ impl QemuBackend {
             .ok_or_else(|| err(format!("qemu-img info {p}: no virtual-size")))
     }
 
-    fn events(&self) -> Option<&BackendEvents> {
+    fn events(&self) -> Option<&Arc<dyn BackendSink>> {
         self.events.get()
     }
 
@@ -446,7 +446,7 @@ impl QemuBackend {
 
 #[async_trait]
 impl Backend for QemuBackend {
-    fn attach(&self, events: BackendEvents) {
+    fn attach(&self, events: Arc<dyn BackendSink>) {
         let _ = self.events.set(events);
     }
 

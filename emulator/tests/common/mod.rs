@@ -1,6 +1,8 @@
 //! Shared helpers for the emulator's wire-level tests (raw reqwest + serde_json::Value).
 #![allow(dead_code)]
 
+pub mod client;
+
 use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -92,6 +94,15 @@ impl T {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["objects"][0].clone()
+    }
+    /// A new disk that has finished `creating` (status `unmounted`, ready to attach): its uuid.
+    pub async fn ready_drive(&self, name: &str, size: u64) -> String {
+        let d = self.create_drive(name, size).await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.wait_status("drives", &d, "unmounted").await;
+        d
     }
     /// A stopped server with one drive and one public DHCP NIC.
     pub async fn create_server(&self, name: &str, drive: Option<&str>) -> Value {

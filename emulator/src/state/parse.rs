@@ -1,0 +1,616 @@
+//! Request bodies → objects: the field rules, limits and validation refusals of create/PUT
+//! bodies, and the small JSON readers the API handlers share.
+
+use cloudsigma_api::{
+    Drive, DriveStatus, IpConfMode, IpRef, IpV4Conf, Meta, Nic, Ref, Server, ServerDrive,
+    ServerStatus,
+};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+
+use super::{new_uuid, State};
+use crate::error::ApiError;
+
+impl State {
+    /// `meta` and `tags` of a create/PUT body; a PUT that omits them keeps the resource's own.
+    fn meta_and_tags(
+        &self,
+        o: &Map<String, Value>,
+        existing: Option<(&str, &Meta)>,
+    ) -> Result<(Meta, Vec<String>), ApiError> {
+        let meta = match o.get("meta") {
+            Some(v) if !v.is_null() => parse_meta(v)?,
+            _ => existing.map(|(_, m)| m.clone()).unwrap_or_default(),
+        };
+        let tags = match o.get("tags") {
+            Some(v) if !v.is_null() => parse_refs(v, "tags")?,
+            _ => existing
+                .and_then(|(uuid, _)| self.tags_of.get(uuid))
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        self.validate_refs_tags(&tags)?;
+        Ok((meta, tags))
+    }
+
+    /// Build a server from a create/PUT body item. `existing` supplies unchanged fields for PUT.
+    pub(super) fn server_from_body(
+        &mut self,
+        o: &Map<String, Value>,
+        existing: Option<&Server>,
+    ) -> Result<(Server, Vec<String>), ApiError> {
+        let name = match get_str(o, "name")? {
+            Some(n) if !n.trim().is_empty() => n,
+            Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
+            None => match existing {
+                Some(e) => e.name.clone(),
+                None => return Err(ApiError::validation("This field is required", Some("name"))),
+            },
+        };
+        let cpu = match get_u64(o, "cpu")? {
+            Some(c) => c,
+            None => match existing {
+                Some(e) => e.cpu,
+                None => return Err(ApiError::validation("This field is required", Some("cpu"))),
+            },
+        };
+        // [D] per-location limits; typical: 250–100,000 MHz
+        if !(250..=100_000).contains(&cpu) {
+            return Err(ApiError::validation(
+                format!("cpu {cpu} MHz is out of range 250..100000"),
+                Some("cpu"),
+            ));
+        }
+        let mem = match get_u64(o, "mem")? {
+            Some(m) => m,
+            None => match existing {
+                Some(e) => e.mem,
+                None => return Err(ApiError::validation("This field is required", Some("mem"))),
+            },
+        };
+        // [D] mem ≥ 256 MiB, ≤ 512 GiB
+        if !(256 << 20..=512 << 30).contains(&mem) {
+            return Err(ApiError::validation(
+                format!("mem {mem} bytes is out of range 256 MiB..512 GiB"),
+                Some("mem"),
+            ));
+        }
+        let smp = match get_u64(o, "smp")? {
+            Some(n) => n,
+            None => existing.map(|e| e.smp as u64).unwrap_or(1),
+        };
+        // [D] reference: smp 1–32
+        if !(1..=32).contains(&smp) {
+            return Err(ApiError::validation(
+                format!("smp {smp} is out of range 1..32"),
+                Some("smp"),
+            ));
+        }
+        let vnc_password = match get_str(o, "vnc_password")? {
+            Some(v) => Some(v),
+            None => match existing {
+                Some(e) => e.vnc_password.clone(),
+                // [D reference] vnc_password is required on create
+                None => {
+                    return Err(ApiError::validation(
+                        "This field is required",
+                        Some("vnc_password"),
+                    ))
+                }
+            },
+        };
+        let drives = match o.get("drives") {
+            Some(v) if !v.is_null() => self.parse_server_drives(v)?,
+            _ => existing.map(|e| e.drives.clone()).unwrap_or_default(),
+        };
+        let nics = match o.get("nics") {
+            Some(v) if !v.is_null() => {
+                self.parse_nics(v, existing, existing.map(|e| e.uuid.as_str()))?
+            }
+            _ => existing.map(|e| e.nics.clone()).unwrap_or_default(),
+        };
+        let (meta, tags) = self.meta_and_tags(o, existing.map(|e| (e.uuid.as_str(), &e.meta)))?;
+        let pubkeys = match o.get("pubkeys") {
+            Some(v) if !v.is_null() => parse_refs(v, "pubkeys")?
+                .iter()
+                .map(|k| Ref::to_resource("keypairs", k))
+                .collect(),
+            _ => existing.map(|e| e.pubkeys.clone()).unwrap_or_default(),
+        };
+        let mut extra = match existing {
+            Some(e) => e.extra.clone(),
+            None => default_server_extra(),
+        };
+        for (k, v) in o {
+            if !SERVER_KNOWN.contains(&k.as_str()) {
+                extra.insert(k.clone(), v.clone());
+            }
+        }
+        let server = Server {
+            uuid: existing.map(|e| e.uuid.clone()).unwrap_or_else(new_uuid),
+            name,
+            cpu,
+            mem,
+            smp: smp as u32,
+            status: existing.map(|e| e.status).unwrap_or(ServerStatus::Stopped),
+            vnc_password,
+            drives,
+            nics,
+            meta,
+            tags: Vec::new(),
+            runtime: existing.and_then(|e| e.runtime.clone()),
+            resource_uri: None,
+            owner: None,
+            pubkeys,
+            extra,
+        };
+        Ok((server, tags))
+    }
+
+    fn parse_server_drives(&self, v: &Value) -> Result<Vec<ServerDrive>, ApiError> {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| ApiError::validation("drives must be a list", Some("drives")))?;
+        let mut out = Vec::new();
+        let mut channels = HashSet::new();
+        for item in arr {
+            let o = item.as_object().ok_or_else(|| {
+                ApiError::validation("each drive must be an object", Some("drives"))
+            })?;
+            let drive = o.get("drive").and_then(ref_uuid).ok_or_else(|| {
+                ApiError::validation("drive reference (uuid) is required", Some("drives"))
+            })?;
+            if !self.drives.contains_key(&drive) {
+                return Err(ApiError::validation(
+                    format!("Drive {drive} does not exist"),
+                    Some("drives"),
+                ));
+            }
+            let dev_channel = get_str(o, "dev_channel")?.ok_or_else(|| {
+                ApiError::validation("dev_channel is required (e.g. \"0:0\")", Some("drives"))
+            })?;
+            let ok = dev_channel
+                .split_once(':')
+                .map(|(a, b)| a.parse::<u8>().is_ok() && b.parse::<u8>().is_ok())
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::validation(
+                    format!("dev_channel {dev_channel:?} is not of the form \"N:M\""),
+                    Some("drives"),
+                ));
+            }
+            if !channels.insert(dev_channel.clone()) {
+                return Err(ApiError::validation(
+                    format!("dev_channel {dev_channel} is used twice"),
+                    Some("drives"),
+                ));
+            }
+            let device = get_str(o, "device")?.unwrap_or_else(|| "virtio".into());
+            if !["virtio", "ide", "sata", "scsi"].contains(&device.as_str()) {
+                return Err(ApiError::validation(
+                    format!("device {device:?} is not one of virtio, ide, sata, scsi"),
+                    Some("drives"),
+                ));
+            }
+            // [V docs servers.rst "Device channel"] ide: 0:0, 0:1, 1:0, 1:1 (2 controllers × 2
+            // units); virtio: units 0-5 per controller
+            if let Some((c, u)) = dev_channel.split_once(':') {
+                let (c, u) = (c.parse::<u32>().unwrap_or(0), u.parse::<u32>().unwrap_or(0));
+                let ok = match device.as_str() {
+                    "ide" => c <= 1 && u <= 1,
+                    "virtio" => u <= 5,
+                    _ => true,
+                };
+                if !ok {
+                    return Err(ApiError::validation(
+                        format!("dev_channel {dev_channel} is out of range for device {device} (ide: 0:0-1:1, virtio: units 0-5)"),
+                        Some("drives"),
+                    ));
+                }
+            }
+            let boot_order = get_u64(o, "boot_order")?.map(|b| b as u32);
+            out.push(ServerDrive {
+                boot_order,
+                dev_channel,
+                device,
+                drive: Ref::to_resource("drives", &drive),
+                extra: Default::default(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn parse_nics(
+        &mut self,
+        v: &Value,
+        existing: Option<&Server>,
+        self_uuid: Option<&str>,
+    ) -> Result<Vec<Nic>, ApiError> {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| ApiError::validation("nics must be a list", Some("nics")))?;
+        let mut out = Vec::new();
+        for item in arr {
+            let o = item
+                .as_object()
+                .ok_or_else(|| ApiError::validation("each nic must be an object", Some("nics")))?;
+            let vlan = match o.get("vlan") {
+                Some(v) if !v.is_null() => {
+                    let u = ref_uuid(v).ok_or_else(|| {
+                        ApiError::validation("vlan must be a uuid or {\"uuid\"}", Some("nics"))
+                    })?;
+                    if !self.vlans.contains_key(&u) {
+                        return Err(ApiError::validation(
+                            format!("VLAN {u} does not exist"),
+                            Some("nics"),
+                        ));
+                    }
+                    Some(u)
+                }
+                _ => None,
+            };
+            let conf = match o.get("ip_v4_conf") {
+                Some(c) if !c.is_null() => {
+                    let co = c.as_object().ok_or_else(|| {
+                        ApiError::validation("ip_v4_conf must be an object", Some("nics"))
+                    })?;
+                    let mode = match co.get("conf").and_then(Value::as_str) {
+                        Some("dhcp") => IpConfMode::Dhcp,
+                        Some("static") => IpConfMode::Static,
+                        Some("manual") => IpConfMode::Manual,
+                        other => {
+                            return Err(ApiError::validation(
+                                format!(
+                                    "ip_v4_conf.conf {other:?} is not one of dhcp, static, manual"
+                                ),
+                                Some("nics"),
+                            ))
+                        }
+                    };
+                    let ip = match co.get("ip") {
+                        Some(i) if !i.is_null() => Some(ref_uuid(i).ok_or_else(|| {
+                            ApiError::validation("ip_v4_conf.ip must be an address", Some("nics"))
+                        })?),
+                        _ => None,
+                    };
+                    if mode == IpConfMode::Static {
+                        let Some(addr) = &ip else {
+                            return Err(ApiError::validation(
+                                "ip_v4_conf.conf static needs ip_v4_conf.ip",
+                                Some("nics"),
+                            ));
+                        };
+                        if !self.ips.contains_key(addr) {
+                            return Err(ApiError::validation(
+                                format!("IP {addr} is not subscribed in this account"),
+                                Some("nics"),
+                            ));
+                        }
+                        // [D] a static IP can be used by one server only
+                        let taken = self.servers.values().any(|s| {
+                            Some(s.uuid.as_str()) != self_uuid
+                                && s.nics.iter().any(|n| {
+                                    n.ip_v4_conf
+                                        .as_ref()
+                                        .and_then(|c| c.ip.as_ref())
+                                        .map(|r| r.address() == addr)
+                                        .unwrap_or(false)
+                                })
+                        });
+                        if taken {
+                            return Err(ApiError::validation(
+                                format!("IP {addr} is already used by another server"),
+                                Some("nics"),
+                            ));
+                        }
+                    }
+                    Some(IpV4Conf {
+                        conf: mode,
+                        ip: ip.map(|a| IpRef::Ref(Ref::to_resource("ips", &a))),
+                    })
+                }
+                _ => None,
+            };
+            // [V docs] vlan and ip_v4_conf must not be combined; [D] `manual` (no address
+            // management) is tolerated since the reference also describes VLAN NICs that way.
+            if vlan.is_some()
+                && conf
+                    .as_ref()
+                    .map(|c| c.conf != IpConfMode::Manual)
+                    .unwrap_or(false)
+            {
+                return Err(ApiError::validation(
+                    "A NIC cannot have both vlan and ip_v4_conf dhcp/static",
+                    Some("nics"),
+                ));
+            }
+            if vlan.is_none() && conf.is_none() {
+                return Err(ApiError::validation(
+                    "A NIC needs ip_v4_conf or vlan",
+                    Some("nics"),
+                ));
+            }
+            let model = get_str(o, "model")?.unwrap_or_else(|| "virtio".into());
+            // [V reference] NICs are matched by mac in a PUT; a new NIC gets a fresh MAC
+            let mac = match get_str(o, "mac")? {
+                Some(m) => {
+                    let m = m.to_ascii_lowercase();
+                    let owned_by_self = existing
+                        .map(|e| e.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())))
+                        .unwrap_or(false);
+                    if !owned_by_self && !self.macs.insert(m.clone()) {
+                        return Err(ApiError::validation(
+                            format!("MAC {m} is already in use"),
+                            Some("nics"),
+                        ));
+                    }
+                    m
+                }
+                None => self.new_mac(),
+            };
+            let mut extra = BTreeMap::new();
+            extra.insert(
+                "boot_order".into(),
+                o.get("boot_order").cloned().unwrap_or(Value::Null),
+            );
+            extra.insert(
+                "firewall_policy".into(),
+                o.get("firewall_policy").cloned().unwrap_or(Value::Null),
+            );
+            extra.insert(
+                "ip_v6_conf".into(),
+                o.get("ip_v6_conf").cloned().unwrap_or(Value::Null),
+            );
+            let runtime = existing
+                .and_then(|e| {
+                    e.nics
+                        .iter()
+                        .find(|n| n.mac.as_deref() == Some(mac.as_str()))
+                })
+                .and_then(|n| n.runtime.clone());
+            out.push(Nic {
+                ip_v4_conf: conf,
+                model: Some(model),
+                mac: Some(mac),
+                vlan: vlan.map(|u| Ref::to_resource("vlans", &u)),
+                runtime,
+                extra,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn drive_from_body(
+        &self,
+        o: &Map<String, Value>,
+        existing: Option<&Drive>,
+    ) -> Result<(Drive, Vec<String>), ApiError> {
+        let name = match get_str(o, "name")? {
+            Some(n) if !n.trim().is_empty() => n,
+            Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
+            None => match existing {
+                Some(e) => e.name.clone(),
+                None => return Err(ApiError::validation("This field is required", Some("name"))),
+            },
+        };
+        let size = match get_u64(o, "size")? {
+            Some(s) => s,
+            None => match existing {
+                Some(e) => e.size,
+                None => return Err(ApiError::validation("This field is required", Some("size"))),
+            },
+        };
+        // [D] minimum drive size 1 MiB
+        if size < 1 << 20 {
+            return Err(ApiError::validation(
+                format!("size {size} bytes is below the minimum of 1 MiB"),
+                Some("size"),
+            ));
+        }
+        let media = match get_str(o, "media")? {
+            Some(m) => m,
+            None => match existing {
+                Some(e) => e.media.clone(),
+                None => {
+                    return Err(ApiError::validation(
+                        "This field is required",
+                        Some("media"),
+                    ))
+                }
+            },
+        };
+        if media != "disk" && media != "cdrom" {
+            return Err(ApiError::validation(
+                format!("media {media:?} is not one of disk, cdrom"),
+                Some("media"),
+            ));
+        }
+        let storage_type = get_str(o, "storage_type")?
+            .or_else(|| existing.and_then(|e| e.storage_type.clone()))
+            .unwrap_or_else(|| "dssd".into());
+        let (meta, tags) = self.meta_and_tags(o, existing.map(|e| (e.uuid.as_str(), &e.meta)))?;
+        let affinities = match o.get("affinities") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => existing.map(|e| e.affinities.clone()).unwrap_or_default(),
+        };
+        let allow_multimount = match o.get("allow_multimount") {
+            Some(Value::Bool(b)) => *b,
+            _ => existing.map(|e| e.allow_multimount).unwrap_or(false),
+        };
+        let mut extra = existing
+            .map(|e| e.extra.clone())
+            .unwrap_or_else(|| default_drive_extra(&storage_type));
+        for (k, v) in o {
+            if !DRIVE_KNOWN.contains(&k.as_str()) {
+                extra.insert(k.clone(), v.clone());
+            }
+        }
+        Ok((
+            Drive {
+                uuid: existing.map(|e| e.uuid.clone()).unwrap_or_else(new_uuid),
+                name,
+                size,
+                media,
+                status: existing.map(|e| e.status).unwrap_or(DriveStatus::Creating),
+                storage_type: Some(storage_type),
+                mounted_on: Vec::new(),
+                meta,
+                tags: Vec::new(),
+                affinities,
+                allow_multimount,
+                resource_uri: None,
+                owner: None,
+                extra,
+            },
+            tags,
+        ))
+    }
+}
+
+const SERVER_KNOWN: &[&str] = &[
+    "uuid",
+    "name",
+    "cpu",
+    "mem",
+    "smp",
+    "status",
+    "vnc_password",
+    "drives",
+    "nics",
+    "meta",
+    "tags",
+    "runtime",
+    "resource_uri",
+    "owner",
+    "pubkeys",
+];
+const DRIVE_KNOWN: &[&str] = &[
+    "uuid",
+    "name",
+    "size",
+    "media",
+    "status",
+    "storage_type",
+    "mounted_on",
+    "meta",
+    "tags",
+    "affinities",
+    "allow_multimount",
+    "resource_uri",
+    "owner",
+];
+
+/// Fields the real API returns on every server that we do not model otherwise
+/// ([V dumps/response_server_get_running]).
+fn default_server_extra() -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    m.insert("context".into(), json!(true));
+    m.insert("cpu_model".into(), Value::Null);
+    m.insert("cpus_instead_of_cores".into(), json!(false));
+    m.insert("enable_numa".into(), json!(false));
+    m.insert("grantees".into(), json!([]));
+    m.insert("hv_relaxed".into(), json!(false));
+    m.insert("hv_tsc".into(), json!(false));
+    m.insert("jobs".into(), json!([]));
+    m.insert("permissions".into(), json!([]));
+    m.insert("requirements".into(), json!([]));
+    // [D] present in the reference's list of context keys (newer API than the 2014 dumps);
+    // values are what a Linux KVM guest on CloudSigma reports
+    m.insert("hypervisor".into(), json!("kvm"));
+    m.insert("cpu_type".into(), json!("amd"));
+    m
+}
+
+/// ([V dumps/response_drive_get_unmounted])
+pub(super) fn default_drive_extra(storage_type: &str) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    m.insert("grantees".into(), json!([]));
+    m.insert("jobs".into(), json!([]));
+    m.insert("licenses".into(), json!([]));
+    m.insert("permissions".into(), json!([]));
+    m.insert("runtime".into(), json!({"is_snapshotable": true, "snapshots_allocated_size": 0, "storage_type": storage_type}));
+    m.insert("snapshots".into(), json!([]));
+    m
+}
+
+pub fn get_str(o: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::validation(
+            format!("{k} must be a string"),
+            Some(k),
+        )),
+    }
+}
+
+/// Integers; numeric strings are accepted too [D] (the Python API coerces them).
+pub fn get_u64(o: &Map<String, Value>, k: &str) -> Result<Option<u64>, ApiError> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            ApiError::validation(format!("{k} must be a non-negative integer"), Some(k))
+        }),
+        Some(Value::String(s)) => s.trim().parse::<u64>().map(Some).map_err(|_| {
+            ApiError::validation(
+                format!("{k} must be a non-negative integer, got {s:?}"),
+                Some(k),
+            )
+        }),
+        Some(_) => Err(ApiError::validation(
+            format!("{k} must be a non-negative integer"),
+            Some(k),
+        )),
+    }
+}
+
+/// `meta`: a flat string→string map. [D] numbers and booleans are stored as strings.
+pub fn parse_meta(v: &Value) -> Result<Meta, ApiError> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| ApiError::validation("meta must be an object of strings", Some("meta")))?;
+    let mut m = Meta::new();
+    for (k, v) in o {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ApiError::validation(
+                    format!("meta value of {k:?} must be a string"),
+                    Some("meta"),
+                ))
+            }
+        };
+        m.insert(k.clone(), s);
+    }
+    Ok(m)
+}
+
+/// A reference: a bare uuid string or `{"uuid": ...}`.
+pub fn ref_uuid(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o.get("uuid").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+pub fn parse_refs(v: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ApiError::validation(format!("{field} must be a list"), Some(field)))?;
+    arr.iter()
+        .map(|x| {
+            ref_uuid(x).ok_or_else(|| {
+                ApiError::validation(
+                    format!("each of {field} must be a uuid or {{\"uuid\": ...}}"),
+                    Some(field),
+                )
+            })
+        })
+        .collect()
+}

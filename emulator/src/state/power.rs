@@ -1,0 +1,313 @@
+//! Server power actions: start (runtime NICs and IPs, the backend's [`StartSpec`]), stop,
+//! shutdown, restart, and the guest powering off by itself.
+
+use cloudsigma_api::{DriveStatus, IpConfMode, NicRuntime, Ref, ServerRuntime, ServerStatus};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use super::{guest_state, now_iso, StartPlan, State, Transition};
+use crate::backend::{ShutdownMode, StartDrive, StartNic, StartSpec};
+use crate::error::ApiError;
+
+impl State {
+    /// Validate and begin `start`: status `starting`, runtime with NAT IPs.
+    pub fn begin_start(
+        &mut self,
+        uuid: &str,
+        runtime_ip: &dyn Fn(usize) -> Option<String>,
+        context_socket: std::path::PathBuf,
+    ) -> Result<StartPlan, ApiError> {
+        let s = self.get_server(uuid)?;
+        if s.status != ServerStatus::Stopped {
+            // [V libcloud/Go SDK fixtures] exact wording; internal state name of running is "started"
+            return Err(ApiError::permission(format!(
+                "Cannot start guest in state \"{}\". Guest should be in state \"stopped\"",
+                guest_state(s.status)
+            )));
+        }
+        for d in &s.drives {
+            let du = d.drive.uuid();
+            let Some(drive) = self.drives.get(du) else {
+                return Err(ApiError::validation(
+                    format!("Drive {du} attached to the server does not exist"),
+                    Some("drives"),
+                ));
+            };
+            // [D] a drive must be idle (not creating/cloning/resizing) to boot from it
+            if drive.status != DriveStatus::Unmounted {
+                return Err(ApiError::permission(format!(
+                    "Drive {du} is in state \"{}\"; wait until it is \"unmounted\" before starting the server",
+                    drive.status
+                )));
+            }
+            // [D] a drive can be mounted by one running server unless allow_multimount
+            let busy = self
+                .attached_servers(du)
+                .iter()
+                .any(|(o, st)| o != uuid && *st != ServerStatus::Stopped);
+            if busy && !drive.allow_multimount {
+                return Err(ApiError::permission(format!(
+                    "Drive {du} is mounted on another running server"
+                )));
+            }
+        }
+        let nics = s.nics.clone();
+        let mut rt_nics = Vec::new();
+        let mut new_nics = Vec::new();
+        for (i, n) in nics.into_iter().enumerate() {
+            let mut n = n;
+            let addr = if n.vlan.is_some() {
+                None
+            } else {
+                match n.ip_v4_conf.as_ref().map(|c| c.conf) {
+                    Some(IpConfMode::Static) => n
+                        .ip_v4_conf
+                        .as_ref()
+                        .and_then(|c| c.ip.as_ref())
+                        .map(|r| r.address().to_string()),
+                    // [V reference] a DHCP NIC without VLAN is a public NAT NIC: its address
+                    // appears in runtime.ip_v4 while running
+                    Some(IpConfMode::Dhcp) => match runtime_ip(i) {
+                        Some(a) => {
+                            self.used_ips.insert(a.clone(), uuid.to_string());
+                            Some(a)
+                        }
+                        None => Some(self.alloc_ip(uuid)?),
+                    },
+                    _ => None,
+                }
+            };
+            let interface_type = if n.vlan.is_some() {
+                "private"
+            } else {
+                "public"
+            };
+            let mut extra = BTreeMap::new();
+            extra.insert(
+                "io".into(),
+                json!({"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0}),
+            );
+            // [V dumps/response_server_get_running] "ip_v6": null is present (the model skips a
+            // None field, so it rides in `extra`)
+            extra.insert("ip_v6".into(), Value::Null);
+            let rt = NicRuntime {
+                interface_type: Some(interface_type.into()),
+                ip_v4: addr.as_ref().map(|a| Ref::to_resource("ips", a)),
+                ip_v6: None,
+                extra,
+            };
+            let mut rtv = serde_json::to_value(&rt).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut rtv {
+                m.insert("ip_v6".into(), Value::Null);
+                m.insert("mac".into(), json!(n.mac));
+            }
+            rt_nics.push(rtv);
+            n.runtime = Some(rt);
+            new_nics.push(n);
+        }
+        let gen = self.bump_gen(uuid);
+        if let Some(s) = self.servers.get_mut(uuid) {
+            s.status = ServerStatus::Starting;
+            s.nics = new_nics;
+            s.runtime = Some(ServerRuntime {
+                active_since: Some(now_iso()),
+                nics: rt_nics,
+                extra: Default::default(),
+            });
+        }
+        let after = self.timings.server_start;
+        self.schedule(
+            after,
+            Transition::Server {
+                uuid: uuid.to_string(),
+                gen,
+                to: ServerStatus::Running,
+            },
+        );
+        self.touch();
+        let spec = self
+            .current_spec(uuid, context_socket)
+            .ok_or_else(|| ApiError::notexist("server", uuid))?;
+        Ok(StartPlan { spec })
+    }
+
+    /// What a backend needs to boot the server as it is now (drives, NICs with runtime IPs).
+    pub fn current_spec(
+        &self,
+        uuid: &str,
+        context_socket: std::path::PathBuf,
+    ) -> Option<StartSpec> {
+        let s = self.servers.get(uuid)?;
+        let drives: Vec<StartDrive> = s
+            .drives
+            .iter()
+            .filter_map(|d| {
+                let drive = self.drives.get(d.drive.uuid())?;
+                Some(StartDrive {
+                    uuid: drive.uuid.clone(),
+                    dev_channel: d.dev_channel.clone(),
+                    device: d.device.clone(),
+                    boot_order: d.boot_order,
+                    media: drive.media.clone(),
+                    size: drive.size,
+                })
+            })
+            .collect();
+        let boot_drive = drives
+            .iter()
+            .filter(|d| d.boot_order.is_some())
+            .min_by_key(|d| d.boot_order)
+            .or_else(|| drives.first())
+            .map(|d| d.uuid.clone());
+        let nics = s
+            .nics
+            .iter()
+            .map(|n| StartNic {
+                mac: n.mac.clone().unwrap_or_default(),
+                model: n.model.clone().unwrap_or_else(|| "virtio".into()),
+                ip_v4: n.runtime_ipv4().map(str::to_string),
+                vlan: n.vlan.as_ref().map(|v| v.uuid().to_string()),
+            })
+            .collect();
+        Some(StartSpec {
+            uuid: uuid.to_string(),
+            name: s.name.clone(),
+            cpu: s.cpu,
+            mem: s.mem,
+            smp: s.smp,
+            boot_drive,
+            drives,
+            nics,
+            context_socket,
+        })
+    }
+
+    /// The backend refused to start: back to stopped.
+    pub fn abort_start(&mut self, uuid: &str) {
+        self.bump_gen(uuid);
+        self.set_stopped(uuid);
+        self.touch();
+    }
+
+    pub(super) fn set_stopped(&mut self, uuid: &str) {
+        if let Some(s) = self.servers.get_mut(uuid) {
+            s.status = ServerStatus::Stopped;
+            s.runtime = None;
+            for n in &mut s.nics {
+                n.runtime = None;
+            }
+        }
+        self.used_ips.retain(|_, s| s != uuid);
+    }
+
+    /// Guest powered off (backend event).
+    pub fn power_off(&mut self, uuid: &str) {
+        if self
+            .servers
+            .get(uuid)
+            .map(|s| s.status != ServerStatus::Stopped)
+            .unwrap_or(false)
+        {
+            self.bump_gen(uuid);
+            self.set_stopped(uuid);
+            self.touch();
+        }
+    }
+
+    /// `stop` (hard power-off): running/starting/stopping → stopping → stopped.
+    pub fn begin_stop(&mut self, uuid: &str) -> Result<(), ApiError> {
+        let s = self.get_server(uuid)?;
+        if matches!(s.status, ServerStatus::Stopped) {
+            // [V Go SDK fixture] exact wording
+            return Err(ApiError::permission(format!(
+                "Cannot stop guest in state \"{}\". Guest should be in state \"['started', 'running_legacy']\"",
+                guest_state(s.status)
+            )));
+        }
+        let gen = self.bump_gen(uuid);
+        if let Some(s) = self.servers.get_mut(uuid) {
+            s.status = ServerStatus::Stopping;
+        }
+        let after = self.timings.server_stop;
+        self.schedule(
+            after,
+            Transition::Server {
+                uuid: uuid.into(),
+                gen,
+                to: ServerStatus::Stopped,
+            },
+        );
+        self.touch();
+        Ok(())
+    }
+
+    /// `shutdown` (ACPI): only from running. The app calls the backend, then
+    /// [`State::schedule_shutdown`].
+    pub fn begin_shutdown(&mut self, uuid: &str) -> Result<u64, ApiError> {
+        let s = self.get_server(uuid)?;
+        if s.status != ServerStatus::Running {
+            // [D] wording modelled on the start/stop errors
+            return Err(ApiError::permission(format!(
+                "Cannot shutdown guest in state \"{}\". Guest should be in state \"started\"",
+                guest_state(s.status)
+            )));
+        }
+        let gen = self.bump_gen(uuid);
+        if let Some(s) = self.servers.get_mut(uuid) {
+            s.status = ServerStatus::Stopping;
+        }
+        self.touch();
+        Ok(gen)
+    }
+
+    pub fn schedule_shutdown(&mut self, uuid: &str, gen: u64, mode: ShutdownMode) {
+        let (after, to) = match mode {
+            ShutdownMode::Timed => (self.timings.server_shutdown, ServerStatus::Stopped),
+            // [V reference] back to running if the guest did not power off in time
+            ShutdownMode::AwaitPowerOff => (self.timings.shutdown_timeout, ServerStatus::Running),
+        };
+        self.schedule(
+            after,
+            Transition::Server {
+                uuid: uuid.into(),
+                gen,
+                to,
+            },
+        );
+    }
+
+    /// Backend refused the shutdown: back to running.
+    pub fn abort_shutdown(&mut self, uuid: &str, gen: u64) {
+        if self.gen(uuid) == gen {
+            if let Some(s) = self.servers.get_mut(uuid) {
+                s.status = ServerStatus::Running;
+            }
+        }
+    }
+
+    /// `restart`: only from running; `starting` → `running` (runtime and IPs kept).
+    pub fn begin_restart(&mut self, uuid: &str) -> Result<(), ApiError> {
+        let s = self.get_server(uuid)?;
+        if s.status != ServerStatus::Running {
+            return Err(ApiError::permission(format!(
+                "Cannot restart guest in state \"{}\". Guest should be in state \"started\"",
+                guest_state(s.status)
+            )));
+        }
+        let gen = self.bump_gen(uuid);
+        if let Some(s) = self.servers.get_mut(uuid) {
+            s.status = ServerStatus::Starting;
+        }
+        let after = self.timings.server_start;
+        self.schedule(
+            after,
+            Transition::Server {
+                uuid: uuid.into(),
+                gen,
+                to: ServerStatus::Running,
+            },
+        );
+        self.touch();
+        Ok(())
+    }
+}
