@@ -471,7 +471,11 @@ impl Recipe {
         // first, and parse a standalone recipe straight from its text (for line numbers).
         let extends = serde_yaml::from_str::<serde_yaml::Value>(&text)
             .ok()
-            .and_then(|v| v.get("extends").and_then(|e| e.as_str()).map(str::to_string));
+            .and_then(|v| {
+                v.get("extends")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string)
+            });
         let (spec, parent) = match &extends {
             None => {
                 let spec: RecipeFile = serde_yaml::from_str(&text).map_err(|e| {
@@ -481,11 +485,16 @@ impl Recipe {
                 (spec, None)
             }
             Some(rel) => {
-                let parent = Parent::load(&own_dir, rel)
-                    .map_err(|(f, l, m)| Diags(vec![Diag { file: f, line: l, message: m }]))?;
-                let spec = parent.merge(&text).map_err(|m| {
-                    Diags(vec![fd(key_line(&text, "extends"), m)])
+                let parent = Parent::load(&own_dir, rel).map_err(|(f, l, m)| {
+                    Diags(vec![Diag {
+                        file: f,
+                        line: l,
+                        message: m,
+                    }])
                 })?;
+                let spec = parent
+                    .merge(&text)
+                    .map_err(|m| Diags(vec![fd(key_line(&text, "extends"), m)]))?;
                 (spec, Some(parent))
             }
         };
@@ -663,7 +672,9 @@ impl Recipe {
                 if rel.trim().is_empty() {
                     diags.push(sfd(
                         at("upload"),
-                        format!("step {n}: upload source {up:?} is empty: set it with --var NAME=PATH"),
+                        format!(
+                            "step {n}: upload source {up:?} is empty: set it with --var NAME=PATH"
+                        ),
                     ));
                     continue;
                 }
@@ -716,15 +727,29 @@ impl Recipe {
                                 let sha256 = match sha256_file(&path) {
                                     Ok(h) => h,
                                     Err(e) => {
-                                        diags.push(sfd(at("upload"), format!("step {n}: {} cannot be read: {e}", path.display())));
+                                        diags.push(sfd(
+                                            at("upload"),
+                                            format!(
+                                                "step {n}: {} cannot be read: {e}",
+                                                path.display()
+                                            ),
+                                        ));
                                         continue;
                                     }
                                 };
                                 files.insert(path.clone(), sha256.clone());
-                                let mode = s.mode.clone().unwrap_or_else(|| format!("{:04o}", own_mode & 0o777));
+                                let mode = s
+                                    .mode
+                                    .clone()
+                                    .unwrap_or_else(|| format!("{:04o}", own_mode & 0o777));
                                 steps.push(Step {
                                     name: format!("{name}: {rel}"),
-                                    kind: StepKind::Upload { src: path, dest: d, mode, sha256 },
+                                    kind: StepKind::Upload {
+                                        src: path,
+                                        dest: d,
+                                        mode,
+                                        sha256,
+                                    },
                                     timeout,
                                     line,
                                 });
@@ -732,7 +757,10 @@ impl Recipe {
                         }
                         Err(e) => diags.push(sfd(
                             at("upload"),
-                            format!("step {n}: upload directory {} cannot be read: {e}", src.display()),
+                            format!(
+                                "step {n}: upload directory {} cannot be read: {e}",
+                                src.display()
+                            ),
                         )),
                     }
                     continue;
@@ -871,7 +899,11 @@ impl Parent {
         let p = child_dir.join(rel);
         let file = if p.is_dir() { p.join("recipe.yaml") } else { p };
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            (file.clone(), None, format!("extends: cannot read the parent recipe: {e}"))
+            (
+                file.clone(),
+                None,
+                format!("extends: cannot read the parent recipe: {e}"),
+            )
         })?;
         let dir = file
             .parent()
@@ -891,7 +923,10 @@ impl Parent {
                 Err(e) => Err(format!("{what}: {e}")),
             }
         };
-        let mut merged = parse(&self.text, &format!("parent recipe {}", self.file.display()))?;
+        let mut merged = parse(
+            &self.text,
+            &format!("parent recipe {}", self.file.display()),
+        )?;
         if merged.contains_key("extends") {
             return Err(format!(
                 "the parent recipe {} extends another: one level of `extends` only",
@@ -920,16 +955,13 @@ impl Parent {
                 }
             }
         }
-        serde_yaml::from_value(Value::Mapping(merged)).map_err(|e| format!("merged with the parent: {e}"))
+        serde_yaml::from_value(Value::Mapping(merged))
+            .map_err(|e| format!("merged with the parent: {e}"))
     }
 }
 
 /// Evaluates a step's `when` expression; names must be declared variables.
-fn eval_when(
-    expr: &str,
-    known: &BTreeSet<String>,
-    ctx: &minijinja::Value,
-) -> Result<bool, String> {
+fn eval_when(expr: &str, known: &BTreeSet<String>, ctx: &minijinja::Value) -> Result<bool, String> {
     let env = template_env();
     let e = env
         .compile_expression(expr)

@@ -271,14 +271,15 @@ fn shipped_recipe_validates_with_its_files() {
 /// must be declared.
 #[test]
 fn when_selects_steps_by_variable() {
-    let recipe = GOOD.replace(
-        "vars:\n  k8s: \"1.34.1\"\n",
-        "vars:\n  k8s: \"1.34.1\"\n  source: pkgs\n",
-    )
-    .replace(
-        "  - reboot: true\n",
-        "  - reboot: true\n    when: source == \"local\"\n",
-    );
+    let recipe = GOOD
+        .replace(
+            "vars:\n  k8s: \"1.34.1\"\n",
+            "vars:\n  k8s: \"1.34.1\"\n  source: pkgs\n",
+        )
+        .replace(
+            "  - reboot: true\n",
+            "  - reboot: true\n    when: source == \"local\"\n",
+        );
     let (_d, p) = setup(&recipe);
     let load = |source: &str| {
         let v = BTreeMap::from([("source".to_string(), source.to_string())]);
@@ -295,18 +296,32 @@ fn when_selects_steps_by_variable() {
 #[test]
 fn directory_upload_expands_to_files() {
     use std::os::unix::fs::PermissionsExt;
-    let (d, p) = setup(&GOOD.replace("upload: f.bin", "upload: art").replace("    mode: \"0755\"\n", ""));
+    let (d, p) = setup(
+        &GOOD
+            .replace("upload: f.bin", "upload: art")
+            .replace("    mode: \"0755\"\n", ""),
+    );
     std::fs::create_dir_all(d.path().join("art/bin")).unwrap();
     std::fs::write(d.path().join("art/bin/tool"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(d.path().join("art/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.path().join("art/bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(d.path().join("art/readme"), "r").unwrap();
-    std::fs::set_permissions(d.path().join("art/readme"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        d.path().join("art/readme"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let r = Recipe::load(&p, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
     let uploads: Vec<(String, String)> = r
         .steps
         .iter()
         .filter_map(|s| match &s.kind {
-            imgbuild::recipe::StepKind::Upload { dest, mode, .. } => Some((dest.clone(), mode.clone())),
+            imgbuild::recipe::StepKind::Upload { dest, mode, .. } => {
+                Some((dest.clone(), mode.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -350,8 +365,14 @@ fn extends_inherits_steps_and_overrides_settings() {
     let r2 = Recipe::load(&d.path().join("recipe.yaml"), &BTreeMap::new()).unwrap();
     assert_ne!(r.fingerprint("b"), r2.fingerprint("b"));
 
-    std::fs::write(&child, "extends: ..\nname: thin\nsteps:\n  - reboot: true\n").unwrap();
-    let e = Recipe::load(&child, &BTreeMap::new()).unwrap_err().to_string();
+    std::fs::write(
+        &child,
+        "extends: ..\nname: thin\nsteps:\n  - reboot: true\n",
+    )
+    .unwrap();
+    let e = Recipe::load(&child, &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("may not define `steps`"), "{e}");
 }
 
@@ -365,17 +386,28 @@ fn debian_k8s_is_ubuntu_k8s_with_local_source() {
     std::fs::write(d.path().join("art/bin/kubelet"), "k").unwrap();
     let v = BTreeMap::from([
         ("agent_binary".to_string(), agent.display().to_string()),
-        ("artifacts_dir".to_string(), d.path().join("art").display().to_string()),
+        (
+            "artifacts_dir".to_string(),
+            d.path().join("art").display().to_string(),
+        ),
     ]);
     let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes");
-    let thin = Recipe::load(&recipes.join("debian-k8s/recipe.yaml"), &v).unwrap_or_else(|e| panic!("{e}"));
+    let thin =
+        Recipe::load(&recipes.join("debian-k8s/recipe.yaml"), &v).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(thin.vars["kubernetes_source"], "local");
     assert_eq!(thin.spec.base.distribution, "Debian");
     let names = |r: &Recipe| r.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-    assert!(names(&thin).iter().any(|n| n == "local artifacts: bin/kubelet"), "{:?}", names(&thin));
+    assert!(
+        names(&thin)
+            .iter()
+            .any(|n| n == "local artifacts: bin/kubelet"),
+        "{:?}",
+        names(&thin)
+    );
     // the product recipe with the same source has the same steps
     let mut v2 = v.clone();
     v2.insert("kubernetes_source".into(), "local".into());
-    let product = Recipe::load(&recipes.join("ubuntu-k8s/recipe.yaml"), &v2).unwrap_or_else(|e| panic!("{e}"));
+    let product = Recipe::load(&recipes.join("ubuntu-k8s/recipe.yaml"), &v2)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(names(&thin), names(&product));
 }
