@@ -4,9 +4,12 @@
 //! argv first on PATH. Their output is captured, never copied to the journal unfiltered.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+
+use crate::error::{Error, Result};
 
 pub struct Out {
+    pub status: ExitStatus,
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -39,7 +42,7 @@ impl Out {
 }
 
 /// Run `tool args...`, optionally feeding `stdin`. Err only if it could not be started.
-pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out, String> {
+pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
     let mut c = Command::new(tool);
     c.args(args)
         .env("LANG", "C")
@@ -51,20 +54,23 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out, Strin
             Stdio::null()
         });
     let mut child = c.spawn().map_err(|e| {
+        let tool = tool.to_string();
         if e.kind() == std::io::ErrorKind::NotFound {
-            format!("{tool} not found on PATH")
+            Error::NotFound { tool }
         } else {
-            format!("cannot run {tool}: {e}")
+            Error::Spawn { tool, source: e }
         }
     })?;
     if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
         // A tool that exits early closes the pipe: its exit status tells the story, not EPIPE.
         let _ = w.write_all(data);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("cannot wait for {tool}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| Error::Wait {
+        tool: tool.into(),
+        source: e,
+    })?;
     Ok(Out {
+        status: out.status,
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -72,18 +78,52 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out, Strin
 }
 
 /// Run a tool that must succeed; the error names the command line (callers pass no secrets).
-pub fn check(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out, String> {
+pub fn check(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
     let out = run(tool, args, stdin)?;
     if out.ok() {
         Ok(out)
     } else {
-        Err(format!(
-            "{tool} {} exited with {}{}",
-            args.join(" "),
-            out.code
-                .map(|c| format!("status {c}"))
-                .unwrap_or_else(|| "a signal".into()),
-            out.why()
-        ))
+        Err(out.failed(tool, args))
+    }
+}
+
+impl Out {
+    /// The step error for this run of `tool args...`.
+    pub fn failed(&self, tool: &str, args: &[&str]) -> Error {
+        Error::Failed {
+            command: command_line(tool, args),
+            status: self.status,
+            detail: self.why(),
+        }
+    }
+}
+
+pub fn command_line(tool: &str, args: &[&str]) -> String {
+    let mut s = tool.to_string();
+    for a in args {
+        s.push(' ');
+        s.push_str(a);
+    }
+    s
+}
+
+/// Run a system tool with inherited stdout/stderr (useradd, swapoff...: their few lines belong in
+/// the journal) and fail the step on a non-zero exit.
+pub fn status(tool: &str, args: &[&str]) -> Result<()> {
+    let st = Command::new(tool)
+        .args(args)
+        .status()
+        .map_err(|e| Error::Spawn {
+            tool: tool.into(),
+            source: e,
+        })?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed {
+            command: command_line(tool, args),
+            status: st,
+            detail: String::new(),
+        })
     }
 }

@@ -1,11 +1,15 @@
 //! cloud-init's `ntp` module for the two time clients our images can carry (docs/agent.md).
 
+use std::fs;
 use std::path::Path;
 
 use serde_yaml::Value;
 
-use crate::cloudconfig::{boolish, string_list, type_name, ConfigError};
-use crate::fsutil::under;
+use super::Cx;
+use crate::error::{Error, IoContext, IoOp, Result};
+use crate::fsutil::{atomic_write, under, Owner, WriteMode};
+use crate::sys;
+use crate::yaml::{boolish, string_list, type_name, ConfigError};
 
 /// The timesyncd drop-in keeps cloud-init's file name: an image that ran cloud-init before has
 /// the same file, which we then replace instead of adding a second, conflicting one.
@@ -173,6 +177,83 @@ pub fn chrony_reads_sourcedir(conf: &str) -> bool {
         let mut w = l.split_whitespace();
         w.next() == Some("sourcedir") && w.next() == Some(CHRONY_SOURCEDIR)
     })
+}
+
+pub fn apply(cx: &mut Cx, n: &Ntp) -> Result<()> {
+    let client = detect(cx.root, n.client).map_err(Error::Refused)?;
+    let (unit, path, body) = match client {
+        Client::Chrony => ("chrony", CHRONY_SOURCES, chrony_sources(n)),
+        _ => ("systemd-timesyncd", TIMESYNCD_DROPIN, timesyncd_dropin(n)),
+    };
+    if n.servers.is_empty() && n.pools.is_empty() {
+        // cloud-init would write its distro's default pools: the image's own defaults are
+        // the same pools, so they are kept.
+        cx.info(&format!(
+            "ntp: no servers or pools in the data: {unit} keeps the image's configuration"
+        ));
+    } else {
+        let target = cx.path(path);
+        atomic_write(
+            &target,
+            body.as_bytes(),
+            0o644,
+            Owner {
+                uid: Some(0),
+                gid: Some(0),
+            },
+            WriteMode::Replace,
+        )
+        .at(IoOp::Write, &target)?;
+        if client == Client::Chrony {
+            chrony_sourcedir(cx)?;
+        }
+        cx.info(&format!(
+            "ntp: {unit} uses {} (in {path})",
+            n.servers
+                .iter()
+                .chain(n.pools.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    sys::check("systemctl", &["enable", unit], None)?;
+    sys::check("systemctl", &["restart", unit], None)?;
+    Ok(())
+}
+
+/// Images whose chrony.conf predates `sourcedir` would never read our sources file.
+fn chrony_sourcedir(cx: &mut Cx) -> Result<()> {
+    let conf = cx.path(CHRONY_CONF);
+    let text = match fs::read_to_string(&conf) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(IoOp::Access, conf, e)),
+    };
+    if chrony_reads_sourcedir(&text) {
+        return Ok(());
+    }
+    let mut add = String::new();
+    if !text.is_empty() && !text.ends_with('\n') {
+        add.push('\n');
+    }
+    add.push_str(&format!(
+        "# Added by cloudsigma-agent for the bootstrap data's ntp servers\nsourcedir {}\n",
+        CHRONY_SOURCEDIR
+    ));
+    atomic_write(
+        &conf,
+        add.as_bytes(),
+        0o644,
+        Owner::default(),
+        WriteMode::Append,
+    )
+    .at(IoOp::Update, &conf)?;
+    cx.info(&format!(
+        "ntp: added 'sourcedir {}' to {}",
+        CHRONY_SOURCEDIR, CHRONY_CONF
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

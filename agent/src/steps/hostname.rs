@@ -1,0 +1,126 @@
+//! `hostname`: cloud-init's set_hostname/update_hostname rules reduced to what a node needs
+//! (docs/agent.md, step 7).
+
+use std::fs;
+use std::process::Command;
+
+use serde_yaml::Value;
+
+use super::Cx;
+use crate::error::{Error, IoContext, IoOp, Result};
+use crate::fsutil::{atomic_write, Owner, WriteMode};
+use crate::yaml::{boolish, kerr, opt_string, ConfigError};
+
+/// The four top-level keys that decide the host name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hostname {
+    pub hostname: Option<String>,
+    pub fqdn: Option<String>,
+    pub preserve_hostname: bool,
+    pub prefer_fqdn_over_hostname: bool,
+}
+
+impl Hostname {
+    /// Take `key` if it is one of ours: Ok(false) leaves it to the other steps.
+    pub fn parse_key(&mut self, key: &str, v: &Value) -> Result<bool, ConfigError> {
+        let kerr = |msg: String| kerr(key, msg);
+        match key {
+            "hostname" => self.hostname = opt_string(v).map_err(kerr)?,
+            "fqdn" => self.fqdn = opt_string(v).map_err(kerr)?,
+            "preserve_hostname" => self.preserve_hostname = boolish(v).map_err(kerr)?,
+            "prefer_fqdn_over_hostname" => {
+                self.prefer_fqdn_over_hostname = boolish(v).map_err(kerr)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Set the host name from the data, else from the context's `local_hostname`. Returns the name
+/// set, None when `preserve_hostname` kept the node's.
+pub fn apply(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<String>> {
+    if cfg.preserve_hostname {
+        cx.info("preserve_hostname is set: hostname left unchanged");
+        return Ok(None);
+    }
+    let (short, fqdn) = match (&cfg.fqdn, &cfg.hostname) {
+        (Some(f), Some(h)) => (
+            h.split('.').next().unwrap_or(h).to_string(),
+            Some(f.clone()),
+        ),
+        (Some(f), None) => (
+            f.split('.').next().unwrap_or(f).to_string(),
+            Some(f.clone()),
+        ),
+        (None, Some(h)) if h.contains('.') => (
+            h.split('.').next().unwrap_or(h).to_string(),
+            Some(h.clone()),
+        ),
+        (None, Some(h)) => (h.clone(), None),
+        (None, None) => (from_context.to_string(), None),
+    };
+    // cloud-init writes the FQDN only when asked to prefer it.
+    let mut name = if cfg.prefer_fqdn_over_hostname {
+        fqdn.clone().unwrap_or(short)
+    } else {
+        short
+    };
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean != name {
+        cx.warn(format!(
+            "hostname {name:?} is not a valid host name; using {clean:?}"
+        ));
+        name = clean;
+    }
+    let name = name.trim_matches(|c| c == '-' || c == '.').to_string();
+    if name.is_empty() {
+        return Err(Error::Refused(
+            "no usable hostname (empty after sanitising)".into(),
+        ));
+    }
+    let path = cx.path("/etc/hostname");
+    atomic_write(
+        &path,
+        format!("{name}\n").as_bytes(),
+        0o644,
+        Owner::default(),
+        WriteMode::Replace,
+    )
+    .at(IoOp::Access, &path)?;
+    if cx.real_root {
+        match Command::new("hostname").arg(&name).status() {
+            Ok(st) if st.success() => {}
+            Ok(st) => {
+                return Err(Error::Failed {
+                    command: format!("hostname {name}"),
+                    status: st,
+                    detail: String::new(),
+                })
+            }
+            // Minimal images may lack the hostname tool: set the kernel's name directly.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::write("/proc/sys/kernel/hostname", &name)
+                    .at(IoOp::SetHostname, "/proc/sys/kernel/hostname")?
+            }
+            Err(e) => {
+                return Err(Error::Spawn {
+                    tool: "hostname".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+    cx.info(&format!("hostname set to {name}"));
+    Ok(Some(name))
+}

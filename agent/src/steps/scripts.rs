@@ -1,0 +1,199 @@
+//! `bootcmd`, `runcmd` and a `#!` user-data script: cloud-init's shellify rules, and running the
+//! result as one /bin/sh script whose output stays out of the journal.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_yaml::Value;
+
+use super::Cx;
+use crate::error::{Error, IoContext, IoOp, Result};
+use crate::fsutil::{self, atomic_write, Owner, WriteMode};
+use crate::paths::{OUTPUT_FILE, STATE_DIR};
+use crate::redact::redact_line;
+use crate::yaml::{scalar_string, type_name, ConfigError};
+
+/// One runcmd/bootcmd item, with cloud-init's shellify rules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    /// A string: written verbatim as one line.
+    Line(String),
+    /// A list: each word single-quoted.
+    Words(Vec<String>),
+}
+
+/// cloud-init's shellify input: a list whose items are strings, lists of words, or null.
+pub fn parse_cmds(key: &str, v: &Value) -> Result<Vec<Cmd>, ConfigError> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        // cloud-init's shellify raises TypeError for anything but a list (a bare string included).
+        Value::Sequence(s) => s,
+        other => {
+            return Err(ConfigError::Key {
+                key: key.into(),
+                msg: format!("expected a list, got {}", type_name(other)),
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::Null => {}
+            Value::String(s) => out.push(Cmd::Line(s.clone())),
+            Value::Sequence(words) => {
+                let mut w = Vec::new();
+                for word in words {
+                    // cloud-init stringifies each word of a list item.
+                    match word {
+                        // Python's str() of the word, as cloud-init does.
+                        Value::Null => w.push("None".to_string()),
+                        Value::Bool(b) => w.push(if *b { "True" } else { "False" }.to_string()),
+                        other => w.push(scalar_string(other).ok_or_else(|| ConfigError::Key {
+                            key: format!("{key}[{i}]"),
+                            msg: format!(
+                                "list item words must be scalars, got {}",
+                                type_name(other)
+                            ),
+                        })?),
+                    }
+                }
+                out.push(Cmd::Words(w));
+            }
+            other => {
+                return Err(ConfigError::Key {
+                    key: format!("{key}[{i}]"),
+                    msg: format!(
+                        "unable to shellify {} (expected a string or a list)",
+                        type_name(other)
+                    ),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Build the /bin/sh script cloud-init's `util.shellify` would build.
+pub fn shellify(cmds: &[Cmd]) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    for c in cmds {
+        match c {
+            Cmd::Line(l) => s.push_str(l),
+            Cmd::Words(w) => {
+                let quoted: Vec<String> = w
+                    .iter()
+                    .map(|x| format!("'{}'", x.replace('\'', "'\\''")))
+                    .collect();
+                s.push_str(&quoted.join(" "));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Log the runcmd lines, redacted: the log shows what will run without the join token.
+pub fn log_runcmd(cx: &mut Cx, cmds: &[Cmd]) {
+    for (i, c) in cmds.iter().enumerate() {
+        let line = match c {
+            Cmd::Line(l) => l.clone(),
+            Cmd::Words(w) => w.join(" "),
+        };
+        for l in line.lines() {
+            cx.info(&format!("runcmd[{i}]: {}", redact_line(l)));
+        }
+    }
+}
+
+/// Write `body` as a 0700 script under the state dir and run it with /bin/sh. Output goes to
+/// the 0600 output log (it may contain secrets), never to the agent's log.
+pub fn run(cx: &mut Cx, name: &str, body: &str, instance_id: &str) -> Result<()> {
+    let mut body = body.to_string();
+    if !cx.real_root {
+        // Test roots: the data's absolute marker path is mapped under --root so that a test
+        // never touches the host's /run (documented in docs/agent.md).
+        let mapped = cx.path("/run/cluster-api").display().to_string();
+        body = body.replace("/run/cluster-api", &mapped);
+    }
+    let path = cx.path(STATE_DIR).join("scripts").join(name);
+    atomic_write(
+        &path,
+        body.as_bytes(),
+        0o700,
+        Owner::default(),
+        WriteMode::Replace,
+    )
+    .at(IoOp::Write, &path)?;
+    let out_path = cx.path(OUTPUT_FILE);
+    if let Some(p) = out_path.parent() {
+        let _ = fs::create_dir_all(p);
+    }
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&out_path)
+        .at(IoOp::Open, &out_path)?;
+    let mut out2 = out.try_clone().at(IoOp::Open, &out_path)?;
+    let _ = writeln!(out2, "===== {} {name} =====", fsutil::now_rfc3339());
+    cx.info(&format!(
+        "running {} with /bin/sh ({} bytes, output in {})",
+        path.display(),
+        body.len(),
+        out_path.display()
+    ));
+    let t = Instant::now();
+    let cwd = if cx.real_root {
+        PathBuf::from("/")
+    } else {
+        cx.root.to_path_buf()
+    };
+    let status = Command::new("/bin/sh")
+        .arg(&path)
+        .current_dir(cwd)
+        .env("INSTANCE_ID", instance_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(out2))
+        .status()
+        .map_err(|e| Error::Spawn {
+            tool: format!("/bin/sh {}", path.display()),
+            source: e,
+        })?;
+    cx.info(&format!(
+        "{name} exited with {status} after {} ms",
+        t.elapsed().as_millis()
+    ));
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Script {
+            name: name.into(),
+            status,
+            output: out_path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cloudconfig::parse;
+
+    use super::*;
+
+    #[test]
+    fn shellify_like_cloud_init() {
+        let cfg = parse(
+            "runcmd:\n  - echo hi && true\n  - [ls, -l, \"it's\"]\n  - null\n  - [echo, 1]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            shellify(&cfg.runcmd),
+            "#!/bin/sh\necho hi && true\n'ls' '-l' 'it'\\''s'\n'echo' '1'\n"
+        );
+    }
+}
