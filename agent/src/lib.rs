@@ -1,5 +1,6 @@
 //! cloudsigma-agent as a library: the binary's modules, exposed for the fuzz targets and the bench.
 
+pub mod cli;
 pub mod cloudconfig;
 pub mod error;
 pub mod fsutil;
@@ -8,6 +9,7 @@ pub mod paths;
 pub mod redact;
 pub mod report;
 pub mod run;
+pub mod show;
 pub mod steps;
 pub mod sys;
 pub mod template;
