@@ -280,10 +280,11 @@ impl Agent<'_> {
         })?;
         let from_context = template::local_hostname(ctx);
         self.phase("hostname", |a| {
-            if let Some(name) = hostname::apply(&mut a.cx(), &cfg.host, &from_context)? {
-                a.status.hostname = Some(name);
-            }
-            Ok(())
+            let Some(name) = hostname::write(&mut a.cx(), &cfg.host, &from_context)? else {
+                return Ok(());
+            };
+            a.status.hostname = Some(name.clone());
+            hostname::set_running(&mut a.cx(), &name)
         })?;
         self.step("users", if_empty(&cfg.users, "no users"), |cx| {
             users::apply(cx, &cfg.users)

@@ -37,9 +37,10 @@ impl Hostname {
     }
 }
 
-/// Set the host name from the data, else from the context's `local_hostname`. Returns the name
-/// set, None when `preserve_hostname` kept the node's.
-pub fn apply(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<String>> {
+/// Write /etc/hostname from the data, else from the context's `local_hostname`. Returns the
+/// name, None when `preserve_hostname` keeps the node's. [`set_running`] then applies it: the
+/// caller records the name in between, so a failing `hostname` tool still reports it.
+pub fn write(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<String>> {
     if cfg.preserve_hostname {
         cx.info("preserve_hostname is set: hostname left unchanged");
         return Ok(None);
@@ -98,8 +99,13 @@ pub fn apply(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<S
         WriteMode::Replace,
     )
     .at(IoOp::Access, &path)?;
+    Ok(Some(name))
+}
+
+/// The running system's name (only when --root is /).
+pub fn set_running(cx: &mut Cx, name: &str) -> Result<()> {
     if cx.real_root {
-        match Command::new("hostname").arg(&name).status() {
+        match Command::new("hostname").arg(name).status() {
             Ok(st) if st.success() => {}
             Ok(st) => {
                 return Err(Error::Failed {
@@ -110,7 +116,7 @@ pub fn apply(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<S
             }
             // Minimal images may lack the hostname tool: set the kernel's name directly.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::write("/proc/sys/kernel/hostname", &name)
+                fs::write("/proc/sys/kernel/hostname", name)
                     .at(IoOp::SetHostname, "/proc/sys/kernel/hostname")?
             }
             Err(e) => {
@@ -122,5 +128,5 @@ pub fn apply(cx: &mut Cx, cfg: &Hostname, from_context: &str) -> Result<Option<S
         }
     }
     cx.info(&format!("hostname set to {name}"));
-    Ok(Some(name))
+    Ok(())
 }
