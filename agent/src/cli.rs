@@ -57,10 +57,10 @@ pub struct BootstrapArgs {
     /// How long to keep asking the serial port.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
     pub timeout: Duration,
-    /// Status JSON [default: <root>/run/cloudsigma/bootstrap.json].
+    /// Status JSON [default: /run/cloudsigma/bootstrap.json under --root].
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
-    /// Log file [default: <root>/var/log/cloudsigma-bootstrap.log].
+    /// Log file [default: /var/log/cloudsigma-bootstrap.log under --root].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
     /// Interfaces as JSON instead of getifaddrs (tests).
@@ -76,7 +76,7 @@ pub struct StatusArgs {
     /// The root the bootstrap ran under.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-    /// Status JSON [default: <root>/run/cloudsigma/bootstrap.json].
+    /// Status JSON [default: /run/cloudsigma/bootstrap.json under --root].
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
     /// How to print the status.
