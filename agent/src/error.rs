@@ -62,8 +62,9 @@ pub enum Error {
     Template(#[from] crate::template::TemplateError),
     #[error(transparent)]
     Config(#[from] crate::yaml::ConfigError),
-    /// The data asks for something the step refuses to do (formatting a used disk, an unusable
-    /// host name...): the message says what and why.
+    /// The step will not go on with what the data asks (formatting a used disk, an unusable host
+    /// name, content that does not decode, an owner the root does not know...): the message says
+    /// what and why. The decisions behind it are pure functions tested on their own messages.
     #[error("{0}")]
     Refused(String),
     /// Another error, prefixed with what was being done (`fs_setup[0]`, `disk_setup /dev/sdb`).
