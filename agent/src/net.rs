@@ -121,19 +121,18 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
         .collect()
 }
 
-/// kubelet's --node-ip: the first IPv4 of a private (VLAN) interface, else of the public one.
+/// kubelet's `--node-ip`: the IPv4 of the interface on a private network (a context NIC with a
+/// VLAN), the one address the cloud controller cannot learn from the API. A server with only
+/// public NICs gets none: the controller takes its addresses from the API, and the guest's view of
+/// a public address need not equal the API's (1:1 NAT; the emulator's user-mode network, where the
+/// guest has 10.0.2.15 and the API 127.77.0.N), and a mismatch would keep the Node uninitialized.
 pub fn node_ip(classified: &[InterfaceInfo]) -> Option<(String, &'static str)> {
-    for (class, label) in [("private", "private"), ("public", "public")] {
-        if let Some(a) = classified
-            .iter()
-            .filter(|i| i.class == class)
-            .flat_map(|i| i.addresses.iter())
-            .next()
-        {
-            return Some((a.address.clone(), label));
-        }
-    }
-    None
+    classified
+        .iter()
+        .filter(|i| i.class == "private")
+        .flat_map(|i| i.addresses.iter())
+        .next()
+        .map(|a| (a.address.clone(), "private"))
 }
 
 #[cfg(test)]
@@ -172,6 +171,6 @@ mod tests {
         assert_eq!(c[2].class, "private");
         assert_eq!(c[2].vlan.as_deref(), Some("vlan-1"));
         assert_eq!(node_ip(&c), Some(("10.10.0.5".into(), "private")));
-        assert_eq!(node_ip(&c[..2]), Some(("31.171.1.2".into(), "public")));
+        assert_eq!(node_ip(&c[..2]), None, "public only: the controller's addresses rule");
     }
 }

@@ -11,10 +11,11 @@ use crate::fsutil::{atomic_write, Owner, WriteMode};
 use crate::net;
 use crate::report::InterfaceInfo;
 
-/// Write the node IP for kubelet. Returns it, None when no interface matches a context NIC.
+/// Write the node IP for kubelet. Returns it; None when no interface is on a private network
+/// (then the cloud controller's addresses from the API apply).
 pub fn apply(cx: &mut Cx, interfaces: &[InterfaceInfo]) -> Result<Option<String>> {
     let Some((ip, class)) = net::node_ip(interfaces) else {
-        cx.info("no interface matches a context NIC: kubelet picks its own node IP");
+        cx.info("no interface on a private network: no --node-ip, the cloud controller sets the addresses");
         return Ok(None);
     };
     let path = cx.path("/etc/default/kubelet");
