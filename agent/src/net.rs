@@ -171,6 +171,10 @@ mod tests {
         assert_eq!(c[2].class, "private");
         assert_eq!(c[2].vlan.as_deref(), Some("vlan-1"));
         assert_eq!(node_ip(&c), Some(("10.10.0.5".into(), "private")));
-        assert_eq!(node_ip(&c[..2]), None, "public only: the controller's addresses rule");
+        assert_eq!(
+            node_ip(&c[..2]),
+            None,
+            "public only: the controller's addresses rule"
+        );
     }
 }
