@@ -230,6 +230,16 @@ impl ControlPlane {
         // kubeadm-config and kubelet-config ConfigMaps, and the bootstrap-token RBAC, the CSR
         // auto-approval and the kube-public/cluster-info ConfigMap.
         let admin = cp.admin.display().to_string();
+        // What kubeadm init's EnsureAdminClusterRoleBinding creates (it runs outside the phases):
+        // the group of admin.conf and of the apiserver's kubelet client certificate, without
+        // which `kubectl logs`/`exec` (apiserver -> kubelet) are forbidden.
+        cp.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "kubeadm:cluster-admins",
+            "--clusterrole=cluster-admin",
+            "--group=kubeadm:cluster-admins",
+        ])?;
         cp.kubeadm_phase(&["upload-config", "all", "--kubeconfig", &admin])?;
         cp.kubeadm_phase(&["bootstrap-token", "--kubeconfig", &admin])?;
         // kubeadm copies the server of the kubeconfig it was given (our host-side 127.0.0.1) into

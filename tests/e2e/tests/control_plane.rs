@@ -67,6 +67,22 @@ fn control_plane_serves_join_discovery() {
         cp.kubectl(&["-n", ns, "get", "configmap", cm])
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // the apiserver's kubelet client may reach kubelets (`kubectl logs`/`exec`)
+    let can = cp
+        .kubectl(&[
+            "auth",
+            "can-i",
+            "get",
+            "nodes/proxy",
+            "--as=kube-apiserver-kubelet-client",
+            "--as-group=kubeadm:cluster-admins",
+        ])
+        .unwrap_or_else(|e| e);
+    assert_eq!(
+        can.trim(),
+        "yes",
+        "kube-apiserver-kubelet-client on nodes/proxy"
+    );
     cp.stop();
     assert!(cp.running().is_empty());
 }
