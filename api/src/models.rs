@@ -140,6 +140,20 @@ pub struct ServerDrive {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl ServerDrive {
+    /// The server's boot disk: `drive` at `0:0` on virtio, `boot_order` 1 — what a CloudSigma
+    /// server booting from one cloned image needs (the guest sees it as `/dev/vda`).
+    pub fn boot_disk(drive_uuid: &str) -> ServerDrive {
+        ServerDrive {
+            boot_order: Some(1),
+            dev_channel: "0:0".into(),
+            device: "virtio".into(),
+            drive: Ref::Uuid(drive_uuid.to_string()),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum IpConfMode {
@@ -448,6 +462,56 @@ pub struct TagCreate {
     pub meta: Meta,
 }
 
+/// The power actions of `POST /servers/{uuid}/action/?do=NAME` (typed, so a caller cannot send
+/// a misspelt action and only the client knows the wire names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerAction {
+    Start,
+    /// Hard power-off.
+    Stop,
+    /// ACPI shutdown request (the guest may ignore it).
+    Shutdown,
+    /// Reset of the VM.
+    Restart,
+}
+
+impl ServerAction {
+    pub const ALL: [ServerAction; 4] = [
+        ServerAction::Start,
+        ServerAction::Stop,
+        ServerAction::Shutdown,
+        ServerAction::Restart,
+    ];
+
+    /// The `do=` value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerAction::Start => "start",
+            ServerAction::Stop => "stop",
+            ServerAction::Shutdown => "shutdown",
+            ServerAction::Restart => "restart",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ServerAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ServerAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown server action {s:?} (expected start, stop, shutdown or restart)")
+            })
+    }
+}
+
 /// Answer of a server action (`202 {"action", "result", "uuid"}`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ActionResult {
@@ -486,9 +550,167 @@ pub struct ServerContext {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Meta key of the user data (cloud-init's CloudSigma datasource name; Cluster API puts the
+/// bootstrap data here).
+pub const META_USER_DATA: &str = "cloudinit-user-data";
+/// Meta key listing (comma-separated) the meta keys whose values are base64.
+pub const META_BASE64_FIELDS: &str = "base64_fields";
+/// Meta key of cloud-init's datasource mode (`local`, `net`, `pass`, `disabled`).
+pub const META_DSMODE: &str = "cloudinit-dsmode";
+
+/// The user data value as stored in the server meta, not yet decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserData<'a> {
+    /// The meta value exactly as stored.
+    pub value: &'a str,
+    /// `meta.base64_fields` names the user-data key: `value` is base64 (possibly with line
+    /// breaks) and must be decoded by the reader.
+    pub base64: bool,
+}
+
+/// `meta.cloudinit-dsmode`. Unknown values are kept (`Other`) rather than refused: the guest must
+/// not fail on a mode the cloud adds later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DsMode {
+    Local,
+    Net,
+    Pass,
+    /// The datasource is off: the user data must not be acted on.
+    Disabled,
+    Other(String),
+}
+
+impl DsMode {
+    /// Surrounding whitespace is ignored (meta values are often typed by hand).
+    pub fn parse(s: &str) -> DsMode {
+        match s.trim() {
+            "local" => DsMode::Local,
+            "net" => DsMode::Net,
+            "pass" => DsMode::Pass,
+            "disabled" => DsMode::Disabled,
+            other => DsMode::Other(other.to_string()),
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        *self == DsMode::Disabled
+    }
+}
+
+impl ServerContext {
+    /// Whether `meta.base64_fields` (comma-separated, spaces around names allowed) lists `key`.
+    pub fn is_base64_field(&self, key: &str) -> bool {
+        self.meta
+            .get(META_BASE64_FIELDS)
+            .map(|f| f.split(',').any(|k| k.trim() == key))
+            .unwrap_or(false)
+    }
+
+    /// `meta.cloudinit-user-data` and whether it is base64 (per `meta.base64_fields`); `None` when
+    /// the server has no user data.
+    pub fn user_data(&self) -> Option<UserData<'_>> {
+        self.meta.get(META_USER_DATA).map(|v| UserData {
+            value: v,
+            base64: self.is_base64_field(META_USER_DATA),
+        })
+    }
+
+    /// `meta.cloudinit-dsmode`, `None` when unset.
+    pub fn dsmode(&self) -> Option<DsMode> {
+        self.meta.get(META_DSMODE).map(|m| DsMode::parse(m))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx_with(meta: &[(&str, &str)]) -> ServerContext {
+        ServerContext {
+            uuid: "u".into(),
+            name: "n".into(),
+            meta: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn user_data_plain_base64_and_absent() {
+        assert_eq!(ctx_with(&[]).user_data(), None);
+        let c = ctx_with(&[(META_USER_DATA, "#cloud-config\n")]);
+        assert_eq!(
+            c.user_data(),
+            Some(UserData {
+                value: "#cloud-config\n",
+                base64: false
+            })
+        );
+        // listed among others, with spaces around the names
+        let c = ctx_with(&[
+            (META_USER_DATA, "I2Nsb3VkLWNvbmZpZwo="),
+            (META_BASE64_FIELDS, "foo, cloudinit-user-data ,bar"),
+        ]);
+        assert_eq!(
+            c.user_data(),
+            Some(UserData {
+                value: "I2Nsb3VkLWNvbmZpZwo=",
+                base64: true
+            })
+        );
+        assert!(c.is_base64_field("foo") && c.is_base64_field("bar"));
+        // a key that only contains the name is not the name
+        let c = ctx_with(&[
+            (META_USER_DATA, "x"),
+            (META_BASE64_FIELDS, "cloudinit-user-data-v2"),
+        ]);
+        assert!(!c.user_data().unwrap().base64);
+    }
+
+    #[test]
+    fn dsmode_values() {
+        assert_eq!(ctx_with(&[]).dsmode(), None);
+        assert_eq!(
+            ctx_with(&[(META_DSMODE, "net")]).dsmode(),
+            Some(DsMode::Net)
+        );
+        assert_eq!(
+            ctx_with(&[(META_DSMODE, " disabled\n")]).dsmode(),
+            Some(DsMode::Disabled)
+        );
+        assert!(ctx_with(&[(META_DSMODE, "disabled")])
+            .dsmode()
+            .unwrap()
+            .is_disabled());
+        assert_eq!(DsMode::parse("local"), DsMode::Local);
+        assert_eq!(DsMode::parse("pass"), DsMode::Pass);
+        assert_eq!(DsMode::parse("Disabled"), DsMode::Other("Disabled".into()));
+        assert!(!DsMode::parse("net").is_disabled());
+    }
+
+    #[test]
+    fn server_actions_wire_names_and_parse() {
+        let names: Vec<String> = ServerAction::ALL.iter().map(|a| a.to_string()).collect();
+        assert_eq!(names, ["start", "stop", "shutdown", "restart"]);
+        for a in ServerAction::ALL {
+            assert_eq!(a.as_str().parse::<ServerAction>(), Ok(a));
+        }
+        assert!("reboot"
+            .parse::<ServerAction>()
+            .unwrap_err()
+            .contains("reboot"));
+    }
+
+    #[test]
+    fn boot_disk_is_virtio_0_0_first() {
+        let d = ServerDrive::boot_disk("d-1");
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": "d-1"})
+        );
+    }
 
     #[test]
     fn ref_accepts_bare_uuid_and_object() {

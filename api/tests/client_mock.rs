@@ -2,8 +2,8 @@
 //! (and their absence for POST), Retry-After, timeouts, error bodies, waiters.
 #![cfg(feature = "client")]
 
-use cloudsigma_api::client::{Auth, Client, Config, Error, RetryPolicy, WaitPolicy};
-use cloudsigma_api::{DriveCreate, DriveStatus, ServerStatus};
+use cloudsigma_api::client::{Auth, CallEvent, Client, Config, Error, RetryPolicy, WaitPolicy};
+use cloudsigma_api::{DriveCreate, DriveStatus, ServerAction, ServerStatus};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -689,4 +689,280 @@ async fn pagination_drops_duplicates_from_shifted_pages() {
         ["s-0", "s-1", "s-2", "s-3"]
     );
     assert_eq!(m.seen().len(), 3);
+}
+
+fn rate_limited() -> Resp {
+    let mut r = resp(
+        429,
+        json!([{"error_type": "permission", "error_message": "rate limited", "error_point": null}]),
+    );
+    r.headers.push(("Retry-After", "0".into()));
+    r
+}
+
+#[tokio::test]
+async fn post_429_is_resent_only_when_opted_in() {
+    let create = || DriveCreate {
+        name: "d".into(),
+        size: 1 << 30,
+        media: "disk".into(),
+        ..Default::default()
+    };
+    // not opted in: sent once, the 429 is returned
+    let m = Mock::start(|_, i| {
+        if i == 0 {
+            rate_limited()
+        } else {
+            resp(201, json!({"objects": [drive_json("d-1", "creating")]}))
+        }
+    })
+    .await;
+    let e = m.client().create_drive(&create()).await.unwrap_err();
+    assert_eq!(e.status(), Some(429));
+    assert_eq!(m.seen().len(), 1);
+
+    // opted in: two 429s, then created — three identical POSTs
+    let m = Mock::start(|_, i| {
+        if i < 2 {
+            rate_limited()
+        } else {
+            resp(201, json!({"objects": [drive_json("d-1", "creating")]}))
+        }
+    })
+    .await;
+    let c = m.client().with_post_retry_on_429(true);
+    let d = c.create_drive(&create()).await.unwrap();
+    assert_eq!(d.uuid, "d-1");
+    let seen = m.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|r| r.method == "POST" && r.body == seen[0].body));
+
+    // opted in, still bounded by max_attempts
+    let m = Mock::start(|_, _| rate_limited()).await;
+    let c = m
+        .client_with(fast_retry(3), Duration::from_secs(5))
+        .with_post_retry_on_429(true);
+    let e = c.start_server("s-1").await.unwrap_err();
+    assert_eq!(e.status(), Some(429));
+    assert_eq!(m.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn post_opt_in_never_resends_other_failures() {
+    // 500, 503 (even with Retry-After) and a lost answer may all have acted: sent once
+    for status in [500u16, 503] {
+        let m = Mock::start(move |_, _| {
+            let mut r = resp(
+                status,
+                json!([{"error_type": "backend", "error_message": "x", "error_point": null}]),
+            );
+            r.headers.push(("Retry-After", "0".into()));
+            r
+        })
+        .await;
+        let c = m.client().with_post_retry_on_429(true);
+        let e = c
+            .server_action("s-1", ServerAction::Shutdown)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(status));
+        assert_eq!(m.seen().len(), 1, "{status}: a POST must be sent once");
+        assert_eq!(
+            m.seen()[0].target,
+            "/api/2.0/servers/s-1/action/?do=shutdown"
+        );
+    }
+    let m = Mock::start(|_, _| Resp {
+        delay: Duration::from_secs(2),
+        ..resp(
+            200,
+            json!({"action": "stop", "result": "success", "uuid": "s-1"}),
+        )
+    })
+    .await;
+    let c = m
+        .client_with(fast_retry(5), Duration::from_millis(200))
+        .with_post_retry_on_429(true);
+    let e = c.stop_server("s-1").await.unwrap_err();
+    assert!(matches!(e, Error::RequestTimeout { .. }), "{e:?}");
+    assert_eq!(m.seen().len(), 1);
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Recorder {
+    fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn recording_client(m: &Mock) -> (Client, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let r2 = rec.clone();
+    let c = m
+        .client()
+        .with_wait_policy(WaitPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        })
+        .with_observer(Arc::new(move |e: &CallEvent<'_>| {
+            let line = match *e {
+                CallEvent::Attempt {
+                    method,
+                    path,
+                    status,
+                    attempt,
+                    ..
+                } => format!("attempt {method} {path} {status:?} #{attempt}"),
+                CallEvent::RetrySleep { method, path, .. } => {
+                    format!("retry-sleep {method} {path}")
+                }
+                CallEvent::PollSleep { what, slept } => {
+                    assert!(slept >= Duration::from_millis(10), "{slept:?}");
+                    format!("poll-sleep {what}")
+                }
+                _ => "other".into(),
+            };
+            r2.0.lock().unwrap().push(line);
+        }));
+    (c, rec)
+}
+
+#[tokio::test]
+async fn observer_sees_attempts_retry_sleeps_and_poll_sleeps() {
+    // GET: 429 then 200 (one retry); then a waiter that polls three times
+    let m = Mock::start(|req, i| match i {
+        0 => rate_limited(),
+        _ if req.target.contains("/servers/") => resp(200, server_json(1, "running")),
+        2 | 3 => resp(200, drive_json("d-1", "creating")),
+        _ => resp(200, drive_json("d-1", "unmounted")),
+    })
+    .await;
+    let (c, rec) = recording_client(&m);
+    c.get_server("s-1").await.unwrap();
+    c.wait_drive_status("d-1", DriveStatus::Unmounted, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.events(),
+        [
+            "attempt GET /api/2.0/servers/s-1/ Some(429) #1",
+            "retry-sleep GET /api/2.0/servers/s-1/",
+            "attempt GET /api/2.0/servers/s-1/ Some(200) #2",
+            "attempt GET /api/2.0/drives/d-1/ Some(200) #1",
+            "poll-sleep drive d-1",
+            "attempt GET /api/2.0/drives/d-1/ Some(200) #1",
+            "poll-sleep drive d-1",
+            "attempt GET /api/2.0/drives/d-1/ Some(200) #1",
+        ]
+    );
+    // clones keep the observer
+    let c2 = c.clone();
+    c2.get_server("s-1").await.unwrap();
+    assert_eq!(rec.events().len(), 9);
+    // a refused connection is an attempt without a status
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    };
+    let rec = Arc::new(Recorder::default());
+    let r2 = rec.clone();
+    let c = Client::new(
+        Config::for_url(&format!("http://{dead}/api/2.0/"), Auth::Bearer("t".into()))
+            .unwrap()
+            .with_retry(RetryPolicy::none()),
+    )
+    .unwrap()
+    .with_observer(Arc::new(move |e: &CallEvent<'_>| {
+        if let CallEvent::Attempt { status, .. } = e {
+            r2.0.lock().unwrap().push(format!("{status:?}"));
+        }
+    }));
+    assert!(c.get_server("s-1").await.is_err());
+    assert_eq!(rec.events(), ["None"]);
+}
+
+#[tokio::test]
+async fn ensure_server_stopped_looks_again_instead_of_resending_blindly() {
+    // running; stop → 500 (may or may not have acted); GET shows stopping → no second stop;
+    // the waiter then sees stopped
+    let state = Arc::new(Mutex::new(0usize)); // GETs answered
+    let st = state.clone();
+    let m = Mock::start(move |req, _| {
+        if req.method == "POST" {
+            return resp(
+                500,
+                json!([{"error_type": "backend", "error_message": "x", "error_point": null}]),
+            );
+        }
+        let mut n = st.lock().unwrap();
+        *n += 1;
+        match *n {
+            1 => resp(200, server_json(1, "running")),
+            2 => resp(200, server_json(1, "stopping")),
+            _ => resp(200, server_json(1, "stopped")),
+        }
+    })
+    .await;
+    let c = m.client().with_wait_policy(WaitPolicy {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    });
+    let s = c
+        .ensure_server_stopped("s-1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(s.status, ServerStatus::Stopped);
+    let posts: Vec<String> = m
+        .seen()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(posts, ["/api/2.0/servers/s-1/action/?do=stop"]);
+
+    // still running after every refused stop: at most max_attempts stops, then the error
+    let m = Mock::start(|req, _| {
+        if req.method == "POST" {
+            resp(403, json!([{"error_type": "permission", "error_message": "starting", "error_point": null}]))
+        } else {
+            resp(200, server_json(1, "starting"))
+        }
+    })
+    .await;
+    let c = m.client_with(fast_retry(3), Duration::from_secs(5));
+    let e = c
+        .ensure_server_stopped("s-1", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert_eq!(m.seen().iter().filter(|r| r.method == "POST").count(), 3);
+
+    // already stopped: no POST at all; gone: 404
+    let m = Mock::start(|req, _| {
+        if req.target.contains("s-2") {
+            resp(
+                404,
+                json!([{"error_type": "notexist", "error_message": "gone", "error_point": null}]),
+            )
+        } else {
+            resp(200, server_json(1, "stopped"))
+        }
+    })
+    .await;
+    let c = m.client();
+    c.ensure_server_stopped("s-1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(c
+        .ensure_server_stopped("s-2", Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(m.seen().iter().all(|r| r.method == "GET"));
 }

@@ -9,9 +9,10 @@ use crate::cloud::{Cloud, CloudError};
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, StepKind};
 use crate::transport::{Target, Transport, TransportError};
+use cloudsigma_api::client::{Error as ApiError, RetryPolicy};
 use cloudsigma_api::{
-    Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerCreate, ServerDrive,
-    ServerStatus,
+    Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerAction, ServerCreate,
+    ServerDrive, ServerStatus, TagCreate,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -37,6 +38,12 @@ pub enum StepError {
     Other(String),
     #[error("interrupted")]
     Interrupted,
+}
+
+impl From<ApiError> for StepError {
+    fn from(e: ApiError) -> Self {
+        StepError::Cloud(Box::new(e))
+    }
 }
 
 /// What a build run created, for the cleanup guard.
@@ -164,26 +171,22 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// UTC civil date from unix seconds (Howard Hinnant's algorithm; avoids a date crate).
+/// UTC civil date and time of unix seconds: (year, month, day, hour, minute, second), by `jiff`.
+/// Times past jiff's range (year 9999) clamp to its maximum rather than fail: they only name
+/// images.
 pub fn utc_parts(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let ts = i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    let dt = ts.to_zoned(jiff::tz::TimeZone::UTC).datetime();
     (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        ((rem % 3600) / 60) as u32,
-        (rem % 60) as u32,
+        i64::from(dt.year()),
+        dt.month() as u32,
+        dt.day() as u32,
+        dt.hour() as u32,
+        dt.minute() as u32,
+        dt.second() as u32,
     )
 }
 
@@ -388,7 +391,7 @@ impl Builder {
         let tag_uuid = |name: &str| tags.iter().find(|t| t.name == name).map(|t| t.uuid.clone());
         if let (Some(t), false) = (tag_uuid(TAG), self.opts.force) {
             let drives = self
-                .c(self.cloud.list_drives(&[("tag", t.as_str())]))
+                .c(self.cloud.list_drives_filtered(&[("tag", t.as_str())]))
                 .await?;
             if let Some(d) = drives.iter().find(|d| {
                 d.meta.get(META_FINGERPRINT) == Some(&fingerprint)
@@ -428,7 +431,11 @@ impl Builder {
             .filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u)))
             .collect();
         for name in &missing {
-            let t = self.c(self.cloud.create_tag(name)).await?;
+            let tc = TagCreate {
+                name: name.clone(),
+                ..Default::default()
+            };
+            let t = self.c(self.cloud.create_tag(&tc)).await?;
             created.tags.push((t.uuid.clone(), t.name.clone()));
             tag_ids.insert(t.name.clone(), t.uuid.clone());
         }
@@ -456,7 +463,7 @@ impl Builder {
         let d = self
             .c(self
                 .cloud
-                .wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.clone)))
+                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, secs(to.clone)))
             .await?;
 
         self.enter("resize");
@@ -470,7 +477,7 @@ impl Builder {
         let _ = self
             .c(self
                 .cloud
-                .wait_drive(&d.uuid, DriveStatus::Unmounted, secs(to.resize)))
+                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, secs(to.resize)))
             .await?;
 
         self.enter("create-server");
@@ -484,13 +491,7 @@ impl Builder {
             mem: recipe.mem,
             smp: recipe.spec.server.smp,
             vnc_password: random_password(),
-            drives: vec![ServerDrive {
-                boot_order: Some(1),
-                dev_channel: "0:0".into(),
-                device: "virtio".into(),
-                drive: Ref::Uuid(d.uuid.clone()),
-                extra: Default::default(),
-            }],
+            drives: vec![ServerDrive::boot_disk(&d.uuid)],
             // one public NIC with DHCP = CloudSigma's NAT address
             nics: vec![Nic::public_dhcp()],
             meta: smeta,
@@ -502,24 +503,34 @@ impl Builder {
         created.server = Some(s.uuid.clone());
 
         self.enter("start");
-        self.c(self.cloud.server_action(&s.uuid, "start")).await?;
-        let mut s = self
+        self.c(self.cloud.server_action(&s.uuid, ServerAction::Start))
+            .await?;
+        let s = self
             .c(self
                 .cloud
-                .wait_server(&s.uuid, ServerStatus::Running, secs(to.start)))
+                .wait_server_status(&s.uuid, ServerStatus::Running, secs(to.start)))
             .await?;
-        let mut ip = runtime_ip(&s);
-        let ip_deadline = Instant::now() + secs(60);
-        while ip.is_none() && Instant::now() < ip_deadline {
-            self.c(async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                Ok::<_, StepError>(())
-            })
-            .await?;
-            s = self.c(self.cloud.get_server(&s.uuid)).await?;
-            ip = runtime_ip(&s);
-        }
-        let ip = ip.ok_or_else(|| {
+        // the NAT address may appear in the runtime a little after `running`
+        let s = match runtime_ip(&s) {
+            Some(_) => s,
+            None => match self
+                .c(self
+                    .cloud
+                    .wait_server_until(&s.uuid, "running with a NAT IP", secs(60), |s| {
+                        runtime_ip(s).is_some()
+                    }))
+                .await
+            {
+                Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {
+                    return Err(StepError::Other(format!(
+                        "server {} is running but has no NAT IP in its runtime",
+                        s.uuid
+                    )))
+                }
+                r => r?,
+            },
+        };
+        let ip = runtime_ip(&s).ok_or_else(|| {
             StepError::Other(format!(
                 "server {} is running but has no NAT IP in its runtime",
                 s.uuid
@@ -593,30 +604,33 @@ impl Builder {
         self.g(self.transport.clean(&target)).await?;
 
         self.enter("shutdown");
-        self.c(self.cloud.server_action(&s.uuid, "shutdown"))
+        self.c(self.cloud.server_action(&s.uuid, ServerAction::Shutdown))
             .await?;
         match self
             .c(self
                 .cloud
-                .wait_server(&s.uuid, ServerStatus::Stopped, secs(to.shutdown)))
+                .wait_server_status(&s.uuid, ServerStatus::Stopped, secs(to.shutdown)))
             .await
         {
             Ok(_) => {}
-            Err(StepError::Cloud(CloudError::Timeout { .. })) => {
+            Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {
                 self.reporter
                     .line("guest did not power off after ACPI shutdown; forcing stop");
-                self.c(self.cloud.server_action(&s.uuid, "stop")).await?;
-                self.c(self
-                    .cloud
-                    .wait_server(&s.uuid, ServerStatus::Stopped, secs(to.stop)))
+                self.c(self.cloud.server_action(&s.uuid, ServerAction::Stop))
                     .await?;
+                self.c(self.cloud.wait_server_status(
+                    &s.uuid,
+                    ServerStatus::Stopped,
+                    secs(to.stop),
+                ))
+                .await?;
             }
             Err(e) => return Err(e),
         }
 
         self.enter("delete-server");
         // no recurse: the drive is the product
-        self.c(self.cloud.delete_server(&s.uuid)).await?;
+        self.c(self.cloud.delete_server(&s.uuid, None)).await?;
         created.server = None;
         created.maybe_server = None;
 
@@ -733,14 +747,14 @@ impl Builder {
         // the create call may have succeeded without us seeing the answer
         if server.is_none() {
             if let Some(n) = &created.maybe_server {
-                if let Ok(v) = cloud.list_servers(&[("name", n.as_str())]).await {
+                if let Ok(v) = cloud.list_servers_filtered(&[("name", n.as_str())]).await {
                     server = v.into_iter().find(|s| &s.name == n).map(|s| s.uuid);
                 }
             }
         }
         if drive.is_none() {
             if let Some(n) = &created.maybe_drive {
-                if let Ok(v) = cloud.list_drives(&[("name", n.as_str())]).await {
+                if let Ok(v) = cloud.list_drives_filtered(&[("name", n.as_str())]).await {
                     drive = v.into_iter().find(|d| &d.name == n).map(|d| d.uuid);
                 }
             }
@@ -758,7 +772,10 @@ impl Builder {
             }
         }
         for (u, n) in &created.tags {
-            match retry(|| cloud.delete_tag(u)).await {
+            match CLEANUP_RETRY
+                .run(|| cloud.delete_tag(u), cleanup_retryable)
+                .await
+            {
                 Ok(()) => rep.deleted.push(format!("tag {n} ({u})")),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => rep.left.push(format!("tag {n} {u} ({e})")),
@@ -782,67 +799,63 @@ fn runtime_ip(s: &Server) -> Option<String> {
         .find_map(|n| n.runtime_ipv4().map(str::to_string))
 }
 
-async fn retry<T, F: std::future::Future<Output = Result<T, CloudError>>>(
-    mut f: impl FnMut() -> F,
-) -> Result<T, CloudError> {
-    let mut delay = Duration::from_millis(200);
-    let mut n = 0;
-    loop {
-        n += 1;
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e)
-                if n < 4
-                    && !e.is_not_found()
-                    && e.status()
-                        .map(|s| s == 429 || s >= 500 || s == 403 || s == 409)
-                        .unwrap_or(true) =>
-            {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// Cleanup repeats its idempotent calls (GET, DELETE) a few more times on top of the client's
+/// own retries, because it must survive a flaky API and a server or drive still settling.
+const CLEANUP_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 4,
+    base_delay: Duration::from_millis(400),
+    max_delay: Duration::from_secs(3),
+    max_retry_after: Duration::from_secs(60),
+};
+
+/// What cleanup tries again: anything transient, and 403/409 — the API refuses to delete a
+/// server or drive while it is still changing state. A 404 means done.
+fn cleanup_retryable(e: &ApiError) -> bool {
+    !e.is_not_found()
+        && (e.status().is_none() || e.is_retryable() || matches!(e.status(), Some(403 | 409)))
 }
 
 /// Stop (hard) a server if it is not stopped, wait, and delete it (drives kept).
 pub async fn delete_server_stopping(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
-    let s = match retry(|| cloud.get_server(uuid)).await {
-        Ok(s) => s,
+    // `stop` is a POST: the api crate resends it only after looking the server up again
+    match cloud
+        .ensure_server_stopped(uuid, Duration::from_secs(180))
+        .await
+    {
+        Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if s.status != ServerStatus::Stopped {
-        if s.status != ServerStatus::Stopping {
-            // a server still `starting` refuses stop in some states: retry covers that
-            let _ = retry(|| cloud.server_action(uuid, "stop")).await;
-        }
-        cloud
-            .wait_server(uuid, ServerStatus::Stopped, Duration::from_secs(180))
-            .await?;
+        Err(e) => return Err(e.into()),
     }
-    match retry(|| cloud.delete_server(uuid)).await {
+    match CLEANUP_RETRY
+        .run(|| cloud.delete_server(uuid, None), cleanup_retryable)
+        .await
+    {
         Err(e) if e.is_not_found() => Ok(()),
-        r => r,
+        r => Ok(r?),
     }
 }
 
 /// Wait for a drive to leave cloning/resizing, then delete it.
 pub async fn delete_drive_when_idle(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
-    match retry(|| cloud.get_drive(uuid)).await {
+    match CLEANUP_RETRY
+        .run(|| cloud.get_drive(uuid), cleanup_retryable)
+        .await
+    {
         Ok(d) if d.status != DriveStatus::Unmounted => {
             cloud
-                .wait_drive(uuid, DriveStatus::Unmounted, Duration::from_secs(900))
+                .wait_drive_status(uuid, DriveStatus::Unmounted, Duration::from_secs(900))
                 .await?;
         }
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
-    match retry(|| cloud.delete_drive(uuid)).await {
+    match CLEANUP_RETRY
+        .run(|| cloud.delete_drive(uuid), cleanup_retryable)
+        .await
+    {
         Err(e) if e.is_not_found() => Ok(()),
-        r => r,
+        r => Ok(r?),
     }
 }
 
@@ -880,7 +893,7 @@ pub async fn clean(
             .unwrap_or(false)
     };
     let mut rep = CleanReport::default();
-    let servers = cloud.list_servers(&[]).await?;
+    let servers = cloud.list_servers().await?;
     for s in servers.iter().filter(|s| {
         s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")
     }) {
@@ -907,7 +920,7 @@ pub async fn clean(
             Err(e) => rep.failed.push(format!("server {}: {e}", s.uuid)),
         }
     }
-    let drives = cloud.list_drives(&[]).await?;
+    let drives = cloud.list_drives().await?;
     for d in drives.iter().filter(|d| {
         d.meta.get(META_STATE).map(String::as_str) != Some("image")
             && (d.meta.get(META_STATE).map(String::as_str) == Some("building")
@@ -1033,4 +1046,22 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     }
     let _ = writeln!(o, "on failure or SIGINT/SIGTERM: stop + DELETE the server, DELETE the drive and tags this build created{}", if opts.keep_on_failure { " (disabled by --keep-on-failure)" } else { "" });
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_utc_times() {
+        assert_eq!(utc_parts(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_425_720), "2026-11-23T09:22:00Z");
+        assert_eq!(compact_time(1_795_425_720), "20261123t092200z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        // beyond jiff's range (it ends 9999-12-30T22:00Z so that any offset stays in range):
+        // clamped, not a panic
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-30T22:00:00Z");
+        assert_eq!(utc_parts(u64::MAX).0, 9999);
+    }
 }

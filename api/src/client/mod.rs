@@ -8,6 +8,10 @@
 //! - Idempotent requests (GET, PUT, DELETE) are retried on 429/5xx/connection errors with
 //!   exponential backoff and full jitter, honouring `Retry-After` ([`RetryPolicy`]). POSTs —
 //!   creates and actions — are sent exactly once: a lost answer must not create two servers.
+//!   The one exception is opt-in ([`Client::with_post_retry_on_429`]): a POST refused with 429
+//!   was refused before it ran, so sending it again cannot act twice.
+//! - A [`CallObserver`] ([`Client::with_observer`]) sees every attempt, retry sleep and poll
+//!   sleep, for callers' metrics.
 //! - Listings follow `limit`/`offset` until `total_count` objects are read.
 //! - Waiters ([`Client::wait_drive_status`], [`Client::wait_server_status`]) poll with backoff
 //!   until a deadline.
@@ -19,6 +23,7 @@
 
 mod config;
 mod error;
+mod observe;
 mod retry;
 mod wait;
 
@@ -27,6 +32,7 @@ pub use config::{
     ENV_API_URL, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
 };
 pub use error::Error;
+pub use observe::{CallEvent, CallObserver};
 pub use retry::RetryPolicy;
 pub use wait::WaitPolicy;
 
@@ -46,12 +52,15 @@ pub const DEFAULT_PAGE_SIZE: u64 = 100;
 /// The `recurse` values of `DELETE /servers/{uuid}/`.
 pub const RECURSE_VALUES: [&str; 3] = ["all_drives", "disks", "cdroms"];
 
-/// A CloudSigma API client. Cheap to clone; clones share the connection pool and call counter.
+/// A CloudSigma API client. Cheap to clone; clones share the connection pool and call counter
+/// (page size, wait policy, observer and the POST-429 opt-in are per clone).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
     page_size: u64,
     wait_policy: WaitPolicy,
+    observer: Option<Arc<dyn CallObserver>>,
+    post_retry_on_429: bool,
 }
 
 struct Inner {
@@ -65,6 +74,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("config", &self.inner.cfg)
             .field("page_size", &self.page_size)
+            .field("post_retry_on_429", &self.post_retry_on_429)
             .field("calls", &self.calls())
             .finish()
     }
@@ -136,6 +146,13 @@ fn check_id(kind: &str, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Parse a server action name from text (a flag, a config value): malformed names and unknown
+/// actions are `InvalidInput` naming what is accepted.
+pub fn parse_server_action(action: &str) -> Result<ServerAction, Error> {
+    check_action(action)?;
+    action.parse().map_err(Error::InvalidInput)
+}
+
 fn check_action(action: &str) -> Result<(), Error> {
     if action.is_empty()
         || !action
@@ -195,6 +212,8 @@ impl Client {
             }),
             page_size: DEFAULT_PAGE_SIZE,
             wait_policy: WaitPolicy::default(),
+            observer: None,
+            post_retry_on_429: false,
         })
     }
 
@@ -213,6 +232,32 @@ impl Client {
     pub fn with_wait_policy(mut self, p: WaitPolicy) -> Client {
         self.wait_policy = p;
         self
+    }
+
+    /// Report every attempt, retry sleep and poll sleep of this client (and its later clones)
+    /// to `o`.
+    pub fn with_observer(mut self, o: Arc<dyn CallObserver>) -> Client {
+        self.observer = Some(o);
+        self
+    }
+
+    /// Opt in to resending POSTs (creates, actions) refused with 429, with the same backoff,
+    /// `Retry-After` floor and attempt limit as idempotent requests. Safe because a 429 is
+    /// answered before the request is acted on; any other failure of a POST (5xx, lost answer)
+    /// is still returned at once, since the request may have run.
+    pub fn with_post_retry_on_429(mut self, on: bool) -> Client {
+        self.post_retry_on_429 = on;
+        self
+    }
+
+    pub fn wait_policy(&self) -> WaitPolicy {
+        self.wait_policy
+    }
+
+    fn observe(&self, e: CallEvent<'_>) {
+        if let Some(o) = &self.observer {
+            o.observe(&e);
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -249,11 +294,12 @@ impl Client {
         url
     }
 
-    /// Send with retries (idempotent methods only). Returns the success status and body.
+    /// Send with retries (idempotent methods; POSTs only on 429 and only when opted in).
+    /// Returns the success status and body.
     async fn execute(&self, req: Req) -> Result<(u16, Vec<u8>), Error> {
         let cfg = &self.inner.cfg;
         let idempotent = matches!(req.method, Method::GET | Method::PUT | Method::DELETE);
-        let max_attempts = if idempotent {
+        let max_attempts = if idempotent || self.post_retry_on_429 {
             cfg.retry.max_attempts.max(1)
         } else {
             1
@@ -279,7 +325,18 @@ impl Client {
                 rb = rb.header(CONTENT_TYPE, "application/json").body(b.clone());
             }
             let outcome = self.send_once(rb, &method, &path).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
+            self.observe(CallEvent::Attempt {
+                method: &method,
+                path: &path,
+                status: match &outcome {
+                    Ok((status, _)) => Some(*status),
+                    Err(e) => e.status(),
+                },
+                elapsed,
+                attempt,
+            });
             let result = match outcome {
                 Ok((status, body)) if (200..300).contains(&status) => {
                     tracing::debug!(%method, %path, status, elapsed_ms, attempt, "cloudsigma api");
@@ -298,14 +355,26 @@ impl Client {
             };
             tracing::debug!(%method, %path, status = ?result.status(), elapsed_ms, attempt,
                 error = %result, "cloudsigma api");
-            if attempt < max_attempts && result.is_retryable() {
+            // A POST may have run unless it was refused with 429 (answered before acting).
+            let retryable = if idempotent {
+                result.is_retryable()
+            } else {
+                self.post_retry_on_429 && result.status() == Some(429)
+            };
+            if attempt < max_attempts && retryable {
                 let delay = {
                     let mut rng = rand::thread_rng();
                     cfg.retry.delay(attempt, result.retry_after(), &mut rng)
                 };
                 if let Some(d) = delay {
                     tracing::debug!(%method, %path, attempt, delay_ms = d.as_millis() as u64, "cloudsigma api: retrying");
+                    let slept = Instant::now();
                     tokio::time::sleep(d).await;
+                    self.observe(CallEvent::RetrySleep {
+                        method: &method,
+                        path: &path,
+                        slept: slept.elapsed(),
+                    });
                     continue;
                 }
             }
@@ -556,37 +625,41 @@ impl Client {
         }
     }
 
-    /// `POST servers/{uuid}/action/?do={action}` with `{}`. Never retried automatically:
-    /// re-sending `start` after a lost answer would be refused (already running) or, for
-    /// `restart`, act twice. Check the server status instead.
-    pub async fn server_action(&self, uuid: &str, action: &str) -> Result<ActionResult, Error> {
+    /// `POST servers/{uuid}/action/?do={action}` with `{}`. Never retried automatically
+    /// (except a 429 with [`Client::with_post_retry_on_429`]): re-sending `start` after a lost
+    /// answer would be refused (already running) or, for `restart`, act twice. Check the server
+    /// status instead, or use [`Client::ensure_server_stopped`].
+    pub async fn server_action(
+        &self,
+        uuid: &str,
+        action: ServerAction,
+    ) -> Result<ActionResult, Error> {
         check_id("server", uuid)?;
-        check_action(action)?;
         self.post_json(
             &["servers", uuid, "action"],
-            &[("do", action)],
+            &[("do", action.as_str())],
             &serde_json::json!({}),
         )
         .await
     }
 
     pub async fn start_server(&self, uuid: &str) -> Result<ActionResult, Error> {
-        self.server_action(uuid, "start").await
+        self.server_action(uuid, ServerAction::Start).await
     }
 
     /// Hard power-off.
     pub async fn stop_server(&self, uuid: &str) -> Result<ActionResult, Error> {
-        self.server_action(uuid, "stop").await
+        self.server_action(uuid, ServerAction::Stop).await
     }
 
     /// ACPI shutdown (the guest may ignore it; wait for `stopped` with a deadline).
     pub async fn shutdown_server(&self, uuid: &str) -> Result<ActionResult, Error> {
-        self.server_action(uuid, "shutdown").await
+        self.server_action(uuid, ServerAction::Shutdown).await
     }
 
     /// Reboot (ACPI-less reset of the VM).
     pub async fn restart_server(&self, uuid: &str) -> Result<ActionResult, Error> {
-        self.server_action(uuid, "restart").await
+        self.server_action(uuid, ServerAction::Restart).await
     }
 
     /// `GET servers/{uuid}/runtime/`: `None` while the server is stopped.
@@ -797,6 +870,15 @@ mod tests {
         assert!(check_action("start").is_ok());
         assert!(check_action("st art").is_err());
         assert!(check_action("").is_err());
+        assert_eq!(parse_server_action("stop").unwrap(), ServerAction::Stop);
+        assert!(matches!(
+            parse_server_action("st art"),
+            Err(Error::InvalidInput(m)) if m.contains("not a valid action name")
+        ));
+        assert!(matches!(
+            parse_server_action("reboot"),
+            Err(Error::InvalidInput(m)) if m.contains("unknown server action")
+        ));
     }
 
     #[test]

@@ -69,6 +69,43 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Repeat a whole *idempotent* operation (GETs, PUTs, DELETEs — never a create or an action)
+    /// while `retry_if` accepts its error, sleeping this policy's backoff between tries, at most
+    /// `max_attempts` tries. For conditions the client does not treat as transient itself, e.g.
+    /// a 403/409 while a drive or server is still changing state during cleanup; the client's
+    /// own retries of 429/5xx happen inside each try.
+    pub async fn run<T, F, Fut>(
+        &self,
+        mut op: F,
+        retry_if: impl Fn(&super::Error) -> bool,
+    ) -> Result<T, super::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, super::Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let e = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if attempt >= self.max_attempts.max(1) || !retry_if(&e) {
+                return Err(e);
+            }
+            let delay = {
+                let mut rng = rand::thread_rng();
+                self.delay(attempt, e.retry_after(), &mut rng)
+            };
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => return Err(e),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +137,60 @@ mod tests {
         }
         // full jitter spreads over the whole range, not one value
         assert!(seen.len() > 5, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_repeats_only_accepted_errors_up_to_the_limit() {
+        use super::super::error::api_error;
+        let p = RetryPolicy {
+            max_attempts: 4,
+            ..Default::default()
+        };
+        // 409 accepted: tried 4 times, then the last error
+        let mut n = 0;
+        let r: Result<(), _> = p
+            .run(
+                || {
+                    n += 1;
+                    async { Err(api_error(409, "DELETE", "/d/", b"", None, None)) }
+                },
+                |e| e.status() == Some(409),
+            )
+            .await;
+        assert_eq!(r.unwrap_err().status(), Some(409));
+        assert_eq!(n, 4);
+        // not accepted: tried once
+        let mut n = 0;
+        let r: Result<(), _> = p
+            .run(
+                || {
+                    n += 1;
+                    async { Err(api_error(404, "GET", "/d/", b"", None, None)) }
+                },
+                |e| e.status() == Some(409),
+            )
+            .await;
+        assert!(r.unwrap_err().is_not_found());
+        assert_eq!(n, 1);
+        // success after two refusals
+        let mut n = 0;
+        let r = p
+            .run(
+                || {
+                    n += 1;
+                    let v = n;
+                    async move {
+                        if v < 3 {
+                            Err(api_error(403, "DELETE", "/d/", b"", None, None))
+                        } else {
+                            Ok(v)
+                        }
+                    }
+                },
+                |e| e.status() == Some(403),
+            )
+            .await;
+        assert_eq!(r.unwrap(), 3);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Waiters: poll an object until it reaches a status, backing off exponentially (no fixed sleeps)
 //! up to a deadline.
 
-use super::{Client, Error};
-use crate::models::{Drive, DriveStatus, Server, ServerStatus};
+use super::{CallEvent, CallObserver, Client, Error};
+use crate::models::{Drive, DriveStatus, Server, ServerAction, ServerStatus};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -33,8 +33,28 @@ impl WaitPolicy {
 
 /// Generic polling loop. `fetch` errors end the wait at once (they were already retried by the
 /// client if retryable; a 404 means the object is gone and waiting longer cannot help).
+#[cfg(test)]
 pub(crate) async fn poll_until<T, F, Fut>(
     policy: WaitPolicy,
+    timeout: Duration,
+    what: String,
+    want: String,
+    fetch: F,
+    status_of: impl Fn(&T) -> String,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    poll_until_observed(policy, None, timeout, what, want, fetch, status_of, done).await
+}
+
+/// [`poll_until`] reporting each sleep between polls to `observer`.
+#[allow(clippy::too_many_arguments)] // internal; every argument is a distinct part of a wait
+pub(crate) async fn poll_until_observed<T, F, Fut>(
+    policy: WaitPolicy,
+    observer: Option<&dyn CallObserver>,
     timeout: Duration,
     what: String,
     want: String,
@@ -67,7 +87,14 @@ where
         }
         // Never sleep past the deadline: the last poll happens right at it.
         let sleep = policy.interval(polls).min(deadline - now);
+        let slept = Instant::now();
         tokio::time::sleep(sleep).await;
+        if let Some(o) = observer {
+            o.observe(&CallEvent::PollSleep {
+                what: &what,
+                slept: slept.elapsed(),
+            });
+        }
     }
 }
 
@@ -80,16 +107,8 @@ impl Client {
         want: DriveStatus,
         timeout: Duration,
     ) -> Result<Drive, Error> {
-        poll_until(
-            self.wait_policy,
-            timeout,
-            format!("drive {uuid}"),
-            want.to_string(),
-            || self.get_drive(uuid),
-            |d: &Drive| d.status.to_string(),
-            |d: &Drive| d.status == want,
-        )
-        .await
+        self.wait_drive_until(uuid, &want.to_string(), timeout, |d| d.status == want)
+            .await
     }
 
     /// Poll `GET /servers/{uuid}/` until its status is `want` (`running`, `stopped`), or fail with
@@ -100,16 +119,100 @@ impl Client {
         want: ServerStatus,
         timeout: Duration,
     ) -> Result<Server, Error> {
-        poll_until(
+        self.wait_server_until(uuid, &want.to_string(), timeout, |s| s.status == want)
+            .await
+    }
+
+    /// Poll `GET /drives/{uuid}/` until `done(drive)`; `want` describes the condition in the
+    /// [`Error::Timeout`] message.
+    pub async fn wait_drive_until(
+        &self,
+        uuid: &str,
+        want: &str,
+        timeout: Duration,
+        done: impl Fn(&Drive) -> bool,
+    ) -> Result<Drive, Error> {
+        poll_until_observed(
             self.wait_policy,
+            self.observer.as_deref(),
+            timeout,
+            format!("drive {uuid}"),
+            want.to_string(),
+            || self.get_drive(uuid),
+            |d: &Drive| d.status.to_string(),
+            done,
+        )
+        .await
+    }
+
+    /// Poll `GET /servers/{uuid}/` until `done(server)` (e.g. running *and* with a runtime IP);
+    /// `want` describes the condition in the [`Error::Timeout`] message.
+    pub async fn wait_server_until(
+        &self,
+        uuid: &str,
+        want: &str,
+        timeout: Duration,
+        done: impl Fn(&Server) -> bool,
+    ) -> Result<Server, Error> {
+        poll_until_observed(
+            self.wait_policy,
+            self.observer.as_deref(),
             timeout,
             format!("server {uuid}"),
             want.to_string(),
             || self.get_server(uuid),
             |s: &Server| s.status.to_string(),
-            |s: &Server| s.status == want,
+            done,
         )
         .await
+    }
+
+    /// Bring a server to `stopped` with a hard stop and return it; a 404 error when it does not
+    /// exist (any more). `stop` is a POST, so it is never resent blindly: after a refused or
+    /// failed stop (a server still `starting` refuses it; a 5xx may or may not have acted) the
+    /// server is looked up again and stop is sent again only if it is still neither `stopping`
+    /// nor `stopped` — at most [`RetryPolicy::max_attempts`](super::RetryPolicy) stops, with the
+    /// retry backoff between them. Waits (polling) at most `timeout` overall.
+    pub async fn ensure_server_stopped(
+        &self,
+        uuid: &str,
+        timeout: Duration,
+    ) -> Result<Server, Error> {
+        let started = Instant::now();
+        let retry = self.inner.cfg.retry;
+        let mut stops = 0u32;
+        loop {
+            let s = self.get_server(uuid).await?;
+            match s.status {
+                ServerStatus::Stopped => return Ok(s),
+                ServerStatus::Stopping => {}
+                _ => {
+                    stops += 1;
+                    if let Err(e) = self.server_action(uuid, ServerAction::Stop).await {
+                        if e.is_not_found() || stops >= retry.max_attempts.max(1) {
+                            return Err(e);
+                        }
+                        let delay = {
+                            let mut rng = rand::thread_rng();
+                            retry.delay(stops, e.retry_after(), &mut rng)
+                        };
+                        let left = timeout.saturating_sub(started.elapsed());
+                        match delay {
+                            Some(d) if !left.is_zero() => {
+                                tracing::debug!(uuid, stops, error = %e, "stop refused or failed; looking again");
+                                tokio::time::sleep(d.min(left)).await;
+                                continue;
+                            }
+                            _ => return Err(e),
+                        }
+                    }
+                }
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            return self
+                .wait_server_status(uuid, ServerStatus::Stopped, left)
+                .await;
+        }
     }
 }
 
