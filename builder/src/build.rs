@@ -310,6 +310,8 @@ impl Builder {
         let started = Instant::now();
         let mut created = Created::default();
         let r = self.run(recipe, &mut created, started).await;
+        // the guest is done with (or lost): release the SSH connection on every outcome
+        self.transport.close().await;
         match r {
             Ok(m) => Ok(m),
             Err(e) => {

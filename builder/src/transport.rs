@@ -2,10 +2,14 @@
 //!
 //! - [`OpenSsh`]: the system `ssh` client with an ephemeral ed25519 key and a private
 //!   known_hosts file (both in a 0700 temp dir removed on drop). Nothing touches ~/.ssh.
+//!   All operations share one SSH connection (OpenSSH connection multiplexing, its control
+//!   socket in the same private dir): a new connection costs a key exchange and an
+//!   authentication, seconds on an emulated VM, for every step and upload otherwise.
 //! - [`LocalTransport`]: records every operation and copies uploads into a sandbox dir; used
 //!   against the emulator where no VM runs (tests, bench, `--transport local:DIR`).
 
 use async_trait::async_trait;
+use cloudsigma_api::client::WaitPolicy;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -75,6 +79,9 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
     /// Final guest cleanup: remove the build's uploads dir and the login key, flush disks.
     async fn clean(&self, t: &Target) -> Result<(), TransportError>;
+    /// Release connections held open between operations. The build calls it when it ends, on
+    /// success, failure or interruption; operations after it connect afresh.
+    async fn close(&self) {}
 }
 
 /// Quote for a POSIX shell (single quotes; embedded quotes closed and escaped).
@@ -94,7 +101,23 @@ pub struct OpenSsh {
     dir: tempfile::TempDir,
     public_key: String,
     connect_timeout: u64,
+    multiplex: bool,
 }
+
+/// Prefix of the control sockets in the private dir; `%C` is ssh's hash of the connection
+/// (local host, remote host, port, user), so each target gets its own master.
+const CONTROL_PREFIX: &str = "mux-";
+/// A master with no session for this long exits by itself: the bound on a master outliving an
+/// imgbuild killed hard (steps follow each other within milliseconds, and a running step is a
+/// session, so a build never idles this long while it needs the connection).
+const CONTROL_PERSIST_SECS: u64 = 60;
+/// Probes of a booting guest's sshd: 0.5 s, doubling to 5 s (the api crate's waiter schedule).
+const SSH_WAIT: WaitPolicy = WaitPolicy {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(5),
+};
+/// Unix socket paths are limited to 108 bytes (104 on some systems); `%C` expands to 40.
+const MAX_CONTROL_PATH: usize = 100;
 
 impl OpenSsh {
     /// Generate the ephemeral key pair. Fails with a clear message if OpenSSH is missing.
@@ -105,7 +128,13 @@ impl OpenSsh {
             .map_err(|e| {
                 TransportError::Failed(format!("cannot create a temp dir for the SSH key: {e}"))
             })?;
-        // tempdir() is 0700 already; the key file gets 0600 from ssh-keygen.
+        // tempdir() follows the umask (often 0755): make the dir private before anything is in
+        // it — it will hold the key and the control socket, through which anyone could use our
+        // root login. The key file gets 0600 from ssh-keygen.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
+            |e| TransportError::Failed(format!("cannot make the SSH temp dir private: {e}")),
+        )?;
         let key = dir.path().join("id_ed25519");
         let out = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
@@ -132,16 +161,75 @@ impl OpenSsh {
             .to_string();
         std::fs::write(dir.path().join("known_hosts"), b"")
             .map_err(|e| TransportError::Failed(format!("known_hosts: {e}")))?;
+        // a very long TMPDIR would overflow the socket path: then connect per operation
+        let multiplex = dir.path().join(CONTROL_PREFIX).as_os_str().len() + 40 <= MAX_CONTROL_PATH;
         Ok(OpenSsh {
             dir,
             public_key,
             connect_timeout: 10,
+            multiplex,
         })
+    }
+
+    /// One SSH connection per operation, as without multiplexing (for comparison in the bench,
+    /// and a way out should a guest's sshd refuse multiplexed sessions).
+    pub fn without_multiplexing(mut self) -> OpenSsh {
+        self.multiplex = false;
+        self
+    }
+
+    /// Whether operations share one connection per target.
+    pub fn multiplexing(&self) -> bool {
+        self.multiplex
+    }
+
+    /// The private 0700 dir holding the key, known_hosts and the control sockets.
+    pub fn private_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Control sockets currently in the private dir (one per live master; a stale one after a
+    /// master was killed is replaced by the next connection).
+    pub fn control_sockets(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(self.dir.path()) else {
+            return Vec::new();
+        };
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(CONTROL_PREFIX))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `ssh -O exit` for one control socket: the master ends its sessions and exits.
+    fn exit_command(socket: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new("ssh");
+        c.args(["-F", "/dev/null", "-o", "LogLevel=QUIET", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            // the host is required by the syntax; the control path alone selects the master
+            .args(["-O", "exit", "imgbuild-master"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Close every master and remove its socket (a stale socket of a dead master too).
+    async fn close_masters(&self) {
+        for socket in self.control_sockets() {
+            let mut c = Command::from(Self::exit_command(&socket));
+            c.kill_on_drop(true);
+            // a local socket round trip; the bound only guards against a wedged master
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.status()).await;
+            let _ = std::fs::remove_file(&socket);
+        }
     }
 
     fn base_args(&self, t: &Target) -> Vec<String> {
         let d = self.dir.path();
-        vec![
+        let mut args: Vec<String> = vec![
             "-i".into(),
             d.join("id_ed25519").display().to_string(),
             "-o".into(),
@@ -164,12 +252,32 @@ impl OpenSsh {
             "ServerAliveCountMax=4".into(),
             "-o".into(),
             "LogLevel=ERROR".into(),
+        ];
+        if self.multiplex {
+            // The first command to connect becomes the master and stays in the background
+            // (stdio on /dev/null, so our pipes still see EOF); later ones are sessions on its
+            // connection. `auto` also replaces a stale socket left by a dead master, so after a
+            // reboot the next command simply connects again.
+            args.extend([
+                "-o".into(),
+                "ControlMaster=auto".into(),
+                "-o".into(),
+                format!(
+                    "ControlPath={}",
+                    d.join(format!("{CONTROL_PREFIX}%C")).display()
+                ),
+                "-o".into(),
+                format!("ControlPersist={CONTROL_PERSIST_SECS}"),
+            ]);
+        }
+        args.extend([
             "-F".into(),
             "/dev/null".into(),
             "-p".into(),
             t.port.to_string(),
             format!("{}@{}", t.user, t.host),
-        ]
+        ]);
+        args
     }
 
     /// Run `cmd` remotely with optional stdin bytes; stream lines to `out`; return the exit code.
@@ -305,9 +413,10 @@ impl Transport for OpenSsh {
         cancel: &CancellationToken,
     ) -> Result<(), TransportError> {
         let start = Instant::now();
-        let mut delay = Duration::from_millis(500);
+        let mut probes = 0u32;
         let mut last;
         loop {
+            probes += 1;
             let buf = Mutex::new(String::new());
             let sink = |l: &str| {
                 let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
@@ -334,8 +443,7 @@ impl Transport for OpenSsh {
                     format!("SSH to {}@{}:{} (last: {last})", t.user, t.host, t.port),
                 ));
             }
-            sleep_or_cancel(delay, cancel).await?;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            sleep_or_cancel(SSH_WAIT.interval(probes), cancel).await?;
         }
     }
 
@@ -444,6 +552,11 @@ impl Transport for OpenSsh {
                 &sink,
             )
             .await;
+        // The reboot kills the shared connection, possibly without a reset reaching us: a
+        // master left running would put the next sessions on a dead connection until its
+        // keepalives give up. Close it, and again after every probe that still reached the old
+        // boot, so that the probes below each connect afresh until the new boot answers.
+        self.close_masters().await;
         let start = Instant::now();
         loop {
             sleep_or_cancel(Duration::from_secs(2), cancel).await?;
@@ -455,10 +568,9 @@ impl Transport for OpenSsh {
                 ));
             }
             self.wait_ready(t, left, cancel).await?;
-            if let Ok(now) = self.boot_id(t).await {
-                if now != before {
-                    return Ok(());
-                }
+            match self.boot_id(t).await {
+                Ok(now) if now != before => return Ok(()),
+                _ => self.close_masters().await,
             }
         }
     }
@@ -474,6 +586,22 @@ impl Transport for OpenSsh {
         self.exec_ok(t, &cmd, None, Duration::from_secs(120))
             .await
             .map(|_| ())
+    }
+
+    async fn close(&self) {
+        self.close_masters().await;
+    }
+}
+
+impl Drop for OpenSsh {
+    /// The backstop for every exit path that did not call [`Transport::close`]: no master may
+    /// outlive the transport, and its socket goes with the private dir (removed by `TempDir`
+    /// after this).
+    fn drop(&mut self) {
+        for socket in self.control_sockets() {
+            let _ = Self::exit_command(&socket).status();
+            let _ = std::fs::remove_file(&socket);
+        }
     }
 }
 

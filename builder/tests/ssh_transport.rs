@@ -3,21 +3,17 @@
 
 use imgbuild::transport::{OpenSsh, Target, Transport, TransportError};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-struct Sshd {
-    child: Child,
-    port: u16,
-}
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/sshd.rs"]
+mod sshd;
+use sshd::{alive, free_port, master_pid, Sshd};
+
+/// The tests' "guest" is this machine: they share its /tmp/imgbuild (and uploads' temp names
+/// carry the process id), so the tests that talk to sshd run one at a time.
+static GUEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn skip_or_fail(why: &str) -> bool {
     if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") {
@@ -27,63 +23,19 @@ fn skip_or_fail(why: &str) -> bool {
     panic!("{why} (scripts/install-deps installs openssh-server; set CLOUDSIGMA_K8S_ALLOW_SKIP=1 to skip)");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_sshd(dir: &Path, pubkey: &str) -> Option<Sshd> {
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(sshd) = sshd else {
-        skip_or_fail("sshd not installed");
-        return None;
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip_or_fail("the sshd test needs root (sshd's privilege separation)");
-        return None;
+    match sshd::start_sshd(dir, pubkey) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            skip_or_fail(&why);
+            None
+        }
     }
-    std::fs::create_dir_all("/run/sshd").ok();
-    let host = dir.join("host_ed25519");
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::write(dir.join("authorized_keys"), format!("{pubkey}\n")).unwrap();
-    let port = free_port();
-    let cfg = dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {h}\nAuthorizedKeysFile {a}\nPidFile {p}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n",
-            h = host.display(),
-            a = dir.join("authorized_keys").display(),
-            p = dir.join("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(sshd)
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Some(Sshd { child, port })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_transport_runs_scripts_uploads_and_verifies_against_real_sshd() {
+    let _guest = GUEST.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let t = OpenSsh::new("imgbuild-test")
         .await
@@ -200,4 +152,139 @@ async fn wait_ready_gives_up_at_its_deadline_and_on_cancel() {
         .wait_ready(&target, Duration::from_secs(60), &cancel)
         .await;
     assert!(matches!(r, Err(TransportError::Cancelled)), "{r:?}");
+}
+
+/// `$SSH_CONNECTION` as a step sees it: client address *and port* — one port = one connection.
+async fn connection_of(t: &OpenSsh, target: &Target, dir: &Path) -> String {
+    let script = dir.join("conn.sh");
+    std::fs::write(&script, "#!/bin/bash\necho \"conn=$SSH_CONNECTION\"\n").unwrap();
+    let lines = Mutex::new(Vec::<String>::new());
+    let sink = |l: &str| lines.lock().unwrap().push(l.to_string());
+    t.run_script(target, &script, &[], Duration::from_secs(30), &sink)
+        .await
+        .expect("script runs");
+    let got = lines.into_inner().unwrap();
+    got.iter()
+        .find_map(|l| l.strip_prefix("conn="))
+        .unwrap_or_else(|| panic!("no SSH_CONNECTION in {got:?}"))
+        .to_string()
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_per_build_survives_a_reboot_and_is_closed() {
+    let _guest = GUEST.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = OpenSsh::new("imgbuild-test").await.unwrap();
+    assert!(t.multiplexing());
+    let Some(mut sshd) = start_sshd(dir.path(), &t.public_key()) else {
+        return;
+    };
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: "root".into(),
+    };
+    let cancel = CancellationToken::new();
+    t.wait_ready(&target, Duration::from_secs(30), &cancel)
+        .await
+        .unwrap();
+
+    // the key and the control socket live in the private 0700 dir
+    use std::os::unix::fs::PermissionsExt;
+    let private = t.private_dir().to_path_buf();
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let sockets = t.control_sockets();
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    assert!(sockets[0].starts_with(&private));
+    let master = master_pid(&sockets[0]).expect("a master answers");
+
+    // every operation — scripts (two sessions each), uploads, checksums — on that one connection
+    let first = connection_of(&t, &target, dir.path()).await;
+    let src = dir.path().join("f.txt");
+    std::fs::write(&src, "x").unwrap();
+    let dest = dir.path().join("up/f.txt").display().to_string();
+    t.upload(&target, &src, &dest, "0644", Duration::from_secs(30))
+        .await
+        .unwrap();
+    t.remote_sha256(&target, &dest).await.unwrap();
+    assert_eq!(connection_of(&t, &target, dir.path()).await, first);
+    assert_eq!(master_pid(&sockets[0]), Some(master));
+
+    // a reboot kills the connection (and so the master) from the far side: the next
+    // operation connects again, through a new master
+    sshd.restart();
+    eventually("the master notices its connection is gone", || {
+        !alive(master)
+    })
+    .await;
+    t.wait_ready(&target, Duration::from_secs(30), &cancel)
+        .await
+        .unwrap();
+    let second = connection_of(&t, &target, dir.path()).await;
+    assert_ne!(second, first);
+    let master2 = master_pid(&t.control_sockets()[0]).expect("a new master");
+    assert_ne!(master2, master);
+
+    // a master killed outright leaves a stale socket: replaced by the next connection
+    sshd::kill_tree(master2);
+    eventually("the killed master is gone", || !alive(master2)).await;
+    let third = connection_of(&t, &target, dir.path()).await;
+    assert_ne!(third, second);
+
+    // close(): the master exits and its socket is removed; a later operation reconnects
+    let master3 = master_pid(&t.control_sockets()[0]).unwrap();
+    t.close().await;
+    assert!(t.control_sockets().is_empty());
+    eventually("the master exits on close", || !alive(master3)).await;
+    assert_ne!(connection_of(&t, &target, dir.path()).await, third);
+
+    // drop (every exit path: errors, cancellation, signals) closes it as well and removes the
+    // private dir with the key and the socket
+    let master4 = master_pid(&t.control_sockets()[0]).unwrap();
+    drop(t);
+    eventually("the master exits on drop", || !alive(master4)).await;
+    assert!(!private.exists());
+    drop(sshd);
+    let _ = std::fs::remove_dir_all("/tmp/imgbuild");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_multiplexing_every_operation_connects_anew() {
+    let _guest = GUEST.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = OpenSsh::new("imgbuild-test")
+        .await
+        .unwrap()
+        .without_multiplexing();
+    assert!(!t.multiplexing());
+    let Some(sshd) = start_sshd(dir.path(), &t.public_key()) else {
+        return;
+    };
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: "root".into(),
+    };
+    t.wait_ready(&target, Duration::from_secs(30), &CancellationToken::new())
+        .await
+        .unwrap();
+    let a = connection_of(&t, &target, dir.path()).await;
+    let b = connection_of(&t, &target, dir.path()).await;
+    assert_ne!(a, b);
+    assert!(t.control_sockets().is_empty());
+    drop(sshd);
+    let _ = std::fs::remove_dir_all("/tmp/imgbuild");
 }
