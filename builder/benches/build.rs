@@ -4,19 +4,30 @@
 //! (transport operations) — and the API calls per build as the emulator counted them.
 //! Targets (issue 4): own time < 1 s, ≤ 40 API calls.
 //!
-//! Run: `cargo bench -p imgbuild --bench build` (BUILDS=N to change the number of builds).
+//! Second part: the OpenSSH transport against a real sshd on 127.0.0.1 (needs root and sshd, as
+//! tests/ssh_transport.rs; skipped with a note otherwise). Per operation — a step (trivial
+//! script), an upload, a remote sha256 — the time with one SSH connection per operation (as
+//! before issue 12) and with the build's shared connection, interleaved in the same run, and
+//! their ratio. Loopback has no network latency and fast crypto, so the ratio understates the
+//! gain on an emulated or remote VM, where each new connection costs seconds.
+//!
+//! Run: `cargo bench -p imgbuild --bench build` (BUILDS=N to change the number of builds,
+//! SSH_OPS=N the operations per kind and mode).
 
 use cloudsim::{Emulator, EmulatorConfig};
 use imgbuild::build::{Builder, Options};
 use imgbuild::cloud::{Auth, Cloud, Config};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::Recipe;
-use imgbuild::transport::LocalTransport;
+use imgbuild::transport::{LocalTransport, OpenSsh, Target, Transport};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/support/sshd.rs"]
+mod sshd;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -124,5 +135,94 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  API calls for a cached (no-op) run:  {cached_calls}");
     emu.shutdown().await;
+    let ops: usize = std::env::var("SSH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    ssh_bench(ops).await
+}
+
+/// Per-operation SSH overhead, one connection per operation vs the shared connection.
+async fn ssh_bench(ops: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let per_op = OpenSsh::new("imgbuild-bench")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .without_multiplexing();
+    let shared = OpenSsh::new("imgbuild-bench")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = format!("{}\n{}", per_op.public_key(), shared.public_key());
+    let sshd = match sshd::start_sshd(dir.path(), &keys) {
+        Ok(s) => s,
+        Err(why) => {
+            println!("imgbuild SSH bench: SKIPPED ({why})");
+            return Ok(());
+        }
+    };
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: "root".into(),
+    };
+    let cancel = CancellationToken::new();
+    for t in [&per_op, &shared] {
+        t.wait_ready(&target, Duration::from_secs(30), &cancel)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let script = dir.path().join("step.sh");
+    std::fs::write(&script, "#!/bin/bash\ntrue\n")?;
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, vec![0x5au8; 4096])?;
+    let dest = dir.path().join("dest/payload").display().to_string();
+    let quiet = |_: &str| {};
+    // [mode][kind] → per-operation ms
+    let mut ms = [
+        [Vec::new(), Vec::new(), Vec::new()],
+        [Vec::new(), Vec::new(), Vec::new()],
+    ];
+    for _ in 0..ops {
+        // interleaved, so both modes see the same machine load
+        for (m, t) in [&per_op, &shared].into_iter().enumerate() {
+            let s = Instant::now();
+            t.run_script(&target, &script, &[], Duration::from_secs(60), &quiet)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ms[m][0].push(s.elapsed().as_secs_f64() * 1000.0);
+            let s = Instant::now();
+            t.upload(&target, &payload, &dest, "0644", Duration::from_secs(60))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ms[m][1].push(s.elapsed().as_secs_f64() * 1000.0);
+            let s = Instant::now();
+            t.remote_sha256(&target, &dest)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ms[m][2].push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    println!("imgbuild SSH bench: {ops} operations of each kind per mode against sshd on 127.0.0.1 (interleaved)");
+    println!(
+        "  operation                     one connection each   shared connection   ratio (p50)"
+    );
+    for (k, name) in ["step (trivial script)", "upload (4 KiB)", "remote sha256"]
+        .into_iter()
+        .enumerate()
+    {
+        let a = pct(&mut ms[0][k].clone(), 0.5);
+        let b = pct(&mut ms[1][k].clone(), 0.5);
+        println!(
+            "  {name:<28}  p50 {a:6.1} ms p95 {:6.1}   p50 {b:6.1} ms p95 {:6.1}   {:5.1}x",
+            pct(&mut ms[0][k], 0.95),
+            pct(&mut ms[1][k], 0.95),
+            a / b
+        );
+    }
+    per_op.close().await;
+    shared.close().await;
+    drop(sshd);
+    // the steps' upload dir on "the guest" (this machine here)
+    let _ = std::fs::remove_dir_all("/tmp/imgbuild");
     Ok(())
 }
