@@ -512,25 +512,19 @@ impl Builder {
                 .cloud
                 .wait_server_status(&s.uuid, ServerStatus::Running, secs(to.start)))
             .await?;
-        // the NAT address may appear in the runtime a little after `running`
+        // the NAT address may appear in the runtime a little after `running`; a timeout here
+        // reads "… waiting for server <uuid> to become running with a NAT IP"
         let s = match runtime_ip(&s) {
             Some(_) => s,
-            None => match self
-                .c(self
-                    .cloud
-                    .wait_server_until(&s.uuid, "running with a NAT IP", secs(60), |s| {
-                        runtime_ip(s).is_some()
-                    }))
-                .await
-            {
-                Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {
-                    return Err(StepError::Other(format!(
-                        "server {} is running but has no NAT IP in its runtime",
-                        s.uuid
-                    )))
-                }
-                r => r?,
-            },
+            None => {
+                self.c(self.cloud.wait_server_until(
+                    &s.uuid,
+                    "running with a NAT IP",
+                    secs(60),
+                    |s| runtime_ip(s).is_some(),
+                ))
+                .await?
+            }
         };
         let ip = runtime_ip(&s).ok_or_else(|| {
             StepError::Other(format!(
