@@ -111,6 +111,12 @@ struct BuildArgs {
     /// Testing only: SSH port instead of 22.
     #[arg(long, hide = true, default_value_t = 22)]
     ssh_port: u16,
+    /// One SSH connection per operation instead of one shared connection per build (to measure
+    /// the difference, or for a guest whose sshd refuses multiplexed sessions).
+    /// (The variable takes 1/true/yes; 0/false/no/empty leave multiplexing on.)
+    #[arg(long, hide = true, env = "IMGBUILD_SSH_NO_MULTIPLEX",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    ssh_no_multiplex: bool,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -309,6 +315,7 @@ async fn run_build(a: BuildArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
         None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
+            Ok(t) if a.ssh_no_multiplex => Arc::new(t.without_multiplexing()),
             Ok(t) => Arc::new(t),
             Err(e) => {
                 eprintln!("imgbuild: {e}");
@@ -356,5 +363,44 @@ async fn run_build(a: BuildArgs) -> ExitCode {
                 BuildError::Failed { .. } => ExitCode::from(EXIT_FAILED),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_multiplex(args: &[&str]) -> bool {
+        let cli = Cli::try_parse_from(args).unwrap();
+        match cli.cmd {
+            Some(Cmd::Build(b)) => b.ssh_no_multiplex,
+            _ => cli.build.ssh_no_multiplex,
+        }
+    }
+
+    // One test (this binary's only one) owns the variable, so setting it races with nothing.
+    #[test]
+    fn ssh_no_multiplex_from_flag_and_environment() {
+        std::env::remove_var("IMGBUILD_SSH_NO_MULTIPLEX");
+        assert!(!no_multiplex(&["imgbuild", "r"]));
+        assert!(no_multiplex(&["imgbuild", "r", "--ssh-no-multiplex"]));
+        assert!(no_multiplex(&[
+            "imgbuild",
+            "build",
+            "r",
+            "--ssh-no-multiplex"
+        ]));
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            ("yes", true),
+            ("0", false),
+            ("false", false),
+            ("", false),
+        ] {
+            std::env::set_var("IMGBUILD_SSH_NO_MULTIPLEX", v);
+            assert_eq!(no_multiplex(&["imgbuild", "r"]), want, "{v:?}");
+        }
+        std::env::remove_var("IMGBUILD_SSH_NO_MULTIPLEX");
     }
 }
