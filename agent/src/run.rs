@@ -353,12 +353,7 @@ impl Agent<'_> {
         self.status.hostname = Some(template::local_hostname(&ctx));
         self.network(&ctx);
 
-        if ctx
-            .meta
-            .get("cloudinit-dsmode")
-            .map(|m| m.trim() == "disabled")
-            .unwrap_or(false)
-        {
+        if ctx.dsmode().is_some_and(|m| m.is_disabled()) {
             self.skip("userdata", "meta.cloudinit-dsmode is 'disabled'");
             return Ok(None);
         }

@@ -3,9 +3,7 @@
 use std::io::Read;
 
 use base64::Engine;
-use cloudsigma_api::ServerContext;
-
-pub const USER_DATA_KEY: &str = "cloudinit-user-data";
+use cloudsigma_api::{ServerContext, META_USER_DATA as USER_DATA_KEY};
 /// A bootstrap payload larger than this after gunzip is refused (protects the small VM).
 const MAX_DECOMPRESSED: u64 = 64 * 1024 * 1024;
 
@@ -40,23 +38,15 @@ impl Kind {
     }
 }
 
-/// `meta.base64_fields` is a comma-separated list of meta keys whose values are base64.
-pub fn is_base64_field(ctx: &ServerContext, key: &str) -> bool {
-    ctx.meta
-        .get("base64_fields")
-        .map(|f| f.split(',').any(|k| k.trim() == key))
-        .unwrap_or(false)
-}
-
 /// Raw user data bytes (decoded and decompressed), or None when the server has none.
 pub fn extract(ctx: &ServerContext) -> Result<Option<Vec<u8>>, UserDataError> {
-    let Some(raw) = ctx.meta.get(USER_DATA_KEY) else {
+    let Some(ud) = ctx.user_data() else {
         return Ok(None);
     };
-    let mut bytes = if is_base64_field(ctx, USER_DATA_KEY) {
-        decode_base64(raw)?
+    let mut bytes = if ud.base64 {
+        decode_base64(ud.value)?
     } else {
-        raw.as_bytes().to_vec()
+        ud.value.as_bytes().to_vec()
     };
     if bytes.starts_with(&[0x1f, 0x8b]) {
         bytes = gunzip(&bytes).map_err(UserDataError::Gzip)?;
