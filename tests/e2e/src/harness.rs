@@ -327,6 +327,21 @@ impl Ssh {
     }
 }
 
+impl Ssh {
+    /// `run`, repeated every 2 s until it succeeds or `within` has passed (sshd may be restarting
+    /// or the guest busy right after boot); the last error otherwise.
+    pub fn run_retrying(&self, script: &str, within: Duration) -> Result<String, String> {
+        let t = Instant::now();
+        loop {
+            match self.run(script) {
+                Ok(out) => return Ok(out),
+                Err(e) if t.elapsed() >= within => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(2)),
+            }
+        }
+    }
+}
+
 /// The emulator's REST API, raw: the tests check the wire, not our client.
 pub struct Api {
     pub http: reqwest::Client,

@@ -419,8 +419,11 @@ async fn real_node() {
     let initialized = registered_at.elapsed();
     phases.push(("registered -> initialized", initialized));
     let kubelet_args = ssh
-        .run("sudo cat /var/lib/kubelet/kubeadm-flags.env")
-        .unwrap_or_default();
+        .run_retrying(
+            "sudo cat /var/lib/kubelet/kubeadm-flags.env",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("reading the kubelet's flags over SSH: {e}"));
     assert!(
         kubelet_args.contains("--cloud-provider=external"),
         "kubelet runs without the external cloud provider: {kubelet_args}"
@@ -509,7 +512,10 @@ async fn real_node() {
         .unwrap_or_default()
         .to_string();
     let answer = ssh
-        .run(&format!("curl -sS --max-time 10 http://{pod_ip}:8080/"))
+        .run_retrying(
+            &format!("curl -sS --max-time 10 http://{pod_ip}:8080/"),
+            Duration::from_secs(60),
+        )
         .unwrap_or_else(|e| {
             panic!("the Pod's HTTP endpoint did not answer from inside the node: {e}")
         });
@@ -530,7 +536,10 @@ async fn real_node() {
     // guest-side figures (uptime stamps): boot -> agent start -> kubeadm join exec -> done
     let agent_start = harness::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
     let status: Value = ssh
-        .run("sudo cat /run/cloudsigma/bootstrap.json")
+        .run_retrying(
+            "sudo cat /run/cloudsigma/bootstrap.json",
+            Duration::from_secs(30),
+        )
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(Value::Null);
@@ -543,7 +552,10 @@ async fn real_node() {
         .cloned()
         .unwrap_or(Value::Null);
     let marker = ssh
-        .run("test -e /run/cluster-api/bootstrap-success.complete && echo yes")
+        .run_retrying(
+            "test -e /run/cluster-api/bootstrap-success.complete && echo yes",
+            Duration::from_secs(30),
+        )
         .unwrap_or_default();
     assert_eq!(
         marker.trim(),
