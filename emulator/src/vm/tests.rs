@@ -1,0 +1,152 @@
+//! Unit tests of the QEMU backend: drive files, runtime IPs, the QEMU command line.
+
+use super::*;
+
+fn have_qemu_img() -> bool {
+    std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn backend(dir: &Path) -> Option<QemuBackend> {
+    if !have_qemu_img() {
+        if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: qemu-img not installed");
+            return None;
+        }
+        panic!("qemu-img not installed (scripts/install-deps); CLOUDSIGMA_K8S_ALLOW_SKIP=1 skips");
+    }
+    let mut c = QemuConfig::new(dir);
+    c.accel = Accel::Tcg;
+    Some(QemuBackend::new(c).expect("backend"))
+}
+
+#[tokio::test]
+async fn drive_files_follow_the_api() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    b.drive_created("a", 1 << 30, "disk").await.unwrap();
+    assert_eq!(b.virtual_size(&b.drive_path("a")).await.unwrap(), 1 << 30);
+    b.drive_resized("a", 2 << 30).await.unwrap();
+    assert_eq!(b.virtual_size(&b.drive_path("a")).await.unwrap(), 2 << 30);
+    let e = b.drive_resized("a", 1 << 30).await.unwrap_err();
+    assert!(e.0.contains("shrinking"), "{e}");
+    // account clone = full copy: deleting the source leaves a working clone
+    b.drive_cloned("a", false, "c", 3 << 30).await.unwrap();
+    b.drive_deleted("a").await.unwrap();
+    assert!(!b.drive_path("a").exists());
+    assert_eq!(b.virtual_size(&b.drive_path("c")).await.unwrap(), 3 << 30);
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(b.drive_path("c"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(
+        v.get("backing-filename").is_none(),
+        "clone must not depend on its source: {v}"
+    );
+    // a library drive without a local image: an empty disk of the asked size
+    b.drive_cloned("lib", true, "l", 1 << 30).await.unwrap();
+    assert_eq!(b.virtual_size(&b.drive_path("l")).await.unwrap(), 1 << 30);
+    // deleting twice is fine (the API may retry a DELETE)
+    b.drive_deleted("c").await.unwrap();
+    b.drive_deleted("c").await.unwrap();
+}
+
+#[test]
+fn runtime_ips_are_per_server_loopback_and_reused() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    // the first free one (another emulator on this machine may hold 127.77.0.2)
+    let a = b.runtime_ip("s1", 0).unwrap();
+    assert!(a.starts_with("127.77.0."), "{a}");
+    assert_eq!(b.runtime_ip("s1", 0).unwrap(), a, "stable while running");
+    let a2 = b.runtime_ip("s2", 0).unwrap();
+    assert!(a2.starts_with("127.77.0.") && a2 != a, "{a2}");
+    assert_eq!(
+        b.runtime_ip("s2", 1),
+        None,
+        "only the first NIC is forwarded"
+    );
+    QemuBackend::release_ip(&b.inner, "s1");
+    assert_eq!(
+        b.runtime_ip("s3", 0).unwrap(),
+        a,
+        "freed addresses are reused"
+    );
+}
+
+#[test]
+fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    std::fs::write(b.drive_path("boot"), b"x").unwrap();
+    std::fs::write(b.drive_path("data"), b"x").unwrap();
+    let spec = StartSpec {
+        uuid: "srv".into(),
+        name: "n".into(),
+        cpu: 2000,
+        mem: 8 << 30,
+        smp: 64,
+        boot_drive: Some("boot".into()),
+        drives: vec![
+            crate::backend::StartDrive {
+                uuid: "data".into(),
+                dev_channel: "0:1".into(),
+                device: "virtio".into(),
+                boot_order: None,
+                media: "disk".into(),
+                size: 1,
+            },
+            crate::backend::StartDrive {
+                uuid: "boot".into(),
+                dev_channel: "0:0".into(),
+                device: "virtio".into(),
+                boot_order: Some(1),
+                media: "disk".into(),
+                size: 1,
+            },
+        ],
+        nics: vec![crate::backend::StartNic {
+            mac: "22:00:00:00:00:01".into(),
+            model: "virtio".into(),
+            ip_v4: None,
+            vlan: None,
+        }],
+        context_socket: "/tmp/ctx/srv.sock".into(),
+    };
+    let a = b
+        .qemu_args(
+            &spec,
+            "127.77.0.9",
+            Path::new("/x"),
+            Some(Path::new("/img")),
+        )
+        .unwrap()
+        .join(" ");
+    assert!(a.contains("product=CloudSigma"), "{a}");
+    assert!(
+        a.contains("socket,id=ctx0,path=/tmp/ctx/srv.sock,server=off"),
+        "{a}"
+    );
+    assert!(a.contains("hostfwd=tcp:127.77.0.9:22-:22"), "{a}");
+    assert!(
+        a.contains("hostfwd=tcp:127.77.0.9:10250-:10250"),
+        "kubelet port: {a}"
+    );
+    assert!(a.contains("-m 2048"), "memory capped: {a}");
+    let boot_pos = a.find("boot.qcow2").unwrap();
+    assert!(
+        boot_pos < a.find("data.qcow2").unwrap(),
+        "boot drive must be /dev/vda: {a}"
+    );
+    assert!(a.contains("-kernel /img/vmlinuz"), "{a}");
+    std::fs::remove_file(b.drive_path("data")).unwrap();
+    let e = b
+        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
+        .unwrap_err();
+    assert!(e.0.contains("data") && e.0.contains("no image file"), "{e}");
+}
