@@ -129,20 +129,21 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<WriteFile>, Co
     Ok(out)
 }
 
-/// cloud-init's decode_perms: an octal string ("0640", "640", "0o640") or an integer. YAML 1.2
-/// (serde_yaml) reads an unquoted `0644` as decimal 644, where cloud-init's YAML 1.1 reads octal:
-/// an integer whose decimal digits are all octal digits is therefore taken as written in octal.
+/// cloud-init's decode_perms: an octal string ("0640", "640", "0o640"), or a number taken as the
+/// mode's value (`420` = 0644). serde_yaml hands an unquoted `0644` over as the text "0644" and
+/// `0o644` as the number 420, so both mean 0644 as with cloud-init's YAML 1.1 parser. Stricter
+/// than cloud-init: a mode above 0o7777 is refused (warning, 0644) instead of passed to chmod.
 pub fn decode_perms(v: &Value) -> Option<u32> {
     let mode = match v {
-        Value::Number(n) => {
-            let i = n.as_u64()?;
-            let s = i.to_string();
-            if s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-                u32::from_str_radix(&s, 8).ok()?
-            } else {
-                u32::try_from(i).ok()?
-            }
-        }
+        // cloud-init's decode_perms (cloudinit/util.py): a YAML number is the mode's value as it
+        // is (`420` is 0644; a float is truncated); only text is read as octal. A leading-zero
+        // literal such as `0755` reaches us as text (YAML 1.2 has no such octal ints), so it is
+        // octal as with cloud-init's YAML 1.1 parser.
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(i), _) => u32::try_from(i).ok()?,
+            (None, Some(f)) if f >= 0.0 && f.is_finite() => f.trunc() as u32,
+            _ => return None,
+        },
         Value::String(s) => {
             let s = s.trim();
             let s = s
@@ -232,6 +233,29 @@ fn enc_name(e: Encoding) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    /// Each form as serde_yaml delivers it from `permissions: <literal>`, and the mode cloud-init
+    /// gives the same literal.
+    #[test]
+    fn permissions_like_cloud_init() {
+        let mode = |lit: &str| {
+            let v: Value = serde_yaml::from_str(&format!("p: {lit}")).unwrap();
+            super::decode_perms(&v["p"])
+        };
+        assert_eq!(mode("420"), Some(0o644), "a YAML int is the mode's value");
+        assert_eq!(mode("493"), Some(0o755));
+        assert_eq!(
+            mode("0755"),
+            Some(0o755),
+            "leading zero: octal, as YAML 1.1"
+        );
+        assert_eq!(mode("0o600"), Some(0o600));
+        assert_eq!(mode("'0640'"), Some(0o640));
+        assert_eq!(mode("'640'"), Some(0o640), "text is always octal");
+        assert_eq!(mode("420.9"), Some(0o644), "a float is truncated");
+        assert_eq!(mode("'0999'"), None, "not octal: warning and 0644");
+        assert_eq!(mode("70000"), None, "above 0o7777: refused");
+    }
+
     use super::*;
     use crate::cloudconfig::parse;
 
