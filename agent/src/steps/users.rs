@@ -53,6 +53,29 @@ const USER_FIELDS: &[&str] = &[
     "ssh_authorized_keys",
 ];
 
+/// A user entry's keys as cloud-init reads them (cloudinit/distros/ug_util.py, `_normalize_users`:
+/// `k.replace("-", "_").strip()`, empty keys dropped): `ssh-authorized-keys` is
+/// `ssh_authorized_keys`, `lock-passwd` is `lock_passwd`. Where both spellings are given, the one
+/// written later wins, as in cloud-init's dict.
+fn normalize_keys(m: &serde_yaml::Mapping) -> serde_yaml::Mapping {
+    let mut out = serde_yaml::Mapping::new();
+    for (k, v) in m {
+        match k.as_str() {
+            Some(name) => {
+                let name = name.replace('-', "_");
+                let name = name.trim();
+                if !name.is_empty() {
+                    out.insert(Value::String(name.to_string()), v.clone());
+                }
+            }
+            None => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, ConfigError> {
     let items = match v {
         Value::Null => return Ok(Vec::new()),
@@ -82,7 +105,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<User>, ConfigE
                 });
                 continue;
             }
-            Value::Mapping(m) => m,
+            Value::Mapping(m) => normalize_keys(m),
             other => {
                 return Err(err(format!(
                     "expected a mapping or a name, got {}",
@@ -333,6 +356,22 @@ fn chpasswd_line(name: &str, p: &Secret) -> String {
 mod tests {
     use super::*;
     use crate::cloudconfig;
+
+    /// cloud-init reads `ssh-authorized-keys` and `lock-passwd` as the underscore keys.
+    #[test]
+    fn dashed_keys_are_the_underscore_keys() {
+        let cfg = cloudconfig::parse(
+            "users:\n  - name: capi\n    lock-passwd: false\n    primary-group: capi\n    ssh-authorized-keys:\n      - ssh-ed25519 AAAA capi\n",
+        )
+        .unwrap();
+        let u = &cfg.users[0];
+        assert_eq!(
+            u.ssh_authorized_keys,
+            vec!["ssh-ed25519 AAAA capi".to_string()]
+        );
+        assert!(!u.lock_passwd, "lock-passwd: false");
+        assert_eq!(u.primary_group.as_deref(), Some("capi"));
+    }
 
     #[test]
     fn useradd_for_capi_users() {
