@@ -15,8 +15,12 @@ if command -v cloud-init >/dev/null 2>&1; then
   fi
 fi
 
-# No background apt runs during the build; apt waits for a held lock instead of failing.
+# No background apt runs during the build, nor on the nodes cloned from the image: there they
+# would take the dpkg lock while the bootstrap's preKubeadmCommands run (image-builder masks them
+# too). Masked, so no package upgrade can bring them back. apt waits for a held lock instead of
+# failing.
 systemctl stop apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service >/dev/null 2>&1 || true
+systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service >/dev/null
 if [ -d /etc/apt/apt.conf.d ]; then
   echo 'DPkg::Lock::Timeout "600";' > /etc/apt/apt.conf.d/99imgbuild-lock-timeout
 fi

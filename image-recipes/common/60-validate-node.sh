@@ -22,6 +22,19 @@ check "modules configured at boot" grep -qx br_netfilter /etc/modules-load.d/kub
 check "net.ipv4.ip_forward = 1" test "$(sysctl -n net.ipv4.ip_forward)" = 1
 check "bridge-nf-call-iptables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-iptables)" = 1
 check "bridge-nf-call-ip6tables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-ip6tables)" = 1
+check "vm.overcommit_memory = 1" test "$(sysctl -n vm.overcommit_memory)" = 1
+check "kernel.panic = 10" test "$(sysctl -n kernel.panic)" = 10
+check "kernel.panic_on_oops = 1" test "$(sysctl -n kernel.panic_on_oops)" = 1
+check "fs.inotify.max_user_watches >= 524288" test "$(sysctl -n fs.inotify.max_user_watches)" -ge 524288
+check "fs.inotify.max_user_instances >= 8192" test "$(sysctl -n fs.inotify.max_user_instances)" -ge 8192
+# shellcheck disable=SC2317 # called through check()
+all_masked() {
+  local u
+  for u in "$@"; do
+    [ "$(systemctl is-enabled "$u" 2>/dev/null)" = masked ] || return 1
+  done
+}
+check "apt timers and unattended-upgrades masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
 check "swap off" test -z "$(swapon --show --noheadings)"
 check "no swap in fstab" bash -c "! grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab"
 check "agent binary present" test -x /usr/local/bin/cloudsigma-agent

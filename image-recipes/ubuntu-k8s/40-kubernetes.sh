@@ -77,6 +77,13 @@ image-endpoint: unix:///run/containerd/containerd.sock
 timeout: 10
 CONF
 
+# Provenance, for an operator on the node: what this image was built with, and from where.
+cat > /etc/kubernetes-version <<PROV
+KUBERNETES_VERSION=v${KUBERNETES_VERSION}
+KUBERNETES_SOURCE=${KUBERNETES_SOURCE}
+CONTAINERD_VERSION=$(/usr/local/bin/containerd --version | awk '{print $3}')
+PROV
+
 # kubelet crash-loops until kubeadm configures it: expected, so enabled but not started here
 systemctl enable kubelet
 

@@ -21,6 +21,7 @@ check "kubectl v$KUBERNETES_VERSION" bash -c "kubectl version --client | grep -q
 if [ "$KUBERNETES_SOURCE" = pkgs ]; then
   check "kube packages held" bash -c "apt-mark showhold | grep -qx kubeadm && apt-mark showhold | grep -qx kubelet"
 fi
+check "provenance in /etc/kubernetes-version" grep -qx "KUBERNETES_VERSION=v$KUBERNETES_VERSION" /etc/kubernetes-version
 check "kubelet drop-in for kubeadm" grep -q KUBELET_KUBEADM_ARGS /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 check "crictl v1.34" bash -c "crictl --version | grep -q 'v1.34'"
 check "conntrack present (kubeadm preflight)" command -v conntrack
