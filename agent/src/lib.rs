@@ -6,7 +6,6 @@ pub mod error;
 pub mod fsutil;
 pub mod net;
 pub mod paths;
-pub mod redact;
 pub mod report;
 pub mod run;
 pub mod show;

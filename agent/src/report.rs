@@ -1,5 +1,5 @@
 //! Log (file + stdout for the journal) and the status file. Nothing secret is ever passed here:
-//! callers log paths, sizes, modes and redacted command lines only.
+//! callers log paths, sizes, modes and counts only (never file contents or command text).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
