@@ -342,6 +342,68 @@ impl Ssh {
     }
 }
 
+/// The emulator in process with the QEMU backend and the local library image: its data dir
+/// (drive files, consoles), the emulator, and its REST API.
+pub struct VmCloud {
+    pub data: tempfile::TempDir,
+    pub emu: cloudsim::EmulatorHandle,
+    pub api: Api,
+}
+
+impl VmCloud {
+    pub async fn start(t0: Instant, img_dir: &Path) -> VmCloud {
+        let data = tempfile::tempdir().expect("tempdir");
+        let backend = std::sync::Arc::new(
+            cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
+                .unwrap_or_else(|e| panic!("QEMU backend: {e}")),
+        );
+        say(
+            t0,
+            &format!(
+                "emulator: QEMU backend, accel {:?}, data {}",
+                backend.accel(),
+                data.path().display()
+            ),
+        );
+        let mut timings = cloudsim::Timings::instant();
+        // the guest decides when an ACPI shutdown is done; give it time
+        timings.shutdown_timeout = Duration::from_secs(180);
+        let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig {
+            timings,
+            context_dir: Some(data.path().join("ctx")),
+            backend: Some(backend),
+            extra_libdrives: vec![
+                cloudsim::vm::local_library_drive(img_dir).unwrap_or_else(|e| panic!("{e}"))
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("emulator start");
+        let api = Api {
+            http: reqwest::Client::new(),
+            base: emu.api_url(),
+            user: emu.username().to_string(),
+            pass: emu.password().to_string(),
+        };
+        VmCloud { data, emu, api }
+    }
+
+    pub fn console(&self, server: &str) -> PathBuf {
+        self.data
+            .path()
+            .join("vm/servers")
+            .join(server)
+            .join("console.log")
+    }
+
+    /// Drive files left in the backend's data dir.
+    pub fn drive_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.path().join("vm/drives"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The emulator's REST API, raw: the tests check the wire, not our client.
 pub struct Api {
     pub http: reqwest::Client,

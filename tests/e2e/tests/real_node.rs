@@ -20,7 +20,7 @@
 
 use base64::Engine as _;
 use e2e::control_plane::{free_port, ControlPlane, JoinCredentials};
-use e2e::harness::{self, say, Api, FailureReport, Ssh};
+use e2e::harness::{self, say, FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -219,34 +219,8 @@ async fn real_node() {
     phases.push(("control plane", p.elapsed()));
 
     // 3. the emulator with the QEMU backend, in process
-    let data = tempfile::tempdir().expect("tempdir");
-    let backend = std::sync::Arc::new(
-        cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
-            .unwrap_or_else(|e| panic!("QEMU backend: {e}")),
-    );
-    say(
-        t0,
-        &format!("emulator: QEMU backend, accel {:?}", backend.accel()),
-    );
-    let mut timings = cloudsim::Timings::instant();
-    timings.shutdown_timeout = Duration::from_secs(180);
-    let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig {
-        timings,
-        context_dir: Some(data.path().join("ctx")),
-        backend: Some(backend.clone()),
-        extra_libdrives: vec![
-            cloudsim::vm::local_library_drive(&img_dir).unwrap_or_else(|e| panic!("{e}"))
-        ],
-        ..Default::default()
-    })
-    .await
-    .expect("emulator start");
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: emu.api_url(),
-        user: emu.username().to_string(),
-        pass: emu.password().to_string(),
-    };
+    let cloud = harness::VmCloud::start(t0, &img_dir).await;
+    let (data, emu, api) = (&cloud.data, &cloud.emu, &cloud.api);
 
     // 4. imgbuild: the product recipe's scripts, local artifacts, on the Debian library image
     let p = Instant::now();
@@ -258,7 +232,7 @@ async fn real_node() {
         harness::imgbuild(
             &bins.imgbuild,
             &repo,
-            &api,
+            api,
             "image-recipes/debian-k8s",
             &[
                 ("agent_binary", bins.agent.display().to_string()),
@@ -343,12 +317,7 @@ async fn real_node() {
         .expect("server uuid")
         .to_string();
     let mut report = FailureReport {
-        console: Some(
-            data.path()
-                .join("vm/servers")
-                .join(&server)
-                .join("console.log"),
-        ),
+        console: Some(cloud.console(&server)),
         ssh: None,
         extra: vec![
             "sudo journalctl -b -u kubelet --no-pager | tail -40".into(),
@@ -595,11 +564,10 @@ async fn real_node() {
     drop(_controller);
     api.delete(&format!("drives/{image}/")).await;
     api.assert_empty_after_tags().await;
-    emu.shutdown().await;
-    let files: Vec<_> = std::fs::read_dir(data.path().join("vm/drives"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let files = cloud.drive_files();
     assert!(files.is_empty(), "drive files left: {files:?}");
+    let data_dir = data.path().display().to_string();
+    cloud.emu.shutdown().await;
     cp.stop();
     assert!(cp.running().is_empty(), "control-plane processes left");
     assert!(
@@ -610,7 +578,7 @@ async fn real_node() {
         "the control plane must not write the host's /etc/kubernetes"
     );
     let qemu_left = Command::new("pgrep")
-        .args(["-f", &format!("{}", data.path().display())])
+        .args(["-f", &data_dir])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();

@@ -8,7 +8,7 @@
 //! `scripts/demo` runs this test with its progress output (`--nocapture`).
 
 use base64::Engine as _;
-use e2e::harness::{self, say, Api, FailureReport, Ssh};
+use e2e::harness::{self, say, FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,40 +86,8 @@ async fn whole_loop() {
     phases.push(("binaries", p.elapsed()));
 
     // 3. emulator with the QEMU backend, in process
-    let data = tempfile::tempdir().expect("tempdir");
-    let backend = std::sync::Arc::new(
-        cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
-            .unwrap_or_else(|e| panic!("QEMU backend: {e}")),
-    );
-    say(
-        t0,
-        &format!(
-            "emulator: QEMU backend, accel {:?}, data {}",
-            backend.accel(),
-            data.path().display()
-        ),
-    );
-    let mut timings = cloudsim::Timings::instant();
-    // the guest decides when an ACPI shutdown is done; give it time
-    timings.shutdown_timeout = Duration::from_secs(180);
-    let cfg = cloudsim::EmulatorConfig {
-        timings,
-        context_dir: Some(data.path().join("ctx")),
-        backend: Some(backend.clone()),
-        extra_libdrives: vec![
-            cloudsim::vm::local_library_drive(&img_dir).unwrap_or_else(|e| panic!("{e}"))
-        ],
-        ..Default::default()
-    };
-    let emu = cloudsim::Emulator::start(cfg)
-        .await
-        .expect("emulator start");
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: emu.api_url(),
-        user: emu.username().to_string(),
-        pass: emu.password().to_string(),
-    };
+    let cloud = harness::VmCloud::start(t0, &img_dir).await;
+    let (data, api) = (&cloud.data, &cloud.api);
 
     // 4. imgbuild: the real build, real SSH into the real VM
     let p = Instant::now();
@@ -131,7 +99,7 @@ async fn whole_loop() {
         harness::imgbuild(
             &bins.imgbuild,
             &repo,
-            &api,
+            api,
             "image-recipes/debian-test-node",
             &[("agent_binary", bins.agent.display().to_string())],
         )
@@ -160,12 +128,7 @@ async fn whole_loop() {
         .expect("server uuid")
         .to_string();
     let mut report = FailureReport {
-        console: Some(
-            data.path()
-                .join("vm/servers")
-                .join(&server)
-                .join("console.log"),
-        ),
+        console: Some(cloud.console(&server)),
         ssh: None,
         extra: Vec::new(),
     };
@@ -296,16 +259,14 @@ async fn whole_loop() {
     api.delete(&format!("drives/{image}/")).await;
     // imgbuild's tags (imgbuild, k8s-node, e2e-test) are account resources too
     api.assert_empty_after_tags().await;
-    let files: Vec<_> = std::fs::read_dir(data.path().join("vm/drives"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let files = cloud.drive_files();
     assert!(files.is_empty(), "drive files left: {files:?}");
     assert!(
         !data.path().join("vm/servers").join(&server).exists(),
         "server dir left"
     );
     phases.push(("shutdown + delete", p.elapsed()));
-    emu.shutdown().await;
+    cloud.emu.shutdown().await;
     drop(report);
 
     eprintln!("\n== whole loop: {:.1}s ==", t0.elapsed().as_secs_f64());
