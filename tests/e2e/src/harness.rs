@@ -100,6 +100,16 @@ pub fn script_last_line(repo: &Path, script: &str, args: &[&str]) -> String {
     out.lines().last().unwrap_or_default().trim().to_string()
 }
 
+/// The Debian library image the QEMU backend boots (tests/vm-image/build.sh; cached after the
+/// first run): the directory holding it.
+pub fn library_image(t0: Instant, repo: &Path) -> PathBuf {
+    say(
+        t0,
+        "library image: tests/vm-image/build.sh (cached after the first run)",
+    );
+    PathBuf::from(script_last_line(repo, "tests/vm-image/build.sh", &[]))
+}
+
 /// The binaries the loops run, built by cargo into a target dir of their own (the outer
 /// `cargo test` may hold the lock of the main one). E2E_AGENT_BIN / E2E_IMGBUILD_BIN /
 /// E2E_CONTROLLER_BIN use prebuilt ones.

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use e2e::control_plane::{free_port, ControlPlane, JoinCredentials};
 use e2e::harness::{self, say, FailureReport, Ssh};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -174,15 +174,7 @@ async fn real_node() {
     phases.push(("artifacts", p.elapsed()));
 
     let p = Instant::now();
-    say(
-        t0,
-        "library image: tests/vm-image/build.sh (cached after the first run)",
-    );
-    let img_dir = PathBuf::from(harness::script_last_line(
-        &repo,
-        "tests/vm-image/build.sh",
-        &[],
-    ));
+    let img_dir = harness::library_image(t0, &repo);
     phases.push(("library image", p.elapsed()));
 
     let p = Instant::now();

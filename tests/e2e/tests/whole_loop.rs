@@ -10,7 +10,6 @@
 use base64::Engine as _;
 use e2e::harness::{self, say, FailureReport, Ssh};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Cluster API kubeadm bootstrap data for a worker, as CABPK emits it (jinja header, write_files
@@ -65,15 +64,7 @@ async fn whole_loop() {
 
     // 1. library image (cached by build.sh)
     let p = Instant::now();
-    say(
-        t0,
-        "library image: tests/vm-image/build.sh (cached after the first run)",
-    );
-    let img_dir = PathBuf::from(harness::script_last_line(
-        &repo,
-        "tests/vm-image/build.sh",
-        &[],
-    ));
+    let img_dir = harness::library_image(t0, &repo);
     phases.push(("library image", p.elapsed()));
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
