@@ -14,7 +14,7 @@ use crate::run;
 #[derive(Debug, Parser)]
 #[command(
     name = "cloudsigma-agent",
-    version,
+    version = env!("CLOUDSIGMA_BUILD_VERSION"),
     // The flags without a subcommand are bootstrap's: the systemd unit runs
     // `cloudsigma-agent --serial /dev/ttyS1`.
     args_conflicts_with_subcommands = true,

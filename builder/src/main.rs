@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "imgbuild",
-    version,
+    version = env!("CLOUDSIGMA_BUILD_VERSION"),
     about = "Build CloudSigma-native node images from recipes",
     args_conflicts_with_subcommands = true
 )]

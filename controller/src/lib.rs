@@ -25,7 +25,7 @@ pub use metrics::Metrics;
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
     name = "cloudsigma-controller",
-    version,
+    version = env!("CLOUDSIGMA_BUILD_VERSION"),
     about = "CloudSigma cloud controller manager"
 )]
 pub struct Options {

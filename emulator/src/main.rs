@@ -15,7 +15,7 @@ enum TimingsArg {
 
 /// CloudSigma API 2.0 emulator (with per-server serial context sockets).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = env!("CLOUDSIGMA_BUILD_VERSION"), about)]
 struct Args {
     /// Address to listen on (loopback recommended).
     #[arg(long, default_value = "127.0.0.1:8080")]
