@@ -23,36 +23,15 @@ mkdir -p "$out"
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target" \
     cargo build -q --release --locked --manifest-path "$repo/Cargo.toml" -p test-images --target "$triple"
 
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+# The archive writer is shared with scripts/controller-image.
+# shellcheck source=scripts/oci-archive
+. "$repo/scripts/oci-archive"
 
-# oci_archive FILE REF BINARY ENTRYPOINT USER
-oci_archive() {
-    local file=$1 ref=$2 binary=$3 entry=$4 user=$5
-    local w
-    w=$(mktemp -d)
-    mkdir -p "$w/rootfs" "$w/oci/blobs/sha256"
-    install -m 0755 "$binary" "$w/rootfs/${entry#/}"
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$w/rootfs" -cf "$w/layer.tar" .
-    local layer config manifest
-    layer=$(sha "$w/layer.tar")
-    mv "$w/layer.tar" "$w/oci/blobs/sha256/$layer"
-    printf '{"architecture":"amd64","os":"linux","config":{"User":"%s","Entrypoint":["%s"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$user" "$entry" "$layer" > "$w/config.json"
-    config=$(sha "$w/config.json")
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
-        "$config" "$(stat -c %s "$w/config.json")" "$layer" "$(stat -c %s "$w/oci/blobs/sha256/$layer")" > "$w/manifest.json"
-    manifest=$(sha "$w/manifest.json")
-    mv "$w/config.json" "$w/oci/blobs/sha256/$config"
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-        "$manifest" "$(stat -c %s "$w/manifest.json")" "$ref" "${ref##*:}" > "$w/oci/index.json"
-    mv "$w/manifest.json" "$w/oci/blobs/sha256/$manifest"
-    printf '{"imageLayoutVersion":"1.0.0"}' > "$w/oci/oci-layout"
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$w/oci" -cf "$out/.$file.tmp" .
-    mv -f "$out/.$file.tmp" "$out/$file"
-    rm -rf "$w"
-    echo "tests/kube/images.sh: $ref -> $out/$file (manifest sha256:$manifest)"
+image() {
+    oci_archive "$out/$1" "$2" "$3" "$4" "$5"
+    echo "tests/kube/images.sh: $2 -> $out/$1 (manifest $OCI_MANIFEST_DIGEST)"
 }
 
 bin="$target/$triple/release"
-oci_archive pause.tar registry.k8s.io/pause:3.10.1 "$bin/pause" /pause 65535:65535
-oci_archive hello.tar cloudsigma-k8s.test/hello:v1 "$bin/hello" /hello 65532:65532
+image pause.tar registry.k8s.io/pause:3.10.1 "$bin/pause" /pause 65535:65535
+image hello.tar cloudsigma-k8s.test/hello:v1 "$bin/hello" /hello 65532:65532
