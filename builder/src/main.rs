@@ -9,7 +9,7 @@ use imgbuild::build::{self, BuildError, Builder, Options};
 use imgbuild::cloud::{Cloud, ConfigOverrides};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
-use imgbuild::transport::{LocalTransport, OpenSsh, Transport};
+use imgbuild::transport::{OpenSsh, Transport};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -105,7 +105,8 @@ struct BuildArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     plain: bool,
-    /// Testing only: `local:DIR` provisions through a recording transport instead of SSH.
+    /// Testing only (feature `test-seams`): `local:DIR` provisions through a recording transport
+    /// instead of SSH; without the feature every value is refused.
     #[arg(long, hide = true)]
     transport: Option<String>,
     /// Testing only: SSH port instead of 22.
@@ -117,6 +118,21 @@ struct BuildArgs {
     #[arg(long, hide = true, env = "IMGBUILD_SSH_NO_MULTIPLEX",
           value_parser = clap::builder::FalseyValueParser::new())]
     ssh_no_multiplex: bool,
+}
+
+/// The recording transport of `--transport local:DIR` (feature `test-seams`: tests and benches).
+#[cfg(feature = "test-seams")]
+fn local_transport(dir: &str, cancel: &CancellationToken) -> Arc<dyn Transport> {
+    let mut lt = imgbuild::transport::LocalTransport::new(PathBuf::from(dir));
+    // lets tests land a signal inside provisioning
+    if let Some(ms) = std::env::var("IMGBUILD_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        lt.delay = Duration::from_millis(ms);
+    }
+    lt.cancel = Some(cancel.clone());
+    Arc::new(lt)
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -298,18 +314,8 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let cancel = CancellationToken::new();
     install_signals(cancel.clone());
     let transport: Arc<dyn Transport> = match a.transport.as_deref() {
-        Some(t) if t.starts_with("local:") => {
-            let mut lt = LocalTransport::new(PathBuf::from(&t["local:".len()..]));
-            // lets tests land a signal inside provisioning
-            if let Some(ms) = std::env::var("IMGBUILD_TEST_STEP_DELAY_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                lt.delay = Duration::from_millis(ms);
-            }
-            lt.cancel = Some(cancel.clone());
-            Arc::new(lt)
-        }
+        #[cfg(feature = "test-seams")]
+        Some(t) if t.starts_with("local:") => local_transport(&t["local:".len()..], &cancel),
         Some(t) => {
             eprintln!("imgbuild: unknown --transport {t:?}");
             return ExitCode::from(EXIT_USAGE);

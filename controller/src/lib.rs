@@ -6,6 +6,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node;
 pub mod reconcile;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 use std::net::SocketAddr;
