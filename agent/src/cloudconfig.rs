@@ -64,7 +64,7 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             "write_files" => cfg.write_files = write_files::parse(&v, w)?,
             "ssh_authorized_keys" => {
                 cfg.ssh_authorized_keys =
-                    string_list(&v).map_err(|msg| crate::yaml::kerr(&key, msg))?
+                    string_list(&v).map_err(|msg| crate::yaml::key_error(&key, msg))?
             }
             "users" => cfg.users = users::parse(&v, w)?,
             "ntp" => cfg.ntp = ntp::parse(&v, w)?,

@@ -15,7 +15,7 @@ pub enum ConfigError {
 
 /// A key error: `key` is the path of the offending value (`fs_setup[0].partition`), `msg` never
 /// shows the value of a secret.
-pub fn kerr(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+pub fn key_error(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Key {
         key: key.into(),
         msg: msg.into(),
@@ -89,7 +89,7 @@ pub fn list_or_empty<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], ConfigE
     match v {
         Value::Null => Ok(&[]),
         Value::Sequence(s) => Ok(s),
-        other => Err(kerr(
+        other => Err(key_error(
             key,
             format!("expected a list, got {}", type_name(other)),
         )),

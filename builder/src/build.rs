@@ -276,7 +276,7 @@ impl Builder {
     }
 
     /// Await `f` unless the build is cancelled first.
-    async fn c<T, E: Into<StepError>>(
+    async fn cancellable<T, E: Into<StepError>>(
         &self,
         f: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, StepError> {
@@ -290,13 +290,13 @@ impl Builder {
         }
     }
 
-    /// Like [`Self::c`] for guest work, whose duration counts as waiting on the guest.
-    async fn g<T>(
+    /// Like [`Self::cancellable`] for guest work, whose duration counts as waiting on the guest.
+    async fn on_guest<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, TransportError>>,
     ) -> Result<T, StepError> {
         let s = Instant::now();
-        let r = self.c(f).await;
+        let r = self.cancellable(f).await;
         self.guest_us
             .fetch_add(s.elapsed().as_micros() as u64, Ordering::Relaxed);
         match r {
@@ -372,7 +372,7 @@ impl Builder {
             ("distribution", b.distribution.as_str()),
             ("version", b.version.as_str()),
         ];
-        let libs = self.c(self.cloud.list_libdrives(&q)).await?;
+        let libs = self.cancellable(self.cloud.list_libdrives(&q)).await?;
         let base = pick_base(&libs, recipe).map_err(StepError::Other)?;
         if recipe.disk_size < base.size {
             return Err(StepError::Other(format!(
@@ -389,11 +389,11 @@ impl Builder {
         ));
 
         self.enter("cache-lookup");
-        let tags = self.c(self.cloud.list_tags()).await?;
+        let tags = self.cancellable(self.cloud.list_tags()).await?;
         let tag_uuid = |name: &str| tags.iter().find(|t| t.name == name).map(|t| t.uuid.clone());
         if let (Some(t), false) = (tag_uuid(TAG), self.opts.force) {
             let drives = self
-                .c(self.cloud.list_drives_filtered(&[("tag", t.as_str())]))
+                .cancellable(self.cloud.list_drives_filtered(&[("tag", t.as_str())]))
                 .await?;
             if let Some(d) = drives.iter().find(|d| {
                 d.meta.get(META_FINGERPRINT) == Some(&fingerprint)
@@ -437,7 +437,7 @@ impl Builder {
                 name: name.clone(),
                 ..Default::default()
             };
-            let t = self.c(self.cloud.create_tag(&tc)).await?;
+            let t = self.cancellable(self.cloud.create_tag(&tc)).await?;
             created.tags.push((t.uuid.clone(), t.name.clone()));
             tag_ids.insert(t.name.clone(), t.uuid.clone());
         }
@@ -460,12 +460,16 @@ impl Builder {
             media: Some("disk".into()),
             ..Default::default()
         };
-        let d = self.c(self.cloud.clone_libdrive(&base.uuid, &req)).await?;
+        let d = self
+            .cancellable(self.cloud.clone_libdrive(&base.uuid, &req))
+            .await?;
         created.drive = Some(d.uuid.clone());
         let d = self
-            .c(self
-                .cloud
-                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, secs(to.clone)))
+            .cancellable(self.cloud.wait_drive_status(
+                &d.uuid,
+                DriveStatus::Unmounted,
+                secs(to.clone),
+            ))
             .await?;
 
         self.enter("resize");
@@ -474,12 +478,14 @@ impl Builder {
         def.meta.extend(build_meta.clone());
         def.tags = vec![Ref::Uuid(build_tag.clone())];
         let d = self
-            .c(self.cloud.resize_drive(&def, recipe.disk_size))
+            .cancellable(self.cloud.resize_drive(&def, recipe.disk_size))
             .await?;
         let _ = self
-            .c(self
-                .cloud
-                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, secs(to.resize)))
+            .cancellable(self.cloud.wait_drive_status(
+                &d.uuid,
+                DriveStatus::Unmounted,
+                secs(to.resize),
+            ))
             .await?;
 
         self.enter("create-server");
@@ -501,23 +507,25 @@ impl Builder {
             pubkeys: Vec::new(),
         };
         created.maybe_server = Some(server_name.clone());
-        let s = self.c(self.cloud.create_server(&sreq)).await?;
+        let s = self.cancellable(self.cloud.create_server(&sreq)).await?;
         created.server = Some(s.uuid.clone());
 
         self.enter("start");
-        self.c(self.cloud.server_action(&s.uuid, ServerAction::Start))
+        self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Start))
             .await?;
         let s = self
-            .c(self
-                .cloud
-                .wait_server_status(&s.uuid, ServerStatus::Running, secs(to.start)))
+            .cancellable(self.cloud.wait_server_status(
+                &s.uuid,
+                ServerStatus::Running,
+                secs(to.start),
+            ))
             .await?;
         // the NAT address may appear in the runtime a little after `running`; a timeout here
         // reads "… waiting for server <uuid> to become running with a NAT IP"
         let s = match runtime_ip(&s) {
             Some(_) => s,
             None => {
-                self.c(self.cloud.wait_server_until(
+                self.cancellable(self.cloud.wait_server_until(
                     &s.uuid,
                     "running with a NAT IP",
                     secs(60),
@@ -554,10 +562,11 @@ impl Builder {
             "builder server {} at {}; waiting for SSH as {}",
             s.uuid, ip, target.user
         ));
-        self.g(self
-            .transport
-            .wait_ready(&target, secs(to.ssh), &self.cancel))
-            .await?;
+        self.on_guest(
+            self.transport
+                .wait_ready(&target, secs(to.ssh), &self.cancel),
+        )
+        .await?;
 
         self.enter("provision");
         let env = recipe.script_env();
@@ -568,7 +577,7 @@ impl Builder {
             let sink = |l: &str| self.reporter.output(l);
             match &st.kind {
                 StepKind::Script { path } => {
-                    self.g(self.transport.run_script(&target, path, &env, tmo, &sink))
+                    self.on_guest(self.transport.run_script(&target, path, &env, tmo, &sink))
                         .await?
                 }
                 StepKind::Upload {
@@ -577,9 +586,11 @@ impl Builder {
                     mode,
                     sha256,
                 } => {
-                    self.g(self.transport.upload(&target, src, dest, mode, tmo))
+                    self.on_guest(self.transport.upload(&target, src, dest, mode, tmo))
                         .await?;
-                    let got = self.g(self.transport.remote_sha256(&target, dest)).await?;
+                    let got = self
+                        .on_guest(self.transport.remote_sha256(&target, dest))
+                        .await?;
                     if !got.eq_ignore_ascii_case(sha256) {
                         return Err(StepError::Other(format!("upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}", src.display())));
                     }
@@ -587,34 +598,37 @@ impl Builder {
                         .output(&format!("{dest}: sha256 {got} verified"));
                 }
                 StepKind::Reboot => {
-                    self.g(self
-                        .transport
-                        .reboot(&target, secs(to.reboot), &self.cancel))
-                        .await?
+                    self.on_guest(
+                        self.transport
+                            .reboot(&target, secs(to.reboot), &self.cancel),
+                    )
+                    .await?
                 }
             }
         }
         self.reporter.end_steps();
 
         self.enter("clean-guest");
-        self.g(self.transport.clean(&target)).await?;
+        self.on_guest(self.transport.clean(&target)).await?;
 
         self.enter("shutdown");
-        self.c(self.cloud.server_action(&s.uuid, ServerAction::Shutdown))
+        self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Shutdown))
             .await?;
         match self
-            .c(self
-                .cloud
-                .wait_server_status(&s.uuid, ServerStatus::Stopped, secs(to.shutdown)))
+            .cancellable(self.cloud.wait_server_status(
+                &s.uuid,
+                ServerStatus::Stopped,
+                secs(to.shutdown),
+            ))
             .await
         {
             Ok(_) => {}
             Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {
                 self.reporter
                     .line("guest did not power off after ACPI shutdown; forcing stop");
-                self.c(self.cloud.server_action(&s.uuid, ServerAction::Stop))
+                self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Stop))
                     .await?;
-                self.c(self.cloud.wait_server_status(
+                self.cancellable(self.cloud.wait_server_status(
                     &s.uuid,
                     ServerStatus::Stopped,
                     secs(to.stop),
@@ -626,7 +640,8 @@ impl Builder {
 
         self.enter("delete-server");
         // no recurse: the drive is the product
-        self.c(self.cloud.delete_server(&s.uuid, None)).await?;
+        self.cancellable(self.cloud.delete_server(&s.uuid, None))
+            .await?;
         created.server = None;
         created.maybe_server = None;
 
@@ -648,7 +663,7 @@ impl Builder {
         meta.insert("imgbuild.built-at".into(), rfc3339(built_at));
         meta.insert("imgbuild.base".into(), base.uuid.clone());
         meta.insert("imgbuild.version".into(), env!("CARGO_PKG_VERSION").into());
-        let mut fin = self.c(self.cloud.get_drive(&d.uuid)).await?;
+        let mut fin = self.cancellable(self.cloud.get_drive(&d.uuid)).await?;
         fin.name = name;
         fin.meta = meta;
         fin.tags = want_tags
@@ -656,7 +671,7 @@ impl Builder {
             .filter_map(|n| tag_ids.get(n))
             .map(|u| Ref::Uuid(u.clone()))
             .collect();
-        let fin = self.c(self.cloud.update_drive(&fin)).await?;
+        let fin = self.cancellable(self.cloud.update_drive(&fin)).await?;
         // from here on the drive is the product, not a leftover
         *created = Created::default();
         let mut m = self.manifest_of(recipe, &fin, &base, &fingerprint, false, started);

@@ -4,18 +4,21 @@
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::yaml::{kerr, ConfigError};
+use crate::yaml::{key_error, ConfigError};
 
 pub fn absolute_device(key: &str, dev: &str) -> Result<(), ConfigError> {
     if !dev.starts_with("/dev/") {
-        return Err(kerr(
+        return Err(key_error(
             key,
             format!("device {dev:?} is not a path under /dev (cloud-init's ephemeral/swap aliases do not exist on CloudSigma)"),
         ));
     }
     if dev.split('/').any(|c| c == "..") || dev.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(kerr(key, format!("device {dev:?} is not a plain path")));
+        return Err(key_error(
+            key,
+            format!("device {dev:?} is not a plain path"),
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use serde_yaml::Value;
 use super::{devices, Cx};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::yaml::{boolish, kerr, scalar_string, type_name, ConfigError};
+use crate::yaml::{boolish, key_error, scalar_string, type_name, ConfigError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableType {
@@ -45,7 +45,7 @@ pub struct Disk {
 fn part_type(key: &str, t: &str, table: TableType) -> Result<String, ConfigError> {
     let lower = t.to_ascii_lowercase();
     let bad = || {
-        kerr(
+        key_error(
             key,
             format!("partition type {t:?} is not supported for {} (use 82, 83, 8e, fd, ef or a GPT type GUID)", table.label()),
         )
@@ -96,7 +96,7 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
         Value::Null => return Ok(Vec::new()),
         Value::Mapping(m) => m,
         other => {
-            return Err(kerr(
+            return Err(key_error(
                 "disk_setup",
                 format!("expected a mapping of devices, got {}", type_name(other)),
             ))
@@ -108,7 +108,7 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
         let key = format!("disk_setup.{dev}");
         devices::absolute_device(&key, &dev)?;
         let Value::Mapping(d) = def else {
-            return Err(kerr(
+            return Err(key_error(
                 &key,
                 format!("expected a mapping, got {}", type_name(def)),
             ));
@@ -120,7 +120,7 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
                 "mbr" => TableType::Mbr,
                 "gpt" => TableType::Gpt,
                 _ => {
-                    return Err(kerr(
+                    return Err(key_error(
                         format!("{key}.table_type"),
                         format!("{t:?} is not mbr or gpt"),
                     ))
@@ -129,7 +129,7 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
         };
         let overwrite = match get("overwrite") {
             None => false,
-            Some(v) => boolish(v).map_err(|e| kerr(format!("{key}.overwrite"), e))?,
+            Some(v) => boolish(v).map_err(|e| key_error(format!("{key}.overwrite"), e))?,
         };
         let lkey = format!("{key}.layout");
         let parts = match get("layout") {
@@ -137,30 +137,33 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
             None | Some(Value::Null) | Some(Value::Bool(false)) => continue,
             Some(Value::Bool(true)) => Vec::new(),
             Some(Value::String(s)) if s.eq_ignore_ascii_case("remove") => {
-                return Err(kerr(lkey, "'remove' is not supported"))
+                return Err(key_error(lkey, "'remove' is not supported"))
             }
             Some(Value::Sequence(items)) if !items.is_empty() => {
                 if table_type == TableType::Mbr && items.len() > 4 {
-                    return Err(kerr(lkey, "mbr allows at most 4 partitions"));
+                    return Err(key_error(lkey, "mbr allows at most 4 partitions"));
                 }
                 let mut parts = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let ikey = format!("{lkey}[{i}]");
                     let (pct, ty) = match it {
                         Value::Sequence(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
-                        Value::Sequence(_) => return Err(kerr(ikey, "expected [percent, type]")),
+                        Value::Sequence(_) => {
+                            return Err(key_error(ikey, "expected [percent, type]"))
+                        }
                         other => (other, None),
                     };
                     let percent = pct
                         .as_f64()
                         .filter(|p| *p > 0.0 && *p <= 100.0)
                         .ok_or_else(|| {
-                            kerr(&ikey, "the size must be a percentage (0 < n <= 100)")
+                            key_error(&ikey, "the size must be a percentage (0 < n <= 100)")
                         })?;
                     let ty = match ty {
                         None => "83".to_string(),
-                        Some(t) => scalar_string(t)
-                            .ok_or_else(|| kerr(&ikey, "the partition type must be a scalar"))?,
+                        Some(t) => scalar_string(t).ok_or_else(|| {
+                            key_error(&ikey, "the partition type must be a scalar")
+                        })?,
                     };
                     parts.push(Part {
                         percent,
@@ -168,12 +171,12 @@ pub fn parse(v: &Value) -> Result<Vec<Disk>, ConfigError> {
                     });
                 }
                 if parts.iter().map(|p| p.percent).sum::<f64>() > 100.0 + 1e-9 {
-                    return Err(kerr(lkey, "the percentages add up to more than 100"));
+                    return Err(key_error(lkey, "the percentages add up to more than 100"));
                 }
                 parts
             }
             Some(other) => {
-                return Err(kerr(
+                return Err(key_error(
                     lkey,
                     format!(
                         "expected true, false or a non-empty list, got {}",

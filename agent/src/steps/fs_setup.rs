@@ -8,7 +8,7 @@ use super::Cx;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::yaml::{
-    boolish, kerr, list_or_empty, scalar_string, string_list, type_name, ConfigError,
+    boolish, key_error, list_or_empty, scalar_string, string_list, type_name, ConfigError,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
     for (i, it) in items.iter().enumerate() {
         let key = format!("fs_setup[{i}]");
         let Value::Mapping(m) = it else {
-            return Err(kerr(
+            return Err(key_error(
                 &key,
                 format!("expected a mapping, got {}", type_name(it)),
             ));
@@ -63,7 +63,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
             match get(n) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => scalar_string(v).map(Some).ok_or_else(|| {
-                    kerr(
+                    key_error(
                         format!("{key}.{n}"),
                         format!("expected a string, got {}", type_name(v)),
                     )
@@ -73,16 +73,16 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
         if get("cmd").is_some() {
             // A shell command instead of mkfs: running something else than asked is worse than
             // stopping.
-            return Err(kerr(
+            return Err(key_error(
                 format!("{key}.cmd"),
                 "is not supported (use filesystem and extra_opts)",
             ));
         }
-        let device = s("device")?.ok_or_else(|| kerr(&key, "missing 'device'"))?;
+        let device = s("device")?.ok_or_else(|| key_error(&key, "missing 'device'"))?;
         devices::absolute_device(&format!("{key}.device"), &device)?;
-        let filesystem = s("filesystem")?.ok_or_else(|| kerr(&key, "missing 'filesystem'"))?;
+        let filesystem = s("filesystem")?.ok_or_else(|| key_error(&key, "missing 'filesystem'"))?;
         if !fs_name_ok(&filesystem) {
-            return Err(kerr(
+            return Err(key_error(
                 format!("{key}.filesystem"),
                 format!("{filesystem:?} is not a filesystem type"),
             ));
@@ -90,7 +90,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
         let label = s("label")?.filter(|l| !l.is_empty());
         if let Some(l) = &label {
             if l.chars().any(|c| c.is_control()) || l.len() > 64 {
-                return Err(kerr(
+                return Err(key_error(
                     format!("{key}.label"),
                     "contains control characters or is too long",
                 ));
@@ -105,7 +105,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
                 n => match n.parse::<u32>() {
                     Ok(n) if n >= 1 => PartSel::Num(n),
                     _ => {
-                        return Err(kerr(
+                        return Err(key_error(
                             format!("{key}.partition"),
                             format!("{p:?} is not auto, any, none or a partition number"),
                         ))
@@ -115,12 +115,12 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
         };
         let overwrite = match get("overwrite") {
             None => false,
-            Some(v) => boolish(v).map_err(|e| kerr(format!("{key}.overwrite"), e))?,
+            Some(v) => boolish(v).map_err(|e| key_error(format!("{key}.overwrite"), e))?,
         };
         let replace_fs = s("replace_fs")?.filter(|r| !r.is_empty());
         if let Some(r) = &replace_fs {
             if !fs_name_ok(r) {
-                return Err(kerr(
+                return Err(key_error(
                     format!("{key}.replace_fs"),
                     format!("{r:?} is not a filesystem type"),
                 ));
@@ -130,7 +130,7 @@ pub fn parse(v: &Value, warnings: &mut Vec<String>) -> Result<Vec<Filesystem>, C
             None | Some(Value::Null) => Vec::new(),
             // cloud-init splits a string with shlex; a list of words is what the provider emits.
             Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-            Some(v) => string_list(v).map_err(|e| kerr(format!("{key}.extra_opts"), e))?,
+            Some(v) => string_list(v).map_err(|e| key_error(format!("{key}.extra_opts"), e))?,
         };
         for (k, _) in m.iter() {
             let k = k.as_str().unwrap_or("<non-string key>");

@@ -9,7 +9,7 @@ use serde_yaml::Value;
 use super::Cx;
 use crate::error::{Error, IoContext, IoOp, Result};
 use crate::fsutil::{atomic_write, Owner, WriteMode};
-use crate::yaml::{boolish, kerr, opt_string, ConfigError};
+use crate::yaml::{boolish, key_error, opt_string, ConfigError};
 
 /// The four top-level keys that decide the host name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,13 +23,13 @@ pub struct Hostname {
 impl Hostname {
     /// Take `key` if it is one of ours: Ok(false) leaves it to the other steps.
     pub fn parse_key(&mut self, key: &str, v: &Value) -> Result<bool, ConfigError> {
-        let kerr = |msg: String| kerr(key, msg);
+        let at_key = |msg: String| key_error(key, msg);
         match key {
-            "hostname" => self.hostname = opt_string(v).map_err(kerr)?,
-            "fqdn" => self.fqdn = opt_string(v).map_err(kerr)?,
-            "preserve_hostname" => self.preserve_hostname = boolish(v).map_err(kerr)?,
+            "hostname" => self.hostname = opt_string(v).map_err(at_key)?,
+            "fqdn" => self.fqdn = opt_string(v).map_err(at_key)?,
+            "preserve_hostname" => self.preserve_hostname = boolish(v).map_err(at_key)?,
             "prefer_fqdn_over_hostname" => {
-                self.prefer_fqdn_over_hostname = boolish(v).map_err(kerr)?
+                self.prefer_fqdn_over_hostname = boolish(v).map_err(at_key)?
             }
             _ => return Ok(false),
         }

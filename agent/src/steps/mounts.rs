@@ -9,7 +9,7 @@ use super::Cx;
 use crate::error::{Error, IoContext, IoOp, Result};
 use crate::fsutil::{atomic_write, Owner, WriteMode};
 use crate::sys;
-use crate::yaml::{kerr, list_or_empty, scalar_string, type_name, ConfigError};
+use crate::yaml::{key_error, list_or_empty, scalar_string, type_name, ConfigError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mount {
@@ -84,7 +84,7 @@ pub fn parse(
                 def[j] = match it {
                     Value::Null => None,
                     other => Some(scalar_string(other).ok_or_else(|| {
-                        kerr(
+                        key_error(
                             format!("mount_default_fields[{j}]"),
                             format!("expected a string or null, got {}", type_name(other)),
                         )
@@ -93,7 +93,7 @@ pub fn parse(
             }
         }
         Some(other) => {
-            return Err(kerr(
+            return Err(key_error(
                 "mount_default_fields",
                 format!(
                     "expected a list of at most 6 fields, got {}",
@@ -107,13 +107,13 @@ pub fn parse(
     for (i, it) in items.iter().enumerate() {
         let key = format!("mounts[{i}]");
         let Value::Sequence(fields) = it else {
-            return Err(kerr(
+            return Err(key_error(
                 &key,
                 format!("expected a list of fstab fields, got {}", type_name(it)),
             ));
         };
         if fields.is_empty() || fields.len() > 6 {
-            return Err(kerr(
+            return Err(key_error(
                 &key,
                 format!("expected 1 to 6 fields, got {}", fields.len()),
             ));
@@ -123,7 +123,7 @@ pub fn parse(
             let given = match fields.get(j) {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(scalar_string(v).ok_or_else(|| {
-                    kerr(
+                    key_error(
                         format!("{key}[{j}]"),
                         format!("expected a string, got {}", type_name(v)),
                     )
@@ -132,7 +132,7 @@ pub fn parse(
             f.push(given.or_else(|| default.clone()));
         }
         let Some(dev) = f[0].clone() else {
-            return Err(kerr(&key, "missing the device"));
+            return Err(key_error(&key, "missing the device"));
         };
         let Some(device) = mount_device(&dev) else {
             warnings.push(format!("{key}: device {dev:?} is a cloud-init alias that does not exist on CloudSigma: entry skipped"));
@@ -145,7 +145,7 @@ pub fn parse(
         if mountpoint != "none"
             && (!mountpoint.starts_with('/') || mountpoint.split('/').any(|c| c == ".."))
         {
-            return Err(kerr(
+            return Err(key_error(
                 format!("{key}[1]"),
                 format!("mount point {mountpoint:?} is not an absolute path or 'none'"),
             ));
@@ -153,7 +153,7 @@ pub fn parse(
         let mut full = vec![device, mountpoint];
         for (j, x) in f.iter().enumerate().skip(2) {
             full.push(x.clone().ok_or_else(|| {
-                kerr(
+                key_error(
                     format!("{key}[{j}]"),
                     "missing (and no default in mount_default_fields)",
                 )
@@ -161,7 +161,7 @@ pub fn parse(
         }
         for (j, x) in full.iter().enumerate() {
             if !field_ok(x) {
-                return Err(kerr(
+                return Err(key_error(
                     format!("{key}[{j}]"),
                     "an fstab field must not be empty or contain spaces, '#' or control characters",
                 ));
