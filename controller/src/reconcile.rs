@@ -98,9 +98,70 @@ pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 pub fn error_policy(n: Arc<Node>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let name = n.metadata.name.as_deref().unwrap_or("");
     tracing::warn!(node = name, error = %err, "reconcile failed; retrying");
-    // kube-runtime does not back off per object on its own; a few seconds keeps a broken Node from
-    // spinning while still converging quickly after transient failures.
-    Action::requeue(Duration::from_secs(5).min(ctx.sync_period))
+    Action::requeue(retry_delay(ctx.sync_period))
+}
+
+/// kube-runtime does not back off per object on its own; a few seconds keeps a broken Node from
+/// spinning while still converging quickly after transient failures.
+fn retry_delay(sync_period: Duration) -> Duration {
+    Duration::from_secs(5).min(sync_period)
+}
+
+/// Whether this copy of a Node is the tainted one from before our own initializing Update (see
+/// [`Ctx::stale_after_init`]). An untainted Node ends its entry.
+fn is_stale_copy(
+    stale: &mut HashMap<String, Vec<String>>,
+    uid: &str,
+    tainted: bool,
+    resource_version: Option<&str>,
+) -> bool {
+    if !tainted {
+        stale.remove(uid);
+        return false;
+    }
+    match (stale.get(uid), resource_version) {
+        (Some(rvs), Some(rv)) => rvs.iter().any(|r| r == rv),
+        _ => false,
+    }
+}
+
+/// The initializing change on a copy of the Node: providerID (if it has none), the
+/// uninitialized taint removed, the labels it lacks added.
+fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: &str, zone: &str) {
+    let spec = cur.spec.get_or_insert_with(Default::default);
+    if spec.provider_id.as_deref().unwrap_or("").is_empty() {
+        spec.provider_id = Some(node::provider_id(server_uuid));
+    }
+    if let Some(t) = spec.taints.as_mut() {
+        t.retain(|t| t.key != node::TAINT_UNINITIALIZED);
+    }
+    let labels = cur.metadata.labels.get_or_insert_with(Default::default);
+    let add = node::labels_to_add(labels, itype, region, zone);
+    labels.extend(add);
+}
+
+/// The shutdown taint a Node should get for its server's status: `Some(true)` add it (stopped),
+/// `Some(false)` remove it (running again), `None` leave it (any other status, or already so).
+fn shutdown_taint_change(status: ServerStatus, tainted: bool) -> Option<bool> {
+    match status {
+        ServerStatus::Stopped if !tainted => Some(true),
+        ServerStatus::Running if tainted => Some(false),
+        _ => None,
+    }
+}
+
+/// Puts the shutdown taint on (`on`) or off in `taints`; false when it already was so.
+fn set_shutdown_taint_in(taints: &mut Vec<k8s_openapi::api::core::v1::Taint>, on: bool) -> bool {
+    let has = taints.iter().any(|t| t.key == node::TAINT_SHUTDOWN);
+    if has == on {
+        return false;
+    }
+    if on {
+        taints.push(node::shutdown_taint());
+    } else {
+        taints.retain(|t| t.key != node::TAINT_SHUTDOWN);
+    }
+    true
 }
 
 async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
@@ -121,13 +182,14 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
             .stale_after_init
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !tainted {
-            stale.remove(&uid);
-        } else if let (Some(rvs), Some(rv)) = (stale.get(&uid), &n.metadata.resource_version) {
-            if rvs.contains(rv) {
-                // Already initialized by us; the watch will bring the untainted version.
-                return Ok(Action::await_change());
-            }
+        if is_stale_copy(
+            &mut stale,
+            &uid,
+            tainted,
+            n.metadata.resource_version.as_deref(),
+        ) {
+            // Already initialized by us; the watch will bring the untainted version.
+            return Ok(Action::await_change());
         }
     }
 
@@ -186,16 +248,7 @@ async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     // Update with optimistic concurrency; on a conflict (kubelet heartbeat labels, another writer)
     // re-read and re-apply.
     for attempt in 0..5 {
-        let spec = cur.spec.get_or_insert_with(Default::default);
-        if spec.provider_id.as_deref().unwrap_or("").is_empty() {
-            spec.provider_id = Some(node::provider_id(&server.uuid));
-        }
-        if let Some(t) = spec.taints.as_mut() {
-            t.retain(|t| t.key != node::TAINT_UNINITIALIZED);
-        }
-        let labels = cur.metadata.labels.get_or_insert_with(Default::default);
-        let add = node::labels_to_add(labels, &itype, &ctx.region, &ctx.zone);
-        labels.extend(add);
+        mark_initialized(&mut cur, &server.uuid, &itype, &ctx.region, &ctx.zone);
         stale_rvs.extend(cur.metadata.resource_version.iter().cloned());
         match ctx.nodes.replace(&name, &PostParams::default(), &cur).await {
             Ok(_) => {
@@ -254,18 +307,18 @@ async fn patch_addresses(
 async fn lifecycle_present(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
     let tainted = node::has_taint(n, node::TAINT_SHUTDOWN);
-    match server.status {
-        ServerStatus::Stopped if !tainted => {
+    match shutdown_taint_change(server.status, tainted) {
+        Some(true) => {
             set_shutdown_taint(&name, true, ctx).await?;
             ctx.metrics.action("shutdown_tainted");
             tracing::info!(node = %name, server = %server.uuid, "server stopped: node tainted shutdown");
         }
-        ServerStatus::Running if tainted => {
+        Some(false) => {
             set_shutdown_taint(&name, false, ctx).await?;
             ctx.metrics.action("shutdown_untainted");
             tracing::info!(node = %name, server = %server.uuid, "server running again: shutdown taint removed");
         }
-        _ => {}
+        None => {}
     }
     // Address re-sync only while running: a stopped server has no runtime IP, and dropping the
     // ExternalIP of a briefly stopped server helps nobody.
@@ -284,15 +337,8 @@ async fn set_shutdown_taint(name: &str, on: bool, ctx: &Ctx) -> Result<(), Error
     for attempt in 0..5 {
         let mut cur = ctx.nodes.get(name).await?;
         let spec = cur.spec.get_or_insert_with(Default::default);
-        let taints = spec.taints.get_or_insert_with(Vec::new);
-        let has = taints.iter().any(|t| t.key == node::TAINT_SHUTDOWN);
-        if has == on {
+        if !set_shutdown_taint_in(spec.taints.get_or_insert_with(Vec::new), on) {
             return Ok(());
-        }
-        if on {
-            taints.push(node::shutdown_taint());
-        } else {
-            taints.retain(|t| t.key != node::TAINT_SHUTDOWN);
         }
         match ctx.nodes.replace(name, &PostParams::default(), &cur).await {
             Ok(_) => return Ok(()),
@@ -353,5 +399,129 @@ async fn lifecycle_gone(n: &Node, uuid: &str, ctx: &Ctx) -> Result<Action, Error
                 "checking whether server {uuid} is gone: {e}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+
+    fn taint(key: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }
+    }
+
+    fn node_with(provider_id: Option<&str>, taints: Vec<Taint>, labels: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("n1".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n.spec = Some(NodeSpec {
+            provider_id: provider_id.map(Into::into),
+            taints: Some(taints),
+            ..Default::default()
+        });
+        n
+    }
+
+    #[test]
+    fn retry_delay_is_five_seconds_at_most_the_sync_period() {
+        assert_eq!(retry_delay(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(retry_delay(Duration::from_secs(2)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn stale_copy_is_recognised_and_forgotten_once_untainted() {
+        let mut stale = HashMap::from([("u1".to_string(), vec!["10".to_string(), "11".into()])]);
+        assert!(is_stale_copy(&mut stale, "u1", true, Some("11")));
+        assert!(!is_stale_copy(&mut stale, "u1", true, Some("12")));
+        assert!(!is_stale_copy(&mut stale, "u1", true, None));
+        assert!(!is_stale_copy(&mut stale, "u2", true, Some("10")));
+        assert!(stale.contains_key("u1"));
+        // the untainted Node ends the entry; a later tainted copy is not stale any more
+        assert!(!is_stale_copy(&mut stale, "u1", false, Some("13")));
+        assert!(stale.is_empty());
+        assert!(!is_stale_copy(&mut stale, "u1", true, Some("10")));
+    }
+
+    #[test]
+    fn mark_initialized_sets_provider_id_drops_only_the_uninitialized_taint_and_adds_labels() {
+        let mut n = node_with(
+            None,
+            vec![taint(node::TAINT_UNINITIALIZED), taint("other")],
+            &[(node::LABEL_ZONE, "mine")],
+        );
+        mark_initialized(&mut n, "uuid-1", "2c-4000mhz-4g", "zrh", "zrh");
+        let spec = n.spec.as_ref().unwrap();
+        assert_eq!(spec.provider_id.as_deref(), Some("cloudsigma://uuid-1"));
+        let keys: Vec<_> = spec
+            .taints
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect();
+        assert_eq!(keys, ["other"]);
+        let labels = n.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[node::LABEL_INSTANCE_TYPE], "2c-4000mhz-4g");
+        assert_eq!(labels[node::LABEL_REGION], "zrh");
+        // an existing label is never overwritten
+        assert_eq!(labels[node::LABEL_ZONE], "mine");
+    }
+
+    #[test]
+    fn mark_initialized_keeps_an_existing_provider_id() {
+        let mut n = node_with(Some("cloudsigma://kept"), vec![], &[]);
+        mark_initialized(&mut n, "other", "1c-1000mhz-1g", "", "");
+        assert_eq!(
+            n.spec.unwrap().provider_id.as_deref(),
+            Some("cloudsigma://kept")
+        );
+        // empty region/zone add no labels
+        let labels = n.metadata.labels.unwrap();
+        assert!(!labels.contains_key(node::LABEL_REGION));
+        assert!(!labels.contains_key(node::LABEL_ZONE));
+    }
+
+    #[test]
+    fn shutdown_taint_follows_stopped_and_running_only() {
+        use ServerStatus::*;
+        assert_eq!(shutdown_taint_change(Stopped, false), Some(true));
+        assert_eq!(shutdown_taint_change(Stopped, true), None);
+        assert_eq!(shutdown_taint_change(Running, true), Some(false));
+        assert_eq!(shutdown_taint_change(Running, false), None);
+        for s in [Starting, Stopping, Paused, Unavailable] {
+            assert_eq!(shutdown_taint_change(s, false), None, "{s}");
+            assert_eq!(shutdown_taint_change(s, true), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn shutdown_taint_is_added_once_and_removed_alone() {
+        let mut t = vec![taint("other")];
+        assert!(set_shutdown_taint_in(&mut t, true));
+        assert!(!set_shutdown_taint_in(&mut t, true));
+        assert_eq!(
+            t.iter().filter(|t| t.key == node::TAINT_SHUTDOWN).count(),
+            1
+        );
+        assert!(set_shutdown_taint_in(&mut t, false));
+        assert!(!set_shutdown_taint_in(&mut t, false));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].key, "other");
+    }
+
+    #[test]
+    fn error_kinds_name_the_failing_side() {
+        assert_eq!(Error::Cloud("x".into()).kind(), "cloudsigma");
+        assert_eq!(Error::Node("x".into()).kind(), "node");
     }
 }
