@@ -1,4 +1,4 @@
-//! What ships: `--version` names the commit (the four crates' identical build.rs), the kustomize
+//! What ships: `--version` names the commit (one build script, buildsrc/git_version.rs, for all four crates), the kustomize
 //! default image is what `scripts/controller-image` writes, and that archive is a valid OCI image
 //! layout (`ctr -n k8s.io images import`, `skopeo copy oci-archive:`): index → manifest → config
 //! and layer, every digest and size right, uid 65532, the binary alone.
@@ -53,12 +53,11 @@ fn kustomize_image() -> (String, String) {
 
 #[test]
 fn build_scripts_are_one_file() {
-    let read = |c: &str| std::fs::read(repo().join(c).join("build.rs")).expect(c);
-    let controller = read("controller");
-    for c in ["agent", "builder", "emulator"] {
+    for c in ["agent", "builder", "controller", "emulator"] {
+        let script = std::fs::read_to_string(repo().join(c).join("build.rs")).expect(c);
         assert!(
-            read(c) == controller,
-            "{c}/build.rs differs from controller/build.rs (they are one file, copied)"
+            script.contains(r#"include!("../buildsrc/git_version.rs");"#),
+            "{c}/build.rs must be the shared buildsrc/git_version.rs:\n{script}"
         );
     }
 }
