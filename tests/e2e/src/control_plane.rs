@@ -245,15 +245,7 @@ impl ControlPlane {
         // kubeadm copies the server of the kubeconfig it was given (our host-side 127.0.0.1) into
         // kube-public/cluster-info, and a joining node bootstraps against the server it finds
         // there: it must be the guest's view, 10.0.2.2. The bootstrap signer re-signs the change.
-        let info = cp.kubectl(&[
-            "-n",
-            "kube-public",
-            "get",
-            "configmap",
-            "cluster-info",
-            "-o",
-            "json",
-        ])?;
+        let info = cp.cluster_info()?;
         let fixed = info.replace(
             &format!("https://127.0.0.1:{port}"),
             &format!("https://{GUEST_HOST}:{port}"),
@@ -307,6 +299,19 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// kube-public/cluster-info as JSON: what a joining node's discovery reads.
+    pub fn cluster_info(&self) -> Result<String, String> {
+        self.kubectl(&[
+            "-n",
+            "kube-public",
+            "get",
+            "configmap",
+            "cluster-info",
+            "-o",
+            "json",
+        ])
     }
 
     /// kubectl as cluster admin; stdout, or an error with stderr.

@@ -35,17 +35,7 @@ fn control_plane_serves_join_discovery() {
     // kube-controller-manager's bootstrap signer signs cluster-info for the new token
     let deadline = Instant::now() + Duration::from_secs(60);
     let info = loop {
-        let info = cp
-            .kubectl(&[
-                "-n",
-                "kube-public",
-                "get",
-                "configmap",
-                "cluster-info",
-                "-o",
-                "json",
-            ])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let info = cp.cluster_info().unwrap_or_else(|e| panic!("{e}"));
         if info.contains(&format!("jws-kubeconfig-{token_id}")) {
             break info;
         }

@@ -33,57 +33,17 @@ const UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 /// KubeadmConfig `files` entry would carry it.
 const CNI_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e-bridge","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
-/// Cluster API kubeadm bootstrap data for a worker as CABPK renders it (jinja header, the
-/// JoinConfiguration in write_files, the join and the success marker in runcmd), with the real
-/// token and CA pin, the kubelet flags a CloudSigma worker gets (external cloud provider; no
-/// --node-ip: the server has no private NIC, so the controller's addresses rule), the CNI config
-/// and our SSH key for the checks.
+/// The join data a CloudSigma worker gets: the real token and CA pin, the external cloud
+/// provider, no --node-ip (the server has no private NIC, so the controller's addresses rule),
+/// and the CNI config as a KubeadmConfig `files` entry.
 fn bootstrap_data(join: &JoinCredentials, pubkey: &str) -> String {
-    let cni = CNI_CONFLIST.replace('"', "\\\"");
-    format!(
-        r#"## template: jinja
-#cloud-config
-
-write_files:
--   path: /run/kubeadm/kubeadm-join-config.yaml
-    owner: root:root
-    permissions: '0640'
-    content: |
-      ---
-      apiVersion: kubeadm.k8s.io/v1beta4
-      discovery:
-        bootstrapToken:
-          apiServerEndpoint: {endpoint}
-          caCertHashes:
-          - {hash}
-          token: {token}
-      kind: JoinConfiguration
-      nodeRegistration:
-        criSocket: unix:///var/run/containerd/containerd.sock
-        kubeletExtraArgs:
-        - name: cloud-provider
-          value: external
-        - name: provider-id
-          value: cloudsigma://{{{{ ds.meta_data.instance_id }}}}
-        name: '{{{{ ds.meta_data.local_hostname }}}}'
--   path: /etc/cni/net.d/10-bridge.conflist
-    owner: root:root
-    permissions: '0644'
-    content: "{cni}"
--   path: /run/cluster-api/placeholder
-    owner: root:root
-    permissions: '0640'
-    content: "This placeholder file is used to create the /run/cluster-api sub directory in a way that is compatible with both Linux and Windows (mkdir -p /run/cluster-api does not work with Windows)"
--   path: /home/debian/.ssh/authorized_keys
-    owner: root:root
-    permissions: '0644'
-    content: "{pubkey}"
-runcmd:
-  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml  && echo success > /run/cluster-api/bootstrap-success.complete
-"#,
-        endpoint = join.endpoint,
-        hash = join.ca_cert_hash,
-        token = join.token,
+    harness::cabpk_worker_data(
+        &join.endpoint,
+        &join.token,
+        &join.ca_cert_hash,
+        &[("cloud-provider", "external")],
+        &[("/etc/cni/net.d/10-bridge.conflist", "0644", CNI_CONFLIST)],
+        pubkey,
     )
 }
 

@@ -12,44 +12,16 @@ use e2e::harness::{self, say, FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// Cluster API kubeadm bootstrap data for a worker, as CABPK emits it (jinja header, write_files
-/// with the JoinConfiguration, runcmd with the marker), plus our SSH key for the assertions.
+/// Cluster API kubeadm bootstrap data for a worker (the stub only records the join: placeholder
+/// credentials).
 fn bootstrap_data(pubkey: &str) -> String {
-    format!(
-        r#"## template: jinja
-#cloud-config
-
-write_files:
--   path: /run/kubeadm/kubeadm-join-config.yaml
-    owner: root:root
-    permissions: '0640'
-    content: |
-      ---
-      apiVersion: kubeadm.k8s.io/v1beta4
-      discovery:
-        bootstrapToken:
-          apiServerEndpoint: 10.10.0.2:6443
-          caCertHashes:
-          - sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e
-          token: abcdef.0123456789abcdef
-      kind: JoinConfiguration
-      nodeRegistration:
-        criSocket: unix:///var/run/containerd/containerd.sock
-        kubeletExtraArgs:
-        - name: provider-id
-          value: cloudsigma://{{{{ ds.meta_data.instance_id }}}}
-        name: '{{{{ ds.meta_data.local_hostname }}}}'
--   path: /run/cluster-api/placeholder
-    owner: root:root
-    permissions: '0640'
-    content: "This placeholder file is used to create the /run/cluster-api sub directory in a way that is compatible with both Linux and Windows (mkdir -p /run/cluster-api does not work with Windows)"
--   path: /home/debian/.ssh/authorized_keys
-    owner: root:root
-    permissions: '0644'
-    content: "{pubkey}"
-runcmd:
-  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml  && echo success > /run/cluster-api/bootstrap-success.complete
-"#
+    harness::cabpk_worker_data(
+        "10.10.0.2:6443",
+        "abcdef.0123456789abcdef",
+        "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
+        &[],
+        &[],
+        pubkey,
     )
 }
 
