@@ -1,8 +1,14 @@
-//! `/admin/`: fault injection, counters, state dump, library registration. JSON, no auth, outside
-//! `/api/2.0/` so it never disturbs what clients see (loopback only).
+//! `/admin/`: fault injection, counters, state dump, library registration. JSON, outside
+//! `/api/2.0/` so it never disturbs what clients see.
+//!
+//! Served on its own listener, never on the API's: the API port may be exposed (or reached by
+//! guests) while these endpoints change everything. The listener is loopback by default and needs
+//! no credentials there; on another address, or with `admin_auth`, it asks for the API's.
 
-use axum::extract::{Path, State as AxState};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State as AxState};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloudsigma_api::LibDrive;
@@ -11,7 +17,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::config::{FaultConfig, Timings};
-use crate::faults::OnceRule;
+use crate::faults::{ContextNotReady, OnceRule};
 
 type R = (StatusCode, Json<Value>);
 
@@ -38,6 +44,48 @@ fn bad(msg: String) -> R {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg})))
 }
 
+/// The admin listener's service: [`router`], with the API's credentials required when
+/// `require_auth`, and a JSON 404 for anything else.
+pub fn service(app: Arc<App>, require_auth: bool) -> Router {
+    let mut r = router().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such admin endpoint (see docs/emulator.md)"})),
+        )
+    });
+    if require_auth {
+        r = r.layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_credentials,
+        ));
+    }
+    r.with_state(app)
+}
+
+async fn require_credentials(
+    AxState(app): AxState<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match crate::api::auth::check_auth(&app, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            let msg = e
+                .entries
+                .first()
+                .map(|x| x.error_message.clone())
+                .unwrap_or_default();
+            let mut r = (e.status, Json(json!({ "error": msg }))).into_response();
+            for (k, v) in &e.headers {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    r.headers_mut().insert(*k, v);
+                }
+            }
+            r
+        }
+    }
+}
+
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/counters", get(counters))
@@ -53,6 +101,18 @@ pub fn router() -> Router<Arc<App>> {
         .route(
             "/admin/faults/once/",
             get(once_get).post(once_post).delete(once_clear),
+        )
+        .route(
+            "/admin/faults/context",
+            get(context_faults_get)
+                .post(context_faults_post)
+                .delete(context_faults_clear),
+        )
+        .route(
+            "/admin/faults/context/",
+            get(context_faults_get)
+                .post(context_faults_post)
+                .delete(context_faults_clear),
         )
         .route("/admin/state", get(state))
         .route("/admin/state/", get(state))
@@ -175,6 +235,46 @@ async fn once_clear(AxState(app): AxState<Arc<App>>) -> R {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .once
+        .clear();
+    (StatusCode::OK, Json(json!([])))
+}
+
+async fn context_faults_get(AxState(app): AxState<Arc<App>>) -> R {
+    let f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
+    (StatusCode::OK, Json(json!(f.context)))
+}
+
+/// Body: one [`ContextNotReady`] or a list.
+async fn context_faults_post(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
+    let rules: Vec<ContextNotReady> = match if v.is_array() {
+        serde_json::from_value(v)
+    } else {
+        serde_json::from_value(v).map(|r| vec![r])
+    } {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(format!(
+                "invalid serial fault (want {{\"server\": uuid or null, \"requests\": N, \"reply\": text, \"silent\": bool}}): {e}"
+            ))
+        }
+    };
+    for r in &rules {
+        if let Err(e) = r.validate() {
+            return bad(e);
+        }
+    }
+    let mut f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
+    for r in rules {
+        f.add_context_rule(r);
+    }
+    (StatusCode::OK, Json(json!(f.context)))
+}
+
+async fn context_faults_clear(AxState(app): AxState<Arc<App>>) -> R {
+    app.faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .context
         .clear();
     (StatusCode::OK, Json(json!([])))
 }

@@ -72,6 +72,12 @@ impl ContextSource for App {
     fn server_context(&self, uuid: &str) -> Option<Value> {
         App::server_context(self, uuid)
     }
+    fn serial_fault(&self, uuid: &str) -> Option<crate::faults::SerialFault> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serial_fault(uuid)
+    }
 }
 
 /// What the backend gets in [`Backend::attach`]: weak, so a backend holding it does not keep a

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::faults::ContextNotReady;
+pub use crate::tls::TlsConfig;
 
 /// How long each status transition takes. Transitions are driven by time (settled lazily on the
 /// next request and by a background ticker), never by the client.
@@ -128,11 +130,20 @@ pub struct LibDriveSeed {
     pub image_path: Option<PathBuf>,
 }
 
-/// Everything an emulator instance needs. `Default` gives 127.0.0.1:0, user `test@example.com` /
-/// `secret`, realistic timings, the seed library, no state file, a temporary context dir.
+/// Everything an emulator instance needs. `Default` gives the API on 127.0.0.1:0 and the admin
+/// endpoints on another 127.0.0.1:0, plain HTTP, user `test@example.com` / `secret`, realistic
+/// timings, the seed library, no state file, a temporary context dir.
 #[derive(Clone)]
 pub struct EmulatorConfig {
+    /// The API listener (`/api/2.0/` only).
     pub listen: SocketAddr,
+    /// The admin listener (`/admin/` only, never on the API's): loopback by default. On a
+    /// non-loopback address it asks for the API credentials, like [`Self::admin_auth`].
+    pub admin_listen: SocketAddr,
+    /// Require the API credentials (Basic or Bearer) on `/admin/` too.
+    pub admin_auth: bool,
+    /// Serve HTTPS (both listeners) instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
     pub username: String,
     pub password: String,
     /// Accepted as `Authorization: Bearer <token>` besides Basic auth.
@@ -149,6 +160,9 @@ pub struct EmulatorConfig {
     /// Account-wide `global_context` key/values served in every server context.
     pub global_context: cloudsigma_api::Meta,
     pub faults: FaultConfig,
+    /// Serial-context faults from the start (e.g. every server's first N requests answer "not
+    /// ready"); more with `POST /admin/faults/context`.
+    pub context_not_ready: Vec<ContextNotReady>,
     /// `None` = [`crate::backend::StateOnlyBackend`].
     pub backend: Option<Arc<dyn Backend>>,
     /// Delay between a change and the state-file save (changes within it are coalesced).
@@ -160,6 +174,9 @@ impl std::fmt::Debug for EmulatorConfig {
         // Never print the password or token.
         f.debug_struct("EmulatorConfig")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_auth", &self.admin_auth)
+            .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
@@ -170,6 +187,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("seed_library", &self.seed_library)
             .field("extra_libdrives", &self.extra_libdrives.len())
             .field("faults", &self.faults)
+            .field("context_not_ready", &self.context_not_ready)
             .finish()
     }
 }
@@ -178,6 +196,9 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_auth: false,
+            tls: None,
             username: "test@example.com".into(),
             password: "secret".into(),
             token: None,
@@ -189,6 +210,7 @@ impl Default for EmulatorConfig {
             extra_libdrives: Vec::new(),
             global_context: Default::default(),
             faults: FaultConfig::default(),
+            context_not_ready: Vec::new(),
             backend: None,
             save_debounce: Duration::from_millis(200),
         }

@@ -20,6 +20,11 @@ use tokio::task::JoinHandle;
 pub trait ContextSource: Send + Sync + 'static {
     /// The context JSON of a server; `None` once it is gone.
     fn server_context(&self, uuid: &str) -> Option<Value>;
+    /// An injected fault answering this request instead of the context (the early-boot "not
+    /// ready" reply); counted by the source.
+    fn serial_fault(&self, _uuid: &str) -> Option<crate::faults::SerialFault> {
+        None
+    }
 }
 
 /// Find one complete request in `buf`; returns (key, bytes consumed). Garbage before `<` is
@@ -90,6 +95,11 @@ pub fn answer(ctx: Option<&Value>, key: &str) -> Vec<u8> {
         }
         Some(v) => ascii_json(v),
     };
+    framed(line)
+}
+
+/// One answer on the wire: the line, `\n`, EOT.
+fn framed(line: String) -> Vec<u8> {
     let mut out = line.into_bytes();
     out.extend_from_slice(b"\n\x04");
     out
@@ -111,11 +121,15 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         buf.extend_from_slice(&chunk[..n]);
         while let Some((key, used)) = parse_request(&buf) {
             buf.drain(..used);
-            let ctx = match source.upgrade() {
-                Some(a) => a.server_context(&uuid),
-                None => return,
+            let reply = {
+                let Some(a) = source.upgrade() else { return };
+                match a.serial_fault(&uuid) {
+                    Some(crate::faults::SerialFault::Silent) => continue,
+                    Some(crate::faults::SerialFault::Reply(line)) => framed(line),
+                    None => answer(a.server_context(&uuid).as_ref(), &key),
+                }
             };
-            if stream.write_all(&answer(ctx.as_ref(), &key)).await.is_err() {
+            if stream.write_all(&reply).await.is_err() {
                 return;
             }
             let _ = stream.flush().await;

@@ -61,10 +61,80 @@ impl OnceRule {
     }
 }
 
+/// [D] The line a not-ready serial context sends instead of the context. The real wording is
+/// not captured anywhere we could read (cloud-init's `cloudinit/sources/helpers/cloudsigma.py`,
+/// the `cepko` package, `cloudsigma/cepgo` and the server-context docs say nothing about it);
+/// the reference only records that a stale non-JSON reply has been seen in the field. What
+/// matters to clients is that it is one framed line that is not JSON: cloud-init keeps it as a
+/// string and its datasource gives up (`server_context['meta']` raises), our agent retries.
+pub const NOT_READY_REPLY: &str = "context not ready";
+
+/// The serial context answers "not ready" (the early-boot reply) to the next `requests`
+/// requests of a server, then the context again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextNotReady {
+    /// Only this server; `None` = every server, each counted on its own.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// How many requests (per server) get the not-ready answer.
+    pub requests: u32,
+    /// The line sent instead of the context (framed like any answer: line, `\n`, EOT);
+    /// default [`NOT_READY_REPLY`]. Printable ASCII only.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// Answer nothing at all (the client's read times out), instead of a reply line.
+    #[serde(default)]
+    pub silent: bool,
+}
+
+impl ContextNotReady {
+    /// Every server's next `requests` requests get [`NOT_READY_REPLY`].
+    pub fn every_server(requests: u32) -> ContextNotReady {
+        ContextNotReady {
+            server: None,
+            requests,
+            reply: None,
+            silent: false,
+        }
+    }
+
+    /// Refuse replies that would break the framing or the clients' ASCII decoding.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.reply {
+            if r.len() > 4096 || !r.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(
+                    "reply must be printable ASCII without newlines, at most 4096 bytes".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the serial context sends instead of the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialFault {
+    /// This line (then `\n` and EOT).
+    Reply(String),
+    /// Nothing.
+    Silent,
+}
+
+/// A [`ContextNotReady`] rule and how many requests of each server it has answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextRule {
+    #[serde(flatten)]
+    pub rule: ContextNotReady,
+    pub answered: BTreeMap<String, u32>,
+}
+
 #[derive(Default)]
 pub struct Faults {
     pub cfg: FaultConfig,
     pub once: Vec<OnceRule>,
+    /// Serial-context faults, first match wins.
+    pub context: Vec<ContextRule>,
     window_start: Option<Instant>,
     window_count: u32,
 }
@@ -88,6 +158,38 @@ impl Faults {
             cfg,
             ..Default::default()
         }
+    }
+
+    pub fn add_context_rule(&mut self, rule: ContextNotReady) {
+        self.context.push(ContextRule {
+            rule,
+            answered: BTreeMap::new(),
+        });
+    }
+
+    /// Whether this serial request of `server` gets a fault instead of the context (and count it).
+    pub fn serial_fault(&mut self, server: &str) -> Option<SerialFault> {
+        let i = self.context.iter().position(|r| {
+            r.rule.server.as_deref().is_none_or(|s| s == server)
+                && r.answered.get(server).copied().unwrap_or(0) < r.rule.requests
+        })?;
+        let r = &mut self.context[i];
+        *r.answered.entry(server.to_string()).or_insert(0) += 1;
+        let fault = if r.rule.silent {
+            SerialFault::Silent
+        } else {
+            SerialFault::Reply(
+                r.rule
+                    .reply
+                    .clone()
+                    .unwrap_or_else(|| NOT_READY_REPLY.to_string()),
+            )
+        };
+        // a rule for one server is done once it answered its count
+        if r.rule.server.is_some() && r.answered.get(server) == Some(&r.rule.requests) {
+            self.context.remove(i);
+        }
+        Some(fault)
     }
 
     pub fn check(&mut self, method: &str, path: &str, pattern: &str, query: &str) -> Verdict {
@@ -200,6 +302,33 @@ mod tests {
             "/api/2.0/tags/{uuid}/servers/"
         );
     }
+    #[test]
+    fn context_rules_count_per_server_then_expire() {
+        let mut f = Faults::default();
+        f.add_context_rule(ContextNotReady::every_server(2));
+        f.add_context_rule(ContextNotReady {
+            server: Some("b".into()),
+            requests: 1,
+            reply: Some("busy".into()),
+            silent: true,
+        });
+        let nr = Some(SerialFault::Reply(NOT_READY_REPLY.into()));
+        assert_eq!(f.serial_fault("a"), nr);
+        assert_eq!(f.serial_fault("a"), nr);
+        assert_eq!(f.serial_fault("a"), None);
+        assert_eq!(f.serial_fault("b"), nr, "the first matching rule wins");
+        assert_eq!(f.serial_fault("b"), nr);
+        assert_eq!(f.serial_fault("b"), Some(SerialFault::Silent));
+        assert_eq!(f.serial_fault("b"), None);
+        assert_eq!(f.context.len(), 1, "the one-server rule is used up");
+        assert!(ContextNotReady {
+            reply: Some("a\nb".into()),
+            ..ContextNotReady::every_server(1)
+        }
+        .validate()
+        .is_err());
+    }
+
     #[test]
     fn once_rule_matching() {
         let r = OnceRule {

@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig::for_tests()).await?;
-//! let base = emu.api_url(); // http://127.0.0.1:PORT/api/2.0/
+//! let base = emu.api_url(); // http://127.0.0.1:PORT/api/2.0/ (admin: emu.admin_url(), another port)
 //! emu.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -18,10 +18,12 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod faults;
+pub mod mac;
 pub mod persist;
 pub mod pty;
 pub mod seed;
 pub mod state;
+pub mod tls;
 /// The QEMU backend (`--backend qemu`): real VMs, qcow2 drives. Owned by the vm-e2e work.
 pub mod vm;
 
@@ -30,14 +32,16 @@ pub use backend::{
     StateOnlyBackend,
 };
 pub use config::{EmulatorConfig, FaultConfig, LibDriveSeed, Timings};
-pub use faults::OnceRule;
+pub use faults::{ContextNotReady, OnceRule, NOT_READY_REPLY};
+pub use tls::TlsConfig;
 
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
@@ -50,9 +54,15 @@ pub struct Emulator;
 /// A running emulator. Dropping it without [`EmulatorHandle::shutdown`] aborts its tasks.
 pub struct EmulatorHandle {
     addr: SocketAddr,
+    admin_addr: SocketAddr,
+    /// `http` or `https`
+    scheme: &'static str,
+    /// The generated CA (self-signed TLS), PEM.
+    ca_pem: Option<String>,
     app: Arc<App>,
-    shutdown_tx: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    shutdown_tx: Option<watch::Sender<bool>>,
+    /// The API and the admin HTTP servers.
+    servers: Vec<JoinHandle<()>>,
     ticker: Option<JoinHandle<()>>,
     state_file: Option<PathBuf>,
     temp_dir: Option<PathBuf>,
@@ -99,6 +109,12 @@ impl Emulator {
             .backend
             .clone()
             .unwrap_or_else(|| Arc::new(StateOnlyBackend));
+        let mut faults = Faults::new(cfg.faults.clone());
+        for r in &cfg.context_not_ready {
+            r.validate()
+                .map_err(|e| anyhow::anyhow!("context_not_ready: {e}"))?;
+            faults.add_context_rule(r.clone());
+        }
         let server_uuids: Vec<String> = st.servers.keys().cloned().collect();
         let app = Arc::new(App::new(
             st,
@@ -106,7 +122,7 @@ impl Emulator {
             cfg.password.clone(),
             cfg.token.clone(),
             backend.clone(),
-            Faults::new(cfg.faults.clone()),
+            faults,
             ContextManager::new(ctx_dir, cfg.context_pty),
         ));
         for x in &cfg.extra_libdrives {
@@ -122,40 +138,112 @@ impl Emulator {
             app.contexts.open(&app, u);
         }
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        // TLS first: a bad certificate fails before anything listens
+        let tls = match &cfg.tls {
+            Some(t) => Some(tls::setup(t, &[cfg.listen, cfg.admin_listen])?),
+            None => None,
+        };
+        let listener = TcpListener::bind(cfg.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            .with_context(|| format!("cannot listen on {} (API)", cfg.listen))?;
+        let admin_listener = TcpListener::bind(cfg.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
         let addr = listener.local_addr()?;
-        let router = admin::router()
+        let admin_addr = admin_listener.local_addr()?;
+        for w in listen_warnings(addr, admin_addr, tls.is_some()) {
+            tracing::warn!("{w}");
+        }
+        let admin_auth = cfg.admin_auth || !admin_addr.ip().is_loopback();
+        let api_router = axum::Router::new()
             .fallback(api::handle)
             .with_state(app.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "emulator HTTP server failed");
-            }
-        });
+        let (tx, rx) = watch::channel(false);
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+        let servers = vec![
+            spawn_server(listener, api_router, acceptor.clone(), rx.clone(), "API")?,
+            spawn_server(
+                admin_listener,
+                admin::service(app.clone(), admin_auth),
+                acceptor,
+                rx,
+                "admin",
+            )?,
+        ];
         let ticker = tokio::spawn(ticker(
             Arc::downgrade(&app),
             cfg.state_file.clone(),
             cfg.save_debounce,
         ));
-        tracing::info!(%addr, "cloudsim listening");
+        tracing::info!(%addr, %admin_addr, tls = tls.is_some(), "cloudsim listening");
         Ok(EmulatorHandle {
             addr,
+            admin_addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            ca_pem: tls.and_then(|t| t.ca_pem),
             app,
             shutdown_tx: Some(tx),
-            server: Some(server),
+            servers,
             ticker: Some(ticker),
             state_file: cfg.state_file,
             temp_dir,
         })
     }
+}
+
+/// Serve `router` on `listener` (TLS-terminated when `tls` is given) until `stop` turns true.
+fn spawn_server(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> std::io::Result<JoinHandle<()>> {
+    let stopped = async move {
+        let _ = stop.wait_for(|v| *v).await;
+    };
+    let report = move |r: std::io::Result<()>| {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "emulator {what} server failed");
+        }
+    };
+    Ok(match tls {
+        Some(acceptor) => {
+            let l = tls::TlsListener::new(listener, acceptor)?;
+            tokio::spawn(async move {
+                report(axum::serve(l, router).with_graceful_shutdown(stopped).await)
+            })
+        }
+        None => tokio::spawn(async move {
+            report(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await,
+            )
+        }),
+    })
+}
+
+/// What to warn about before serving: listeners reachable from other machines.
+pub fn listen_warnings(api: SocketAddr, admin: SocketAddr, tls: bool) -> Vec<String> {
+    let mut w = Vec::new();
+    if !api.ip().is_loopback() {
+        w.push(format!(
+            "the API listens on {api}, which is not a loopback address: other machines can use this account{}",
+            if tls {
+                ""
+            } else {
+                " and see its credentials (plain HTTP; use --tls-cert/--tls-key or --tls-self-signed-ca)"
+            }
+        ));
+    }
+    if !admin.ip().is_loopback() {
+        w.push(format!(
+            "the admin endpoints listen on {admin}, which is not a loopback address: they require the API credentials{}",
+            if tls { "" } else { ", sent over plain HTTP" }
+        ));
+    }
+    w
 }
 
 /// Background: apply due transitions even when no request arrives, and save the state file
@@ -191,13 +279,21 @@ impl EmulatorHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-    /// `http://127.0.0.1:PORT/api/2.0/`
-    pub fn api_url(&self) -> String {
-        format!("http://{}/api/2.0/", self.addr)
+    /// The admin listener's address (never the API's).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
-    /// `http://127.0.0.1:PORT/admin/`
+    /// `http://127.0.0.1:PORT/api/2.0/` (`https://` with TLS)
+    pub fn api_url(&self) -> String {
+        format!("{}://{}/api/2.0/", self.scheme, self.addr)
+    }
+    /// `http://127.0.0.1:ADMIN_PORT/admin/` (`https://` with TLS)
     pub fn admin_url(&self) -> String {
-        format!("http://{}/admin/", self.addr)
+        format!("{}://{}/admin/", self.scheme, self.admin_addr)
+    }
+    /// The generated CA certificate (PEM) when serving TLS with [`TlsConfig::SelfSigned`].
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
     pub fn username(&self) -> &str {
         &self.app.username
@@ -240,6 +336,17 @@ impl EmulatorHandle {
             .once
             .push(rule);
     }
+    /// Answer the serial context's next requests with the early-boot "not ready" reply (like
+    /// `POST /admin/faults/context`).
+    pub fn add_context_not_ready(&self, rule: ContextNotReady) -> anyhow::Result<()> {
+        rule.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.app
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_context_rule(rule);
+        Ok(())
+    }
     /// Requests per `"METHOD /api/2.0/pattern/"` and the total (like `GET /admin/counters`).
     pub fn counters(&self) -> (u64, std::collections::BTreeMap<String, u64>) {
         let c = self.app.counters.lock().unwrap_or_else(|p| p.into_inner());
@@ -260,15 +367,17 @@ impl EmulatorHandle {
     /// Stop serving, save the state file, close sockets, stop the backend.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown_tx.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        if let Some(s) = self.server.take() {
+        for s in std::mem::take(&mut self.servers) {
             // in-flight requests finish; long-polling clients are cut after a grace period
+            let abort = s.abort_handle();
             if tokio::time::timeout(Duration::from_secs(5), s)
                 .await
                 .is_err()
             {
                 tracing::warn!("emulator HTTP server did not stop within 5 s");
+                abort.abort();
             }
         }
         if let Some(t) = self.ticker.take() {
@@ -291,12 +400,12 @@ impl EmulatorHandle {
 impl Drop for EmulatorHandle {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown_tx.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
-        if let Some(s) = self.server.take() {
+        for s in self.servers.drain(..) {
             s.abort();
         }
         self.app.contexts.close_all();

@@ -5,7 +5,7 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cloudsim::{Emulator, EmulatorConfig, FaultConfig, Timings};
+use cloudsim::{ContextNotReady, Emulator, EmulatorConfig, FaultConfig, Timings, TlsConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum TimingsArg {
@@ -17,9 +17,43 @@ enum TimingsArg {
 #[derive(Parser, Debug)]
 #[command(version = env!("CLOUDSIGMA_BUILD_VERSION"), about)]
 struct Args {
-    /// Address to listen on (loopback recommended).
+    /// Address of the API (loopback recommended; elsewhere use TLS).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the admin endpoints (/admin/), a listener of their own. Keep it on loopback:
+    /// elsewhere they require the API credentials.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// Require the API credentials on /admin/ even on loopback.
+    #[arg(long)]
+    admin_auth: bool,
+    /// Serve HTTPS with this PEM certificate chain (server certificate first); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed_ca"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate signed by a CA generated at start, and write that CA's
+    /// certificate (PEM) to this file for clients to trust.
+    #[arg(long, value_name = "CA_FILE")]
+    tls_self_signed_ca: Option<PathBuf>,
+    /// Another host name or IP address the generated certificate is valid for (besides
+    /// localhost, 127.0.0.1, ::1 and the listen addresses). Repeatable.
+    #[arg(
+        long = "tls-name",
+        value_name = "NAME",
+        requires = "tls_self_signed_ca"
+    )]
+    tls_name: Vec<String>,
+    /// Serial context: answer each server's first N requests with the early-boot "not ready"
+    /// reply, then the context (more rules: POST /admin/faults/context).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    context_not_ready: u32,
     /// Account user (e-mail) for HTTP Basic auth.
     #[arg(long, env = "CLOUDSIM_USER", default_value = "test@example.com")]
     user: String,
@@ -143,8 +177,24 @@ async fn main() -> anyhow::Result<()> {
     } else if a.vm_image.is_some() {
         anyhow::bail!("--vm-image needs --backend qemu");
     }
+    let tls = match (a.tls_cert, a.tls_key, a.tls_self_signed_ca) {
+        (Some(cert), Some(key), _) => Some(TlsConfig::Files { cert, key }),
+        (_, _, Some(ca)) => Some(TlsConfig::SelfSigned {
+            ca_out: Some(ca),
+            extra_names: a.tls_name,
+        }),
+        _ => None,
+    };
     let cfg = EmulatorConfig {
         listen: a.listen,
+        admin_listen: a.admin_listen,
+        admin_auth: a.admin_auth,
+        tls,
+        context_not_ready: if a.context_not_ready > 0 {
+            vec![ContextNotReady::every_server(a.context_not_ready)]
+        } else {
+            Vec::new()
+        },
         username: a.user,
         password: a.password,
         token: a.token,
@@ -164,9 +214,16 @@ async fn main() -> anyhow::Result<()> {
         extra_libdrives,
         ..Default::default()
     };
+    let cfg_tls = cfg.tls.clone();
     let emu = Emulator::start(cfg).await?;
     println!("cloudsim API:   {}", emu.api_url());
     println!("cloudsim admin: {}", emu.admin_url());
+    if let Some(TlsConfig::SelfSigned {
+        ca_out: Some(p), ..
+    }) = &cfg_tls
+    {
+        println!("cloudsim CA:    {}", p.display());
+    }
     wait_for_signal().await;
     emu.shutdown().await;
     Ok(())

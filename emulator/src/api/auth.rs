@@ -6,7 +6,7 @@ use base64::Engine;
 use crate::app::App;
 use crate::error::ApiError;
 
-pub(super) fn check_auth(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_auth(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = || {
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,

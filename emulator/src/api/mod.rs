@@ -13,7 +13,7 @@
 //! call the backend hooks outside the state lock.
 
 mod actions;
-mod auth;
+pub(crate) mod auth;
 mod lists;
 mod objects;
 
@@ -87,6 +87,12 @@ pub async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Response {
         c.hit(format!("{method} {pattern}"));
     }
 
+    // Auth first: a client without valid credentials gets 401 and never fires a fault rule or
+    // spends the rate-limit budget (as a front end that rate-limits per account would).
+    if let Err(e) = check_auth(&app, req.headers()) {
+        return err(e, &rid);
+    }
+
     // fault injection, in the order a real front end would apply them
     let (latency, verdict) = {
         let mut f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,10 +137,6 @@ pub async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Response {
             }
             return err(e, &rid);
         }
-    }
-
-    if let Err(e) = check_auth(&app, req.headers()) {
-        return err(e, &rid);
     }
 
     let query: Query = form_urlencoded::parse(raw_query.as_bytes())

@@ -334,7 +334,9 @@ impl State {
             // [V reference] NICs are matched by mac in a PUT; a new NIC gets a fresh MAC
             let mac = match get_str(o, "mac")? {
                 Some(m) => {
-                    let m = m.to_ascii_lowercase();
+                    // it reaches QEMU's -device option: refuse anything but a plain MAC
+                    let m = crate::mac::parse_mac(&m)
+                        .map_err(|e| ApiError::validation(e.to_string(), Some("nics")))?;
                     let owned_by_self = existing
                         .map(|e| e.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())))
                         .unwrap_or(false);

@@ -369,6 +369,10 @@ impl QemuBackend {
             }
         }
         for (i, n) in spec.nics.iter().enumerate() {
+            // The API validated it; check again here because a comma would add a QEMU device
+            // property of the client's choosing (and a state file may carry anything).
+            let mac = crate::mac::parse_mac(&n.mac)
+                .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
             let netdev = if i == 0 {
                 let fwd: String = self
                     .cfg
@@ -383,7 +387,7 @@ impl QemuBackend {
             a.push("-netdev".into());
             a.push(netdev);
             a.push("-device".into());
-            a.push(format!("virtio-net-pci,netdev=n{i},mac={}", n.mac));
+            a.push(format!("virtio-net-pci,netdev=n{i},mac={mac}"));
         }
         if let Some(bootdir) = boot {
             a.push("-kernel".into());

@@ -150,3 +150,44 @@ fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
         .unwrap_err();
     assert!(e.0.contains("data") && e.0.contains("no image file"), "{e}");
 }
+
+#[test]
+fn qemu_command_line_refuses_a_mac_carrying_device_options() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    std::fs::write(b.drive_path("boot"), b"x").unwrap();
+    let mut spec = StartSpec {
+        uuid: "srv".into(),
+        name: "n".into(),
+        cpu: 2000,
+        mem: 1 << 30,
+        smp: 1,
+        boot_drive: Some("boot".into()),
+        drives: vec![crate::backend::StartDrive {
+            uuid: "boot".into(),
+            dev_channel: "0:0".into(),
+            device: "virtio".into(),
+            boot_order: Some(1),
+            media: "disk".into(),
+            size: 1,
+        }],
+        // e.g. from a hand-edited state file: the API never stores such a MAC
+        nics: vec![crate::backend::StartNic {
+            mac: "52:54:00:00:00:01,romfile=/etc/passwd".into(),
+            model: "virtio".into(),
+            ip_v4: None,
+            vlan: None,
+        }],
+        context_socket: "/tmp/ctx/srv.sock".into(),
+    };
+    let e = b
+        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
+        .unwrap_err();
+    assert!(e.0.contains("invalid MAC") && e.0.contains("NIC 0"), "{e}");
+    spec.nics[0].mac = "52:54:00:AB:00:01".into();
+    let a = b
+        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
+        .unwrap()
+        .join(" ");
+    assert!(a.contains("netdev=n0,mac=52:54:00:ab:00:01"), "{a}");
+}

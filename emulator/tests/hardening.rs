@@ -1,0 +1,225 @@
+//! Input and access hardening: client MACs never reach QEMU's options unchecked, `/admin/` lives
+//! on its own listener (with credentials off loopback), auth comes before fault injection.
+mod common;
+use cloudsim::{EmulatorConfig, FaultConfig, OnceRule};
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+fn server_with_mac(mac: &str) -> serde_json::Value {
+    json!({"objects": [{"name": "m", "cpu": 1000, "mem": 536870912, "vnc_password": "pw",
+        "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio", "mac": mac}]}]})
+}
+
+#[tokio::test]
+async fn a_mac_carrying_qemu_options_is_refused_with_400() {
+    let t = instant().await;
+    let (s, v) = t
+        .post(
+            "servers/",
+            server_with_mac("52:54:00:00:00:01,romfile=/etc/passwd"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let e = assert_error(&v, "validation");
+    assert_eq!(e["error_point"], "nics", "{v}");
+    assert!(
+        e["error_message"].as_str().unwrap().contains("invalid MAC"),
+        "{v}"
+    );
+    let (_, list) = t.get("servers/").await;
+    assert_eq!(list["meta"]["total_count"], 0, "nothing created: {list}");
+
+    for bad in ["52:54:00:00:00", "52:54:00:00:00:0g", "01:00:5e:00:00:01"] {
+        let (s, v) = t.post("servers/", server_with_mac(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    // a plain MAC is still accepted (stored lower-case)
+    let (s, v) = t
+        .post("servers/", server_with_mac("52:54:00:AB:CD:01"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["objects"][0]["nics"][0]["mac"], "52:54:00:ab:cd:01");
+}
+
+#[tokio::test]
+async fn admin_is_not_served_on_the_api_listener() {
+    let t = instant().await;
+    assert_ne!(t.emu.addr(), t.emu.admin_addr(), "two listeners");
+    assert!(t.emu.admin_addr().ip().is_loopback());
+    let on_api = format!("http://{}/admin/counters", t.emu.addr());
+    // without credentials: refused like any API request
+    let r = t.http.get(&on_api).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // with the account's credentials: still no admin endpoint there
+    for m in [Method::GET, Method::PUT] {
+        let r = t
+            .http
+            .request(m.clone(), &on_api)
+            .basic_auth(t.emu.username(), Some(t.emu.password()))
+            .json(&json!({"error_rate": 1.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{m}");
+    }
+    // on its own (loopback) listener it answers without credentials
+    let (s, v) = t.admin(Method::GET, "counters", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // and the API is not served there
+    let r = t
+        .http
+        .get(format!("http://{}/api/2.0/servers/", t.emu.admin_addr()))
+        .basic_auth(t.emu.username(), Some(t.emu.password()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+async fn admin_status(t: &T, auth: Option<(&str, &str)>, bearer: Option<&str>) -> StatusCode {
+    let mut r = t.http.get(format!("{}counters", t.emu.admin_url()));
+    if let Some((u, p)) = auth {
+        r = r.basic_auth(u, Some(p));
+    }
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    let resp = r.send().await.unwrap();
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        assert!(resp.headers().contains_key("www-authenticate"));
+    }
+    resp.status()
+}
+
+#[tokio::test]
+async fn admin_auth_requires_the_api_credentials() {
+    let t = start(EmulatorConfig {
+        admin_auth: true,
+        token: Some("tok-1".into()),
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    let (u, p) = (t.emu.username().to_string(), t.emu.password().to_string());
+    assert_eq!(admin_status(&t, None, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        admin_status(&t, Some((&u, "wrong")), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin_status(&t, None, Some("nope")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(admin_status(&t, Some((&u, &p)), None).await, StatusCode::OK);
+    assert_eq!(admin_status(&t, None, Some("tok-1")).await, StatusCode::OK);
+    // a refused admin call changes nothing
+    let r = t
+        .http
+        .put(format!("{}faults", t.emu.admin_url()))
+        .json(&json!({"error_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (s, _) = t.get("servers/").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_off_loopback_requires_credentials_and_is_warned_about() {
+    let t = start(EmulatorConfig {
+        admin_listen: "0.0.0.0:0".parse().unwrap(),
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    // reached through loopback, but bound to every address: credentials are required
+    let url = format!(
+        "http://127.0.0.1:{}/admin/counters",
+        t.emu.admin_addr().port()
+    );
+    let r = t.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = t
+        .http
+        .get(&url)
+        .basic_auth(t.emu.username(), Some(t.emu.password()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let lo = "127.0.0.1:1".parse().unwrap();
+    let any = "0.0.0.0:2".parse().unwrap();
+    assert!(cloudsim::listen_warnings(lo, lo, false).is_empty());
+    let w = cloudsim::listen_warnings(any, lo, false);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("0.0.0.0:2") && w[0].contains("plain HTTP"),
+        "{w:?}"
+    );
+    let w = cloudsim::listen_warnings(any, any, true);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(!w[0].contains("plain HTTP"), "TLS on: {w:?}");
+}
+
+#[tokio::test]
+async fn auth_is_checked_before_a_fault_fires() {
+    let t = instant().await;
+    t.emu.add_once_rule(OnceRule {
+        method: None,
+        path: "/api/2.0/servers/".into(),
+        status: 500,
+        count: 1,
+    });
+    let url = t.url("servers/");
+    let r = t.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no credentials: 401");
+    let r = t
+        .http
+        .get(&url)
+        .basic_auth(t.emu.username(), Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // the one-shot rule was not used up by the refused requests
+    let (s, _) = t.get("servers/").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let (s, _) = t.get("servers/").await;
+    assert_eq!(s, StatusCode::OK);
+
+    // random faults: unauthenticated requests still get 401, not the injected 503
+    t.emu.set_faults(FaultConfig {
+        error_rate: 1.0,
+        error_status: 503,
+        ..Default::default()
+    });
+    let r = t.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (s, _) = t.get("servers/").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_do_not_spend_the_rate_limit() {
+    let t = start(EmulatorConfig {
+        faults: FaultConfig {
+            rate_limit_per_sec: 2,
+            ..Default::default()
+        },
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    let url = t.url("servers/");
+    for _ in 0..10 {
+        let r = t.http.get(&url).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "never 429 before auth"
+        );
+    }
+    // the budget of this second is still whole (a window is 1 s; the loop above takes ms)
+    let (s, v) = t.get("servers/").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
