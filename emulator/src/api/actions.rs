@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 
-use super::{parse_body, q, Query, Reply};
+use super::{avoid, parse_body, q, Query, Reply};
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -36,7 +36,7 @@ pub(super) async fn action(
             let plan = {
                 let mut st = app.lock();
                 let u = uuid.to_string();
-                st.begin_start(uuid, &|i| backend.runtime_ip(&u, i), ctx)?
+                st.begin_start(uuid, &avoid(query), &|i| backend.runtime_ip(&u, i), ctx)?
             };
             if let Err(e) = app.backend.server_start(&plan.spec).await {
                 app.lock().abort_start(uuid);
@@ -77,7 +77,7 @@ pub(super) async fn action(
             action_reply("restart", uuid)
         }
         ("servers", "clone") => {
-            let (server, cloned) = app.lock().clone_server(uuid, &v)?;
+            let (server, cloned) = app.lock().clone_server(uuid, &v, &avoid(query))?;
             for (src, dst, size) in &cloned {
                 if let Err(e) = app.backend.drive_cloned(src, false, dst, *size).await {
                     let mut st = app.lock();
@@ -100,7 +100,7 @@ pub(super) async fn action(
             if res == "libdrives" && !app.lock().libdrives.contains_key(uuid) {
                 return Err(ApiError::notexist("libdrive", uuid));
             }
-            let (d, is_lib) = app.lock().clone_drive(uuid, &v)?;
+            let (d, is_lib) = app.lock().clone_drive(uuid, &v, &avoid(query))?;
             if let Err(e) = app.backend.drive_cloned(uuid, is_lib, &d.uuid, d.size).await {
                 app.lock().delete_drive(&d.uuid);
                 return Err(ApiError::backend(format!("Backend could not clone drive {uuid}: {e}")));

@@ -11,13 +11,13 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::state::Kind;
 
-struct Page {
+pub(super) struct Page {
     limit: u64,
     offset: u64,
     fields: Option<Vec<String>>,
 }
 
-fn page_params(query: &Query) -> Result<Page, ApiError> {
+pub(super) fn page_params(query: &Query) -> Result<Page, ApiError> {
     let limit = match q(query, "limit") {
         Some(l) => l.parse::<u64>().map_err(|_| {
             ApiError::validation(
@@ -50,7 +50,7 @@ fn page_params(query: &Query) -> Result<Page, ApiError> {
 }
 
 /// Paginate already-filtered items and encode `{"meta", "objects"}`. `limit=0` means all.
-fn paginate<T, F, R>(items: &[T], p: &Page, render: F) -> Result<Reply, ApiError>
+pub(super) fn paginate<T, F, R>(items: &[T], p: &Page, render: F) -> Result<Reply, ApiError>
 where
     F: Fn(&T) -> R,
     R: Serialize + Send + 'static,
@@ -110,7 +110,7 @@ fn any_of(query: &Query, k: &str) -> Option<Vec<String>> {
 
 /// Common filters on servers/drives: name, name__contains, uuid, status, tag. Several
 /// parameters AND [V]; unknown parameters are ignored [D].
-struct Filter {
+pub(super) struct Filter {
     name: Option<Vec<String>>,
     name_contains: Option<String>,
     name_icontains: Option<String>,
@@ -120,7 +120,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn from(query: &Query) -> Filter {
+    pub(super) fn from(query: &Query) -> Filter {
         Filter {
             name: any_of(query, "name"),
             name_contains: q(query, "name__contains").map(str::to_string),
@@ -130,7 +130,13 @@ impl Filter {
             tag: any_of(query, "tag"),
         }
     }
-    fn pass(&self, st: &crate::state::State, uuid: &str, name: &str, status: &str) -> bool {
+    pub(super) fn pass(
+        &self,
+        st: &crate::state::State,
+        uuid: &str,
+        name: &str,
+        status: &str,
+    ) -> bool {
         if let Some(n) = &self.name {
             if !n.iter().any(|x| x == name) {
                 return false;

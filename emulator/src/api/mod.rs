@@ -12,6 +12,7 @@
 //! object's GET/POST/PUT/DELETE; `actions.rs` `/action/?do=...`. Handlers that change objects
 //! call the backend hooks outside the state lock.
 
+mod account;
 mod actions;
 pub(crate) mod auth;
 mod lists;
@@ -34,7 +35,9 @@ use auth::check_auth;
 use lists::{list, tagged};
 use objects::{bulk_delete, create, delete, get_one, update};
 
-/// [D reference] default page size when `limit` is absent.
+/// The page size when `limit` is absent: [V dumps/response_jobs_list,
+/// response_tags_list_resource, response_licenses_list, response_subscription_list] requests
+/// without `limit` answer `"meta": {"limit": 20, ...}`.
 pub const DEFAULT_LIMIT: u64 = 20;
 const MAX_BODY: usize = 16 << 20;
 
@@ -42,6 +45,19 @@ type Query = Vec<(String, String)>;
 
 fn q<'a>(query: &'a Query, k: &str) -> Option<&'a str> {
     query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+}
+
+/// `?avoid=a,b` ([V docs availability_groups.rst]: one uuid or a comma-separated list, in
+/// order of preference).
+fn avoid(query: &Query) -> Vec<String> {
+    q(query, "avoid")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
@@ -275,10 +291,23 @@ async fn route(
 ) -> Result<Reply, ApiError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match s.as_slice() {
+        ["profile"] => account::profile(app, method, body),
+        ["capabilities"] => account::capabilities(method),
+        [res @ ("keypairs" | "pubkeys"), rest @ ..] if rest.len() <= 1 => account::keypairs(
+            app,
+            method,
+            *res == "pubkeys",
+            rest.first().copied(),
+            query,
+            body,
+        ),
+        [res @ ("servers" | "drives"), "availability_groups", rest @ ..] if rest.len() <= 1 => {
+            account::availability_groups(app, method, res, rest.first().copied())
+        }
         [res @ ("servers" | "drives" | "libdrives" | "ips" | "vlans" | "tags")] => match *method {
             Method::GET => list(app, res, false, query),
             Method::POST if matches!(*res, "servers" | "drives" | "tags") => {
-                create(app, res, body).await
+                create(app, res, query, body).await
             }
             // [V docs drives.rst "Multiple drives"] DELETE on the list with {"objects": [{"uuid"}]}
             Method::DELETE if matches!(*res, "servers" | "drives") => {

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use std::sync::Arc;
 
-use super::{create_items, parse_body, q, Query, Reply};
+use super::{avoid, create_items, parse_body, q, Query, Reply};
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -41,7 +41,12 @@ pub(super) fn get_one(app: &Arc<App>, res: &str, uuid: &str) -> Result<Reply, Ap
     }
 }
 
-pub(super) async fn create(app: &Arc<App>, res: &str, body: &Bytes) -> Result<Reply, ApiError> {
+pub(super) async fn create(
+    app: &Arc<App>,
+    res: &str,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Reply, ApiError> {
     let items = create_items(body)?;
     match res {
         "servers" => {
@@ -57,7 +62,7 @@ pub(super) async fn create(app: &Arc<App>, res: &str, body: &Bytes) -> Result<Re
             )
         }
         "drives" => {
-            let created = app.lock().create_drives(&items)?;
+            let created = app.lock().create_drives(&items, &avoid(query))?;
             for d in &created {
                 if let Err(e) = app.backend.drive_created(&d.uuid, d.size, &d.media).await {
                     let mut st = app.lock();

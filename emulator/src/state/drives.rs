@@ -4,17 +4,19 @@
 use cloudsigma_api::{Drive, DriveStatus, Meta};
 use serde_json::{json, Map, Value};
 
-use super::parse::default_drive_extra;
+use super::parse::{body_objects, default_drive_extra};
 use super::{get_str, get_u64, new_uuid, State, Transition};
 use crate::error::ApiError;
 
 impl State {
-    pub fn create_drives(&mut self, items: &[Value]) -> Result<Vec<Drive>, ApiError> {
+    /// `POST /drives/` items; `avoid` is the `?avoid=` list ([V docs availability_groups.rst]).
+    pub fn create_drives(
+        &mut self,
+        items: &[Value],
+        avoid: &[String],
+    ) -> Result<Vec<Drive>, ApiError> {
         let mut built = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let o = item.as_object().ok_or_else(|| {
-                ApiError::validation(format!("objects[{i}] must be an object"), Some("objects"))
-            })?;
+        for o in body_objects(items)? {
             built.push(self.drive_from_body(o, None)?);
         }
         let mut out = Vec::new();
@@ -23,15 +25,8 @@ impl State {
             let uuid = d.uuid.clone();
             self.drives.insert(uuid.clone(), d);
             self.set_resource_tags(&uuid, &tags);
-            let gen = self.bump_gen(&uuid);
-            self.schedule(
-                after,
-                Transition::Drive {
-                    uuid: uuid.clone(),
-                    gen,
-                    to: DriveStatus::Unmounted,
-                },
-            );
+            self.place_drive(&uuid, avoid);
+            self.drive_ready_after(&uuid, after);
             out.push(self.render_drive(&self.drives[&uuid]));
         }
         self.touch();
@@ -71,21 +66,25 @@ impl State {
             // used during the resizing": a PUT with a new size goes through `resizing`
             self.check_resizable(&existing, d.size)?;
             d.status = DriveStatus::Resizing;
-            let gen = self.bump_gen(uuid);
-            let after = self.timings.drive_resize;
-            self.schedule(
-                after,
-                Transition::Drive {
-                    uuid: uuid.into(),
-                    gen,
-                    to: DriveStatus::Unmounted,
-                },
-            );
+            self.drive_ready_after(uuid, self.timings.drive_resize);
         }
         self.drives.insert(uuid.to_string(), d);
         self.set_resource_tags(uuid, &tags);
         self.touch();
         Ok((self.render_drive(&self.drives[uuid]), resizing))
+    }
+
+    /// The drive's transitional status ends (→ `unmounted`) after `after`.
+    fn drive_ready_after(&mut self, uuid: &str, after: std::time::Duration) {
+        let gen = self.bump_gen(uuid);
+        self.schedule(
+            after,
+            Transition::Drive {
+                uuid: uuid.into(),
+                gen,
+                to: DriveStatus::Unmounted,
+            },
+        );
     }
 
     fn check_resizable(&self, d: &Drive, new_size: u64) -> Result<(), ApiError> {
@@ -131,25 +130,22 @@ impl State {
         let (mut d, tags) = self.drive_from_body(o, Some(&existing))?;
         self.check_resizable(&existing, d.size)?;
         d.status = DriveStatus::Resizing;
-        let gen = self.bump_gen(uuid);
         self.drives.insert(uuid.to_string(), d);
         self.set_resource_tags(uuid, &tags);
-        let after = self.timings.drive_resize;
-        self.schedule(
-            after,
-            Transition::Drive {
-                uuid: uuid.into(),
-                gen,
-                to: DriveStatus::Unmounted,
-            },
-        );
+        self.drive_ready_after(uuid, self.timings.drive_resize);
         self.touch();
         Ok(self.render_drive(&self.drives[uuid]))
     }
 
     /// Clone a drive or a library drive into a new account drive (`cloning_dst`).
     /// Returns the new drive, whether the source was a library drive, and the size.
-    pub fn clone_drive(&mut self, src: &str, body: &Value) -> Result<(Drive, bool), ApiError> {
+    /// `avoid`: the `?avoid=` list ([V docs availability_groups.rst]).
+    pub fn clone_drive(
+        &mut self,
+        src: &str,
+        body: &Value,
+        avoid: &[String],
+    ) -> Result<(Drive, bool), ApiError> {
         let o = match body {
             Value::Object(o) => o.clone(),
             Value::Null => Map::new(),
@@ -262,16 +258,9 @@ impl State {
             extra,
         };
         self.drives.insert(uuid.clone(), d);
-        let gen = self.bump_gen(&uuid);
+        self.place_drive(&uuid, avoid);
         let after = self.timings.drive_clone;
-        self.schedule(
-            after,
-            Transition::Drive {
-                uuid: uuid.clone(),
-                gen,
-                to: DriveStatus::Unmounted,
-            },
-        );
+        self.drive_ready_after(&uuid, after);
         // [D] cloning a drive mounted on a running server is allowed (a live copy); it keeps
         // showing `mounted` instead of `cloning_src`.
         if !is_lib && !self.is_mounted(src) {
@@ -330,6 +319,7 @@ impl State {
             }
         }
         self.drives.shift_remove(uuid);
+        self.drive_host.remove(uuid);
         self.clone_refs.remove(uuid);
         self.forget_resource(uuid);
     }

@@ -18,12 +18,18 @@
 //! | `drives.rs` | drive create/update/resize/clone/delete |
 //! | `tags.rs` | tags and the tags every resource carries |
 //! | `addresses.rs` | MACs and the NAT address pool |
+//! | `account.rs` | the account's own objects: profile, capabilities, keypairs/pubkeys |
+//! | `placement.rs` | physical hosts: availability groups and `avoid` |
+//! | `hotplug.rs` | drives attached to / detached from a running server |
 //! | `server_context.rs` | the context a guest reads over its serial port |
 //! | `snapshot.rs` | the state file's content (save and load) |
 
+mod account;
 mod addresses;
 mod drives;
+mod hotplug;
 mod parse;
+mod placement;
 mod power;
 mod render;
 mod server_context;
@@ -32,6 +38,7 @@ mod snapshot;
 mod tags;
 mod transitions;
 
+pub use account::capabilities;
 pub use addresses::NAMESERVERS;
 pub use parse::{get_str, get_u64, parse_meta, parse_refs, ref_uuid};
 pub use render::{owner_ref, OWNER_UUID};
@@ -91,6 +98,15 @@ pub struct State {
     pub tags: IndexMap<String, Tag>,
     pub global_context: Meta,
     pub vendor_data: Option<Value>,
+    /// `/keypairs/` objects as stored (wire shape minus `resource_uri`), by uuid
+    pub keypairs: IndexMap<String, Value>,
+    /// `/profile/` (a single object)
+    pub profile: Value,
+    /// running server → compute host; drive → storage host (see `placement.rs`)
+    server_host: HashMap<String, usize>,
+    drive_host: HashMap<String, usize>,
+    /// servers being deleted → when they are gone (see `servers.rs`, `plan_delete_server`)
+    deleting: HashMap<String, Instant>,
     /// drive uuid → servers it is attached to (in attach order)
     attach: HashMap<String, Vec<String>>,
     /// resource uuid → tag uuids
@@ -129,6 +145,11 @@ impl State {
             tags: IndexMap::new(),
             global_context: Meta::new(),
             vendor_data: None,
+            keypairs: IndexMap::new(),
+            profile: account::default_profile(),
+            server_host: HashMap::new(),
+            drive_host: HashMap::new(),
+            deleting: HashMap::new(),
             attach: HashMap::new(),
             tags_of: HashMap::new(),
             pending: BTreeMap::new(),

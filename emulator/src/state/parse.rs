@@ -39,53 +39,22 @@ impl State {
         o: &Map<String, Value>,
         existing: Option<&Server>,
     ) -> Result<(Server, Vec<String>), ApiError> {
-        let name = match get_str(o, "name")? {
-            Some(n) if !n.trim().is_empty() => n,
-            Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
-            None => match existing {
-                Some(e) => e.name.clone(),
-                None => return Err(ApiError::validation("This field is required", Some("name"))),
-            },
-        };
-        let cpu = match get_u64(o, "cpu")? {
-            Some(c) => c,
-            None => match existing {
-                Some(e) => e.cpu,
-                None => return Err(ApiError::validation("This field is required", Some("cpu"))),
-            },
-        };
-        // [D] per-location limits; typical: 250–100,000 MHz
-        if !(250..=100_000).contains(&cpu) {
-            return Err(ApiError::validation(
-                format!("cpu {cpu} MHz is out of range 250..100000"),
-                Some("cpu"),
-            ));
-        }
-        let mem = match get_u64(o, "mem")? {
-            Some(m) => m,
-            None => match existing {
-                Some(e) => e.mem,
-                None => return Err(ApiError::validation("This field is required", Some("mem"))),
-            },
-        };
-        // [D] mem ≥ 256 MiB, ≤ 512 GiB
-        if !(256 << 20..=512 << 30).contains(&mem) {
-            return Err(ApiError::validation(
-                format!("mem {mem} bytes is out of range 256 MiB..512 GiB"),
-                Some("mem"),
-            ));
-        }
-        let smp = match get_u64(o, "smp")? {
-            Some(n) => n,
-            None => existing.map(|e| e.smp as u64).unwrap_or(1),
-        };
-        // [D] reference: smp 1–32
-        if !(1..=32).contains(&smp) {
-            return Err(ApiError::validation(
-                format!("smp {smp} is out of range 1..32"),
-                Some("smp"),
-            ));
-        }
+        let name = body_name(o, existing.map(|e| e.name.as_str()))?;
+        let lim = SERVER_LIMITS;
+        let cpu = in_range(
+            required(get_u64(o, "cpu")?, existing.map(|e| e.cpu), "cpu")?,
+            lim.cpu,
+            "cpu",
+            "MHz",
+        )?;
+        let mem = in_range(
+            required(get_u64(o, "mem")?, existing.map(|e| e.mem), "mem")?,
+            lim.mem,
+            "mem",
+            "bytes",
+        )?;
+        let smp = get_u64(o, "smp")?.unwrap_or(existing.map(|e| e.smp as u64).unwrap_or(1));
+        let smp = in_range(smp, lim.smp, "smp", "")?;
         let vnc_password = match get_str(o, "vnc_password")? {
             Some(v) => Some(v),
             None => match existing {
@@ -111,10 +80,14 @@ impl State {
         };
         let (meta, tags) = self.meta_and_tags(o, existing.map(|e| (e.uuid.as_str(), &e.meta)))?;
         let pubkeys = match o.get("pubkeys") {
-            Some(v) if !v.is_null() => parse_refs(v, "pubkeys")?
-                .iter()
-                .map(|k| Ref::to_resource("keypairs", k))
-                .collect(),
+            Some(v) if !v.is_null() => {
+                let keys = parse_refs(v, "pubkeys")?;
+                self.validate_pubkeys(&keys)?;
+                // [V dumps/response_pubkeys_server] a server's keys point at /pubkeys/
+                keys.iter()
+                    .map(|k| Ref::to_resource("pubkeys", k))
+                    .collect()
+            }
             _ => existing.map(|e| e.pubkeys.clone()).unwrap_or_default(),
         };
         let mut extra = match existing {
@@ -147,7 +120,7 @@ impl State {
         Ok((server, tags))
     }
 
-    fn parse_server_drives(&self, v: &Value) -> Result<Vec<ServerDrive>, ApiError> {
+    pub(super) fn parse_server_drives(&self, v: &Value) -> Result<Vec<ServerDrive>, ApiError> {
         let arr = v
             .as_array()
             .ok_or_else(|| ApiError::validation("drives must be a list", Some("drives")))?;
@@ -332,11 +305,8 @@ impl State {
             }
             let model = get_str(o, "model")?.unwrap_or_else(|| "virtio".into());
             // [V reference] NICs are matched by mac in a PUT; a new NIC gets a fresh MAC
-            let mac = match get_str(o, "mac")? {
+            let mac = match nic_mac(o)? {
                 Some(m) => {
-                    // it reaches QEMU's -device option: refuse anything but a plain MAC
-                    let m = crate::mac::parse_mac(&m)
-                        .map_err(|e| ApiError::validation(e.to_string(), Some("nics")))?;
                     let owned_by_self = existing
                         .map(|e| e.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())))
                         .unwrap_or(false);
@@ -387,21 +357,8 @@ impl State {
         o: &Map<String, Value>,
         existing: Option<&Drive>,
     ) -> Result<(Drive, Vec<String>), ApiError> {
-        let name = match get_str(o, "name")? {
-            Some(n) if !n.trim().is_empty() => n,
-            Some(_) => return Err(ApiError::validation("name must not be empty", Some("name"))),
-            None => match existing {
-                Some(e) => e.name.clone(),
-                None => return Err(ApiError::validation("This field is required", Some("name"))),
-            },
-        };
-        let size = match get_u64(o, "size")? {
-            Some(s) => s,
-            None => match existing {
-                Some(e) => e.size,
-                None => return Err(ApiError::validation("This field is required", Some("size"))),
-            },
-        };
+        let name = body_name(o, existing.map(|e| e.name.as_str()))?;
+        let size = required(get_u64(o, "size")?, existing.map(|e| e.size), "size")?;
         // [D] minimum drive size 1 MiB
         if size < 1 << 20 {
             return Err(ApiError::validation(
@@ -409,18 +366,11 @@ impl State {
                 Some("size"),
             ));
         }
-        let media = match get_str(o, "media")? {
-            Some(m) => m,
-            None => match existing {
-                Some(e) => e.media.clone(),
-                None => {
-                    return Err(ApiError::validation(
-                        "This field is required",
-                        Some("media"),
-                    ))
-                }
-            },
-        };
+        let media = required(
+            get_str(o, "media")?,
+            existing.map(|e| e.media.clone()),
+            "media",
+        )?;
         if media != "disk" && media != "cdrom" {
             return Err(ApiError::validation(
                 format!("media {media:?} is not one of disk, cdrom"),
@@ -536,6 +486,76 @@ pub(super) fn default_drive_extra(storage_type: &str) -> BTreeMap<String, Value>
     m.insert("runtime".into(), json!({"is_snapshotable": true, "snapshots_allocated_size": 0, "storage_type": storage_type}));
     m.insert("snapshots".into(), json!([]));
     m
+}
+
+/// The limits of a server definition: (min, max) of `cpu` (MHz), `mem` (bytes) and `smp`.
+pub struct ServerLimits {
+    pub cpu: (u64, u64),
+    pub mem: (u64, u64),
+    pub smp: (u64, u64),
+}
+
+/// [V dumps/response_capabilities] `servers`: cpu 250–96,000 MHz, mem 268,435,456–
+/// 558,345,748,480 bytes, smp 1–32. `GET /capabilities/` reports these same values.
+pub const SERVER_LIMITS: ServerLimits = ServerLimits {
+    cpu: (250, 96_000),
+    mem: (268_435_456, 558_345_748_480),
+    smp: (1, 32),
+};
+
+fn in_range(v: u64, (min, max): (u64, u64), field: &str, unit: &str) -> Result<u64, ApiError> {
+    if (min..=max).contains(&v) {
+        return Ok(v);
+    }
+    let unit = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    Err(ApiError::validation(
+        format!("{field} {v}{unit} is out of range {min}..{max} (see GET /capabilities/)"),
+        Some(field),
+    ))
+}
+
+/// A field of a create/PUT body: the body's value, else the existing object's (PUT), else the
+/// API's "This field is required" refusal.
+fn required<T>(got: Option<T>, existing: Option<T>, field: &str) -> Result<T, ApiError> {
+    got.or(existing)
+        .ok_or_else(|| ApiError::validation("This field is required", Some(field)))
+}
+
+/// `name` of a create/PUT body: required on create, never empty.
+fn body_name(o: &Map<String, Value>, existing: Option<&str>) -> Result<String, ApiError> {
+    match get_str(o, "name")? {
+        Some(n) if n.trim().is_empty() => {
+            Err(ApiError::validation("name must not be empty", Some("name")))
+        }
+        got => required(got, existing.map(str::to_string), "name"),
+    }
+}
+
+/// The one place a NIC's `mac` is read from a request: lower case, and — since it reaches
+/// QEMU's `-device` option — refused unless a plain unicast MAC (`crate::mac::parse_mac`).
+fn nic_mac(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    get_str(o, "mac")?
+        .map(|m| {
+            crate::mac::parse_mac(&m).map_err(|e| ApiError::validation(e.to_string(), Some("nics")))
+        })
+        .transpose()
+}
+
+/// The items of a create body as objects; one that is not an object refuses the whole body.
+pub(super) fn body_objects(items: &[Value]) -> Result<Vec<&Map<String, Value>>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_object().ok_or_else(|| {
+                ApiError::validation(format!("objects[{i}] must be an object"), Some("objects"))
+            })
+        })
+        .collect()
 }
 
 pub fn get_str(o: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {

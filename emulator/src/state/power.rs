@@ -1,7 +1,7 @@
 //! Server power actions: start (runtime NICs and IPs, the backend's [`StartSpec`]), stop,
 //! shutdown, restart, and the guest powering off by itself.
 
-use cloudsigma_api::{DriveStatus, IpConfMode, NicRuntime, Ref, ServerRuntime, ServerStatus};
+use cloudsigma_api::{IpConfMode, NicRuntime, Ref, ServerRuntime, ServerStatus};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -10,13 +10,16 @@ use crate::backend::{ShutdownMode, StartDrive, StartNic, StartSpec};
 use crate::error::ApiError;
 
 impl State {
-    /// Validate and begin `start`: status `starting`, runtime with NAT IPs.
+    /// Validate and begin `start`: status `starting`, runtime with NAT IPs, a compute host
+    /// chosen with `avoid` (the `?avoid=` server uuids, see placement.rs).
     pub fn begin_start(
         &mut self,
         uuid: &str,
+        avoid: &[String],
         runtime_ip: &dyn Fn(usize) -> Option<String>,
         context_socket: std::path::PathBuf,
     ) -> Result<StartPlan, ApiError> {
+        self.refuse_if_deleting(uuid, "start")?;
         let s = self.get_server(uuid)?;
         if s.status != ServerStatus::Stopped {
             // [V libcloud/Go SDK fixtures] exact wording; internal state name of running is "started"
@@ -26,30 +29,7 @@ impl State {
             )));
         }
         for d in &s.drives {
-            let du = d.drive.uuid();
-            let Some(drive) = self.drives.get(du) else {
-                return Err(ApiError::validation(
-                    format!("Drive {du} attached to the server does not exist"),
-                    Some("drives"),
-                ));
-            };
-            // [D] a drive must be idle (not creating/cloning/resizing) to boot from it
-            if drive.status != DriveStatus::Unmounted {
-                return Err(ApiError::permission(format!(
-                    "Drive {du} is in state \"{}\"; wait until it is \"unmounted\" before starting the server",
-                    drive.status
-                )));
-            }
-            // [D] a drive can be mounted by one running server unless allow_multimount
-            let busy = self
-                .attached_servers(du)
-                .iter()
-                .any(|(o, st)| o != uuid && *st != ServerStatus::Stopped);
-            if busy && !drive.allow_multimount {
-                return Err(ApiError::permission(format!(
-                    "Drive {du} is mounted on another running server"
-                )));
-            }
+            self.check_attachable(uuid, d.drive.uuid())?;
         }
         let nics = s.nics.clone();
         let mut rt_nics = Vec::new();
@@ -106,6 +86,7 @@ impl State {
             new_nics.push(n);
         }
         let gen = self.bump_gen(uuid);
+        self.place_server(uuid, avoid);
         if let Some(s) = self.servers.get_mut(uuid) {
             s.status = ServerStatus::Starting;
             s.nics = new_nics;
@@ -198,6 +179,7 @@ impl State {
             }
         }
         self.used_ips.retain(|_, s| s != uuid);
+        self.unplace_server(uuid);
     }
 
     /// Guest powered off (backend event).
@@ -216,6 +198,7 @@ impl State {
 
     /// `stop` (hard power-off): running/starting/stopping → stopping → stopped.
     pub fn begin_stop(&mut self, uuid: &str) -> Result<(), ApiError> {
+        self.refuse_if_deleting(uuid, "stop")?;
         let s = self.get_server(uuid)?;
         if matches!(s.status, ServerStatus::Stopped) {
             // [V Go SDK fixture] exact wording
@@ -244,6 +227,7 @@ impl State {
     /// `shutdown` (ACPI): only from running. The app calls the backend, then
     /// [`State::schedule_shutdown`].
     pub fn begin_shutdown(&mut self, uuid: &str) -> Result<u64, ApiError> {
+        self.refuse_if_deleting(uuid, "shutdown")?;
         let s = self.get_server(uuid)?;
         if s.status != ServerStatus::Running {
             // [D] wording modelled on the start/stop errors
@@ -287,6 +271,7 @@ impl State {
 
     /// `restart`: only from running; `starting` → `running` (runtime and IPs kept).
     pub fn begin_restart(&mut self, uuid: &str) -> Result<(), ApiError> {
+        self.refuse_if_deleting(uuid, "restart")?;
         let s = self.get_server(uuid)?;
         if s.status != ServerStatus::Running {
             return Err(ApiError::permission(format!(

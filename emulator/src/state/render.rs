@@ -16,12 +16,41 @@ pub fn owner_ref() -> Ref {
     }
 }
 
+/// Insert the keys `extra` lacks (a registered or older object keeps what it has).
+fn fill(extra: &mut std::collections::BTreeMap<String, Value>, keys: &[(&str, Value)]) {
+    for (k, v) in keys {
+        extra.entry((*k).to_string()).or_insert_with(|| v.clone());
+    }
+}
+
 impl State {
+    /// The full server. Keys the models skip when empty are put back as the real API sends
+    /// them: [V dumps/response_server_get_two_nics, response_pubkeys_server] a NIC of a stopped
+    /// server has `"runtime": null`; [V dumps/response_server_attach_drive,
+    /// response_server_get_running] a server drive has `boot_order` (null when unset) and
+    /// `runtime` (null while stopped, I/O counters while running).
     pub fn render_server(&self, s: &Server) -> Server {
         let mut out = s.clone();
         out.tags = self.tag_refs(&s.uuid);
         out.owner = Some(owner_ref());
         out.resource_uri = Some(format!("/api/2.0/servers/{}/", s.uuid));
+        for n in &mut out.nics {
+            if n.runtime.is_none() {
+                n.extra.insert("runtime".into(), Value::Null);
+            }
+        }
+        let drive_runtime = match s.runtime {
+            None => Value::Null,
+            Some(_) => json!({"io": {"bytes_read": 0, "bytes_written": 0, "count_flush": 0,
+                "count_read": 0, "count_written": 0, "total_time_ns_flush": 0,
+                "total_time_ns_read": 0, "total_time_ns_write": 0}}),
+        };
+        for d in &mut out.drives {
+            if d.boot_order.is_none() {
+                d.extra.insert("boot_order".into(), Value::Null);
+            }
+            d.extra.insert("runtime".into(), drive_runtime.clone());
+        }
         out
     }
 
@@ -69,10 +98,31 @@ impl State {
         })
     }
 
+    /// [V dumps/response_libdrive_get] every key; the ones a registered library drive did not
+    /// bring get the dump's empty values (`owner` and `storage_type` are null there).
     pub fn render_libdrive(&self, d: &LibDrive) -> LibDrive {
         let mut out = d.clone();
         out.status = Some(DriveStatus::Unmounted);
         out.resource_uri = Some(format!("/api/2.0/libdrives/{}/", d.uuid));
+        fill(
+            &mut out.extra,
+            &[
+                ("affinities", json!([])),
+                ("allow_multimount", json!(false)),
+                ("category", json!([])),
+                ("favourite", json!(false)),
+                ("install_notes", json!("")),
+                ("jobs", json!([])),
+                ("licenses", json!([])),
+                ("meta", json!({})),
+                ("mounted_on", json!([])),
+                ("owner", Value::Null),
+                ("paid", json!(false)),
+                ("storage_type", Value::Null),
+                ("tags", json!([])),
+                ("url", json!("")),
+            ],
+        );
         out
     }
 
@@ -96,6 +146,15 @@ impl State {
         out.extra.insert(
             "owner".into(),
             serde_json::to_value(owner_ref()).unwrap_or(Value::Null),
+        );
+        // [V dumps/response_ip_get] (values of an IP registered without them)
+        fill(
+            &mut out.extra,
+            &[
+                ("grantees", json!([])),
+                ("permissions", json!([])),
+                ("subscription", Value::Null),
+            ],
         );
         out
     }
@@ -145,6 +204,16 @@ impl State {
         out.extra.insert(
             "owner".into(),
             serde_json::to_value(owner_ref()).unwrap_or(Value::Null),
+        );
+        // [V dumps/response_vlan_get]
+        fill(
+            &mut out.extra,
+            &[
+                ("bottom_vlan_tag", Value::Null),
+                ("grantees", json!([])),
+                ("permissions", json!([])),
+                ("subscription", Value::Null),
+            ],
         );
         out
     }

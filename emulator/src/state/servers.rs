@@ -2,12 +2,14 @@
 
 use cloudsigma_api::{DriveStatus, IpConfMode, Ref, Server, ServerDrive, ServerStatus};
 use serde_json::{json, Map, Value};
+use std::time::Instant;
 
+use super::parse::body_objects;
 use super::{get_str, guest_state, new_uuid, parse_meta, parse_refs, ClonedDrive, State};
 use crate::error::ApiError;
 
 impl State {
-    fn attach_drives(&mut self, server: &str, drives: &[ServerDrive]) {
+    pub(super) fn attach_drives(&mut self, server: &str, drives: &[ServerDrive]) {
         for d in drives {
             let list = self.attach.entry(d.drive.uuid().to_string()).or_default();
             if !list.iter().any(|s| s == server) {
@@ -16,7 +18,7 @@ impl State {
         }
     }
 
-    fn detach_drives(&mut self, server: &str) {
+    pub(super) fn detach_drives(&mut self, server: &str) {
         let drives: Vec<String> = self
             .servers
             .get(server)
@@ -40,10 +42,7 @@ impl State {
     pub fn create_servers(&mut self, items: &[Value]) -> Result<Vec<Server>, ApiError> {
         // validate all first so a bad item creates nothing
         let mut built = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let o = item.as_object().ok_or_else(|| {
-                ApiError::validation(format!("objects[{i}] must be an object"), Some("objects"))
-            })?;
+        for o in body_objects(items)? {
             built.push(self.server_from_body(o, None)?);
         }
         let mut out = Vec::new();
@@ -68,11 +67,15 @@ impl State {
         let o = body
             .as_object()
             .ok_or_else(|| ApiError::validation("Request body must be a JSON object", None))?;
+        self.refuse_if_deleting(uuid, "update")?;
         let existing = self.get_server(uuid)?.clone();
         if existing.status != ServerStatus::Stopped {
             // [V reference] while running only name, meta and tags apply; others are ignored.
-            // meta is replaced wholesale.
+            // meta is replaced wholesale. `drives` hot-plugs (see hotplug.rs).
             let mut s = existing.clone();
+            if let Some(d) = o.get("drives").filter(|v| !v.is_null()) {
+                s.drives = self.hotplug_drives(uuid, d)?;
+            }
             if let Some(n) = get_str(o, "name")? {
                 if n.trim().is_empty() {
                     return Err(ApiError::validation("name must not be empty", Some("name")));
@@ -87,6 +90,8 @@ impl State {
                 self.validate_refs_tags(&tags)?;
                 self.set_resource_tags(uuid, &tags);
             }
+            self.detach_drives(uuid);
+            self.attach_drives(uuid, &s.drives);
             self.servers.insert(uuid.to_string(), s);
         } else {
             let (mut s, tags) = self.server_from_body(o, Some(&existing))?;
@@ -114,11 +119,15 @@ impl State {
         uuid: &str,
         recurse: Option<&str>,
     ) -> Result<Vec<String>, ApiError> {
+        self.refuse_if_deleting(uuid, "delete")?;
         let s = self.get_server(uuid)?;
         if s.status != ServerStatus::Stopped {
-            // [D reference] deleting a running server is refused
+            // [D reference] deleting a running server is refused. [V kube-dc
+            // cluster-api-provider-cloudsigma controllers/cloudsigmamachine_controller.go] the
+            // real message contains `in state 'stopping'` (single quotes), which that client
+            // matches to treat a delete of a stopping server as done.
             return Err(ApiError::permission(format!(
-                "Cannot delete guest in state \"{}\". Guest should be in state \"stopped\"",
+                "Cannot delete guest in state '{}'. Guest should be in state 'stopped'",
                 guest_state(s.status)
             )));
         }
@@ -155,7 +164,28 @@ impl State {
         Ok(out)
     }
 
+    /// [V kube-dc cluster-api-provider-cloudsigma controllers/cloudsigmamachine_controller.go]
+    /// a server being deleted refuses a second DELETE with a message containing
+    /// `in state 'deleting'`. [D] After a DELETE the server is gone from GET and lists at once
+    /// (our client models have no `deleting` status), and for `timings.server_stop` more a
+    /// DELETE, PUT or action on its uuid is refused that way instead of answering 404.
+    pub(super) fn refuse_if_deleting(&self, uuid: &str, verb: &str) -> Result<(), ApiError> {
+        match self.deleting.get(uuid) {
+            Some(until) if *until > Instant::now() => Err(ApiError::permission(format!(
+                "Cannot {verb} guest in state 'deleting'. The server is being deleted"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub fn delete_server(&mut self, uuid: &str, drives: &[String]) {
+        let now = Instant::now();
+        self.deleting.retain(|_, until| *until > now);
+        if self.servers.contains_key(uuid) {
+            self.deleting
+                .insert(uuid.to_string(), now + self.timings.server_stop);
+        }
+        self.unplace_server(uuid);
         self.detach_drives(uuid);
         if let Some(s) = self.servers.shift_remove(uuid) {
             for n in &s.nics {
@@ -177,10 +207,12 @@ impl State {
     /// else equal; optional body `name`, `random_vnc_password`. Answers the new (stopped) server.
     /// [D] the clone gets fresh MACs, no tags, and a clone name defaults to the source name
     /// (clone_naming profile `NONE`, the documented default).
+    /// `avoid`: the `?avoid=` list for the cloned disks ([V docs availability_groups.rst]).
     pub fn clone_server(
         &mut self,
         uuid: &str,
         body: &Value,
+        avoid: &[String],
     ) -> Result<(Server, Vec<ClonedDrive>), ApiError> {
         let o = match body {
             Value::Object(o) => o.clone(),
@@ -228,7 +260,7 @@ impl State {
                 .unwrap_or_default();
             let mut nd = d.clone();
             if media == "disk" {
-                let (new_drive, _) = self.clone_drive(&du, &json!({}))?;
+                let (new_drive, _) = self.clone_drive(&du, &json!({}), avoid)?;
                 cloned.push((du, new_drive.uuid.clone(), new_drive.size));
                 nd.drive = Ref::to_resource("drives", &new_drive.uuid);
             }

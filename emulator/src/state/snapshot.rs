@@ -18,6 +18,10 @@ pub struct Snapshot {
     pub tags: Vec<Tag>,
     pub global_context: Meta,
     pub vendor_data: Option<Value>,
+    /// `/keypairs/` as stored (no `resource_uri`)
+    pub keypairs: Vec<Value>,
+    /// `/profile/`; absent in older state files (then the default profile)
+    pub profile: Option<Value>,
 }
 
 impl State {
@@ -39,6 +43,8 @@ impl State {
             tags: self.tags.values().cloned().collect(),
             global_context: self.global_context.clone(),
             vendor_data: self.vendor_data.clone(),
+            keypairs: self.keypairs.values().cloned().collect(),
+            profile: Some(self.profile.clone()),
         }
     }
 
@@ -47,7 +53,13 @@ impl State {
         self.servers = snap
             .servers
             .into_iter()
-            .map(|s| (s.uuid.clone(), s))
+            .map(|mut s| {
+                // rendered-only keys (render_server puts them back)
+                for d in &mut s.drives {
+                    d.extra.remove("runtime");
+                }
+                (s.uuid.clone(), s)
+            })
             .collect();
         self.drives = snap
             .drives
@@ -91,6 +103,14 @@ impl State {
         }
         self.global_context = snap.global_context;
         self.vendor_data = snap.vendor_data;
+        self.keypairs = snap
+            .keypairs
+            .into_iter()
+            .filter_map(|k| Some((k["uuid"].as_str()?.to_string(), k)))
+            .collect();
+        if let Some(p) = snap.profile {
+            self.profile = p;
+        }
         self.rebuild_indexes();
         self.settle_all_now();
     }

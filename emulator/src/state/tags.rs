@@ -64,10 +64,7 @@ impl State {
 
     pub fn create_tags(&mut self, items: &[Value]) -> Result<Vec<Value>, ApiError> {
         let mut built = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let o = item.as_object().ok_or_else(|| {
-                ApiError::validation(format!("objects[{i}] must be an object"), Some("objects"))
-            })?;
+        for o in super::parse::body_objects(items)? {
             let name = get_str(o, "name")?
                 .ok_or_else(|| ApiError::validation("This field is required", Some("name")))?;
             let resources = match o.get("resources") {
