@@ -2,23 +2,17 @@
 //! on a running server (kube-dc's CSI driver), and the `stopping`/`deleting` refusals of DELETE
 //! (kube-dc's machine controller).
 mod common;
-use cloudsim::{EmulatorConfig, Timings};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn running(t: &T, name: &str, avoid: &str) -> String {
-    let u = t.create_server(name, None).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (s, v) = t
-        .post(&format!("servers/{u}/action/?do=start{avoid}"), json!({}))
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    t.wait_status("servers", &u, "running").await;
-    u
+/// The answer is a refusal with `status` and `error_type` whose message contains `needle`.
+fn refused(r: &(StatusCode, Value), status: StatusCode, error_type: &str, needle: &str) {
+    assert_eq!(r.0, status, "{}", r.1);
+    let e = assert_error(&r.1, error_type);
+    let m = e["error_message"].as_str().unwrap_or_default();
+    assert!(m.contains(needle), "{m}");
 }
 
 fn sorted(v: &Value) -> Vec<String> {
@@ -35,12 +29,9 @@ fn sorted(v: &Value) -> Vec<String> {
 #[tokio::test]
 async fn server_availability_groups_and_start_avoid() {
     let t = instant().await;
-    let a = running(&t, "a", "").await;
-    let b = running(&t, "b", "").await;
-    let stopped = t.create_server("off", None).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = t.running_server("a", None, "").await;
+    let b = t.running_server("b", None, "").await;
+    let stopped = t.server_uuid("off", None).await;
     // without avoid they share a host
     let (s, g) = t.get("servers/availability_groups/").await;
     assert_eq!(s, StatusCode::OK);
@@ -57,13 +48,19 @@ async fn server_availability_groups_and_start_avoid() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(none, json!([]));
     // start with avoid: a host of its own
-    let c = running(&t, "c", &format!("&avoid={a}")).await;
+    let c = t.running_server("c", None, &format!("&avoid={a}")).await;
     let (_, alone) = t.get(&format!("servers/availability_groups/{c}/")).await;
     assert_eq!(alone, json!([c]));
     // avoid is best effort: avoiding more servers than there are other hosts still starts
-    let d = running(&t, "d", &format!("&avoid={a},{c}")).await;
-    let e = running(&t, "e", &format!("&avoid={a},{c},{d}")).await;
-    let f = running(&t, "f", &format!("&avoid={a},{c},{d},{e}")).await;
+    let d = t
+        .running_server("d", None, &format!("&avoid={a},{c}"))
+        .await;
+    let e = t
+        .running_server("e", None, &format!("&avoid={a},{c},{d}"))
+        .await;
+    let f = t
+        .running_server("f", None, &format!("&avoid={a},{c},{d},{e}"))
+        .await;
     let (_, gf) = t.get(&format!("servers/availability_groups/{f}/")).await;
     // four hosts, all taken: the last of the list (e) is given up first
     assert!(sorted(&gf).contains(&e), "{gf}");
@@ -75,8 +72,8 @@ async fn server_availability_groups_and_start_avoid() {
     let (s, e404) = t.get("servers/availability_groups/nope/").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_error(&e404, "notexist");
-    let (s, _) = t.post("servers/availability_groups/", json!({})).await;
-    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let post = t.post("servers/availability_groups/", json!({})).await;
+    assert_eq!(post.0, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]
@@ -96,39 +93,29 @@ async fn drive_availability_groups_and_create_clone_avoid() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let c = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let c = uuid_of(&v["objects"][0]);
     let (_, gc) = t.get(&format!("drives/availability_groups/{c}/")).await;
     assert_eq!(gc, json!([c]));
     // clone avoiding a server = avoiding its drives
-    let srv = t.create_server("s", Some(&a)).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (s, v) = t
-        .post(
-            &format!("drives/{b}/action/?do=clone&avoid={srv}"),
-            json!({}),
-        )
-        .await;
+    let srv = t.server_uuid("s", Some(&a)).await;
+    let clone = format!("drives/{b}/action/?do=clone&avoid={srv}");
+    let (s, v) = t.post(&clone, json!({})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let cl = v["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let cl = uuid_of(&v["objects"][0]);
     let (_, gcl) = t.get(&format!("drives/availability_groups/{cl}/")).await;
     assert!(!sorted(&gcl).contains(&a), "{gcl}");
-    let (s, _) = t.get("drives/availability_groups/nope/").await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let missing = t.get("drives/availability_groups/nope/").await;
+    assert_eq!(missing.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn drives_hot_plug_on_a_running_server() {
     let t = instant().await;
-    let boot = t.ready_drive("boot", 1 << 30).await;
-    let vol = t.ready_drive("vol", 1 << 30).await;
-    let u = t.create_server("node", Some(&boot)).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.action("servers", &u, "start").await;
-    t.wait_status("servers", &u, "running").await;
+    let (boot, vol) = (
+        t.ready_drive("b", 1 << 30).await,
+        t.ready_drive("v", 1 << 30).await,
+    );
+    let u = t.running_server("node", Some(&boot), "").await;
     let (_, srv) = t.get(&format!("servers/{u}/")).await;
 
     // attach as kube-dc's CSI driver does: the whole server with the drive appended
@@ -149,12 +136,7 @@ async fn drives_hot_plug_on_a_running_server() {
 
     // a drive that is busy or on another running server is refused, nothing changes
     let other = t.ready_drive("other", 1 << 30).await;
-    let o = t.create_server("other", Some(&other)).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.action("servers", &o, "start").await;
-    t.wait_status("servers", &o, "running").await;
+    t.running_server("other", Some(&other), "").await;
     let mut steal = v.clone();
     steal["drives"]
         .as_array_mut()
@@ -190,22 +172,10 @@ async fn drives_hot_plug_on_a_running_server() {
 
 #[tokio::test]
 async fn hot_plug_refuses_a_drive_that_is_not_idle() {
-    let t = start(EmulatorConfig {
-        timings: Timings::uniform(Duration::from_millis(300)),
-        ..EmulatorConfig::for_tests()
-    })
-    .await;
+    let t = with_timings(300).await;
     let boot = t.ready_drive("boot", 1 << 30).await;
-    let u = t.create_server("node", Some(&boot)).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.action("servers", &u, "start").await;
-    t.wait_status("servers", &u, "running").await;
-    let fresh = t.create_drive("fresh", 1 << 30).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let u = t.running_server("node", Some(&boot), "").await;
+    let fresh = uuid_of(&t.create_drive("fresh", 1 << 30).await);
     assert_eq!(t.status("drives", &fresh).await, "creating");
     let (_, srv) = t.get(&format!("servers/{u}/")).await;
     let mut body = srv.clone();
@@ -213,58 +183,46 @@ async fn hot_plug_refuses_a_drive_that_is_not_idle() {
         .as_array_mut()
         .unwrap()
         .push(json!({"dev_channel": "0:2", "device": "virtio", "drive": fresh}));
-    let (s, e) = t.put(&format!("servers/{u}/"), body).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
-    assert!(assert_error(&e, "permission")["error_message"]
-        .as_str()
-        .unwrap()
-        .contains("creating"));
+    let r = t.put(&format!("servers/{u}/"), body).await;
+    refused(&r, StatusCode::FORBIDDEN, "permission", "creating");
 }
 
 #[tokio::test]
 async fn delete_refusals_in_stopping_and_deleting() {
-    let t = start(EmulatorConfig {
-        timings: Timings::uniform(Duration::from_millis(400)),
-        ..EmulatorConfig::for_tests()
-    })
-    .await;
-    let u = t.create_server("s", None).await["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.action("servers", &u, "start").await;
-    t.wait_status("servers", &u, "running").await;
+    let t = with_timings(400).await;
+    let u = t.running_server("s", None, "").await;
     t.action("servers", &u, "stop").await;
     assert_eq!(t.status("servers", &u).await, "stopping");
     // the message kube-dc's controller matches: `in state 'stopping'`
-    let (s, e) = t.delete(&format!("servers/{u}/")).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    let msg = assert_error(&e, "permission")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(msg.contains("in state 'stopping'"), "{msg}");
+    let r = t.delete(&format!("servers/{u}/")).await;
+    refused(
+        &r,
+        StatusCode::FORBIDDEN,
+        "permission",
+        "in state 'stopping'",
+    );
     // a start while stopping is refused too
-    let (s, _) = t.action("servers", &u, "start").await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    let r = t.action("servers", &u, "start").await;
+    refused(&r, StatusCode::FORBIDDEN, "permission", "stopping");
     t.wait_status("servers", &u, "stopped").await;
 
-    let (s, _) = t.delete(&format!("servers/{u}/")).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    let path = format!("servers/{u}/");
+    assert_eq!(t.delete(&path).await.0, StatusCode::NO_CONTENT);
     // gone from GET and lists at once …
-    let (s, _) = t.get(&format!("servers/{u}/")).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(t.get(&path).await.0, StatusCode::NOT_FOUND);
+    let (_, l) = t.get("servers/").await;
+    assert_eq!(l["meta"]["total_count"], 0);
     // … while a second DELETE or an action says `in state 'deleting'`
-    for (status, e) in [
+    for r in [
         t.delete(&format!("servers/{u}/")).await,
         t.action("servers", &u, "start").await,
     ] {
-        assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
-        let m = assert_error(&e, "permission")["error_message"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert!(m.contains("in state 'deleting'"), "{m}");
+        refused(
+            &r,
+            StatusCode::FORBIDDEN,
+            "permission",
+            "in state 'deleting'",
+        );
     }
     // and once the deletion is over, the uuid does not exist
     tokio::time::sleep(Duration::from_millis(500)).await;

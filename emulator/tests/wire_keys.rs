@@ -7,98 +7,51 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// `want`: (key, must be null). Every key present; the null ones null.
-fn check(what: &str, v: &Value, want: &[(&str, bool)]) {
+/// `want`: the keys, space-separated; `key:null` must be null. Every key present.
+fn check(what: &str, v: &Value, want: &str) {
     let o = v
         .as_object()
         .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
-    for (k, null) in want {
+    for w in want.split_whitespace() {
+        let (k, null) = match w.strip_suffix(":null") {
+            Some(k) => (k, true),
+            None => (w, false),
+        };
         let got = o
-            .get(*k)
+            .get(k)
             .unwrap_or_else(|| panic!("{what}: missing key {k} in {v}"));
-        if *null {
-            assert!(got.is_null(), "{what}: {k} must be null, got {got}");
-        }
+        assert!(
+            !null || got.is_null(),
+            "{what}: {k} must be null, got {got}"
+        );
     }
 }
 
+/// The first object of `GET {res}/detail/` and the same object fetched alone, both checked.
+async fn check_list_and_get(t: &T, res: &str, want: &str) {
+    let (_, l) = t.get(&format!("{res}/detail/")).await;
+    check(&format!("{res} list"), &l["objects"][0], want);
+    let u = uuid_of(&l["objects"][0]);
+    let (_, one) = t.get(&format!("{res}/{u}/")).await;
+    check(&format!("{res} get"), &one, want);
+}
+
 /// [V dumps/response_server_create_minimal, response_pubkeys_server] a stopped server.
-const SERVER: &[(&str, bool)] = &[
-    ("context", false),
-    ("cpu", false),
-    ("cpu_model", true),
-    ("cpu_type", false),
-    ("cpus_instead_of_cores", false),
-    ("drives", false),
-    ("enable_numa", false),
-    ("grantees", false),
-    ("hv_relaxed", false),
-    ("hv_tsc", false),
-    ("hypervisor", false),
-    ("jobs", false),
-    ("mem", false),
-    ("meta", false),
-    ("name", false),
-    ("nics", false),
-    ("owner", false),
-    ("permissions", false),
-    ("pubkeys", false),
-    ("requirements", false),
-    ("resource_uri", false),
-    ("runtime", true),
-    ("smp", false),
-    ("status", false),
-    ("tags", false),
-    ("uuid", false),
-    ("vnc_password", false),
-];
+const SERVER: &str = "context cpu cpu_model:null cpu_type cpus_instead_of_cores drives enable_numa grantees hv_relaxed hv_tsc hypervisor jobs mem meta name nics owner permissions pubkeys requirements resource_uri runtime:null smp status tags uuid vnc_password";
 /// [V dumps/response_server_get_two_nics, response_pubkeys_server] a NIC of a stopped server.
-const NIC_STOPPED: &[(&str, bool)] = &[
-    ("boot_order", true),
-    ("ip_v4_conf", false),
-    ("ip_v6_conf", true),
-    ("mac", false),
-    ("model", false),
-    ("runtime", true),
-    ("vlan", true),
-];
+const NIC_STOPPED: &str =
+    "boot_order:null ip_v4_conf ip_v6_conf:null mac model runtime:null vlan:null";
 /// [V dumps/response_server_attach_drive] a server's drive while stopped.
-const SERVER_DRIVE_STOPPED: &[(&str, bool)] = &[
-    ("boot_order", false),
-    ("dev_channel", false),
-    ("device", false),
-    ("drive", false),
-    ("runtime", true),
-];
+const SERVER_DRIVE_STOPPED: &str = "boot_order dev_channel device drive runtime:null";
 /// [V dumps/response_drive_get_unmounted]
-const DRIVE: &[(&str, bool)] = &[
-    ("affinities", false),
-    ("allow_multimount", false),
-    ("grantees", false),
-    ("jobs", false),
-    ("licenses", false),
-    ("media", false),
-    ("meta", false),
-    ("mounted_on", false),
-    ("name", false),
-    ("owner", false),
-    ("permissions", false),
-    ("resource_uri", false),
-    ("runtime", false),
-    ("size", false),
-    ("snapshots", false),
-    ("status", false),
-    ("storage_type", false),
-    ("tags", false),
-    ("uuid", false),
-];
+const DRIVE: &str = "affinities allow_multimount grantees jobs licenses media meta mounted_on name owner permissions resource_uri runtime size snapshots status storage_type tags uuid";
 
 #[tokio::test]
 async fn server_and_drive_keys_on_create_list_and_get() {
     let t = instant().await;
     let d = t.ready_drive("d", 1 << 30).await;
     let created = t.create_server("s", Some(&d)).await;
-    let u = created["uuid"].as_str().unwrap().to_string();
+    let u = uuid_of(&created);
     let (_, listed) = t.get("servers/detail/").await;
     let (s, got) = t.get(&format!("servers/{u}/")).await;
     assert_eq!(s, StatusCode::OK);
@@ -111,25 +64,14 @@ async fn server_and_drive_keys_on_create_list_and_get() {
         check(what, &v["nics"][0], NIC_STOPPED);
         check(what, &v["drives"][0], SERVER_DRIVE_STOPPED);
         // the reference `ip_v4_conf` of a DHCP NIC: {"conf": "dhcp", "ip": null}
-        check(
-            what,
-            &v["nics"][0]["ip_v4_conf"],
-            &[("conf", false), ("ip", true)],
-        );
+        check(what, &v["nics"][0]["ip_v4_conf"], "conf ip:null");
     }
     // [V dumps/response_server_list] the short list
     let (_, short) = t.get("servers/").await;
     check(
         "short",
         &short["objects"][0],
-        &[
-            ("name", false),
-            ("owner", false),
-            ("resource_uri", false),
-            ("runtime", true),
-            ("status", false),
-            ("uuid", false),
-        ],
+        "name owner resource_uri runtime:null status uuid",
     );
 
     // running: NIC runtime and drive runtime are objects [V dumps/response_server_get_running]
@@ -139,19 +81,10 @@ async fn server_and_drive_keys_on_create_list_and_get() {
     check(
         "running nic runtime",
         &run["nics"][0]["runtime"],
-        &[
-            ("interface_type", false),
-            ("io", false),
-            ("ip_v4", false),
-            ("ip_v6", true),
-        ],
+        "interface_type io ip_v4 ip_v6:null",
     );
     assert_eq!(run["drives"][0]["runtime"]["io"]["bytes_read"], 0);
-    check(
-        "runtime",
-        &run["runtime"],
-        &[("active_since", false), ("nics", false)],
-    );
+    check("runtime", &run["runtime"], "active_since nics");
 
     let (_, dcreated) = t
         .post(
@@ -170,11 +103,7 @@ async fn server_and_drive_keys_on_create_list_and_get() {
         check(
             what,
             &v["runtime"],
-            &[
-                ("is_snapshotable", false),
-                ("snapshots_allocated_size", false),
-                ("storage_type", false),
-            ],
+            "is_snapshotable snapshots_allocated_size storage_type",
         );
     }
     // [V dumps/response_drive_list] the short list
@@ -182,12 +111,7 @@ async fn server_and_drive_keys_on_create_list_and_get() {
     check(
         "drive short",
         &dshort["objects"][0],
-        &[
-            ("owner", false),
-            ("resource_uri", false),
-            ("status", false),
-            ("uuid", false),
-        ],
+        "owner resource_uri status uuid",
     );
 }
 
@@ -200,34 +124,7 @@ async fn library_ip_vlan_and_tag_keys() {
     check(
         "libdrive",
         lib,
-        &[
-            ("affinities", false),
-            ("allow_multimount", false),
-            ("arch", false),
-            ("category", false),
-            ("description", false),
-            ("distribution", false),
-            ("favourite", false),
-            ("image_type", false),
-            ("install_notes", false),
-            ("jobs", false),
-            ("licenses", false),
-            ("media", false),
-            ("meta", false),
-            ("mounted_on", false),
-            ("name", false),
-            ("os", false),
-            ("owner", true),
-            ("paid", false),
-            ("resource_uri", false),
-            ("size", false),
-            ("status", false),
-            ("storage_type", false),
-            ("tags", false),
-            ("url", false),
-            ("uuid", false),
-            ("version", false),
-        ],
+        "affinities allow_multimount arch category description distribution favourite image_type install_notes jobs licenses media meta mounted_on name os owner:null paid resource_uri size status storage_type tags url uuid version",
     );
     // a library drive registered with only the required fields gets the same keys
     let (s, _) = t
@@ -242,66 +139,21 @@ async fn library_ip_vlan_and_tag_keys() {
     check(
         "bare libdrive",
         &bare["objects"][0],
-        &[
-            ("category", false),
-            ("licenses", false),
-            ("owner", true),
-            ("storage_type", true),
-            ("url", false),
-        ],
+        "category licenses owner:null storage_type:null url",
     );
     // [V dumps/response_ip_get]
-    let ip_keys: &[(&str, bool)] = &[
-        ("gateway", false),
-        ("grantees", false),
-        ("meta", false),
-        ("nameservers", false),
-        ("netmask", false),
-        ("owner", false),
-        ("permissions", false),
-        ("resource_uri", false),
-        ("server", true),
-        ("subscription", false),
-        ("tags", false),
-        ("uuid", false),
-    ];
-    let (_, ips) = t.get("ips/detail/").await;
-    check("ip list", &ips["objects"][0], ip_keys);
-    let addr = ips["objects"][0]["uuid"].as_str().unwrap().to_string();
-    let (_, ip) = t.get(&format!("ips/{addr}/")).await;
-    check("ip get", &ip, ip_keys);
+    let ip_keys: &str = "gateway grantees meta nameservers netmask owner permissions resource_uri server:null subscription tags uuid";
+    check_list_and_get(&t, "ips", ip_keys).await;
     // [V dumps/response_vlan_get]
-    let vlan_keys: &[(&str, bool)] = &[
-        ("bottom_vlan_tag", false),
-        ("grantees", false),
-        ("meta", false),
-        ("owner", false),
-        ("permissions", false),
-        ("resource_uri", false),
-        ("servers", false),
-        ("subscription", false),
-        ("tags", false),
-        ("uuid", false),
-    ];
-    let (_, vlans) = t.get("vlans/detail/").await;
-    check("vlan list", &vlans["objects"][0], vlan_keys);
-    let vu = vlans["objects"][0]["uuid"].as_str().unwrap().to_string();
-    let (_, vlan) = t.get(&format!("vlans/{vu}/")).await;
-    check("vlan get", &vlan, vlan_keys);
+    let vlan_keys: &str = "bottom_vlan_tag grantees meta owner permissions resource_uri servers subscription tags uuid";
+    check_list_and_get(&t, "vlans", vlan_keys).await;
     // [V dumps/response_tags_get]
-    let tag_keys: &[(&str, bool)] = &[
-        ("meta", false),
-        ("name", false),
-        ("owner", false),
-        ("resource_uri", false),
-        ("resources", false),
-        ("uuid", false),
-    ];
+    let tag_keys: &str = "meta name owner resource_uri resources uuid";
     let (_, tc) = t.post("tags/", json!({"objects": [{"name": "t"}]})).await;
     check("tag create", &tc["objects"][0], tag_keys);
     let (_, tl) = t.get("tags/").await;
     check("tag list", &tl["objects"][0], tag_keys);
-    let tu = tc["objects"][0]["uuid"].as_str().unwrap().to_string();
+    let tu = uuid_of(&tc["objects"][0]);
     let (_, tg) = t.get(&format!("tags/{tu}/")).await;
     check("tag get", &tg, tag_keys);
 }

@@ -307,7 +307,7 @@ async fn route(
         [res @ ("servers" | "drives" | "libdrives" | "ips" | "vlans" | "tags")] => match *method {
             Method::GET => list(app, res, false, query),
             Method::POST if matches!(*res, "servers" | "drives" | "tags") => {
-                create(app, res, query, body).await
+                create(app, res, &avoid(query), body).await
             }
             // [V docs drives.rst "Multiple drives"] DELETE on the list with {"objects": [{"uuid"}]}
             Method::DELETE if matches!(*res, "servers" | "drives") => {

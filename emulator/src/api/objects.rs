@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use std::sync::Arc;
 
-use super::{avoid, create_items, parse_body, q, Query, Reply};
+use super::{create_items, parse_body, q, Query, Reply};
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -41,10 +41,11 @@ pub(super) fn get_one(app: &Arc<App>, res: &str, uuid: &str) -> Result<Reply, Ap
     }
 }
 
+/// `avoid`: the `?avoid=` list (drives only, see state/placement.rs).
 pub(super) async fn create(
     app: &Arc<App>,
     res: &str,
-    query: &Query,
+    avoid: &[String],
     body: &Bytes,
 ) -> Result<Reply, ApiError> {
     let items = create_items(body)?;
@@ -62,7 +63,7 @@ pub(super) async fn create(
             )
         }
         "drives" => {
-            let created = app.lock().create_drives(&items, &avoid(query))?;
+            let created = app.lock().create_drives(&items, avoid)?;
             for d in &created {
                 if let Err(e) = app.backend.drive_created(&d.uuid, d.size, &d.media).await {
                     let mut st = app.lock();

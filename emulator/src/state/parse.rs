@@ -41,20 +41,10 @@ impl State {
     ) -> Result<(Server, Vec<String>), ApiError> {
         let name = body_name(o, existing.map(|e| e.name.as_str()))?;
         let lim = SERVER_LIMITS;
-        let cpu = in_range(
-            required(get_u64(o, "cpu")?, existing.map(|e| e.cpu), "cpu")?,
-            lim.cpu,
-            "cpu",
-            "MHz",
-        )?;
-        let mem = in_range(
-            required(get_u64(o, "mem")?, existing.map(|e| e.mem), "mem")?,
-            lim.mem,
-            "mem",
-            "bytes",
-        )?;
-        let smp = get_u64(o, "smp")?.unwrap_or(existing.map(|e| e.smp as u64).unwrap_or(1));
-        let smp = in_range(smp, lim.smp, "smp", "")?;
+        let cpu = limited(o, "cpu", existing.map(|e| e.cpu), lim.cpu, " MHz")?;
+        let mem = limited(o, "mem", existing.map(|e| e.mem), lim.mem, " bytes")?;
+        let smp = existing.map(|e| e.smp as u64).unwrap_or(1);
+        let smp = limited(o, "smp", Some(smp), lim.smp, "")?;
         let vnc_password = match get_str(o, "vnc_password")? {
             Some(v) => Some(v),
             None => match existing {
@@ -503,15 +493,18 @@ pub const SERVER_LIMITS: ServerLimits = ServerLimits {
     smp: (1, 32),
 };
 
-fn in_range(v: u64, (min, max): (u64, u64), field: &str, unit: &str) -> Result<u64, ApiError> {
+/// A required integer field of a create/PUT body (else `existing`) within `(min, max)`.
+fn limited(
+    o: &Map<String, Value>,
+    field: &str,
+    existing: Option<u64>,
+    (min, max): (u64, u64),
+    unit: &str,
+) -> Result<u64, ApiError> {
+    let v = required(get_u64(o, field)?, existing, field)?;
     if (min..=max).contains(&v) {
         return Ok(v);
     }
-    let unit = if unit.is_empty() {
-        String::new()
-    } else {
-        format!(" {unit}")
-    };
     Err(ApiError::validation(
         format!("{field} {v}{unit} is out of range {min}..{max} (see GET /capabilities/)"),
         Some(field),

@@ -24,6 +24,20 @@ pub async fn instant() -> T {
     start(EmulatorConfig::for_tests()).await
 }
 
+/// Every transition takes `ms` milliseconds.
+pub async fn with_timings(ms: u64) -> T {
+    start(EmulatorConfig {
+        timings: cloudsim::Timings::uniform(std::time::Duration::from_millis(ms)),
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+}
+
+/// `v["uuid"]` as a String.
+pub fn uuid_of(v: &Value) -> String {
+    v["uuid"].as_str().unwrap_or_default().to_string()
+}
+
 impl T {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.emu.api_url(), path.trim_start_matches('/'))
@@ -115,6 +129,24 @@ impl T {
         let (s, v) = self.post("servers/", json!({"objects": [o]})).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["objects"][0].clone()
+    }
+    /// [`T::create_server`]'s uuid.
+    pub async fn server_uuid(&self, name: &str, drive: Option<&str>) -> String {
+        uuid_of(&self.create_server(name, drive).await)
+    }
+    /// A new server started with `?do=start{start_query}` (e.g. `&avoid=...`), once `running`.
+    pub async fn running_server(
+        &self,
+        name: &str,
+        drive: Option<&str>,
+        start_query: &str,
+    ) -> String {
+        let u = self.server_uuid(name, drive).await;
+        let start = format!("servers/{u}/action/?do=start{start_query}");
+        let (s, v) = self.post(&start, json!({})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        self.wait_status("servers", &u, "running").await;
+        u
     }
     pub async fn status(&self, res: &str, uuid: &str) -> String {
         let (s, v) = self.get(&format!("{res}/{uuid}/")).await;
