@@ -2,9 +2,9 @@
 //! drives), delete.
 
 use cloudsigma_api::{Drive, DriveStatus, Meta};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::parse::{body_objects, default_drive_extra};
+use super::parse::{action_body, body_objects, default_drive_extra};
 use super::{get_str, get_u64, new_uuid, State, Transition};
 use crate::error::ApiError;
 
@@ -146,16 +146,7 @@ impl State {
         body: &Value,
         avoid: &[String],
     ) -> Result<(Drive, bool), ApiError> {
-        let o = match body {
-            Value::Object(o) => o.clone(),
-            Value::Null => Map::new(),
-            _ => {
-                return Err(ApiError::validation(
-                    "Request body must be a JSON object",
-                    None,
-                ))
-            }
-        };
+        let o = action_body(body)?;
         let (name, media, size, storage_type, meta, is_lib, extra_src) =
             if let Some(d) = self.drives.get(src) {
                 if !matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc) {

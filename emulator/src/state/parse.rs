@@ -551,6 +551,18 @@ pub(super) fn body_objects(items: &[Value]) -> Result<Vec<&Map<String, Value>>, 
         .collect()
 }
 
+/// The body of an action (`clone`): an object, or nothing (`null`, an empty body).
+pub(super) fn action_body(body: &Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(o) => Ok(o.clone()),
+        Value::Null => Ok(Map::new()),
+        _ => Err(ApiError::validation(
+            "Request body must be a JSON object",
+            None,
+        )),
+    }
+}
+
 pub fn get_str(o: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),

@@ -1,10 +1,10 @@
 //! Servers: create, update, delete (with `recurse`), clone; which drives each one holds.
 
 use cloudsigma_api::{DriveStatus, IpConfMode, Ref, Server, ServerDrive, ServerStatus};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::time::Instant;
 
-use super::parse::body_objects;
+use super::parse::{action_body, body_objects};
 use super::{get_str, guest_state, new_uuid, parse_meta, parse_refs, ClonedDrive, State};
 use crate::error::ApiError;
 
@@ -214,16 +214,7 @@ impl State {
         body: &Value,
         avoid: &[String],
     ) -> Result<(Server, Vec<ClonedDrive>), ApiError> {
-        let o = match body {
-            Value::Object(o) => o.clone(),
-            Value::Null => Map::new(),
-            _ => {
-                return Err(ApiError::validation(
-                    "Request body must be a JSON object",
-                    None,
-                ))
-            }
-        };
+        let o = action_body(body)?;
         let src = self.get_server(uuid)?.clone();
         let name = match get_str(&o, "name")? {
             Some(n) if n.trim().is_empty() => {
