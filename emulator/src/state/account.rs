@@ -45,6 +45,7 @@ pub(super) fn default_profile() -> Value {
         "phone": "",
         "postcode": "",
         "reseller": "",
+        // [D] a fixed date in the dump's format
         "signup_time": "2026-01-01T00:00:00.000000+00:00",
         "state": "REGULAR",
         "tax_name": null,
