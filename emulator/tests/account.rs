@@ -80,12 +80,8 @@ async fn capabilities_report_the_limits_the_emulator_enforces() {
 #[tokio::test]
 async fn keypairs_crud_and_pubkeys_view() {
     let t = instant().await;
-    let (s, v) = t
-        .post(
-            "keypairs/",
-            json!({"objects": [{"name": "pub only", "public_key": ED25519}]}),
-        )
-        .await;
+    let pub_only = json!({"objects": [{"name": "pub only", "public_key": ED25519}]});
+    let (s, v) = t.post("keypairs/", pub_only).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let k = &v["objects"][0];
     // [V dumps/response_pub_key_only_keypair_create]
