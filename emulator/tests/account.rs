@@ -47,6 +47,10 @@ async fn profile_get_and_put() {
     assert_eq!(p2["meta"]["a"], "1");
     let (_, p3) = t.get("profile/").await;
     assert_eq!(p3["company"], "Newly Set Company Name");
+    // pycloudsigma's test_profile PUTs the whole GET answer back, read-only keys and all
+    let (s, back) = t.put("profile/", p3.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{back}");
+    assert_eq!(back, p3);
     // a wrong type is refused, naming the field
     let (s, e) = t.put("profile/", json!({"invoicing": "yes"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
