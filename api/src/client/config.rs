@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::Spanned;
 use url::Url;
 
 /// Environment variables read by [`Config::resolve`].
@@ -65,9 +66,9 @@ pub struct ConfigOverrides {
 }
 
 /// The TOML config file (`~/.config/cloudsigma/config.toml` or `$CLOUDSIGMA_CONFIG`). Unknown keys
-/// are refused so a typo (`pasword`) is reported instead of silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// are refused so a typo (`pasword`) is reported instead of silently ignored. Parse it with
+/// [`ConfigFile::parse`], whose errors never echo a value of the file (it holds the password).
+#[derive(Debug, Default)]
 pub struct ConfigFile {
     pub api_url: Option<String>,
     pub region: Option<String>,
@@ -78,6 +79,151 @@ pub struct ConfigFile {
     pub timeout_secs: Option<f64>,
     /// Total attempts for idempotent requests (1 = no retries).
     pub max_attempts: Option<u32>,
+}
+
+/// The keys a config file may hold (what an unknown key is compared with).
+pub const CONFIG_FILE_KEYS: &[&str] = &[
+    "api_url",
+    "region",
+    "username",
+    "password",
+    "token",
+    "timeout_secs",
+    "max_attempts",
+];
+
+/// The file as written: each value untyped and with its place, so that a wrong type is reported
+/// by us (key and position) rather than by serde, whose messages quote the value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfigFile {
+    api_url: Option<Spanned<toml::Value>>,
+    region: Option<Spanned<toml::Value>>,
+    username: Option<Spanned<toml::Value>>,
+    password: Option<Spanned<toml::Value>>,
+    token: Option<Spanned<toml::Value>>,
+    timeout_secs: Option<Spanned<toml::Value>>,
+    max_attempts: Option<Spanned<toml::Value>>,
+}
+
+/// `line L, column C` (1-based, columns in characters) of a byte offset of `text`.
+fn position(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    format!(
+        "line {}, column {}",
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1
+    )
+}
+
+/// An unknown key is named only when it is a near miss of a known one (a typo such as
+/// `pasword`): anything else on the left of `=` may be a secret pasted into the wrong place.
+fn describe_unknown_key(key: &str) -> String {
+    let known = CONFIG_FILE_KEYS.join(", ");
+    match CONFIG_FILE_KEYS
+        .iter()
+        .map(|k| (strsim::osa_distance(key, k), *k))
+        .min()
+    {
+        Some((d, k)) if d <= 2 => {
+            format!("unknown key `{key}` (did you mean `{k}`?); the keys are {known}")
+        }
+        _ => format!("unknown key (name not shown); the keys are {known}"),
+    }
+}
+
+/// A message of the TOML parser with everything that could come from the file taken out:
+/// quoted text (`…` or "…") stays only when it is a known key or a grammar token (`=`, `"`,
+/// `]`, …). The parser's own words describe what it expected; the file's words may be a secret
+/// (the duplicate-key and dotted-key messages quote keys; serde's type errors quote values).
+fn scrub_toml_message(msg: &str) -> String {
+    let keep = |q: &str| CONFIG_FILE_KEYS.contains(&q) || q.chars().count() <= 2;
+    let mut out = String::new();
+    for (i, part) in msg.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(if keep(part) { part } else { "(not shown)" });
+            out.push('`');
+            continue;
+        }
+        for (j, p) in part.split('"').enumerate() {
+            out.push_str(if j % 2 == 1 { "\"(not shown)\"" } else { p });
+        }
+        out.push('`');
+    }
+    out.pop();
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigFile {
+    /// Parse a config file's text. An error names the place (`line L, column C`) and the key
+    /// when it is a known one (or a near miss of one), never a value: the message goes to
+    /// imgbuild's stderr and the controller's log, and the file holds the password or token.
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        let raw: RawConfigFile = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| format!("{}: ", position(text, s.start)))
+                .unwrap_or_default();
+            let what = match e
+                .message()
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once("`, expected"))
+            {
+                Some((key, _)) => describe_unknown_key(key),
+                None => scrub_toml_message(e.message()),
+            };
+            format!("{at}{what}")
+        })?;
+        let wrong = |key: &str, v: &Spanned<toml::Value>, want: &str| {
+            format!(
+                "{}: `{key}` must be {want}, not {} (value not shown)",
+                position(text, v.span().start),
+                v.get_ref().type_str()
+            )
+        };
+        let string = |key: &str, v: Option<Spanned<toml::Value>>| match v {
+            None => Ok(None),
+            Some(v) => match v.get_ref() {
+                toml::Value::String(s) => Ok(Some(s.clone())),
+                _ => Err(wrong(key, &v, "a string in quotes")),
+            },
+        };
+        let timeout_secs = match raw.timeout_secs {
+            None => None,
+            Some(v) => Some(match v.get_ref() {
+                toml::Value::Float(f) => *f,
+                toml::Value::Integer(i) => *i as f64,
+                _ => return Err(wrong("timeout_secs", &v, "a number of seconds")),
+            }),
+        };
+        let max_attempts = match raw.max_attempts {
+            None => None,
+            Some(v) => Some(match v.get_ref() {
+                toml::Value::Integer(i) => u32::try_from(*i).map_err(|_| {
+                    format!(
+                        "{}: `max_attempts` must be between 1 and 100",
+                        position(text, v.span().start)
+                    )
+                })?,
+                _ => return Err(wrong("max_attempts", &v, "a whole number")),
+            }),
+        };
+        Ok(ConfigFile {
+            api_url: string("api_url", raw.api_url)?,
+            region: string("region", raw.region)?,
+            username: string("username", raw.username)?,
+            password: string("password", raw.password)?,
+            token: string("token", raw.token)?,
+            timeout_secs,
+            max_attempts,
+        })
+    }
 }
 
 /// Validate a region name: it becomes a host name label.
@@ -95,8 +241,14 @@ fn valid_region(region: &str) -> bool {
 /// `/api/2.0` prefix).
 pub(crate) fn normalize_base_url(raw: &str) -> Result<Url, Error> {
     let mut url = Url::parse(raw.trim()).map_err(|e| {
+        // `user:password@` that fails to parse must not be echoed either
+        let shown = if raw.contains('@') {
+            "(not shown: it contains `@`, i.e. maybe credentials)".to_string()
+        } else {
+            format!("{raw:?}")
+        };
         Error::Config(format!(
-            "invalid API URL {raw:?}: {e}; expected e.g. https://zrh.cloudsigma.com/api/2.0/"
+            "invalid API URL {shown}: {e}; expected e.g. https://zrh.cloudsigma.com/api/2.0/"
         ))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -186,7 +338,7 @@ fn load_file(path: &Path, required: bool) -> Result<Option<ConfigFile>, Error> {
             )))
         }
     };
-    toml::from_str::<ConfigFile>(&text)
+    ConfigFile::parse(&text)
         .map(Some)
         .map_err(|e| Error::Config(format!("invalid config file {}: {e}", path.display())))
 }
