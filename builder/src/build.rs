@@ -62,6 +62,8 @@ pub struct Created {
 pub struct CleanupReport {
     pub deleted: Vec<String>,
     pub left: Vec<String>,
+    /// Tags this build created but did not delete because another build may use them.
+    pub kept: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -753,23 +755,29 @@ impl Builder {
     pub async fn cleanup(&self, created: &Created) -> CleanupReport {
         let mut rep = CleanupReport::default();
         let cloud = &self.cloud;
-        let mut server = created.server.clone();
-        let mut drive = created.drive.clone();
-        // the create call may have succeeded without us seeing the answer
-        if server.is_none() {
-            if let Some(n) = &created.maybe_server {
-                if let Ok(v) = cloud.list_servers_filtered(&[("name", n.as_str())]).await {
-                    server = v.into_iter().find(|s| &s.name == n).map(|s| s.uuid);
-                }
+        // the create call may have succeeded without us seeing the answer: look for it by name
+        let server = match (&created.server, &created.maybe_server) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(n)) => {
+                let find = || async {
+                    let v = cloud.list_servers_filtered(&[("name", n.as_str())]).await?;
+                    Ok(v.into_iter().find(|s| &s.name == n).map(|s| s.uuid))
+                };
+                lookup_lost_create("server", n, find, &mut rep).await
             }
-        }
-        if drive.is_none() {
-            if let Some(n) = &created.maybe_drive {
-                if let Ok(v) = cloud.list_drives_filtered(&[("name", n.as_str())]).await {
-                    drive = v.into_iter().find(|d| &d.name == n).map(|d| d.uuid);
-                }
+            (None, None) => None,
+        };
+        let drive = match (&created.drive, &created.maybe_drive) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(n)) => {
+                let find = || async {
+                    let v = cloud.list_drives_filtered(&[("name", n.as_str())]).await?;
+                    Ok(v.into_iter().find(|d| &d.name == n).map(|d| d.uuid))
+                };
+                lookup_lost_create("drive", n, find, &mut rep).await
             }
-        }
+            (None, None) => None,
+        };
         if let Some(s) = &server {
             match delete_server_stopping(cloud, s).await {
                 Ok(()) => rep.deleted.push(format!("server {s}")),
@@ -782,7 +790,79 @@ impl Builder {
                 Err(e) => rep.left.push(format!("drive {d} ({e})")),
             }
         }
-        for (u, n) in &created.tags {
+        if !created.tags.is_empty() {
+            self.delete_tags_unless_shared(&created.tags, drive.as_deref(), &mut rep)
+                .await;
+        }
+        for d in &rep.deleted {
+            self.reporter.line(&format!("cleanup: deleted {d}"));
+        }
+        for k in &rep.kept {
+            self.reporter.line(&format!("cleanup: kept {k}"));
+        }
+        for l in &rep.left {
+            self.reporter.line(&format!(
+                "cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"
+            ));
+        }
+        rep
+    }
+
+    /// Delete the tags this build created — unless another build may use them. Tags are shared
+    /// by name (`imgbuild`, the recipe's output tags): a build started after ours created them
+    /// finds them and attaches them to its drive at its resize and to its image at finalize;
+    /// deleting them under it would fail its build or strip its image. So a tag is kept (tags
+    /// cost nothing) while it tags anything, and every tag is kept while another build's drive
+    /// exists (from its clone on, before it tags anything).
+    async fn delete_tags_unless_shared(
+        &self,
+        tags: &[(String, String)],
+        own_drive: Option<&str>,
+        rep: &mut CleanupReport,
+    ) {
+        let cloud = &self.cloud;
+        let others = match CLEANUP_RETRY
+            .run(|| cloud.list_drives(), cleanup_retryable)
+            .await
+        {
+            Ok(ds) => ds
+                .iter()
+                .filter(|d| Some(d.uuid.as_str()) != own_drive && is_build_in_progress(d))
+                .count(),
+            Err(e) => {
+                for (u, n) in tags {
+                    rep.kept.push(format!(
+                        "tag {n} ({u}): cannot tell whether another build uses it ({e})"
+                    ));
+                }
+                return;
+            }
+        };
+        for (u, n) in tags {
+            if others > 0 {
+                rep.kept.push(format!(
+                    "tag {n} ({u}): {others} other build(s) in progress may use it"
+                ));
+                continue;
+            }
+            match CLEANUP_RETRY
+                .run(|| cloud.get_tag(u), cleanup_retryable)
+                .await
+            {
+                Ok(t) if !t.resources.is_empty() => {
+                    rep.kept.push(format!(
+                        "tag {n} ({u}): it tags {} object(s) of another build",
+                        t.resources.len()
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => {
+                    rep.left.push(format!("tag {n} {u} ({e})"));
+                    continue;
+                }
+            }
             match CLEANUP_RETRY
                 .run(|| cloud.delete_tag(u), cleanup_retryable)
                 .await
@@ -792,16 +872,38 @@ impl Builder {
                 Err(e) => rep.left.push(format!("tag {n} {u} ({e})")),
             }
         }
-        for d in &rep.deleted {
-            self.reporter.line(&format!("cleanup: deleted {d}"));
-        }
-        for l in &rep.left {
-            self.reporter.line(&format!(
-                "cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"
-            ));
-        }
-        rep
     }
+}
+
+/// Find by name an object whose create answer was lost (it may exist, and be billed): `find`
+/// is retried like every cleanup call; if it still fails, the name goes into `left` — the build
+/// then exits 3 naming it — rather than being forgotten.
+async fn lookup_lost_create<F, Fut>(
+    kind: &str,
+    name: &str,
+    find: F,
+    rep: &mut CleanupReport,
+) -> Option<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, ApiError>>,
+{
+    match CLEANUP_RETRY.run(find, cleanup_retryable).await {
+        Ok(uuid) => uuid,
+        Err(e) => {
+            rep.left.push(format!(
+                "{kind} named {name}: its create call got no answer and looking it up failed ({e}); it may exist"
+            ));
+            None
+        }
+    }
+}
+
+/// A drive of a build still running (or killed): in state `building`, or named like a build
+/// drive before its meta is set.
+fn is_build_in_progress(d: &Drive) -> bool {
+    let state = d.meta.get(META_STATE).map(String::as_str);
+    state != Some("image") && (state == Some("building") || is_build_leftover_name(&d.name, "-build"))
 }
 
 fn runtime_ip(s: &Server) -> Option<String> {
@@ -932,11 +1034,7 @@ pub async fn clean(
         }
     }
     let drives = cloud.list_drives().await?;
-    for d in drives.iter().filter(|d| {
-        d.meta.get(META_STATE).map(String::as_str) != Some("image")
-            && (d.meta.get(META_STATE).map(String::as_str) == Some("building")
-                || is_build_leftover_name(&d.name, "-build"))
-    }) {
+    for d in drives.iter().filter(|d| is_build_in_progress(d)) {
         if !old(&d.meta) {
             continue;
         }

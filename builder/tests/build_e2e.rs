@@ -2,111 +2,19 @@
 //! recording transport standing in for the VM (no VM runs here; the real SSH path is exercised
 //! by tests/e2e with the QEMU backend).
 
-use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, OnceRule};
+#[path = "support/fixture.rs"]
+mod fixture;
+
+use cloudsim::{FaultConfig, OnceRule};
+use fixture::{cloud_for, fixture, recipe_file};
 use imgbuild::build::{self, BuildError, Builder, Options, PHASES};
-use imgbuild::cloud::{Auth, Cloud, Config};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
 use imgbuild::transport::{LocalTransport, Recorded};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-struct Fixture {
-    emu: EmulatorHandle,
-    dir: tempfile::TempDir,
-    agent: PathBuf,
-    unit: PathBuf,
-}
-
-fn cloud_for(emu: &EmulatorHandle) -> Cloud {
-    let auth = Auth::Basic {
-        username: emu.username().into(),
-        password: emu.password().into(),
-    };
-    Cloud::new(
-        Config::for_url(&emu.api_url(), auth)
-            .unwrap()
-            .with_timeout(Duration::from_secs(10)),
-    )
-    .unwrap()
-}
-
-fn recipe_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes/ubuntu-k8s/recipe.yaml")
-}
-
-async fn fixture() -> Fixture {
-    let emu = Emulator::start(EmulatorConfig::for_tests())
-        .await
-        .expect("emulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = dir.path().join("cloudsigma-agent");
-    std::fs::write(&agent, b"#!/bin/sh\necho fake agent\n").unwrap();
-    let unit = dir.path().join("cloudsigma-bootstrap.service");
-    std::fs::write(&unit, b"[Unit]\nDescription=test\n").unwrap();
-    Fixture {
-        emu,
-        dir,
-        agent,
-        unit,
-    }
-}
-
-impl Fixture {
-    fn vars(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        m.insert("agent_binary".into(), self.agent.display().to_string());
-        m.insert("bootstrap_unit".into(), self.unit.display().to_string());
-        for (k, v) in extra {
-            m.insert(k.to_string(), v.to_string());
-        }
-        m
-    }
-    fn recipe(&self, extra: &[(&str, &str)]) -> Recipe {
-        Recipe::load(&recipe_file(), &self.vars(extra)).expect("shipped recipe validates")
-    }
-    fn cloud(&self) -> Cloud {
-        cloud_for(&self.emu)
-    }
-    fn transport(&self) -> LocalTransport {
-        LocalTransport::new(self.dir.path().join("sandbox"))
-    }
-    fn builder(&self, t: LocalTransport, cancel: CancellationToken, opts: Options) -> Builder {
-        Builder::new(
-            self.cloud(),
-            Arc::new(t),
-            Reporter::new(Mode::Quiet),
-            cancel,
-            opts,
-        )
-    }
-    async fn build(
-        &self,
-        extra: &[(&str, &str)],
-        opts: Options,
-    ) -> Result<build::Manifest, BuildError> {
-        self.builder(self.transport(), CancellationToken::new(), opts)
-            .build(&self.recipe(extra))
-            .await
-    }
-    /// (servers, drives, tags) as the emulator holds them.
-    fn counts(&self) -> (usize, usize, usize) {
-        let s = self.emu.snapshot();
-        (s.servers.len(), s.drives.len(), s.tags.len())
-    }
-    fn posts(&self) -> u64 {
-        self.emu
-            .counters()
-            .1
-            .iter()
-            .filter(|(k, _)| k.starts_with("POST "))
-            .map(|(_, v)| v)
-            .sum()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
