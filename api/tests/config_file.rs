@@ -33,7 +33,10 @@ fn error_of(text: &str) -> String {
 fn a_misspelt_key_is_named_with_its_place_but_not_its_value() {
     let e = error_of(&format!("region = \"zrh\"\npasword = \"{SECRET}\"\n"));
     assert!(e.contains("config.toml: line 2, column 1"), "{e}");
-    assert!(e.contains("`pasword`") && e.contains("did you mean `password`"), "{e}");
+    assert!(
+        e.contains("`pasword`") && e.contains("did you mean `password`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn an_unknown_key_unlike_any_known_one_is_not_named() {
     ] {
         let e = error_of(&text);
         assert!(e.contains("line 2"), "{e}");
-        assert!(e.contains("unknown key") && e.contains("max_attempts"), "{e}");
+        assert!(
+            e.contains("unknown key") && e.contains("max_attempts"),
+            "{e}"
+        );
     }
 }
 
@@ -55,7 +61,10 @@ fn syntax_errors_keep_the_place_and_drop_the_line() {
         // unquoted value
         (format!("password = {SECRET}\n"), "line 1, column 12"),
         // unterminated string
-        (format!("username = \"u\"\npassword = \"{SECRET}\n"), "line 2"),
+        (
+            format!("username = \"u\"\npassword = \"{SECRET}\n"),
+            "line 2",
+        ),
         // a secret alone on a line
         (format!("region = \"zrh\"\n{SECRET}\n"), "line 2"),
         // junk after the value
@@ -82,11 +91,31 @@ fn syntax_errors_keep_the_place_and_drop_the_line() {
 #[test]
 fn a_value_of_the_wrong_type_names_the_key_not_the_value() {
     for (text, key, at) in [
-        (format!("max_attempts = \"{SECRET}\"\n"), "max_attempts", "line 1, column 16"),
-        (format!("region = \"zrh\"\ntimeout_secs = \"{SECRET}\"\n"), "timeout_secs", "line 2, column 16"),
-        (format!("password = [\"{SECRET}\"]\n"), "password", "line 1, column 12"),
-        (format!("password = {{ a = \"{SECRET}\" }}\n"), "password", "line 1, column 12"),
-        (format!("[password]\nx = \"{SECRET}\"\n"), "password", "line 1"),
+        (
+            format!("max_attempts = \"{SECRET}\"\n"),
+            "max_attempts",
+            "line 1, column 16",
+        ),
+        (
+            format!("region = \"zrh\"\ntimeout_secs = \"{SECRET}\"\n"),
+            "timeout_secs",
+            "line 2, column 16",
+        ),
+        (
+            format!("password = [\"{SECRET}\"]\n"),
+            "password",
+            "line 1, column 12",
+        ),
+        (
+            format!("password = {{ a = \"{SECRET}\" }}\n"),
+            "password",
+            "line 1, column 12",
+        ),
+        (
+            format!("[password]\nx = \"{SECRET}\"\n"),
+            "password",
+            "line 1",
+        ),
     ] {
         let e = error_of(&text);
         assert!(e.contains(&format!("`{key}` must be")), "{text:?}: {e}");
@@ -102,7 +131,6 @@ fn a_url_that_does_not_parse_is_not_echoed_when_it_may_hold_credentials() {
     assert!(e.contains("invalid API URL"), "{e}");
 }
 
-
 #[test]
 fn a_good_file_parses() {
     let c = ConfigFile::parse(
@@ -114,7 +142,9 @@ fn a_good_file_parses() {
     assert_eq!(c.timeout_secs, Some(5.0));
     assert_eq!(c.max_attempts, Some(3));
     assert_eq!(
-        ConfigFile::parse("timeout_secs = 2.5\n").unwrap().timeout_secs,
+        ConfigFile::parse("timeout_secs = 2.5\n")
+            .unwrap()
+            .timeout_secs,
         Some(2.5)
     );
     let e = ConfigFile::parse("max_attempts = -3\n").unwrap_err();
