@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 built (or already built), 1 build failed (resources cleaned up), 2 usage,
 //! configuration or recipe validation error, 3 failed and cleanup incomplete (run
-//! `imgbuild clean`), 130 interrupted by SIGINT, 143 by SIGTERM (both after cleanup).
+//! `imgbuild clean`), 130 interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (all after
+//! cleanup).
 
 use clap::{Args, Parser, Subcommand};
 use imgbuild::build::{self, BuildError, Builder, Options};
@@ -161,14 +162,29 @@ fn cloud_from(a: &CloudArgs) -> Result<Cloud, String> {
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// First SIGINT/SIGTERM cancels the build (which then cleans up); a second one exits at once.
-fn install_signals(cancel: CancellationToken) {
+/// A line on stderr that cannot fail: after SIGHUP the terminal is gone (writes fail with EIO,
+/// or EPIPE when stderr was a pipe), and `eprintln!` would panic in the middle of cleanup.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// SIGINT, SIGTERM and SIGHUP (the terminal went away): the first cancels the build, which then
+/// deletes what it created; the second only says that cleanup is running, because leaving now
+/// would leave the billed server and drive behind; the third abandons the cleanup, which then
+/// names what it leaves. No path calls `process::exit`: `main` returns, so the transport is
+/// dropped and its private dir with the key removed whatever the signals.
+fn install_signals(cancel: CancellationToken, abandon: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) else {
+            say!("imgbuild: cannot install signal handlers; a signal would skip cleanup");
             return;
         };
         let mut n = 0;
@@ -176,15 +192,20 @@ fn install_signals(cancel: CancellationToken) {
             let code = tokio::select! {
                 _ = int.recv() => 130,
                 _ = term.recv() => 143,
+                _ = hup.recv() => 129,
             };
             n += 1;
-            if n == 1 {
-                SIGNAL.store(code, Ordering::SeqCst);
-                eprintln!("imgbuild: interrupted; cleaning up what this build created (signal again to exit immediately)");
-                cancel.cancel();
-            } else {
-                eprintln!("imgbuild: exiting without finishing cleanup; run `imgbuild clean --all` to remove leftovers");
-                std::process::exit(code);
+            match n {
+                1 => {
+                    SIGNAL.store(code, Ordering::SeqCst);
+                    say!("imgbuild: interrupted; cleaning up what this build created");
+                    cancel.cancel();
+                }
+                2 => say!("imgbuild: still cleaning up (the builder server and drive are billed while they exist); signal once more to abandon the cleanup"),
+                _ => {
+                    say!("imgbuild: abandoning the cleanup; run `imgbuild clean --all` to remove leftovers");
+                    abandon.cancel();
+                }
             }
         }
     });
@@ -204,7 +225,7 @@ async fn main() -> ExitCode {
             let c = match cloud_from(&cloud) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("imgbuild: {e}");
+                    say!("imgbuild: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
@@ -213,19 +234,19 @@ async fn main() -> ExitCode {
                 Duration::from_secs(older_than_minutes * 60),
                 all,
                 dry_run,
-                &|l| eprintln!("{l}"),
+                &|l| say!("{l}"),
             )
             .await;
             match rep {
                 Ok(r) => {
-                    eprintln!(
+                    say!(
                         "{} {} server(s), {} drive(s)",
                         if dry_run { "would remove" } else { "removed" },
                         r.servers.len(),
                         r.drives.len()
                     );
                     for f in &r.failed {
-                        eprintln!("could not remove {f}");
+                        say!("could not remove {f}");
                     }
                     if r.failed.is_empty() {
                         ExitCode::SUCCESS
@@ -234,7 +255,7 @@ async fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("imgbuild clean: {e}");
+                    say!("imgbuild clean: {e}");
                     ExitCode::from(EXIT_FAILED)
                 }
             }
@@ -282,7 +303,7 @@ fn validate(recipe_arg: &str, vars: &[String]) -> ExitCode {
 
 async fn run_build(a: BuildArgs) -> ExitCode {
     let Some(recipe_arg) = a.recipe.clone() else {
-        eprintln!("imgbuild: no recipe given. Usage: imgbuild RECIPE [--region R | --api-url URL] [--var k=v]... (see --help)");
+        say!("imgbuild: no recipe given. Usage: imgbuild RECIPE [--region R | --api-url URL] [--var k=v]... (see --help)");
         return ExitCode::from(EXIT_USAGE);
     };
     let recipe = match load(&recipe_arg, &a.vars) {
@@ -307,36 +328,38 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let cloud = match cloud_from(&a.cloud) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("imgbuild: {e}");
+            say!("imgbuild: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let cancel = CancellationToken::new();
-    install_signals(cancel.clone());
+    let abandon = CancellationToken::new();
+    install_signals(cancel.clone(), abandon.clone());
     let transport: Arc<dyn Transport> = match a.transport.as_deref() {
         #[cfg(feature = "test-seams")]
         Some(t) if t.starts_with("local:") => local_transport(&t["local:".len()..], &cancel),
         Some(t) => {
-            eprintln!("imgbuild: unknown --transport {t:?}");
+            say!("imgbuild: unknown --transport {t:?}");
             return ExitCode::from(EXIT_USAGE);
         }
         None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
             Ok(t) if a.ssh_no_multiplex => Arc::new(t.without_multiplexing()),
             Ok(t) => Arc::new(t),
             Err(e) => {
-                eprintln!("imgbuild: {e}");
+                say!("imgbuild: {e}");
                 return ExitCode::from(EXIT_FAILED);
             }
         },
     };
     let mode = if a.plain { Mode::Plain } else { Mode::detect() };
     let reporter = Reporter::new(mode);
-    let builder = Builder::new(cloud, transport, reporter.clone(), cancel, opts);
+    let mut builder = Builder::new(cloud, transport, reporter.clone(), cancel, opts);
+    builder.abandon = abandon;
     let res = builder.build(&recipe).await;
     reporter.finish();
     match res {
         Ok(m) => {
-            eprintln!(
+            say!(
                 "image {} ({}){} in {:.1}s, {} API calls",
                 m.image_name,
                 m.image_uuid,
@@ -344,26 +367,34 @@ async fn run_build(a: BuildArgs) -> ExitCode {
                 m.stats.wall_ms as f64 / 1000.0,
                 m.stats.api_calls
             );
-            if a.output == "json" {
-                match serde_json::to_string_pretty(&m) {
-                    Ok(j) => println!("{j}"),
-                    Err(e) => {
-                        eprintln!("imgbuild: manifest: {e}");
-                        return ExitCode::from(EXIT_FAILED);
-                    }
-                }
+            let out = if a.output == "json" {
+                serde_json::to_string_pretty(&m).map_err(|e| e.to_string())
             } else {
-                println!("{}", m.image_uuid);
+                Ok(m.image_uuid.clone())
+            };
+            use std::io::Write as _;
+            match out.and_then(|o| writeln!(std::io::stdout(), "{o}").map_err(|e| e.to_string())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say!(
+                        "imgbuild: cannot print the result (image {}): {e}",
+                        m.image_uuid
+                    );
+                    ExitCode::from(EXIT_FAILED)
+                }
             }
-            ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("imgbuild: {e}");
+            say!("imgbuild: {e}");
             let left = !e.cleanup().left.is_empty();
             match &e {
                 BuildError::Interrupted { .. } => {
                     let code = SIGNAL.load(Ordering::SeqCst);
-                    ExitCode::from(if code == 143 { 143 } else { 130 })
+                    ExitCode::from(if matches!(code, 129 | 143) {
+                        code as u8
+                    } else {
+                        130
+                    })
                 }
                 BuildError::Failed { kept, .. } if left || *kept => ExitCode::from(EXIT_LEFTOVERS),
                 BuildError::Failed { .. } => ExitCode::from(EXIT_FAILED),

@@ -66,7 +66,12 @@ impl Reporter {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(s.to_string()),
-            (None, _) => eprintln!("{s}"),
+            // not eprintln!: after SIGHUP the terminal is gone, and a panic on the failed write
+            // would cut the cleanup short
+            (None, _) => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "{s}");
+            }
         }
     }
 

@@ -82,6 +82,12 @@ pub trait Transport: Send + Sync {
     /// Release connections held open between operations. The build calls it when it ends, on
     /// success, failure or interruption; operations after it connect afresh.
     async fn close(&self) {}
+    /// The build is done with the guest, however it ended: release connections (as
+    /// [`Self::close`]) and destroy the login key now rather than at exit — cleanup can take
+    /// minutes, and were imgbuild killed hard meanwhile, the key would stay behind.
+    async fn finish(&self) {
+        self.close().await
+    }
 }
 
 /// Quote for a POSIX shell (single quotes; embedded quotes closed and escaped).
@@ -590,6 +596,14 @@ impl Transport for OpenSsh {
 
     async fn close(&self) {
         self.close_masters().await;
+    }
+
+    async fn finish(&self) {
+        self.close_masters().await;
+        // the dir itself (known_hosts) goes when the transport is dropped
+        for f in ["id_ed25519", "id_ed25519.pub"] {
+            let _ = std::fs::remove_file(self.dir.path().join(f));
+        }
     }
 }
 

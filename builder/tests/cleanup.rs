@@ -6,9 +6,9 @@
 #[path = "support/fixture.rs"]
 mod fixture;
 
-use cloudsim::OnceRule;
 use cloudsigma_api::client::RetryPolicy;
 use cloudsigma_api::DriveCreate;
+use cloudsim::OnceRule;
 use fixture::{fixture, Fixture};
 use imgbuild::build::{BuildError, Builder, Created, Options};
 use imgbuild::cloud::{Auth, Cloud, Config};
@@ -99,7 +99,9 @@ async fn a_lost_create_that_cannot_be_looked_up_is_named_as_left() {
         })
         .await;
     assert!(
-        rep.left.iter().any(|l| l.contains(&name) && l.contains("may exist")),
+        rep.left
+            .iter()
+            .any(|l| l.contains(&name) && l.contains("may exist")),
         "the orphan must be named: {rep:?}"
     );
     let log = b.reporter.captured().join("\n");
@@ -179,7 +181,10 @@ async fn cleanup_keeps_tags_another_build_has_started_to_use() {
         }
         other => panic!("build A should fail at create-server: {other:?}"),
     }
-    let m = b.await.unwrap().expect("build B finishes with the kept tags");
+    let m = b
+        .await
+        .unwrap()
+        .expect("build B finishes with the kept tags");
     assert_eq!(f.counts(), (0, 1, 3), "B's image and the three shared tags");
     for t in ["imgbuild", "k8s-node", "kubernetes-v1.34.1"] {
         assert!(m.tags.iter().any(|x| x == t), "{t}: {:?}", m.tags);

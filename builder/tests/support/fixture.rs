@@ -107,4 +107,3 @@ impl Fixture {
             .sum()
     }
 }
-

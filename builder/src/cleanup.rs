@@ -1,0 +1,380 @@
+//! What a build leaves behind, and removing it: the cleanup guard of a failed or interrupted
+//! build (the server, the drive, the tags it created — including an object whose create answer
+//! was lost — reporting anything it cannot delete), and `imgbuild clean` for builds killed hard.
+
+use crate::build::{now_unix, Builder, META_BUILD_ID, META_STARTED, META_STATE};
+use crate::cloud::{Cloud, CloudError};
+use cloudsigma_api::client::{Error as ApiError, RetryPolicy};
+use cloudsigma_api::{Drive, DriveStatus};
+use serde::Serialize;
+use std::time::Duration;
+
+/// What a build run created, for the cleanup guard.
+#[derive(Debug, Default, Clone)]
+pub struct Created {
+    pub drive: Option<String>,
+    pub server: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Names of objects whose create call was sent but whose answer never came (so the uuid is
+    /// unknown): cleanup looks them up by name.
+    pub maybe_drive: Option<String>,
+    pub maybe_server: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    pub deleted: Vec<String>,
+    pub left: Vec<String>,
+    /// Tags this build created but did not delete because another build may use them.
+    pub kept: Vec<String>,
+}
+
+impl Builder {
+    /// Delete what a failed build created: stop and delete the server, then the drive, then
+    /// tags it created. Each delete is tried a few times (cleanup must survive a flaky API,
+    /// including a fault on a non-retried POST like `stop`). Never cancelled by signals.
+    pub async fn cleanup(&self, created: &Created) -> CleanupReport {
+        let mut rep = CleanupReport::default();
+        let abandoned = tokio::select! {
+            biased;
+            _ = self.abandon.cancelled() => true,
+            _ = self.cleanup_into(created, &mut rep) => false,
+        };
+        if abandoned {
+            note_abandoned(created, &mut rep);
+        }
+        for d in &rep.deleted {
+            self.reporter.line(&format!("cleanup: deleted {d}"));
+        }
+        for k in &rep.kept {
+            self.reporter.line(&format!("cleanup: kept {k}"));
+        }
+        for l in &rep.left {
+            self.reporter.line(&format!(
+                "cleanup: COULD NOT delete {l}; run `imgbuild clean --all` later"
+            ));
+        }
+        rep
+    }
+
+    async fn cleanup_into(&self, created: &Created, rep: &mut CleanupReport) {
+        let cloud = &self.cloud;
+        // the create call may have succeeded without us seeing the answer: look for it by name
+        let server = match (&created.server, &created.maybe_server) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(n)) => {
+                let find = || async {
+                    let v = cloud.list_servers_filtered(&[("name", n.as_str())]).await?;
+                    Ok(v.into_iter().find(|s| &s.name == n).map(|s| s.uuid))
+                };
+                lookup_lost_create("server", n, find, rep).await
+            }
+            (None, None) => None,
+        };
+        let drive = match (&created.drive, &created.maybe_drive) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(n)) => {
+                let find = || async {
+                    let v = cloud.list_drives_filtered(&[("name", n.as_str())]).await?;
+                    Ok(v.into_iter().find(|d| &d.name == n).map(|d| d.uuid))
+                };
+                lookup_lost_create("drive", n, find, rep).await
+            }
+            (None, None) => None,
+        };
+        if let Some(s) = &server {
+            match delete_server_stopping(cloud, s).await {
+                Ok(()) => rep.deleted.push(format!("server {s}")),
+                Err(e) => rep.left.push(format!("server {s} ({e})")),
+            }
+        }
+        if let Some(d) = &drive {
+            match delete_drive_when_idle(cloud, d).await {
+                Ok(()) => rep.deleted.push(format!("drive {d}")),
+                Err(e) => rep.left.push(format!("drive {d} ({e})")),
+            }
+        }
+        if !created.tags.is_empty() {
+            self.delete_tags_unless_shared(&created.tags, drive.as_deref(), rep)
+                .await;
+        }
+    }
+
+    /// Delete the tags this build created — unless another build may use them. Tags are shared
+    /// by name (`imgbuild`, the recipe's output tags): a build started after ours created them
+    /// finds them and attaches them to its drive at its resize and to its image at finalize;
+    /// deleting them under it would fail its build or strip its image. So a tag is kept (tags
+    /// cost nothing) while it tags anything, and every tag is kept while another build's drive
+    /// exists (from its clone on, before it tags anything).
+    async fn delete_tags_unless_shared(
+        &self,
+        tags: &[(String, String)],
+        own_drive: Option<&str>,
+        rep: &mut CleanupReport,
+    ) {
+        let cloud = &self.cloud;
+        let others = match CLEANUP_RETRY
+            .run(|| cloud.list_drives(), cleanup_retryable)
+            .await
+        {
+            Ok(ds) => ds
+                .iter()
+                .filter(|d| Some(d.uuid.as_str()) != own_drive && is_build_in_progress(d))
+                .count(),
+            Err(e) => {
+                for (u, n) in tags {
+                    rep.kept.push(format!(
+                        "tag {n} ({u}): cannot tell whether another build uses it ({e})"
+                    ));
+                }
+                return;
+            }
+        };
+        for (u, n) in tags {
+            if others > 0 {
+                rep.kept.push(format!(
+                    "tag {n} ({u}): {others} other build(s) in progress may use it"
+                ));
+                continue;
+            }
+            match CLEANUP_RETRY
+                .run(|| cloud.get_tag(u), cleanup_retryable)
+                .await
+            {
+                Ok(t) if !t.resources.is_empty() => {
+                    rep.kept.push(format!(
+                        "tag {n} ({u}): it tags {} object(s) of another build",
+                        t.resources.len()
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => {
+                    rep.left.push(format!("tag {n} {u} ({e})"));
+                    continue;
+                }
+            }
+            match CLEANUP_RETRY
+                .run(|| cloud.delete_tag(u), cleanup_retryable)
+                .await
+            {
+                Ok(()) => rep.deleted.push(format!("tag {n} ({u})")),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => rep.left.push(format!("tag {n} {u} ({e})")),
+            }
+        }
+    }
+}
+
+/// A cleanup cut short: everything the build created and cleanup had not dealt with yet is left.
+fn note_abandoned(created: &Created, rep: &mut CleanupReport) {
+    let done = |what: &str| {
+        rep.deleted
+            .iter()
+            .chain(&rep.kept)
+            .chain(&rep.left)
+            .any(|d| d.starts_with(what))
+    };
+    let mut left = Vec::new();
+    for (kind, uuid, name) in [
+        ("server", &created.server, &created.maybe_server),
+        ("drive", &created.drive, &created.maybe_drive),
+    ] {
+        let what = match (uuid, name) {
+            (Some(u), _) => format!("{kind} {u}"),
+            (None, Some(n)) => format!("{kind} named {n}"),
+            (None, None) => continue,
+        };
+        if !done(&format!("{kind} ")) {
+            left.push(format!("{what} (cleanup abandoned)"));
+        }
+    }
+    for (u, n) in &created.tags {
+        if !done(&format!("tag {n} ")) {
+            left.push(format!("tag {n} {u} (cleanup abandoned)"));
+        }
+    }
+    rep.left.extend(left);
+}
+
+/// Find by name an object whose create answer was lost (it may exist, and be billed): `find`
+/// is retried like every cleanup call; if it still fails, the name goes into `left` — the build
+/// then exits 3 naming it — rather than being forgotten.
+async fn lookup_lost_create<F, Fut>(
+    kind: &str,
+    name: &str,
+    find: F,
+    rep: &mut CleanupReport,
+) -> Option<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, ApiError>>,
+{
+    match CLEANUP_RETRY.run(find, cleanup_retryable).await {
+        Ok(uuid) => uuid,
+        Err(e) => {
+            rep.left.push(format!(
+                "{kind} named {name}: its create call got no answer and looking it up failed ({e}); it may exist"
+            ));
+            None
+        }
+    }
+}
+
+/// A drive of a build still running (or killed): in state `building`, or named like a build
+/// drive before its meta is set.
+fn is_build_in_progress(d: &Drive) -> bool {
+    let state = d.meta.get(META_STATE).map(String::as_str);
+    state != Some("image")
+        && (state == Some("building") || is_build_leftover_name(&d.name, "-build"))
+}
+
+/// Cleanup repeats its idempotent calls (GET, DELETE) a few more times on top of the client's
+/// own retries, because it must survive a flaky API and a server or drive still settling.
+const CLEANUP_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 4,
+    base_delay: Duration::from_millis(400),
+    max_delay: Duration::from_secs(3),
+    max_retry_after: Duration::from_secs(60),
+};
+
+/// What cleanup tries again: anything transient, and 403/409 — the API refuses to delete a
+/// server or drive while it is still changing state. A 404 means done.
+fn cleanup_retryable(e: &ApiError) -> bool {
+    !e.is_not_found()
+        && (e.status().is_none() || e.is_retryable() || matches!(e.status(), Some(403 | 409)))
+}
+
+/// Stop (hard) a server if it is not stopped, wait, and delete it (drives kept).
+pub async fn delete_server_stopping(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
+    // `stop` is a POST: the api crate resends it only after looking the server up again
+    match cloud
+        .ensure_server_stopped(uuid, Duration::from_secs(180))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    match CLEANUP_RETRY
+        .run(|| cloud.delete_server(uuid, None), cleanup_retryable)
+        .await
+    {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// Wait for a drive to leave cloning/resizing, then delete it.
+pub async fn delete_drive_when_idle(cloud: &Cloud, uuid: &str) -> Result<(), CloudError> {
+    match CLEANUP_RETRY
+        .run(|| cloud.get_drive(uuid), cleanup_retryable)
+        .await
+    {
+        Ok(d) if d.status != DriveStatus::Unmounted => {
+            cloud
+                .wait_drive_status(uuid, DriveStatus::Unmounted, Duration::from_secs(900))
+                .await?;
+        }
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    match CLEANUP_RETRY
+        .run(|| cloud.delete_drive(uuid), cleanup_retryable)
+        .await
+    {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// What `imgbuild clean` found / removed.
+#[derive(Debug, Default, Serialize)]
+pub struct CleanReport {
+    pub servers: Vec<String>,
+    pub drives: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+fn is_build_leftover_name(name: &str, suffix: &str) -> bool {
+    name.strip_prefix("imgbuild-")
+        .and_then(|r| r.strip_suffix(suffix))
+        .map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or(false)
+}
+
+/// Remove leftovers of builds killed hard: build servers and in-progress build drives (never
+/// finished images). Age comes from meta `imgbuild.started`; objects without it (killed between
+/// the clone and the resize call) count as new unless `all`.
+pub async fn clean(
+    cloud: &Cloud,
+    older_than: Duration,
+    all: bool,
+    dry_run: bool,
+    report: &dyn Fn(&str),
+) -> Result<CleanReport, CloudError> {
+    let now = now_unix();
+    let old = |meta: &cloudsigma_api::Meta| -> bool {
+        all || meta
+            .get(META_STARTED)
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|t| now.saturating_sub(t) >= older_than.as_secs())
+            .unwrap_or(false)
+    };
+    let mut rep = CleanReport::default();
+    let servers = cloud.list_servers().await?;
+    for s in servers.iter().filter(|s| {
+        s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")
+    }) {
+        if !old(&s.meta) {
+            continue;
+        }
+        report(&format!(
+            "{}server {} ({}, {})",
+            if dry_run {
+                "would delete "
+            } else {
+                "deleting "
+            },
+            s.uuid,
+            s.name,
+            s.status
+        ));
+        if dry_run {
+            rep.servers.push(s.uuid.clone());
+            continue;
+        }
+        match delete_server_stopping(cloud, &s.uuid).await {
+            Ok(()) => rep.servers.push(s.uuid.clone()),
+            Err(e) => rep.failed.push(format!("server {}: {e}", s.uuid)),
+        }
+    }
+    let drives = cloud.list_drives().await?;
+    for d in drives.iter().filter(|d| is_build_in_progress(d)) {
+        if !old(&d.meta) {
+            continue;
+        }
+        report(&format!(
+            "{}drive {} ({}, {})",
+            if dry_run {
+                "would delete "
+            } else {
+                "deleting "
+            },
+            d.uuid,
+            d.name,
+            d.status
+        ));
+        if dry_run {
+            rep.drives.push(d.uuid.clone());
+            continue;
+        }
+        match delete_drive_when_idle(cloud, &d.uuid).await {
+            Ok(()) => rep.drives.push(d.uuid.clone()),
+            Err(e) => rep.failed.push(format!("drive {}: {e}", d.uuid)),
+        }
+    }
+    Ok(rep)
+}
