@@ -57,31 +57,52 @@ impl Builder {
         rep
     }
 
+    /// The uuid of a created `kind` ("server" or "drive"), or, when its create call got no
+    /// answer (it may exist, and be billed), the uuid of the one named `name`. The lookup is
+    /// retried like every cleanup call; if it still fails, the name goes into `left` — the build
+    /// then exits 3 naming it — rather than being forgotten.
+    async fn known_or_found(
+        &self,
+        kind: &str,
+        uuid: &Option<String>,
+        name: &Option<String>,
+        rep: &mut CleanupReport,
+    ) -> Option<String> {
+        let n = match (uuid, name) {
+            (Some(u), _) => return Some(u.clone()),
+            (None, None) => return None,
+            (None, Some(n)) => n,
+        };
+        let q = [("name", n.as_str())];
+        let find = || async {
+            let named: Vec<(String, String)> = if kind == "server" {
+                let v = self.cloud.list_servers_filtered(&q).await?;
+                v.into_iter().map(|s| (s.name, s.uuid)).collect()
+            } else {
+                let v = self.cloud.list_drives_filtered(&q).await?;
+                v.into_iter().map(|d| (d.name, d.uuid)).collect()
+            };
+            Ok(named.into_iter().find(|(m, _)| m == n).map(|(_, u)| u))
+        };
+        match CLEANUP_RETRY.run(find, cleanup_retryable).await {
+            Ok(found) => found,
+            Err(e) => {
+                rep.left.push(format!(
+                    "{kind} named {n}: its create call got no answer and looking it up failed ({e}); it may exist"
+                ));
+                None
+            }
+        }
+    }
+
     async fn cleanup_into(&self, created: &Created, rep: &mut CleanupReport) {
         let cloud = &self.cloud;
-        // the create call may have succeeded without us seeing the answer: look for it by name
-        let server = match (&created.server, &created.maybe_server) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(n)) => {
-                let find = || async {
-                    let v = cloud.list_servers_filtered(&[("name", n.as_str())]).await?;
-                    Ok(v.into_iter().find(|s| &s.name == n).map(|s| s.uuid))
-                };
-                lookup_lost_create("server", n, find, rep).await
-            }
-            (None, None) => None,
-        };
-        let drive = match (&created.drive, &created.maybe_drive) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(n)) => {
-                let find = || async {
-                    let v = cloud.list_drives_filtered(&[("name", n.as_str())]).await?;
-                    Ok(v.into_iter().find(|d| &d.name == n).map(|d| d.uuid))
-                };
-                lookup_lost_create("drive", n, find, rep).await
-            }
-            (None, None) => None,
-        };
+        let server = self
+            .known_or_found("server", &created.server, &created.maybe_server, rep)
+            .await;
+        let drive = self
+            .known_or_found("drive", &created.drive, &created.maybe_drive, rep)
+            .await;
         if let Some(s) = &server {
             match delete_server_stopping(cloud, s).await {
                 Ok(()) => rep.deleted.push(format!("server {s}")),
@@ -198,30 +219,6 @@ fn note_abandoned(created: &Created, rep: &mut CleanupReport) {
     rep.left.extend(left);
 }
 
-/// Find by name an object whose create answer was lost (it may exist, and be billed): `find`
-/// is retried like every cleanup call; if it still fails, the name goes into `left` — the build
-/// then exits 3 naming it — rather than being forgotten.
-async fn lookup_lost_create<F, Fut>(
-    kind: &str,
-    name: &str,
-    find: F,
-    rep: &mut CleanupReport,
-) -> Option<String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<String>, ApiError>>,
-{
-    match CLEANUP_RETRY.run(find, cleanup_retryable).await {
-        Ok(uuid) => uuid,
-        Err(e) => {
-            rep.left.push(format!(
-                "{kind} named {name}: its create call got no answer and looking it up failed ({e}); it may exist"
-            ));
-            None
-        }
-    }
-}
-
 /// A drive of a build still running (or killed): in state `building`, or named like a build
 /// drive before its meta is set.
 fn is_build_in_progress(d: &Drive) -> bool {
@@ -323,57 +320,35 @@ pub async fn clean(
             .map(|t| now.saturating_sub(t) >= older_than.as_secs())
             .unwrap_or(false)
     };
-    let mut rep = CleanReport::default();
-    let servers = cloud.list_servers().await?;
-    for s in servers.iter().filter(|s| {
-        s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder")
-    }) {
-        if !old(&s.meta) {
-            continue;
-        }
-        report(&format!(
-            "{}server {} ({}, {})",
-            if dry_run {
-                "would delete "
-            } else {
-                "deleting "
-            },
-            s.uuid,
-            s.name,
-            s.status
-        ));
-        if dry_run {
-            rep.servers.push(s.uuid.clone());
-            continue;
-        }
-        match delete_server_stopping(cloud, &s.uuid).await {
-            Ok(()) => rep.servers.push(s.uuid.clone()),
-            Err(e) => rep.failed.push(format!("server {}: {e}", s.uuid)),
+    // (is a server, uuid, name, status) of each leftover old enough; servers first, since a
+    // drive stays attached to its server until the server is deleted
+    let mut found: Vec<(bool, String, String, String)> = Vec::new();
+    for s in cloud.list_servers().await? {
+        let ours =
+            s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder");
+        if ours && old(&s.meta) {
+            found.push((true, s.uuid, s.name, s.status.to_string()));
         }
     }
-    let drives = cloud.list_drives().await?;
-    for d in drives.iter().filter(|d| is_build_in_progress(d)) {
-        if !old(&d.meta) {
-            continue;
+    for d in cloud.list_drives().await? {
+        if is_build_in_progress(&d) && old(&d.meta) {
+            found.push((false, d.uuid, d.name, d.status.to_string()));
         }
-        report(&format!(
-            "{}drive {} ({}, {})",
-            if dry_run {
-                "would delete "
-            } else {
-                "deleting "
-            },
-            d.uuid,
-            d.name,
-            d.status
-        ));
-        if dry_run {
-            rep.drives.push(d.uuid.clone());
-            continue;
-        }
-        match delete_drive_when_idle(cloud, &d.uuid).await {
-            Ok(()) => rep.drives.push(d.uuid.clone()),
-            Err(e) => rep.failed.push(format!("drive {}: {e}", d.uuid)),
+    }
+    let mut rep = CleanReport::default();
+    for (server, uuid, name, status) in found {
+        let kind = if server { "server" } else { "drive" };
+        let verb = if dry_run { "would delete" } else { "deleting" };
+        report(&format!("{verb} {kind} {uuid} ({name}, {status})"));
+        let removed = match (dry_run, server) {
+            (true, _) => Ok(()),
+            (false, true) => delete_server_stopping(cloud, &uuid).await,
+            (false, false) => delete_drive_when_idle(cloud, &uuid).await,
+        };
+        match removed {
+            Ok(()) if server => rep.servers.push(uuid),
+            Ok(()) => rep.drives.push(uuid),
+            Err(e) => rep.failed.push(format!("{kind} {uuid}: {e}")),
         }
     }
     Ok(rep)

@@ -469,20 +469,9 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     let f = fixture().await;
     let sandbox = f.dir.path().join("sb");
     let cmd = |delay_ms: &str| {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
-        c.arg(recipe_file())
-            .arg("--api-url")
-            .arg(f.emu.api_url())
-            .arg("--var")
-            .arg(format!("agent_binary={}", f.agent.display()))
-            .arg("--var")
-            .arg(format!("bootstrap_unit={}", f.unit.display()))
-            .arg("--transport")
+        let mut c = f.imgbuild();
+        c.arg("--transport")
             .arg(format!("local:{}", sandbox.display()))
-            .arg("--plain")
-            .env("CLOUDSIGMA_USERNAME", f.emu.username())
-            .env("CLOUDSIGMA_PASSWORD", f.emu.password())
-            .env("CLOUDSIGMA_CONFIG", "")
             .env("IMGBUILD_TEST_STEP_DELAY_MS", delay_ms)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -4,6 +4,9 @@
 //! JSON manifest, an unchanged pipeline builds nothing, a cancelled job (SIGTERM to the script)
 //! leaves nothing behind and exits 143, missing secrets are exit 2 with nothing created.
 
+#[path = "support/fixture.rs"]
+mod fixture;
+
 use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -73,13 +76,7 @@ impl Ci {
     }
 
     fn posts(&self) -> u64 {
-        self.emu
-            .counters()
-            .1
-            .iter()
-            .filter(|(k, _)| k.starts_with("POST "))
-            .map(|(_, v)| v)
-            .sum()
+        fixture::posts(&self.emu)
     }
 }
 

@@ -10,7 +10,7 @@ use cloudsigma_api::client::RetryPolicy;
 use cloudsigma_api::DriveCreate;
 use cloudsim::OnceRule;
 use fixture::{fixture, Fixture};
-use imgbuild::build::{BuildError, Builder, Created, Options};
+use imgbuild::build::{BuildError, Builder, CleanupReport, Created, Options};
 use imgbuild::cloud::{Auth, Cloud, Config};
 use imgbuild::progress::{Mode, Reporter};
 use std::sync::mpsc;
@@ -42,8 +42,12 @@ fn quick_builder(f: &Fixture) -> Builder {
     )
 }
 
-/// The drive a clone created although its answer never reached the build.
-async fn lost_drive(f: &Fixture) -> (String, String) {
+/// A drive a clone created although its answer never reached the build, and that build's
+/// cleanup while the next `failures` drive lists fail: (report, cleanup log, name, uuid).
+async fn clean_up_lost_drive(
+    f: &Fixture,
+    failures: u32,
+) -> (CleanupReport, String, String, String) {
     let name = "imgbuild-0badc0de-build".to_string();
     let d = f
         .cloud()
@@ -55,31 +59,26 @@ async fn lost_drive(f: &Fixture) -> (String, String) {
         })
         .await
         .unwrap();
-    (name, d.uuid)
-}
-
-fn fail_drive_lists(f: &Fixture, count: u32) {
     f.emu.add_once_rule(OnceRule {
         method: Some("GET".into()),
         path: "/api/2.0/drives/".into(),
         status: 500,
-        count,
+        count: failures,
     });
+    let b = quick_builder(f);
+    let lost = Created {
+        maybe_drive: Some(name.clone()),
+        ..Default::default()
+    };
+    let rep = b.cleanup(&lost).await;
+    (rep, b.reporter.captured().join("\n"), name, d.uuid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_create_is_found_although_the_first_lookups_fail() {
     let f = fixture().await;
-    let (name, uuid) = lost_drive(&f).await;
     // more failures than one lookup's client retries: only cleanup's own retry finds it
-    fail_drive_lists(&f, 3);
-    let b = quick_builder(&f);
-    let rep = b
-        .cleanup(&Created {
-            maybe_drive: Some(name),
-            ..Default::default()
-        })
-        .await;
+    let (rep, _, _, uuid) = clean_up_lost_drive(&f, 3).await;
     assert!(rep.left.is_empty(), "{rep:?}");
     assert_eq!(rep.deleted, vec![format!("drive {uuid}")]);
     assert_eq!(f.counts().1, 0, "the billed drive must be deleted");
@@ -89,27 +88,38 @@ async fn a_lost_create_is_found_although_the_first_lookups_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_create_that_cannot_be_looked_up_is_named_as_left() {
     let f = fixture().await;
-    let (name, _) = lost_drive(&f).await;
-    fail_drive_lists(&f, 1000);
-    let b = quick_builder(&f);
-    let rep = b
-        .cleanup(&Created {
-            maybe_drive: Some(name.clone()),
-            ..Default::default()
-        })
-        .await;
+    let (rep, log, name, _) = clean_up_lost_drive(&f, 1000).await;
     assert!(
         rep.left
             .iter()
             .any(|l| l.contains(&name) && l.contains("may exist")),
         "the orphan must be named: {rep:?}"
     );
-    let log = b.reporter.captured().join("\n");
     assert!(
         log.contains(&format!("COULD NOT delete drive named {name}")),
         "{log}"
     );
     f.emu.shutdown().await;
+}
+
+/// Options whose hook, when the build enters `phase`, says so on `tell` and then holds the
+/// build (blocking a worker thread) until `until` receives, or `wait` passes.
+fn hold_at(
+    phase: &'static str,
+    tell: mpsc::Sender<()>,
+    until: mpsc::Receiver<()>,
+    wait: Duration,
+) -> Options {
+    let (tell, until) = (Mutex::new(tell), Mutex::new(until));
+    Options {
+        on_phase: Some(Arc::new(move |p: &str| {
+            if p == phase {
+                let _ = tell.lock().unwrap().send(());
+                let _ = until.lock().unwrap().recv_timeout(wait);
+            }
+        })),
+        ..Default::default()
+    }
 }
 
 /// Build A creates the tags and fails; build B, started meanwhile, found A's tags and is about
@@ -130,27 +140,8 @@ async fn cleanup_keeps_tags_another_build_has_started_to_use() {
     let (a_done_tx, a_done_rx) = mpsc::channel::<()>();
     let wait = Duration::from_secs(60);
 
-    // Hooks run inside the builds and block them (a worker thread each) at a phase.
-    let (a_tagged_tx, b_at_resize_rx) = (Mutex::new(a_tagged_tx), Mutex::new(b_at_resize_rx));
-    let a_opts = Options {
-        on_phase: Some(Arc::new(move |p: &str| {
-            if p == "clone" {
-                let _ = a_tagged_tx.lock().unwrap().send(());
-                let _ = b_at_resize_rx.lock().unwrap().recv_timeout(wait);
-            }
-        })),
-        ..Default::default()
-    };
-    let (b_at_resize_tx, a_done_rx) = (Mutex::new(b_at_resize_tx), Mutex::new(a_done_rx));
-    let b_opts = Options {
-        on_phase: Some(Arc::new(move |p: &str| {
-            if p == "resize" {
-                let _ = b_at_resize_tx.lock().unwrap().send(());
-                let _ = a_done_rx.lock().unwrap().recv_timeout(wait);
-            }
-        })),
-        ..Default::default()
-    };
+    let a_opts = hold_at("clone", a_tagged_tx, b_at_resize_rx, wait);
+    let b_opts = hold_at("resize", b_at_resize_tx, a_done_rx, wait);
 
     let fa = f.clone();
     let a = tokio::spawn(async move {

@@ -10,7 +10,7 @@
 mod fixture;
 
 use cloudsim::FaultConfig;
-use fixture::{fixture, recipe_file, Fixture};
+use fixture::{fixture, Fixture};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,18 +38,8 @@ fn key_dirs(tmp: &Path) -> Vec<PathBuf> {
 impl Run {
     async fn start(f: &Fixture) -> Run {
         let tmp = tempfile::tempdir_in(f.dir.path()).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-            .arg(recipe_file())
-            .arg("--api-url")
-            .arg(f.emu.api_url())
-            .arg("--var")
-            .arg(format!("agent_binary={}", f.agent.display()))
-            .arg("--var")
-            .arg(format!("bootstrap_unit={}", f.unit.display()))
-            .arg("--plain")
-            .env("CLOUDSIGMA_USERNAME", f.emu.username())
-            .env("CLOUDSIGMA_PASSWORD", f.emu.password())
-            .env("CLOUDSIGMA_CONFIG", "")
+        let mut child = f
+            .imgbuild()
             .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -117,6 +107,38 @@ impl Run {
     fn text(&self) -> String {
         self.log.join("\n")
     }
+
+    /// The last signal: wait for the exit; (exit code, the whole stderr).
+    async fn last_signal(&mut self, sig: i32) -> (Option<i32>, String) {
+        self.signal(sig);
+        let code = self.exit().await;
+        (code, self.text())
+    }
+
+    /// The first signal: the build stops and its cleanup starts.
+    async fn interrupt(&mut self, sig: i32) {
+        self.signal(sig);
+        let said = self.read_until("interrupted; cleaning up").await;
+        assert!(said, "{:#?}", self.log);
+    }
+
+    fn assert_key_dir_gone(&self) {
+        let left = key_dirs(self.tmp.path());
+        assert!(left.is_empty(), "key dir left: {left:?}\n{}", self.text());
+    }
+}
+
+/// `text` contains every one of `parts`.
+fn assert_says(text: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(text.contains(p), "{p:?} missing from:\n{text}");
+    }
+}
+
+/// Nothing of the build is left in the emulator.
+fn assert_cloud_empty(f: &Fixture, log: &str) {
+    slow_api(f, 0);
+    assert_eq!(f.counts(), (0, 0, 0), "leftovers in the cloud:\n{log}");
 }
 
 fn slow_api(f: &Fixture, ms: u64) {
@@ -137,13 +159,8 @@ async fn sighup_with_the_terminal_gone_cleans_up_and_removes_the_key() {
     run.signal(libc::SIGHUP);
     let code = run.exit().await;
     assert_eq!(code, Some(129), "SIGHUP exits 129 after cleanup");
-    assert_eq!(
-        key_dirs(run.tmp.path()),
-        Vec::<PathBuf>::new(),
-        "key dir left"
-    );
-    slow_api(&f, 0);
-    assert_eq!(f.counts(), (0, 0, 0), "leftovers in the cloud");
+    run.assert_key_dir_gone();
+    assert_cloud_empty(&f, "(stderr closed)");
     f.emu.shutdown().await;
 }
 
@@ -156,12 +173,7 @@ async fn two_sigints_finish_the_cleanup_and_remove_the_key() {
     let key = key_dirs(run.tmp.path())[0].join("id_ed25519");
     // every API answer takes 200 ms: the cleanup's dozen calls take seconds
     slow_api(&f, 200);
-    run.signal(libc::SIGINT);
-    assert!(
-        run.read_until("interrupted; cleaning up").await,
-        "{:#?}",
-        run.log
-    );
+    run.interrupt(libc::SIGINT).await;
     let t = Instant::now();
     while key.exists() && t.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,22 +183,18 @@ async fn two_sigints_finish_the_cleanup_and_remove_the_key() {
         run.child.try_wait().unwrap().is_none(),
         "cleanup still runs"
     );
-    run.signal(libc::SIGINT);
-    let code = run.exit().await;
-    let text = run.text();
+    let (code, text) = run.last_signal(libc::SIGINT).await;
     assert_eq!(code, Some(130), "{text}");
-    assert!(text.contains("still cleaning up"), "{text}");
-    assert!(
-        text.contains("cleanup: deleted server") && text.contains("cleanup: deleted drive"),
-        "{text}"
+    assert_says(
+        &text,
+        &[
+            "still cleaning up",
+            "cleanup: deleted server",
+            "cleanup: deleted drive",
+        ],
     );
-    assert_eq!(
-        key_dirs(run.tmp.path()),
-        Vec::<PathBuf>::new(),
-        "key dir left"
-    );
-    slow_api(&f, 0);
-    assert_eq!(f.counts(), (0, 0, 0), "leftovers in the cloud:\n{text}");
+    run.assert_key_dir_gone();
+    assert_cloud_empty(&f, &text);
     f.emu.shutdown().await;
 }
 
@@ -197,33 +205,26 @@ async fn a_third_signal_abandons_the_cleanup_names_the_leftovers_and_removes_the
     let f = fixture().await;
     let mut run = Run::start(&f).await;
     slow_api(&f, 3000);
-    run.signal(libc::SIGINT);
-    assert!(
-        run.read_until("interrupted; cleaning up").await,
-        "{:#?}",
-        run.log
-    );
+    run.interrupt(libc::SIGINT).await;
     run.signal(libc::SIGTERM);
     assert!(run.read_until("still cleaning up").await, "{:#?}", run.log);
     let t = Instant::now();
-    run.signal(libc::SIGINT);
-    let code = run.exit().await;
-    let text = run.text();
+    let (code, text) = run.last_signal(libc::SIGINT).await;
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "abandoning took {:?}",
         t.elapsed()
     );
     assert_eq!(code, Some(130), "the first signal's code:\n{text}");
-    assert!(text.contains("abandoning the cleanup"), "{text}");
-    assert!(
-        text.contains("COULD NOT delete server") && text.contains("cleanup abandoned"),
-        "the leftovers are named:\n{text}"
+    // the leftovers are named
+    assert_says(
+        &text,
+        &[
+            "abandoning the cleanup",
+            "COULD NOT delete server",
+            "cleanup abandoned",
+        ],
     );
-    assert_eq!(
-        key_dirs(run.tmp.path()),
-        Vec::<PathBuf>::new(),
-        "key dir left"
-    );
+    run.assert_key_dir_gone();
     f.emu.shutdown().await;
 }

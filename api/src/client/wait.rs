@@ -98,6 +98,37 @@ where
     }
 }
 
+/// An object the waiters poll: how to fetch it again, and its status for a timeout message.
+trait Polled: Sized {
+    /// `drive`, `server`: names the object in messages.
+    const KIND: &'static str;
+    fn fetch<'a>(
+        c: &'a Client,
+        uuid: &'a str,
+    ) -> impl Future<Output = Result<Self, Error>> + Send + 'a;
+    fn status_text(&self) -> String;
+}
+
+/// `Polled` for drives and servers: the same three items, each with its own GET.
+macro_rules! polled {
+    ($t:ty, $kind:literal, $get:ident) => {
+        impl Polled for $t {
+            const KIND: &'static str = $kind;
+            fn fetch<'a>(
+                c: &'a Client,
+                uuid: &'a str,
+            ) -> impl Future<Output = Result<Self, Error>> + Send + 'a {
+                c.$get(uuid)
+            }
+            fn status_text(&self) -> String {
+                self.status.to_string()
+            }
+        }
+    };
+}
+polled!(Drive, "drive", get_drive);
+polled!(Server, "server", get_server);
+
 impl Client {
     /// Poll `GET /drives/{uuid}/` until its status is `want` (e.g. `unmounted` after create or
     /// clone), or fail with [`Error::Timeout`] naming the drive, `want` and the last status seen.
@@ -132,17 +163,7 @@ impl Client {
         timeout: Duration,
         done: impl Fn(&Drive) -> bool,
     ) -> Result<Drive, Error> {
-        poll_until_observed(
-            self.wait_policy,
-            self.observer.as_deref(),
-            timeout,
-            format!("drive {uuid}"),
-            want.to_string(),
-            || self.get_drive(uuid),
-            |d: &Drive| d.status.to_string(),
-            done,
-        )
-        .await
+        self.wait_until(uuid, timeout, want, done).await
     }
 
     /// Poll `GET /servers/{uuid}/` until `done(server)` (e.g. running *and* with a runtime IP);
@@ -154,14 +175,26 @@ impl Client {
         timeout: Duration,
         done: impl Fn(&Server) -> bool,
     ) -> Result<Server, Error> {
+        self.wait_until(uuid, timeout, want, done).await
+    }
+
+    /// The one waiter behind the typed ones: poll the object `uuid` of type `T` with this
+    /// client's policy and observer until `done`.
+    async fn wait_until<T: Polled>(
+        &self,
+        uuid: &str,
+        timeout: Duration,
+        want: &str,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, Error> {
         poll_until_observed(
             self.wait_policy,
             self.observer.as_deref(),
             timeout,
-            format!("server {uuid}"),
+            format!("{} {uuid}", T::KIND),
             want.to_string(),
-            || self.get_server(uuid),
-            |s: &Server| s.status.to_string(),
+            || T::fetch(self, uuid),
+            T::status_text,
             done,
         )
         .await

@@ -98,12 +98,32 @@ impl Fixture {
         (s.servers.len(), s.drives.len(), s.tags.len())
     }
     pub fn posts(&self) -> u64 {
-        self.emu
-            .counters()
-            .1
-            .iter()
-            .filter(|(k, _)| k.starts_with("POST "))
-            .map(|(_, v)| v)
-            .sum()
+        posts(&self.emu)
     }
+    /// The imgbuild binary set to build the recipe against the emulator, plain progress, the
+    /// credentials in its environment and no config file.
+    pub fn imgbuild(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+        c.arg(recipe_file())
+            .arg("--api-url")
+            .arg(self.emu.api_url())
+            .arg("--plain");
+        for (k, v) in self.vars(&[]) {
+            c.arg("--var").arg(format!("{k}={v}"));
+        }
+        c.env("CLOUDSIGMA_USERNAME", self.emu.username())
+            .env("CLOUDSIGMA_PASSWORD", self.emu.password())
+            .env("CLOUDSIGMA_CONFIG", "");
+        c
+    }
+}
+
+/// How many POSTs the emulator has answered (since its counters were last reset).
+pub fn posts(emu: &EmulatorHandle) -> u64 {
+    emu.counters()
+        .1
+        .iter()
+        .filter(|(k, _)| k.starts_with("POST "))
+        .map(|(_, v)| v)
+        .sum()
 }
