@@ -316,24 +316,11 @@ impl OpenSsh {
             _ => None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let mut readers = Vec::new();
         if let Some(o) = child.stdout.take() {
-            let tx = tx.clone();
-            readers.push(tokio::spawn(async move {
-                let mut l = BufReader::new(o).lines();
-                while let Ok(Some(x)) = l.next_line().await {
-                    let _ = tx.send(x);
-                }
-            }));
+            forward_lines(o, tx.clone());
         }
         if let Some(e) = child.stderr.take() {
-            let tx = tx.clone();
-            readers.push(tokio::spawn(async move {
-                let mut l = BufReader::new(e).lines();
-                while let Ok(Some(x)) = l.next_line().await {
-                    let _ = tx.send(x);
-                }
-            }));
+            forward_lines(e, tx.clone());
         }
         drop(tx);
         let run = async {
@@ -397,6 +384,20 @@ impl OpenSsh {
             .trim()
             .to_string())
     }
+}
+
+/// Send each line `r` yields to `tx` until its end (the channel closes when every sender —
+/// stdout's and stderr's — is done).
+fn forward_lines<R>(r: R, tx: tokio::sync::mpsc::UnboundedSender<String>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut l = BufReader::new(r).lines();
+        while let Ok(Some(x)) = l.next_line().await {
+            let _ = tx.send(x);
+        }
+    });
 }
 
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> Result<(), TransportError> {
