@@ -169,20 +169,44 @@ fn validate_cli_exit_codes_and_output() {
     );
 }
 
+/// imgbuild with no environment but PATH, its home and config dir in `home`.
+fn imgbuild_in(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home);
+    c
+}
+
 #[test]
 fn build_without_any_cloud_configuration_refuses() {
     let (d, p) = setup(GOOD);
-    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+    let out = imgbuild_in(d.path()).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CloudSigma endpoint configured"), "{err}");
+}
+
+/// A typo in the config file: exit 2, the key and its place named, the value (a password) not.
+#[test]
+fn a_broken_config_file_is_refused_without_echoing_the_value() {
+    let (d, p) = setup(GOOD);
+    let cfg = d.path().join("cs.toml");
+    std::fs::write(&cfg, "region = \"zrh\"\npasword = \"hunter2-Xq9\"\n").unwrap();
+    let out = imgbuild_in(d.path())
         .arg(&p)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", d.path())
-        .env("XDG_CONFIG_HOME", d.path())
+        .arg("--config")
+        .arg(&cfg)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no CloudSigma endpoint configured"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    assert!(
+        err.contains("line 2, column 1") && err.contains("did you mean `password`"),
+        "{err}"
+    );
 }
 
 #[test]
