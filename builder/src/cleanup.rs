@@ -32,7 +32,9 @@ pub struct CleanupReport {
 impl Builder {
     /// Delete what a failed build created: stop and delete the server, then the drive, then
     /// tags it created. Each delete is tried a few times (cleanup must survive a flaky API,
-    /// including a fault on a non-retried POST like `stop`). Never cancelled by signals.
+    /// including a fault on a non-retried POST like `stop`). The build's cancellation (the
+    /// first signal) does not stop it; `abandon` (the third) does, and whatever it had not dealt
+    /// with yet is reported as left.
     pub async fn cleanup(&self, created: &Created) -> CleanupReport {
         let mut rep = CleanupReport::default();
         let abandoned = tokio::select! {
