@@ -41,6 +41,7 @@ fn bootstrap_from_serial_port() {
             tty.to_str().unwrap(),
             "--timeout",
             "10",
+            "--execute",
             "--net-fixture",
         ])
         .arg(&n.fixture)

@@ -24,6 +24,7 @@ pub const STUBS: &[&str] = &[
     "mkfs.ext4",
     "mount",
     "udevadm",
+    "apt-get",
 ];
 
 pub struct Node {
@@ -172,6 +173,8 @@ impl Node {
             .arg(&self.context)
             .arg("--net-fixture")
             .arg(&self.fixture)
+            // The scripts and tools run (stubs first on PATH): the tests check what they do.
+            .arg("--execute")
             .args(extra)
             .env("PATH", path)
             .env("STUB_LOG", &self.stub_log)
