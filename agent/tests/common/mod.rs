@@ -161,6 +161,15 @@ impl Node {
     }
 
     pub fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_with(true, extra, env)
+    }
+
+    /// As a person debugging with a scratch root runs it: without `--execute`.
+    pub fn run_dry(&self, extra: &[&str]) -> Output {
+        self.run_with(false, extra, &[])
+    }
+
+    fn run_with(&self, execute: bool, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!(
             "{}:{}",
             self.stub_dir.display(),
@@ -174,7 +183,7 @@ impl Node {
             .arg("--net-fixture")
             .arg(&self.fixture)
             // The scripts and tools run (stubs first on PATH): the tests check what they do.
-            .arg("--execute")
+            .args(execute.then_some("--execute"))
             .args(extra)
             .env("PATH", path)
             .env("STUB_LOG", &self.stub_log)
