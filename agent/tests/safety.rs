@@ -233,3 +233,63 @@ fn a_cloned_disks_stamp_is_not_this_instances() {
         2
     );
 }
+
+/// `/etc/hostname` bind-mounted over (as container runtimes and namespace tests do): rename(2)
+/// onto a mount point fails with EBUSY, so the agent writes it in place, as cloud-init does.
+/// Needs a private mount namespace (`unshare -m`, root): skipped where that is not allowed.
+#[test]
+fn bind_mounted_hostname_is_written_in_place() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!(
+            "unshare -m not permitted here: skipping (the EBUSY path is unit-tested in fsutil)"
+        );
+        return;
+    }
+    let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+    let outside = n.dir.path().join("hostname.outside");
+    fs::write(&outside, "old-name\n").unwrap();
+    fs::write(n.p("/etc/hostname"), "").unwrap();
+    let path = format!(
+        "{}:{}",
+        n.stub_dir.display(),
+        std::env::var("PATH").unwrap()
+    );
+    // The mount exists only in the agent's namespace: nothing to clean up on the host. The
+    // host's mount(8) does it; the agent then runs with the stubs (a stub `mount` among them)
+    // first on PATH.
+    let out = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$2/etc/hostname\" && p=\"$3\" && shift 3 && PATH=\"$p\" exec \"$@\"",
+            "sh",
+        ])
+        .arg(&outside)
+        .arg(&n.root)
+        .arg(path)
+        .arg(env!("CARGO_BIN_EXE_cloudsigma-agent"))
+        .arg("--root")
+        .arg(&n.root)
+        .arg("--context-file")
+        .arg(&n.context)
+        .arg("--net-fixture")
+        .arg(&n.fixture)
+        .arg("--execute")
+        .env("STUB_LOG", &n.stub_log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), n.log());
+    assert_eq!(
+        fs::read_to_string(&outside).unwrap(),
+        "worker-0\n",
+        "the bind-mounted file got the name, in place"
+    );
+    assert!(
+        !n.all_files().iter().any(|f| f.contains(".cs-agent-tmp")),
+        "no temporary file left"
+    );
+}
