@@ -233,12 +233,20 @@ impl Agent<'_> {
         if self.already_bootstrapped(&uuid)? {
             return Ok("skipped");
         }
-        // 6-11: once per instance.
-        let configured = self.configure(&ctx, &kind, &cfg);
+        // 6-11: once per instance. `started`: this run wrote the started-stamp (runcmd began).
+        let started = std::cell::Cell::new(false);
+        let configured = self.configure(&ctx, &kind, &cfg, &started);
+        // A failure the agent saw: the next boot retries. Only a stamp this run wrote goes: a
+        // failing `--force` re-run before runcmd leaves an earlier success's stamp alone.
+        let unstamp = |a: &Self| {
+            if started.get() {
+                stamp::remove(&a.o.root, &uuid);
+            }
+        };
         if configured.is_err() || !self.execute {
-            // A failure the agent saw (the next boot retries), or a dry run under --root.
-            stamp::remove(&self.o.root, &uuid);
+            unstamp(self);
             configured?;
+            // A dry run under --root: nothing ran, nothing to check or stamp.
             self.skip("marker", NOT_EXECUTED);
             self.skip("done_stamp", NOT_EXECUTED);
             return Ok("success");
@@ -255,7 +263,7 @@ impl Agent<'_> {
             }
         });
         if marker.is_err() {
-            stamp::remove(&self.o.root, &uuid);
+            unstamp(self);
             return Err(());
         }
         let root = self.o.root.clone();
@@ -273,6 +281,7 @@ impl Agent<'_> {
         ctx: &ServerContext,
         kind: &userdata::Kind,
         cfg: &CloudConfig,
+        started: &std::cell::Cell<bool>,
     ) -> Flow<()> {
         let (now, deferred): (Vec<WriteFile>, Vec<WriteFile>) =
             cfg.write_files.iter().cloned().partition(|f| !f.defer);
@@ -357,6 +366,7 @@ impl Agent<'_> {
             // crash never makes a reboot run them again.
             let p = stamp::path(&root, uuid);
             stamp::write(&root, uuid, State::Started).at(IoOp::Access, &p)?;
+            started.set(true);
             scripts::run(cx, file, &body, uuid)
         })
     }

@@ -293,3 +293,18 @@ fn bind_mounted_hostname_is_written_in_place() {
         "no temporary file left"
     );
 }
+
+/// A `--force` re-run that fails before its commands start leaves the earlier success's stamp:
+/// the next boot must still know this instance joined.
+#[test]
+fn a_failed_forced_rerun_before_runcmd_keeps_the_done_stamp() {
+    let n = Node::new(data("kubeadm-init-disks.yaml").as_bytes());
+    n.fake_disk("sdb");
+    n.run_ok(&[]);
+    let stamp = format!("/var/lib/cloudsigma-agent/instance-{UUID}.done");
+    assert!(n.read(&stamp).contains("state=done"));
+    let out = n.run_env(&["--force"], &[("STUB_FAIL", "mount")]);
+    assert_eq!(out.status.code(), Some(1), "{}", n.log());
+    assert_eq!(n.status()["error"]["step"], "mounts");
+    assert!(n.read(&stamp).contains("state=done"), "the stamp survived");
+}
