@@ -285,7 +285,7 @@ fn retry(
                     path: path.to_owned(),
                     waited: start.elapsed(),
                     attempts: not_ready,
-                    last: sample(line.as_bytes()),
+                    last: sample("", line.as_bytes()),
                 });
             }
             check(&v)
@@ -294,7 +294,7 @@ fn retry(
                     path: path.to_owned(),
                     key: key.to_owned(),
                     reason,
-                    sample: sample(v.to_string().as_bytes()),
+                    sample: sample(key, v.to_string().as_bytes()),
                 })
         });
         match result {
@@ -380,7 +380,7 @@ pub fn query_once(
                 path: path.to_owned(),
                 key: key.to_owned(),
                 reason: format!("reply longer than {MAX_REPLY} bytes without a newline"),
-                sample: sample(&buf),
+                sample: sample(key, &buf),
             });
         }
         let now = Instant::now();
@@ -440,7 +440,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
             path: path.to_owned(),
             key: key.to_owned(),
             reason: "reply is not ASCII (the protocol escapes non-ASCII in JSON)".into(),
-            sample: sample(text),
+            sample: sample(key, text),
         });
     }
     if text.iter().any(|&b| b < 0x20 && b != b'\t') {
@@ -448,7 +448,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
             path: path.to_owned(),
             key: key.to_owned(),
             reason: "reply contains control characters (the protocol escapes them)".into(),
-            sample: sample(text),
+            sample: sample(key, text),
         });
     }
     match serde_json::from_slice::<serde_json::Value>(text) {
@@ -466,7 +466,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
                     path: path.to_owned(),
                     key: key.to_owned(),
                     reason: format!("invalid JSON: {e}"),
-                    sample: sample(text),
+                    sample: sample(key, text),
                 })
             } else {
                 // Leaves come back unquoted: keep the bare string, as cloud-init does. ASCII checked.
@@ -489,9 +489,15 @@ fn strip(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// A short, printable prefix of a bad reply for error messages. Context replies may contain
-/// secrets (user data), so at most 32 bytes are shown.
-fn sample(bytes: &[u8]) -> String {
+/// What an error shows of a bad reply: a short escaped prefix (at most 32 bytes) of a status
+/// line or line noise answering the whole-context request — never of anything that may be
+/// the context or one of its values (JSON, or any reply to a single-key request): those may hold
+/// the user data, the VNC password or keys, so only their size is shown.
+fn sample(key: &str, bytes: &[u8]) -> String {
+    let trimmed = bytes.trim_ascii_start();
+    if !key.is_empty() || matches!(trimmed.first(), Some(b'{' | b'[' | b'"')) {
+        return format!("<{} bytes, not shown>", bytes.len());
+    }
     bytes
         .iter()
         .take(32)
@@ -650,6 +656,27 @@ mod tests {
             parse_context(p, format!(r#"{{"uuid": "{secret}" "name"}}"#).as_bytes()).unwrap_err();
         assert!(!e.to_string().contains(secret), "{e}");
         assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_replies_never_show_context_values() {
+        let p = Path::new("/dev/x");
+        let secret = "pw-hunter2";
+        // Invalid JSON that is (the start of) a context.
+        let e = decode_reply(
+            p,
+            "",
+            format!(r#"{{"vnc_password":"{secret}" x}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("bytes, not shown"), "{e}");
+        // A single key's value with a control character.
+        let e = decode_reply(p, "/meta/password", format!("{secret}\x01").as_bytes()).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Line noise on the whole-context request is shown (escaped, 32 bytes at most).
+        let e = decode_reply(p, "", b"\xff\xfegarbage").unwrap_err();
+        assert!(e.to_string().contains("xfegarbage"), "{e}");
     }
 
     #[test]
