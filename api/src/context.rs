@@ -271,6 +271,7 @@ fn retry(
     let start = Instant::now();
     let mut backoff = opts.initial_backoff;
     let mut not_ready = 0u32;
+    let mut last_not_ready = String::new();
     loop {
         let remaining = opts.deadline.saturating_sub(start.elapsed());
         let attempt = remaining
@@ -281,11 +282,12 @@ fn retry(
             // (not JSON) until the context is ready: expected, retried, counted.
             if let (true, serde_json::Value::String(line)) = (key.is_empty(), &v) {
                 not_ready += 1;
+                last_not_ready = sample("", line.as_bytes());
                 return Err(ContextError::NotReady {
                     path: path.to_owned(),
                     waited: start.elapsed(),
                     attempts: not_ready,
-                    last: sample("", line.as_bytes()),
+                    last: last_not_ready.clone(),
                 });
             }
             check(&v)
@@ -304,6 +306,16 @@ fn retry(
                 if elapsed + backoff >= opts.deadline {
                     // Report the total time waited, not the last attempt's.
                     return Err(match e {
+                        // The host did answer "not ready" earlier: that is the story, not the
+                        // silence of the last (possibly short) attempt.
+                        ContextError::NoAnswer { path, .. } if not_ready > 0 => {
+                            ContextError::NotReady {
+                                path,
+                                waited: elapsed,
+                                attempts: not_ready,
+                                last: last_not_ready.clone(),
+                            }
+                        }
                         ContextError::NoAnswer { path, .. } => ContextError::NoAnswer {
                             path,
                             waited: elapsed,

@@ -49,6 +49,17 @@ fn read_request(master: &mut File) -> Option<String> {
     }
 }
 
+/// One exchange only (the backoff exceeds the deadline): the error is that exchange's, not the
+/// `NoAnswer` of a short last retry when a loaded machine delays the peer thread.
+fn one_attempt(deadline_ms: u64) -> ReadOptions {
+    ReadOptions {
+        deadline: Duration::from_millis(deadline_ms),
+        attempt_timeout: Duration::from_millis(deadline_ms),
+        initial_backoff: Duration::from_millis(deadline_ms * 2),
+        max_backoff: Duration::from_millis(deadline_ms * 2),
+    }
+}
+
 fn opts(deadline_ms: u64) -> ReadOptions {
     ReadOptions {
         deadline: Duration::from_millis(deadline_ms),
@@ -257,7 +268,7 @@ fn truncated_json_is_reported() {
             }
         }
     });
-    let err = context::read_context_with(&p.path, opts(900)).unwrap_err();
+    let err = context::read_context_with(&p.path, one_attempt(1500)).unwrap_err();
     match err {
         ContextError::Truncated { got, .. } => assert_eq!(got, 120),
         other => panic!("expected Truncated, got {other:?}"),
@@ -276,7 +287,7 @@ fn truncated_line_with_newline_is_reported() {
             }
         }
     });
-    let err = context::read_context_with(&p.path, opts(600)).unwrap_err();
+    let err = context::read_context_with(&p.path, one_attempt(3000)).unwrap_err();
     assert!(matches!(err, ContextError::Truncated { .. }), "{err:?}");
 }
 
