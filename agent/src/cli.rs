@@ -54,6 +54,10 @@ pub struct BootstrapArgs {
     /// Run again although this instance was already bootstrapped.
     #[arg(long)]
     pub force: bool,
+    /// With a --root other than /: also run bootcmd/runcmd and the node tools (sfdisk, mkfs,
+    /// mount, systemctl, apt-get) from PATH. Without it only files under --root are written.
+    #[arg(long)]
+    pub execute: bool,
     /// How long to keep asking the serial port.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
     pub timeout: Duration,
@@ -118,6 +122,7 @@ impl BootstrapArgs {
             serial: self.serial,
             root: absolute(self.root)?,
             force: self.force,
+            execute: self.execute,
             timeout: self.timeout,
             status_file: self.status_file,
             log_file: self.log_file,

@@ -3,7 +3,9 @@
 
 use serde_yaml::Value;
 
-use crate::steps::{disk_setup, fs_setup, hostname, mounts, ntp, scripts, users, write_files};
+use crate::steps::{
+    disk_setup, fs_setup, hostname, mounts, ntp, packages, scripts, ssh_keys, users, write_files,
+};
 use crate::yaml::{scalar_string, string_list, type_name};
 
 pub use crate::steps::scripts::{parse_cmds, shellify, Cmd};
@@ -20,6 +22,10 @@ pub struct CloudConfig {
     pub host: hostname::Hostname,
     /// Top-level `ssh_authorized_keys`: installed like meta.ssh_public_key.
     pub ssh_authorized_keys: Vec<String>,
+    /// `disable_root`, `disable_root_opts` (cloud-init's ssh module).
+    pub root_login: ssh_keys::RootLogin,
+    /// `packages`, `package_update`, `package_upgrade` (and the `apt_` spellings).
+    pub packages: packages::Packages,
     /// `users`: the subset the Cluster API kubeadm provider emits (see [`User`]).
     pub users: Vec<User>,
     /// `ntp` (None when absent or null, as cloud-init).
@@ -54,7 +60,10 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
             Value::String(s) => s.clone(),
             other => scalar_string(other).unwrap_or_else(|| format!("<{}>", type_name(other))),
         };
-        if cfg.host.parse_key(&key, &v)? {
+        if cfg.host.parse_key(&key, &v)?
+            || cfg.root_login.parse_key(&key, &v)?
+            || cfg.packages.parse_key(&key, &v)?
+        {
             continue;
         }
         let w = &mut cfg.warnings;

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 
 /// Map an absolute guest path (`/etc/hostname`) under the agent's root.
@@ -34,6 +35,21 @@ pub fn atomic_write(
     mode: u32,
     owner: Owner,
     how: WriteMode,
+) -> io::Result<ChownOutcome> {
+    atomic_write_with(path, data, mode, owner, how, &|from, to| {
+        fs::rename(from, to)
+    })
+}
+
+/// [`atomic_write`] with the rename as a parameter, so that a test can make it fail like a bind
+/// mount does (EBUSY) without needing one.
+fn atomic_write_with(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Owner,
+    how: WriteMode,
+    rename: &dyn Fn(&Path, &Path) -> io::Result<()>,
 ) -> io::Result<ChownOutcome> {
     let dir = path.parent().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory")
@@ -71,7 +87,17 @@ pub fn atomic_write(
         // chown may clear setuid/setgid bits: restore the exact mode afterwards.
         f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
         drop(f);
-        fs::rename(&tmp, path)?;
+        match rename(&tmp, path) {
+            Ok(()) => {}
+            // The target is a mount point (a bind-mounted /etc/hostname or /etc/resolv.conf in a
+            // container): it cannot be replaced, only rewritten. cloud-init's util.write_file
+            // always writes in place; we do so only here, from the finished temporary file.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                write_in_place(&tmp, path, mode, owner)?;
+                let _ = fs::remove_file(&tmp);
+            }
+            Err(e) => return Err(e),
+        }
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -81,6 +107,68 @@ pub fn atomic_write(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Copy the finished temporary file over `path` in place (same inode), then set its mode and
+/// owner: the fallback when `path` cannot be renamed over.
+fn write_in_place(tmp: &Path, path: &Path, mode: u32, owner: Owner) -> io::Result<()> {
+    let mut src = File::open(tmp)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    io::copy(&mut src, &mut dst)?;
+    dst.sync_all()?;
+    chown_file(&dst, owner)?;
+    dst.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+    Ok(())
+}
+
+/// Where a write to the guest path `abs` lands when it follows symlinks as open(2) does, with
+/// every absolute link target taken under `root` (`/etc/resolv.conf` →
+/// `/run/systemd/resolve/stub-resolv.conf` stays inside a test root). cloud-init's
+/// `util.write_file` opens the path and so writes through a link into its target; a rename
+/// over the path would replace the link with a file instead.
+pub fn resolve_under(root: &Path, abs: &str) -> io::Result<PathBuf> {
+    use std::ffi::OsString;
+    use std::path::Component;
+    let push = |todo: &mut Vec<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    let mut todo = Vec::new();
+    push(&mut todo, Path::new(abs));
+    let mut cur = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        let host = root.join(&next);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(io::Error::from_raw_os_error(nix::libc::ELOOP));
+                }
+                let target = fs::read_link(&host)?;
+                if target.is_absolute() {
+                    cur = PathBuf::new();
+                }
+                push(&mut todo, &target);
+            }
+            _ => cur = next,
+        }
+    }
+    Ok(root.join(cur))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +292,7 @@ pub fn rfc3339(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn rfc3339_known_dates() {
@@ -229,6 +318,95 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn busy_target_is_rewritten_in_place() {
+        // A bind-mounted /etc/hostname: rename(2) over it fails with EBUSY.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hostname");
+        fs::write(&p, "old-name-longer\n").unwrap();
+        let ino = fs::metadata(&p).unwrap().ino();
+        let busy = |_: &Path, _: &Path| -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(nix::libc::EBUSY))
+        };
+        atomic_write_with(
+            &p,
+            b"new\n",
+            0o644,
+            Owner::default(),
+            WriteMode::Replace,
+            &busy,
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            ino,
+            "same inode: written in place"
+        );
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+        // Any other rename error still fails, and leaves the target alone.
+        let other = |_: &Path, _: &Path| -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(nix::libc::EXDEV))
+        };
+        assert!(atomic_write_with(
+            &p,
+            b"x\n",
+            0o644,
+            Owner::default(),
+            WriteMode::Replace,
+            &other
+        )
+        .is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn writes_follow_links_inside_the_root() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
+        // Debian with systemd-resolved: an absolute link, taken under the root.
+        symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            root.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_under(root, "/etc/resolv.conf").unwrap(),
+            root.join("run/systemd/resolve/stub-resolv.conf")
+        );
+        // Relative links, a linked directory and `..` in a target.
+        symlink("../run/systemd", root.join("etc/sd")).unwrap();
+        symlink(
+            "resolve/../resolve/stub-resolv.conf",
+            root.join("run/systemd/rel"),
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_under(root, "/etc/sd/rel").unwrap(),
+            root.join("run/systemd/resolve/stub-resolv.conf")
+        );
+        // A path without links, existing or not, is itself.
+        assert_eq!(
+            resolve_under(root, "/etc/new/file").unwrap(),
+            root.join("etc/new/file")
+        );
+        // `..` never climbs above the root.
+        symlink("../../../../etc/x", root.join("etc/up")).unwrap();
+        assert_eq!(resolve_under(root, "/etc/up").unwrap(), root.join("etc/x"));
+        // A loop is an error, not a hang.
+        symlink("/etc/loop", root.join("etc/loop")).unwrap();
+        let e = resolve_under(root, "/etc/loop").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod paths;
 pub mod report;
 pub mod run;
 pub mod show;
+pub mod stamp;
 pub mod steps;
 pub mod sys;
 pub mod template;

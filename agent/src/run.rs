@@ -5,17 +5,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cloudsigma_api::{context, ServerContext};
+use cloudsigma_api::{context, DsMode, ServerContext, META_DSMODE};
 
 use crate::cloudconfig::{self, CloudConfig, WriteFile};
 use crate::error::{Error, IoContext, IoOp, Result};
 use crate::fsutil::{self, atomic_write, under, Owner, WriteMode};
 use crate::report::{Logger, Phase, Status, StepError};
+use crate::stamp::{self, State};
 use crate::steps::{
-    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, scripts, ssh_keys, swap, users,
+    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, packages, scripts, ssh_keys, swap, users,
     write_files, Cx,
 };
 use crate::{net, template, userdata};
+
+/// Why a step that runs the data's scripts or node tools did not run under a test root.
+const NOT_EXECUTED: &str = "not run: --root is not / and --execute was not given";
 
 pub use crate::paths::{LOG_FILE, MARKER, OUTPUT_FILE, STATE_DIR, STATUS_FILE};
 
@@ -30,6 +34,8 @@ pub struct Opts {
     pub serial: PathBuf,
     pub root: PathBuf,
     pub force: bool,
+    /// Under a `--root` other than `/`: run the data's scripts and the node tools anyway.
+    pub execute: bool,
     pub timeout: Duration,
     pub status_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
@@ -48,6 +54,7 @@ fn if_empty<'a, T>(items: &[T], why: &'a str) -> Option<&'a str> {
 struct Agent<'a> {
     o: &'a Opts,
     real_root: bool,
+    execute: bool,
     log: Logger,
     status: Status,
     status_path: PathBuf,
@@ -64,6 +71,7 @@ pub fn run(o: &Opts) -> i32 {
     let mut a = Agent {
         o,
         real_root,
+        execute: real_root || o.execute,
         log: Logger::open(&log_path, o.quiet),
         status: Status::new(&marker),
         status_path: o
@@ -197,13 +205,15 @@ impl Agent<'_> {
         Cx {
             root: &self.o.root,
             real_root: self.real_root,
+            execute: self.execute,
             log: &mut self.log,
             warnings: &mut self.status.warnings,
         }
     }
 
-    fn stamp_path(&self, uuid: &str) -> PathBuf {
-        under(&self.o.root, STATE_DIR).join(format!("instance-{uuid}.done"))
+    /// The skip reason of a step that runs scripts or node tools, None when it may run.
+    fn gate<'a>(&self, skip: Option<&'a str>) -> Option<&'a str> {
+        skip.or((!self.execute).then_some(NOT_EXECUTED))
     }
 
     /// The steps of docs/agent.md's table, in its order. Returns the final result word
@@ -216,16 +226,33 @@ impl Agent<'_> {
         let uuid = ctx.uuid.clone();
         // 5: bootcmd runs on every boot, like cloud-init's.
         let bootcmd = scripts::shellify(&cfg.bootcmd);
-        self.step("bootcmd", if_empty(&cfg.bootcmd, "no bootcmd"), |cx| {
+        let skip = self.gate(if_empty(&cfg.bootcmd, "no bootcmd"));
+        self.step("bootcmd", skip, |cx| {
             scripts::run(cx, "bootcmd", &bootcmd, &uuid)
         })?;
         if self.already_bootstrapped(&uuid)? {
             return Ok("skipped");
         }
-        // 6-11: once per instance.
-        self.configure(&ctx, &kind, &cfg)?;
+        // 6-11: once per instance. `started`: this run wrote the started-stamp (runcmd began).
+        let started = std::cell::Cell::new(false);
+        let configured = self.configure(&ctx, &kind, &cfg, &started);
+        // A failure the agent saw: the next boot retries. Only a stamp this run wrote goes: a
+        // failing `--force` re-run before runcmd leaves an earlier success's stamp alone.
+        let unstamp = |a: &Self| {
+            if started.get() {
+                stamp::remove(&a.o.root, &uuid);
+            }
+        };
+        if configured.is_err() || !self.execute {
+            unstamp(self);
+            configured?;
+            // A dry run under --root: nothing ran, nothing to check or stamp.
+            self.skip("marker", NOT_EXECUTED);
+            self.skip("done_stamp", NOT_EXECUTED);
+            return Ok("success");
+        }
         // 12-13.
-        self.phase("marker", |a| {
+        let marker = self.phase("marker", |a| {
             if a.marker.exists() {
                 Ok(())
             } else {
@@ -234,19 +261,16 @@ impl Agent<'_> {
                     output: under(&a.o.root, OUTPUT_FILE),
                 })
             }
-        })?;
-        let stamp = self.stamp_path(&uuid);
-        let stamp_body = format!("{}\n", fsutil::now_rfc3339());
+        });
+        if marker.is_err() {
+            unstamp(self);
+            return Err(());
+        }
+        let root = self.o.root.clone();
         self.phase("done_stamp", |_| {
-            atomic_write(
-                &stamp,
-                stamp_body.as_bytes(),
-                0o644,
-                Owner::default(),
-                WriteMode::Replace,
-            )
-            .map(|_| ())
-            .at(IoOp::Access, &stamp)
+            stamp::write(&root, &uuid, State::Done)
+                .map(|_| ())
+                .at(IoOp::Access, stamp::path(&root, &uuid))
         })?;
         Ok("success")
     }
@@ -257,6 +281,7 @@ impl Agent<'_> {
         ctx: &ServerContext,
         kind: &userdata::Kind,
         cfg: &CloudConfig,
+        started: &std::cell::Cell<bool>,
     ) -> Flow<()> {
         let (now, deferred): (Vec<WriteFile>, Vec<WriteFile>) =
             cfg.write_files.iter().cloned().partition(|f| !f.defer);
@@ -264,16 +289,12 @@ impl Agent<'_> {
             write_files::apply(cx, &now)
         })?;
         // cloud-init's init stage: disk_setup (partitions, then filesystems), then mounts.
-        self.step(
-            "disk_setup",
-            if_empty(&cfg.disk_setup, "no disks to partition"),
-            |cx| disk_setup::apply(cx, &cfg.disk_setup),
-        )?;
-        self.step(
-            "fs_setup",
-            if_empty(&cfg.fs_setup, "no filesystems"),
-            |cx| fs_setup::apply(cx, &cfg.fs_setup),
-        )?;
+        let skip = self.gate(if_empty(&cfg.disk_setup, "no disks to partition"));
+        self.step("disk_setup", skip, |cx| {
+            disk_setup::apply(cx, &cfg.disk_setup)
+        })?;
+        let skip = self.gate(if_empty(&cfg.fs_setup, "no filesystems"));
+        self.step("fs_setup", skip, |cx| fs_setup::apply(cx, &cfg.fs_setup))?;
         let no_mounts = cfg.mounts.is_none().then_some("no mounts");
         self.step("mounts", no_mounts, |cx| {
             mounts::apply(cx, cfg.mounts.as_deref().unwrap_or_default())
@@ -289,9 +310,15 @@ impl Agent<'_> {
         self.step("users", if_empty(&cfg.users, "no users"), |cx| {
             users::apply(cx, &cfg.users)
         })?;
-        let meta_key = ctx.meta.get("ssh_public_key").map(String::as_str);
+        let mut keys = ssh_keys::context_keys(ctx, &mut self.status.warnings);
+        keys.extend(
+            cfg.ssh_authorized_keys
+                .iter()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
+        );
         self.step("ssh_keys", None, |cx| {
-            ssh_keys::apply(cx, meta_key, &cfg.ssh_authorized_keys)
+            ssh_keys::apply(cx, &keys, &cfg.root_login)
         })?;
         self.step("swap", None, swap::apply)?;
         let cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter());
@@ -310,27 +337,38 @@ impl Agent<'_> {
             Some(n) if !n.enabled => self.skip("ntp", "ntp.enabled is false"),
             Some(n) => self.step("ntp", None, |cx| ntp::apply(cx, n))?,
         }
+        // cloud-init's final stage opens with package_update_upgrade_install.
+        let skip = self.gate(cfg.packages.is_empty().then_some("no packages"));
+        self.step("packages", skip, |cx| packages::apply(cx, &cfg.packages))?;
         self.step(
             "write_files_deferred",
             if_empty(&deferred, "no deferred files"),
             |cx| write_files::apply(cx, &deferred),
         )?;
         let uuid = &ctx.uuid;
-        match kind {
-            userdata::Kind::Script(bytes) => {
-                let s = String::from_utf8_lossy(bytes).into_owned();
-                self.step("script", None, |cx| {
-                    scripts::run(cx, "user-script", &s, uuid)
-                })
-            }
+        let (name, file, body, skip) = match kind {
+            userdata::Kind::Script(bytes) => (
+                "script",
+                "user-script",
+                String::from_utf8_lossy(bytes).into_owned(),
+                None,
+            ),
             _ => {
                 scripts::log_runcmd(&mut self.cx(), &cfg.runcmd);
-                let script = scripts::shellify(&cfg.runcmd);
-                self.step("runcmd", if_empty(&cfg.runcmd, "no runcmd"), |cx| {
-                    scripts::run(cx, "runcmd", &script, uuid)
-                })
+                let skip = if_empty(&cfg.runcmd, "no runcmd");
+                ("runcmd", "runcmd", scripts::shellify(&cfg.runcmd), skip)
             }
-        }
+        };
+        let skip = self.gate(skip);
+        let root = self.o.root.clone();
+        self.step(name, skip, |cx| {
+            // The stamp goes down before the commands start (see stamp.rs): from here on a
+            // crash never makes a reboot run them again.
+            let p = stamp::path(&root, uuid);
+            stamp::write(&root, uuid, State::Started).at(IoOp::Access, &p)?;
+            started.set(true);
+            scripts::run(cx, file, &body, uuid)
+        })
     }
 
     /// Phases 1-4. None: nothing to do (dsmode disabled, no user data, or a bootstrapped node
@@ -341,8 +379,11 @@ impl Agent<'_> {
             Err(()) => {
                 // A node that already joined must not be marked failed on reboot just because the
                 // context port is slow: say so and leave it alone.
-                if !self.o.force && self.any_stamp() {
-                    self.warn("context unavailable but this node was bootstrapped before (done-stamp present); skipping".into());
+                if let Some(id) = (!self.o.force)
+                    .then(|| stamp::done_on_this_machine(&self.o.root))
+                    .flatten()
+                {
+                    self.warn(format!("context unavailable but this machine bootstrapped instance {id} before (its done-stamp names this machine); skipping"));
                     self.status.error = None;
                     return Ok(None);
                 }
@@ -353,10 +394,24 @@ impl Agent<'_> {
         self.status.hostname = Some(template::local_hostname(&ctx));
         self.network(&ctx);
 
-        if ctx.dsmode().is_some_and(|m| m.is_disabled()) {
-            self.skip("userdata", "meta.cloudinit-dsmode is 'disabled'");
-            return Ok(None);
+        match ctx.dsmode() {
+            Some(DsMode::Disabled) => {
+                self.skip("userdata", "meta.cloudinit-dsmode is 'disabled'");
+                return Ok(None);
+            }
+            // cloud-init's VALID_DSMODES are disabled, local and net; "pass" and anything else
+            // get its warning and the default, net. local vs net only picks cloud-init's stage
+            // (before or after the network): the agent runs once, after network-online.
+            Some(DsMode::Pass) | Some(DsMode::Other(_)) => {
+                let m = ctx.meta.get(META_DSMODE).cloned().unwrap_or_default();
+                self.warn(format!(
+                    "meta.cloudinit-dsmode {:?} is not one of disabled, local, net; using net (as cloud-init)",
+                    m.chars().take(32).collect::<String>()
+                ));
+            }
+            Some(DsMode::Local) | Some(DsMode::Net) | None => {}
         }
+        self.vendor_data(&ctx);
 
         let Some(raw) = self.phase("userdata", |_| Ok(userdata::extract(&ctx)?))? else {
             self.skip("userdata", "the server has no meta.cloudinit-user-data");
@@ -407,8 +462,21 @@ impl Agent<'_> {
     /// The skip check after bootcmd: this instance already succeeded and no --force. Then the
     /// marker is restored, and the rest is skipped.
     fn already_bootstrapped(&mut self, uuid: &str) -> Flow<bool> {
-        let stamp = self.stamp_path(uuid);
-        if stamp.exists() && !self.o.force {
+        let stamp_path = stamp::path(&self.o.root, uuid);
+        let found = if self.o.force {
+            None
+        } else {
+            stamp::read(&self.o.root, uuid)
+        };
+        if let Some(s) = found.as_ref().filter(|s| s.state == State::Started) {
+            let msg = format!(
+                "a previous boot started this instance's bootstrap commands at {} and did not record their end (crash or power loss): they are not run twice; check the node (and {}), then re-run with --force",
+                s.time,
+                OUTPUT_FILE
+            );
+            self.phase("bootstrap", |_| Err::<(), _>(Error::Refused(msg)))?;
+        }
+        if found.is_some() {
             // /run is a tmpfs: after a reboot the marker is gone although this instance did
             // bootstrap successfully (the stamp is only written together with the marker).
             if !self.marker.exists() {
@@ -428,7 +496,7 @@ impl Agent<'_> {
                 "bootstrap",
                 &format!(
                     "already bootstrapped ({} exists; use --force to re-run)",
-                    stamp.display()
+                    stamp_path.display()
                 ),
             );
             return Ok(true);
@@ -442,13 +510,25 @@ impl Agent<'_> {
         Ok(false)
     }
 
-    fn any_stamp(&self) -> bool {
-        fs::read_dir(under(&self.o.root, STATE_DIR))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".done"))
-            })
-            .unwrap_or(false)
+    /// `vendor_data.cloudinit` (cloud-init's CloudSigma datasource reads it as vendor data) is
+    /// deliberately not executed: it is the cloud location's own configuration for general
+    /// purpose images, not part of the cluster's bootstrap data, and it would run commands and
+    /// packages the cluster's owner neither wrote nor sees (docs/agent.md, "Vendor data").
+    fn vendor_data(&mut self, ctx: &ServerContext) {
+        let part = ctx
+            .vendor_data
+            .as_ref()
+            .and_then(|v| v.get("cloudinit"))
+            .filter(|v| !v.is_null() && v.as_str() != Some(""));
+        if let Some(v) = part {
+            let size = v
+                .as_str()
+                .map(str::len)
+                .unwrap_or_else(|| v.to_string().len());
+            self.warn(format!(
+                "vendor_data.cloudinit ({size} bytes) is not executed: cloudsigma-agent runs only the server's user data (docs/agent.md)"
+            ));
+        }
     }
 
     fn load_context(&mut self) -> Result<ServerContext> {

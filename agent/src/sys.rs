@@ -43,9 +43,14 @@ impl Out {
 
 /// Run `tool args...`, optionally feeding `stdin`. Err only if it could not be started.
 pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
+    run_env(tool, args, stdin, &[])
+}
+
+fn run_env(tool: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Result<Out> {
     let mut c = Command::new(tool);
     c.args(args)
         .env("LANG", "C")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(if stdin.is_some() {
@@ -80,6 +85,16 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
 /// Run a tool that must succeed; the error names the command line (callers pass no secrets).
 pub fn check(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
     let out = run(tool, args, stdin)?;
+    if out.ok() {
+        Ok(out)
+    } else {
+        Err(out.failed(tool, args))
+    }
+}
+
+/// [`check`] with extra environment variables (apt-get's `DEBIAN_FRONTEND`).
+pub fn check_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Out> {
+    let out = run_env(tool, args, None, env)?;
     if out.ok() {
         Ok(out)
     } else {

@@ -36,7 +36,7 @@ fn bootstrap_subcommand_then_status() {
         std::env::var("PATH").unwrap()
     );
     let out = Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args(["bootstrap", "--root", root, "--quiet"])
+        .args(["bootstrap", "--root", root, "--execute", "--quiet"])
         .arg("--context-file")
         .arg(&n.context)
         .arg("--net-fixture")

@@ -53,10 +53,11 @@ fn kubeadm_join_worker() {
         "KUBELET_EXTRA_ARGS=--node-ip=10.10.0.5\n"
     );
 
-    // SSH keys from meta.ssh_public_key for root and the login user (uid 1000).
+    // SSH keys from meta.ssh_public_key for the login user (uid 1000) and, as cloud-init's
+    // disable_root (the default) writes them, for root behind the "login as debian" command.
     assert_eq!(
         n.read("/root/.ssh/authorized_keys"),
-        "ssh-ed25519 AAAAC3 test\n"
+        format!("{} ssh-ed25519 AAAAC3 test\n", disabled_root("debian"))
     );
     assert_eq!(
         n.read("/home/debian/.ssh/authorized_keys"),
@@ -98,6 +99,7 @@ fn kubeadm_join_worker() {
             "swap",
             "node_ip",
             "ntp",
+            "packages",
             "write_files_deferred",
             "runcmd",
             "marker",
@@ -221,11 +223,24 @@ fn kubeadm_init_control_plane() {
         "sa-key",
     ]);
     // Top-level ssh_authorized_keys join meta.ssh_public_key; `users` itself is not implemented.
-    let keys = n.read("/root/.ssh/authorized_keys");
+    let keys = n.read("/home/debian/.ssh/authorized_keys");
     assert_eq!(
         keys,
         "ssh-ed25519 AAAAC3 test\nssh-ed25519 AAAAC3Nza capi@example\n"
     );
+    let p = disabled_root("debian");
+    assert_eq!(
+        n.read("/root/.ssh/authorized_keys"),
+        format!("{p} ssh-ed25519 AAAAC3 test\n{p} ssh-ed25519 AAAAC3Nza capi@example\n")
+    );
+}
+
+/// cloud-init's DISABLE_USER_OPTS (cloudinit/ssh_util.py) for `user`, written out by hand so
+/// that a change of the agent's constant shows here.
+fn disabled_root(user: &str) -> String {
+    format!(
+        "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"{user}\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\""
+    )
 }
 
 #[test]

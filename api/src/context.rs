@@ -41,6 +41,18 @@ pub enum ContextError {
     /// Nothing at all came back before the deadline (host not answering, wrong port).
     #[error("no answer from the server context on {path} after {waited:?} (is this a CloudSigma VM with the context on that port? try --context-file for debugging)")]
     NoAnswer { path: PathBuf, waited: Duration },
+    /// The whole-context request was answered, until the deadline, with a line that is not JSON
+    /// at all: what a host sends early in boot before the context is ready (the emulator's
+    /// `context not ready` fault; cloud-init's cepko keeps such a line as a string and its
+    /// datasource gives up). Retried until `--timeout`; this is the error after that.
+    #[error("the server context on {path} was not ready: {attempts} request(s) in {waited:?} were answered with a status line instead of the context (last: {last:?}); is the VM still booting on the host? raise --timeout")]
+    NotReady {
+        path: PathBuf,
+        waited: Duration,
+        attempts: u32,
+        /// The status line, escaped, at most 32 bytes (it is not the context).
+        last: String,
+    },
     /// Something came back but it is not a context reply (non-ASCII bytes, wrong JSON shape...).
     #[error("unexpected reply from the server context on {path} for key {key:?}: {reason} (first bytes: {sample:?})")]
     Garbage {
@@ -64,12 +76,17 @@ pub enum ContextError {
         #[source]
         source: io::Error,
     },
-    /// The whole-context JSON is well formed but does not match the expected shape.
-    #[error("server context on {path} does not look like a CloudSigma context: {source}")]
+    /// The whole-context JSON is well formed but does not match the expected shape. `field` is
+    /// the path of the offending value (`meta.cloudinit-dsmode`, `nics[0].mac`), `problem` what
+    /// is wrong with it; neither ever holds the value itself (the context carries the user data,
+    /// the VNC password and keys).
+    #[error(
+        "server context on {path} does not look like a CloudSigma context: {field}: {problem}"
+    )]
     Decode {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        field: String,
+        problem: String,
     },
 }
 
@@ -157,7 +174,8 @@ pub fn parse_context(path: &Path, bytes: &[u8]) -> Result<ServerContext, Context
         } else {
             ContextError::Decode {
                 path: path.to_owned(),
-                source: e,
+                field: "(document)".into(),
+                problem: scrub(&e),
             }
         }
     })?;
@@ -168,10 +186,69 @@ fn parse_context_value(
     path: &Path,
     value: serde_json::Value,
 ) -> Result<ServerContext, ContextError> {
-    serde_json::from_value(value).map_err(|e| ContextError::Decode {
-        path: path.to_owned(),
-        source: e,
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        ContextError::Decode {
+            path: path.to_owned(),
+            field: if field == "." {
+                "(top level)".into()
+            } else {
+                field
+            },
+            problem: scrub(e.inner()),
+        }
     })
+}
+
+/// serde's message without the value it quotes: `invalid type: string "hunter2", expected u64`
+/// becomes `invalid type: a string, expected u64`. Only the shapes serde itself words are kept
+/// (their expected-part comes from our types, never from the data); any other message (a
+/// type's own `custom` error) is replaced by a generic one. The position stays: it points at
+/// the value without showing it.
+pub fn scrub(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let (body, at) = match msg.rfind(" at line ") {
+        Some(i) => (&msg[..i], &msg[i..]),
+        None => (msg.as_str(), ""),
+    };
+    let expected = |rest: &str| {
+        rest.rfind(", expected ")
+            .map(|i| rest[i..].to_string())
+            .unwrap_or_default()
+    };
+    let scrubbed = if let Some(rest) = body.strip_prefix("invalid type: ") {
+        // The unexpected kind is the first word(s) before its quoted value.
+        let kind: String = rest
+            .split([',', '`', '"'])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let kind = if kind.is_empty() {
+            "value".into()
+        } else {
+            kind
+        };
+        format!("invalid type: {kind}{}", expected(rest))
+    } else if let Some(rest) = body.strip_prefix("invalid value: ") {
+        format!("invalid value{}", expected(rest))
+    } else if body.starts_with("invalid length ") {
+        body.to_string()
+    } else if let Some(rest) = body.strip_prefix("unknown variant ") {
+        format!("unknown variant{}", expected(rest))
+    } else if body.starts_with("missing field `")
+        || body.starts_with("unknown field `")
+        || body.starts_with("duplicate field `")
+    {
+        // A field name is ours (or a key of the data), not a value.
+        body.to_string()
+    } else if e.is_syntax() {
+        // serde_json's syntax messages name the token class, never the text.
+        body.to_string()
+    } else {
+        "does not match the expected shape".to_string()
+    };
+    format!("{scrubbed}{at}")
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -193,19 +270,33 @@ fn retry(
 ) -> Result<serde_json::Value, ContextError> {
     let start = Instant::now();
     let mut backoff = opts.initial_backoff;
+    let mut not_ready = 0u32;
+    let mut last_not_ready = String::new();
     loop {
         let remaining = opts.deadline.saturating_sub(start.elapsed());
         let attempt = remaining
             .min(opts.attempt_timeout)
             .max(Duration::from_millis(10));
         let result = query_once(path, key, attempt).and_then(|v| {
+            // Early in boot the host answers the whole-context request with a status line
+            // (not JSON) until the context is ready: expected, retried, counted.
+            if let (true, serde_json::Value::String(line)) = (key.is_empty(), &v) {
+                not_ready += 1;
+                last_not_ready = sample("", line.as_bytes());
+                return Err(ContextError::NotReady {
+                    path: path.to_owned(),
+                    waited: start.elapsed(),
+                    attempts: not_ready,
+                    last: last_not_ready.clone(),
+                });
+            }
             check(&v)
                 .map(|()| v.clone())
                 .map_err(|reason| ContextError::Garbage {
                     path: path.to_owned(),
                     key: key.to_owned(),
                     reason,
-                    sample: sample(v.to_string().as_bytes()),
+                    sample: sample(key, v.to_string().as_bytes()),
                 })
         });
         match result {
@@ -215,9 +306,30 @@ fn retry(
                 if elapsed + backoff >= opts.deadline {
                     // Report the total time waited, not the last attempt's.
                     return Err(match e {
+                        // The host did answer "not ready" earlier: that is the story, not the
+                        // silence of the last (possibly short) attempt.
+                        ContextError::NoAnswer { path, .. } if not_ready > 0 => {
+                            ContextError::NotReady {
+                                path,
+                                waited: elapsed,
+                                attempts: not_ready,
+                                last: last_not_ready.clone(),
+                            }
+                        }
                         ContextError::NoAnswer { path, .. } => ContextError::NoAnswer {
                             path,
                             waited: elapsed,
+                        },
+                        ContextError::NotReady {
+                            path,
+                            attempts,
+                            last,
+                            ..
+                        } => ContextError::NotReady {
+                            path,
+                            waited: elapsed,
+                            attempts,
+                            last,
                         },
                         other => other,
                     });
@@ -280,7 +392,7 @@ pub fn query_once(
                 path: path.to_owned(),
                 key: key.to_owned(),
                 reason: format!("reply longer than {MAX_REPLY} bytes without a newline"),
-                sample: sample(&buf),
+                sample: sample(key, &buf),
             });
         }
         let now = Instant::now();
@@ -340,7 +452,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
             path: path.to_owned(),
             key: key.to_owned(),
             reason: "reply is not ASCII (the protocol escapes non-ASCII in JSON)".into(),
-            sample: sample(text),
+            sample: sample(key, text),
         });
     }
     if text.iter().any(|&b| b < 0x20 && b != b'\t') {
@@ -348,7 +460,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
             path: path.to_owned(),
             key: key.to_owned(),
             reason: "reply contains control characters (the protocol escapes them)".into(),
-            sample: sample(text),
+            sample: sample(key, text),
         });
     }
     match serde_json::from_slice::<serde_json::Value>(text) {
@@ -366,7 +478,7 @@ pub fn decode_reply(path: &Path, key: &str, raw: &[u8]) -> Result<serde_json::Va
                     path: path.to_owned(),
                     key: key.to_owned(),
                     reason: format!("invalid JSON: {e}"),
-                    sample: sample(text),
+                    sample: sample(key, text),
                 })
             } else {
                 // Leaves come back unquoted: keep the bare string, as cloud-init does. ASCII checked.
@@ -389,9 +501,15 @@ fn strip(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// A short, printable prefix of a bad reply for error messages. Context replies may contain
-/// secrets (user data), so at most 32 bytes are shown.
-fn sample(bytes: &[u8]) -> String {
+/// What an error shows of a bad reply: a short escaped prefix (at most 32 bytes) of a status
+/// line or line noise answering the whole-context request — never of anything that may be
+/// the context or one of its values (JSON, or any reply to a single-key request): those may hold
+/// the user data, the VNC password or keys, so only their size is shown.
+fn sample(key: &str, bytes: &[u8]) -> String {
+    let trimmed = bytes.trim_ascii_start();
+    if !key.is_empty() || matches!(trimmed.first(), Some(b'{' | b'[' | b'"')) {
+        return format!("<{} bytes, not shown>", bytes.len());
+    }
     bytes
         .iter()
         .take(32)
@@ -506,6 +624,72 @@ fn write_all_deadline(dev: &mut File, mut data: &[u8], deadline: Instant) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_name_the_field_never_the_value() {
+        let p = Path::new("/dev/x");
+        let secret = "hunter2-very-secret";
+        let cases = [
+            // A meta value that is not a string.
+            (
+                format!(r#"{{"uuid":"u","name":"n","meta":{{"ssh_public_key":["{secret}"]}}}}"#),
+                "meta.ssh_public_key",
+            ),
+            // A NIC field of the wrong type.
+            (
+                format!(r#"{{"uuid":"u","name":"n","nics":[{{"mac":{{"x":"{secret}"}}}}]}}"#),
+                "nics[0].mac",
+            ),
+            // The uuid as a string of the wrong kind.
+            (format!(r#"{{"uuid":["{secret}"],"name":"n"}}"#), "uuid"),
+            (
+                format!(r#"{{"uuid":"u","name":"n","cpu":"{secret}"}}"#),
+                "cpu",
+            ),
+        ];
+        for (doc, field) in cases {
+            let e = parse_context(p, doc.as_bytes()).unwrap_err();
+            let msg = e.to_string();
+            assert!(!msg.contains(secret), "{msg}");
+            match &e {
+                ContextError::Decode {
+                    field: f, problem, ..
+                } => {
+                    assert_eq!(f, field, "{msg}");
+                    assert!(problem.starts_with("invalid type: "), "{msg}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let e = parse_context(p, br#"{"name":"n"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `uuid`"), "{e}");
+        // A syntax error keeps serde_json's words and position, and shows no text.
+        let e =
+            parse_context(p, format!(r#"{{"uuid": "{secret}" "name"}}"#).as_bytes()).unwrap_err();
+        assert!(!e.to_string().contains(secret), "{e}");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_replies_never_show_context_values() {
+        let p = Path::new("/dev/x");
+        let secret = "pw-hunter2";
+        // Invalid JSON that is (the start of) a context.
+        let e = decode_reply(
+            p,
+            "",
+            format!(r#"{{"vnc_password":"{secret}" x}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("bytes, not shown"), "{e}");
+        // A single key's value with a control character.
+        let e = decode_reply(p, "/meta/password", format!("{secret}\x01").as_bytes()).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Line noise on the whole-context request is shown (escaped, 32 bytes at most).
+        let e = decode_reply(p, "", b"\xff\xfegarbage").unwrap_err();
+        assert!(e.to_string().contains("xfegarbage"), "{e}");
+    }
 
     #[test]
     fn decode_strips_and_parses() {

@@ -116,6 +116,8 @@ fn main() {
             .arg(&ctx)
             .arg("--net-fixture")
             .arg(&net)
+            // runcmd must run (the stubs): the figure is the time to its first command.
+            .arg("--execute")
             .arg("--quiet")
             .env("PATH", path)
             .env("STUB_LOG", &log)

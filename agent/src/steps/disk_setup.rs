@@ -40,6 +40,9 @@ pub struct Disk {
     pub overwrite: bool,
 }
 
+/// GPT type GUID of "Microsoft basic data" (FAT, NTFS, exFAT).
+const MS_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+
 /// sfdisk wants a GUID or an alias for GPT: translate the MBR-style codes cloud-init users write
 /// (83, 8300...) to the matching aliases.
 fn part_type(key: &str, t: &str, table: TableType) -> Result<String, ConfigError> {
@@ -47,7 +50,7 @@ fn part_type(key: &str, t: &str, table: TableType) -> Result<String, ConfigError
     let bad = || {
         key_error(
             key,
-            format!("partition type {t:?} is not supported for {} (use 82, 83, 8e, fd, ef or a GPT type GUID)", table.label()),
+            format!("partition type {t:?} is not supported for {} (use 82, 83, 8e, fd, ef, 07, 0c or a GPT type GUID)", table.label()),
         )
     };
     match table {
@@ -63,6 +66,18 @@ fn part_type(key: &str, t: &str, table: TableType) -> Result<String, ConfigError
             }
         }
         TableType::Gpt => {
+            // The kubeadm provider's MBR codes for FAT32 (0c) and NTFS/exFAT (07) are "Microsoft
+            // basic data" on GPT (gdisk converts MBR 0x07/0x0c to 0700 the same way); an
+            // extended partition (85, 05, 0f) has no GPT counterpart.
+            if ["07", "0700", "0c", "0c00"].contains(&lower.as_str()) {
+                return Ok(MS_BASIC_DATA.into());
+            }
+            if ["85", "8500", "05", "0500", "0f", "0f00"].contains(&lower.as_str()) {
+                return Err(key_error(
+                    key,
+                    format!("partition type {t:?} is an MBR extended partition, which a GPT table does not have: use table_type: mbr, or a data type (83) on gpt"),
+                ));
+            }
             let alias = match lower.as_str() {
                 "83" | "8300" => "L",
                 "82" | "8200" => "S",

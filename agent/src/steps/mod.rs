@@ -14,6 +14,7 @@
 //! | `swap` | [`swap`] |
 //! | `node_ip` | [`node_ip`] |
 //! | `ntp` | [`ntp`] |
+//! | `packages` | [`packages`] |
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ pub mod hostname;
 pub mod mounts;
 pub mod node_ip;
 pub mod ntp;
+pub mod packages;
 pub mod scripts;
 pub mod ssh_keys;
 pub mod swap;
@@ -41,6 +43,9 @@ pub struct Cx<'a> {
     pub root: &'a Path,
     /// `--root /`: the only case in which host-wide tools (hostname, useradd, swapoff) run.
     pub real_root: bool,
+    /// `--root /` or `--execute`: the data's scripts and the node tools from PATH (disk, mount,
+    /// systemctl, apt-get) run. Without it a test root only gets files written under it.
+    pub execute: bool,
     pub log: &'a mut Logger,
     pub warnings: &'a mut Vec<String>,
 }

@@ -261,11 +261,15 @@ pub fn apply(cx: &mut Cx, mounts: &[Mount]) -> Result<()> {
         ));
         // systemd generates mount units from fstab: reload first, or mount -a warns that
         // systemd still uses the old version.
-        sys::check("systemctl", &["daemon-reload"], None)?;
+        if cx.execute {
+            sys::check("systemctl", &["daemon-reload"], None)?;
+        }
     } else {
         cx.info("mounts: /etc/fstab already up to date");
     }
-    if !ours.is_empty() {
+    if !cx.execute {
+        cx.info("mounts: systemctl daemon-reload and mount -a not run (--root without --execute)");
+    } else if !ours.is_empty() {
         sys::check("mount", &["-a"], None)?;
     }
     Ok(())

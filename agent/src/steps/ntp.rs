@@ -217,6 +217,12 @@ pub fn apply(cx: &mut Cx, n: &Ntp) -> Result<()> {
                 .join(", ")
         ));
     }
+    if !cx.execute {
+        cx.info(&format!(
+            "ntp: systemctl enable/restart {unit} not run (--root without --execute)"
+        ));
+        return Ok(());
+    }
     sys::check("systemctl", &["enable", unit], None)?;
     sys::check("systemctl", &["restart", unit], None)?;
     Ok(())

@@ -117,6 +117,39 @@ fn capi_storage_shapes() {
     assert_eq!(m[0].options, "defaults,noatime");
 }
 
+/// The kubeadm provider's partition types 0c, 07 and 85 (KubeadmConfig diskSetup) on a GPT
+/// disk: the data types are mapped, the extended one refused naming the key; on MBR all pass.
+#[test]
+fn capi_partition_types_on_gpt() {
+    let gpt = |ty: &str| {
+        format!(
+            "disk_setup:\n  /dev/sdb:\n    table_type: gpt\n    layout: [[50, '{ty}'], [50, 83]]\n"
+        )
+    };
+    for ty in ["0c", "07", "0C", "0700"] {
+        let c = parse(&gpt(ty)).unwrap();
+        assert_eq!(
+            c.disk_setup[0].parts[0].sfdisk_type, "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+            "{ty}"
+        );
+        assert_eq!(c.disk_setup[0].parts[1].sfdisk_type, "L");
+    }
+    let e = err(&gpt("85"));
+    assert!(
+        e.starts_with("disk_setup./dev/sdb.layout[0]")
+            && e.contains("extended")
+            && e.contains("table_type: mbr"),
+        "{e}"
+    );
+    for ty in ["0c", "07", "85"] {
+        let c = parse(&format!(
+            "disk_setup:\n  /dev/sdb:\n    table_type: mbr\n    layout: [[50, '{ty}'], 50]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.disk_setup[0].parts[0].sfdisk_type, ty);
+    }
+}
+
 #[test]
 fn truncated_documents_never_panic() {
     // Every prefix of the CAPI document: half-written mappings, lists and scalars.

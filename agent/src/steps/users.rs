@@ -302,7 +302,7 @@ pub fn apply(cx: &mut Cx, users: &[User]) -> Result<()> {
                     u.name
                 )));
             };
-            ssh_keys::add(cx, &name, uid, gid, &home, &u.ssh_authorized_keys)?;
+            ssh_keys::add(cx, &name, uid, gid, &home, &u.ssh_authorized_keys, None)?;
         }
     }
     if !sudoers.is_empty() {

@@ -166,7 +166,15 @@ pub fn apply(cx: &mut Cx, files: &[WriteFile]) -> Result<()> {
         let data = decode_content(f)?;
         let owner = fsutil::resolve_owner(cx.root, &f.owner)
             .map_err(|e| Error::Refused(e).context(format!("{} owner", f.path)))?;
-        let target = cx.path(&f.path);
+        // Through a symlink (`/etc/resolv.conf`) into its target, as cloud-init's write_file.
+        let target = fsutil::resolve_under(cx.root, &f.path).at(IoOp::Write, cx.path(&f.path))?;
+        if target != cx.path(&f.path) {
+            cx.info(&format!(
+                "{} is a symlink: writing its target {}",
+                f.path,
+                target.display()
+            ));
+        }
         let how = if f.append {
             WriteMode::Append
         } else {

@@ -24,6 +24,7 @@ pub const STUBS: &[&str] = &[
     "mkfs.ext4",
     "mount",
     "udevadm",
+    "apt-get",
 ];
 
 pub struct Node {
@@ -160,6 +161,15 @@ impl Node {
     }
 
     pub fn run_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_with(true, extra, env)
+    }
+
+    /// As a person debugging with a scratch root runs it: without `--execute`.
+    pub fn run_dry(&self, extra: &[&str]) -> Output {
+        self.run_with(false, extra, &[])
+    }
+
+    fn run_with(&self, execute: bool, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!(
             "{}:{}",
             self.stub_dir.display(),
@@ -172,6 +182,8 @@ impl Node {
             .arg(&self.context)
             .arg("--net-fixture")
             .arg(&self.fixture)
+            // The scripts and tools run (stubs first on PATH): the tests check what they do.
+            .args(execute.then_some("--execute"))
             .args(extra)
             .env("PATH", path)
             .env("STUB_LOG", &self.stub_log)
