@@ -74,6 +74,12 @@ impl From<&str> for Ref {
     }
 }
 
+/// A server's `status`. The list is the documented one plus `deleting` ([V kube-dc
+/// cluster-api-provider-cloudsigma `controllers/cloudsigmamachine_controller.go` matches the API's
+/// `in state 'deleting'`); any other value decodes as [`ServerStatus::Unknown`], so a status the
+/// real cloud adds later never fails a whole listing. The unknown string itself is not kept: the
+/// type stays `Copy` (it is passed by value all over the workspace) and `status` is read-only
+/// in a PUT, so nothing is lost that the API would take back.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerStatus {
@@ -83,6 +89,10 @@ pub enum ServerStatus {
     Stopping,
     Paused,
     Unavailable,
+    Deleting,
+    /// A status this crate does not know (serialized as `"unknown"`).
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::fmt::Display for ServerStatus {
@@ -94,10 +104,14 @@ impl std::fmt::Display for ServerStatus {
             ServerStatus::Stopping => "stopping",
             ServerStatus::Paused => "paused",
             ServerStatus::Unavailable => "unavailable",
+            ServerStatus::Deleting => "deleting",
+            ServerStatus::Unknown => "unknown",
         })
     }
 }
 
+/// A drive's `status`: the documented values; any other decodes as [`DriveStatus::Unknown`]
+/// (as for [`ServerStatus`]; no source shows a drive `deleting` state, so none is modelled).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum DriveStatus {
@@ -109,6 +123,9 @@ pub enum DriveStatus {
     Resizing,
     Uploading,
     Unavailable,
+    /// A status this crate does not know (serialized as `"unknown"`).
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::fmt::Display for DriveStatus {
@@ -122,6 +139,7 @@ impl std::fmt::Display for DriveStatus {
             DriveStatus::Resizing => "resizing",
             DriveStatus::Uploading => "uploading",
             DriveStatus::Unavailable => "unavailable",
+            DriveStatus::Unknown => "unknown",
         })
     }
 }
@@ -746,5 +764,26 @@ mod tests {
             "\"cloning_dst\""
         );
         assert_eq!(ServerStatus::Stopping.to_string(), "stopping");
+        assert_eq!(ServerStatus::Deleting.to_string(), "deleting");
+    }
+
+    /// A server being deleted, and one in a status this crate has never heard of, decode; a
+    /// listing with them must not fail as a whole.
+    #[test]
+    fn deleting_and_unknown_statuses_decode() {
+        let list = serde_json::json!({
+            "meta": {"limit": 0, "offset": 0, "total_count": 2},
+            "objects": [
+                {"uuid": "a", "name": "a", "cpu": 1000, "mem": 536870912, "status": "deleting"},
+                {"uuid": "b", "name": "b", "cpu": 1000, "mem": 536870912, "status": "migrating"},
+            ]
+        });
+        let l: ListResponse<Server> = serde_json::from_value(list).unwrap();
+        assert_eq!(l.objects[0].status, ServerStatus::Deleting);
+        assert_eq!(l.objects[1].status, ServerStatus::Unknown);
+        let d: DriveStatus = serde_json::from_value(serde_json::json!("archiving")).unwrap();
+        assert_eq!(d, DriveStatus::Unknown);
+        let d: DriveStatus = serde_json::from_value(serde_json::json!("cloning_src")).unwrap();
+        assert_eq!(d, DriveStatus::CloningSrc);
     }
 }

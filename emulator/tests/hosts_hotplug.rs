@@ -208,10 +208,18 @@ async fn delete_refusals_in_stopping_and_deleting() {
 
     let path = format!("servers/{u}/");
     assert_eq!(t.delete(&path).await.0, StatusCode::NO_CONTENT);
-    // gone from GET and lists at once …
-    assert_eq!(t.get(&path).await.0, StatusCode::NOT_FOUND);
-    let (_, l) = t.get("servers/").await;
-    assert_eq!(l["meta"]["total_count"], 0);
+    // still visible while it is being deleted, with status `deleting` and no runtime …
+    let (s, v) = t.get(&path).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "deleting");
+    assert!(v["runtime"].is_null(), "{v}");
+    let (_, l) = t.get("servers/?status=deleting").await;
+    assert_eq!(l["meta"]["total_count"], 1, "{l}");
+    assert_eq!(l["objects"][0]["status"], "deleting");
+    // … and our own client decodes it
+    let c = client::client_for(&t.emu, client::retry(1), Duration::from_secs(5));
+    let got = c.get_server(&u).await.unwrap();
+    assert_eq!(got.status, cloudsigma_api::ServerStatus::Deleting);
     // … while a second DELETE or an action says `in state 'deleting'`
     for r in [
         t.delete(&format!("servers/{u}/")).await,
@@ -226,6 +234,9 @@ async fn delete_refusals_in_stopping_and_deleting() {
     }
     // and once the deletion is over, the uuid does not exist
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.get(&path).await.0, StatusCode::NOT_FOUND);
+    let (_, l) = t.get("servers/").await;
+    assert_eq!(l["meta"]["total_count"], 0);
     let (s, e) = t.delete(&format!("servers/{u}/")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
 }

@@ -190,6 +190,7 @@ pub(super) fn list(
             let items: Vec<&cloudsigma_api::Server> = st
                 .servers
                 .values()
+                .chain(st.deleting_servers())
                 .filter(|s| f.pass(&st, &s.uuid, &s.name, &s.status.to_string()))
                 .collect();
             if detail {

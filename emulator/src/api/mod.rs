@@ -366,7 +366,7 @@ async fn route(
         ["servers", uuid, "runtime"] => match *method {
             Method::GET => {
                 let st = app.lock();
-                let s = st.get_server(uuid)?;
+                let s = st.view_server(uuid)?;
                 Reply::json(StatusCode::OK, &s.runtime)
             }
             _ => Err(method_not_allowed(method, "GET")),

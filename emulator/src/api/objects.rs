@@ -12,7 +12,7 @@ use crate::error::ApiError;
 pub(super) fn get_one(app: &Arc<App>, res: &str, uuid: &str) -> Result<Reply, ApiError> {
     let st = app.lock();
     match res {
-        "servers" => Reply::json(StatusCode::OK, &st.render_server(st.get_server(uuid)?)),
+        "servers" => Reply::json(StatusCode::OK, &st.render_server(st.view_server(uuid)?)),
         "drives" => Reply::json(StatusCode::OK, &st.render_drive(st.get_drive(uuid)?)),
         "libdrives" => {
             let l = st

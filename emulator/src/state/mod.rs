@@ -105,8 +105,9 @@ pub struct State {
     /// running server → compute host; drive → storage host (see `placement.rs`)
     server_host: HashMap<String, usize>,
     drive_host: HashMap<String, usize>,
-    /// servers being deleted → when they are gone (see `servers.rs`, `plan_delete_server`)
-    deleting: HashMap<String, Instant>,
+    /// servers being deleted → when they are gone, and what GET shows until then (status
+    /// `deleting`; see `servers.rs`, `delete_server`)
+    deleting: IndexMap<String, (Instant, Server)>,
     /// drive uuid → servers it is attached to (in attach order)
     attach: HashMap<String, Vec<String>>,
     /// resource uuid → tag uuids
@@ -149,7 +150,7 @@ impl State {
             profile: account::default_profile(),
             server_host: HashMap::new(),
             drive_host: HashMap::new(),
-            deleting: HashMap::new(),
+            deleting: IndexMap::new(),
             attach: HashMap::new(),
             tags_of: HashMap::new(),
             pending: BTreeMap::new(),
@@ -255,6 +256,9 @@ fn guest_state(s: ServerStatus) -> &'static str {
         ServerStatus::Stopping => "stopping",
         ServerStatus::Paused => "paused",
         ServerStatus::Unavailable => "unavailable",
+        ServerStatus::Deleting => "deleting",
+        // never stored: the emulator only sets the statuses above
+        ServerStatus::Unknown => "unknown",
     }
 }
 

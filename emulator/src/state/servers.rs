@@ -63,6 +63,27 @@ impl State {
             .ok_or_else(|| ApiError::notexist("server", uuid))
     }
 
+    /// A server as `GET /servers/{uuid}/` (and its `runtime/`) sees it: a live one, or one being
+    /// deleted (status `deleting`, see [`State::delete_server`]).
+    pub fn view_server(&self, uuid: &str) -> Result<&Server, ApiError> {
+        self.get_server(uuid).or_else(|e| {
+            self.deleting
+                .get(uuid)
+                .filter(|(until, _)| *until > Instant::now())
+                .map(|(_, s)| s)
+                .ok_or(e)
+        })
+    }
+
+    /// The servers being deleted, as lists show them after the live ones.
+    pub fn deleting_servers(&self) -> impl Iterator<Item = &Server> {
+        let now = Instant::now();
+        self.deleting
+            .values()
+            .filter(move |(until, _)| *until > now)
+            .map(|(_, s)| s)
+    }
+
     pub fn update_server(&mut self, uuid: &str, body: &Value) -> Result<Server, ApiError> {
         let o = body
             .as_object()
@@ -166,12 +187,13 @@ impl State {
 
     /// [V kube-dc cluster-api-provider-cloudsigma controllers/cloudsigmamachine_controller.go]
     /// a server being deleted refuses a second DELETE with a message containing
-    /// `in state 'deleting'`. [D] After a DELETE the server is gone from GET and lists at once
-    /// (our client models have no `deleting` status), and for `timings.server_stop` more a
-    /// DELETE, PUT or action on its uuid is refused that way instead of answering 404.
+    /// `in state 'deleting'`; that controller GETs the server first and only DELETEs "if it still
+    /// exists", so a server being deleted is still visible. [D] For `timings.server_stop` after
+    /// a DELETE the server stays in GET and lists with status `deleting` (no runtime), and a
+    /// DELETE, PUT or action on its uuid is refused that way; then it is gone (404).
     pub(super) fn refuse_if_deleting(&self, uuid: &str, verb: &str) -> Result<(), ApiError> {
         match self.deleting.get(uuid) {
-            Some(until) if *until > Instant::now() => Err(ApiError::permission(format!(
+            Some((until, _)) if *until > Instant::now() => Err(ApiError::permission(format!(
                 "Cannot {verb} guest in state 'deleting'. The server is being deleted"
             ))),
             _ => Ok(()),
@@ -180,10 +202,16 @@ impl State {
 
     pub fn delete_server(&mut self, uuid: &str, drives: &[String]) {
         let now = Instant::now();
-        self.deleting.retain(|_, until| *until > now);
-        if self.servers.contains_key(uuid) {
+        self.deleting.retain(|_, (until, _)| *until > now);
+        if let Some(s) = self.servers.get(uuid) {
+            let mut ghost = s.clone();
+            ghost.status = ServerStatus::Deleting;
+            ghost.runtime = None;
+            for n in &mut ghost.nics {
+                n.runtime = None;
+            }
             self.deleting
-                .insert(uuid.to_string(), now + self.timings.server_stop);
+                .insert(uuid.to_string(), (now + self.timings.server_stop, ghost));
         }
         self.unplace_server(uuid);
         self.detach_drives(uuid);
