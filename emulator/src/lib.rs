@@ -18,6 +18,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod faults;
+pub mod keygen;
 pub mod mac;
 pub mod persist;
 pub mod pty;

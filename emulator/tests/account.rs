@@ -94,6 +94,10 @@ async fn keypairs_crud_and_pubkeys_view() {
         "fingerprint grantees meta name permissions private_key public_key resource_uri tags uuid",
     );
     assert!(k["private_key"].is_null());
+    // [V dumps] the MD5 colon-hex fingerprint of the key blob
+    let fp = k["fingerprint"].as_str().unwrap();
+    assert_eq!(fp.len(), 47, "{fp}");
+    assert_eq!(Some(fp.to_string()), cloudsim::keygen::fingerprint(ED25519));
     let u = k["uuid"].as_str().unwrap().to_string();
     assert_eq!(k["resource_uri"], format!("/api/2.0/keypairs/{u}/"));
     let (_, full) = t
@@ -168,11 +172,63 @@ async fn keypairs_crud_and_pubkeys_view() {
     assert_error(&e, "notexist");
 }
 
+/// [V docs keypairs.rst, dumps/response_autogen_keypair_create] no key given → a pair is
+/// generated: RSA by default (PKCS#1 PEM), ed25519 on request; the private key is kept in
+/// `/keypairs/` and hidden by `/pubkeys/`.
+#[tokio::test]
+async fn keypairs_are_generated_when_no_key_is_given() {
+    let t = instant().await;
+    let (s, v) = t
+        .post(
+            "keypairs/",
+            json!({"objects": [{"name": "gen"}, {"name": "gen ed", "algorithm_type": "ed25519"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let rsa = &v["objects"][0];
+    keys_present(
+        rsa,
+        "fingerprint grantees meta name permissions private_key public_key resource_uri tags uuid",
+    );
+    assert!(rsa.get("algorithm_type").is_none(), "{rsa}");
+    let public = rsa["public_key"].as_str().unwrap();
+    assert!(public.starts_with("ssh-rsa AAAA"), "{public}");
+    assert!(rsa["private_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    assert_eq!(
+        rsa["fingerprint"].as_str(),
+        cloudsim::keygen::fingerprint(public).as_deref()
+    );
+    let ed = &v["objects"][1];
+    let ed_public = ed["public_key"].as_str().unwrap();
+    assert!(ed_public.starts_with("ssh-ed25519 AAAA"), "{ed_public}");
+    assert!(ed["private_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    // kept: GET /keypairs/ answers the same pair again, /pubkeys/ only says there is one
+    let u = ed["uuid"].as_str().unwrap();
+    let (_, g) = t.get(&format!("keypairs/{u}/")).await;
+    assert_eq!(g["private_key"], ed["private_key"]);
+    let (_, p) = t.get(&format!("pubkeys/{u}/")).await;
+    assert_eq!(p["has_private_key"], true);
+    assert!(p.get("private_key").is_none());
+    assert_eq!(p["public_key"], ed_public);
+}
+
 #[tokio::test]
 async fn keypair_refusals() {
     let t = instant().await;
     for (body, point) in [
-        (json!({"name": "k"}), "public_key"),
+        // a private key alone (omit both to have a pair generated)
+        (
+            json!({"name": "k", "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\n"}),
+            "public_key",
+        ),
+        (json!({"name": "k", "algorithm_type": "dsa"}), "algorithm_type"),
+        (json!({"name": "k", "algorithm_type": 1}), "algorithm_type"),
         (
             json!({"name": "k", "public_key": "ssh-rsa not-base64!"}),
             "public_key",

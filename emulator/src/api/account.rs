@@ -59,7 +59,10 @@ pub(super) fn keypairs(
             paginate(&items, &p, |k| k.clone())
         }
         (None, Method::POST) if !pub_view => {
-            let created = app.lock().create_keypairs(&create_items(body)?)?;
+            let mut items = create_items(body)?;
+            // outside the state lock: an RSA key takes a moment to make
+            generate_missing_pairs(&mut items)?;
+            let created = app.lock().create_keypairs(&items)?;
             let first = created
                 .first()
                 .and_then(|k| k["uuid"].as_str().map(str::to_string));
@@ -106,4 +109,49 @@ pub(super) fn availability_groups(
         (_, None) => Reply::json(StatusCode::OK, &st.drive_groups()),
         (_, Some(u)) => Reply::json(StatusCode::OK, &st.drive_group(u)?),
     }
+}
+
+/// [V docs keypairs.rst] an item with neither `public_key` nor `private_key` gets a generated
+/// pair of its `algorithm_type` (default `rsa`; [V dumps/request_autogen_keypair_create] `rsa` or
+/// `ed25519`). Both keys are written into the item, which is then stored like a given pair
+/// (`algorithm_type` itself is not a field of the stored keypair, [V dumps/response_keypair_get]).
+/// Every item is checked before any key is made, so a bad item costs no key generation.
+fn generate_missing_pairs(items: &mut [serde_json::Value]) -> Result<(), ApiError> {
+    let mut wanted = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(o) = item.as_object() else {
+            continue; // create_keypairs names the bad item
+        };
+        let given = |k: &str| o.get(k).is_some_and(|v| !v.is_null());
+        let alg = match o.get("algorithm_type") {
+            None | Some(serde_json::Value::Null) => "rsa",
+            Some(serde_json::Value::String(a)) => a.as_str(),
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "algorithm_type must be a string: \"rsa\" or \"ed25519\"",
+                    Some("algorithm_type"),
+                ))
+            }
+        };
+        if !crate::keygen::ALGORITHMS.contains(&alg) {
+            return Err(ApiError::validation(
+                format!(
+                    "algorithm_type {alg:?} is not one of {}",
+                    crate::keygen::ALGORITHMS.join(", ")
+                ),
+                Some("algorithm_type"),
+            ));
+        }
+        if !given("public_key") && !given("private_key") {
+            wanted.push((i, alg.to_string()));
+        }
+    }
+    for (i, alg) in wanted {
+        let pair = crate::keygen::generate(&alg).map_err(ApiError::backend)?;
+        if let Some(o) = items[i].as_object_mut() {
+            o.insert("public_key".into(), pair.public_key.into());
+            o.insert("private_key".into(), pair.private_key.into());
+        }
+    }
+    Ok(())
 }

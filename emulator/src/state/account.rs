@@ -186,8 +186,8 @@ impl State {
     }
 
     /// `POST /keypairs/` items. [V docs keypairs.rst] a public key alone (private_key null), or
-    /// both keys; with neither the real API generates a pair — [D] the emulator does not
-    /// generate keys and asks for `public_key`.
+    /// both keys; with neither the API layer has already generated a pair into the item
+    /// (`api/account.rs`, `crate::keygen`).
     pub fn create_keypairs(&mut self, items: &[Value]) -> Result<Vec<Value>, ApiError> {
         let mut built = Vec::new();
         for o in body_objects(items)? {
@@ -260,8 +260,8 @@ impl State {
 
 /// The stored keypair: [V dumps/response_keypair_get] `fingerprint, grantees, meta, name,
 /// permissions, private_key, public_key, tags, uuid` (`resource_uri` is added when rendered).
-/// [D] `fingerprint` is null: the real API computes an MD5 fingerprint and the emulator has no
-/// MD5 implementation among its dependencies. [D] `tags` stay `[]` (keypairs are not taggable here).
+/// `fingerprint` is the MD5 of the public key blob ([V dumps], see `crate::keygen`).
+/// [D] `tags` stay `[]` (keypairs are not taggable here).
 fn keypair_from_body(o: &Map<String, Value>, existing: Option<&Value>) -> Result<Value, ApiError> {
     let old = |k: &str| existing.and_then(|e| e.get(k)).cloned();
     let name = match get_str(o, "name")? {
@@ -280,11 +280,12 @@ fn keypair_from_body(o: &Map<String, Value>, existing: Option<&Value>) -> Result
         None => match old("public_key") {
             Some(Value::String(k)) => k,
             _ => {
+                // [D] a private key alone: the public half is not derived from it
                 return Err(ApiError::validation(
-                    "public_key is required: the emulator does not generate key pairs \
-                     (the real API does for {\"algorithm_type\": \"rsa\"|\"ed25519\"})",
+                    "public_key is required when private_key is given; omit both to have a \
+                     pair generated ({\"algorithm_type\": \"rsa\"|\"ed25519\"})",
                     Some("public_key"),
-                ))
+                ));
             }
         },
     };
@@ -298,7 +299,7 @@ fn keypair_from_body(o: &Map<String, Value>, existing: Option<&Value>) -> Result
     };
     let uuid = old("uuid").unwrap_or_else(|| json!(new_uuid()));
     Ok(json!({
-        "fingerprint": null,
+        "fingerprint": crate::keygen::fingerprint(&public_key),
         "grantees": [],
         "meta": meta,
         "name": name,
