@@ -11,8 +11,8 @@
 //! [D] The emulator has [`COMPUTE_HOSTS`] compute and [`STORAGE_HOSTS`] storage hosts. Without
 //! `avoid` everything goes to host 0 (the real cloud packs "to maximize performance"; one host
 //! makes the effect of `avoid` visible). The listings show hosts holding two or more resources
-//! (they answer "which resources share a host"). Placements are not saved in the state file:
-//! after a load every running server and drive is on host 0.
+//! (they answer "which resources share a host"). Placements are saved in the state file
+//! (`snapshot.rs`, `placements`), so a reload keeps which resources share a host.
 
 use cloudsigma_api::ServerStatus;
 use std::collections::BTreeMap;
@@ -68,6 +68,44 @@ impl State {
             .collect();
         let h = pick_host(&avoided, COMPUTE_HOSTS);
         self.server_host.insert(uuid.to_string(), h);
+    }
+
+    /// Placements read from a state file. Entries for objects the file does not hold are
+    /// dropped; a host index beyond the emulator's hosts (a hand-edited file) is refused with a
+    /// warning naming it, and that resource stays on host 0.
+    pub(super) fn load_placements(&mut self, p: super::snapshot::Placements) {
+        fn keep(
+            what: &str,
+            hosts: usize,
+            known: impl Fn(&str) -> bool,
+            from: std::collections::BTreeMap<String, usize>,
+        ) -> std::collections::HashMap<String, usize> {
+            from.into_iter()
+                .filter(|(u, h)| {
+                    if *h >= hosts {
+                        tracing::warn!(
+                            uuid = %u,
+                            host = h,
+                            "state file places a {what} on host {h}, but there are only {hosts} \
+                             {what} hosts (0..{hosts}); it is put on host 0"
+                        );
+                    }
+                    *h < hosts && known(u)
+                })
+                .collect()
+        }
+        self.server_host = keep(
+            "server",
+            COMPUTE_HOSTS,
+            |u| self.servers.contains_key(u),
+            p.servers,
+        );
+        self.drive_host = keep(
+            "drive",
+            STORAGE_HOSTS,
+            |u| self.drives.contains_key(u),
+            p.drives,
+        );
     }
 
     pub(super) fn unplace_server(&mut self, uuid: &str) {

@@ -3,6 +3,7 @@
 use cloudsigma_api::{Drive, DriveStatus, Ip, LibDrive, Meta, Ref, Server, Tag, Vlan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 use super::State;
 
@@ -22,6 +23,17 @@ pub struct Snapshot {
     pub keypairs: Vec<Value>,
     /// `/profile/`; absent in older state files (then the default profile)
     pub profile: Option<Value>,
+    /// Which host each server and drive is on (see `placement.rs`); absent in older state
+    /// files (then everything is on host 0)
+    pub placements: Placements,
+}
+
+/// `uuid → host index` for running servers (compute hosts) and drives (storage hosts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Placements {
+    pub servers: BTreeMap<String, usize>,
+    pub drives: BTreeMap<String, usize>,
 }
 
 impl State {
@@ -45,6 +57,10 @@ impl State {
             vendor_data: self.vendor_data.clone(),
             keypairs: self.keypairs.values().cloned().collect(),
             profile: Some(self.profile.clone()),
+            placements: Placements {
+                servers: self.server_host.clone().into_iter().collect(),
+                drives: self.drive_host.clone().into_iter().collect(),
+            },
         }
     }
 
@@ -111,6 +127,7 @@ impl State {
         if let Some(p) = snap.profile {
             self.profile = p;
         }
+        self.load_placements(snap.placements);
         self.rebuild_indexes();
         self.settle_all_now();
     }
