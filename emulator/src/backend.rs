@@ -14,6 +14,9 @@
 //!   `stopping` until the guest powers off, or goes back to `running` after
 //!   [`crate::Timings::shutdown_timeout`] — like CloudSigma's ACPI shutdown.
 //!
+//! - (d) [`Backend::server_drives_changed`]: drives hot-plugged into or out of a running server
+//!   by a PUT (QEMU: QMP, `vm/qmp.rs`).
+//!
 //! Runtime IPs: the emulator allocates NAT addresses from its pool unless
 //! [`Backend::runtime_ip`] returns one (a VM backend returns e.g. 127.77.0.N so SSH works).
 
@@ -121,6 +124,16 @@ pub trait Backend: Send + Sync {
         Ok(ShutdownMode::Timed)
     }
     async fn server_deleted(&self, _uuid: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// A PUT hot-plugged drives into (`attached`) or out of (`detached`, drive uuids) a server
+    /// that is not stopped. Called after the state changed; an `Err` puts the drives back.
+    async fn server_drives_changed(
+        &self,
+        _server: &str,
+        _attached: &[StartDrive],
+        _detached: &[String],
+    ) -> Result<(), BackendError> {
         Ok(())
     }
     /// The serial console (ttyS0) log, for `GET /admin/servers/{uuid}/console`.

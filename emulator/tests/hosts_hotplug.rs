@@ -240,3 +240,53 @@ async fn delete_refusals_in_stopping_and_deleting() {
     let (s, e) = t.delete(&format!("servers/{u}/")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
 }
+
+/// Placements survive the state file: servers and drives started/created with `avoid` are
+/// still on hosts of their own after a reload (before, a load put everything on host 0).
+#[tokio::test]
+async fn placements_survive_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.json");
+    let cfg = || cloudsim::EmulatorConfig {
+        state_file: Some(file.clone()),
+        ..cloudsim::EmulatorConfig::for_tests()
+    };
+    let t = start(cfg()).await;
+    let a = t.running_server("a", None, "").await;
+    let b = t.running_server("b", None, &format!("&avoid={a}")).await;
+    let c = t.running_server("c", None, "").await;
+    let d1 = t.ready_drive("d1", 1 << 30).await;
+    let (s, v) = t
+        .post(
+            &format!("drives/?avoid={d1}"),
+            json!({"objects": [{"name": "d2", "size": 1 << 30, "media": "disk"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let d2 = uuid_of(&v["objects"][0]);
+    let d3 = t.ready_drive("d3", 1 << 30).await;
+    let before = all_groups(&t).await;
+    // a and c share host 0, b is alone; d1 and d3 share a host, d2 is alone
+    let mut ac = vec![a.clone(), c.clone()];
+    ac.sort();
+    assert_eq!(sorted(&before.0[0]), ac, "{:?}", before);
+    let mut d13 = vec![d1.clone(), d3.clone()];
+    d13.sort();
+    assert_eq!(sorted(&before.1[0]), d13, "{:?}", before);
+    t.emu.shutdown().await;
+
+    let t = start(cfg()).await;
+    assert_eq!(t.status("servers", &b).await, "running");
+    let after = all_groups(&t).await;
+    assert_eq!(after, before);
+    let (_, gb) = t.get(&format!("servers/availability_groups/{b}/")).await;
+    assert_eq!(gb, json!([b]));
+    let (_, gd2) = t.get(&format!("drives/availability_groups/{d2}/")).await;
+    assert_eq!(gd2, json!([d2]));
+}
+
+async fn all_groups(t: &T) -> (Value, Value) {
+    let (_, sg) = t.get("servers/availability_groups/").await;
+    let (_, dg) = t.get("drives/availability_groups/").await;
+    (sg, dg)
+}

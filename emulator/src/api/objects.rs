@@ -98,7 +98,23 @@ pub(super) async fn update(
     let v = parse_body(body)?;
     match res {
         "servers" => {
+            let before = app.lock().get_server(uuid).ok().map(|s| s.drives.clone());
             let s = app.lock().update_server(uuid, &v)?;
+            if let Some(before) = before {
+                let (attached, detached) = app.lock().hotplug_diff(uuid, &before);
+                if !attached.is_empty() || !detached.is_empty() {
+                    if let Err(e) = app
+                        .backend
+                        .server_drives_changed(uuid, &attached, &detached)
+                        .await
+                    {
+                        app.lock().restore_server_drives(uuid, before);
+                        return Err(ApiError::backend(format!(
+                            "Backend could not hot-plug drives of server {uuid}: {e}"
+                        )));
+                    }
+                }
+            }
             Reply::json(StatusCode::OK, &s)
         }
         "drives" => {

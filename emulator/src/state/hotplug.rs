@@ -13,9 +13,14 @@
 //! `boot_order` is ignored while running); a newly attached drive must be idle (`unmounted`) and
 //! not mounted on another running server unless `allow_multimount` (the same rules as `start`);
 //! a detached drive is `unmounted` at once (the real detach is asynchronous, up to seconds).
-//! The VM backend is not told: a QEMU guest sees hot-plugged drives after its next start.
+//!
+//! The backend is told after the state changed ([`crate::backend::Backend::server_drives_changed`],
+//! QEMU: QMP `blockdev-add`/`device_add`, `device_del`/`blockdev-del`); when it refuses, the
+//! server's drives are put back ([`State::restore_server_drives`]) and the PUT fails.
 
 use cloudsigma_api::{DriveStatus, ServerDrive, ServerStatus};
+
+use crate::backend::StartDrive;
 use serde_json::Value;
 
 use super::State;
@@ -51,6 +56,49 @@ impl State {
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// What a hot-plug PUT changed for a running server whose drives were `before`: the drives
+    /// to attach (as the backend needs them) and the uuids to detach. Empty for a stopped
+    /// server (nothing runs; the next start takes the drives as they are).
+    pub fn hotplug_diff(
+        &self,
+        server: &str,
+        before: &[ServerDrive],
+    ) -> (Vec<StartDrive>, Vec<String>) {
+        let Some(s) = self.servers.get(server) else {
+            return (Vec::new(), Vec::new());
+        };
+        if s.status == ServerStatus::Stopped {
+            return (Vec::new(), Vec::new());
+        }
+        let had = |u: &str| before.iter().any(|d| d.drive.uuid() == u);
+        let attached = s
+            .drives
+            .iter()
+            .filter(|d| !had(d.drive.uuid()))
+            .filter_map(|d| self.start_drive(d))
+            .collect();
+        let detached = before
+            .iter()
+            .map(|d| d.drive.uuid())
+            .filter(|u| !s.drives.iter().any(|d| d.drive.uuid() == *u))
+            .map(str::to_string)
+            .collect();
+        (attached, detached)
+    }
+
+    /// Puts a server's drives back as they were before a hot-plug the backend refused.
+    pub fn restore_server_drives(&mut self, server: &str, drives: Vec<ServerDrive>) {
+        if !self.servers.contains_key(server) {
+            return;
+        }
+        self.detach_drives(server);
+        self.attach_drives(server, &drives);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.drives = drives;
+        }
+        self.touch();
     }
 
     /// A drive can join `server` (starting or hot-plugged): idle, and not in use by another

@@ -112,6 +112,19 @@ impl State {
         Ok(StartPlan { spec })
     }
 
+    /// A server's drive entry as a backend sees it (`None` when the drive does not exist).
+    pub(super) fn start_drive(&self, d: &cloudsigma_api::ServerDrive) -> Option<StartDrive> {
+        let drive = self.drives.get(d.drive.uuid())?;
+        Some(StartDrive {
+            uuid: drive.uuid.clone(),
+            dev_channel: d.dev_channel.clone(),
+            device: d.device.clone(),
+            boot_order: d.boot_order,
+            media: drive.media.clone(),
+            size: drive.size,
+        })
+    }
+
     /// What a backend needs to boot the server as it is now (drives, NICs with runtime IPs).
     pub fn current_spec(
         &self,
@@ -122,17 +135,7 @@ impl State {
         let drives: Vec<StartDrive> = s
             .drives
             .iter()
-            .filter_map(|d| {
-                let drive = self.drives.get(d.drive.uuid())?;
-                Some(StartDrive {
-                    uuid: drive.uuid.clone(),
-                    dev_channel: d.dev_channel.clone(),
-                    device: d.device.clone(),
-                    boot_order: d.boot_order,
-                    media: drive.media.clone(),
-                    size: drive.size,
-                })
-            })
+            .filter_map(|d| self.start_drive(d))
             .collect();
         let boot_drive = drives
             .iter()

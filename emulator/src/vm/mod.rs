@@ -23,14 +23,15 @@
 //! Processes never outlive the emulator: QEMU gets `PR_SET_PDEATHSIG(SIGKILL)`, the child handle
 //! kills on drop, and [`Backend::shutdown`] kills and reaps every VM.
 
-use crate::backend::{Backend, BackendError, BackendSink, ShutdownMode, StartSpec};
+mod qmp;
+
+use crate::backend::{Backend, BackendError, BackendSink, ShutdownMode, StartDrive, StartSpec};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 
@@ -146,6 +147,23 @@ struct Vm {
     kill: Option<oneshot::Sender<()>>,
     exited: watch::Receiver<bool>,
     qmp: PathBuf,
+    /// drive uuid → (QEMU device id, block node name when hot-plugged), for unplugging
+    drives: HashMap<String, (String, Option<String>)>,
+    /// counter for the ids of hot-plugged drives (`hp<n>` node, `vhp<n>` device)
+    hotplugged: u32,
+}
+
+/// How long a QMP request may take; a detach waits this long for the guest to release the disk.
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The command-line drives in QEMU order: the boot drive first, so it is /dev/vda (the kernel
+/// command line's root). Device `i` has drive id `d{i}` and device id `vd{i}`.
+fn ordered_drives(spec: &StartSpec) -> Vec<StartDrive> {
+    let mut drives = spec.drives.clone();
+    if let Some(b) = &spec.boot_drive {
+        drives.sort_by_key(|d| if &d.uuid == b { 0 } else { 1 });
+    }
+    drives
 }
 
 #[derive(Default)]
@@ -334,12 +352,7 @@ impl QemuBackend {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
             _ => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
         }
-        // Boot drive first, so it is /dev/vda (the kernel command line's root).
-        let mut drives = spec.drives.clone();
-        if let Some(b) = &spec.boot_drive {
-            drives.sort_by_key(|d| if &d.uuid == b { 0 } else { 1 });
-        }
-        for (i, d) in drives.iter().enumerate() {
+        for (i, d) in ordered_drives(spec).iter().enumerate() {
             let path = self.drive_path(&d.uuid);
             if !path.exists() {
                 return Err(err(format!(
@@ -356,7 +369,7 @@ impl QemuBackend {
                     path.display()
                 ));
                 a.push("-device".into());
-                a.push(format!("ide-cd,drive=d{i}"));
+                a.push(format!("ide-cd,drive=d{i},id=vd{i}"));
             } else {
                 a.push("-drive".into());
                 a.push(format!(
@@ -365,7 +378,10 @@ impl QemuBackend {
                 ));
                 a.push("-device".into());
                 // bootindex 0 belongs to the linuxboot ROM under direct kernel boot
-                a.push(format!("virtio-blk-pci,drive=d{i},bootindex={}", i + 1));
+                a.push(format!(
+                    "virtio-blk-pci,drive=d{i},id=vd{i},bootindex={}",
+                    i + 1
+                ));
             }
         }
         for (i, n) in spec.nics.iter().enumerate() {
@@ -400,38 +416,65 @@ impl QemuBackend {
         Ok(a)
     }
 
-    async fn qmp(&self, sock: &Path, command: &str) -> Result<(), BackendError> {
-        let fut = async {
-            let s = tokio::net::UnixStream::connect(sock)
-                .await
-                .map_err(|e| err(format!("QMP connect {}: {e}", sock.display())))?;
-            let (r, mut w) = s.into_split();
-            let mut lines = BufReader::new(r).lines();
-            let _greeting = lines.next_line().await.map_err(|e| err(e.to_string()))?;
-            for cmd in ["qmp_capabilities", command] {
-                w.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
-                    .await
-                    .map_err(|e| err(format!("QMP write: {e}")))?;
-                // skip asynchronous events until the command's answer
-                loop {
-                    let l = lines
-                        .next_line()
-                        .await
-                        .map_err(|e| err(format!("QMP read: {e}")))?
-                        .ok_or_else(|| err("QMP closed the connection"))?;
-                    if l.contains("\"return\"") {
-                        break;
-                    }
-                    if l.contains("\"error\"") {
-                        return Err(err(format!("QMP {cmd}: {l}")));
-                    }
-                }
-            }
-            Ok(())
+    /// Hot-plugs `attached` into and out `detached` of the running VM of `server` over QMP.
+    /// [D] Only virtio disks are hot-plugged: QEMU's IDE bus (and so an IDE cdrom) takes no
+    /// hot-plug; such a drive is logged and appears at the next start.
+    async fn hotplug(
+        &self,
+        server: &str,
+        attached: &[StartDrive],
+        detached: &[String],
+    ) -> Result<(), BackendError> {
+        let Some(sock) = self.lock().vms.get(server).map(|v| v.qmp.clone()) else {
+            // no VM (never started by this backend): nothing runs to tell
+            return Ok(());
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
-            .await
-            .map_err(|_| err(format!("QMP {command} timed out on {}", sock.display())))?
+        for uuid in detached {
+            let Some((dev, node)) = self
+                .lock()
+                .vms
+                .get(server)
+                .and_then(|v| v.drives.get(uuid).cloned())
+            else {
+                continue; // never plugged into this VM (e.g. an IDE drive added while running)
+            };
+            qmp::run(&sock, &qmp::detach_steps(&dev, node.as_deref()), QMP_TIMEOUT)
+                .await
+                .map_err(|e| err(format!("detaching drive {uuid} from server {server}: {e}")))?;
+            if let Some(v) = self.lock().vms.get_mut(server) {
+                v.drives.remove(uuid);
+            }
+        }
+        for d in attached {
+            if d.media == "cdrom" || d.device != "virtio" {
+                tracing::warn!(server, drive = %d.uuid, device = %d.device, media = %d.media,
+                    "only virtio disks are hot-plugged into a QEMU guest; this one appears at the next start");
+                continue;
+            }
+            let path = self.drive_path(&d.uuid);
+            if !path.exists() {
+                return Err(err(format!(
+                    "drive {} has no image file {} (created before the VM backend was in use?)",
+                    d.uuid,
+                    path.display()
+                )));
+            }
+            let n = match self.lock().vms.get_mut(server) {
+                Some(v) => {
+                    v.hotplugged += 1;
+                    v.hotplugged
+                }
+                None => return Ok(()), // the VM went away meanwhile
+            };
+            let (node, dev) = (format!("hp{n}"), format!("vhp{n}"));
+            qmp::run(&sock, &qmp::attach_steps(&path, &node, &dev), QMP_TIMEOUT)
+                .await
+                .map_err(|e| err(format!("attaching drive {} to server {server}: {e}", d.uuid)))?;
+            if let Some(v) = self.lock().vms.get_mut(server) {
+                v.drives.insert(d.uuid.clone(), (dev, Some(node)));
+            }
+        }
+        Ok(())
     }
 
     async fn kill_vm(&self, uuid: &str) {
@@ -589,12 +632,23 @@ impl Backend for QemuBackend {
         };
         match qmp {
             Some(q) => {
-                self.qmp(&q, "system_powerdown").await?;
+                qmp::run(&q, &qmp::command("system_powerdown"), QMP_TIMEOUT)
+                    .await
+                    .map_err(err)?;
                 Ok(ShutdownMode::AwaitPowerOff)
             }
             // No VM (never started by this backend): let the emulator's timer decide.
             None => Ok(ShutdownMode::Timed),
         }
+    }
+
+    async fn server_drives_changed(
+        &self,
+        server: &str,
+        attached: &[StartDrive],
+        detached: &[String],
+    ) -> Result<(), BackendError> {
+        self.hotplug(server, attached, detached).await
     }
 
     async fn server_deleted(&self, uuid: &str) -> Result<(), BackendError> {
@@ -697,6 +751,12 @@ impl QemuBackend {
                 kill: Some(kill_tx),
                 exited: exit_rx,
                 qmp: dir.join("qmp.sock"),
+                drives: ordered_drives(spec)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.uuid, (format!("vd{i}"), None)))
+                    .collect(),
+                hotplugged: 0,
             },
         );
         let inner = self.inner.clone();
