@@ -23,7 +23,7 @@
 //! Processes never outlive the emulator: QEMU gets `PR_SET_PDEATHSIG(SIGKILL)`, the child handle
 //! kills on drop, and [`Backend::shutdown`] kills and reaps every VM.
 
-mod qmp;
+pub(crate) mod qmp;
 
 use crate::backend::{Backend, BackendError, BackendSink, ShutdownMode, StartDrive, StartSpec};
 use async_trait::async_trait;

@@ -65,9 +65,9 @@ pub fn command(cmd: &str) -> Vec<Step> {
     vec![Step::Execute(json!({"execute": cmd}))]
 }
 
-/// Runs `steps` on a QMP connection (greeting and `qmp_capabilities` first). Errors name the
-/// command and QEMU's answer.
-pub async fn session<R, W>(r: R, mut w: W, steps: &[Step]) -> Result<(), String>
+/// Runs `steps` on a QMP connection (greeting and `qmp_capabilities` first) and answers the
+/// last command's `return` value. Errors name the command and QEMU's answer.
+pub async fn session<R, W>(r: R, mut w: W, steps: &[Step]) -> Result<Value, String>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -80,6 +80,7 @@ where
     let caps = Step::Execute(json!({"execute": "qmp_capabilities"}));
     // DEVICE_DELETED may arrive while another command's answer is awaited
     let mut deleted: Vec<String> = Vec::new();
+    let mut last = Value::Null;
     for step in std::iter::once(&caps).chain(steps) {
         match step {
             Step::Execute(cmd) => {
@@ -89,7 +90,8 @@ where
                     .map_err(|e| format!("QMP write {name}: {e}"))?;
                 loop {
                     let msg = next(&mut lines).await?;
-                    if msg.get("return").is_some() {
+                    if let Some(r) = msg.get("return") {
+                        last = r.clone();
                         break;
                     }
                     if let Some(e) = msg.get("error") {
@@ -106,7 +108,7 @@ where
             }
         }
     }
-    Ok(())
+    Ok(last)
 }
 
 fn note_deleted(msg: &Value, deleted: &mut Vec<String>) {
@@ -133,7 +135,7 @@ pub async fn run(
     sock: &Path,
     steps: &[Step],
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<Value, String> {
     let fut = async {
         let s = tokio::net::UnixStream::connect(sock)
             .await
@@ -184,7 +186,10 @@ mod tests {
         got
     }
 
-    async fn run_fake(steps: Vec<Step>, fail: Option<&'static str>) -> (Result<(), String>, Vec<Value>) {
+    async fn run_fake(
+        steps: Vec<Step>,
+        fail: Option<&'static str>,
+    ) -> (Result<Value, String>, Vec<Value>) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let server = tokio::spawn(fake_qemu(b, fail));
         let (r, w) = a.into_split();

@@ -191,3 +191,52 @@ fn qemu_command_line_refuses_a_mac_carrying_device_options() {
         .join(" ");
     assert!(a.contains("netdev=n0,mac=52:54:00:ab:00:01"), "{a}");
 }
+
+/// A real QEMU (TCG, no guest OS: SeaBIOS idles without a boot disk) takes a hot-plugged disk:
+/// the backend's QMP `blockdev-add` + `device_add` put a virtio-blk device `vhp1` on the PCI
+/// bus. (Unplugging needs a guest that answers the ACPI eject, so `device_del` is covered by the
+/// QMP unit tests in `qmp.rs` against a fake QEMU, not here.)
+#[tokio::test]
+async fn hot_plug_reaches_a_running_qemu() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    b.drive_created("vol", 64 << 20, "disk").await.unwrap();
+    let spec = StartSpec {
+        uuid: "0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01".into(),
+        name: "hp".into(),
+        cpu: 1000,
+        mem: 256 << 20,
+        smp: 1,
+        boot_drive: None,
+        drives: vec![],
+        nics: vec![],
+        context_socket: d.path().join("ctx.sock"),
+    };
+    b.server_start(&spec).await.unwrap();
+    let vol = StartDrive {
+        uuid: "vol".into(),
+        dev_channel: "0:1".into(),
+        device: "virtio".into(),
+        boot_order: None,
+        media: "disk".into(),
+        size: 64 << 20,
+    };
+    let res = b.server_drives_changed("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01", &[vol], &[]).await;
+    let sock = b.server_dir("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01").join("qmp.sock");
+    let pci = qmp::run(&sock, &qmp::command("query-pci"), QMP_TIMEOUT).await;
+    b.shutdown().await;
+    res.unwrap();
+    let pci = pci.unwrap().to_string();
+    assert!(pci.contains("\"qdev_id\":\"vhp1\""), "{pci}");
+    // a drive without an image file is refused by name, before QEMU is asked
+    let ghost = StartDrive {
+        uuid: "ghost".into(),
+        dev_channel: "0:2".into(),
+        device: "virtio".into(),
+        boot_order: None,
+        media: "disk".into(),
+        size: 1,
+    };
+    let e = QemuBackend::hotplug(&b, "no-such-vm", &[ghost], &[]).await;
+    assert!(e.is_ok(), "no VM: nothing to tell");
+}
