@@ -116,7 +116,11 @@ mod tests {
     #[test]
     fn ed25519_pair_is_a_matching_openssh_pair() {
         let p = generate("ed25519").unwrap();
-        assert!(p.public_key.starts_with("ssh-ed25519 AAAA"), "{}", p.public_key);
+        assert!(
+            p.public_key.starts_with("ssh-ed25519 AAAA"),
+            "{}",
+            p.public_key
+        );
         assert!(p
             .private_key
             .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
@@ -139,7 +143,9 @@ mod tests {
         let private = rsa::RsaPrivateKey::from_pkcs1_pem(&p.private_key).unwrap();
         let public = ssh_key::public::RsaPublicKey::try_from(private.to_public_key()).unwrap();
         assert_eq!(
-            PublicKey::new(KeyData::Rsa(public), "").to_openssh().unwrap(),
+            PublicKey::new(KeyData::Rsa(public), "")
+                .to_openssh()
+                .unwrap(),
             p.public_key
         );
         assert_eq!(rsa::traits::PublicKeyParts::size(&private) * 8, RSA_BITS);

@@ -37,7 +37,14 @@ pub fn save(path: &Path, snap: &Snapshot) -> anyhow::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)
+        use std::os::unix::fs::OpenOptionsExt;
+        // owner-only: the file holds keypairs' private keys and servers' VNC passwords
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&data)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -46,4 +53,20 @@ pub fn save(path: &Path, snap: &Snapshot) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("s.json");
+        save(&f, &Snapshot::default()).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        assert!(load(&f).unwrap().is_some());
+    }
 }

@@ -227,7 +227,10 @@ async fn keypair_refusals() {
             json!({"name": "k", "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\n"}),
             "public_key",
         ),
-        (json!({"name": "k", "algorithm_type": "dsa"}), "algorithm_type"),
+        (
+            json!({"name": "k", "algorithm_type": "dsa"}),
+            "algorithm_type",
+        ),
         (json!({"name": "k", "algorithm_type": 1}), "algorithm_type"),
         (
             json!({"name": "k", "public_key": "ssh-rsa not-base64!"}),

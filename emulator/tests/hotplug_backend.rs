@@ -10,10 +10,13 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 
-/// Records every hot-plug call: (server, attached drive uuids, detached drive uuids).
+/// One hot-plug call: (server, attached drive uuids, detached drive uuids).
+type Call = (String, Vec<String>, Vec<String>);
+
+/// Records every hot-plug call.
 #[derive(Default)]
 struct Recorder {
-    calls: Mutex<Vec<(String, Vec<String>, Vec<String>)>>,
+    calls: Mutex<Vec<Call>>,
     fail: bool,
 }
 
@@ -31,7 +34,9 @@ impl Backend for Recorder {
             detached.to_vec(),
         ));
         if self.fail {
-            return Err(BackendError("QMP device_add failed: no free PCI slot".into()));
+            return Err(BackendError(
+                "QMP device_add failed: no free PCI slot".into(),
+            ));
         }
         Ok(())
     }

@@ -438,9 +438,13 @@ impl QemuBackend {
             else {
                 continue; // never plugged into this VM (e.g. an IDE drive added while running)
             };
-            qmp::run(&sock, &qmp::detach_steps(&dev, node.as_deref()), QMP_TIMEOUT)
-                .await
-                .map_err(|e| err(format!("detaching drive {uuid} from server {server}: {e}")))?;
+            qmp::run(
+                &sock,
+                &qmp::detach_steps(&dev, node.as_deref()),
+                QMP_TIMEOUT,
+            )
+            .await
+            .map_err(|e| err(format!("detaching drive {uuid} from server {server}: {e}")))?;
             if let Some(v) = self.lock().vms.get_mut(server) {
                 v.drives.remove(uuid);
             }
@@ -469,7 +473,12 @@ impl QemuBackend {
             let (node, dev) = (format!("hp{n}"), format!("vhp{n}"));
             qmp::run(&sock, &qmp::attach_steps(&path, &node, &dev), QMP_TIMEOUT)
                 .await
-                .map_err(|e| err(format!("attaching drive {} to server {server}: {e}", d.uuid)))?;
+                .map_err(|e| {
+                    err(format!(
+                        "attaching drive {} to server {server}: {e}",
+                        d.uuid
+                    ))
+                })?;
             if let Some(v) = self.lock().vms.get_mut(server) {
                 v.drives.insert(d.uuid.clone(), (dev, Some(node)));
             }

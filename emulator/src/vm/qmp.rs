@@ -119,9 +119,7 @@ fn note_deleted(msg: &Value, deleted: &mut Vec<String>) {
     }
 }
 
-async fn next<R: AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Lines<R>,
-) -> Result<Value, String> {
+async fn next<R: AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Result<Value, String> {
     let l = lines
         .next_line()
         .await
@@ -143,9 +141,12 @@ pub async fn run(
         let (r, w) = s.into_split();
         session(BufReader::new(r), w, steps).await
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("QMP on {} did not finish within {timeout:?}", sock.display()))?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        format!(
+            "QMP on {} did not finish within {timeout:?}",
+            sock.display()
+        )
+    })?
 }
 
 #[cfg(test)]
@@ -231,7 +232,10 @@ mod tests {
         let steps = attach_steps(Path::new("/d/x.qcow2"), "hp1", "vhp1");
         let (res, got) = run_fake(steps, Some("blockdev-add")).await;
         let e = res.unwrap_err();
-        assert!(e.contains("blockdev-add") && e.contains("GenericError"), "{e}");
+        assert!(
+            e.contains("blockdev-add") && e.contains("GenericError"),
+            "{e}"
+        );
         // device_add was never sent
         assert_eq!(got.len(), 2);
     }

@@ -221,8 +221,12 @@ async fn hot_plug_reaches_a_running_qemu() {
         media: "disk".into(),
         size: 64 << 20,
     };
-    let res = b.server_drives_changed("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01", &[vol], &[]).await;
-    let sock = b.server_dir("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01").join("qmp.sock");
+    let res = b
+        .server_drives_changed("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01", &[vol], &[])
+        .await;
+    let sock = b
+        .server_dir("0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e01")
+        .join("qmp.sock");
     let pci = qmp::run(&sock, &qmp::command("query-pci"), QMP_TIMEOUT).await;
     b.shutdown().await;
     res.unwrap();
