@@ -560,7 +560,18 @@ impl Recipe {
                     format!("variable {k:?} shadows a built-in variable"),
                 ));
             }
-            vars.insert(k.clone(), v.text());
+            match expand_env(&v.text(), |n| std::env::var(n).ok()) {
+                Ok(value) => {
+                    vars.insert(k.clone(), value);
+                }
+                Err(e) => {
+                    diags.push(fd(
+                        line_of(&text, &format!("{k}:")),
+                        format!("vars.{k}: {e}"),
+                    ));
+                    vars.insert(k.clone(), v.text());
+                }
+            }
         }
         for (k, v) in overrides {
             if !vars.contains_key(k) {
@@ -655,7 +666,7 @@ impl Recipe {
             let kind = if let Some(script) = &s.script {
                 check_tpl(script, &format!("step {n} script"), line, &mut diags);
                 let rel = render(script, &ctx).unwrap_or_else(|_| script.clone());
-                let path = dir.join(&rel);
+                let path = path_base(script, overrides, &dir).join(&rel);
                 match sha256_file(&path) {
                     Ok(h) => {
                         files.insert(path.clone(), h);
@@ -678,7 +689,7 @@ impl Recipe {
                     ));
                     continue;
                 }
-                let src = dir.join(&rel);
+                let src = path_base(up, overrides, &dir).join(&rel);
                 let Some(dest) = &s.dest else {
                     diags.push(sfd(
                         line,
@@ -771,7 +782,14 @@ impl Recipe {
                         h
                     }
                     Err(e) => {
-                        diags.push(sfd(at("upload"), format!("step {n}: upload source {} cannot be read: {e} (build it first or override with --var)", src.display())));
+                        let why = missing_source_help(up, &vars, overrides, &[&steps_text, &text]);
+                        diags.push(sfd(
+                            at("upload"),
+                            format!(
+                                "step {n}: upload source {} cannot be read: {e}{why}",
+                                src.display()
+                            ),
+                        ));
                         String::new()
                     }
                 };
@@ -1010,6 +1028,100 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u32)>> {
     Ok(out)
 }
 
+/// `${NAME}` and `${NAME:-default}` in a variable's value as the recipe writes it: the environment
+/// variable NAME, or `default` when NAME is unset or empty (the shell's `:-`). A default can so
+/// follow the build's layout: `${CARGO_TARGET_DIR:-../../target}/…`. `--var` values are literal.
+fn expand_env(value: &str, get: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{value:?}: `${{` without a closing `}}`"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "{value:?}: `${{{inner}}}` is not an environment reference (`${{NAME}}` or `${{NAME:-default}}`)"
+            ));
+        }
+        match (get(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "{value:?}: environment variable {name} is not set (or give a default: `${{{name}:-…}}`)"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The variable a path template starts with (`{{ agent_binary }}` → `agent_binary`).
+fn leading_var(tpl: &str) -> Option<&str> {
+    let rest = tpl.trim_start().strip_prefix("{{")?;
+    let name = rest[..rest.find("}}")?].trim();
+    valid_var_name(name).then_some(name)
+}
+
+/// What a step's relative path is relative to: the current directory when it starts with a
+/// variable given on the command line (`--var agent_binary=dist/cloudsigma-agent` names
+/// ./dist/cloudsigma-agent, as any path on a command line), else the recipe's directory.
+fn path_base(tpl: &str, overrides: &BTreeMap<String, String>, recipe_dir: &Path) -> PathBuf {
+    leading_var(tpl)
+        .filter(|v| overrides.contains_key(*v))
+        .and_then(|_| std::env::current_dir().ok())
+        .unwrap_or_else(|| recipe_dir.to_path_buf())
+}
+
+/// For an upload source that cannot be read: which variable it comes from, where its value came
+/// from, what the recipe says about it (the comment above its declaration) and what to do.
+fn missing_source_help(
+    tpl: &str,
+    vars: &BTreeMap<String, String>,
+    overrides: &BTreeMap<String, String>,
+    texts: &[&str],
+) -> String {
+    let Some(var) = leading_var(tpl) else {
+        return String::new();
+    };
+    let value = vars.get(var).cloned().unwrap_or_default();
+    let origin = if overrides.contains_key(var) {
+        "given with --var, relative to the current directory"
+    } else {
+        "the recipe's default, relative to the recipe's directory"
+    };
+    // the comment lines right above `var:` under `vars:`
+    let about = texts
+        .iter()
+        .find_map(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with(&format!("{var}:")))?;
+            let mut doc: Vec<&str> = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .map(|l| l.trim_start().trim_start_matches('#').trim())
+                .collect();
+            doc.reverse();
+            (!doc.is_empty()).then(|| format!(" (the recipe: {})", doc.join(" ")))
+        })
+        .unwrap_or_default();
+    format!(
+        "; it is variable {var} = {value:?} ({origin}){about}: build that file, or pass --var {var}=PATH"
+    )
+}
+
 /// `p` relative to `base` as text (lexical; both come from joining onto the recipe dir).
 fn pathdiff(p: &Path, base: &Path) -> String {
     match p.strip_prefix(base) {
@@ -1035,6 +1147,30 @@ mod tests {
     fn step_lines_found() {
         let t = "name: x\nsteps:\n  - script: a.sh\n    name: a\n  # c\n  - reboot: true\noutput:\n  name: y\n";
         assert_eq!(step_lines(t), vec![3, 6]);
+    }
+
+    #[test]
+    fn env_references_in_var_defaults() {
+        let env = |n: &str| match n {
+            "SET" => Some("/t".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(expand_env("${SET:-x}/a", env).unwrap(), "/t/a");
+        assert_eq!(expand_env("${EMPTY:-../t}/a", env).unwrap(), "../t/a");
+        assert_eq!(expand_env("${UNSET:-d}${SET}", env).unwrap(), "d/t");
+        assert_eq!(
+            expand_env("plain $HOME {{ x }}", env).unwrap(),
+            "plain $HOME {{ x }}"
+        );
+        assert!(expand_env("${UNSET}", env)
+            .unwrap_err()
+            .contains("UNSET is not set"));
+        assert!(expand_env("${SET", env).is_err());
+        assert!(expand_env("${a b}", env).is_err());
+        assert_eq!(leading_var(" {{ agent_binary }}/x"), Some("agent_binary"));
+        assert_eq!(leading_var("../{{ a }}"), None);
+        assert_eq!(leading_var("{{ a ~ b }}"), None);
     }
 
     #[test]

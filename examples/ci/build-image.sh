@@ -28,7 +28,8 @@ for v in AGENT_BINARY CLOUDSIGMA_USERNAME CLOUDSIGMA_PASSWORD; do
         exit 2
     fi
 done
-# Absolute: imgbuild resolves a relative path in a --var against the recipe's directory.
+# Absolute, so that the log names the very file (imgbuild takes a relative --var path from the
+# current directory as well).
 AGENT_BINARY=$(realpath -m "$AGENT_BINARY")
 # shellcheck disable=SC2206 # IMGBUILD_ARGS is a list of flags
 extra=(${IMGBUILD_ARGS:-})

@@ -110,56 +110,121 @@ pub fn library_image(t0: Instant, repo: &Path) -> PathBuf {
     PathBuf::from(script_last_line(repo, "tests/vm-image/build.sh", &[]))
 }
 
-/// The binaries the loops run, built by cargo into a target dir of their own (the outer
-/// `cargo test` may hold the lock of the main one). E2E_AGENT_BIN / E2E_IMGBUILD_BIN /
-/// E2E_CONTROLLER_BIN use prebuilt ones.
+/// The binaries the loops run. The debug builds (imgbuild, the host-process controller) go to a
+/// target dir of their own, `e2e-build` (the outer `cargo test` holds the lock of the main one's
+/// debug profile); the static release builds to the main one (`static_release`).
+/// E2E_AGENT_BIN / E2E_IMGBUILD_BIN / E2E_CONTROLLER_BIN use prebuilt ones.
 pub struct Binaries {
     pub agent: PathBuf,
     pub imgbuild: PathBuf,
     pub controller: PathBuf,
 }
 
-pub fn e2e_target() -> PathBuf {
+/// `$CARGO_TARGET_DIR`, else the clone's `target/`.
+pub fn main_target() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join("target"))
-        .join("e2e-build")
+}
+
+pub fn e2e_target() -> PathBuf {
+    main_target().join("e2e-build")
+}
+
+/// `cargo build ARGS` into `target`.
+fn cargo_build(repo: &Path, target: &Path, env: &[(&str, &str)], args: &[&str], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        Command::new(&cargo)
+            .current_dir(repo)
+            .envs(env.iter().copied())
+            .arg("build")
+            .args(args)
+            .env("CARGO_TARGET_DIR", target)
+            .stderr(std::process::Stdio::inherit()),
+        what,
+    );
+}
+
+/// A static release build of `package`'s binary of the same name (as the image and the
+/// controller's container ship it; glibc linked in). It goes to the main target dir, where the
+/// recipes' default `agent_binary` (`${CARGO_TARGET_DIR:-../../target}/x86_64-unknown-linux-gnu/
+/// release/cloudsigma-agent`) finds it after the tests: a build for another `--target` and
+/// profile takes other locks than the debug build `cargo test` holds.
+fn static_release(repo: &Path, package: &str) -> PathBuf {
+    cargo_build(
+        repo,
+        &main_target(),
+        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+        &[
+            "--release",
+            "-p",
+            package,
+            "--bin",
+            package,
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ],
+        &format!("cargo build {package} (static)"),
+    );
+    main_target()
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(package)
+}
+
+/// The controller's container image as an OCI archive: `$CONTROLLER_IMAGE_ARCHIVE` (scripts/test
+/// builds it with scripts/controller-image), else `scripts/controller-image` here, packaging a
+/// static release build.
+pub fn controller_image_archive(repo: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("CONTROLLER_IMAGE_ARCHIVE") {
+        return PathBuf::from(p);
+    }
+    let binary = static_release(repo, "cloudsigma-controller");
+    let out = e2e_target().join("controller.tar");
+    run(
+        Command::new(repo.join("scripts/controller-image"))
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::inherit()),
+        "scripts/controller-image",
+    );
+    out
+}
+
+/// The name an OCI archive's image gets when containerd imports it: its index.json's
+/// `io.containerd.image.name` annotation.
+pub fn archive_image_ref(archive: &Path) -> String {
+    let index = run(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(archive)
+            .arg("./index.json"),
+        "reading index.json of the image archive",
+    );
+    let index: Value = serde_json::from_str(&index)
+        .unwrap_or_else(|e| panic!("{}: index.json is not JSON: {e}", archive.display()));
+    index["manifests"][0]["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no io.containerd.image.name in index.json: {index}",
+                archive.display()
+            )
+        })
+        .to_string()
 }
 
 pub fn build_binaries(repo: &Path, with_controller: bool) -> Binaries {
     let target = e2e_target();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = |env: &[(&str, &str)], args: &[&str], what: &str| {
-        run(
-            Command::new(&cargo)
-                .current_dir(repo)
-                .envs(env.iter().copied())
-                .arg("build")
-                .args(args)
-                .env("CARGO_TARGET_DIR", &target)
-                .stderr(std::process::Stdio::inherit()),
-            what,
-        );
+        cargo_build(repo, &target, env, args, what)
     };
     let agent = match std::env::var("E2E_AGENT_BIN") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            // static, as the image ships it
-            build(
-                &[("RUSTFLAGS", "-C target-feature=+crt-static")],
-                &[
-                    "--release",
-                    "-p",
-                    "cloudsigma-agent",
-                    "--bin",
-                    "cloudsigma-agent",
-                    "--target",
-                    "x86_64-unknown-linux-gnu",
-                ],
-                "cargo build cloudsigma-agent",
-            );
-            target.join("x86_64-unknown-linux-gnu/release/cloudsigma-agent")
-        }
+        // static, as the image ships it
+        Err(_) => static_release(repo, "cloudsigma-agent"),
     };
     let imgbuild = match std::env::var("E2E_IMGBUILD_BIN") {
         Ok(p) => PathBuf::from(p),
@@ -301,39 +366,62 @@ pub struct Ssh {
 }
 
 impl Ssh {
-    pub fn run(&self, script: &str) -> Result<String, String> {
-        let out = Command::new("ssh")
-            .args(["-F", "/dev/null", "-i"])
-            .arg(&self.key)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg(format!("{}@{}", self.user, self.host))
-            .arg(script)
-            .output()
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
+    /// `ssh` or `scp` with our key and no host-key bookkeeping (every node is new).
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(["-F", "/dev/null", "-i"]).arg(&self.key).args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+        ]);
+        c
+    }
+
+    fn result(
+        &self,
+        what: &str,
+        out: std::io::Result<std::process::Output>,
+    ) -> Result<String, String> {
+        let out = out.map_err(|e| format!("cannot run {what}: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(format!(
-                "ssh {}@{} exited {}: {}",
+                "{what} {}@{} exited {}: {}",
                 self.user,
                 self.host,
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+
+    pub fn run(&self, script: &str) -> Result<String, String> {
+        let out = self
+            .command("ssh")
+            .arg(format!("{}@{}", self.user, self.host))
+            .arg(script)
+            .output();
+        self.result("ssh", out)
+    }
+
+    /// Copies a local file to `remote` (a path the SSH user may write) with scp.
+    pub fn copy_to(&self, local: &Path, remote: &str) -> Result<(), String> {
+        let out = self
+            .command("scp")
+            .arg(local)
+            .arg(format!("{}@{}:{remote}", self.user, self.host))
+            .output();
+        self.result("scp", out).map(drop)
     }
 }
 
@@ -385,6 +473,13 @@ impl VmCloud {
             extra_libdrives: vec![
                 cloudsim::vm::local_library_drive(img_dir).unwrap_or_else(|e| panic!("{e}"))
             ],
+            // one no text contains by chance, so that "the password is not in X" means something
+            password: format!("e2e-pw-{:016x}", {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(t0.elapsed().as_nanos());
+                h.finish()
+            }),
             ..Default::default()
         })
         .await
@@ -406,12 +501,120 @@ impl VmCloud {
             .join("console.log")
     }
 
+    /// Clones `image`, creates the server `spec` describes (2 vCPU, one DHCP NIC, the user data
+    /// base64-encoded as CloudSigma's cloud-init meta), starts it and waits for it to run. The
+    /// failure report prints its console, and over SSH (`key`) the agent's journal and the
+    /// spec's extra commands.
+    pub async fn boot_node(&self, image: &str, spec: NodeSpec<'_>, key: &Path) -> BootedNode {
+        use base64::Engine as _;
+        let api = &self.api;
+        let NodeSpec {
+            name,
+            cpu_mhz,
+            mem,
+            user_data,
+            extra,
+        } = spec;
+        let clone = api.clone_drive(image, &format!("{name}-root")).await;
+        let user_data = base64::engine::general_purpose::STANDARD.encode(user_data);
+        let created = api
+            .post(
+                "servers/",
+                serde_json::json!({"objects": [{
+                    "name": name, "cpu": cpu_mhz, "mem": mem, "smp": 2, "vnc_password": "e2e-vnc",
+                    "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": {"uuid": clone}}],
+                    "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio"}],
+                    "meta": {"cloudinit-user-data": user_data, "base64_fields": "cloudinit-user-data"}
+                }]}),
+            )
+            .await;
+        let server = created["objects"][0]["uuid"]
+            .as_str()
+            .expect("server uuid")
+            .to_string();
+        let mut report = FailureReport {
+            console: Some(self.console(&server)),
+            ssh: None,
+            extra,
+        };
+        api.post(
+            &format!("servers/{server}/action/?do=start"),
+            serde_json::json!({}),
+        )
+        .await;
+        let started = Instant::now();
+        let running = api
+            .wait_status(
+                &format!("servers/{server}/"),
+                "running",
+                Duration::from_secs(60),
+            )
+            .await;
+        let ip = running["runtime"]["nics"][0]["ip_v4"]["uuid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no runtime NAT IP: {running}"))
+            .to_string();
+        let ssh = Ssh {
+            key: key.to_path_buf(),
+            host: ip.clone(),
+            user: "debian".into(),
+        };
+        report.ssh = Some(ssh.clone());
+        BootedNode {
+            server,
+            ip,
+            ssh,
+            report,
+            started,
+        }
+    }
+
+    /// The end of every loop, once the node's server is deleted: the image and imgbuild's tags
+    /// deleted, then zero servers, drives, tags and drive files, and the emulator (with every
+    /// QEMU it started) shut down.
+    pub async fn finish(self, image: &str) {
+        self.api.delete(&format!("drives/{image}/")).await;
+        self.api.assert_empty_after_tags().await;
+        let files = self.drive_files();
+        assert!(files.is_empty(), "drive files left: {files:?}");
+        let data_dir = self.data.path().display().to_string();
+        self.emu.shutdown().await;
+        let qemu_left = Command::new("pgrep")
+            .args(["-f", &data_dir])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        assert!(qemu_left.is_empty(), "QEMU processes left: {qemu_left}");
+    }
+
     /// Drive files left in the backend's data dir.
     pub fn drive_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.data.path().join("vm/drives"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The node server `VmCloud::boot_node` creates.
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub cpu_mhz: u64,
+    /// Bytes.
+    pub mem: u64,
+    /// Cloud-init user data (plain; base64-encoded on the wire).
+    pub user_data: String,
+    /// Commands whose output the failure report prints.
+    pub extra: Vec<String>,
+}
+
+/// A started node server: its uuid, NAT IP, SSH into it, the failure report (armed) and when it
+/// was started.
+pub struct BootedNode {
+    pub server: String,
+    pub ip: String,
+    pub ssh: Ssh,
+    pub report: FailureReport,
+    pub started: Instant,
 }
 
 /// The emulator's REST API, raw: the tests check the wire, not our client.
@@ -464,6 +667,20 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Powers a server off (`action`: `stop`, or `shutdown` for ACPI), waits up to `within` for
+    /// `stopped`, and deletes it with its drives.
+    pub async fn power_off_and_delete(&self, server: &str, action: &str, within: Duration) {
+        self.post(
+            &format!("servers/{server}/action/?do={action}"),
+            serde_json::json!({}),
+        )
+        .await;
+        self.wait_status(&format!("servers/{server}/"), "stopped", within)
+            .await;
+        self.delete(&format!("servers/{server}/?recurse=all_drives"))
+            .await;
     }
 
     /// Clones a drive and waits until the clone is ready; returns its uuid.

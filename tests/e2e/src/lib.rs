@@ -1,5 +1,8 @@
 //! Cross-crate end-to-end tests live in tests/: `whole_loop` (the fast loop, with a recording
-//! kubeadm stub) and `real_node` (a real Kubernetes node). This library is their harness.
+//! kubeadm stub), `real_node` (a real Kubernetes node, the controller as a host process) and
+//! `in_cluster` (the same node, the controller installed with `kubectl apply -k`). This library
+//! is their harness.
 
 pub mod control_plane;
 pub mod harness;
+pub mod kube_node;

@@ -18,34 +18,12 @@
 //!
 //! `scripts/demo` runs this test with its progress output.
 
-use base64::Engine as _;
-use e2e::control_plane::{free_port, ControlPlane, JoinCredentials};
-use e2e::harness::{self, say, FailureReport, Ssh};
-use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use e2e::control_plane::free_port;
+use e2e::harness::{self, say};
+use e2e::kube_node::{self as kn, condition, wait_for, NODE};
+use serde_json::Value;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-const NODE: &str = "e2e-node-1";
-const UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
-
-/// The pod network of the one node: the bridge plugin with host-local addresses, as a
-/// KubeadmConfig `files` entry would carry it.
-const CNI_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e-bridge","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
-
-/// The join data a CloudSigma worker gets: the real token and CA pin, the external cloud
-/// provider, no --node-ip (the server has no private NIC, so the controller's addresses rule),
-/// and the CNI config as a KubeadmConfig `files` entry.
-fn bootstrap_data(join: &JoinCredentials, pubkey: &str) -> String {
-    harness::cabpk_worker_data(
-        &join.endpoint,
-        &join.token,
-        &join.ca_cert_hash,
-        &[("cloud-provider", "external")],
-        &[("/etc/cni/net.d/10-bridge.conflist", "0644", CNI_CONFLIST)],
-        pubkey,
-    )
-}
 
 /// The test Pod: the local image (never pulled), one HTTP port.
 const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hello","namespace":"default"},
@@ -61,48 +39,6 @@ impl Drop for Controller {
     }
 }
 
-fn node_json(cp: &ControlPlane) -> Option<Value> {
-    cp.kubectl(&["get", "node", NODE, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-fn has_taint(node: &Value, key: &str) -> bool {
-    node["spec"]["taints"]
-        .as_array()
-        .map(|ts| ts.iter().any(|t| t["key"] == key))
-        .unwrap_or(false)
-}
-
-fn condition(node: &Value, kind: &str) -> String {
-    node["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .and_then(|c| c["status"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Polls `f` every 100 ms until it returns Some, or panics after `timeout` with `what` and the
-/// output of `diag`.
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    diag: impl Fn() -> String,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = tokio::task::block_in_place(&mut f) {
-            return v;
-        }
-        if t.elapsed() > timeout {
-            panic!("{what}: not reached within {timeout:?}\n{}", diag());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_node() {
     let t0 = Instant::now();
@@ -111,89 +47,21 @@ async fn real_node() {
         return;
     }
     let repo = harness::repo();
-    let cache = harness::cache_dir();
 
-    // 1. artifacts: Kubernetes, containerd, crictl, CNI plugins, runc; the two images
-    let p = Instant::now();
-    say(t0, "artifacts: tests/kube/build.sh --node and tests/kube/images.sh (cached after the first run)");
-    harness::run(
-        Command::new(repo.join("tests/kube/build.sh"))
-            .arg("--node")
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit()),
-        "tests/kube/build.sh --node",
-    );
-    harness::run(
-        Command::new(repo.join("tests/kube/images.sh"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit()),
-        "tests/kube/images.sh",
-    );
-    let kube_bin = cache.join("kube-bin");
-    let artifacts = cache.join("node-artifacts");
-    phases.push(("artifacts", p.elapsed()));
+    // 1. artifacts: Kubernetes, containerd, crictl, CNI plugins, runc; the two images; the
+    //    library image; the binaries
+    let prepared = kn::prepare(t0, &repo, true, &mut phases);
+    let bins = &prepared.bins;
 
-    let p = Instant::now();
-    let img_dir = harness::library_image(t0, &repo);
-    phases.push(("library image", p.elapsed()));
-
-    let p = Instant::now();
-    say(
-        t0,
-        "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller",
-    );
-    let bins = harness::build_binaries(&repo, true);
-    phases.push(("binaries", p.elapsed()));
-
-    // 2. the control plane
-    let p = Instant::now();
-    say(t0, "control plane: kubeadm init phases + etcd, kube-apiserver, kube-controller-manager, kube-scheduler as processes");
-    let mut cp = tokio::task::block_in_place(|| {
-        ControlPlane::start(&kube_bin, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("control plane: {e}"))
-    });
-    let join =
-        tokio::task::block_in_place(|| cp.join_credentials()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        join.endpoint,
-        format!("10.0.2.2:{}", cp.port),
-        "join endpoint"
-    );
-    say(
-        t0,
-        &format!(
-            "control plane up at 127.0.0.1:{} (10.0.2.2:{} from the guest); join token {}.…",
-            cp.port,
-            cp.port,
-            join.token.split('.').next().unwrap_or("")
-        ),
-    );
-    phases.push(("control plane", p.elapsed()));
-
-    // 3. the emulator with the QEMU backend, in process
-    let cloud = harness::VmCloud::start(t0, &img_dir).await;
-    let (data, emu, api) = (&cloud.data, &cloud.emu, &cloud.api);
-
-    // 4. imgbuild: the product recipe's scripts, local artifacts, on the Debian library image
-    let p = Instant::now();
-    say(
-        t0,
-        "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local)",
-    );
-    let image = tokio::task::block_in_place(|| {
-        harness::imgbuild(
-            &bins.imgbuild,
-            &repo,
-            api,
-            "image-recipes/debian-k8s",
-            &[
-                ("agent_binary", bins.agent.display().to_string()),
-                ("artifacts_dir", artifacts.display().to_string()),
-            ],
-        )
-    });
-    phases.push(("imgbuild", p.elapsed()));
-    say(t0, &format!("image {image} built"));
+    // 2. the control plane; 3. the emulator with the QEMU backend, in process; 4. imgbuild:
+    //    the product recipe's scripts, local artifacts, on the Debian library image
+    let kn::Stage {
+        cp,
+        join,
+        cloud,
+        image,
+    } = kn::stage(t0, &repo, &prepared, &mut phases).await;
+    let (emu, api) = (&cloud.emu, &cloud.api);
 
     // 5. the controller, as an operator would run it outside the cluster: the kustomize
     //    ServiceAccount and RBAC, a token of that ServiceAccount, the emulator's API
@@ -250,53 +118,9 @@ async fn real_node() {
     // 6. the node: clone the image, boot it with the join data
     let p = Instant::now();
     let (_keydir, key, pubkey) = harness::ssh_keypair();
-    let clone = api.clone_drive(&image, "e2e-node-1-root").await;
-    let user_data =
-        base64::engine::general_purpose::STANDARD.encode(bootstrap_data(&join, &pubkey));
-    let created = api
-        .post(
-            "servers/",
-            json!({"objects": [{
-                "name": NODE, "cpu": 4000, "mem": 2147483648u64, "smp": 2, "vnc_password": "e2e-vnc",
-                "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": {"uuid": clone}}],
-                "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio"}],
-                "meta": {"cloudinit-user-data": user_data, "base64_fields": "cloudinit-user-data"}
-            }]}),
-        )
-        .await;
-    let server = created["objects"][0]["uuid"]
-        .as_str()
-        .expect("server uuid")
-        .to_string();
-    let mut report = FailureReport {
-        console: Some(cloud.console(&server)),
-        ssh: None,
-        extra: vec![
-            "sudo journalctl -b -u kubelet --no-pager | tail -40".into(),
-            "sudo journalctl -b -u containerd --no-pager | tail -20".into(),
-            "sudo tail -60 /var/log/cloudsigma-bootstrap-output.log".into(),
-        ],
-    };
-    api.post(&format!("servers/{server}/action/?do=start"), json!({}))
-        .await;
-    let node_started = Instant::now();
-    let running = api
-        .wait_status(
-            &format!("servers/{server}/"),
-            "running",
-            Duration::from_secs(60),
-        )
-        .await;
-    let ip = running["runtime"]["nics"][0]["ip_v4"]["uuid"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no runtime NAT IP: {running}"))
-        .to_string();
-    let ssh = Ssh {
-        key: key.clone(),
-        host: ip.clone(),
-        user: "debian".into(),
-    };
-    report.ssh = Some(ssh.clone());
+    let mut booted = kn::boot(&cloud, &image, &join, &key, &pubkey).await;
+    let (server, ip, ssh) = (booted.server.clone(), booted.ip.clone(), booted.ssh.clone());
+    let node_started = booted.started;
     say(
         t0,
         &format!("node {server} started, NAT IP {ip}; waiting for the kubelet to register"),
@@ -313,62 +137,19 @@ async fn real_node() {
         )
     };
 
-    // 7. registered, with the uninitialized taint (unless the controller was faster than us)
-    let registered = wait_for(
-        "Node registered",
-        Duration::from_secs(900),
-        || node_json(cp_ref),
-        &diag,
-    )
-    .await;
-    let registered_at = Instant::now();
-    phases.push(("boot + agent + join", p.elapsed()));
-    let tainted_at_registration = has_taint(&registered, UNINITIALIZED);
-    say(t0, &format!("Node {NODE} registered (uninitialized taint at first sight: {tainted_at_registration})"));
-
+    // 7. registered, with the uninitialized taint (unless the controller was faster than us);
     // 8. initialized by the controller
-    let node = wait_for(
-        "Node initialized by cloudsigma-controller",
-        Duration::from_secs(120),
-        || {
-            node_json(cp_ref)
-                .filter(|n| !has_taint(n, UNINITIALIZED) && n["spec"]["providerID"].is_string())
-        },
-        &diag,
-    )
-    .await;
-    let initialized = registered_at.elapsed();
+    let (node, tainted_at_registration, registered_at, initialized) =
+        kn::registered_then_initialized(cp_ref, &diag).await;
+    phases.push(("boot + agent + join", registered_at.duration_since(p)));
     phases.push(("registered -> initialized", initialized));
-    let kubelet_args = ssh
-        .run_retrying(
-            "sudo cat /var/lib/kubelet/kubeadm-flags.env",
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("reading the kubelet's flags over SSH: {e}"));
-    assert!(
-        kubelet_args.contains("--cloud-provider=external"),
-        "kubelet runs without the external cloud provider: {kubelet_args}"
-    );
-    assert_eq!(
-        node["spec"]["providerID"].as_str(),
-        Some(format!("cloudsigma://{server}").as_str()),
-        "providerID"
-    );
-    let addresses = node["status"]["addresses"].to_string();
-    assert!(
-        addresses.contains(&ip),
-        "the NAT IP is not an address of the Node: {addresses}"
-    );
-    let labels = node["metadata"]["labels"].to_string();
-    assert!(
-        labels.contains("node.kubernetes.io/instance-type"),
-        "instance-type label missing: {labels}"
-    );
+    say(t0, &format!("Node {NODE} registered (uninitialized taint at first sight: {tainted_at_registration})"));
+    kn::assert_initialized(&node, &server, &ip, &ssh);
     say(
         t0,
         &format!(
-            "Node initialized: providerID {}, addresses {addresses}",
-            node["spec"]["providerID"]
+            "Node initialized: providerID {}, addresses {}",
+            node["spec"]["providerID"], node["status"]["addresses"]
         ),
     );
 
@@ -377,7 +158,7 @@ async fn real_node() {
     wait_for(
         "Node Ready",
         Duration::from_secs(300),
-        || node_json(cp_ref).filter(|n| condition(n, "Ready") == "True"),
+        || kn::node_json(cp_ref).filter(|n| condition(n, "Ready") == "True"),
         &diag,
     )
     .await;
@@ -455,47 +236,12 @@ async fn real_node() {
     );
 
     // guest-side figures (uptime stamps): boot -> agent start -> kubeadm join exec -> done
-    let agent_start = harness::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
-    let status: Value = ssh
-        .run_retrying(
-            "sudo cat /run/cloudsigma/bootstrap.json",
-            Duration::from_secs(30),
-        )
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
-    let scripts = status["phases"]
-        .as_array()
-        .and_then(|ps| {
-            ps.iter()
-                .find(|p| p["name"] == "runcmd" || p["name"] == "scripts")
-        })
-        .cloned()
-        .unwrap_or(Value::Null);
-    let marker = ssh
-        .run_retrying(
-            "test -e /run/cluster-api/bootstrap-success.complete && echo yes",
-            Duration::from_secs(30),
-        )
-        .unwrap_or_default();
-    assert_eq!(
-        marker.trim(),
-        "yes",
-        "the success marker after a real kubeadm join"
-    );
-    report.ssh = None;
+    let guest = kn::guest_times(&ssh);
+    booted.report.ssh = None;
 
     // 11. the server goes away through the API; the controller deletes the Node
     let p = Instant::now();
-    api.post(&format!("servers/{server}/action/?do=stop"), json!({}))
-        .await;
-    api.wait_status(
-        &format!("servers/{server}/"),
-        "stopped",
-        Duration::from_secs(120),
-    )
-    .await;
-    api.delete(&format!("servers/{server}/?recurse=all_drives"))
+    api.power_off_and_delete(&server, "stop", Duration::from_secs(120))
         .await;
     wait_for(
         "Node deleted by cloudsigma-controller",
@@ -514,54 +260,17 @@ async fn real_node() {
 
     // 12. nothing left behind
     drop(_controller);
-    api.delete(&format!("drives/{image}/")).await;
-    api.assert_empty_after_tags().await;
-    let files = cloud.drive_files();
-    assert!(files.is_empty(), "drive files left: {files:?}");
-    let data_dir = data.path().display().to_string();
-    cloud.emu.shutdown().await;
-    cp.stop();
-    assert!(cp.running().is_empty(), "control-plane processes left");
-    assert!(
-        !Path::new("/etc/kubernetes/manifests").exists()
-            || std::fs::read_dir("/etc/kubernetes/manifests")
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(true),
-        "the control plane must not write the host's /etc/kubernetes"
-    );
-    let qemu_left = Command::new("pgrep")
-        .args(["-f", &data_dir])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert!(qemu_left.is_empty(), "QEMU processes left: {qemu_left}");
-    drop(report);
+    cloud.finish(&image).await;
+    kn::stop_control_plane(cp);
+    drop(booted);
 
-    eprintln!("\n== real node: {:.1}s ==", t0.elapsed().as_secs_f64());
-    for (name, d) in &phases {
-        eprintln!("  {name:<32} {:>7.1}s", d.as_secs_f64());
-    }
+    kn::print_phases("real node", t0, &phases);
     eprintln!(
         "  controller: Node seen -> initialized seen {:.2}s (100 ms polls; the taint was {} at first sight)",
         initialized.as_secs_f64(),
         if tainted_at_registration { "there" } else { "already gone" }
     );
-    if let Some(a) = agent_start {
-        eprintln!("  guest: boot -> agent start          {a:>7.1}s (uptime)");
-    }
-    if let (Some(start), Some(dur)) = (
-        scripts["start_ms"].as_u64(),
-        scripts["duration_ms"].as_u64(),
-    ) {
-        eprintln!(
-            "  guest: agent start -> kubeadm exec  {:>7.3}s",
-            start as f64 / 1000.0
-        );
-        eprintln!(
-            "  guest: kubeadm join (whole)         {:>7.1}s",
-            dur as f64 / 1000.0
-        );
-    }
+    guest.print();
     eprintln!(
         "  host: server start -> Node registered {:>5.1}s",
         registered_at.duration_since(node_started).as_secs_f64()

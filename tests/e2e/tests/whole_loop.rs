@@ -7,9 +7,8 @@
 //! the test fails, or is skipped with a message when CLOUDSIGMA_K8S_ALLOW_SKIP=1.
 //! `scripts/demo` runs this test with its progress output (`--nocapture`).
 
-use base64::Engine as _;
-use e2e::harness::{self, say, FailureReport, Ssh};
-use serde_json::{json, Value};
+use e2e::harness::{self, say, NodeSpec};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Cluster API kubeadm bootstrap data for a worker (the stub only records the join: placeholder
@@ -73,51 +72,19 @@ async fn whole_loop() {
     // 5. the node: clone the image, boot it with Cluster API bootstrap data
     let p = Instant::now();
     let (_keydir, key, pubkey) = harness::ssh_keypair();
-    let clone = api.clone_drive(&image, "e2e-node-1-root").await;
-    let user_data = base64::engine::general_purpose::STANDARD.encode(bootstrap_data(&pubkey));
-    let created = api
-        .post(
-            "servers/",
-            json!({"objects": [{
-                "name": "e2e-node-1", "cpu": 2000, "mem": 1073741824u64, "smp": 2, "vnc_password": "e2e-vnc",
-                "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": {"uuid": clone}}],
-                "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio"}],
-                "meta": {"cloudinit-user-data": user_data, "base64_fields": "cloudinit-user-data"}
-            }]}),
-        )
-        .await;
-    let server = created["objects"][0]["uuid"]
-        .as_str()
-        .expect("server uuid")
-        .to_string();
-    let mut report = FailureReport {
-        console: Some(cloud.console(&server)),
-        ssh: None,
+    let spec = NodeSpec {
+        name: "e2e-node-1",
+        cpu_mhz: 2000,
+        mem: 1 << 30,
+        user_data: bootstrap_data(&pubkey),
         extra: Vec::new(),
     };
-    api.post(&format!("servers/{server}/action/?do=start"), json!({}))
-        .await;
-    let running = api
-        .wait_status(
-            &format!("servers/{server}/"),
-            "running",
-            Duration::from_secs(60),
-        )
-        .await;
-    let ip = running["runtime"]["nics"][0]["ip_v4"]["uuid"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no runtime NAT IP: {running}"))
-        .to_string();
+    let mut booted = cloud.boot_node(&image, spec, &key).await;
+    let (server, ip, ssh) = (booted.server.clone(), booted.ip.clone(), booted.ssh.clone());
     say(
         t0,
         &format!("node {server} started, NAT IP {ip}; waiting for the agent's marker"),
     );
-    let ssh = Ssh {
-        key: key.clone(),
-        host: ip.clone(),
-        user: "debian".into(),
-    };
-    report.ssh = Some(ssh.clone());
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match ssh.run("test -e /run/cluster-api/bootstrap-success.complete && echo MARKER; sudo test -s /run/cloudsigma/bootstrap.json && echo STATUS") {
@@ -208,29 +175,17 @@ async fn whole_loop() {
 
     // 7. shutdown (ACPI) and delete: zero resources left
     let p = Instant::now();
-    api.post(&format!("servers/{server}/action/?do=shutdown"), json!({}))
+    booted.report.ssh = None;
+    api.power_off_and_delete(&server, "shutdown", Duration::from_secs(180))
         .await;
-    api.wait_status(
-        &format!("servers/{server}/"),
-        "stopped",
-        Duration::from_secs(180),
-    )
-    .await;
-    report.ssh = None;
-    api.delete(&format!("servers/{server}/?recurse=all_drives"))
-        .await;
-    api.delete(&format!("drives/{image}/")).await;
-    // imgbuild's tags (imgbuild, k8s-node, e2e-test) are account resources too
-    api.assert_empty_after_tags().await;
-    let files = cloud.drive_files();
-    assert!(files.is_empty(), "drive files left: {files:?}");
     assert!(
         !data.path().join("vm/servers").join(&server).exists(),
         "server dir left"
     );
-    phases.push(("shutdown + delete", p.elapsed()));
-    cloud.emu.shutdown().await;
-    drop(report);
+    // the image, imgbuild's tags (imgbuild, k8s-node, e2e-test): account resources too
+    cloud.finish(&image).await;
+    phases.push(("shutdown + delete + nothing left", p.elapsed()));
+    drop(booted);
 
     eprintln!("\n== whole loop: {:.1}s ==", t0.elapsed().as_secs_f64());
     for (name, d) in &phases {

@@ -1,0 +1,380 @@
+//! What the two real-node loops share: `real_node` (the controller as a host process, the faster
+//! test) and `in_cluster` (the controller installed with `kubectl apply -k`, running on the very
+//! node it initializes). Both build the Kubernetes artifacts and the node image the same way,
+//! run the same control plane, boot the node with the same CABPK-shaped join data and check the
+//! initialized Node the same way.
+
+use crate::control_plane::{ControlPlane, JoinCredentials, GUEST_HOST};
+use crate::harness::{self, say, Api, Binaries, BootedNode, NodeSpec, Ssh, VmCloud};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NODE: &str = "e2e-node-1";
+pub const UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+
+/// The pod network of the one node: the bridge plugin with host-local addresses, as a
+/// KubeadmConfig `files` entry would carry it.
+pub const CNI_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e-bridge","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+
+/// The join data a CloudSigma worker gets: the real token and CA pin, the external cloud
+/// provider, no --node-ip (the server has no private NIC, so the controller's addresses rule),
+/// and the CNI config as a KubeadmConfig `files` entry.
+pub fn bootstrap_data(join: &JoinCredentials, pubkey: &str) -> String {
+    harness::cabpk_worker_data(
+        &join.endpoint,
+        &join.token,
+        &join.ca_cert_hash,
+        &[("cloud-provider", "external")],
+        &[("/etc/cni/net.d/10-bridge.conflist", "0644", CNI_CONFLIST)],
+        pubkey,
+    )
+}
+
+/// Everything built before the control plane: the Kubernetes artifacts and images (Go, cached),
+/// the library image (cached) and the binaries.
+pub struct Prepared {
+    pub kube_bin: PathBuf,
+    pub artifacts: PathBuf,
+    pub img_dir: PathBuf,
+    pub bins: Binaries,
+}
+
+/// The phases before the control plane, each timed into `phases`.
+pub fn prepare(
+    t0: Instant,
+    repo: &Path,
+    with_controller: bool,
+    phases: &mut Vec<(&'static str, Duration)>,
+) -> Prepared {
+    let cache = harness::cache_dir();
+    let p = Instant::now();
+    say(t0, "artifacts: tests/kube/build.sh --node and tests/kube/images.sh (cached after the first run)");
+    harness::run(
+        Command::new(repo.join("tests/kube/build.sh"))
+            .arg("--node")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit()),
+        "tests/kube/build.sh --node",
+    );
+    harness::run(
+        Command::new(repo.join("tests/kube/images.sh"))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit()),
+        "tests/kube/images.sh",
+    );
+    phases.push(("artifacts", p.elapsed()));
+
+    let p = Instant::now();
+    let img_dir = harness::library_image(t0, repo);
+    phases.push(("library image", p.elapsed()));
+
+    let p = Instant::now();
+    say(
+        t0,
+        if with_controller {
+            "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller"
+        } else {
+            "binaries: static cloudsigma-agent, imgbuild"
+        },
+    );
+    let bins = harness::build_binaries(repo, with_controller);
+    phases.push(("binaries", p.elapsed()));
+    Prepared {
+        kube_bin: cache.join("kube-bin"),
+        artifacts: cache.join("node-artifacts"),
+        img_dir,
+        bins,
+    }
+}
+
+/// The kubeadm control plane as host processes, and a worker's join credentials.
+pub fn control_plane(t0: Instant, kube_bin: &Path) -> (ControlPlane, JoinCredentials) {
+    say(t0, "control plane: kubeadm init phases + etcd, kube-apiserver, kube-controller-manager, kube-scheduler as processes");
+    let cp = ControlPlane::start(kube_bin, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let join = cp.join_credentials().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        join.endpoint,
+        format!("{GUEST_HOST}:{}", cp.port),
+        "join endpoint"
+    );
+    say(
+        t0,
+        &format!(
+            "control plane up at 127.0.0.1:{} ({GUEST_HOST}:{} from the guest); join token {}.…",
+            cp.port,
+            cp.port,
+            join.token.split('.').next().unwrap_or("")
+        ),
+    );
+    (cp, join)
+}
+
+/// `imgbuild debian-k8s`: the product recipe's scripts with the local artifacts, on the Debian
+/// library image. Returns the image's uuid.
+pub fn build_image(t0: Instant, repo: &Path, api: &Api, prepared: &Prepared) -> String {
+    say(
+        t0,
+        "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local)",
+    );
+    let image = harness::imgbuild(
+        &prepared.bins.imgbuild,
+        repo,
+        api,
+        "image-recipes/debian-k8s",
+        &[
+            ("agent_binary", prepared.bins.agent.display().to_string()),
+            ("artifacts_dir", prepared.artifacts.display().to_string()),
+        ],
+    );
+    say(t0, &format!("image {image} built"));
+    image
+}
+
+/// The control plane (with a worker's join credentials), the emulator with the QEMU backend,
+/// and the node image built in it: what both real-node loops stand on.
+pub struct Stage {
+    pub cp: ControlPlane,
+    pub join: JoinCredentials,
+    pub cloud: VmCloud,
+    pub image: String,
+}
+
+/// Starts the control plane and the emulator, builds the node image; each timed into `phases`.
+pub async fn stage(
+    t0: Instant,
+    repo: &Path,
+    prepared: &Prepared,
+    phases: &mut Vec<(&'static str, Duration)>,
+) -> Stage {
+    let p = Instant::now();
+    let (cp, join) = tokio::task::block_in_place(|| control_plane(t0, &prepared.kube_bin));
+    phases.push(("control plane", p.elapsed()));
+    let cloud = VmCloud::start(t0, &prepared.img_dir).await;
+    let p = Instant::now();
+    let image = tokio::task::block_in_place(|| build_image(t0, repo, &cloud.api, prepared));
+    phases.push(("imgbuild", p.elapsed()));
+    Stage {
+        cp,
+        join,
+        cloud,
+        image,
+    }
+}
+
+/// Boots the node server from `image` with the join data; the failure report adds the
+/// kubelet's, containerd's and the bootstrap's logs.
+pub async fn boot(
+    cloud: &VmCloud,
+    image: &str,
+    join: &JoinCredentials,
+    key: &Path,
+    pubkey: &str,
+) -> BootedNode {
+    cloud
+        .boot_node(
+            image,
+            NodeSpec {
+                name: NODE,
+                cpu_mhz: 4000,
+                mem: 2 << 30,
+                user_data: bootstrap_data(join, pubkey),
+                extra: vec![
+                    "sudo journalctl -b -u kubelet --no-pager | tail -40".into(),
+                    "sudo journalctl -b -u containerd --no-pager | tail -20".into(),
+                    "sudo tail -60 /var/log/cloudsigma-bootstrap-output.log".into(),
+                ],
+            },
+            key,
+        )
+        .await
+}
+
+pub fn node_json(cp: &ControlPlane) -> Option<Value> {
+    cp.kubectl(&["get", "node", NODE, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+pub fn has_taint(node: &Value, key: &str) -> bool {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|ts| ts.iter().any(|t| t["key"] == key))
+        .unwrap_or(false)
+}
+
+/// The status ("True", "False", "Unknown") of a Node's or Pod's condition, "" when absent.
+pub fn condition(obj: &Value, kind: &str) -> String {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `timeout` with `what` and the
+/// output of `diag`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    diag: impl Fn() -> String,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = tokio::task::block_in_place(&mut f) {
+            return v;
+        }
+        if t.elapsed() > timeout {
+            panic!("{what}: not reached within {timeout:?}\n{}", diag());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for the Node to register, then to be initialized by a cloudsigma-controller; returns
+/// the initialized Node, whether the taint was there at first sight, when it registered and how
+/// long initialization took from there.
+pub async fn registered_then_initialized(
+    cp: &ControlPlane,
+    diag: impl Fn() -> String,
+) -> (Value, bool, Instant, Duration) {
+    let registered = wait_for(
+        "Node registered",
+        Duration::from_secs(900),
+        || node_json(cp),
+        &diag,
+    )
+    .await;
+    let registered_at = Instant::now();
+    let tainted = has_taint(&registered, UNINITIALIZED);
+    let node = wait_for(
+        "Node initialized by cloudsigma-controller",
+        Duration::from_secs(300),
+        || {
+            node_json(cp)
+                .filter(|n| !has_taint(n, UNINITIALIZED) && n["spec"]["providerID"].is_string())
+        },
+        &diag,
+    )
+    .await;
+    (node, tainted, registered_at, registered_at.elapsed())
+}
+
+/// What the controller must have done to the Node of `server` with NAT IP `ip`, and that the
+/// kubelet runs with the external cloud provider (the reason the taint was there).
+pub fn assert_initialized(node: &Value, server: &str, ip: &str, ssh: &Ssh) {
+    let kubelet_args = ssh
+        .run_retrying(
+            "sudo cat /var/lib/kubelet/kubeadm-flags.env",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("reading the kubelet's flags over SSH: {e}"));
+    assert!(
+        kubelet_args.contains("--cloud-provider=external"),
+        "kubelet runs without the external cloud provider: {kubelet_args}"
+    );
+    assert_eq!(
+        node["spec"]["providerID"].as_str(),
+        Some(format!("cloudsigma://{server}").as_str()),
+        "providerID"
+    );
+    let addresses = node["status"]["addresses"].to_string();
+    assert!(
+        addresses.contains(ip),
+        "the NAT IP is not an address of the Node: {addresses}"
+    );
+    let labels = node["metadata"]["labels"].to_string();
+    assert!(
+        labels.contains("node.kubernetes.io/instance-type"),
+        "instance-type label missing: {labels}"
+    );
+}
+
+/// Stops the control plane and checks it left no process and nothing in the host's
+/// /etc/kubernetes.
+pub fn stop_control_plane(mut cp: ControlPlane) {
+    cp.stop();
+    assert!(cp.running().is_empty(), "control-plane processes left");
+    assert!(
+        !Path::new("/etc/kubernetes/manifests").exists()
+            || std::fs::read_dir("/etc/kubernetes/manifests")
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true),
+        "the control plane must not write the host's /etc/kubernetes"
+    );
+}
+
+/// Guest-side figures from the node's journal and the agent's status file: uptime at the
+/// agent unit's start, and the join command's start (ms after the agent started) and duration.
+pub struct GuestTimes {
+    pub agent_start: Option<f64>,
+    pub join_start_ms: Option<u64>,
+    pub join_ms: Option<u64>,
+}
+
+/// Reads the guest's figures and checks the success marker of a real `kubeadm join`.
+pub fn guest_times(ssh: &Ssh) -> GuestTimes {
+    let agent_start = harness::journal_uptime(ssh, "cloudsigma-bootstrap.service", "Starting");
+    let status: Value = ssh
+        .run_retrying(
+            "sudo cat /run/cloudsigma/bootstrap.json",
+            Duration::from_secs(30),
+        )
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    let scripts = status["phases"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["name"] == "runcmd" || p["name"] == "scripts")
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    let marker = ssh
+        .run_retrying(
+            "test -e /run/cluster-api/bootstrap-success.complete && echo yes",
+            Duration::from_secs(30),
+        )
+        .unwrap_or_default();
+    assert_eq!(
+        marker.trim(),
+        "yes",
+        "the success marker after a real kubeadm join"
+    );
+    GuestTimes {
+        agent_start,
+        join_start_ms: scripts["start_ms"].as_u64(),
+        join_ms: scripts["duration_ms"].as_u64(),
+    }
+}
+
+impl GuestTimes {
+    pub fn print(&self) {
+        if let Some(a) = self.agent_start {
+            eprintln!("  guest: boot -> agent start          {a:>7.1}s (uptime)");
+        }
+        if let (Some(start), Some(dur)) = (self.join_start_ms, self.join_ms) {
+            eprintln!(
+                "  guest: agent start -> kubeadm exec  {:>7.3}s",
+                start as f64 / 1000.0
+            );
+            eprintln!(
+                "  guest: kubeadm join (whole)         {:>7.1}s",
+                dur as f64 / 1000.0
+            );
+        }
+    }
+}
+
+/// Prints the loop's total and each phase.
+pub fn print_phases(title: &str, t0: Instant, phases: &[(&str, Duration)]) {
+    eprintln!("\n== {title}: {:.1}s ==", t0.elapsed().as_secs_f64());
+    for (name, d) in phases {
+        eprintln!("  {name:<32} {:>7.1}s", d.as_secs_f64());
+    }
+}
