@@ -45,7 +45,7 @@ extra=(${IMGBUILD_ARGS:-})
     --var "agent_binary=$AGENT_BINARY" "${extra[@]}" > "$manifest.tmp" &
 child=$!
 # Forward the first signal only: runners escalate (GitHub: SIGINT, then SIGTERM seconds later),
-# and a second signal would make imgbuild skip the rest of its cleanup.
+# and a third signal would make imgbuild abandon the rest of its cleanup.
 forwarded=
 forward() {
     if [ -z "$forwarded" ]; then
