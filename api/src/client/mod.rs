@@ -29,7 +29,7 @@ mod wait;
 
 pub use config::{
     default_config_path, resolve_with, Auth, Config, ConfigFile, ConfigOverrides, DEFAULT_TIMEOUT,
-    ENV_API_URL, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
+    ENV_API_URL, ENV_CA_FILE, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
 };
 pub use error::Error;
 pub use observe::{CallEvent, CallObserver};
@@ -166,6 +166,26 @@ fn check_action(action: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The certificates of a PEM file (a CA bundle), each to be trusted as a root. An unreadable
+/// file, or one without a single certificate, is an error naming the file.
+fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let what = format!(
+        "CA file {} ({ENV_CA_FILE} / ca_file / --ca-file)",
+        path.display()
+    );
+    let pem =
+        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read the {what}: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("the {what} is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "the {what} holds no certificate: expected PEM blocks \
+             `-----BEGIN CERTIFICATE-----` (e.g. the file of cloudsim --tls-self-signed-ca)"
+        )));
+    }
+    Ok(certs)
+}
+
 /// Objects with a uuid, so listings can drop duplicates: with `limit`/`offset` paging, an object
 /// created before the current offset while we page shifts the rest and repeats one entry.
 pub trait Identified {
@@ -197,13 +217,25 @@ fn dedup_by_id<T: Identified>(items: Vec<T>) -> Vec<T> {
 
 impl Client {
     pub fn new(cfg: Config) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
             .user_agent(concat!("cloudsigma-k8s/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             // Redirects would re-send credentials to another place; the API does not redirect.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &cfg.ca_file {
+            for cert in load_ca_file(path)? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let http = b.build().map_err(|e| {
+            let ca = cfg
+                .ca_file
+                .as_ref()
+                .map(|p| format!(" (with the CA certificates of {})", p.display()))
+                .unwrap_or_default();
+            Error::Config(format!("cannot build the HTTP client{ca}: {e}"))
+        })?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
