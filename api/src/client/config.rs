@@ -534,6 +534,26 @@ pub fn resolve_with(
     Ok(cfg)
 }
 
+/// The certificates of a PEM file (a CA bundle), each to be trusted as a root. An unreadable
+/// file, or one without a single certificate, is an error naming the file.
+pub(crate) fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let what = format!(
+        "CA file {} ({ENV_CA_FILE} / ca_file / --ca-file)",
+        path.display()
+    );
+    let pem =
+        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read the {what}: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("the {what} is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "the {what} holds no certificate: expected PEM blocks \
+             `-----BEGIN CERTIFICATE-----` (e.g. the file of cloudsim --tls-self-signed-ca)"
+        )));
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,26 +166,6 @@ fn check_action(action: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The certificates of a PEM file (a CA bundle), each to be trusted as a root. An unreadable
-/// file, or one without a single certificate, is an error naming the file.
-fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
-    let what = format!(
-        "CA file {} ({ENV_CA_FILE} / ca_file / --ca-file)",
-        path.display()
-    );
-    let pem =
-        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read the {what}: {e}")))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| Error::Config(format!("the {what} is not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!(
-            "the {what} holds no certificate: expected PEM blocks \
-             `-----BEGIN CERTIFICATE-----` (e.g. the file of cloudsim --tls-self-signed-ca)"
-        )));
-    }
-    Ok(certs)
-}
-
 /// Objects with a uuid, so listings can drop duplicates: with `limit`/`offset` paging, an object
 /// created before the current offset while we page shifts the rest and repeats one entry.
 pub trait Identified {
@@ -224,7 +204,7 @@ impl Client {
             // Redirects would re-send credentials to another place; the API does not redirect.
             .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &cfg.ca_file {
-            for cert in load_ca_file(path)? {
+            for cert in config::load_ca_file(path)? {
                 b = b.add_root_certificate(cert);
             }
         }
