@@ -148,6 +148,8 @@ pub struct Builder {
     /// Cancelled to abandon a cleanup in progress (a third signal): what is not deleted yet is
     /// reported as left.
     pub abandon: CancellationToken,
+    /// The values of the recipe's `secrets:` (see [`crate::secrets`]); never printed.
+    pub secrets: crate::secrets::Secrets,
     guest_us: AtomicU64,
     phase: std::sync::Mutex<String>,
 }
@@ -247,6 +249,7 @@ impl Builder {
             cancel,
             opts,
             abandon: CancellationToken::new(),
+            secrets: Default::default(),
             guest_us: AtomicU64::new(0),
             phase: std::sync::Mutex::new(String::new()),
         }
@@ -559,7 +562,13 @@ impl Builder {
         .await?;
 
         self.enter("provision");
-        let env = recipe.script_env();
+        let mut env = recipe.script_env();
+        if !recipe.spec.secrets.is_empty() {
+            env.push((
+                crate::secrets::ENV_DIR.to_string(),
+                crate::secrets::GUEST_DIR.to_string(),
+            ));
+        }
         let total = recipe.steps.len();
         for (i, st) in recipe.steps.iter().enumerate() {
             self.reporter.step(i + 1, total, &st.name);
@@ -567,6 +576,15 @@ impl Builder {
             let sink = |l: &str| self.reporter.output(l);
             match &st.kind {
                 StepKind::Script { path } => {
+                    if !self.secrets.is_empty() {
+                        // before every script: /run is a tmpfs, a `reboot` step empties it
+                        self.on_guest(self.transport.put_secrets(
+                            &target,
+                            &self.secrets,
+                            Duration::from_secs(120),
+                        ))
+                        .await?;
+                    }
                     self.on_guest(self.transport.run_script(&target, path, &env, tmo, &sink))
                         .await?
                 }
@@ -767,6 +785,14 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if !r.secrets.is_empty() {
+        let _ = writeln!(
+            o,
+            "secrets (values never shown; files under {} for every script): {}",
+            crate::secrets::GUEST_DIR,
+            r.secrets.join(", ")
+        );
+    }
     let vars_ctx = minijinja::Value::from_serialize(&recipe.vars);
     let show = |t: &str| crate::recipe::render(t, &vars_ctx).unwrap_or_else(|_| t.to_string());
     let rel = |p: &std::path::Path| {

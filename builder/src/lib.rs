@@ -5,4 +5,5 @@ pub mod cleanup;
 pub mod cloud;
 pub mod progress;
 pub mod recipe;
+pub mod secrets;
 pub mod transport;

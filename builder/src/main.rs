@@ -1,15 +1,13 @@
 //! `imgbuild`: build a CloudSigma node image from a recipe. See docs/imgbuild.md.
 //!
-//! Exit codes: 0 built (or already built), 1 build failed (resources cleaned up), 2 usage,
-//! configuration or recipe validation error, 3 failed and cleanup incomplete (run
-//! `imgbuild clean`), 130 interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (all after
-//! cleanup).
+//! Exit codes: see [`EXIT_CODES`] (also printed by `--help`).
 
 use clap::{Args, Parser, Subcommand};
 use imgbuild::build::{self, BuildError, Builder, Options};
-use imgbuild::cloud::{Cloud, ConfigOverrides};
+use imgbuild::cloud::{Cloud, Config, ConfigOverrides};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
+use imgbuild::secrets::SecretArgs;
 use imgbuild::transport::{OpenSsh, Transport};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,11 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What each exit code means (the `--help` epilogue and docs/imgbuild.md).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    built (or already built)
+  1    build failed; everything it created was deleted
+  2    usage, configuration or recipe validation error
+  3    failed or interrupted, and the cleanup left something behind (named on stderr; remove
+       it with `imgbuild clean`), or --keep-on-failure kept the builder server and drive
+  130  interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP, after a complete cleanup";
+
 #[derive(Parser)]
 #[command(
     name = "imgbuild",
     version = env!("CLOUDSIGMA_BUILD_VERSION"),
     about = "Build CloudSigma-native node images from recipes",
+    after_help = EXIT_CODES,
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -77,6 +86,10 @@ struct CloudArgs {
     /// Config file (default $CLOUDSIGMA_CONFIG or ~/.config/cloudsigma/config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for the API (default $CLOUDSIGMA_CA_FILE, or
+    /// `ca_file` in the config file), e.g. the file of `cloudsim --tls-self-signed-ca`.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -88,6 +101,11 @@ struct BuildArgs {
     /// Override a recipe variable (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
+    /// A secret the recipe declares under `secrets:`, from an environment variable or a file
+    /// (repeatable). Scripts read it from $IMGBUILD_SECRETS/NAME; it is never printed, put on a
+    /// command line, in the manifest or in the fingerprint.
+    #[arg(long = "secret", value_name = "NAME=env:VAR|NAME=file:PATH")]
+    secrets: Vec<String>,
     /// `text` prints the image uuid; `json` prints a manifest.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
@@ -157,7 +175,11 @@ fn cloud_from(a: &CloudArgs) -> Result<Cloud, String> {
         token: from_env(&a.token_from_env, "token")?,
         config_file: a.config.clone(),
     };
-    Cloud::resolve(&o).map_err(|e| e.to_string())
+    let mut cfg = Config::resolve(&o).map_err(|e| e.to_string())?;
+    if let Some(p) = &a.ca_file {
+        cfg = cfg.with_ca_file(p);
+    }
+    Cloud::new(cfg).map_err(|e| e.to_string())
 }
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -310,6 +332,15 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
+    let secret_args = match SecretArgs::parse(&a.secrets)
+        .and_then(|s| s.check(&recipe.spec.secrets).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            say!("imgbuild: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let opts = Options {
         force: a.force,
         keep_on_failure: a.keep_on_failure,
@@ -325,6 +356,14 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // read only now: --dry-run names the secrets without reading them
+    let secrets = match secret_args.read() {
+        Ok(s) => s,
+        Err(e) => {
+            say!("imgbuild: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let cloud = match cloud_from(&a.cloud) {
         Ok(c) => c,
         Err(e) => {
@@ -355,6 +394,7 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let reporter = Reporter::new(mode);
     let mut builder = Builder::new(cloud, transport, reporter.clone(), cancel, opts);
     builder.abandon = abandon;
+    builder.secrets = secrets;
     let res = builder.build(&recipe).await;
     reporter.finish();
     match res {
@@ -388,6 +428,9 @@ async fn run_build(a: BuildArgs) -> ExitCode {
             say!("imgbuild: {e}");
             let left = !e.cleanup().left.is_empty();
             match &e {
+                // Leftovers decide first: a CI job must tell "interrupted, nothing billed is
+                // left" from "interrupted, run `imgbuild clean`" (issue #10).
+                BuildError::Interrupted { .. } if left => ExitCode::from(EXIT_LEFTOVERS),
                 BuildError::Interrupted { .. } => {
                     let code = SIGNAL.load(Ordering::SeqCst);
                     ExitCode::from(if matches!(code, 129 | 143) {

@@ -231,6 +231,10 @@ pub struct RecipeFile {
     pub ssh_user: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, VarValue>,
+    /// Names of the secrets the steps read from `$IMGBUILD_SECRETS/<name>`; the values come
+    /// from `--secret` (see crate::secrets), never from the recipe.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     pub steps: Vec<StepFile>,
     pub output: OutputSpec,
     #[serde(default)]
@@ -544,6 +548,16 @@ impl Recipe {
                 diags.push(fd(
                     key_line(&text, "smp"),
                     format!("server.smp {s} is outside 1–32"),
+                ));
+            }
+        }
+
+        let mut seen = BTreeSet::new();
+        for n in &spec.secrets {
+            if !valid_var_name(n) || !seen.insert(n) {
+                diags.push(fd(
+                    key_line(&text, "secrets"),
+                    format!("secret name {n:?} is not lower_snake_case or is declared twice"),
                 ));
             }
         }

@@ -8,6 +8,7 @@
 //! - [`LocalTransport`]: records every operation and copies uploads into a sandbox dir; used
 //!   against the emulator where no VM runs (tests, bench, `--transport local:DIR`).
 
+use crate::secrets::{Secrets, GUEST_DIR};
 use async_trait::async_trait;
 use cloudsigma_api::client::WaitPolicy;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,14 @@ pub trait Transport: Send + Sync {
         src: &Path,
         dest: &str,
         mode: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError>;
+    /// Write each secret to a root-only 0600 file `GUEST_DIR/<name>` (see [`crate::secrets`]):
+    /// the value travels on the channel's stdin, never on a command line.
+    async fn put_secrets(
+        &self,
+        t: &Target,
+        secrets: &Secrets,
         timeout: Duration,
     ) -> Result<(), TransportError>;
     /// sha256 of a file in the guest, computed there.
@@ -524,6 +533,32 @@ impl Transport for OpenSsh {
         self.exec_ok(t, &cmd, Some(body), timeout).await.map(|_| ())
     }
 
+    async fn put_secrets(
+        &self,
+        t: &Target,
+        secrets: &Secrets,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        for (name, value) in &secrets.0 {
+            // names are lower_snake_case (checked at parse), so they need no quoting; the
+            // temp file + mv means a step never reads half a value
+            let path = format!("{GUEST_DIR}/{name}");
+            let script = format!(
+                "umask 077 && mkdir -p {GUEST_DIR} && chmod 0700 {GUEST_DIR} && cat > {path}.tmp && mv -f {path}.tmp {path}"
+            );
+            let cmd = format!("{}sh -c {}", sudo(&t.user), sh_quote(&script));
+            self.exec_ok(t, &cmd, Some(value.bytes().to_vec()), timeout)
+                .await
+                .map_err(|e| match e {
+                    TransportError::Failed(m) => {
+                        TransportError::Failed(format!("cannot deliver secret {name}: {m}"))
+                    }
+                    e => e,
+                })?;
+        }
+        Ok(())
+    }
+
     async fn remote_sha256(&self, t: &Target, path: &str) -> Result<String, TransportError> {
         let out = self
             .exec_ok(
@@ -587,8 +622,10 @@ impl Transport for OpenSsh {
         // keys (regenerated at first boot). sshd loads host keys per new connection, so this
         // must be the build's last login: nothing can connect after it.
         let cmd = format!(
-            "{s}rm -rf /tmp/imgbuild && {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\" && {s}sh -c 'rm -f /etc/ssh/ssh_host_*' && {s}sync",
-            s = sudo(&t.user)
+            "{s}rm -rf /tmp/imgbuild {secrets} && {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\" && {s}sh -c 'rm -f /etc/ssh/ssh_host_*' && {s}sync",
+            s = sudo(&t.user),
+            // tmpfs, never in the image; removed anyway so no later login could read them
+            secrets = crate::secrets::GUEST_DIR,
         );
         self.exec_ok(t, &cmd, None, Duration::from_secs(120))
             .await
@@ -638,6 +675,10 @@ pub enum Recorded {
     },
     Sha256 {
         path: String,
+    },
+    /// The names only: a recording must not hold a value either.
+    Secrets {
+        names: Vec<String>,
     },
     Reboot,
     Clean,
@@ -753,6 +794,34 @@ impl Transport for LocalTransport {
             TransportError::Failed(format!("copy {} → {}: {e}", src.display(), to.display()))
         })?;
         self.pause(None).await
+    }
+    /// Written into the sandbox as the guest would have them (0600), so tests can check what a
+    /// step would read.
+    async fn put_secrets(
+        &self,
+        _t: &Target,
+        secrets: &Secrets,
+        _timeout: Duration,
+    ) -> Result<(), TransportError> {
+        self.rec(Recorded::Secrets {
+            names: secrets.0.keys().cloned().collect(),
+        });
+        let dir = self.sandboxed(GUEST_DIR);
+        let fail = |e: std::io::Error| TransportError::Failed(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        for (name, value) in &secrets.0 {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(name))
+                .map_err(fail)?;
+            f.write_all(value.bytes()).map_err(fail)?;
+        }
+        Ok(())
     }
     async fn remote_sha256(&self, _t: &Target, path: &str) -> Result<String, TransportError> {
         self.rec(Recorded::Sha256 { path: path.into() });

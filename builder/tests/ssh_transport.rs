@@ -130,6 +130,74 @@ async fn openssh_transport_runs_scripts_uploads_and_verifies_against_real_sshd()
     let _ = std::fs::remove_dir_all("/tmp/imgbuild");
 }
 
+/// A secret reaches a script through a 0600 file under `$IMGBUILD_SECRETS` (issue #10 item 3):
+/// the value goes over the channel's stdin, so it is on no command line (the script's env holds
+/// only the directory), and nothing the guest prints about the delivery contains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_delivered_on_stdin_as_a_0600_file_a_script_reads() {
+    use imgbuild::secrets::{SecretArgs, ENV_DIR, GUEST_DIR};
+    use std::os::unix::fs::PermissionsExt;
+    const VALUE: &str = "tok-'quoted' $HOME `x`";
+    let _guest = GUEST.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = OpenSsh::new("imgbuild-test")
+        .await
+        .expect("ssh-keygen works");
+    let Some(sshd) = start_sshd(dir.path(), &t.public_key()) else {
+        return;
+    };
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: "root".into(),
+    };
+    t.wait_ready(&target, Duration::from_secs(30), &CancellationToken::new())
+        .await
+        .expect("SSH comes up");
+    let src = dir.path().join("token");
+    std::fs::write(&src, VALUE).unwrap();
+    let secrets = SecretArgs::parse(&[format!("registry_token=file:{}", src.display())])
+        .unwrap()
+        .read()
+        .unwrap();
+    t.put_secrets(&target, &secrets, Duration::from_secs(30))
+        .await
+        .expect("secrets delivered");
+    let file = Path::new(GUEST_DIR).join("registry_token");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(GUEST_DIR).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    let out_file = dir.path().join("seen.txt");
+    let script = dir.path().join("10-login.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\ncat \"$IMGBUILD_SECRETS/registry_token\" > {}\necho done\n",
+            out_file.display()
+        ),
+    )
+    .unwrap();
+    let lines = Mutex::new(Vec::<String>::new());
+    let sink = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let env = vec![(ENV_DIR.to_string(), GUEST_DIR.to_string())];
+    t.run_script(&target, &script, &env, Duration::from_secs(30), &sink)
+        .await
+        .expect("script runs");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), VALUE);
+    let said = lines.lock().unwrap().join("\n");
+    assert!(!said.contains("tok-"), "{said}");
+
+    drop(sshd);
+    let _ = std::fs::remove_dir_all("/run/imgbuild");
+    let _ = std::fs::remove_dir_all("/tmp/imgbuild");
+}
+
 #[tokio::test]
 async fn wait_ready_gives_up_at_its_deadline_and_on_cancel() {
     let t = OpenSsh::new("imgbuild-test")

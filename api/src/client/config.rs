@@ -17,6 +17,8 @@ pub const ENV_TOKEN: &str = "CLOUDSIGMA_TOKEN";
 pub const ENV_REGION: &str = "CLOUDSIGMA_REGION";
 pub const ENV_API_URL: &str = "CLOUDSIGMA_API_URL";
 pub const ENV_CONFIG: &str = "CLOUDSIGMA_CONFIG";
+/// PEM file of extra CA certificates to trust (e.g. the CA `cloudsim --tls-self-signed-ca` writes).
+pub const ENV_CA_FILE: &str = "CLOUDSIGMA_CA_FILE";
 
 /// Default per-request timeout (connect + send + whole answer).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +54,9 @@ pub struct Config {
     /// Per-request timeout (each attempt of a retried request gets the full timeout).
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// PEM file whose certificates are trusted as roots in addition to the built-in ones (an
+    /// HTTPS emulator, a TLS-inspecting proxy). Read by [`super::Client::new`].
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Command-line style overrides; `None` falls through to the environment, then the config file.
@@ -79,6 +84,8 @@ pub struct ConfigFile {
     pub timeout_secs: Option<f64>,
     /// Total attempts for idempotent requests (1 = no retries).
     pub max_attempts: Option<u32>,
+    /// Extra CA certificates (PEM); a relative path is relative to the config file's directory.
+    pub ca_file: Option<String>,
 }
 
 /// The keys a config file may hold (what an unknown key is compared with).
@@ -90,6 +97,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "token",
     "timeout_secs",
     "max_attempts",
+    "ca_file",
 ];
 
 /// The file as written: each value untyped and with its place, so that a wrong type is reported
@@ -104,6 +112,7 @@ struct RawConfigFile {
     token: Option<Spanned<toml::Value>>,
     timeout_secs: Option<Spanned<toml::Value>>,
     max_attempts: Option<Spanned<toml::Value>>,
+    ca_file: Option<Spanned<toml::Value>>,
 }
 
 /// `line L, column C` (1-based, columns in characters) of a byte offset of `text`.
@@ -222,6 +231,7 @@ impl ConfigFile {
             token: string("token", raw.token)?,
             timeout_secs,
             max_attempts,
+            ca_file: string("ca_file", raw.ca_file)?,
         })
     }
 }
@@ -292,6 +302,7 @@ impl Config {
             auth,
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
+            ca_file: None,
         }
     }
 
@@ -302,6 +313,7 @@ impl Config {
             auth,
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
+            ca_file: None,
         })
     }
 
@@ -312,6 +324,12 @@ impl Config {
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Config {
         self.retry = retry;
+        self
+    }
+
+    /// Trust the CA certificates of a PEM file as well (see [`Config::ca_file`]).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Config {
+        self.ca_file = Some(path.into());
         self
     }
 
@@ -473,11 +491,29 @@ pub fn resolve_with(
         }
     };
 
+    // CA file: $CLOUDSIGMA_CA_FILE > config file (there relative to the file's directory, so a
+    // config file and its CA can move together). Callers with a flag set it on the result.
+    let ca_file = match env(ENV_CA_FILE).filter(|s| !s.trim().is_empty()) {
+        Some(p) => Some(PathBuf::from(p.trim())),
+        None => file
+            .ca_file
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|p| {
+                let p = Path::new(p);
+                match file_path.as_deref().and_then(Path::parent) {
+                    Some(dir) if p.is_relative() => dir.join(p),
+                    _ => p.to_path_buf(),
+                }
+            }),
+    };
     let mut cfg = Config {
         base_url,
         auth,
         timeout: DEFAULT_TIMEOUT,
         retry: RetryPolicy::default(),
+        ca_file,
     };
     if let Some(t) = file.timeout_secs {
         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
@@ -496,6 +532,26 @@ pub fn resolve_with(
         cfg.retry.max_attempts = n;
     }
     Ok(cfg)
+}
+
+/// The certificates of a PEM file (a CA bundle), each to be trusted as a root. An unreadable
+/// file, or one without a single certificate, is an error naming the file.
+pub(crate) fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let what = format!(
+        "CA file {} ({ENV_CA_FILE} / ca_file / --ca-file)",
+        path.display()
+    );
+    let pem =
+        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read the {what}: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("the {what} is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "the {what} holds no certificate: expected PEM blocks \
+             `-----BEGIN CERTIFICATE-----` (e.g. the file of cloudsim --tls-self-signed-ca)"
+        )));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -695,6 +751,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/nonexistent/cs.toml"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_from_env_or_file_relative_to_it() {
+        let d = tmpdir("ca");
+        let f = write_file(
+            &d,
+            "api_url = \"https://127.0.0.1:1/\"\ntoken = \"t\"\nca_file = \"ca.pem\"\n",
+        );
+        let c = resolve_with(&ConfigOverrides::default(), &env_of(&[]), Some(f.clone())).unwrap();
+        assert_eq!(
+            c.ca_file,
+            Some(d.join("ca.pem")),
+            "relative to the config file"
+        );
+        let env = env_of(&[(ENV_CA_FILE, "/etc/x/ca.pem")]);
+        let c = resolve_with(&ConfigOverrides::default(), &env, Some(f)).unwrap();
+        assert_eq!(
+            c.ca_file,
+            Some(PathBuf::from("/etc/x/ca.pem")),
+            "env beats file"
+        );
+        let env = env_of(&[(ENV_API_URL, "https://h/"), (ENV_TOKEN, "t")]);
+        let c = resolve_with(&ConfigOverrides::default(), &env, None).unwrap();
+        assert_eq!(c.ca_file, None);
     }
 
     #[test]

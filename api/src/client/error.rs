@@ -31,7 +31,7 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
     /// The request never got an answer (DNS, connect, TLS, reset).
-    #[error("{method} {path}: transport error: {source}")]
+    #[error("{method} {path}: transport error: {source}{}", fmt_cause(source))]
     Transport {
         method: String,
         path: String,
@@ -88,6 +88,29 @@ fn fmt_entries(errors: &[ApiErrorEntry], message: &Option<String>) -> String {
         })
         .collect();
     format!(": {}", parts.join("; "))
+}
+
+/// The innermost cause of a transport error (reqwest's own message is only "error sending
+/// request"), with a hint when it is an untrusted server certificate: the usual cause is a
+/// private CA (an HTTPS emulator, a TLS-inspecting proxy) that needs `ca_file`.
+fn fmt_cause(e: &reqwest::Error) -> String {
+    let mut last: Option<&dyn std::error::Error> = None;
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        last = Some(c);
+        cur = c.source();
+    }
+    let Some(root) = last else {
+        return String::new();
+    };
+    let root = root.to_string();
+    let hint = if root.contains("certificate") {
+        "; TLS: the server's certificate is not trusted — for a private CA set ca_file in the \
+         config file, $CLOUDSIGMA_CA_FILE or --ca-file"
+    } else {
+        ""
+    };
+    format!(" ({root}){hint}")
 }
 
 fn fmt_rid(rid: &Option<String>) -> String {

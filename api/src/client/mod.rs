@@ -29,7 +29,7 @@ mod wait;
 
 pub use config::{
     default_config_path, resolve_with, Auth, Config, ConfigFile, ConfigOverrides, DEFAULT_TIMEOUT,
-    ENV_API_URL, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
+    ENV_API_URL, ENV_CA_FILE, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
 };
 pub use error::Error;
 pub use observe::{CallEvent, CallObserver};
@@ -197,13 +197,25 @@ fn dedup_by_id<T: Identified>(items: Vec<T>) -> Vec<T> {
 
 impl Client {
     pub fn new(cfg: Config) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
             .user_agent(concat!("cloudsigma-k8s/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             // Redirects would re-send credentials to another place; the API does not redirect.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &cfg.ca_file {
+            for cert in config::load_ca_file(path)? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let http = b.build().map_err(|e| {
+            let ca = cfg
+                .ca_file
+                .as_ref()
+                .map(|p| format!(" (with the CA certificates of {})", p.display()))
+                .unwrap_or_default();
+            Error::Config(format!("cannot build the HTTP client{ca}: {e}"))
+        })?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
