@@ -157,6 +157,18 @@ impl Options {
         Client::new(cfg).map_err(|e| anyhow::anyhow!("CloudSigma client: {e}"))
     }
 
+    /// The Lease settings (identity: `--identity`/POD_NAME, else hostname_pid).
+    pub fn lease_config(&self) -> leader::LeaseConfig {
+        leader::LeaseConfig {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone(),
+            identity: self.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        }
+    }
+
     pub fn region_label(&self) -> String {
         self.region.clone().unwrap_or_default()
     }
@@ -177,38 +189,63 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Validate before serving or touching the Lease: a bad combination is a configuration error.
+    let lease_cfg = opts.leader_elect.then(|| opts.lease_config());
+    if let Some(cfg) = &lease_cfg {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+    }
     let server = tokio::spawn(serve_http(
         opts.metrics_bind,
         metrics.clone(),
         shutdown.clone(),
     ));
 
-    let elector = if opts.leader_elect {
-        let identity = opts.identity.clone().unwrap_or_else(default_identity);
-        let e = leader::Elector::new(
-            kube.clone(),
-            leader::LeaseConfig {
-                name: opts.lease_name.clone(),
-                namespace: opts.lease_namespace.clone(),
-                identity,
-                lease_duration: opts.lease_duration,
-                renew_deadline: opts.renew_deadline,
-                retry_period: opts.retry_period,
-            },
-        );
-        // A standby is healthy and ready: it only waits.
-        metrics.set_ready(true);
-        tokio::select! {
-            _ = e.acquire() => {}
-            _ = wait_true(&mut shutdown) => { server.abort(); return Ok(()); }
+    let mut leadership = match lease_cfg {
+        Some(cfg) => {
+            let e = Arc::new(leader::Elector::new(kube.clone(), cfg));
+            // A standby is healthy and ready: it only waits.
+            metrics.set_ready(true);
+            let acquired = tokio::select! {
+                t = e.acquire() => t,
+                _ = wait_true(&mut shutdown) => { server.abort(); return Ok(()); }
+            };
+            // Renewing starts now, on its own task: nothing below (the first CloudSigma listing
+            // may take minutes) delays it.
+            let l = e.keep_renewing(acquired);
+            metrics.set_ready(false);
+            metrics.is_leader.set(1);
+            Some(l)
         }
-        metrics.set_ready(false);
-        metrics.is_leader.set(1);
-        Some(e)
-    } else {
-        None
+        None => None,
     };
 
+    let res = match &mut leadership {
+        Some(l) => tokio::select! {
+            _ = work(&opts, kube, cs, metrics.clone(), shutdown) => Ok(()),
+            why = l.lost() => {
+                tracing::error!(lease = %opts.lease_name, reason = %why, "lost leadership; stopping");
+                Err(anyhow::anyhow!("lost leadership: {why}"))
+            }
+        },
+        None => {
+            work(&opts, kube, cs, metrics.clone(), shutdown).await;
+            Ok(())
+        }
+    };
+    drop(leadership);
+    metrics.is_leader.set(0);
+    server.abort();
+    res
+}
+
+/// The controller proper, run while this replica leads (dropped the moment it does not).
+async fn work(
+    opts: &Options,
+    kube: kube::Client,
+    cs: cloudsigma_api::client::Client,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
     let ctx = Arc::new(reconcile::Ctx {
         nodes: Api::<Node>::all(kube.clone()),
         cache: cache::ServerCache::new(
@@ -231,11 +268,18 @@ pub async fn run(
             },
         ),
     });
-    // Prime the cache before the first reconciles so that the initial burst of Nodes shares one
-    // listing; a failure here is retried by the reconciles themselves.
-    if let Err(e) = ctx.cache.fresh().await {
-        tracing::warn!(error = %e, "initial CloudSigma listing failed; will retry");
-    }
+    // The first listing runs alongside the Node watch's initial LIST instead of before it: the
+    // reconciles wait on that one listing (the cache lets concurrent callers share it), so a
+    // burst of Nodes still costs one listing, and the two round trips overlap. A failure here is
+    // retried by the reconciles themselves.
+    let prime = {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(e) = ctx.cache.fresh().await {
+                tracing::warn!(error = %e, "initial CloudSigma listing failed; will retry");
+            }
+        }
+    };
 
     let mut sd = shutdown.clone();
     let ctrl = Controller::new(ctx.nodes.clone(), watcher::Config::default().any_semantic())
@@ -250,20 +294,7 @@ pub async fn run(
                 }
             }
         });
-
-    let res = match &elector {
-        Some(e) => tokio::select! {
-            _ = ctrl => Ok(()),
-            _ = e.hold() => Err(anyhow::anyhow!("lost leadership")),
-        },
-        None => {
-            ctrl.await;
-            Ok(())
-        }
-    };
-    metrics.is_leader.set(0);
-    server.abort();
-    res
+    futures::join!(prime, ctrl);
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

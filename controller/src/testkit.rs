@@ -251,6 +251,96 @@ impl Cluster {
     pub async fn client(&self) -> kube::Client {
         client_for(&self.kubeconfig).await
     }
+
+    /// The apiserver's loopback address (for a proxy in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .trim_start_matches("https://")
+            .parse()
+            .expect("apiserver url is https://127.0.0.1:port")
+    }
+
+    /// An admin kubeconfig pointing at `url` instead (e.g. a [`StallingProxy`]).
+    pub fn kubeconfig_for_url(&self, name: &str, url: &str) -> Result<PathBuf, String> {
+        let p = self.dir.path().join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&p, url, ADMIN_TOKEN)?;
+        Ok(p)
+    }
+}
+
+/// A TCP proxy that forwards until [`StallingProxy::stall`], then holds every byte (and new
+/// connections) without closing anything: a stalled apiserver connection, as a hung load
+/// balancer or a half-dead network path produces it.
+pub struct StallingProxy {
+    pub addr: std::net::SocketAddr,
+    stalled: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> std::io::Result<StallingProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stalled, rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pipe(cr, sw, rx.clone()), pipe(sr, cw, rx));
+                });
+            }
+        });
+        Ok(StallingProxy {
+            addr,
+            stalled,
+            accept,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stop forwarding (connections stay open, nothing is answered).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just as the stall began are held too.
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {

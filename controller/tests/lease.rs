@@ -1,0 +1,304 @@
+//! Leader election against a REAL kube-apiserver (tests/kube/build.sh): a stalled apiserver
+//! connection, a slow CloudSigma API during the first listing, and expiry judged by local
+//! observation as client-go does (see src/leader.rs).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+use cloudsigma_controller::leader::{Attempt, Elector, LeaseConfig};
+use cloudsigma_controller::node::TAINT_UNINITIALIZED;
+use cloudsigma_controller::testkit::{self, Cluster, StallingProxy};
+use cloudsigma_controller::{run, Metrics, Options};
+use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, Timings};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+async fn emulator() -> EmulatorHandle {
+    Emulator::start(EmulatorConfig {
+        timings: Timings::instant(),
+        ..Default::default()
+    })
+    .await
+    .expect("emulator start")
+}
+
+fn cs_client(emu: &EmulatorHandle, timeout: Duration) -> Client {
+    let mut cfg = Config::for_url(
+        &emu.api_url(),
+        Auth::Basic {
+            username: emu.username().into(),
+            password: emu.password().into(),
+        },
+    )
+    .expect("emulator url");
+    cfg.retry.max_attempts = 2;
+    cfg.retry.base_delay = Duration::from_millis(50);
+    cfg.timeout = timeout;
+    Client::new(cfg).expect("client")
+}
+
+/// Leader-electing options with a short lease: 3 s lease, 2 s renew deadline, 300 ms retry.
+fn leader_opts(api_url: &str, identity: &str) -> Options {
+    use clap::Parser;
+    let mut o = Options::parse_from(["cloudsigma-controller", "--region=zrh"]);
+    o.api_url = Some(api_url.into());
+    o.sync_period = Duration::from_secs(30);
+    o.metrics_bind = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .expect("addr");
+    o.leader_elect = true;
+    o.lease_namespace = "kube-system".into();
+    o.lease_name = format!("lease-{identity}");
+    o.identity = Some(identity.into());
+    o.lease_duration = Duration::from_secs(3);
+    o.renew_deadline = Duration::from_secs(2);
+    o.retry_period = Duration::from_millis(300);
+    o
+}
+
+fn lease_cfg(name: &str, identity: &str) -> LeaseConfig {
+    LeaseConfig {
+        name: name.into(),
+        namespace: "kube-system".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(300),
+    }
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+async fn wait_holder(leases: &Api<Lease>, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holder(leases, name).await.as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "{want} never took Lease {name}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue #10 item 5: the old renew had no timeout, so a leader whose apiserver connection
+/// stalled kept reconciling long after its renew deadline (the request hung for the client's
+/// 295 s read timeout). Now every renewal is cut off at the deadline and the leader stops before
+/// the lease duration is over, i.e. before any other replica may take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
+    let Some((etcd, api_bin)) = testkit::binaries_or_skip("stalled apiserver") else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let admin = cluster.client().await;
+    let proxy = StallingProxy::start(cluster.addr()).await.expect("proxy");
+    let proxied = testkit::client_for(
+        &cluster
+            .kubeconfig_for_url("proxied", &proxy.url())
+            .expect("kubeconfig"),
+    )
+    .await;
+    let emu = emulator().await;
+    let cs = cs_client(&emu, Duration::from_secs(3));
+    let s = cs
+        .create_server(&ServerCreate {
+            name: "stall-1".into(),
+            cpu: 1000,
+            mem: 1 << 30,
+            vnc_password: "x".into(),
+            nics: vec![Nic::public_dhcp()],
+            ..Default::default()
+        })
+        .await
+        .expect("server");
+    cs.start_server(&s.uuid).await.expect("start");
+    cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
+        .await
+        .expect("running");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("stall-1", None, None),
+        )
+        .await
+        .expect("node");
+
+    let metrics = Arc::new(Metrics::new());
+    let (_tx, rx) = watch::channel(false);
+    let ctl = tokio::spawn(run(
+        leader_opts(&emu.api_url(), "stalled-leader"),
+        proxied,
+        cs_client(&emu, Duration::from_secs(3)),
+        metrics.clone(),
+        rx,
+    ));
+    // Leading and working: the Node gets initialized through the proxy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = nodes.get("stall-1").await.expect("node");
+        if !cloudsigma_controller::node::has_taint(&n, TAINT_UNINITIALIZED) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never initialized");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metrics.is_leader.get(), 1);
+
+    proxy.stall();
+    let stalled_at = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(10), ctl)
+        .await
+        .expect("run() must end once the renew deadline passes, not hang on the stalled connection")
+        .expect("join");
+    let took = stalled_at.elapsed();
+    let err = format!("{:#}", res.expect_err("losing leadership is an error"));
+    assert!(err.contains("lost leadership"), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped {took:?} after the stall: not before the 3 s lease could be taken by another"
+    );
+    assert_eq!(metrics.is_leader.get(), 0);
+    emu.shutdown().await;
+}
+
+/// Issue #10 item 6: nothing renewed the Lease between acquiring it and the end of the first
+/// CloudSigma listing. With a listing slower than the lease duration, a rival could take the
+/// Lease while the first leader went on to reconcile. Now renewal starts at acquisition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_renewed_while_the_first_listing_is_slow() {
+    let Some((etcd, api_bin)) = testkit::binaries_or_skip("slow first listing") else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let kube = cluster.client().await;
+    let leases: Api<Lease> = Api::namespaced(kube.clone(), "kube-system");
+    let emu = emulator().await;
+    // Every CloudSigma answer takes 5 s: longer than the 3 s lease.
+    emu.set_faults(FaultConfig {
+        latency_ms: 5000,
+        ..Default::default()
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = watch::channel(false);
+    let opts = leader_opts(&emu.api_url(), "slow-leader");
+    let lease_name = opts.lease_name.clone();
+    let ctl = tokio::spawn(run(
+        opts,
+        kube.clone(),
+        cs_client(&emu, Duration::from_secs(20)),
+        metrics.clone(),
+        rx,
+    ));
+    wait_holder(&leases, &lease_name, "slow-leader").await;
+
+    // A rival candidate tries for 4.5 s (> the 3 s lease) while the listing is still pending.
+    let rival = Elector::new(kube.clone(), lease_cfg(&lease_name, "rival"));
+    let until = Instant::now() + Duration::from_millis(4500);
+    let mut renewals = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        let a = rival.try_acquire_or_renew().await.expect("rival attempt");
+        assert_eq!(
+            a,
+            Attempt::HeldBy("slow-leader".into()),
+            "the rival took the Lease during the slow first listing"
+        );
+        let l = leases.get(&lease_name).await.expect("lease");
+        renewals.insert(format!("{:?}", l.spec.and_then(|s| s.renew_time)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(renewals.len() >= 5, "renewTime barely moved: {renewals:?}");
+    assert_eq!(metrics.is_leader.get(), 1);
+    assert_eq!(
+        metrics.api_calls_total("list_servers"),
+        0,
+        "the first listing should still be pending (5 s latency)"
+    );
+    tx.send(true).expect("shutdown");
+    tokio::time::timeout(Duration::from_secs(30), ctl)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("run ok");
+    emu.shutdown().await;
+}
+
+/// client-go measures expiry from when a candidate *observed* the record, on its own clock. The
+/// old code compared the Lease's renewTime with the local wall clock, so a holder whose clock is
+/// behind (or a record written long ago by a skewed clock) was overtaken at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_timed_from_local_observation_not_the_lease_timestamps() {
+    let Some((etcd, api_bin)) = testkit::binaries_or_skip("local observation") else {
+        return;
+    };
+    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
+    let kube = cluster.client().await;
+    let leases: Api<Lease> = Api::namespaced(kube.clone(), "kube-system");
+    // Another holder, with a clock an hour behind ours, that keeps renewing.
+    let skewed = |ms: i64| k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: Some("other".into()),
+        lease_duration_seconds: Some(3),
+        renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now()
+                - k8s_openapi::jiff::SignedDuration::from_secs(3600)
+                + k8s_openapi::jiff::SignedDuration::from_millis(ms),
+        )),
+        ..Default::default()
+    };
+    let l = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("skewed".into()),
+            ..Default::default()
+        },
+        spec: Some(skewed(0)),
+    };
+    leases
+        .create(&PostParams::default(), &l)
+        .await
+        .expect("create");
+    let me = Elector::new(kube.clone(), lease_cfg("skewed", "me"));
+    // While "other" keeps renewing (every 500 ms, for 4 s > the 3 s lease), it is not expired.
+    let t0 = Instant::now();
+    let mut k = 0;
+    while t0.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            me.try_acquire_or_renew().await.expect("attempt"),
+            Attempt::HeldBy("other".into()),
+            "took a Lease that its holder keeps renewing, {:?} in",
+            t0.elapsed()
+        );
+        k += 1;
+        let mut cur = leases.get("skewed").await.expect("get");
+        cur.spec = Some(skewed(k * 500));
+        leases
+            .replace("skewed", &PostParams::default(), &cur)
+            .await
+            .expect("renew as other");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // "other" stops: the Lease is ours 3 s after we last saw it change, not earlier.
+    let stopped = Instant::now();
+    loop {
+        match me.try_acquire_or_renew().await.expect("attempt") {
+            Attempt::Held => break,
+            _ => {
+                assert!(stopped.elapsed() < Duration::from_secs(8), "never expired");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(2400),
+        "taken {:?} after the last renewal seen",
+        stopped.elapsed()
+    );
+    assert_eq!(holder(&leases, "skewed").await.as_deref(), Some("me"));
+}
