@@ -23,12 +23,16 @@ pub struct Snapshot {
     pub by_name: HashMap<String, Vec<Arc<Server>>>,
     /// When the listing completed; `None` = never listed successfully.
     pub fetched_at: Option<Instant>,
+    /// When the listing's first request was sent: a server missing from it is known to be
+    /// missing only for lookups that began before this.
+    pub started_at: Option<Instant>,
 }
 
 impl Snapshot {
-    fn from_list(list: Vec<Server>) -> Snapshot {
+    fn from_list(list: Vec<Server>, started: Instant) -> Snapshot {
         let mut s = Snapshot {
             fetched_at: Some(Instant::now()),
+            started_at: Some(started),
             ..Default::default()
         };
         for srv in list {
@@ -52,6 +56,9 @@ pub enum CacheError {
     List(String),
     #[error("CloudSigma servers listing backed off after failures ({failures} in a row); next try in {retry_in:?}")]
     BackingOff { failures: u32, retry_in: Duration },
+    /// Several servers carry the Node's name.
+    #[error("{0}")]
+    Ambiguous(String),
 }
 
 struct RefreshState {
@@ -69,11 +76,22 @@ pub struct ServerCache {
     refresh: Mutex<RefreshState>,
 }
 
-/// Outcome of a lookup by uuid.
+/// Outcome of a lookup.
+#[derive(Debug)]
 pub enum Lookup {
     Found(Arc<Server>),
-    /// Absent from a complete listing younger than `min_interval` or refreshed for this lookup.
+    /// Absent from a complete listing that started after the lookup began: confirmed missing.
     NotListed,
+    /// Absent from the current listing, which is older than the lookup, and a new one is not
+    /// allowed yet (`min_interval`): ask again after this long. Not a failure: a Node that
+    /// registers just after a listing lands here, and nothing may report its server as missing.
+    NotYet(Duration),
+}
+
+/// Does a listing that started at `listing_started` answer a lookup that began at `asked`? Only
+/// one started afterwards can have seen a server created just before the lookup.
+pub fn listing_confirms(listing_started: Option<Instant>, asked: Instant) -> bool {
+    listing_started.is_some_and(|t| t >= asked)
 }
 
 impl ServerCache {
@@ -157,7 +175,7 @@ impl ServerCache {
                 st.failures = 0;
                 st.not_before = None;
                 self.metrics.cached_servers.set(list.len() as i64);
-                let snap = Arc::new(Snapshot::from_list(list));
+                let snap = Arc::new(Snapshot::from_list(list, t0));
                 match self.snap.write() {
                     Ok(mut g) => *g = snap.clone(),
                     Err(p) => *p.into_inner() = snap.clone(),
@@ -187,6 +205,7 @@ impl ServerCache {
 
     /// Looks a server up by uuid; an unknown uuid triggers one rate-limited refresh.
     pub async fn by_uuid(&self, uuid: &str) -> Result<Lookup, CacheError> {
+        let asked = Instant::now();
         let snap = self.fresh().await?;
         if let Some(s) = snap.by_uuid.get(uuid) {
             return Ok(Lookup::Found(s.clone()));
@@ -194,28 +213,49 @@ impl ServerCache {
         let snap = self.refresh_if_not_newer(snap.fetched_at, true).await?;
         Ok(match snap.by_uuid.get(uuid) {
             Some(s) => Lookup::Found(s.clone()),
-            None => Lookup::NotListed,
+            None => self.missing(&snap, asked).await,
         })
     }
 
     /// Looks a server up by name (Nodes without providerID). More than one match is an error.
-    pub async fn by_name(&self, name: &str) -> Result<Option<Arc<Server>>, String> {
-        let mut snap = self.fresh().await.map_err(|e| e.to_string())?;
+    pub async fn by_name(&self, name: &str) -> Result<Lookup, CacheError> {
+        let asked = Instant::now();
+        let mut snap = self.fresh().await?;
         if !snap.by_name.contains_key(name) {
-            snap = self
-                .refresh_if_not_newer(snap.fetched_at, true)
-                .await
-                .map_err(|e| e.to_string())?;
+            snap = self.refresh_if_not_newer(snap.fetched_at, true).await?;
         }
         match snap.by_name.get(name).map(Vec::as_slice) {
-            None | Some([]) => Ok(None),
-            Some([one]) => Ok(Some(one.clone())),
-            Some(many) => Err(format!(
+            None | Some([]) => Ok(self.missing(&snap, asked).await),
+            Some([one]) => Ok(Lookup::Found(one.clone())),
+            Some(many) => Err(CacheError::Ambiguous(format!(
                 "{} CloudSigma servers are named {name:?} ({}); set the Node's providerID (kubelet --provider-id=cloudsigma://<uuid>) or rename the servers",
                 many.len(),
                 many.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>().join(", ")
-            )),
+            ))),
         }
+    }
+
+    /// A miss in `snap`: confirmed when the listing is newer than the lookup, else "ask again once
+    /// the next listing is allowed".
+    async fn missing(&self, snap: &Snapshot, asked: Instant) -> Lookup {
+        if listing_confirms(snap.started_at, asked) {
+            return Lookup::NotListed;
+        }
+        let st = self.refresh.lock().await;
+        let now = Instant::now();
+        let next = [
+            st.last_attempt.map(|t| t + self.min_interval),
+            st.not_before,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(now);
+        // Never spin: at least a short pause even if a listing is allowed right now.
+        Lookup::NotYet(
+            next.saturating_duration_since(now)
+                .max(Duration::from_millis(100)),
+        )
     }
 
     /// Is the server definitively gone? Only a direct GET answering 404 says yes; anything else

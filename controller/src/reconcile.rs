@@ -62,6 +62,16 @@ pub enum Error {
     Cloud(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A fresh listing has no server for the Node.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("{0}")]
+    ProviderId(String),
+    /// The Node's addresses cannot be derived (kubelet --node-ip does not fit the server).
+    #[error("{0}")]
+    Addresses(String),
     #[error("{0}")]
     Node(String),
 }
@@ -71,8 +81,30 @@ impl Error {
         match self {
             Error::Cloud(_) => "cloudsigma",
             Error::Kube(_) => "kubernetes",
-            Error::Node(_) => "node",
+            _ => "node",
         }
+    }
+
+    /// The Event reason: one per cause. The event recorder groups repeats by reason (a repeat
+    /// only bumps `series.count` of the first Event, whose note stays), so one reason for every
+    /// cause would keep showing the first cause in `kubectl describe node` after it changed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Cloud(_) => "CloudSigmaUnavailable",
+            Error::Kube(_) => "KubernetesAPIError",
+            Error::NotFound(_) => "ServerNotFound",
+            Error::Ambiguous(_) => "AmbiguousServerName",
+            Error::ProviderId(_) => "InvalidProviderID",
+            Error::Addresses(_) => "InvalidNodeIP",
+            Error::Node(_) => "InitializationFailed",
+        }
+    }
+}
+
+fn cache_error(e: crate::cache::CacheError) -> Error {
+    match e {
+        crate::cache::CacheError::Ambiguous(m) => Error::Ambiguous(m),
+        e => Error::Cloud(e.to_string()),
     }
 }
 
@@ -85,7 +117,7 @@ pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             ctx.event(
                 &n,
                 EventType::Warning,
-                "InitializationFailed",
+                e.reason(),
                 "Initialize",
                 e.to_string(),
             )
@@ -170,7 +202,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let pid = node::parse_provider_id(n.spec.as_ref().and_then(|s| s.provider_id.as_deref()))
-        .map_err(Error::Node)?;
+        .map_err(Error::ProviderId)?;
     if let ProviderId::Foreign(_) = pid {
         return Ok(Action::await_change()); // another cloud's Node
     }
@@ -194,21 +226,24 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     if tainted {
-        let server = match &pid {
-            ProviderId::CloudSigma(uuid) => match ctx.cache.by_uuid(uuid).await.map_err(|e| Error::Cloud(e.to_string()))? {
-                Lookup::Found(s) => s,
-                Lookup::NotListed => {
-                    return lifecycle_gone(n, uuid, ctx).await;
-                }
-            },
-            _ => match ctx.cache.by_name(&name).await.map_err(Error::Cloud)? {
-                Some(s) => s,
-                None => {
-                    return Err(Error::Node(format!(
-                        "no CloudSigma server named {name:?} and the Node has no providerID; name the server like the Node or start kubelet with --provider-id=cloudsigma://<uuid>"
-                    )))
-                }
-            },
+        let lookup = match &pid {
+            ProviderId::CloudSigma(uuid) => ctx.cache.by_uuid(uuid).await,
+            _ => ctx.cache.by_name(&name).await,
+        }
+        .map_err(cache_error)?;
+        let server = match (lookup, &pid) {
+            (Lookup::Found(s), _) => s,
+            // Not in a listing older than this Node: look again once a new one is allowed,
+            // without reporting anything (a Node registering just after a listing lands here).
+            (Lookup::NotYet(after), _) => return Ok(Action::requeue(after)),
+            (Lookup::NotListed, ProviderId::CloudSigma(uuid)) => {
+                return lifecycle_gone(n, uuid, ctx).await
+            }
+            (Lookup::NotListed, _) => {
+                return Err(Error::NotFound(format!(
+                    "no CloudSigma server named {name:?} and the Node has no providerID; name the server like the Node or start kubelet with --provider-id=cloudsigma://<uuid>"
+                )))
+            }
         };
         initialize(n, &server, ctx).await?;
         return Ok(requeue);
@@ -220,11 +255,12 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     };
     let server = match ctx.cache.by_uuid(&uuid).await {
         Ok(Lookup::Found(s)) => s,
+        Ok(Lookup::NotYet(after)) => return Ok(Action::requeue(after)),
         Ok(Lookup::NotListed) => return lifecycle_gone(n, &uuid, ctx).await,
         Err(e) => {
             // Nothing is changed on errors (no deletion, no taint flips).
             ctx.metrics.deletions_skipped.inc();
-            return Err(Error::Cloud(e.to_string()));
+            return Err(cache_error(e));
         }
     };
     lifecycle_present(n, &server, ctx).await?;
@@ -235,7 +271,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
 /// labels and the taint removal, so a schedulable Node always has its cloud addresses.
 async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
-    let addrs = node::desired_addresses(n, server).map_err(Error::Node)?;
+    let addrs = node::desired_addresses(n, server).map_err(Error::Addresses)?;
     let mut stale_rvs: Vec<String> = n.metadata.resource_version.iter().cloned().collect();
     // The status patch returns the Node with its new resourceVersion: the Update below uses it, so
     // it does not conflict with our own write.
@@ -523,5 +559,27 @@ mod tests {
     fn error_kinds_name_the_failing_side() {
         assert_eq!(Error::Cloud("x".into()).kind(), "cloudsigma");
         assert_eq!(Error::Node("x".into()).kind(), "node");
+        assert_eq!(Error::Addresses("x".into()).kind(), "node");
+    }
+
+    #[test]
+    fn each_cause_has_its_own_event_reason() {
+        let all = [
+            Error::Cloud("x".into()),
+            Error::NotFound("x".into()),
+            Error::Ambiguous("x".into()),
+            Error::ProviderId("x".into()),
+            Error::Addresses("x".into()),
+            Error::Node("x".into()),
+        ];
+        let mut reasons: Vec<_> = all.iter().map(Error::reason).collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), all.len(), "{reasons:?}");
+        // Reasons are UpperCamelCase words, as the Events API expects.
+        assert!(reasons
+            .iter()
+            .all(|r| r.chars().all(|c| c.is_ascii_alphanumeric())
+                && r.starts_with(|c: char| c.is_ascii_uppercase())));
     }
 }

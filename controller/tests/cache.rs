@@ -74,20 +74,30 @@ async fn one_listing_serves_concurrent_lookups_and_unknown_uuids_are_rate_limite
     assert_eq!(list_calls(&emu), 1, "counters: {:?}", emu.counters());
     assert_eq!(metrics.api_calls_total("list_servers"), 1);
 
-    // Unknown uuid right after a listing: that listing is recent enough (< min-interval), no call.
+    // Unknown uuid right after a listing: no new call (< min-interval), and no verdict either —
+    // that listing predates the lookup, so it is "ask again in <= min-interval", never "missing".
+    match cache.by_uuid("00000000-0000-4000-8000-00000000dead").await {
+        Ok(Lookup::NotYet(d)) => assert!(d <= Duration::from_millis(500), "{d:?}"),
+        other => panic!("want NotYet, got {other:?}"),
+    }
     assert!(matches!(
-        cache.by_uuid("00000000-0000-4000-8000-00000000dead").await,
-        Ok(Lookup::NotListed)
+        cache.by_name("not-yet-there").await,
+        Ok(Lookup::NotYet(_))
     ));
     assert_eq!(list_calls(&emu), 1);
-    // Later, the first unknown lookup refreshes, the next ones within min-interval do not.
+    // Later, the first unknown lookup refreshes and that fresh listing confirms the miss; the next
+    // ones within min-interval make no call and get no verdict.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    for _ in 0..10 {
+    for i in 0..10 {
         let r = cache
             .by_uuid("00000000-0000-4000-8000-00000000dead")
             .await
             .expect("lookup");
-        assert!(matches!(r, Lookup::NotListed));
+        if i == 0 {
+            assert!(matches!(r, Lookup::NotListed), "{r:?}");
+        } else {
+            assert!(matches!(r, Lookup::NotYet(_)), "{r:?}");
+        }
     }
     assert_eq!(
         list_calls(&emu),
@@ -96,7 +106,10 @@ async fn one_listing_serves_concurrent_lookups_and_unknown_uuids_are_rate_limite
         emu.counters()
     );
     // Name lookups come from the same listing.
-    assert!(cache.by_name("s3").await.expect("by name").is_some());
+    assert!(matches!(
+        cache.by_name("s3").await.expect("by name"),
+        Lookup::Found(_)
+    ));
     assert_eq!(list_calls(&emu), 2);
 
     // Gone is only confirmed by a 404.

@@ -296,7 +296,7 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
     let ev = events(&cluster);
     assert!(
         ev.lines()
-            .any(|l| l.starts_with("node-x InitializationFailed")
+            .any(|l| l.starts_with("node-x ServerNotFound")
                 && l.contains("no CloudSigma server named")),
         "events:\n{ev}"
     );
