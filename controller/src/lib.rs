@@ -93,8 +93,10 @@ pub struct Options {
     pub renew_deadline: Duration,
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:10258")]
+    /// Address of /metrics, /healthz and /readyz (plain HTTP, no authentication). Loopback by
+    /// default: the Pod runs with hostNetwork, so a wildcard address would publish them on the
+    /// node's public NAT IP.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "127.0.0.1:10258")]
     pub metrics_bind: SocketAddr,
     /// text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -362,6 +364,14 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn metrics_listen_on_loopback_by_default() {
+        use clap::Parser;
+        let o = Options::parse_from(["cloudsigma-controller"]);
+        assert!(o.metrics_bind.ip().is_loopback(), "{}", o.metrics_bind);
+        assert_eq!(o.metrics_bind.port(), 10258);
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));

@@ -450,6 +450,9 @@ async fn binary_runs_under_kustomize_rbac() {
     );
     assert_eq!(can(&["update", "leases", "-n", "cloudsigma-system"]), "yes");
     assert_eq!(can(&["patch", "nodes", "--subresource=status"]), "yes");
+    // Verbs the code never uses are not granted.
+    assert_eq!(can(&["patch", "nodes"]), "no");
+    assert_eq!(can(&["update", "nodes", "--subresource=status"]), "no");
     assert_eq!(can(&["delete", "nodes"]), "yes");
     assert_eq!(can(&["watch", "nodes"]), "yes");
 

@@ -73,8 +73,15 @@ fn kustomize_renders_least_privilege_install() {
             !verbs.contains(&"*".to_string()) && !res.contains(&"*".to_string()),
             "wildcard in {rule:?}"
         );
+        // Only the verbs the code uses (nodes are never patched, their status never updated).
         if res.contains(&"nodes".to_string()) {
-            assert_eq!(verbs, ["get", "list", "watch", "update", "patch", "delete"]);
+            assert_eq!(verbs, ["get", "list", "watch", "update", "delete"]);
+        }
+        if res.contains(&"nodes/status".to_string()) {
+            assert_eq!(verbs, ["patch"]);
+        }
+        if res.contains(&"events".to_string()) {
+            assert_eq!(verbs, ["create", "patch"]);
         }
         resources.extend(res);
     }
@@ -122,6 +129,41 @@ fn kustomize_renders_least_privilege_install() {
         Some("/readyz")
     );
     assert!(c["resources"]["limits"]["memory"].as_str().is_some());
+    // hostNetwork: /metrics must not listen on the node's public address. Nothing overrides the
+    // loopback default, and the probes dial loopback.
+    let mut settings = strs(&c["args"]);
+    settings.extend(strs(&c["command"]));
+    for e in c["env"].as_sequence().into_iter().flatten() {
+        if e["name"].as_str() == Some("METRICS_BIND_ADDRESS") {
+            settings.push(format!(
+                "--metrics-bind={}",
+                e["value"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for (k, v) in find(&docs, "ConfigMap")[0]["data"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+    {
+        if k.as_str() == Some("METRICS_BIND_ADDRESS") {
+            settings.push(format!("--metrics-bind={}", v.as_str().unwrap_or("")));
+        }
+    }
+    for a in settings.iter().filter(|a| a.starts_with("--metrics-bind")) {
+        let addr = a.split_once('=').map(|(_, v)| v).unwrap_or("");
+        assert!(
+            addr.starts_with("127.") || addr.starts_with("[::1]"),
+            "metrics bound beyond loopback under hostNetwork: {a}"
+        );
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["host"].as_str(),
+            Some("127.0.0.1"),
+            "{probe} must dial the loopback the server listens on"
+        );
+    }
     // The configMapGenerator's hashed name must be wired into envFrom.
     let cm = find(&docs, "ConfigMap")[0]["metadata"]["name"]
         .as_str()
