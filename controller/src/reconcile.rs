@@ -174,9 +174,11 @@ fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: &str
 
 /// The shutdown taint a Node should get for its server's status: `Some(true)` add it (stopped),
 /// `Some(false)` remove it (running again), `None` leave it (any other status, or already so).
+/// A server being deleted is as good as shut down (the API refuses every action on it), so its
+/// Node is tainted at once; the Node itself goes only once the server 404s (`lifecycle_gone`).
 fn shutdown_taint_change(status: ServerStatus, tainted: bool) -> Option<bool> {
     match status {
-        ServerStatus::Stopped if !tainted => Some(true),
+        ServerStatus::Stopped | ServerStatus::Deleting if !tainted => Some(true),
         ServerStatus::Running if tainted => Some(false),
         _ => None,
     }
@@ -528,13 +530,15 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_taint_follows_stopped_and_running_only() {
+    fn shutdown_taint_follows_stopped_deleting_and_running_only() {
         use ServerStatus::*;
         assert_eq!(shutdown_taint_change(Stopped, false), Some(true));
         assert_eq!(shutdown_taint_change(Stopped, true), None);
         assert_eq!(shutdown_taint_change(Running, true), Some(false));
         assert_eq!(shutdown_taint_change(Running, false), None);
-        for s in [Starting, Stopping, Paused, Unavailable] {
+        assert_eq!(shutdown_taint_change(Deleting, false), Some(true));
+        assert_eq!(shutdown_taint_change(Deleting, true), None);
+        for s in [Starting, Stopping, Paused, Unavailable, Unknown] {
             assert_eq!(shutdown_taint_change(s, false), None, "{s}");
             assert_eq!(shutdown_taint_change(s, true), None, "{s}");
         }
