@@ -77,7 +77,8 @@ pub fn prereqs_or_skip(test: &str) -> bool {
 pub fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+        // The program only: `{cmd:?}` would print the environment, i.e. the emulator password.
+        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
     if !out.status.success() {
         panic!(
             "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
