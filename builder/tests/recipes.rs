@@ -435,3 +435,33 @@ fn debian_k8s_is_ubuntu_k8s_with_local_source() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(names(&thin), names(&product));
 }
+
+/// The parent's steps read the parent's secrets, so a thin recipe carries them all; like `vars`,
+/// it may add names (for a parent step that reads a secret when it is there), never drop one.
+#[test]
+fn extends_carries_and_adds_secrets() {
+    let (d, _parent) = setup(&GOOD.replace("steps:", "secrets: [registry_token]\nsteps:"));
+    let child_dir = d.path().join("child");
+    std::fs::create_dir(&child_dir).unwrap();
+    let child = child_dir.join("recipe.yaml");
+    let load = |extra: &str| {
+        std::fs::write(&child, format!("extends: ..\nname: thin\n{extra}")).unwrap();
+        Recipe::load(&child, &BTreeMap::new())
+    };
+    let secrets = |extra: &str| load(extra).unwrap_or_else(|e| panic!("{e}")).spec.secrets;
+    assert_eq!(secrets(""), ["registry_token"], "inherited");
+    assert_eq!(
+        secrets("secrets: [mirror_token]\n"),
+        ["registry_token", "mirror_token"],
+        "added to the parent's, not replacing them"
+    );
+    assert_eq!(
+        secrets("secrets: [mirror_token, registry_token]\n"),
+        ["registry_token", "mirror_token"],
+        "naming a parent's secret again declares it once"
+    );
+    let e = load("secrets: [Bad]\n").unwrap_err().to_string();
+    assert!(e.contains("secret name \"Bad\""), "{e}");
+    let e = load("secrets: registry_token\n").unwrap_err().to_string();
+    assert!(e.contains("secrets must be a list"), "{e}");
+}

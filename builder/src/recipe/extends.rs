@@ -73,7 +73,7 @@ impl Parent {
     }
 
     /// The child's settings over the parent's: top-level keys replace the parent's, `vars` are
-    /// merged name by name, and the steps are the parent's alone.
+    /// merged name by name, `secrets` added to the parent's, and the steps are the parent's alone.
     fn merge(&self, child_text: &str) -> Result<RecipeFile, String> {
         use serde_yaml::{Mapping, Value};
         let parse = |t: &str, what: &str| -> Result<Mapping, String> {
@@ -97,7 +97,11 @@ impl Parent {
             match k.as_str() {
                 Some("extends") => {}
                 Some("steps") => {
-                    return Err("a recipe that `extends` another may not define `steps`: it may change name, description, base, disk_size, server, ssh_user, timeouts, output and vars".into())
+                    return Err("a recipe that `extends` another may not define `steps`: it may change name, description, base, disk_size, server, ssh_user, timeouts, output and vars, and add secrets".into())
+                }
+                Some("secrets") => {
+                    let parent = merged.remove("secrets");
+                    merged.insert(k, super::secrets::inherit(parent, v)?);
                 }
                 Some("vars") => {
                     let Value::Mapping(child_vars) = v else {

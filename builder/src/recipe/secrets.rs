@@ -4,6 +4,7 @@
 use super::lines::key_line;
 use super::vars::valid_var_name;
 use super::{Diag, RecipeFile};
+use serde_yaml::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -19,4 +20,23 @@ pub(super) fn check_declared(spec: &RecipeFile, file: &Path, text: &str, diags: 
             ));
         }
     }
+}
+
+/// A thin recipe's `secrets:` merged over its parent's. The parent's steps read the parent's
+/// secrets, so none may be dropped (a replacing list would leave a step without its file); the
+/// child may add names, as it adds `vars`, for a parent step that reads a secret when present.
+/// A name the parent already declares is kept once.
+pub(super) fn inherit(parent: Option<Value>, child: Value) -> Result<Value, String> {
+    let Value::Sequence(child) = child else {
+        return Err("secrets must be a list of names".into());
+    };
+    let mut names = match parent {
+        Some(Value::Sequence(p)) => p,
+        // the merged recipe fails to parse with serde's own message
+        Some(other) => return Ok(other),
+        None => Vec::new(),
+    };
+    let inherited = names.clone();
+    names.extend(child.into_iter().filter(|n| !inherited.contains(n)));
+    Ok(Value::Sequence(names))
 }

@@ -168,8 +168,8 @@ impl VarValue {
 pub struct RecipeFile {
     /// A thin recipe names the recipe it builds on (a path relative to this file's directory):
     /// it inherits everything and may change `name`, `description`, `base`, `disk_size`, `server`,
-    /// `ssh_user`, `timeouts`, `output` and the values of `vars`, never the steps. Inherited paths
-    /// stay relative to the parent's directory.
+    /// `ssh_user`, `timeouts`, `output` and the values of `vars`, and add `secrets`, never the
+    /// steps. Inherited paths stay relative to the parent's directory.
     #[serde(default)]
     pub extends: Option<String>,
     pub name: String,
