@@ -1,6 +1,7 @@
 //! HTTPS: a generated CA (written out for clients) or given PEM files; plain HTTP stays the
-//! default. The project's API client has no CA option (it trusts the webpki roots only), so the
-//! round trips use reqwest with rustls, as the client does, trusting the written CA.
+//! default. These tests are about the server, so the round trips use plain reqwest with rustls
+//! (as the API client does) trusting the written CA; the API client's own CA option (`ca_file`,
+//! `$CLOUDSIGMA_CA_FILE`, imgbuild's `--ca-file`) is tested against this server in api/tests/tls.rs.
 use cloudsim::{Emulator, EmulatorConfig, TlsConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
