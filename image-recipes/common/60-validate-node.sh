@@ -2,18 +2,9 @@
 # Validation of the OS-level node checklist (the goss idea, in plain shell): fail loudly with
 # every problem listed rather than stopping at the first.
 set -uo pipefail
-
-fail=0
-check() {
-  local what=$1
-  shift
-  if "$@" >/dev/null 2>&1; then
-    echo "ok:   $what"
-  else
-    echo "FAIL: $what"
-    fail=1
-  fi
-}
+# check, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# shellcheck source=/dev/null
+. /tmp/imgbuild/lib/image.sh
 
 # /sys/module/X exists for loaded modules and for ones built into the kernel alike
 check "module overlay loaded" test -d /sys/module/overlay
@@ -22,6 +13,7 @@ check "modules configured at boot" grep -qx br_netfilter /etc/modules-load.d/kub
 check "net.ipv4.ip_forward = 1" test "$(sysctl -n net.ipv4.ip_forward)" = 1
 check "bridge-nf-call-iptables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-iptables)" = 1
 check "bridge-nf-call-ip6tables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-ip6tables)" = 1
+check "net.ipv6.conf.all.disable_ipv6 = 0" test "$(sysctl -n net.ipv6.conf.all.disable_ipv6)" = 0
 check "vm.overcommit_memory = 1" test "$(sysctl -n vm.overcommit_memory)" = 1
 check "kernel.panic = 10" test "$(sysctl -n kernel.panic)" = 10
 check "kernel.panic_on_oops = 1" test "$(sysctl -n kernel.panic_on_oops)" = 1
@@ -42,4 +34,4 @@ check "bootstrap unit enabled" systemctl is-enabled cloudsigma-bootstrap.service
 check "cloud-init disabled" test -f /etc/cloud/cloud-init.disabled
 check "host key regeneration enabled" systemctl is-enabled imgbuild-ssh-hostkeys.service
 
-exit "$fail"
+checks_done
