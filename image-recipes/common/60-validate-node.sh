@@ -2,7 +2,7 @@
 # Validation of the OS-level node checklist (the goss idea, in plain shell): fail loudly with
 # every problem listed rather than stopping at the first.
 set -uo pipefail
-# check, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# check, checks_done, all_masked: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
 
@@ -19,13 +19,6 @@ check "kernel.panic = 10" test "$(sysctl -n kernel.panic)" = 10
 check "kernel.panic_on_oops = 1" test "$(sysctl -n kernel.panic_on_oops)" = 1
 check "fs.inotify.max_user_watches >= 524288" test "$(sysctl -n fs.inotify.max_user_watches)" -ge 524288
 check "fs.inotify.max_user_instances >= 8192" test "$(sysctl -n fs.inotify.max_user_instances)" -ge 8192
-# shellcheck disable=SC2317 # called through check()
-all_masked() {
-  local u
-  for u in "$@"; do
-    [ "$(systemctl is-enabled "$u" 2>/dev/null)" = masked ] || return 1
-  done
-}
 check "apt timers and unattended-upgrades masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
 check "swap off" test -z "$(swapon --show --noheadings)"
 check "no swap in fstab" bash -c "! grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab"

@@ -46,7 +46,8 @@ done
 # docs/imgbuild.md, "Networking"), so "online" means ANY link configured, not all of them.
 if command -v netplan >/dev/null 2>&1; then
   install -d -m 0755 /etc/netplan
-  install -m 0600 /dev/stdin /etc/netplan/01-imgbuild-dhcp.yaml <<'NETPLAN'
+  # 0600: netplan warns about configs others can read
+  (umask 077 && cat > /etc/netplan/01-imgbuild-dhcp.yaml) <<'NETPLAN'
 # written by imgbuild (image-recipes/common/90-sysprep.sh): DHCP on every Ethernet NIC, matched by
 # name and never by MAC, so that clones (new MACs) come up.
 network:

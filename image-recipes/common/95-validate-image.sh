@@ -5,7 +5,7 @@
 # and imgbuild removes them on its last login (clean-guest); tests/e2e/tests/first_boot.rs checks
 # that a clone generates its own.
 set -uo pipefail
-# check, checks_done, mac_pinned_net_configs: image-recipes/common/lib/image.sh, uploaded by the
+# check, checks_done, all_masked, mac_pinned_net_configs: image-recipes/common/lib/image.sh, uploaded by the
 # recipe's step "shared script helpers"
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
@@ -26,13 +26,6 @@ generic_dhcp() {
   test -f /etc/systemd/network/99-imgbuild-dhcp.network && systemctl is-enabled systemd-networkd.service
 }
 check "a generic DHCP config (netplan or systemd-networkd, by interface name)" generic_dhcp
-# shellcheck disable=SC2317 # called through check()
-all_masked() {
-  local u
-  for u in "$@"; do
-    [ "$(systemctl is-enabled "$u" 2>/dev/null)" = masked ] || return 1
-  done
-}
 check "apt timers and unattended-upgrades still masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
 check "no dpkg lock timeout left from the build" test ! -e /etc/apt/apt.conf.d/99imgbuild-lock-timeout
 check "cloud-init still disabled" test -f /etc/cloud/cloud-init.disabled

@@ -21,6 +21,14 @@ checks_done() {
   exit "$_image_checks_failed"
 }
 
+# All the given systemd units are masked (for check).
+all_masked() {
+  local u
+  for u in "$@"; do
+    [ "$(systemctl is-enabled "$u" 2>/dev/null)" = masked ] || return 1
+  done
+}
+
 # Network configuration files that pin the build VM's NIC by its MAC address (printed, one per
 # line). A clone has new MACs: with such a file its NIC keeps no name or no address. Covered:
 # netplan (match macaddress / set-name), systemd-networkd and .link files ([Match] MACAddress=),

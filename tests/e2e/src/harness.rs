@@ -685,24 +685,8 @@ impl Api {
 
     /// Clones a drive and waits until the clone is ready; returns its uuid.
     pub async fn clone_drive(&self, src: &str, name: &str) -> String {
-        let clone = self
-            .post(
-                &format!("drives/{src}/action/?do=clone"),
-                serde_json::json!({ "name": name }),
-            )
-            .await;
-        let uuid = clone["objects"][0]["uuid"]
-            .as_str()
-            .or_else(|| clone["uuid"].as_str())
-            .expect("clone uuid")
-            .to_string();
-        self.wait_status(
-            &format!("drives/{uuid}/"),
-            "unmounted",
-            Duration::from_secs(300),
-        )
-        .await;
-        uuid
+        self.clone_drive_with(src, serde_json::json!({ "name": name }))
+            .await
     }
 
     /// Deletes every tag (imgbuild's tags are account resources too) and asserts that no server
@@ -839,11 +823,14 @@ impl Api {
     /// `qemu-img resize`), as providers clone the image at the Machine's disk size, and waits
     /// until the clone is ready; returns its uuid.
     pub async fn clone_drive_sized(&self, src: &str, name: &str, size: u64) -> String {
+        self.clone_drive_with(src, serde_json::json!({ "name": name, "size": size }))
+            .await
+    }
+
+    /// `POST drives/SRC/action/?do=clone` with `body`, then waits until the clone is ready.
+    async fn clone_drive_with(&self, src: &str, body: Value) -> String {
         let clone = self
-            .post(
-                &format!("drives/{src}/action/?do=clone"),
-                serde_json::json!({ "name": name, "size": size }),
-            )
+            .post(&format!("drives/{src}/action/?do=clone"), body)
             .await;
         let uuid = clone["objects"][0]["uuid"]
             .as_str()
