@@ -340,11 +340,12 @@ async fn first_boot_of_a_larger_clone() {
 
     // 5. networking came up on the clone's new MAC
     let nic = ssh
-        .run(&format!(
-            "for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && basename $d; done"
-        ))
+        .run(&format!("grep -lx {mac} /sys/class/net/*/address || true"))
         .expect("interfaces");
-    let nic = nic.trim().to_string();
+    let nic = nic
+        .trim()
+        .trim_start_matches("/sys/class/net/")
+        .trim_end_matches("/address");
     assert!(!nic.is_empty(), "no interface with the clone's MAC {mac}");
     let addr = ssh
         .run(&format!("ip -4 -o addr show dev {nic}"))
