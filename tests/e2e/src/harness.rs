@@ -792,32 +792,6 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-#[cfg(test)]
-mod tests {
-    /// The rendered data is what CABPK writes: args before the provider-id, extra files before the
-    /// placeholder, quotes in file content escaped for the double-quoted YAML scalar.
-    #[test]
-    fn cabpk_worker_data_shape() {
-        let d = super::cabpk_worker_data(
-            "10.0.2.2:6443",
-            "abcdef.0123456789abcdef",
-            "sha256:00",
-            &[("cloud-provider", "external")],
-            &[("/etc/x.json", "0644", r#"{"a":"b"}"#)],
-            "ssh-ed25519 AAAA k",
-        );
-        assert!(d.starts_with("## template: jinja\n#cloud-config\n"), "{d}");
-        assert!(d.contains("        kubeletExtraArgs:\n        - name: cloud-provider\n          value: external\n        - name: provider-id\n          value: cloudsigma://{{ ds.meta_data.instance_id }}\n"), "{d}");
-        assert!(d.contains("-   path: /etc/x.json\n    owner: root:root\n    permissions: '0644'\n    content: \"{\\\"a\\\":\\\"b\\\"}\"\n-   path: /run/cluster-api/placeholder\n"), "{d}");
-        let plain = super::cabpk_worker_data("e:1", "t", "h", &[], &[], "k");
-        assert!(
-            plain.contains("        kubeletExtraArgs:\n        - name: provider-id\n"),
-            "{plain}"
-        );
-        assert!(plain.contains("name: '{{ ds.meta_data.local_hostname }}'\n-   path: /run/cluster-api/placeholder\n"), "{plain}");
-    }
-}
-
 impl Api {
     /// Clones a drive at `size` bytes (≥ the source's; the QEMU backend grows the copy with
     /// `qemu-img resize`), as providers clone the image at the Machine's disk size, and waits
@@ -920,5 +894,31 @@ impl DiskImage {
                 .unwrap_or_else(|| panic!("debugfs stats has no {name}:\n{stats}"))
         };
         field("Block count:") * field("Block size:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The rendered data is what CABPK writes: args before the provider-id, extra files before the
+    /// placeholder, quotes in file content escaped for the double-quoted YAML scalar.
+    #[test]
+    fn cabpk_worker_data_shape() {
+        let d = super::cabpk_worker_data(
+            "10.0.2.2:6443",
+            "abcdef.0123456789abcdef",
+            "sha256:00",
+            &[("cloud-provider", "external")],
+            &[("/etc/x.json", "0644", r#"{"a":"b"}"#)],
+            "ssh-ed25519 AAAA k",
+        );
+        assert!(d.starts_with("## template: jinja\n#cloud-config\n"), "{d}");
+        assert!(d.contains("        kubeletExtraArgs:\n        - name: cloud-provider\n          value: external\n        - name: provider-id\n          value: cloudsigma://{{ ds.meta_data.instance_id }}\n"), "{d}");
+        assert!(d.contains("-   path: /etc/x.json\n    owner: root:root\n    permissions: '0644'\n    content: \"{\\\"a\\\":\\\"b\\\"}\"\n-   path: /run/cluster-api/placeholder\n"), "{d}");
+        let plain = super::cabpk_worker_data("e:1", "t", "h", &[], &[], "k");
+        assert!(
+            plain.contains("        kubeletExtraArgs:\n        - name: provider-id\n"),
+            "{plain}"
+        );
+        assert!(plain.contains("name: '{{ ds.meta_data.local_hostname }}'\n-   path: /run/cluster-api/placeholder\n"), "{plain}");
     }
 }
