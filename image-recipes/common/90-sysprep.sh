@@ -3,7 +3,7 @@
 # SSH host keys and logs. (The login key and the host keys are removed by imgbuild itself
 # at the very end, because every new SSH connection needs the host keys.)
 set -euo pipefail
-# mac_pinned_net_configs: image-recipes/common/lib/image.sh, uploaded by the recipe's step
+# mac_pinned_net_configs, image_hygiene_checks, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step
 # "shared script helpers"
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
@@ -24,7 +24,7 @@ fi
 # by its MAC. cloud-init's generated network files go (its `clean --configs network` list,
 # cloudinit/cmd/clean.py GEN_NET_CONFIG_FILES, removed by name so any cloud-init version is
 # covered), then udev's persistent-net rules (image-builder's sysprep "Reset network interface
-# IDs"), then any other netplan/networkd file that matches on a MAC. 95-validate-image.sh fails
+# IDs"), then any other netplan/networkd file that matches on a MAC. The checks at the end fail
 # the build if one is left.
 rm -f /etc/netplan/50-cloud-init.yaml \
   /etc/NetworkManager/conf.d/99-cloud-init.conf \
@@ -114,4 +114,7 @@ find /tmp -mindepth 1 -maxdepth 1 ! -name imgbuild -exec rm -rf {} +
 find /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 
 sync
-echo "sysprep done"
+echo "sysprep done; image hygiene:"
+# Every failure listed, the build fails on any (checks_done exits 1).
+image_hygiene_checks
+checks_done

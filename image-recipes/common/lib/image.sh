@@ -49,3 +49,30 @@ mac_pinned_net_configs() {
   done
   return 0
 }
+
+# The generic DHCP config sysprep writes is there, for the network stack in use.
+generic_dhcp_config() {
+  test -f /etc/netplan/01-imgbuild-dhcp.yaml && return 0
+  test -f /etc/systemd/network/99-imgbuild-dhcp.network && systemctl is-enabled systemd-networkd.service
+}
+
+# Image hygiene, checked at the end of sysprep: what image-builder's goss suite checks
+# (packer/goss/goss-image-hygiene.yaml) plus networking that survives cloning. SSH host keys
+# cannot be checked there: that very session needs them, and imgbuild removes them on its last
+# login (clean-guest); tests/e2e/tests/first_boot.rs checks the image drive for them.
+image_hygiene_checks() {
+  check "/etc/machine-id empty (systemd makes a new one on first boot)" test ! -s /etc/machine-id
+  check "/etc/machine-id present (empty, not missing: / may be read-only on first boot)" test -e /etc/machine-id
+  check "no cloud-init instance state" bash -c '! ls -d /var/lib/cloud/instance /var/lib/cloud/instances/* /var/lib/cloud/data/instance-id 2>/dev/null | grep -q .'
+  check "no shell history" bash -c '! find /root /home -maxdepth 2 -name .bash_history -size +0 2>/dev/null | grep -q .'
+  check "/var/log below 64 MiB (image-builder allows 200)" test "$(du -sm /var/log | cut -f1)" -lt 64
+  check "no core dumps" bash -c '! find /var/crash /var/lib/systemd/coredump /var/tmp /tmp -xdev -type f \( -name core -o -name "core.*" -o -name "*.core" \) 2>/dev/null | grep -q .'
+  check "no network config pinned to the build VM's MAC" test -z "$(mac_pinned_net_configs)"
+  if [ -n "$(mac_pinned_net_configs)" ]; then
+    mac_pinned_net_configs | sed 's/^/      MAC-pinned: /'
+  fi
+  check "a generic DHCP config (netplan or systemd-networkd, by interface name)" generic_dhcp_config
+  check "apt timers and unattended-upgrades still masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
+  check "no dpkg lock timeout left from the build" test ! -e /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+  check "cloud-init still disabled" test -f /etc/cloud/cloud-init.disabled
+}
