@@ -221,7 +221,8 @@ impl Agent<'_> {
     fn sequence(&mut self) -> Flow<&'static str> {
         // 0: grow the root into a drive cloned larger than the image; every boot, needs no data.
         use crate::steps::growpart;
-        self.step("growpart", growpart::skip(&self.o.root), growpart::apply)?;
+        let skip = self.gate(growpart::skip(&self.o.root));
+        self.step("growpart", skip, growpart::apply)?;
         // 1-4: context, user data, template, cloud-config.
         let Some((ctx, kind, cfg)) = self.read_data()? else {
             return Ok("skipped");
