@@ -426,23 +426,11 @@ async fn first_boot_of_a_larger_clone() {
 
     // 8. shutdown and delete: nothing left
     let p = Instant::now();
-    api.post(&format!("servers/{server}/action/?do=shutdown"), json!({}))
+    api.power_off_and_delete(&server, "shutdown", Duration::from_secs(180))
         .await;
-    api.wait_status(
-        &format!("servers/{server}/"),
-        "stopped",
-        Duration::from_secs(180),
-    )
-    .await;
     report.ssh = None;
-    api.delete(&format!("servers/{server}/?recurse=all_drives"))
-        .await;
-    api.delete(&format!("drives/{image}/")).await;
-    api.assert_empty_after_tags().await;
-    let files = cloud.drive_files();
-    assert!(files.is_empty(), "drive files left: {files:?}");
     phases.push(("shutdown + delete", p.elapsed()));
-    cloud.emu.shutdown().await;
+    cloud.finish(&image).await;
     drop(report);
 
     eprintln!("\n== first boot: {:.1}s ==", t0.elapsed().as_secs_f64());
