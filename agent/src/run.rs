@@ -219,6 +219,10 @@ impl Agent<'_> {
     /// The steps of docs/agent.md's table, in its order. Returns the final result word
     /// ("success" | "skipped"), or Err after the failing step recorded why.
     fn sequence(&mut self) -> Flow<&'static str> {
+        // 0: grow the root into a drive cloned larger than the image; every boot, needs no data.
+        use crate::steps::growpart;
+        let skip = self.gate(growpart::skip(&self.o.root));
+        self.step("growpart", skip, growpart::apply)?;
         // 1-4: context, user data, template, cloud-config.
         let Some((ctx, kind, cfg)) = self.read_data()? else {
             return Ok("skipped");

@@ -83,6 +83,7 @@ fn kubeadm_join_worker() {
     assert_eq!(
         names,
         [
+            "growpart",
             "context",
             "userdata",
             "userdata_format",

@@ -19,6 +19,7 @@ net.bridge.bridge-nf-call-iptables = 1
 net.bridge.bridge-nf-call-ip6tables = 1
 net.ipv4.ip_forward = 1
 net.ipv6.conf.all.forwarding = 1
+net.ipv6.conf.all.disable_ipv6 = 0
 CONF
 
 # What kubelet's --protect-kernel-defaults expects (pkg/kubelet/cm setupKernelTunables), and

@@ -2,18 +2,9 @@
 # Validation of the OS-level node checklist (the goss idea, in plain shell): fail loudly with
 # every problem listed rather than stopping at the first.
 set -uo pipefail
-
-fail=0
-check() {
-  local what=$1
-  shift
-  if "$@" >/dev/null 2>&1; then
-    echo "ok:   $what"
-  else
-    echo "FAIL: $what"
-    fail=1
-  fi
-}
+# check, checks_done, all_masked: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# shellcheck source=/dev/null
+. /tmp/imgbuild/lib/image.sh
 
 # /sys/module/X exists for loaded modules and for ones built into the kernel alike
 check "module overlay loaded" test -d /sys/module/overlay
@@ -22,18 +13,12 @@ check "modules configured at boot" grep -qx br_netfilter /etc/modules-load.d/kub
 check "net.ipv4.ip_forward = 1" test "$(sysctl -n net.ipv4.ip_forward)" = 1
 check "bridge-nf-call-iptables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-iptables)" = 1
 check "bridge-nf-call-ip6tables = 1" test "$(sysctl -n net.bridge.bridge-nf-call-ip6tables)" = 1
+check "net.ipv6.conf.all.disable_ipv6 = 0" test "$(sysctl -n net.ipv6.conf.all.disable_ipv6)" = 0
 check "vm.overcommit_memory = 1" test "$(sysctl -n vm.overcommit_memory)" = 1
 check "kernel.panic = 10" test "$(sysctl -n kernel.panic)" = 10
 check "kernel.panic_on_oops = 1" test "$(sysctl -n kernel.panic_on_oops)" = 1
 check "fs.inotify.max_user_watches >= 524288" test "$(sysctl -n fs.inotify.max_user_watches)" -ge 524288
 check "fs.inotify.max_user_instances >= 8192" test "$(sysctl -n fs.inotify.max_user_instances)" -ge 8192
-# shellcheck disable=SC2317 # called through check()
-all_masked() {
-  local u
-  for u in "$@"; do
-    [ "$(systemctl is-enabled "$u" 2>/dev/null)" = masked ] || return 1
-  done
-}
 check "apt timers and unattended-upgrades masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
 check "swap off" test -z "$(swapon --show --noheadings)"
 check "no swap in fstab" bash -c "! grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab"
@@ -42,4 +27,4 @@ check "bootstrap unit enabled" systemctl is-enabled cloudsigma-bootstrap.service
 check "cloud-init disabled" test -f /etc/cloud/cloud-init.disabled
 check "host key regeneration enabled" systemctl is-enabled imgbuild-ssh-hostkeys.service
 
-exit "$fail"
+checks_done

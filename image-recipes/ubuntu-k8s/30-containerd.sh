@@ -18,12 +18,16 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-# What kubeadm's preflight and kube-proxy/CNI need on every node, from the distribution, and curl
+# What every node needs from the distribution (image-builder's common_debs and the CSI drivers'
+# host tools): kubeadm's preflight and kube-proxy/CNI (iptables, conntrack, socat, ebtables,
+# ethtool), NFS and iSCSI volumes (nfs-common, open-iscsi: the kubelet mounts them on the host),
+# growpart for the agent's root growth (cloud-guest-utils, with sfdisk from fdisk), and curl
 # (gnupg only to verify pkgs.k8s.io).
 keyring_tools=()
 [ "$KUBERNETES_SOURCE" = pkgs ] && keyring_tools=(gnupg)
 apt-get update -q
-apt-get install -y -q --no-install-recommends ca-certificates curl "${keyring_tools[@]}" iptables conntrack socat ebtables ethtool
+apt-get install -y -q --no-install-recommends ca-certificates curl "${keyring_tools[@]}" \
+  iptables conntrack socat ebtables ethtool nfs-common open-iscsi cloud-guest-utils fdisk
 # the distribution's containerd/runc would fight ours
 apt-get remove -y -q containerd runc docker.io >/dev/null 2>&1 || true
 install -d -m 0755 /opt/cni/bin /etc/cni/net.d /usr/local/bin /usr/local/sbin

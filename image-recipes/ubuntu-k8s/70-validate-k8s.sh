@@ -3,17 +3,9 @@
 set -uo pipefail
 
 : "${KUBERNETES_SOURCE:?}" "${KUBERNETES_VERSION:?}" "${CONTAINERD_VERSION:?}" "${PAUSE_IMAGE:?}"
-fail=0
-check() {
-  local what=$1
-  shift
-  if "$@" >/dev/null 2>&1; then
-    echo "ok:   $what"
-  else
-    echo "FAIL: $what"
-    fail=1
-  fi
-}
+# check, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# shellcheck source=/dev/null
+. /tmp/imgbuild/lib/image.sh
 
 check "kubeadm v$KUBERNETES_VERSION" bash -c "kubeadm version -o short | grep -qx 'v$KUBERNETES_VERSION'"
 check "kubelet v$KUBERNETES_VERSION" bash -c "kubelet --version | grep -q 'v$KUBERNETES_VERSION\$'"
@@ -25,6 +17,11 @@ check "provenance in /etc/kubernetes-version" grep -qx "KUBERNETES_VERSION=v$KUB
 check "kubelet drop-in for kubeadm" grep -q KUBELET_KUBEADM_ARGS /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 check "crictl v1.34" bash -c "crictl --version | grep -q 'v1.34'"
 check "conntrack present (kubeadm preflight)" command -v conntrack
+check "socat present (kubectl port-forward)" command -v socat
+check "ebtables present" command -v ebtables
+check "mount.nfs present (nfs-common: NFS volumes, CSI)" test -x /sbin/mount.nfs
+check "iscsiadm present (open-iscsi: iSCSI volumes, CSI)" command -v iscsiadm
+check "growpart present (cloud-guest-utils: the agent grows the root partition)" command -v growpart
 check "iptables present (CNI bridge, kube-proxy)" command -v iptables
 check "containerd $CONTAINERD_VERSION" bash -c "containerd --version | grep -q 'v$CONTAINERD_VERSION '"
 check "containerd enabled" systemctl is-enabled containerd
@@ -37,4 +34,4 @@ check "containerd reads registry hosts from certs.d" grep -q 'config_path = "/et
 check "crictl configured" grep -q containerd.sock /etc/crictl.yaml
 check "pause image pulled" bash -c "crictl images -o json | grep -q '${PAUSE_IMAGE%%:*}'"
 
-exit "$fail"
+checks_done

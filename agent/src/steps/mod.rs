@@ -3,6 +3,7 @@
 //!
 //! | step | module |
 //! |---|---|
+//! | `growpart` (every boot, first) | [`growpart`] |
 //! | `bootcmd`, `runcmd`, `script` | [`scripts`] |
 //! | `write_files`, `write_files_deferred` | [`write_files`] |
 //! | `disk_setup` | [`disk_setup`] (devices probed with [`devices`]) |
@@ -24,6 +25,7 @@ use crate::report::Logger;
 pub mod devices;
 pub mod disk_setup;
 pub mod fs_setup;
+pub mod growpart;
 pub mod hostname;
 pub mod mounts;
 pub mod node_ip;
