@@ -108,7 +108,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     );
     let log = b.reporter.captured().join("\n");
     assert!(
-        log.contains("step 12/12 done in"),
+        log.contains("step 13/13 done in"),
         "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;
