@@ -126,6 +126,29 @@ impl Elector {
         &self.cfg
     }
 
+    /// Writes `lease` with a fresh renew time; on success it becomes the observed record, timed
+    /// by our own clock.
+    async fn write(
+        &self,
+        mut lease: Lease,
+        now: Timestamp,
+        secs: i32,
+        observed: &mut Option<Observed>,
+    ) -> Result<(), kube::Error> {
+        let s = lease.spec.get_or_insert_with(Default::default);
+        s.renew_time = Some(MicroTime(now));
+        s.lease_duration_seconds = Some(secs);
+        let l = self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await?;
+        *observed = Some(Observed {
+            lease: l,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
     /// One attempt to take or renew the Lease (client-go `tryAcquireOrRenew`). Unbounded in time
     /// by itself: callers put a deadline on it.
     pub async fn try_acquire_or_renew(&self) -> Result<Attempt, kube::Error> {
@@ -143,22 +166,9 @@ impl Elector {
                     Instant::now(),
                 )
             {
-                let mut lease = o.lease.clone();
-                let s = lease.spec.get_or_insert_with(Default::default);
-                s.renew_time = Some(MicroTime(now));
-                s.lease_duration_seconds = Some(secs);
-                match self
-                    .api
-                    .replace(&self.cfg.name, &PostParams::default(), &lease)
-                    .await
-                {
-                    Ok(l) => {
-                        *observed = Some(Observed {
-                            lease: l,
-                            at: Instant::now(),
-                        });
-                        return Ok(Attempt::Held);
-                    }
+                let lease = o.lease.clone();
+                match self.write(lease, now, secs, &mut observed).await {
+                    Ok(()) => return Ok(Attempt::Held),
                     // As client-go: any failure falls back to the slow path.
                     Err(e) => {
                         tracing::debug!(error = %e, "optimistic lease renewal failed; reading the Lease")
@@ -227,20 +237,8 @@ impl Elector {
             s.lease_transitions = Some(s.lease_transitions.unwrap_or(0) + 1);
             s.holder_identity = Some(self.cfg.identity.clone());
         }
-        s.renew_time = Some(MicroTime(now));
-        s.lease_duration_seconds = Some(secs);
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(l) => {
-                *observed = Some(Observed {
-                    lease: l,
-                    at: Instant::now(),
-                });
-                Ok(Attempt::Held)
-            }
+        match self.write(lease, now, secs, &mut observed).await {
+            Ok(()) => Ok(Attempt::Held),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(e),
         }

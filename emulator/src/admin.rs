@@ -201,6 +201,15 @@ async fn faults_put(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
     faults_get(AxState(app)).await
 }
 
+/// A fault body is one rule or a list of rules.
+fn one_or_many<T: serde::de::DeserializeOwned>(v: Value) -> Result<Vec<T>, serde_json::Error> {
+    if v.is_array() {
+        serde_json::from_value(v)
+    } else {
+        serde_json::from_value(v).map(|r| vec![r])
+    }
+}
+
 async fn once_get(AxState(app): AxState<Arc<App>>) -> R {
     let f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
     (StatusCode::OK, Json(json!(f.once)))
@@ -208,11 +217,7 @@ async fn once_get(AxState(app): AxState<Arc<App>>) -> R {
 
 /// Body: one rule or a list of rules.
 async fn once_post(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
-    let rules: Vec<OnceRule> = match if v.is_array() {
-        serde_json::from_value(v)
-    } else {
-        serde_json::from_value(v).map(|r| vec![r])
-    } {
+    let rules: Vec<OnceRule> = match one_or_many(v) {
         Ok(r) => r,
         Err(e) => {
             return bad(format!(
@@ -246,11 +251,7 @@ async fn context_faults_get(AxState(app): AxState<Arc<App>>) -> R {
 
 /// Body: one [`ContextNotReady`] or a list.
 async fn context_faults_post(AxState(app): AxState<Arc<App>>, AnyJson(v): AnyJson) -> R {
-    let rules: Vec<ContextNotReady> = match if v.is_array() {
-        serde_json::from_value(v)
-    } else {
-        serde_json::from_value(v).map(|r| vec![r])
-    } {
+    let rules: Vec<ContextNotReady> = match one_or_many(v) {
         Ok(r) => r,
         Err(e) => {
             return bad(format!(
