@@ -421,3 +421,33 @@ pub fn tainted_node(
     }))
     .expect("node fixture")
 }
+
+/// Creates a server `name` (2 GHz, 2 GiB, 2 cores, one public NIC) in the emulator behind `cs`
+/// and, with `start`, starts it and waits until it runs; returns its uuid. One shape for every
+/// controller test, so the instance-type label they see is the same (`c2000-m2048`).
+pub async fn emulator_server(
+    cs: &cloudsigma_api::client::Client,
+    name: &str,
+    start: bool,
+) -> String {
+    use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+    let s = cs
+        .create_server(&ServerCreate {
+            name: name.into(),
+            cpu: 2000,
+            mem: 2 << 30,
+            smp: Some(2),
+            vnc_password: "vncpass".into(),
+            nics: vec![Nic::public_dhcp()],
+            ..Default::default()
+        })
+        .await
+        .expect("create server");
+    if start {
+        cs.start_server(&s.uuid).await.expect("start");
+        cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
+            .await
+            .expect("running");
+    }
+    s.uuid
+}

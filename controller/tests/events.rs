@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsigma_api::client::{Auth, Client, Config};
-use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
 use cloudsigma_controller::testkit::{self, Cluster};
 use cloudsigma_controller::{run, Metrics, Options};
@@ -26,25 +25,6 @@ fn cs_client(emu: &EmulatorHandle) -> Client {
     .expect("emulator url");
     cfg.timeout = Duration::from_secs(3);
     Client::new(cfg).expect("client")
-}
-
-async fn create_running(cs: &Client, name: &str) -> String {
-    let s = cs
-        .create_server(&ServerCreate {
-            name: name.into(),
-            cpu: 1000,
-            mem: 1 << 30,
-            vnc_password: "x".into(),
-            nics: vec![Nic::public_dhcp()],
-            ..Default::default()
-        })
-        .await
-        .expect("create server");
-    cs.start_server(&s.uuid).await.expect("start");
-    cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
-        .await
-        .expect("running");
-    s.uuid
 }
 
 /// Events about `node` as "reason note [count]", one per line.
@@ -116,7 +96,7 @@ async fn events_report_only_confirmed_and_current_causes() {
 
     // 1. A server and its Node (matched by name) created right after that listing: initialized
     // without any Warning. The listing predates the Node and cannot say its server is missing.
-    create_running(&cs, "late-1").await;
+    testkit::emulator_server(&cs, "late-1", true).await;
     nodes
         .create(
             &PostParams::default(),
@@ -157,7 +137,7 @@ async fn events_report_only_confirmed_and_current_causes() {
     );
     // …then its server appears, and the failure's cause changes: an Event must say so (before,
     // the recorder only bumped the count of the "not found" Event, keyed by reason alone).
-    create_running(&cs, "drift-1").await;
+    testkit::emulator_server(&cs, "drift-1", true).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let current_cause = loop {
         let ev = events_of(&cluster, "drift-1");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsigma_api::client::{Auth, Client, Config};
-use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+use cloudsigma_api::models::ServerStatus;
 use cloudsigma_controller::node::{TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
 use cloudsigma_controller::testkit::{self, Cluster};
 use cloudsigma_controller::{run, Metrics, Options};
@@ -38,28 +38,6 @@ fn cs_client(emu: &EmulatorHandle) -> Client {
     cfg.retry.base_delay = Duration::from_millis(50);
     cfg.timeout = Duration::from_secs(3);
     Client::new(cfg).expect("client")
-}
-
-async fn create_server(cs: &Client, name: &str, start: bool) -> String {
-    let s = cs
-        .create_server(&ServerCreate {
-            name: name.into(),
-            cpu: 2000,
-            mem: 2 << 30,
-            smp: Some(2),
-            vnc_password: "vncpass".into(),
-            nics: vec![Nic::public_dhcp()],
-            ..Default::default()
-        })
-        .await
-        .expect("create server");
-    if start {
-        cs.start_server(&s.uuid).await.expect("start");
-        cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
-            .await
-            .expect("running");
-    }
-    s.uuid
 }
 
 fn opts(api_url: &str, sync: Duration, metrics_port: u16) -> Options {
@@ -145,8 +123,8 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
     let emu = emulator().await;
     let cs = cs_client(&emu);
 
-    let a = create_server(&cs, "node-a", true).await;
-    let b = create_server(&cs, "node-b", true).await;
+    let a = testkit::emulator_server(&cs, "node-a", true).await;
+    let b = testkit::emulator_server(&cs, "node-b", true).await;
     let srv_a = cs.get_server(&a).await.expect("get a");
     let nat_a = srv_a.nics[0]
         .runtime_ipv4()
@@ -349,7 +327,7 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
     );
 
     // A stopped emulator (connection refused): nothing is deleted.
-    let pid_c = create_server(&cs, "node-c", true).await;
+    let pid_c = testkit::emulator_server(&cs, "node-c", true).await;
     let mut c = testkit::tainted_node("node-c", Some(&format!("cloudsigma://{pid_c}")), None);
     c.spec.as_mut().expect("spec").taints = None;
     nodes
@@ -458,7 +436,7 @@ async fn binary_runs_under_kustomize_rbac() {
 
     let emu = emulator().await;
     let cs = cs_client(&emu);
-    let uuid = create_server(&cs, "worker-1", true).await;
+    let uuid = testkit::emulator_server(&cs, "worker-1", true).await;
     let admin = cluster.client().await;
     let nodes: Api<Node> = Api::all(admin);
     nodes
@@ -558,7 +536,7 @@ async fn binary_runs_under_kustomize_rbac() {
 
 /// A running server and its tainted Node; returns once something removed the taint.
 async fn register_and_initialize(cs: &Client, nodes: &Api<Node>, name: &str, what: &str) -> Node {
-    create_server(cs, name, true).await;
+    testkit::emulator_server(cs, name, true).await;
     nodes
         .create(
             &PostParams::default(),

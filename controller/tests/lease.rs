@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsigma_api::client::{Auth, Client, Config};
-use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
 use cloudsigma_controller::leader::{Attempt, Elector, LeaseConfig};
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
 use cloudsigma_controller::testkit::{self, Cluster, StallingProxy};
@@ -108,21 +107,7 @@ async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
     .await;
     let emu = emulator().await;
     let cs = cs_client(&emu, Duration::from_secs(3));
-    let s = cs
-        .create_server(&ServerCreate {
-            name: "stall-1".into(),
-            cpu: 1000,
-            mem: 1 << 30,
-            vnc_password: "x".into(),
-            nics: vec![Nic::public_dhcp()],
-            ..Default::default()
-        })
-        .await
-        .expect("server");
-    cs.start_server(&s.uuid).await.expect("start");
-    cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
-        .await
-        .expect("running");
+    testkit::emulator_server(&cs, "stall-1", true).await;
     let nodes: Api<Node> = Api::all(admin.clone());
     nodes
         .create(
