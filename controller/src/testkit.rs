@@ -79,6 +79,12 @@ pub fn binaries_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The real etcd + kube-apiserver for `test`, or `None` (test skipped) as [`binaries_or_skip`].
+pub fn cluster_or_skip(test: &str) -> Option<Cluster> {
+    let (etcd, api_bin) = binaries_or_skip(test)?;
+    Some(Cluster::start(&etcd, &api_bin).expect("cluster"))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -61,10 +61,9 @@ async fn wait_event(cluster: &Cluster, node: &str, what: &str, within: Duration)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_report_only_confirmed_and_current_causes() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("events") else {
+    let Some(cluster) = testkit::cluster_or_skip("events") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let kube = cluster.client().await;
     let nodes: Api<Node> = Api::all(kube.clone());
     let emu = Emulator::start(EmulatorConfig {

@@ -112,12 +112,11 @@ fn labels(n: &Node) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn initializes_tracks_lifecycle_and_survives_outages() {
-    let Some((etcd, api_bin)) =
-        testkit::binaries_or_skip("initializes_tracks_lifecycle_and_survives_outages")
+    let Some(cluster) =
+        testkit::cluster_or_skip("initializes_tracks_lifecycle_and_survives_outages")
     else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let kube = cluster.client().await;
     let nodes: Api<Node> = Api::all(kube.clone());
     let emu = emulator().await;
@@ -364,11 +363,9 @@ async fn reqwest_get(url: &str) -> String {
 /// The real binary, under the kustomize ServiceAccount's RBAC only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_runs_under_kustomize_rbac() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("binary_runs_under_kustomize_rbac")
-    else {
+    let Some(cluster) = testkit::cluster_or_skip("binary_runs_under_kustomize_rbac") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let rendered = testkit::kubectl()
         .args(["kustomize"])
         .arg(testkit::repo_root().join("controller/config"))
@@ -585,10 +582,9 @@ async fn wait_lease(cluster: &Cluster, want: &str, within: Duration) {
 /// takes over once the Lease expires; a leader whose Lease is taken exits instead of acting on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_fails_over_and_never_has_two_leaders() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("leader_election_fails_over") else {
+    let Some(cluster) = testkit::cluster_or_skip("leader_election_fails_over") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let emu = emulator().await;
     let cs = cs_client(&emu);
     let nodes: Api<Node> = Api::all(cluster.client().await);

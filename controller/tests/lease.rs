@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cloudsigma_api::client::{Auth, Client, Config};
 use cloudsigma_controller::leader::{Attempt, Elector, LeaseConfig};
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
-use cloudsigma_controller::testkit::{self, Cluster, StallingProxy};
+use cloudsigma_controller::testkit::{self, StallingProxy};
 use cloudsigma_controller::{run, Metrics, Options};
 use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, FaultConfig, Timings};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -93,10 +93,9 @@ async fn wait_holder(leases: &Api<Lease>, name: &str, want: &str) {
 /// the lease duration is over, i.e. before any other replica may take over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("stalled apiserver") else {
+    let Some(cluster) = testkit::cluster_or_skip("stalled apiserver") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let admin = cluster.client().await;
     let proxy = StallingProxy::start(cluster.addr()).await.expect("proxy");
     let proxied = testkit::client_for(
@@ -160,10 +159,9 @@ async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
 /// Lease while the first leader went on to reconcile. Now renewal starts at acquisition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_is_renewed_while_the_first_listing_is_slow() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("slow first listing") else {
+    let Some(cluster) = testkit::cluster_or_skip("slow first listing") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let kube = cluster.client().await;
     let leases: Api<Lease> = Api::namespaced(kube.clone(), "kube-system");
     let emu = emulator().await;
@@ -221,10 +219,9 @@ async fn the_lease_is_renewed_while_the_first_listing_is_slow() {
 /// behind (or a record written long ago by a skewed clock) was overtaken at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_is_timed_from_local_observation_not_the_lease_timestamps() {
-    let Some((etcd, api_bin)) = testkit::binaries_or_skip("local observation") else {
+    let Some(cluster) = testkit::cluster_or_skip("local observation") else {
         return;
     };
-    let cluster = Cluster::start(&etcd, &api_bin).expect("cluster");
     let kube = cluster.client().await;
     let leases: Api<Lease> = Api::namespaced(kube.clone(), "kube-system");
     // Another holder, with a clock an hour behind ours, that keeps renewing.
