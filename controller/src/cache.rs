@@ -127,6 +127,11 @@ impl ServerCache {
         }
     }
 
+    /// Whether a listing has ever succeeded (readiness).
+    pub fn has_listed(&self) -> bool {
+        self.current().fetched_at.is_some()
+    }
+
     /// A snapshot no older than the sync period (refreshing if needed).
     pub async fn fresh(&self) -> Result<Arc<Snapshot>, CacheError> {
         let s = self.current();

@@ -1,6 +1,7 @@
 //! CloudSigma cloud controller: initializes Nodes registered with `--cloud-provider=external` from
 //! the CloudSigma API and keeps them in step with their servers. See docs/controller.md.
 
+pub mod apiserver;
 pub mod cache;
 pub mod leader;
 pub mod metrics;
@@ -186,15 +187,17 @@ impl Options {
 /// exit and be restarted as a candidate).
 pub async fn run(
     opts: Options,
-    kube: kube::Client,
+    kube: apiserver::Connections,
     cs: cloudsigma_api::client::Client,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // Validate before serving or touching the Lease: a bad combination is a configuration error.
     let lease_cfg = opts.leader_elect.then(|| opts.lease_config());
     if let Some(cfg) = &lease_cfg {
         cfg.validate().map_err(anyhow::Error::msg)?;
+        // A standby is healthy and ready: it only waits.
+        metrics.set_ready(true);
     }
     let server = tokio::spawn(serve_http(
         opts.metrics_bind,
@@ -202,74 +205,93 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let mut leadership = match lease_cfg {
-        Some(cfg) => {
-            let e = Arc::new(leader::Elector::new(kube.clone(), cfg));
-            // A standby is healthy and ready: it only waits.
-            metrics.set_ready(true);
-            let acquired = tokio::select! {
-                t = e.acquire() => t,
-                _ = wait_true(&mut shutdown) => { server.abort(); return Ok(()); }
-            };
-            // Renewing starts now, on its own task: nothing below (the first CloudSigma listing
-            // may take minutes) delays it.
-            let l = e.keep_renewing(acquired);
-            metrics.set_ready(false);
-            metrics.is_leader.set(1);
-            Some(l)
-        }
-        None => None,
+    // Without election this replica leads from the start; with it, once it holds the Lease.
+    let (leading_tx, leading) = watch::channel(lease_cfg.is_none());
+    let ctx = Arc::new(context(&opts, &kube, cs, metrics.clone(), leading.clone()));
+    // The Node watch and the first CloudSigma listing start now, while the Lease is being taken,
+    // as controller-runtime starts its caches before leader election: a new leader starts with
+    // both in hand rather than two round trips later. Nothing acts before the Lease is held: the
+    // reconciles wait for `leading` (see reconcile::reconcile).
+    let work = work(&opts, kube.watch.clone(), ctx.clone(), shutdown.clone());
+    let lead = async {
+        let Some(cfg) = lease_cfg else {
+            let _keep_leading = leading_tx;
+            return std::future::pending().await;
+        };
+        let e = Arc::new(leader::Elector::new(kube.requests.clone(), cfg));
+        let acquired = e.acquire().await;
+        // Renewing starts now, on its own task: nothing (the first CloudSigma listing may take
+        // minutes) delays it. Dropped with this future, which stops the renewals.
+        let mut l = e.keep_renewing(acquired);
+        metrics.set_ready(ctx.cache.has_listed());
+        metrics.is_leader.set(1);
+        let _ = leading_tx.send(true);
+        l.lost().await
     };
-
-    let res = match &mut leadership {
-        Some(l) => tokio::select! {
-            _ = work(&opts, kube, cs, metrics.clone(), shutdown) => Ok(()),
-            why = l.lost() => {
-                tracing::error!(lease = %opts.lease_name, reason = %why, "lost leadership; stopping");
-                Err(anyhow::anyhow!("lost leadership: {why}"))
+    // A shutdown while standing by ends the run at once; while leading, `work` shuts down
+    // gracefully (the reconciles in flight finish) and ends it.
+    let standby_shutdown = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            wait_true(&mut shutdown).await;
+            if *leading.borrow() {
+                std::future::pending::<()>().await;
             }
-        },
-        None => {
-            work(&opts, kube, cs, metrics.clone(), shutdown).await;
-            Ok(())
         }
     };
-    drop(leadership);
+    let res = tokio::select! {
+        _ = work => Ok(()),
+        why = lead => {
+            tracing::error!(lease = %opts.lease_name, reason = %why, "lost leadership; stopping");
+            Err(anyhow::anyhow!("lost leadership: {why}"))
+        }
+        _ = standby_shutdown => Ok(()),
+    };
     metrics.is_leader.set(0);
     server.abort();
     res
 }
 
-/// The controller proper, run while this replica leads (dropped the moment it does not).
-async fn work(
+/// The reconcile context: Node writes on the request connection, one shared server cache.
+fn context(
     opts: &Options,
-    kube: kube::Client,
+    kube: &apiserver::Connections,
     cs: cloudsigma_api::client::Client,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let ctx = Arc::new(reconcile::Ctx {
-        nodes: Api::<Node>::all(kube.clone()),
+    leading: watch::Receiver<bool>,
+) -> reconcile::Ctx {
+    reconcile::Ctx {
+        nodes: Api::<Node>::all(kube.requests.clone()),
         cache: cache::ServerCache::new(
             cs,
             metrics.clone(),
             opts.sync_period,
             opts.min_refresh_interval,
         ),
-        metrics: metrics.clone(),
+        metrics,
         region: opts.region_label(),
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
         stale_after_init: Default::default(),
         success_events: opts.record_success_events,
         recorder: kube::runtime::events::Recorder::new(
-            kube.clone(),
+            kube.requests.clone(),
             kube::runtime::events::Reporter {
                 controller: "cloudsigma-controller".into(),
                 instance: opts.identity.clone(),
             },
         ),
-    });
+        leading,
+    }
+}
+
+/// The Node watch and the reconciles, until a graceful shutdown.
+async fn work(
+    opts: &Options,
+    watch_client: kube::Client,
+    ctx: Arc<reconcile::Ctx>,
+    shutdown: watch::Receiver<bool>,
+) {
     // The first listing runs alongside the Node watch's initial LIST instead of before it: the
     // reconciles wait on that one listing (the cache lets concurrent callers share it), so a
     // burst of Nodes still costs one listing, and the two round trips overlap. A failure here is
@@ -284,18 +306,21 @@ async fn work(
     };
 
     let mut sd = shutdown.clone();
-    let ctrl = Controller::new(ctx.nodes.clone(), watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(opts.concurrency))
-        .graceful_shutdown_on(async move { wait_true(&mut sd).await })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                match e {
-                    controller::Error::ReconcilerFailed(..) => {} // logged by error_policy
-                    other => tracing::debug!(error = %other, "controller event"),
-                }
+    let ctrl = Controller::new(
+        Api::<Node>::all(watch_client),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(controller::Config::default().concurrency(opts.concurrency))
+    .graceful_shutdown_on(async move { wait_true(&mut sd).await })
+    .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            match e {
+                controller::Error::ReconcilerFailed(..) => {} // logged by error_policy
+                other => tracing::debug!(error = %other, "controller event"),
             }
-        });
+        }
+    });
     futures::join!(prime, ctrl);
 }
 

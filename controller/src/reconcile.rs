@@ -33,6 +33,9 @@ pub struct Ctx {
     /// patch triggers a second reconcile that may still see the tainted copy from the watch; this
     /// recognises that copy as stale, instead of writing again and meeting a 409.
     pub stale_after_init: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// True while this replica holds the Lease (always, without leader election). The watch runs
+    /// before that; the reconciles wait for it.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -109,6 +112,16 @@ fn cache_error(e: crate::cache::CacheError) -> Error {
 }
 
 pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if !*ctx.leading.borrow() {
+        // A standby: the watch already runs, but nothing is written before the Lease is held.
+        // Once it is, queue the Node again rather than act on this copy, which may be from long
+        // before (kube-runtime hands the next run the Node as it is in the store then).
+        let mut leading = ctx.leading.clone();
+        return Ok(match leading.wait_for(|l| *l).await {
+            Ok(_) => Action::requeue(Duration::ZERO),
+            Err(_) => Action::await_change(), // the run is ending
+        });
+    }
     let res = reconcile_inner(&n, &ctx).await;
     ctx.metrics.reconcile(res.is_ok());
     if let Err(e) = &res {

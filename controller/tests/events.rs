@@ -86,7 +86,13 @@ async fn events_report_only_confirmed_and_current_causes() {
         .expect("addr");
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = watch::channel(false);
-    let ctl = tokio::spawn(run(o, kube.clone(), cs_client(&emu), metrics.clone(), rx));
+    let ctl = tokio::spawn(run(
+        o,
+        kube.clone().into(),
+        cs_client(&emu),
+        metrics.clone(),
+        rx,
+    ));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !metrics.ready() {
         assert!(Instant::now() < deadline, "no first listing");

@@ -159,7 +159,7 @@ async fn initializes_tracks_lifecycle_and_survives_outages() {
     let port = testkit::free_port();
     let ctl = tokio::spawn(run(
         opts(&emu.api_url(), Duration::from_secs(1), port),
-        kube.clone(),
+        kube.clone().into(),
         cs_client(&emu),
         metrics.clone(),
         rx,

@@ -120,7 +120,7 @@ async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
     let (_tx, rx) = watch::channel(false);
     let ctl = tokio::spawn(run(
         leader_opts(&emu.api_url(), "stalled-leader"),
-        proxied,
+        proxied.into(),
         cs_client(&emu, Duration::from_secs(3)),
         metrics.clone(),
         rx,
@@ -176,7 +176,7 @@ async fn the_lease_is_renewed_while_the_first_listing_is_slow() {
     let lease_name = opts.lease_name.clone();
     let ctl = tokio::spawn(run(
         opts,
-        kube.clone(),
+        kube.clone().into(),
         cs_client(&emu, Duration::from_secs(20)),
         metrics.clone(),
         rx,
@@ -283,4 +283,161 @@ async fn expiry_is_timed_from_local_observation_not_the_lease_timestamps() {
         stopped.elapsed()
     );
     assert_eq!(holder(&leases, "skewed").await.as_deref(), Some("me"));
+}
+
+/// Issue #12 item 8: the Node watch and the first CloudSigma listing start while the Lease is
+/// still being taken, so that a new leader does not begin with both round trips. What that must
+/// not change: a standby writes nothing, and acts on the Node as it is when it takes over, not
+/// on the copy it saw while waiting; a shutdown while standing by ends the run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_watches_ahead_but_writes_nothing_until_it_holds_the_lease() {
+    let Some(cluster) = testkit::cluster_or_skip("standby") else {
+        return;
+    };
+    let emu = emulator().await;
+    let cs = cs_client(&emu, Duration::from_secs(5));
+    let kube = cluster.client().await;
+    let leases: Api<Lease> = Api::namespaced(kube.clone(), "kube-system");
+    let nodes: Api<Node> = Api::all(kube.clone());
+    // Held by another replica for an hour.
+    let held = |name: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("other".into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            )),
+            ..Default::default()
+        }),
+    };
+    let uuid = testkit::emulator_server(&cs, "standby-worker", true).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("standby-worker", None, None),
+        )
+        .await
+        .expect("node");
+    let opts = leader_opts(&emu.api_url(), "standby");
+    leases
+        .create(&PostParams::default(), &held(&opts.lease_name))
+        .await
+        .expect("lease");
+    let lease_name = opts.lease_name.clone();
+    emu.reset_counters();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, rx) = watch::channel(false);
+    let ctl = tokio::spawn(run(
+        opts,
+        kube.clone().into(),
+        cs.clone(),
+        metrics.clone(),
+        rx,
+    ));
+
+    // Standing by: a leader initializes a Node in well under a second here; 3 s pass untouched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = nodes.get("standby-worker").await.expect("get");
+    assert!(
+        cloudsigma_controller::node::has_taint(&n, TAINT_UNINITIALIZED),
+        "a standby initialized a Node"
+    );
+    assert_eq!(n.spec.as_ref().and_then(|s| s.provider_id.clone()), None);
+    let m = metrics.render();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("cloudsigma_controller_reconciles_total") && !l.ends_with(" 0")),
+        "a standby counted reconciles:\n{m}"
+    );
+    assert!(m.contains("cloudsigma_controller_leader 0"), "{m}");
+    // The listing ran ahead, once.
+    let listings = emu
+        .counters()
+        .1
+        .get("GET /api/2.0/servers/detail/")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        listings >= 1,
+        "no CloudSigma listing while standing by: {:?}",
+        emu.counters().1
+    );
+
+    // Changed while the standby waits: the Node it acts on once leading must be this one.
+    nodes
+        .patch(
+            "standby-worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {"changed-while-standing-by": "yes"}}}),
+            ),
+        )
+        .await
+        .expect("label");
+    // The other replica goes away: this one takes over and initializes the Node.
+    leases
+        .delete(&lease_name, &Default::default())
+        .await
+        .expect("release");
+    let took_over = Instant::now();
+    let n = loop {
+        let n = nodes.get("standby-worker").await.expect("get");
+        if !cloudsigma_controller::node::has_taint(&n, TAINT_UNINITIALIZED) {
+            break n;
+        }
+        assert!(
+            took_over.elapsed() < Duration::from_secs(5),
+            "not initialized 5 s after the Lease was free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        Some(format!("cloudsigma://{uuid}"))
+    );
+    assert_eq!(
+        n.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("changed-while-standing-by"))
+            .map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some("standby")
+    );
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), ctl)
+        .await
+        .expect("a leader shuts down gracefully")
+        .expect("join")
+        .expect("run");
+
+    // A second replica that never leads: a shutdown ends it at once, although its reconciles
+    // wait for a Lease that will not come.
+    let opts = leader_opts(&emu.api_url(), "never-leads");
+    leases
+        .create(&PostParams::default(), &held(&opts.lease_name))
+        .await
+        .expect("lease");
+    let (stop, rx) = watch::channel(false);
+    let ctl = tokio::spawn(run(
+        opts,
+        kube.clone().into(),
+        cs,
+        Arc::new(Metrics::new()),
+        rx,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(3), ctl)
+        .await
+        .expect("a standby stops at once on shutdown")
+        .expect("join")
+        .expect("run");
 }
