@@ -7,9 +7,9 @@
 //!
 //! Default: the Nodes are all registered, then the controller starts (timed from its start).
 //! `--streaming`: the controller runs first and the Nodes arrive 64 at a time.
-//! `--rounds=R` (default 3): R rounds on one apiserver, each a controller run on freshly
-//! registered Nodes followed by the floor on fresh Nodes; the ratio reported is the median of the
-//! rounds' ratios, each against the floor measured right after it (this machine's load drifts by
+//! `--rounds=R` (default 5): R rounds on one apiserver, each a controller run on freshly
+//! registered Nodes and the floor on fresh Nodes (in alternating order); the ratio reported is the
+//! median of the rounds' ratios, each against the floor measured next to it (this machine's load drifts by
 //! more than the 15 % being judged, so one run of each proves little).
 //! Targets: within 1.15× of the apiserver floor (printed as a ratio), ≤ 1 servers listing per
 //! sync period, ≤ 64 MB.
@@ -138,14 +138,17 @@ async fn floor(
         fresh.iter().all(|r| r.is_ok()),
         "floor Node creation failed"
     );
-    let watch = if observed {
+    let mut watchers = Vec::new();
+    for _ in 0..usize::from(observed) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let h = tokio::spawn(initialized(nodes.clone(), prefix.to_string(), n, tx));
+        watchers.push(tokio::spawn(initialized(
+            nodes.clone(),
+            prefix.to_string(),
+            n,
+            tx,
+        )));
         rx.await?;
-        Some(h)
-    } else {
-        None
-    };
+    }
     let t_floor = Instant::now();
     let written: Vec<_> = stream::iter(0..n)
         .map(|i| {
@@ -178,10 +181,11 @@ async fn floor(
         .await;
     anyhow::ensure!(written.iter().all(|r| r.is_ok()), "floor writes failed");
     // Observed: done when the watch has seen the last write, as for the controller run.
-    let done = match watch {
-        Some(h) => h.await??.1,
-        None => Instant::now(),
-    };
+    let mut done = None;
+    for w in watchers {
+        done.get_or_insert(w.await??.1);
+    }
+    let done = done.unwrap_or_else(Instant::now);
     Ok(done.duration_since(t_floor))
 }
 
@@ -250,7 +254,13 @@ impl Bench {
         }
     }
 
-    async fn controller_run(&self, round: usize) -> anyhow::Result<Run> {
+    /// Runs the controller `bin` once; its log goes to `controller-{round}-{build}.log`.
+    async fn controller_run(
+        &self,
+        round: usize,
+        build: usize,
+        bin: &std::path::Path,
+    ) -> anyhow::Result<Run> {
         let (n, mode, cluster, emu) = (self.n, self.mode, &self.cluster, &self.emu);
         // Registered before the controller starts: the burst is all there when it comes up, and
         // the clock runs from the controller's start, so the figure is the controller's alone.
@@ -266,12 +276,16 @@ impl Bench {
         watch_ready.await?;
 
         let port = testkit::free_port();
-        let log =
-            std::fs::File::create(cluster.dir.path().join(format!("controller-{round}.log")))?;
+        let log = std::fs::File::create(
+            cluster
+                .dir
+                .path()
+                .join(format!("controller-{round}-{build}.log")),
+        )?;
         let (_, before) = emu.counters();
         let kube_before = apiserver_requests(cluster);
         let t_start = Instant::now();
-        let mut child = tokio::process::Command::new(&self.ctl_bin)
+        let mut child = tokio::process::Command::new(bin)
             .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--api-url={}", emu.api_url()))
             // As deployed: leader election on, so taking the Lease is part of the figure.
@@ -399,7 +413,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let usage = "usage: cargo bench -p cloudsigma-controller --bench initialize -- [NODES] [--streaming] [--rounds=R] [--controller-flag=...]";
     let mut n = 1000usize;
-    let mut rounds = 3usize;
+    let mut rounds = 5usize;
     let mut mode = Mode::Preregistered;
     let mut extra_args = Vec::new();
     for a in std::env::args().skip(1) {
@@ -463,50 +477,76 @@ async fn main() -> anyhow::Result<()> {
         n,
         mode,
         extra_args,
-        // The real controller binary, built by cargo alongside this bench.
-        ctl_bin: env!("CARGO_BIN_EXE_cloudsigma-controller").into(),
+        // The real controller binary, built by cargo alongside this bench; BENCH_CONTROLLER_BIN
+        // runs another build instead (an unstripped one for `perf`, an older one to compare).
+        ctl_bin: std::env::var_os("BENCH_CONTROLLER_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cloudsigma-controller").into()),
         nodes: Api::all(kube),
         cluster,
         emu,
         uuids,
     };
 
+    // BENCH_BASELINE_BIN: another controller build run in the same rounds, for a before/after
+    // ratio measured under the same load.
+    let mut builds = vec![("this build".to_string(), bench.ctl_bin.clone())];
+    if let Some(b) = std::env::var_os("BENCH_BASELINE_BIN") {
+        builds.push(("baseline".to_string(), b.into()));
+    }
     println!("nodes:                       {n}");
     println!(
-        "round  registration  first initialized  first to last  last initialized  floor     ratio  burst/floor  RSS      CPU"
+        "round  build       registration  first initialized  first to last  last initialized  floor     ratio  burst/floor  RSS      CPU"
     );
-    let mut ratios = Vec::new();
-    let mut bursts = Vec::new();
+    let mut ratios = vec![Vec::new(); builds.len()];
+    let mut bursts = vec![Vec::new(); builds.len()];
     let mut last_run = None;
     for round in 0..rounds {
-        bench.reset().await?;
-        eprintln!(
-            "round {}/{rounds}: the controller on {n} tainted Nodes ...",
-            round + 1
-        );
-        let run = bench.controller_run(round).await?;
-        // The floor right after, on the same apiserver state (the controller's Nodes still
-        // there), observed by the same kind of watch: what is left is the controller's own cost.
-        eprintln!("round {}/{rounds}: the apiserver floor ...", round + 1);
-        let fl = floor(&bench.nodes, &format!("floor{round}"), n, true).await?;
-        let ratio = run.last.as_secs_f64() / fl.as_secs_f64();
-        let burst = (run.last - run.first).as_secs_f64() / fl.as_secs_f64();
-        println!(
-            "{:>5}  {:>10.3} s  {:>15.3} s  {:>11.3} s  {:>14.3} s  {:.3} s  {:.2}x  {:>10.2}x  {:.1} MB  {:.2} s",
-            round + 1,
-            run.registration.as_secs_f64(),
-            run.first.as_secs_f64(),
-            (run.last - run.first).as_secs_f64(),
-            run.last.as_secs_f64(),
-            fl.as_secs_f64(),
-            ratio,
-            burst,
-            run.rss_mb,
-            run.cpu_s,
-        );
-        ratios.push(ratio);
-        bursts.push(burst);
-        last_run = Some(run);
+        // The floor and each build on a clean apiserver (no Nodes, no Lease), the floor observed
+        // by the same kind of watch: what is left is the controller's own cost. The order rotates
+        // from round to round, so that none always runs first or just after another's burst.
+        let steps = 1 + builds.len();
+        let mut fl = Duration::ZERO;
+        let mut runs: Vec<Option<Run>> = builds.iter().map(|_| None).collect();
+        for step in 0..steps {
+            let slot = (step + round) % steps;
+            bench.reset().await?;
+            if slot == 0 {
+                eprintln!("round {}/{rounds}: the apiserver floor ...", round + 1);
+                fl = floor(&bench.nodes, &format!("floor{round}"), n, true).await?;
+            } else {
+                let (name, bin) = &builds[slot - 1];
+                eprintln!(
+                    "round {}/{rounds}: {name} on {n} tainted Nodes ...",
+                    round + 1
+                );
+                runs[slot - 1] = Some(bench.controller_run(round, slot - 1, bin).await?);
+            }
+        }
+        for (i, run) in runs.into_iter().enumerate() {
+            let run = run.expect("every build ran");
+            let ratio = run.last.as_secs_f64() / fl.as_secs_f64();
+            let burst = (run.last - run.first).as_secs_f64() / fl.as_secs_f64();
+            println!(
+                "{:>5}  {:<10}  {:>10.3} s  {:>15.3} s  {:>11.3} s  {:>14.3} s  {:.3} s  {:.2}x  {:>10.2}x  {:.1} MB  {:.2} s",
+                round + 1,
+                builds[i].0,
+                run.registration.as_secs_f64(),
+                run.first.as_secs_f64(),
+                (run.last - run.first).as_secs_f64(),
+                run.last.as_secs_f64(),
+                fl.as_secs_f64(),
+                ratio,
+                burst,
+                run.rss_mb,
+                run.cpu_s,
+            );
+            ratios[i].push(ratio);
+            bursts[i].push(burst);
+            if i == 0 {
+                last_run = Some(run);
+            }
+        }
     }
     let run = last_run.expect("at least one round");
     println!(
@@ -543,19 +583,21 @@ async fn main() -> anyhow::Result<()> {
         bare.as_secs_f64(),
         run.last.as_secs_f64() / bare.as_secs_f64()
     );
-    println!(
-        "ratio to the floor:          {:.2}x  (median of {rounds} rounds: {}; target <= 1.15x; the burst alone {:.2}x)",
-        median(ratios.clone()),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        median(bursts),
-    );
+    for (i, (name, _)) in builds.iter().enumerate() {
+        println!(
+            "ratio to the floor, {name}: {:.2}x  (median of {rounds} rounds: {}; target <= 1.15x; the burst alone {:.2}x)",
+            median(ratios[i].clone()),
+            ratios[i]
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(bursts[i].clone()),
+        );
+    }
     for (name, kept) in [
         (
-            format!("controller-{}.log", rounds - 1),
+            format!("controller-{}-0.log", rounds - 1),
             "cloudsigma-controller-bench.log",
         ),
         (
