@@ -9,6 +9,7 @@ pub mod node;
 pub mod reconcile;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod watched;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -307,7 +308,7 @@ async fn work(
 
     let mut sd = shutdown.clone();
     let ctrl = Controller::new(
-        Api::<Node>::all(watch_client),
+        Api::<watched::WatchedNode>::all(watch_client),
         watcher::Config::default().any_semantic(),
     )
     .with_config(controller::Config::default().concurrency(opts.concurrency))

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::cache::{Lookup, ServerCache};
 use crate::metrics::Metrics;
 use crate::node::{self, ProviderId};
+use crate::watched::WatchedNode;
 
 pub struct Ctx {
     pub nodes: Api<Node>,
@@ -111,7 +112,7 @@ fn cache_error(e: crate::cache::CacheError) -> Error {
     }
 }
 
-pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub async fn reconcile(n: Arc<WatchedNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if !*ctx.leading.borrow() {
         // A standby: the watch already runs, but nothing is written before the Lease is held.
         // Once it is, queue the Node again rather than act on this copy, which may be from long
@@ -140,7 +141,7 @@ pub async fn reconcile(n: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     res
 }
 
-pub fn error_policy(n: Arc<Node>, err: &Error, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(n: Arc<WatchedNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let name = n.metadata.name.as_deref().unwrap_or("");
     tracing::warn!(node = name, error = %err, "reconcile failed; retrying");
     Action::requeue(retry_delay(ctx.sync_period))
