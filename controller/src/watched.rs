@@ -4,9 +4,9 @@
 //! apiserver sends every event with the Node's `managedFields`. k8s-openapi parses those into
 //! `serde_json::Value` trees. In the 1,000-Node bench, `perf` put 12 % of the controller's CPU in
 //! decoding Nodes (8.6 % in `ObjectMeta`) and 13 % in malloc, and that CPU is taken from an
-//! apiserver on the same cores. Nothing here reads `managedFields`. client-go's controllers drop
-//! them from their informers too (`k8s.io/client-go/tools/cache` `TransformStripManagedFields`),
-//! but after decoding; serde skips them here without building anything.
+//! apiserver on the same cores. Nothing here reads `managedFields`. controller-runtime offers the
+//! same for its caches (`pkg/cache/cache.go`, `TransformStripManagedFields`), but after decoding;
+//! serde skips them here without building anything.
 //!
 //! Writes still use `k8s_openapi` `Node`: [`WatchedNode`] only stands in for it in the watch, the
 //! store and the reconcile's argument.
