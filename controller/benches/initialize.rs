@@ -138,17 +138,14 @@ async fn floor(
         fresh.iter().all(|r| r.is_ok()),
         "floor Node creation failed"
     );
-    let mut watchers = Vec::new();
-    for _ in 0..usize::from(observed) {
+    let watch = if observed {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        watchers.push(tokio::spawn(initialized(
-            nodes.clone(),
-            prefix.to_string(),
-            n,
-            tx,
-        )));
+        let h = tokio::spawn(initialized(nodes.clone(), prefix.to_string(), n, tx));
         rx.await?;
-    }
+        Some(h)
+    } else {
+        None
+    };
     let t_floor = Instant::now();
     let written: Vec<_> = stream::iter(0..n)
         .map(|i| {
@@ -181,11 +178,10 @@ async fn floor(
         .await;
     anyhow::ensure!(written.iter().all(|r| r.is_ok()), "floor writes failed");
     // Observed: done when the watch has seen the last write, as for the controller run.
-    let mut done = None;
-    for w in watchers {
-        done.get_or_insert(w.await??.1);
-    }
-    let done = done.unwrap_or_else(Instant::now);
+    let done = match watch {
+        Some(h) => h.await??.1,
+        None => Instant::now(),
+    };
     Ok(done.duration_since(t_floor))
 }
 
