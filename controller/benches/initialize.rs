@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use cloudsigma_api::client::{Auth, Client, Config};
 use cloudsigma_api::models::{Nic, ServerCreate};
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
+use cloudsigma_controller::reconcile::mark_initialized;
 use cloudsigma_controller::testkit::{self, Cluster};
 use cloudsim::{Emulator, EmulatorConfig, Timings};
 use futures::{stream, StreamExt, TryStreamExt};
@@ -75,6 +76,48 @@ fn apiserver_requests(cluster: &Cluster) -> std::collections::BTreeMap<String, f
     out
 }
 
+/// CPU seconds (user + system) a process has used: fields 14 and 15 of /proc/PID/stat, in clock
+/// ticks (100 per second on Linux), counted after the parenthesised command name. `pid` may be
+/// "self".
+fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            let rest = st.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The CPU seconds used so far by kube-apiserver, etcd and this bench process (its client and its
+/// observing watch): the difference of two samples says who spent the 2 cores during a step.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    apiserver: f64,
+    etcd: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn sample(cluster: &Cluster) -> Cpu {
+        let (a, e) = cluster.pids();
+        Cpu {
+            apiserver: cpu_seconds(&a.to_string()),
+            etcd: cpu_seconds(&e.to_string()),
+            bench: cpu_seconds("self"),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            apiserver: self.apiserver - before.apiserver,
+            etcd: self.etcd - before.etcd,
+            bench: self.bench - before.bench,
+        }
+    }
+}
+
 /// When the first and the last of the Nodes named `<prefix>-NNNN` (`n` of them) lost their
 /// uninitialized taint, as seen by a watch. `ready` fires once the watch is established, so the
 /// clock is not started before the observer is in place.
@@ -113,76 +156,12 @@ async fn initialized(
     anyhow::bail!("the Node watch ended with {} Nodes pending", pending.len())
 }
 
-/// The floor: the controller's two writes per Node (status patch, then an Update removing the
-/// taint) from a bare client with the controller's parallelism, on `n` fresh Nodes. With
-/// `observed`, the bench's own watch runs as during the controller run (an apiserver watcher
-/// costs it CPU for every event), so both sides are measured under the same observation.
-async fn floor(
-    nodes: &Api<Node>,
-    prefix: &str,
-    n: usize,
-    observed: bool,
-) -> anyhow::Result<Duration> {
-    let fresh: Vec<_> = stream::iter(0..n)
-        .map(|i| {
-            let nodes = nodes.clone();
-            async move {
-                let node = testkit::tainted_node(&format!("{prefix}-{i:04}"), None, None);
-                nodes.create(&PostParams::default(), &node).await
-            }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
-    anyhow::ensure!(
-        fresh.iter().all(|r| r.is_ok()),
-        "floor Node creation failed"
-    );
-    let watch = if observed {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let h = tokio::spawn(initialized(nodes.clone(), prefix.to_string(), n, tx));
-        rx.await?;
-        Some(h)
-    } else {
-        None
-    };
-    let t_floor = Instant::now();
-    let written: Vec<_> = stream::iter(0..n)
-        .map(|i| {
-            let nodes = nodes.clone();
-            async move {
-                let name = format!("{prefix}-{i:04}");
-                let addrs = serde_json::json!({"status": {"addresses": [
-                    {"type": "InternalIP", "address": format!("10.1.{}.{}", i / 250, i % 250 + 1)},
-                    {"type": "ExternalIP", "address": format!("10.2.{}.{}", i / 250, i % 250 + 1)},
-                    {"type": "Hostname", "address": name},
-                ]}});
-                let mut cur = nodes
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&addrs))
-                    .await?;
-                let spec = cur.spec.get_or_insert_with(Default::default);
-                spec.provider_id = Some(format!("cloudsigma://{prefix}-{i}"));
-                spec.taints = None;
-                cur.metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(
-                        "node.kubernetes.io/instance-type".into(),
-                        "c2000-m2048".into(),
-                    );
-                nodes.replace(&name, &PostParams::default(), &cur).await
-            }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
-    anyhow::ensure!(written.iter().all(|r| r.is_ok()), "floor writes failed");
-    // Observed: done when the watch has seen the last write, as for the controller run.
-    let done = match watch {
-        Some(h) => h.await??.1,
-        None => Instant::now(),
-    };
-    Ok(done.duration_since(t_floor))
+/// The floor's figures, as [`Run`]'s: from its first write to the first and the last initialized
+/// Node, and the CPU each process spent meanwhile.
+struct FloorRun {
+    first: Duration,
+    last: Duration,
+    cpu: Cpu,
 }
 
 /// One controller run: time from its start (or the first registration) to the first and the last
@@ -195,6 +174,8 @@ struct Run {
     /// CPU seconds the controller used (user + system): on a 2-core machine every one of them is
     /// taken from the apiserver.
     cpu_s: f64,
+    /// The others' CPU over the same time.
+    others: Cpu,
     cloudsigma_calls: Vec<(String, u64)>,
     kube_requests: Vec<(String, f64)>,
 }
@@ -211,9 +192,9 @@ struct Bench {
 }
 
 impl Bench {
-    /// Registers `bench-NNNN` for every server, 64 at a time: half by providerID, half by name, so
-    /// both lookups are exercised.
-    async fn register(&self) -> anyhow::Result<Duration> {
+    /// Registers `<prefix>-NNNN` for every server, 64 at a time: half by providerID, half by
+    /// name, so both lookups are exercised.
+    async fn register(&self, prefix: &str) -> anyhow::Result<Duration> {
         let t = Instant::now();
         let created: Vec<_> = stream::iter(self.uuids.iter().enumerate())
             .map(|(i, uuid)| {
@@ -221,7 +202,7 @@ impl Bench {
                 let pid = (i % 2 == 0).then(|| format!("cloudsigma://{uuid}"));
                 async move {
                     let node =
-                        testkit::tainted_node(&format!("bench-{i:04}"), pid.as_deref(), None);
+                        testkit::tainted_node(&format!("{prefix}-{i:04}"), pid.as_deref(), None);
                     nodes.create(&PostParams::default(), &node).await
                 }
             })
@@ -231,6 +212,59 @@ impl Bench {
         let failed = created.iter().filter(|r| r.is_err()).count();
         anyhow::ensure!(failed == 0, "{failed} Node creations failed");
         Ok(t.elapsed())
+    }
+
+    /// The floor: the controller's two writes per Node from a bare, already connected client with
+    /// the controller's parallelism, on `n` fresh Nodes registered as for the controller run. The
+    /// writes are the controller's own: the same status patch, then an Update made by
+    /// `reconcile::mark_initialized` (providerID, six labels, only the uninitialized taint
+    /// removed). With `observed`, the bench's own watch runs as during the controller run, so both
+    /// sides are measured under the same observation. Returns the time and who spent the CPU.
+    async fn floor(&self, prefix: &str, observed: bool) -> anyhow::Result<FloorRun> {
+        let (n, nodes) = (self.n, &self.nodes);
+        self.register(prefix).await?;
+        let watch = if observed {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let h = tokio::spawn(initialized(nodes.clone(), prefix.to_string(), n, tx));
+            rx.await?;
+            Some(h)
+        } else {
+            None
+        };
+        let cpu_before = Cpu::sample(&self.cluster);
+        let t_floor = Instant::now();
+        let written: Vec<_> = stream::iter(self.uuids.iter().enumerate())
+            .map(|(i, uuid)| {
+                let nodes = nodes.clone();
+                async move {
+                    let name = format!("{prefix}-{i:04}");
+                    let addrs = serde_json::json!({"status": {"addresses": [
+                        {"type": "InternalIP", "address": format!("10.1.{}.{}", i / 250, i % 250 + 1)},
+                        {"type": "ExternalIP", "address": format!("10.1.{}.{}", i / 250, i % 250 + 1)},
+                        {"type": "Hostname", "address": name},
+                    ]}});
+                    let mut cur = nodes
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&addrs))
+                        .await?;
+                    // The bench's servers all have the shape of instance type 1c-2000mhz-2g.
+                    mark_initialized(&mut cur, uuid, "1c-2000mhz-2g", "zrh", "zrh");
+                    nodes.replace(&name, &PostParams::default(), &cur).await
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        anyhow::ensure!(written.iter().all(|r| r.is_ok()), "floor writes failed");
+        // Observed: done when the watch has seen the last write, as for the controller run.
+        let (first, done) = match watch {
+            Some(h) => h.await??,
+            None => (t_floor, Instant::now()),
+        };
+        Ok(FloorRun {
+            first: first.duration_since(t_floor),
+            last: done.duration_since(t_floor),
+            cpu: Cpu::sample(&self.cluster).since(cpu_before),
+        })
     }
 
     /// A clean slate for the next round: no Nodes, and no Lease left by the killed controller
@@ -261,7 +295,7 @@ impl Bench {
         // Registered before the controller starts: the burst is all there when it comes up, and
         // the clock runs from the controller's start, so the figure is the controller's alone.
         let mut registration = match mode {
-            Mode::Preregistered => self.register().await?,
+            Mode::Preregistered => self.register("bench").await?,
             Mode::Streaming => Duration::ZERO,
         };
         // The bench watches (one stream) rather than re-listing 1,000 Nodes in a loop: a tight
@@ -280,12 +314,15 @@ impl Bench {
         )?;
         let (_, before) = emu.counters();
         let kube_before = apiserver_requests(cluster);
+        let cpu_before = Cpu::sample(cluster);
         let t_start = Instant::now();
         let mut child = tokio::process::Command::new(bin)
             .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--api-url={}", emu.api_url()))
-            // As deployed: leader election on, so taking the Lease is part of the figure.
-            .args(["--region=zrh", "--sync-period=30s", "--leader-elect=true"])
+            // As deployed: leader election on, so taking the Lease is part of the figure (an
+            // extra `--leader-elect=false` given to the bench overrides it).
+            .env("LEADER_ELECT", "true")
+            .args(["--region=zrh", "--sync-period=30s"])
             .arg(format!("--identity=bench-{}-{round}", std::process::id()))
             .env("POD_NAMESPACE", "kube-system")
             .arg(format!("--metrics-bind=127.0.0.1:{port}"))
@@ -337,16 +374,26 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let t0 = Instant::now();
-            registration = self.register().await?;
+            registration = self.register("bench").await?;
             t0
         } else {
             t_start
         };
-        let (first_at, done_at) =
-            match tokio::time::timeout(Duration::from_secs(120), all_initialized).await {
+        let log_path = cluster
+            .dir
+            .path()
+            .join(format!("controller-{round}-{build}.log"));
+        let (first_at, done_at) = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(120), all_initialized) => match r {
                 Ok(r) => r??,
                 Err(_) => anyhow::bail!("Nodes still uninitialized after 120 s"),
-            };
+            },
+            // A controller that exits (a bad flag, say) would otherwise be waited for in vain.
+            status = child.wait() => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                anyhow::bail!("the controller exited ({}) before initializing the Nodes; its log:\n{log}", status?)
+            }
+        };
         if let Some(h) = profile {
             if h.join().unwrap_or(false) {
                 println!("kube-apiserver CPU profile written (BENCH_APISERVER_PROFILE)");
@@ -359,16 +406,8 @@ impl Bench {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        // utime and stime, fields 14 and 15 of /proc/PID/stat, in clock ticks (100 per second on
-        // Linux); the fields after the parenthesised command name.
-        let cpu_s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|st| {
-                let rest = st.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-            })
-            .unwrap_or(f64::NAN);
+        let cpu_s = cpu_seconds(&pid.to_string());
+        let others = Cpu::sample(cluster).since(cpu_before);
         let (_, after) = emu.counters();
         let kube_after = apiserver_requests(cluster);
         let _ = child.kill().await;
@@ -390,6 +429,7 @@ impl Bench {
             last: done_at.duration_since(t0),
             rss_mb: hwm_kb as f64 / 1024.0,
             cpu_s,
+            others,
             cloudsigma_calls,
             kube_requests,
         })
@@ -492,8 +532,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("nodes:                       {n}");
     println!(
-        "round  build       registration  first initialized  first to last  last initialized  floor     ratio  burst/floor  RSS      CPU"
+        "round  build       registration  first initialized   last initialized    ratio  burst  RSS      CPU"
     );
+    println!("                                    this / floor        this / floor");
     let mut ratios = vec![Vec::new(); builds.len()];
     let mut bursts = vec![Vec::new(); builds.len()];
     let mut last_run = None;
@@ -502,14 +543,14 @@ async fn main() -> anyhow::Result<()> {
         // by the same kind of watch: what is left is the controller's own cost. The order rotates
         // from round to round, so that none always runs first or just after another's burst.
         let steps = 1 + builds.len();
-        let mut fl = Duration::ZERO;
+        let mut fl = None;
         let mut runs: Vec<Option<Run>> = builds.iter().map(|_| None).collect();
         for step in 0..steps {
             let slot = (step + round) % steps;
             bench.reset().await?;
             if slot == 0 {
                 eprintln!("round {}/{rounds}: the apiserver floor ...", round + 1);
-                fl = floor(&bench.nodes, &format!("floor{round}"), n, true).await?;
+                fl = Some(bench.floor(&format!("floor{round}"), true).await?);
             } else {
                 let (name, bin) = &builds[slot - 1];
                 eprintln!(
@@ -519,23 +560,32 @@ async fn main() -> anyhow::Result<()> {
                 runs[slot - 1] = Some(bench.controller_run(round, slot - 1, bin).await?);
             }
         }
+        let fl = fl.expect("the floor ran");
         for (i, run) in runs.into_iter().enumerate() {
             let run = run.expect("every build ran");
-            let ratio = run.last.as_secs_f64() / fl.as_secs_f64();
-            let burst = (run.last - run.first).as_secs_f64() / fl.as_secs_f64();
+            let ratio = run.last.as_secs_f64() / fl.last.as_secs_f64();
+            // First to last initialized, against the floor's: the ratio without either start-up.
+            let burst = (run.last - run.first).as_secs_f64() / (fl.last - fl.first).as_secs_f64();
             println!(
-                "{:>5}  {:<10}  {:>10.3} s  {:>15.3} s  {:>11.3} s  {:>14.3} s  {:.3} s  {:.2}x  {:>10.2}x  {:.1} MB  {:.2} s",
+                "{:>5}  {:<10}  {:>10.3} s  {:>6.3} / {:.3} s  {:>6.3} / {:.3} s  {:.2}x  {:.2}x  {:.1} MB  {:.2} s",
                 round + 1,
                 builds[i].0,
                 run.registration.as_secs_f64(),
                 run.first.as_secs_f64(),
-                (run.last - run.first).as_secs_f64(),
+                fl.first.as_secs_f64(),
                 run.last.as_secs_f64(),
-                fl.as_secs_f64(),
+                fl.last.as_secs_f64(),
                 ratio,
                 burst,
                 run.rss_mb,
                 run.cpu_s,
+            );
+            // Who spent the 2 cores meanwhile (CPU seconds): the apiserver and etcd get the same
+            // requests in both, so a difference there is load, not work.
+            let (f, c) = (fl.cpu, run.others);
+            println!(
+                "       CPU s  floor: apiserver {:.2}  etcd {:.2}  bench {:.2}  |  {}: apiserver {:.2}  etcd {:.2}  bench {:.2}  controller {:.2}",
+                f.apiserver, f.etcd, f.bench, builds[i].0, c.apiserver, c.etcd, c.bench, run.cpu_s
             );
             ratios[i].push(ratio);
             bursts[i].push(burst);
@@ -546,7 +596,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let run = last_run.expect("at least one round");
     println!(
-        "(times from {}; registration 64 parallel, {}; first initialized = start-up: process, Lease, Node LIST + CloudSigma listing, the first two writes; the floor = the same 2 writes per Node from a bare, already connected client, 64 parallel, observed by the same watch)",
+        "(times from {}; registration 64 parallel, {}; first initialized = start-up: process, Lease, Node LIST + CloudSigma listing, the first two writes; the floor = the controller's 2 writes per Node from a bare, already connected client, 64 parallel, observed by the same watch, timed from its first write; burst = first to last initialized against the floor's)",
         match mode {
             Mode::Preregistered => "the controller's start",
             Mode::Streaming => "the first registration",
@@ -573,7 +623,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The floor without any watcher, the figure earlier versions printed: for comparison only.
     bench.reset().await?;
-    let bare = floor(&bench.nodes, "bare", n, false).await?;
+    let bare = bench.floor("bare", false).await?.last;
     println!(
         "apiserver floor, unobserved: {:.3} s  (no watcher at all; last round's run {:.2}x of it)",
         bare.as_secs_f64(),

@@ -172,8 +172,9 @@ fn is_stale_copy(
 }
 
 /// The initializing change on a copy of the Node: providerID (if it has none), the
-/// uninitialized taint removed, the labels it lacks added.
-fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: &str, zone: &str) {
+/// uninitialized taint removed, the labels it lacks added. Public so that the bench's apiserver
+/// floor makes exactly this write.
+pub fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: &str, zone: &str) {
     let spec = cur.spec.get_or_insert_with(Default::default);
     if spec.provider_id.as_deref().unwrap_or("").is_empty() {
         spec.provider_id = Some(node::provider_id(server_uuid));

@@ -206,6 +206,11 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The process ids of kube-apiserver and etcd (benches read their CPU time from /proc).
+    pub fn pids(&self) -> (u32, u32) {
+        (self.apiserver.id(), self.etcd.id())
+    }
+
     /// kubectl as the admin; Ok(stdout) on success.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         self.kubectl_as(&self.kubeconfig, args, None)
