@@ -462,3 +462,42 @@ pub async fn emulator_server(
     }
     s.uuid
 }
+
+/// A running emulator server `name` and its Node, registered under the same name, tainted, without
+/// a providerID (as kubelet registers with `--cloud-provider=external`); returns the server's uuid.
+pub async fn server_and_tainted_node(
+    cs: &cloudsigma_api::client::Client,
+    nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    name: &str,
+) -> String {
+    let uuid = emulator_server(cs, name, true).await;
+    nodes
+        .create(
+            &kube::api::PostParams::default(),
+            &tainted_node(name, None, None),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create Node {name}: {e}"));
+    uuid
+}
+
+/// A CloudSigma client for an emulator at `url`; `configure` sets what a test needs of retries and
+/// timeouts (an outage test should not sit in client retries for long).
+pub fn cloudsigma_client(
+    url: &str,
+    username: &str,
+    password: &str,
+    configure: impl FnOnce(&mut cloudsigma_api::client::Config),
+) -> cloudsigma_api::client::Client {
+    use cloudsigma_api::client::{Auth, Client, Config};
+    let mut cfg = Config::for_url(
+        url,
+        Auth::Basic {
+            username: username.into(),
+            password: password.into(),
+        },
+    )
+    .expect("emulator url");
+    configure(&mut cfg);
+    Client::new(cfg).expect("client")
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::client::Client;
 use cloudsigma_api::models::{Nic, ServerCreate};
 use cloudsigma_controller::cache::{Lookup, ServerCache};
 use cloudsigma_controller::Metrics;
@@ -26,16 +26,7 @@ async fn one_listing_serves_concurrent_lookups_and_unknown_uuids_are_rate_limite
     })
     .await
     .expect("emulator");
-    let mut cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .expect("cfg");
-    cfg.retry.max_attempts = 1;
-    let cs = Client::new(cfg).expect("client");
+    let cs = cache_client(&emu);
     let mut uuids = vec![];
     for i in 0..20 {
         let s = cs
@@ -155,14 +146,12 @@ async fn one_listing_serves_concurrent_lookups_and_unknown_uuids_are_rate_limite
 }
 
 fn cache_client(emu: &cloudsim::EmulatorHandle) -> Client {
-    let mut cfg = Config::for_url(
+    cloudsigma_controller::testkit::cloudsigma_client(
         &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
+        emu.username(),
+        emu.password(),
+        |cfg| {
+            cfg.retry.max_attempts = 1;
         },
     )
-    .expect("cfg");
-    cfg.retry.max_attempts = 1;
-    Client::new(cfg).expect("client")
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::client::Client;
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
 use cloudsigma_controller::testkit::{self, Cluster};
 use cloudsigma_controller::{run, Metrics, Options};
@@ -15,16 +15,9 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
 fn cs_client(emu: &EmulatorHandle) -> Client {
-    let mut cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .expect("emulator url");
-    cfg.timeout = Duration::from_secs(3);
-    Client::new(cfg).expect("client")
+    testkit::cloudsigma_client(&emu.api_url(), emu.username(), emu.password(), |cfg| {
+        cfg.timeout = Duration::from_secs(3);
+    })
 }
 
 /// Events about `node` as "reason note [count]", one per line.
@@ -101,14 +94,7 @@ async fn events_report_only_confirmed_and_current_causes() {
 
     // 1. A server and its Node (matched by name) created right after that listing: initialized
     // without any Warning. The listing predates the Node and cannot say its server is missing.
-    testkit::emulator_server(&cs, "late-1", true).await;
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("late-1", None, None),
-        )
-        .await
-        .expect("node late-1");
+    testkit::server_and_tainted_node(&cs, &nodes, "late-1").await;
     // 2. A Node whose server does not exist yet, and whose --node-ip will not fit it.
     nodes
         .create(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::client::Client;
 use cloudsigma_api::models::ServerStatus;
 use cloudsigma_controller::node::{TAINT_SHUTDOWN, TAINT_UNINITIALIZED};
 use cloudsigma_controller::testkit::{self, Cluster};
@@ -25,19 +25,12 @@ async fn emulator() -> EmulatorHandle {
 }
 
 fn cs_client(emu: &EmulatorHandle) -> Client {
-    let mut cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .expect("emulator url");
-    // Outage tests should not sit in client retries for long.
-    cfg.retry.max_attempts = 2;
-    cfg.retry.base_delay = Duration::from_millis(50);
-    cfg.timeout = Duration::from_secs(3);
-    Client::new(cfg).expect("client")
+    testkit::cloudsigma_client(&emu.api_url(), emu.username(), emu.password(), |cfg| {
+        // Outage tests should not sit in client retries for long.
+        cfg.retry.max_attempts = 2;
+        cfg.retry.base_delay = Duration::from_millis(50);
+        cfg.timeout = Duration::from_secs(3);
+    })
 }
 
 fn opts(api_url: &str, sync: Duration, metrics_port: u16) -> Options {
@@ -433,16 +426,9 @@ async fn binary_runs_under_kustomize_rbac() {
 
     let emu = emulator().await;
     let cs = cs_client(&emu);
-    let uuid = testkit::emulator_server(&cs, "worker-1", true).await;
     let admin = cluster.client().await;
     let nodes: Api<Node> = Api::all(admin);
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("worker-1", None, None),
-        )
-        .await
-        .expect("create node");
+    let uuid = testkit::server_and_tainted_node(&cs, &nodes, "worker-1").await;
 
     let bin = env!("CARGO_BIN_EXE_cloudsigma-controller");
     let port = testkit::free_port();
@@ -533,14 +519,7 @@ async fn binary_runs_under_kustomize_rbac() {
 
 /// A running server and its tainted Node; returns once something removed the taint.
 async fn register_and_initialize(cs: &Client, nodes: &Api<Node>, name: &str, what: &str) -> Node {
-    testkit::emulator_server(cs, name, true).await;
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node(name, None, None),
-        )
-        .await
-        .expect("create node");
+    testkit::server_and_tainted_node(cs, nodes, name).await;
     wait_for(nodes, name, what, |n| {
         !taint_keys(n).contains(&TAINT_UNINITIALIZED.to_string())
     })

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudsigma_api::client::{Auth, Client, Config};
+use cloudsigma_api::client::Client;
 use cloudsigma_controller::leader::{Attempt, Elector, LeaseConfig};
 use cloudsigma_controller::node::TAINT_UNINITIALIZED;
 use cloudsigma_controller::testkit::{self, StallingProxy};
@@ -26,18 +26,11 @@ async fn emulator() -> EmulatorHandle {
 }
 
 fn cs_client(emu: &EmulatorHandle, timeout: Duration) -> Client {
-    let mut cfg = Config::for_url(
-        &emu.api_url(),
-        Auth::Basic {
-            username: emu.username().into(),
-            password: emu.password().into(),
-        },
-    )
-    .expect("emulator url");
-    cfg.retry.max_attempts = 2;
-    cfg.retry.base_delay = Duration::from_millis(50);
-    cfg.timeout = timeout;
-    Client::new(cfg).expect("client")
+    testkit::cloudsigma_client(&emu.api_url(), emu.username(), emu.password(), |cfg| {
+        cfg.retry.max_attempts = 2;
+        cfg.retry.base_delay = Duration::from_millis(50);
+        cfg.timeout = timeout;
+    })
 }
 
 /// Leader-electing options with a short lease: 3 s lease, 2 s renew deadline, 300 ms retry.
@@ -106,15 +99,8 @@ async fn a_leader_behind_a_stalled_apiserver_stops_within_its_renew_deadline() {
     .await;
     let emu = emulator().await;
     let cs = cs_client(&emu, Duration::from_secs(3));
-    testkit::emulator_server(&cs, "stall-1", true).await;
     let nodes: Api<Node> = Api::all(admin.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("stall-1", None, None),
-        )
-        .await
-        .expect("node");
+    testkit::server_and_tainted_node(&cs, &nodes, "stall-1").await;
 
     let metrics = Arc::new(Metrics::new());
     let (_tx, rx) = watch::channel(false);
@@ -314,14 +300,7 @@ async fn a_standby_watches_ahead_but_writes_nothing_until_it_holds_the_lease() {
             ..Default::default()
         }),
     };
-    let uuid = testkit::emulator_server(&cs, "standby-worker", true).await;
-    nodes
-        .create(
-            &PostParams::default(),
-            &testkit::tainted_node("standby-worker", None, None),
-        )
-        .await
-        .expect("node");
+    let uuid = testkit::server_and_tainted_node(&cs, &nodes, "standby-worker").await;
     let opts = leader_opts(&emu.api_url(), "standby");
     leases
         .create(&PostParams::default(), &held(&opts.lease_name))
