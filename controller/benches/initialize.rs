@@ -8,9 +8,10 @@
 //! Default: the Nodes are all registered, then the controller starts (timed from its start).
 //! `--streaming`: the controller runs first and the Nodes arrive 64 at a time.
 //! `--rounds=R` (default 5): R rounds on one apiserver, each a controller run on freshly
-//! registered Nodes and the floor on fresh Nodes (in alternating order); the ratio reported is the
-//! median of the rounds' ratios, each against the floor measured next to it (this machine's load drifts by
-//! more than the 15 % being judged, so one run of each proves little).
+//! registered Nodes and the floor (the controller's own two writes per Node, from a bare client)
+//! on Nodes registered alike, in rotating order; the ratio reported is the median of the rounds'
+//! ratios, each against the floor measured next to it (this machine's load drifts by more than the
+//! 15 % being judged, so one run of each proves little).
 //! Targets: within 1.15× of the apiserver floor (printed as a ratio), ≤ 1 servers listing per
 //! sync period, ≤ 64 MB.
 
@@ -306,12 +307,11 @@ impl Bench {
         watch_ready.await?;
 
         let port = testkit::free_port();
-        let log = std::fs::File::create(
-            cluster
-                .dir
-                .path()
-                .join(format!("controller-{round}-{build}.log")),
-        )?;
+        let log_path = cluster
+            .dir
+            .path()
+            .join(format!("controller-{round}-{build}.log"));
+        let log = std::fs::File::create(&log_path)?;
         let (_, before) = emu.counters();
         let kube_before = apiserver_requests(cluster);
         let cpu_before = Cpu::sample(cluster);
@@ -379,14 +379,13 @@ impl Bench {
         } else {
             t_start
         };
-        let log_path = cluster
-            .dir
-            .path()
-            .join(format!("controller-{round}-{build}.log"));
         let (first_at, done_at) = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(120), all_initialized) => match r {
                 Ok(r) => r??,
-                Err(_) => anyhow::bail!("Nodes still uninitialized after 120 s"),
+                Err(_) => anyhow::bail!(
+                    "Nodes still uninitialized after 120 s; the controller's log: {}",
+                    log_path.display()
+                ),
             },
             // A controller that exits (a bad flag, say) would otherwise be waited for in vain.
             status = child.wait() => {
