@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub const GUEST_HOST: &str = "10.0.2.2";
 pub const KUBE_VERSION: &str = "v1.34.1";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The pod network: kubeadm's `networking.podSubnet`, kube-controller-manager's `--cluster-cidr`
+/// and flannel's `Network` (tests/kube/addons/kube-flannel.yml).
+pub const POD_CIDR: &str = "10.244.0.0/16";
 
 pub struct ControlPlane {
     pub dir: tempfile::TempDir,
@@ -160,7 +163,11 @@ impl ControlPlane {
                     "--kubelet-client-key={}",
                     pk("apiserver-kubelet-client.key")
                 ),
-                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
+                // Test deviation (docs/e2e.md): kubeadm's default order starts with InternalIP. A
+                // VLAN node's InternalIP is on a segment this host-process apiserver cannot reach;
+                // its ExternalIP (the NAT address) forwards 10250, so `kubectl logs`/`exec` go
+                // there. In production the control plane sits on the VLAN or uses konnectivity.
+                "--kubelet-preferred-address-types=ExternalIP,InternalIP,Hostname".into(),
                 format!("--proxy-client-cert-file={}", pk("front-proxy-client.crt")),
                 format!("--proxy-client-key-file={}", pk("front-proxy-client.key")),
                 "--requestheader-allowed-names=front-proxy-client".into(),
@@ -206,6 +213,11 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={}", pk("sa.key")),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--use-service-account-credentials=true".into(),
+                // kubeadm adds these when networking.podSubnet is set (manifests.go,
+                // getControllerManagerCommand): node podCIDRs, which flannel's kube subnet
+                // manager reads.
+                "--allocate-node-cidrs=true".into(),
+                format!("--cluster-cidr={POD_CIDR}"),
                 format!(
                     "--node-monitor-grace-period={}s",
                     node_monitor_grace.as_secs().max(1)
@@ -299,6 +311,18 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// `kubeadm init phase addon kube-proxy` and `coredns`, as `kubeadm init` ends: kube-proxy's
+    /// DaemonSet and ConfigMap (its kubeconfig's server is the controlPlaneEndpoint, the guests'
+    /// 10.0.2.2:PORT) and CoreDNS's Deployment and Service at the cluster DNS address. The images
+    /// are the ones kubeadm names, imported into the node image (tests/kube/addons.sh).
+    pub fn addons(&self) -> Result<(), String> {
+        let admin = self.admin.display().to_string();
+        for addon in ["kube-proxy", "coredns"] {
+            self.kubeadm_phase(&["addon", addon, "--kubeconfig", &admin])?;
+        }
+        Ok(())
     }
 
     /// kube-public/cluster-info as JSON: what a joining node's discovery reads.
@@ -482,7 +506,7 @@ etcd:
     dataDir: {etcd}
 networking:
   serviceSubnet: {SERVICE_CIDR}
-  podSubnet: 10.244.0.0/16
+  podSubnet: {POD_CIDR}
 ---
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

@@ -5,7 +5,7 @@
 //! initialized Node the same way.
 
 use crate::control_plane::{ControlPlane, JoinCredentials, GUEST_HOST};
-use crate::harness::{self, say, Api, Binaries, BootedNode, NodeSpec, Ssh, VmCloud};
+use crate::harness::{self, say, Binaries, BootedNode, NodeSpec, Ssh, VmCloud};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -113,22 +113,25 @@ pub fn control_plane(t0: Instant, kube_bin: &Path) -> (ControlPlane, JoinCredent
 }
 
 /// `imgbuild debian-k8s`: the product recipe's scripts with the local artifacts, on the Debian
-/// library image. Returns the image's uuid.
-pub fn build_image(t0: Instant, repo: &Path, api: &Api, prepared: &Prepared) -> String {
+/// library image; the image an earlier loop built is reused when imgbuild finds it current
+/// (`image_cache`). Returns the image's uuid.
+pub async fn build_image(t0: Instant, repo: &Path, cloud: &VmCloud, prepared: &Prepared) -> String {
     say(
         t0,
-        "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local)",
+        "imgbuild debian-k8s (ubuntu-k8s's scripts, kubernetes_source=local; reused when current)",
     );
-    let image = harness::imgbuild(
+    let image = crate::image_cache::build_shared(
+        cloud,
         &prepared.bins.imgbuild,
         repo,
-        api,
         "image-recipes/debian-k8s",
         &[
             ("agent_binary", prepared.bins.agent.display().to_string()),
             ("artifacts_dir", prepared.artifacts.display().to_string()),
         ],
-    );
+        false,
+    )
+    .await;
     say(t0, &format!("image {image} built"));
     image
 }
@@ -154,7 +157,7 @@ pub async fn stage(
     phases.push(("control plane", p.elapsed()));
     let cloud = VmCloud::start(t0, &prepared.img_dir).await;
     let p = Instant::now();
-    let image = tokio::task::block_in_place(|| build_image(t0, repo, &cloud.api, prepared));
+    let image = build_image(t0, repo, &cloud, prepared).await;
     phases.push(("imgbuild", p.elapsed()));
     Stage {
         cp,
@@ -376,5 +379,91 @@ pub fn print_phases(title: &str, t0: Instant, phases: &[(&str, Duration)]) {
     eprintln!("\n== {title}: {:.1}s ==", t0.elapsed().as_secs_f64());
     for (name, d) in phases {
         eprintln!("  {name:<32} {:>7.1}s", d.as_secs_f64());
+    }
+}
+
+/// The cloudsigma-controller as a host process, killed on drop, as an operator runs it outside
+/// the workload cluster: the kustomize ServiceAccount and RBAC applied, a token of that
+/// ServiceAccount in a kubeconfig, the emulator's API credentials in its environment.
+pub struct HostController {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl HostController {
+    pub fn start(
+        cp: &ControlPlane,
+        repo: &Path,
+        bin: &Path,
+        emu: &cloudsim::EmulatorHandle,
+    ) -> HostController {
+        let rendered = cp
+            .kubectl(&[
+                "kustomize",
+                &repo.join("controller/config").display().to_string(),
+            ])
+            .expect("kubectl kustomize controller/config");
+        // everything but the Deployment (its image needs a registry; in_cluster runs it in-cluster)
+        let objects: Vec<&str> = rendered
+            .split("\n---\n")
+            .filter(|d| !d.contains("\nkind: Deployment\n") && !d.starts_with("kind: Deployment\n"))
+            .collect();
+        cp.kubectl_stdin(&["apply", "-f", "-"], &objects.join("\n---\n"))
+            .expect("applying the controller's ServiceAccount and RBAC");
+        let token = cp
+            .kubectl(&[
+                "create",
+                "token",
+                "cloudsigma-controller",
+                "-n",
+                "cloudsigma-system",
+                "--duration=2h",
+            ])
+            .expect("ServiceAccount token");
+        let sa_kubeconfig = cp
+            .kubeconfig_for_token("cloudsigma-controller", token.trim())
+            .expect("kubeconfig");
+        let metrics_port = crate::control_plane::free_port();
+        let log_path = cp.dir.path().join("cloudsigma-controller.log");
+        let log = std::fs::File::create(&log_path).expect("controller log");
+        let child = Command::new(bin)
+            .env("CLOUDSIGMA_API_URL", emu.api_url())
+            .env("CLOUDSIGMA_USERNAME", emu.username())
+            .env("CLOUDSIGMA_PASSWORD", emu.password())
+            .arg("--kubeconfig")
+            .arg(&sa_kubeconfig)
+            .args([
+                "--lease-namespace=cloudsigma-system",
+                "--identity=e2e-host",
+                // the lifecycle check's period: short, so that a deleted server's Node goes
+                // within the test (the default is 30s)
+                "--sync-period=5s",
+                &format!("--metrics-bind=127.0.0.1:{metrics_port}"),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting cloudsigma-controller");
+        HostController {
+            child,
+            log: log_path,
+        }
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        std::fs::read_to_string(&self.log)
+            .map(|l| {
+                let lines: Vec<&str> = l.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HostController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -3,6 +3,8 @@
 //! `in_cluster` (the same node, the controller installed with `kubectl apply -k`). This library
 //! is their harness.
 
+pub mod cluster;
 pub mod control_plane;
 pub mod harness;
+pub mod image_cache;
 pub mod kube_node;

@@ -113,15 +113,15 @@ async fn first_boot_of_a_larger_clone() {
     // 1. the image, built for real
     let p = Instant::now();
     say(t0, "imgbuild debian-test-node");
-    let image = tokio::task::block_in_place(|| {
-        harness::imgbuild(
-            &bins.imgbuild,
-            &repo,
-            api,
-            "image-recipes/debian-test-node",
-            &[("agent_binary", bins.agent.display().to_string())],
-        )
-    });
+    let image = e2e::image_cache::build_shared(
+        &cloud,
+        &bins.imgbuild,
+        &repo,
+        "image-recipes/debian-test-node",
+        &[("agent_binary", bins.agent.display().to_string())],
+        false,
+    )
+    .await;
     phases.push(("imgbuild", p.elapsed()));
 
     // 2. the image drive as a provider finds it, before any boot

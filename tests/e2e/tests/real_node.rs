@@ -18,26 +18,15 @@
 //!
 //! `scripts/demo` runs this test with its progress output.
 
-use e2e::control_plane::free_port;
 use e2e::harness::{self, say};
 use e2e::kube_node::{self as kn, condition, wait_for, NODE};
 use serde_json::Value;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The test Pod: the local image (never pulled), one HTTP port.
 const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hello","namespace":"default"},
 "spec":{"containers":[{"name":"hello","image":"cloudsigma-k8s.test/hello:v1","imagePullPolicy":"Never",
 "ports":[{"containerPort":8080}]}],"terminationGracePeriodSeconds":5}}"#;
-
-/// The controller as a host process, killed on drop.
-struct Controller(Child);
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_node() {
@@ -63,57 +52,9 @@ async fn real_node() {
     } = kn::stage(t0, &repo, &prepared, &mut phases).await;
     let (emu, api) = (&cloud.emu, &cloud.api);
 
-    // 5. the controller, as an operator would run it outside the cluster: the kustomize
-    //    ServiceAccount and RBAC, a token of that ServiceAccount, the emulator's API
-    let rendered = cp
-        .kubectl(&[
-            "kustomize",
-            &repo.join("controller/config").display().to_string(),
-        ])
-        .expect("kubectl kustomize controller/config");
-    // everything but the Deployment (its image needs a registry; issue 11 runs it in-cluster)
-    let objects: Vec<&str> = rendered
-        .split("\n---\n")
-        .filter(|d| !d.contains("\nkind: Deployment\n") && !d.starts_with("kind: Deployment\n"))
-        .collect();
-    cp.kubectl_stdin(&["apply", "-f", "-"], &objects.join("\n---\n"))
-        .expect("applying the controller's ServiceAccount and RBAC");
-    let token = cp
-        .kubectl(&[
-            "create",
-            "token",
-            "cloudsigma-controller",
-            "-n",
-            "cloudsigma-system",
-            "--duration=2h",
-        ])
-        .expect("ServiceAccount token");
-    let sa_kubeconfig = cp
-        .kubeconfig_for_token("cloudsigma-controller", token.trim())
-        .expect("kubeconfig");
-    let metrics_port = free_port();
-    let controller_log = cp.dir.path().join("cloudsigma-controller.log");
-    let log = std::fs::File::create(&controller_log).expect("controller log");
-    let _controller = Controller(
-        Command::new(&bins.controller)
-            .env("CLOUDSIGMA_API_URL", emu.api_url())
-            .env("CLOUDSIGMA_USERNAME", emu.username())
-            .env("CLOUDSIGMA_PASSWORD", emu.password())
-            .arg("--kubeconfig")
-            .arg(&sa_kubeconfig)
-            .args([
-                "--lease-namespace=cloudsigma-system",
-                "--identity=e2e-host",
-                // the lifecycle check's period: short, so that the deleted server's Node goes
-                // within the test (the default is 30s)
-                "--sync-period=5s",
-                &format!("--metrics-bind=127.0.0.1:{metrics_port}"),
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting cloudsigma-controller"),
-    );
+    // 5. the controller, as an operator would run it outside the cluster
+    let controller = kn::HostController::start(&cp, &repo, &bins.controller, emu);
+    let controller_log = controller.log.clone();
 
     // 6. the node: clone the image, boot it with the join data
     let p = Instant::now();
@@ -259,7 +200,7 @@ async fn real_node() {
     say(t0, "server deleted; the controller deleted the Node");
 
     // 12. nothing left behind
-    drop(_controller);
+    drop(controller);
     cloud.finish(&image).await;
     kn::stop_control_plane(cp);
     drop(booted);

@@ -57,15 +57,15 @@ async fn whole_loop() {
         t0,
         "imgbuild debian-test-node (boots the library image, provisions over SSH)",
     );
-    let image = tokio::task::block_in_place(|| {
-        harness::imgbuild(
-            &bins.imgbuild,
-            &repo,
-            api,
-            "image-recipes/debian-test-node",
-            &[("agent_binary", bins.agent.display().to_string())],
-        )
-    });
+    let image = e2e::image_cache::build_shared(
+        &cloud,
+        &bins.imgbuild,
+        &repo,
+        "image-recipes/debian-test-node",
+        &[("agent_binary", bins.agent.display().to_string())],
+        true,
+    )
+    .await;
     phases.push(("imgbuild", p.elapsed()));
     say(t0, &format!("image {image} built"));
 
