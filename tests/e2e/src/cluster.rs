@@ -70,8 +70,7 @@ pub async fn create_workers(
     use base64::Engine as _;
     let api = &cloud.api;
     let roots: Vec<String> = names.iter().map(|n| format!("{n}-root")).collect();
-    let clones =
-        futures::future::join_all(roots.iter().map(|r| api.clone_drive(image, r))).await;
+    let clones = futures::future::join_all(roots.iter().map(|r| api.clone_drive(image, r))).await;
     let data = base64::engine::general_purpose::STANDARD.encode(user_data);
     let objects: Vec<Value> = names
         .iter()

@@ -39,13 +39,7 @@ pub struct ControlPlane {
     procs: Vec<(&'static str, Child)>,
 }
 
-/// A free TCP port on loopback (the OS picks; a race with another process is possible but rare).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on 127.0.0.1")
-}
+pub use test_support::free_port;
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd
@@ -417,14 +411,15 @@ impl ControlPlane {
     /// Writes a kubeconfig for a bearer token (a ServiceAccount's), verifying the apiserver
     /// against the cluster CA.
     pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf, String> {
-        use base64::Engine as _;
-        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
         let p = self.dir.path().join(format!("{name}.kubeconfig"));
-        let body = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: {name}\ncurrent-context: e2e\n",
-            port = self.port
-        );
-        std::fs::write(&p, body).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        let ca = self.ca_pem();
+        test_support::write_kubeconfig(
+            &p,
+            &format!("https://127.0.0.1:{}", self.port),
+            test_support::Trust::Ca(&ca),
+            name,
+            token,
+        )?;
         Ok(p)
     }
 

@@ -13,15 +13,7 @@ pub fn repo() -> PathBuf {
     std::fs::canonicalize(REPO).expect("repo root")
 }
 
-/// `$CLOUDSIGMA_K8S_CACHE`, where slow builds live (scripts/cache-env).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("CLOUDSIGMA_K8S_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/cloudsigma-k8s")
-        })
-}
+pub use test_support::{cache_dir, shell_quote};
 
 pub fn say(t0: Instant, msg: &str) {
     eprintln!("[e2e {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
@@ -787,10 +779,6 @@ pub fn journal_uptime(ssh: &Ssh, unit: &str, pattern: &str) -> Option<f64> {
         ))
         .ok()?;
     out.trim().parse().ok()
-}
-
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 impl Api {
