@@ -128,7 +128,7 @@ for d in "${debs[@]}"; do
     dpkg-deb -x "$deb" "$nf"
 done
 # Docs, locales' charset converters and tools no add-on runs.
-rm -rf "$nf/usr/share" "$nf/usr/lib/x86_64-linux-gnu/gconv" "$nf/usr/bin/iptables-xml" "$nf/usr/sbin/nfnl_osf" \
+rm -rf "${nf:?}/usr/share" "$nf/usr/lib/x86_64-linux-gnu/gconv" "$nf/usr/bin/iptables-xml" "$nf/usr/sbin/nfnl_osf" \
     "$nf/usr/sbin/iptables-apply" "$nf/usr/sbin/ip6tables-apply"
 # What Debian's alternatives would point at on an nft system (the guest's choice).
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
