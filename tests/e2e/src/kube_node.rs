@@ -50,7 +50,7 @@ pub fn prepare(
 ) -> Prepared {
     let cache = harness::cache_dir();
     let p = Instant::now();
-    say(t0, "artifacts: tests/kube/build.sh --node and tests/kube/images.sh (cached after the first run)");
+    say(t0, "artifacts: tests/kube/build.sh --node, images.sh and addons.sh (cached after the first run)");
     harness::run(
         Command::new(repo.join("tests/kube/build.sh"))
             .arg("--node")
@@ -63,6 +63,13 @@ pub fn prepare(
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit()),
         "tests/kube/images.sh",
+    );
+    // kube-proxy, CoreDNS and flannel: every node image carries them (one image for all loops)
+    harness::run(
+        Command::new(repo.join("tests/kube/addons.sh"))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit()),
+        "tests/kube/addons.sh",
     );
     phases.push(("artifacts", p.elapsed()));
 
