@@ -43,7 +43,7 @@ export CGO_ENABLED=0
 
 say() { echo "tests/kube/addons.sh: $*"; }
 for tool in go apt-get dpkg-deb cargo setcap; do
-    command -v "$tool" >/dev/null || { say "'$tool' not found (scripts/install-deps installs the toolchain)" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { say "'$tool' not found: scripts/install-deps installs the Debian tools (setcap: libcap2-bin); Go and cargo come with this machine kind" >&2; exit 1; }
 done
 
 # build NAME MODULE_DIR PACKAGE VERSION LDFLAGS [SRC_DIR]: as tests/kube/build.sh's build(); with

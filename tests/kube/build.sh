@@ -45,7 +45,7 @@ export GOFLAGS=-buildvcs=false
 export CGO_ENABLED=0       # static binaries, no C toolchain needed (and they run in the guest as-is)
 
 if ! command -v go >/dev/null; then
-    echo "tests/kube/build.sh: 'go' not found; install Go >= 1.24 (scripts/install-deps installs golang-go)" >&2
+    echo "tests/kube/build.sh: 'go' not found; install Go >= 1.24 from go.dev (Debian 12's golang-go is too old, and scripts/install-deps does not install Go)" >&2
     exit 1
 fi
 
