@@ -70,6 +70,11 @@ pub struct BootstrapArgs {
     /// Interfaces as JSON instead of getifaddrs (tests).
     #[arg(long, value_name = "FILE")]
     pub net_fixture: Option<PathBuf>,
+    /// How long the node_ip step waits for an IPv4 address on the context's VLAN NIC before the
+    /// join goes on without --node-ip (0: look once).
+    #[arg(long, value_name = "SECONDS", env = "CLOUDSIGMA_AGENT_VLAN_ADDRESS_TIMEOUT",
+          default_value = crate::steps::node_ip::DEFAULT_TIMEOUT_SECS, value_parser = seconds_or_zero)]
+    pub vlan_address_timeout: Duration,
     /// Do not copy the log to stdout.
     #[arg(long)]
     pub quiet: bool,
@@ -106,6 +111,15 @@ fn seconds(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(s))
 }
 
+/// As [`seconds`], and 0 allowed.
+fn seconds_or_zero(v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Ok(_) => Err(format!("{v:?} must be between 0 and 86400")),
+        Err(_) => Err(format!("{v:?} is not a number of seconds")),
+    }
+}
+
 /// A relative --root is taken from the working directory, as every path under it is.
 pub fn absolute(root: PathBuf) -> std::io::Result<PathBuf> {
     if root.is_absolute() {
@@ -127,6 +141,7 @@ impl BootstrapArgs {
             status_file: self.status_file,
             log_file: self.log_file,
             net_fixture: self.net_fixture,
+            vlan_address_timeout: self.vlan_address_timeout,
             quiet: self.quiet,
         })
     }
@@ -173,6 +188,9 @@ mod tests {
         assert!(c.command.is_none());
         assert_eq!(c.bootstrap.timeout, Duration::from_secs(60));
         assert_eq!(c.bootstrap.root, PathBuf::from("/"));
+        assert_eq!(c.bootstrap.vlan_address_timeout, Duration::from_secs(30));
+        let c = parse(&["--vlan-address-timeout", "0"]).unwrap();
+        assert_eq!(c.bootstrap.vlan_address_timeout, Duration::ZERO);
         let c = parse(&["--root", "/a", "--root", "/b"]).unwrap();
         assert_eq!(c.bootstrap.root, PathBuf::from("/b"), "the last one wins");
     }
@@ -191,6 +209,8 @@ mod tests {
             &["--bogus"][..],
             &["--timeout", "0"],
             &["--timeout", "soon"],
+            &["--vlan-address-timeout", "-1"],
+            &["--vlan-address-timeout", "inf"],
             &["--timeout"],
             &["--root", "/r", "status"],
             &["status", "--output", "yaml"],

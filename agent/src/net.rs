@@ -121,18 +121,60 @@ pub fn classify(ctx: &ServerContext, ifaces: &[Iface]) -> Vec<InterfaceInfo> {
         .collect()
 }
 
-/// kubelet's `--node-ip`: the IPv4 of the interface on a private network (a context NIC with a
-/// VLAN), the one address the cloud controller cannot learn from the API. A server with only
+/// A context NIC on a VLAN (private network): its MAC (lower case) and the VLAN's uuid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanNic {
+    pub mac: String,
+    pub vlan: String,
+}
+
+/// The context's VLAN NICs that carry a MAC, in context order. kubelet's `--node-ip` comes from
+/// the first (docs/agent.md, `node_ip`): the one address the cloud controller cannot learn from the
+/// API, since the cloud runs no DHCP on a VLAN and never knows its addresses. A server with only
 /// public NICs gets none: the controller takes its addresses from the API, and the guest's view of
 /// a public address need not equal the API's (1:1 NAT; the emulator's user-mode network, where the
 /// guest has 10.0.2.15 and the API 127.77.0.N), and a mismatch would keep the Node uninitialized.
-pub fn node_ip(classified: &[InterfaceInfo]) -> Option<(String, &'static str)> {
-    classified
+pub fn vlan_nics(ctx: &ServerContext) -> Vec<VlanNic> {
+    ctx.nics
         .iter()
-        .filter(|i| i.class == "private")
-        .flat_map(|i| i.addresses.iter())
-        .next()
-        .map(|a| (a.address.clone(), "private"))
+        .filter_map(|n| {
+            Some(VlanNic {
+                mac: norm_mac(n.mac.as_deref()?),
+                vlan: n.vlan.as_ref()?.uuid().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What the guest shows for one MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No interface has this MAC (yet).
+    NoInterface,
+    /// The interface exists (its name) but has no usable IPv4 address yet.
+    NoAddress(String),
+    /// The interface's name and its first usable IPv4 address.
+    Address(String, String),
+}
+
+/// The first usable IPv4 of the interface whose MAC is `mac` (case-insensitive). Link-local
+/// 169.254/16 does not count: it is what a NIC gets when DHCP failed (IPv4LL), never a node IP.
+pub fn lookup(ifaces: &[Iface], mac: &str) -> Lookup {
+    let mac = norm_mac(mac);
+    let Some(i) = ifaces
+        .iter()
+        .find(|i| i.mac.as_deref().map(norm_mac).as_deref() == Some(mac.as_str()))
+    else {
+        return Lookup::NoInterface;
+    };
+    let usable = i.ipv4.iter().find_map(|s| {
+        let ip: std::net::Ipv4Addr = split_cidr(s).0.parse().ok()?;
+        (!ip.is_link_local() && !ip.is_unspecified() && !ip.is_loopback()).then(|| ip.to_string())
+    });
+    match usable {
+        Some(ip) => Lookup::Address(i.name.clone(), ip),
+        None => Lookup::NoAddress(i.name.clone()),
+    }
 }
 
 #[cfg(test)]
@@ -170,11 +212,29 @@ mod tests {
         assert_eq!(c[1].class, "public");
         assert_eq!(c[2].class, "private");
         assert_eq!(c[2].vlan.as_deref(), Some("vlan-1"));
-        assert_eq!(node_ip(&c), Some(("10.10.0.5".into(), "private")));
+        let v = vlan_nics(&ctx);
         assert_eq!(
-            node_ip(&c[..2]),
-            None,
-            "public only: the controller's addresses rule"
+            v,
+            [VlanNic {
+                mac: "22:aa:00:00:00:02".into(),
+                vlan: "vlan-1".into()
+            }],
+            "only the VLAN NIC, its MAC in lower case"
+        );
+        assert_eq!(
+            lookup(&ifs, "22:AA:00:00:00:02"),
+            Lookup::Address("ens4".into(), "10.10.0.5".into())
+        );
+        assert_eq!(lookup(&ifs[..2], &v[0].mac), Lookup::NoInterface);
+        let ll = [Iface {
+            name: "ens4".into(),
+            mac: Some("22:AA:00:00:00:02".into()),
+            ipv4: vec!["169.254.3.4/16".into()],
+        }];
+        assert_eq!(
+            lookup(&ll, &v[0].mac),
+            Lookup::NoAddress("ens4".into()),
+            "IPv4LL is what a failed DHCP leaves: never a node IP"
         );
     }
 }

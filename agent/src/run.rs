@@ -40,6 +40,8 @@ pub struct Opts {
     pub status_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub net_fixture: Option<PathBuf>,
+    /// How long the node_ip step waits for the VLAN NIC's address (0: look once).
+    pub vlan_address_timeout: Duration,
     pub quiet: bool,
 }
 
@@ -325,16 +327,6 @@ impl Agent<'_> {
             ssh_keys::apply(cx, &keys, &cfg.root_login)
         })?;
         self.step("swap", None, swap::apply)?;
-        let cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter());
-        if node_ip::mentioned(&cfg.write_files, cmds) {
-            self.skip("node_ip", "the bootstrap data sets node-ip itself");
-        } else {
-            self.phase("node_ip", |a| {
-                let interfaces = a.status.interfaces.clone();
-                a.status.node_ip = node_ip::apply(&mut a.cx(), &interfaces)?;
-                Ok(())
-            })?;
-        }
         // cloud-init's config stage: ntp comes before runcmd (which runs in the final stage).
         match &cfg.ntp {
             None => self.skip("ntp", "no ntp"),
@@ -349,6 +341,25 @@ impl Agent<'_> {
             if_empty(&deferred, "no deferred files"),
             |cx| write_files::apply(cx, &deferred),
         )?;
+        // Last before the join, the only step that needs it: the VLAN address may still be on its
+        // way (DHCP on the VLAN), and the steps before do not wait for it.
+        let cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter());
+        if node_ip::mentioned(&cfg.write_files, cmds) {
+            self.skip("node_ip", "the bootstrap data sets node-ip itself");
+        } else {
+            self.phase("node_ip", |a| {
+                let fixture = a.o.net_fixture.clone();
+                let mut source = || net::interfaces(fixture.as_deref());
+                let mut clock = node_ip::RealClock::start();
+                let timeout = a.o.vlan_address_timeout;
+                let out = node_ip::apply(&mut a.cx(), ctx, timeout, &mut source, &mut clock)?;
+                if let Some(ifs) = out.interfaces {
+                    a.status.interfaces = net::classify(ctx, &ifs);
+                }
+                a.status.node_ip = out.ip;
+                Ok(())
+            })?;
+        }
         let uuid = &ctx.uuid;
         let (name, file, body, skip) = match kind {
             userdata::Kind::Script(bytes) => (

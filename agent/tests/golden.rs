@@ -98,10 +98,10 @@ fn kubeadm_join_worker() {
             "users",
             "ssh_keys",
             "swap",
-            "node_ip",
             "ntp",
             "packages",
             "write_files_deferred",
+            "node_ip",
             "runcmd",
             "marker",
             "done_stamp"
