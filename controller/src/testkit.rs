@@ -441,7 +441,39 @@ pub async fn emulator_server(
     name: &str,
     start: bool,
 ) -> String {
-    use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+    emulator_server_with_nics(
+        cs,
+        name,
+        start,
+        vec![cloudsigma_api::models::Nic::public_dhcp()],
+    )
+    .await
+}
+
+/// [`emulator_server`], running, with a public NIC and a NIC on the emulator's first VLAN (a real
+/// VLAN object: the emulator seeds two, and refuses NICs naming unknown ones).
+pub async fn emulator_vlan_server(cs: &cloudsigma_api::client::Client, name: &str) -> String {
+    use cloudsigma_api::models::{Nic, Ref};
+    let vlans = cs.list_vlans().await.expect("list VLANs");
+    let vlan = vlans
+        .first()
+        .unwrap_or_else(|| panic!("the emulator has no VLAN (seed_library off?)"));
+    let private = Nic {
+        vlan: Some(Ref::Uuid(vlan.uuid.clone())),
+        model: Some("virtio".into()),
+        ..Default::default()
+    };
+    emulator_server_with_nics(cs, name, true, vec![Nic::public_dhcp(), private]).await
+}
+
+/// [`emulator_server`] with these NICs.
+pub async fn emulator_server_with_nics(
+    cs: &cloudsigma_api::client::Client,
+    name: &str,
+    start: bool,
+    nics: Vec<cloudsigma_api::models::Nic>,
+) -> String {
+    use cloudsigma_api::models::{ServerCreate, ServerStatus};
     let s = cs
         .create_server(&ServerCreate {
             name: name.into(),
@@ -449,7 +481,7 @@ pub async fn emulator_server(
             mem: 2 << 30,
             smp: Some(2),
             vnc_password: "vncpass".into(),
-            nics: vec![Nic::public_dhcp()],
+            nics,
             ..Default::default()
         })
         .await
