@@ -7,6 +7,7 @@
 //! Concurrent callers wait on one refresh instead of each listing.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ pub struct Snapshot {
     pub by_uuid: HashMap<String, Arc<Server>>,
     /// Several servers may share a name: a name lookup with more than one match is ambiguous.
     pub by_name: HashMap<String, Vec<Arc<Server>>>,
+    /// NAT (public) runtime IP → uuid of the running server that has it: a VLAN Node's provided
+    /// IP must not be one of another server's (node::desired_addresses).
+    pub by_nat_ip: HashMap<IpAddr, String>,
     /// When the listing completed; `None` = never listed successfully.
     pub fetched_at: Option<Instant>,
     /// When the listing's first request was sent: a server missing from it is known to be
@@ -41,6 +45,9 @@ impl Snapshot {
                 .entry(srv.name.clone())
                 .or_default()
                 .push(srv.clone());
+            for ip in crate::node::external_ips(&srv) {
+                s.by_nat_ip.insert(ip, srv.uuid.to_ascii_lowercase());
+            }
             s.by_uuid.insert(srv.uuid.to_ascii_lowercase(), srv);
         }
         s
@@ -125,6 +132,11 @@ impl ServerCache {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// The running server whose NAT (public) IP `ip` is, in the current listing.
+    pub fn nat_owner(&self, ip: &IpAddr) -> Option<String> {
+        self.current().by_nat_ip.get(ip).cloned()
     }
 
     /// Whether a listing has ever succeeded (readiness).

@@ -76,6 +76,13 @@ pub struct Options {
     /// cost the apiserver a third of the writes. Failures and deletions always get an Event.
     #[arg(long, env = "RECORD_SUCCESS_EVENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub record_success_events: bool,
+    /// The longest silence tolerated on an apiserver connection: the wait for a response's
+    /// headers, and the gap between two frames of a response body. The Node watch gets a
+    /// BOOKMARK about every minute, so a longer silence means a dead connection (a vanished peer
+    /// over HTTP/1.1 is otherwise noticed only after 295 s); the watch then resumes. See
+    /// src/apiserver.rs.
+    #[arg(long, env = "APISERVER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub apiserver_idle_timeout: Duration,
     /// kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -170,6 +177,14 @@ impl Options {
             lease_duration: self.lease_duration,
             renew_deadline: self.renew_deadline,
             retry_period: self.retry_period,
+        }
+    }
+
+    /// The apiserver connections' dead-connection bounds.
+    pub fn liveness(&self) -> apiserver::Liveness {
+        apiserver::Liveness {
+            idle: self.apiserver_idle_timeout,
+            ..Default::default()
         }
     }
 
@@ -274,6 +289,7 @@ fn context(
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
         stale_after_init: Default::default(),
+        warnings: Default::default(),
         success_events: opts.record_success_events,
         recorder: kube::runtime::events::Recorder::new(
             kube.requests.clone(),
@@ -309,7 +325,7 @@ async fn work(
     let mut sd = shutdown.clone();
     let ctrl = Controller::new(
         Api::<watched::WatchedNode>::all(watch_client),
-        watcher::Config::default().any_semantic(),
+        watch_config(),
     )
     .with_config(controller::Config::default().concurrency(opts.concurrency))
     .graceful_shutdown_on(async move { wait_true(&mut sd).await })
@@ -323,6 +339,21 @@ async fn work(
         }
     });
     futures::join!(prime, ctrl);
+}
+
+/// The server-side length of one Node watch (`timeoutSeconds`): kube-runtime's default, written
+/// out because the dead-connection bound relies on it (src/apiserver.rs).
+pub const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// The Node watch: BOOKMARKs requested (`allowWatchBookmarks=true`), so that a healthy watch is
+/// never silent for much more than a minute and [`Options::apiserver_idle_timeout`] can tell a
+/// dead one; the watch ends after [`WATCH_TIMEOUT_SECS`] and resumes from its resourceVersion.
+pub fn watch_config() -> watcher::Config {
+    let mut c = watcher::Config::default()
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECS);
+    c.bookmarks = true;
+    c
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {
@@ -396,6 +427,23 @@ mod tests {
         let o = Options::parse_from(["cloudsigma-controller"]);
         assert!(o.metrics_bind.ip().is_loopback(), "{}", o.metrics_bind);
         assert_eq!(o.metrics_bind.port(), 10258);
+    }
+
+    #[test]
+    fn the_watch_asks_for_bookmarks_and_silence_beyond_them_is_a_dead_connection() {
+        use clap::Parser;
+        let c = watch_config();
+        assert!(c.bookmarks, "allowWatchBookmarks must be requested");
+        assert_eq!(c.timeout, Some(WATCH_TIMEOUT_SECS));
+        let idle = Options::parse_from(["cloudsigma-controller"]).apiserver_idle_timeout;
+        assert_eq!(idle, apiserver::DEFAULT_IDLE);
+        // Longer than the apiserver's bookmark period (no false alarm on a quiet watch), shorter
+        // than kube-runtime's own bound (timeoutSeconds + 5 s), which it replaces.
+        assert!(idle > apiserver::APISERVER_BOOKMARK_PERIOD, "{idle:?}");
+        assert!(
+            idle < Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS) + 5),
+            "{idle:?}"
+        );
     }
 
     #[test]

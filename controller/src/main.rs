@@ -30,7 +30,8 @@ async fn real_main(opts: Options) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    let kube = cloudsigma_controller::apiserver::Connections::new(kube_cfg)?;
+    let kube =
+        cloudsigma_controller::apiserver::Connections::with_liveness(kube_cfg, opts.liveness())?;
     tracing::info!(
         api = %cs.base_url(), region = %opts.region_label(), sync_period = ?opts.sync_period,
         leader_elect = opts.leader_elect, "starting"

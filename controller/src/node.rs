@@ -108,7 +108,9 @@ pub fn has_vlan(server: &Server) -> bool {
     server.nics.iter().any(|n| n.is_private())
 }
 
-/// Parses `alpha.kubernetes.io/provided-node-ip` (one IP or a `v4,v6` pair).
+/// Parses `alpha.kubernetes.io/provided-node-ip`: one IP or a dual-stack pair (one IPv4, one
+/// IPv6), as upstream's `ParseNodeIPAnnotation` (`k8s.io/component-helpers/node/util/ips.go`)
+/// accepts it. Anything else is an error naming the value.
 pub fn provided_ips(node: &Node) -> Result<Vec<IpAddr>, String> {
     let Some(raw) = node
         .metadata
@@ -118,7 +120,8 @@ pub fn provided_ips(node: &Node) -> Result<Vec<IpAddr>, String> {
     else {
         return Ok(vec![]);
     };
-    raw.split(',')
+    let ips = raw
+        .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -126,7 +129,45 @@ pub fn provided_ips(node: &Node) -> Result<Vec<IpAddr>, String> {
                 format!("annotation {ANNOTATION_PROVIDED_IP}={raw:?} holds {s:?}, not an IP address; check kubelet --node-ip")
             })
         })
-        .collect()
+        .collect::<Result<Vec<IpAddr>, String>>()?;
+    let pair_of_one_family = ips.len() == 2 && ips[0].is_ipv4() == ips[1].is_ipv4();
+    if ips.len() > 2 || pair_of_one_family {
+        return Err(format!(
+            "annotation {ANNOTATION_PROVIDED_IP}={raw:?} is neither one IP nor an IPv4,IPv6 pair; check kubelet --node-ip"
+        ));
+    }
+    Ok(ips)
+}
+
+/// Why `ip` can never be a node's address, or `None`. The kubelet refuses the same kinds for
+/// `--node-ip` (`ValidateNodeIP`, `pkg/kubelet/kubelet_node_status.go`: loopback, multicast,
+/// link-local unicast, unspecified); the IPv4 broadcast address is added. An annotation holding
+/// one was therefore not written by a kubelet's own check, and no peer could reach the Node there.
+pub fn unusable_node_ip(ip: &IpAddr) -> Option<&'static str> {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if link_local {
+        Some("a link-local address")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// The server has a VLAN NIC but its kubelet provided no node IP: the Node can get no
+/// InternalIP (the API does not know VLAN addresses), and CNIs that need one (Cilium, flannel)
+/// fail on it. A broken annotation is not this case: it is an `InvalidNodeIP` error.
+pub fn vlan_without_node_ip(node: &Node, server: &Server) -> bool {
+    has_vlan(server) && matches!(provided_ips(node), Ok(ips) if ips.is_empty())
 }
 
 /// The addresses the Node should carry.
@@ -134,26 +175,49 @@ pub fn provided_ips(node: &Node) -> Result<Vec<IpAddr>, String> {
 /// CloudSigma knows only the NAT runtime IP (ExternalIP); the private VLAN address is configured
 /// inside the guest, so the kubelet-provided node IP is the only source for it. Rules:
 /// - ExternalIP: every NAT runtime IPv4.
-/// - InternalIP: each provided IP. With a VLAN NIC any provided IP is accepted (guest knowledge we
-///   cannot check); without one it must be one of the NAT IPs (the guest's public address), else
-///   error and the Node stays tainted, as upstream does. With no provided IP and no VLAN, the NAT IP
-///   also serves as InternalIP so CNIs that need an InternalIP work.
+/// - InternalIP: each provided IP. Without a VLAN NIC it must be one of the NAT IPs (the guest's
+///   public address), else error and the Node stays tainted, as upstream does. With a VLAN NIC it
+///   is guest knowledge the API cannot confirm, so only what can be refused soundly is refused:
+///   an address no node can have ([`unusable_node_ip`]) and a NAT IP of another server of the
+///   account (`nat_owner` answers which server's, if any), which the cloud routes to that server.
+///   With no provided IP and no VLAN, the NAT IP also serves as InternalIP so CNIs that need an
+///   InternalIP work; with a VLAN and no provided IP there is no InternalIP
+///   ([`vlan_without_node_ip`]).
 /// - Hostname: kept from kubelet, else the node name.
-pub fn desired_addresses(node: &Node, server: &Server) -> Result<Vec<NodeAddress>, String> {
+pub fn desired_addresses(
+    node: &Node,
+    server: &Server,
+    nat_owner: &dyn Fn(&IpAddr) -> Option<String>,
+) -> Result<Vec<NodeAddress>, String> {
     let node_name = node.metadata.name.clone().unwrap_or_default();
     let ext = external_ips(server);
     let provided = provided_ips(node)?;
     let vlan = has_vlan(server);
     let mut internal: Vec<IpAddr> = Vec::new();
     for ip in &provided {
-        if vlan || ext.contains(ip) {
+        if ext.contains(ip) {
             internal.push(*ip);
-        } else {
+            continue;
+        }
+        if !vlan {
             return Err(format!(
                 "node {node_name}: provided node IP {ip} is not an address of server {} (NAT IPs {:?}) and the server has no VLAN NIC; fix kubelet --node-ip",
                 server.uuid, ext
             ));
         }
+        if let Some(why) = unusable_node_ip(ip) {
+            return Err(format!(
+                "node {node_name}: provided node IP {ip} is {why}, never a node's VLAN address; set kubelet --node-ip to the address of the VLAN NIC of server {}",
+                server.uuid
+            ));
+        }
+        if let Some(other) = nat_owner(ip).filter(|o| !o.eq_ignore_ascii_case(&server.uuid)) {
+            return Err(format!(
+                "node {node_name}: provided node IP {ip} is the public (NAT) address of another CloudSigma server, {other}, not a VLAN address of server {}; set kubelet --node-ip to the address of its VLAN NIC",
+                server.uuid
+            ));
+        }
+        internal.push(*ip);
     }
     if provided.is_empty() && !vlan {
         internal.extend(ext.iter().copied());
@@ -272,6 +336,10 @@ mod tests {
     fn p(t: &str, a: &str) -> (String, String) {
         (t.into(), a.into())
     }
+    /// No other server owns any NAT IP.
+    fn none(_: &IpAddr) -> Option<String> {
+        None
+    }
 
     #[test]
     fn provider_id_parsing() {
@@ -332,7 +400,7 @@ mod tests {
 
     #[test]
     fn addresses_no_vlan_no_provided_uses_nat_as_internal() {
-        let a = desired_addresses(&node(None), &server(vec![nat("185.12.0.5")])).unwrap();
+        let a = desired_addresses(&node(None), &server(vec![nat("185.12.0.5")]), &none).unwrap();
         assert_eq!(
             pairs(&a),
             vec![
@@ -348,6 +416,7 @@ mod tests {
         let a = desired_addresses(
             &node(Some("10.0.0.7")),
             &server(vec![nat("185.12.0.5"), vlan()]),
+            &none,
         )
         .unwrap();
         assert_eq!(
@@ -362,7 +431,8 @@ mod tests {
 
     #[test]
     fn addresses_vlan_without_provided_ip_has_no_internal() {
-        let a = desired_addresses(&node(None), &server(vec![nat("185.12.0.5"), vlan()])).unwrap();
+        let a = desired_addresses(&node(None), &server(vec![nat("185.12.0.5"), vlan()]), &none)
+            .unwrap();
         assert_eq!(
             pairs(&a),
             vec![p("ExternalIP", "185.12.0.5"), p("Hostname", "n1")]
@@ -371,11 +441,19 @@ mod tests {
 
     #[test]
     fn addresses_no_vlan_foreign_provided_ip_is_an_error() {
-        let e = desired_addresses(&node(Some("10.9.9.9")), &server(vec![nat("185.12.0.5")]))
-            .unwrap_err();
+        let e = desired_addresses(
+            &node(Some("10.9.9.9")),
+            &server(vec![nat("185.12.0.5")]),
+            &none,
+        )
+        .unwrap_err();
         assert!(e.contains("10.9.9.9") && e.contains("--node-ip"), "{e}");
-        let e = desired_addresses(&node(Some("garbage")), &server(vec![nat("185.12.0.5")]))
-            .unwrap_err();
+        let e = desired_addresses(
+            &node(Some("garbage")),
+            &server(vec![nat("185.12.0.5")]),
+            &none,
+        )
+        .unwrap_err();
         assert!(e.contains("garbage"), "{e}");
     }
 
@@ -386,7 +464,7 @@ mod tests {
             addresses: Some(vec![addr("Hostname", "n1.example".into())]),
             ..Default::default()
         });
-        let a = desired_addresses(&n, &server(vec![nat("185.12.0.5")])).unwrap();
+        let a = desired_addresses(&n, &server(vec![nat("185.12.0.5")]), &none).unwrap();
         assert_eq!(
             pairs(&a),
             vec![
@@ -397,11 +475,99 @@ mod tests {
         );
         // A stopped server has no runtime IP: with a VLAN the provided IP is still kept.
         let stopped = server(vec![Nic::public_dhcp(), vlan()]);
-        let a = desired_addresses(&node(Some("10.0.0.7")), &stopped).unwrap();
+        let a = desired_addresses(&node(Some("10.0.0.7")), &stopped, &none).unwrap();
         assert_eq!(
             pairs(&a),
             vec![p("InternalIP", "10.0.0.7"), p("Hostname", "n1")]
         );
+    }
+
+    #[test]
+    fn vlan_provided_ip_that_no_node_can_have_is_refused() {
+        let s = server(vec![nat("185.12.0.5"), vlan()]);
+        for (ip, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("169.254.10.1", "link-local"),
+            ("fe80::1", "link-local"),
+            ("224.0.0.5", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+        ] {
+            let e = desired_addresses(&node(Some(ip)), &s, &none).unwrap_err();
+            assert!(
+                e.contains(ip) && e.contains(why) && e.contains("--node-ip"),
+                "{ip}: {e}"
+            );
+        }
+        // Private, shared (CGNAT), unique-local and even public ranges are the guest's choice.
+        for ip in [
+            "10.0.0.7",
+            "172.16.5.5",
+            "192.168.1.9",
+            "100.64.0.3",
+            "fd00::7",
+            "8.8.8.8",
+        ] {
+            let a = desired_addresses(&node(Some(ip)), &s, &none).unwrap();
+            assert_eq!(pairs(&a)[0], p("InternalIP", ip));
+        }
+    }
+
+    #[test]
+    fn vlan_provided_ip_that_is_another_servers_nat_ip_is_refused() {
+        let s = server(vec![nat("185.12.0.5"), vlan()]);
+        let owner = |ip: &IpAddr| match ip.to_string().as_str() {
+            "185.12.0.9" => Some("0f0f0f0f-2222-4333-8444-955566667777".to_string()),
+            "185.12.0.5" => Some(s.uuid.clone()),
+            _ => None,
+        };
+        let e = desired_addresses(&node(Some("185.12.0.9")), &s, &owner).unwrap_err();
+        assert!(
+            e.contains("185.12.0.9") && e.contains("0f0f0f0f-2222-4333-8444-955566667777"),
+            "{e}"
+        );
+        // Its own NAT IP is fine (kubelet chose the public address), and so is a VLAN address.
+        let a = desired_addresses(&node(Some("185.12.0.5")), &s, &owner).unwrap();
+        assert_eq!(pairs(&a)[0], p("InternalIP", "185.12.0.5"));
+        let a = desired_addresses(&node(Some("10.0.0.7")), &s, &owner).unwrap();
+        assert_eq!(pairs(&a)[0], p("InternalIP", "10.0.0.7"));
+    }
+
+    #[test]
+    fn vlan_dual_stack_pair_is_kept_and_malformed_lists_are_refused() {
+        let s = server(vec![nat("185.12.0.5"), vlan()]);
+        let a = desired_addresses(&node(Some("10.0.0.7,fd00::7")), &s, &none).unwrap();
+        assert_eq!(
+            pairs(&a),
+            vec![
+                p("InternalIP", "10.0.0.7"),
+                p("InternalIP", "fd00::7"),
+                p("ExternalIP", "185.12.0.5"),
+                p("Hostname", "n1")
+            ]
+        );
+        for bad in [
+            "10.0.0.7,10.0.0.8",
+            "fd00::7,fd00::8",
+            "10.0.0.7,fd00::7,10.0.0.9",
+        ] {
+            let e = desired_addresses(&node(Some(bad)), &s, &none).unwrap_err();
+            assert!(e.contains("pair") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vlan_without_node_ip_only_with_a_vlan_and_no_annotation() {
+        let with_vlan = server(vec![nat("185.12.0.5"), vlan()]);
+        let without = server(vec![nat("185.12.0.5")]);
+        assert!(vlan_without_node_ip(&node(None), &with_vlan));
+        assert!(!vlan_without_node_ip(&node(Some("10.0.0.7")), &with_vlan));
+        assert!(!vlan_without_node_ip(&node(None), &without));
+        // A broken annotation is reported as InvalidNodeIP, not as missing.
+        assert!(!vlan_without_node_ip(&node(Some("garbage")), &with_vlan));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloudsigma_api::models::{Server, ServerStatus};
 use k8s_openapi::api::core::v1::Node;
@@ -34,6 +34,8 @@ pub struct Ctx {
     /// patch triggers a second reconcile that may still see the tainted copy from the watch; this
     /// recognises that copy as stale, instead of writing again and meeting a 409.
     pub stale_after_init: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// Warnings about standing conditions of initialized Nodes, found again every sync period.
+    pub warnings: WarningThrottle,
     /// True while this replica holds the Lease (always, without leader election). The watch runs
     /// before that; the reconciles wait for it.
     pub leading: tokio::sync::watch::Receiver<bool>,
@@ -58,6 +60,73 @@ impl Ctx {
             }
         });
     }
+}
+
+/// The Warning about a VLAN server whose kubelet gave no node IP (issue 24): the deployment
+/// report's failure, where Cilium and flannel found no InternalIP.
+pub const REASON_NO_VLAN_NODE_IP: &str = "NoVLANNodeIP";
+
+/// How often a standing condition's Warning is repeated while it lasts. Events expire after an
+/// hour (kube-apiserver `--event-ttl`), so this keeps one in `kubectl describe node`, at two
+/// writes an hour per affected Node instead of one per sync period.
+pub const WARNING_REPEAT: Duration = Duration::from_secs(30 * 60);
+
+/// At most one Warning per Node and reason per interval, for conditions that the periodic re-sync
+/// finds again and again (the failures of tainted Nodes are reported per failed reconcile, which
+/// backs off; a healthy-looking initialized Node is seen every sync period). The recorder only
+/// folds repeats into one Event's count: each repeat is still an apiserver write.
+pub struct WarningThrottle {
+    interval: Duration,
+    last: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl WarningThrottle {
+    pub fn new(interval: Duration) -> WarningThrottle {
+        WarningThrottle {
+            interval,
+            last: Default::default(),
+        }
+    }
+
+    /// Whether the Warning `key` is due at `now`; a due one counts as emitted.
+    pub fn due(&self, key: &str, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last
+            .get(key)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.interval)
+        {
+            return false;
+        }
+        // Entries leave when their condition ends; a Node deleted while it lasts leaves one.
+        // Forgetting all only repeats some Warnings early: bound it crudely.
+        if last.len() >= 16384 {
+            last.clear();
+        }
+        last.insert(key.to_string(), now);
+        true
+    }
+
+    /// The condition ended: its next occurrence is reported at once.
+    pub fn clear(&self, key: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if !last.is_empty() {
+            last.remove(key);
+        }
+    }
+}
+
+impl Default for WarningThrottle {
+    fn default() -> WarningThrottle {
+        WarningThrottle::new(WARNING_REPEAT)
+    }
+}
+
+/// The note of the `NoVLANNodeIP` Warning: what is wrong and what to do.
+pub fn no_vlan_node_ip_note(server_uuid: &str) -> String {
+    format!(
+        "server {server_uuid} has a VLAN NIC but kubelet gave no node IP (annotation {}), so the Node has no InternalIP: the CloudSigma API does not know VLAN addresses, and CNIs such as Cilium or flannel fail without one. Start kubelet with --node-ip=<the VLAN NIC's address>. cloudsigma-agent sets it when the VLAN NIC has an address in time (see its log of the VLAN wait): give the VLAN DHCP (CloudSigma runs none; a virtual router or your own server) or a static address. The InternalIP is added within a sync period of the annotation appearing.",
+        node::ANNOTATION_PROVIDED_IP
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +357,8 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
 /// labels and the taint removal, so a schedulable Node always has its cloud addresses.
 async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
-    let addrs = node::desired_addresses(n, server).map_err(Error::Addresses)?;
+    let addrs = node::desired_addresses(n, server, &|ip| ctx.cache.nat_owner(ip))
+        .map_err(Error::Addresses)?;
     let mut stale_rvs: Vec<String> = n.metadata.resource_version.iter().cloned().collect();
     // The status patch returns the Node with its new resourceVersion: the Update below uses it, so
     // it does not conflict with our own write.
@@ -329,6 +399,10 @@ async fn initialize(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), Error> {
                     .await;
                 }
                 tracing::info!(node = %name, server = %server.uuid, instance_type = %itype, "node initialized");
+                // Initialized all the same, as upstream initializes a Node with whatever addresses
+                // the cloud has when kubelet provided no IP; the re-sync adds the InternalIP once
+                // kubelet provides one.
+                standing_warnings(n, server, None, ctx).await;
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < 4 => {
@@ -376,7 +450,9 @@ async fn lifecycle_present(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), E
     // Address re-sync only while running: a stopped server has no runtime IP, and dropping the
     // ExternalIP of a briefly stopped server helps nobody.
     if server.status == ServerStatus::Running {
-        if let Ok(addrs) = node::desired_addresses(n, server) {
+        let desired = node::desired_addresses(n, server, &|ip| ctx.cache.nat_owner(ip));
+        standing_warnings(n, server, desired.as_ref().err(), ctx).await;
+        if let Ok(addrs) = desired {
             if addrs != node::current_addresses(n) {
                 patch_addresses(&name, &addrs, ctx).await?;
                 ctx.metrics.action("addresses_updated");
@@ -384,6 +460,42 @@ async fn lifecycle_present(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), E
         }
     }
     Ok(())
+}
+
+/// Warnings about an initialized Node's addresses, at most one per [`WARNING_REPEAT`] each:
+/// `NoVLANNodeIP`, and `InvalidNodeIP` when kubelet's node IP stopped fitting the server (its
+/// addresses are then left as they are); `invalid` is that error.
+async fn standing_warnings(n: &Node, server: &Server, invalid: Option<&String>, ctx: &Ctx) {
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    let now = Instant::now();
+    let missing_key = format!("{uid}/{REASON_NO_VLAN_NODE_IP}");
+    if node::vlan_without_node_ip(n, server) {
+        if ctx.warnings.due(&missing_key, now) {
+            ctx.metrics.action("no_vlan_node_ip");
+            tracing::warn!(node = ?n.metadata.name, server = %server.uuid, "VLAN server without a kubelet node IP: no InternalIP");
+            ctx.event(
+                n,
+                EventType::Warning,
+                REASON_NO_VLAN_NODE_IP,
+                "Addresses",
+                no_vlan_node_ip_note(&server.uuid),
+            )
+            .await;
+        }
+    } else {
+        ctx.warnings.clear(&missing_key);
+    }
+    let reason = Error::Addresses(String::new()).reason();
+    let invalid_key = format!("{uid}/{reason}");
+    match invalid {
+        Some(e) if ctx.warnings.due(&invalid_key, now) => {
+            let note = format!("{e} (the Node's addresses are left as they are)");
+            ctx.event(n, EventType::Warning, reason, "Addresses", note)
+                .await;
+        }
+        Some(_) => {}
+        None => ctx.warnings.clear(&invalid_key),
+    }
 }
 
 async fn set_shutdown_taint(name: &str, on: bool, ctx: &Ctx) -> Result<(), Error> {
@@ -575,6 +687,40 @@ mod tests {
     }
 
     #[test]
+    fn warning_throttle_repeats_once_per_interval_and_at_once_after_a_clear() {
+        let w = WarningThrottle::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(w.due("u1/NoVLANNodeIP", t0));
+        assert!(!w.due("u1/NoVLANNodeIP", t0 + Duration::from_secs(59)));
+        // another Node, another reason: independent
+        assert!(w.due("u2/NoVLANNodeIP", t0));
+        assert!(w.due("u1/InvalidNodeIP", t0));
+        assert!(w.due("u1/NoVLANNodeIP", t0 + Duration::from_secs(60)));
+        assert!(!w.due("u1/NoVLANNodeIP", t0 + Duration::from_secs(61)));
+        // the condition ended and came back: reported at once
+        w.clear("u1/NoVLANNodeIP");
+        assert!(w.due("u1/NoVLANNodeIP", t0 + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn no_vlan_node_ip_note_says_what_is_wrong_and_what_to_do() {
+        let note = no_vlan_node_ip_note("4b2d3a5e-1111-4222-8333-944455556666");
+        for what in [
+            "4b2d3a5e-1111-4222-8333-944455556666",
+            "VLAN NIC",
+            node::ANNOTATION_PROVIDED_IP,
+            "no InternalIP",
+            "--node-ip",
+            "cloudsigma-agent",
+            "DHCP",
+        ] {
+            assert!(note.contains(what), "{what:?} missing: {note}");
+        }
+        // events.k8s.io refuses notes over 1 kB
+        assert!(note.len() < 1024, "{} bytes", note.len());
+    }
+
+    #[test]
     fn error_kinds_name_the_failing_side() {
         assert_eq!(Error::Cloud("x".into()).kind(), "cloudsigma");
         assert_eq!(Error::Node("x".into()).kind(), "node");
@@ -592,9 +738,10 @@ mod tests {
             Error::Node("x".into()),
         ];
         let mut reasons: Vec<_> = all.iter().map(Error::reason).collect();
+        reasons.push(REASON_NO_VLAN_NODE_IP);
         reasons.sort();
         reasons.dedup();
-        assert_eq!(reasons.len(), all.len(), "{reasons:?}");
+        assert_eq!(reasons.len(), all.len() + 1, "{reasons:?}");
         // Reasons are UpperCamelCase words, as the Events API expects.
         assert!(reasons
             .iter()

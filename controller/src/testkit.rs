@@ -281,21 +281,36 @@ impl Cluster {
 
 /// A TCP proxy that forwards until [`StallingProxy::stall`], then holds every byte (and new
 /// connections) without closing anything: a stalled apiserver connection, as a hung load
-/// balancer or a half-dead network path produces it.
+/// balancer or a half-dead network path produces it. [`StallingProxy::stall_existing`] stalls
+/// only the connections open now: a peer that vanished, while a new connection would work.
 pub struct StallingProxy {
     pub addr: std::net::SocketAddr,
-    stalled: tokio::sync::watch::Sender<bool>,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// New connections start stalled.
+    all: bool,
+    /// One switch per connection accepted so far.
+    conns: Vec<tokio::sync::watch::Sender<bool>>,
 }
 
 impl StallingProxy {
     pub async fn start(upstream: std::net::SocketAddr) -> std::io::Result<StallingProxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stalled, rx) = tokio::sync::watch::channel(false);
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
+        let st = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let rx = rx.clone();
+                let rx = {
+                    let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                    let (tx, rx) = tokio::sync::watch::channel(st.all);
+                    st.conns.push(tx);
+                    rx
+                };
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -308,7 +323,7 @@ impl StallingProxy {
         });
         Ok(StallingProxy {
             addr,
-            stalled,
+            state,
             accept,
         })
     }
@@ -317,9 +332,30 @@ impl StallingProxy {
         format!("https://{}", self.addr)
     }
 
-    /// Stop forwarding (connections stay open, nothing is answered).
+    /// Stop forwarding (connections stay open, nothing is answered), new connections included.
     pub fn stall(&self) {
-        self.stalled.send_replace(true);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.all = true;
+        for c in &st.conns {
+            c.send_replace(true);
+        }
+    }
+
+    /// Stop forwarding on the connections open now only; later ones are forwarded.
+    pub fn stall_existing(&self) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &st.conns {
+            c.send_replace(true);
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .conns
+            .len()
     }
 }
 
@@ -441,7 +477,39 @@ pub async fn emulator_server(
     name: &str,
     start: bool,
 ) -> String {
-    use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+    emulator_server_with_nics(
+        cs,
+        name,
+        start,
+        vec![cloudsigma_api::models::Nic::public_dhcp()],
+    )
+    .await
+}
+
+/// [`emulator_server`], running, with a public NIC and a NIC on the emulator's first VLAN (a real
+/// VLAN object: the emulator seeds two, and refuses NICs naming unknown ones).
+pub async fn emulator_vlan_server(cs: &cloudsigma_api::client::Client, name: &str) -> String {
+    use cloudsigma_api::models::{Nic, Ref};
+    let vlans = cs.list_vlans().await.expect("list VLANs");
+    let vlan = vlans
+        .first()
+        .unwrap_or_else(|| panic!("the emulator has no VLAN (seed_library off?)"));
+    let private = Nic {
+        vlan: Some(Ref::Uuid(vlan.uuid.clone())),
+        model: Some("virtio".into()),
+        ..Default::default()
+    };
+    emulator_server_with_nics(cs, name, true, vec![Nic::public_dhcp(), private]).await
+}
+
+/// [`emulator_server`] with these NICs.
+pub async fn emulator_server_with_nics(
+    cs: &cloudsigma_api::client::Client,
+    name: &str,
+    start: bool,
+    nics: Vec<cloudsigma_api::models::Nic>,
+) -> String {
+    use cloudsigma_api::models::{ServerCreate, ServerStatus};
     let s = cs
         .create_server(&ServerCreate {
             name: name.into(),
@@ -449,7 +517,7 @@ pub async fn emulator_server(
             mem: 2 << 30,
             smp: Some(2),
             vnc_password: "vncpass".into(),
-            nics: vec![Nic::public_dhcp()],
+            nics,
             ..Default::default()
         })
         .await
