@@ -1,9 +1,14 @@
 //! `kubectl kustomize controller/config` renders, and the objects are what the docs promise.
 
 fn render() -> Option<Vec<serde_yaml::Value>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    render_dir("config")
+}
+
+/// `kubectl kustomize controller/<dir>` as YAML documents.
+fn render_dir(dir: &str) -> Option<Vec<serde_yaml::Value>> {
+    let dir = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
     let out = match cloudsigma_controller::testkit::kubectl()
-        .args(["kustomize", dir])
+        .args(["kustomize", &dir])
         .output()
     {
         Ok(o) => o,
@@ -15,7 +20,7 @@ fn render() -> Option<Vec<serde_yaml::Value>> {
     };
     assert!(
         out.status.success(),
-        "kubectl kustomize failed: {}",
+        "kubectl kustomize {dir} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).expect("utf-8");
@@ -177,4 +182,124 @@ fn kustomize_renders_least_privilege_install() {
         pod["volumes"][0]["secret"]["secretName"].as_str(),
         Some("cloudsigma-credentials")
     );
+}
+
+fn kinds(docs: &[serde_yaml::Value]) -> Vec<&str> {
+    docs.iter().filter_map(|d| d["kind"].as_str()).collect()
+}
+
+/// Mode "nodes": the base, on control-plane nodes only.
+#[test]
+fn nodes_overlay_runs_only_on_control_plane_nodes() {
+    let Some(docs) = render_dir("overlays/nodes") else {
+        return;
+    };
+    let base = render().expect("base renders when the overlay does");
+    assert_eq!(kinds(&docs), kinds(&base), "same objects as the base");
+    let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["nodeSelector"]["node-role.kubernetes.io/control-plane"].as_str(),
+        Some(""),
+        "{pod:?}"
+    );
+    let tolerated: Vec<&str> = pod["tolerations"]
+        .as_sequence()
+        .expect("tolerations")
+        .iter()
+        .filter_map(|t| t["key"].as_str())
+        .collect();
+    assert!(
+        tolerated.contains(&"node-role.kubernetes.io/control-plane"),
+        "{tolerated:?}"
+    );
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
+}
+
+/// Mode "management", workload side: identity and RBAC, nothing that runs, no credentials.
+#[test]
+fn workload_overlay_is_rbac_only() {
+    let Some(docs) = render_dir("overlays/workload") else {
+        return;
+    };
+    let mut k = kinds(&docs);
+    k.sort();
+    assert_eq!(
+        k,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount"
+        ]
+    );
+    let role = find(&docs, "Role")[0];
+    assert_eq!(
+        role["metadata"]["namespace"].as_str(),
+        Some("cloudsigma-system")
+    );
+}
+
+/// Mode "management", management side: the Deployment reaches the workload cluster through the
+/// kubeconfig Secret, has no API access and no RBAC in the management cluster.
+#[test]
+fn management_overlay_runs_the_controller_against_a_kubeconfig_secret() {
+    let Some(docs) = render_dir("overlays/management") else {
+        return;
+    };
+    let mut k = kinds(&docs);
+    k.sort();
+    assert_eq!(
+        k,
+        ["ConfigMap", "Deployment", "Namespace", "ServiceAccount"]
+    );
+    let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+    assert_ne!(pod["hostNetwork"].as_bool(), Some(true));
+    assert!(pod["tolerations"].is_null(), "{:?}", pod["tolerations"]);
+    let c = &pod["containers"][0];
+    let args = strs(&c["args"]);
+    let kubeconfig = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--kubeconfig="))
+        .unwrap_or_else(|| panic!("no --kubeconfig in {args:?}"));
+    // The file is in the mount of the Secret cloudsigma-workload-kubeconfig.
+    let volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["secret"]["secretName"].as_str() == Some("cloudsigma-workload-kubeconfig"))
+        .and_then(|v| v["name"].as_str())
+        .expect("a volume of the Secret cloudsigma-workload-kubeconfig");
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"].as_str() == Some(volume))
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("the kubeconfig volume is mounted");
+    assert_eq!(kubeconfig, format!("{mount}/kubeconfig"));
+    assert!(
+        args.contains(&"--lease-namespace=cloudsigma-system".to_string()),
+        "the Lease is in the workload cluster's namespace: {args:?}"
+    );
+    // No hostNetwork: the probes dial the Pod's address, where the metrics listen.
+    assert!(
+        args.contains(&"--metrics-bind=$(POD_IP):10258".to_string()),
+        "{args:?}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert!(
+            c[probe]["httpGet"]["host"].is_null(),
+            "{probe}: {:?}",
+            c[probe]
+        );
+    }
+    // The CloudSigma credentials stay in the management cluster's Pod.
+    assert!(pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .any(|v| v["secret"]["secretName"].as_str() == Some("cloudsigma-credentials")));
 }
