@@ -389,9 +389,10 @@ pub fn print_phases(title: &str, t0: Instant, phases: &[(&str, Duration)]) {
     }
 }
 
-/// The cloudsigma-controller as a host process, killed on drop, as an operator runs it outside
-/// the workload cluster: the kustomize ServiceAccount and RBAC applied, a token of that
-/// ServiceAccount in a kubeconfig, the emulator's API credentials in its environment.
+/// The cloudsigma-controller as a host process, killed on drop, as an operator of the
+/// `management` install runs it outside the workload cluster (docs/controller.md): the `workload`
+/// overlay applied, a token of its ServiceAccount in a kubeconfig, `--lease-namespace`, the
+/// emulator's API credentials in its environment.
 pub struct HostController {
     child: std::process::Child,
     pub log: PathBuf,
@@ -404,19 +405,19 @@ impl HostController {
         bin: &Path,
         emu: &cloudsim::EmulatorHandle,
     ) -> HostController {
-        let rendered = cp
-            .kubectl(&[
-                "kustomize",
-                &repo.join("controller/config").display().to_string(),
-            ])
-            .expect("kubectl kustomize controller/config");
-        // everything but the Deployment (its image needs a registry; in_cluster runs it in-cluster)
-        let objects: Vec<&str> = rendered
-            .split("\n---\n")
-            .filter(|d| !d.contains("\nkind: Deployment\n") && !d.starts_with("kind: Deployment\n"))
-            .collect();
-        cp.kubectl_stdin(&["apply", "-f", "-"], &objects.join("\n---\n"))
-            .expect("applying the controller's ServiceAccount and RBAC");
+        // Mode (b) of docs/controller.md, "management cluster": in the workload cluster only
+        // the `workload` overlay (Namespace, ServiceAccount, RBAC, the Lease's Role), and the
+        // controller outside it with that ServiceAccount's token in a kubeconfig file; the
+        // CloudSigma credentials never reach a workload node.
+        cp.kubectl(&[
+            "apply",
+            "-k",
+            &repo
+                .join("controller/overlays/workload")
+                .display()
+                .to_string(),
+        ])
+        .expect("kubectl apply -k controller/overlays/workload");
         let token = cp
             .kubectl(&[
                 "create",
