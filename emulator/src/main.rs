@@ -169,11 +169,13 @@ async fn main() -> anyhow::Result<()> {
         let mut qc = cloudsim::vm::QemuConfig::new(&a.vm_data_dir);
         qc.max_mem_mib = a.vm_max_mem;
         let b = cloudsim::vm::QemuBackend::new(qc).map_err(|e| anyhow::anyhow!("{e}"))?;
-        backend = Some(std::sync::Arc::new(b));
         if let Some(dir) = &a.vm_image {
-            extra_libdrives
-                .push(cloudsim::vm::local_library_drive(dir).map_err(|e| anyhow::anyhow!("{e}"))?);
+            extra_libdrives.push(
+                b.local_library_drive(dir)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
         }
+        backend = Some(std::sync::Arc::new(b));
     } else if a.vm_image.is_some() {
         anyhow::bail!("--vm-image needs --backend qemu");
     }

@@ -1,6 +1,7 @@
 //! Unit tests of the QEMU backend: drive files, runtime IPs, the QEMU command line.
 
 use super::*;
+use std::path::Path;
 
 fn have_qemu_img() -> bool {
     std::process::Command::new("qemu-img")
@@ -79,12 +80,23 @@ fn runtime_ips_are_per_server_loopback_and_reused() {
     );
 }
 
+/// The command line of `spec` as one string (pure: no QEMU, no files).
+fn command_line(spec: &StartSpec, boot: Option<&Path>) -> Result<String, BackendError> {
+    let cfg = QemuConfig::new("/data");
+    args::qemu_args(&args::Launch {
+        cfg: &cfg,
+        accel: Accel::Tcg,
+        host_cpus: 2,
+        spec,
+        ip: "127.77.0.9",
+        dir: Path::new("/x"),
+        boot,
+    })
+    .map(|a| a.join(" "))
+}
+
 #[test]
 fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
-    let d = tempfile::tempdir().unwrap();
-    let Some(b) = backend(d.path()) else { return };
-    std::fs::write(b.drive_path("boot"), b"x").unwrap();
-    std::fs::write(b.drive_path("data"), b"x").unwrap();
     let spec = StartSpec {
         uuid: "srv".into(),
         name: "n".into(),
@@ -118,15 +130,7 @@ fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
         }],
         context_socket: "/tmp/ctx/srv.sock".into(),
     };
-    let a = b
-        .qemu_args(
-            &spec,
-            "127.77.0.9",
-            Path::new("/x"),
-            Some(Path::new("/img")),
-        )
-        .unwrap()
-        .join(" ");
+    let a = command_line(&spec, Some(Path::new("/img"))).unwrap();
     assert!(a.contains("product=CloudSigma"), "{a}");
     assert!(
         a.contains("socket,id=ctx0,path=/tmp/ctx/srv.sock,server=off"),
@@ -144,18 +148,46 @@ fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
         "boot drive must be /dev/vda: {a}"
     );
     assert!(a.contains("-kernel /img/vmlinuz"), "{a}");
-    std::fs::remove_file(b.drive_path("data")).unwrap();
-    let e = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap_err();
+    assert!(a.contains("-smp 2"), "smp capped to the host: {a}");
+    assert!(a.contains("file=/data/drives/boot.qcow2"), "{a}");
+}
+
+#[test]
+fn a_drive_without_its_image_file_is_named_before_qemu_starts() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    let mut spec = spec_with_nics(vec![]);
+    spec.drives[0].uuid = "data".into();
+    let e = b.check_drive_files(&spec).unwrap_err();
     assert!(e.0.contains("data") && e.0.contains("no image file"), "{e}");
+    std::fs::write(b.drive_path("data"), b"x").unwrap();
+    b.check_drive_files(&spec).unwrap();
+}
+
+/// A one-drive server with `nics`.
+fn spec_with_nics(nics: Vec<crate::backend::StartNic>) -> StartSpec {
+    StartSpec {
+        uuid: "srv".into(),
+        name: "n".into(),
+        cpu: 2000,
+        mem: 1 << 30,
+        smp: 1,
+        boot_drive: Some("boot".into()),
+        drives: vec![crate::backend::StartDrive {
+            uuid: "boot".into(),
+            dev_channel: "0:0".into(),
+            device: "virtio".into(),
+            boot_order: Some(1),
+            media: "disk".into(),
+            size: 1,
+        }],
+        nics,
+        context_socket: "/tmp/ctx/srv.sock".into(),
+    }
 }
 
 #[test]
 fn qemu_command_line_refuses_a_mac_carrying_device_options() {
-    let d = tempfile::tempdir().unwrap();
-    let Some(b) = backend(d.path()) else { return };
-    std::fs::write(b.drive_path("boot"), b"x").unwrap();
     let mut spec = StartSpec {
         uuid: "srv".into(),
         name: "n".into(),
@@ -180,15 +212,10 @@ fn qemu_command_line_refuses_a_mac_carrying_device_options() {
         }],
         context_socket: "/tmp/ctx/srv.sock".into(),
     };
-    let e = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap_err();
+    let e = command_line(&spec, None).unwrap_err();
     assert!(e.0.contains("invalid MAC") && e.0.contains("NIC 0"), "{e}");
     spec.nics[0].mac = "52:54:00:AB:00:01".into();
-    let a = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap()
-        .join(" ");
+    let a = command_line(&spec, None).unwrap();
     assert!(a.contains("netdev=n0,mac=52:54:00:ab:00:01"), "{a}");
 }
 
