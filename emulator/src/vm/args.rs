@@ -20,6 +20,38 @@ pub(crate) struct Launch<'a> {
     pub dir: &'a Path,
     /// Directory of `vmlinuz` + `initrd.img` for direct kernel boot.
     pub boot: Option<&'a Path>,
+    /// Per NIC (same index as `spec.nics`): the inherited socket fd of a VLAN NIC's switch port.
+    pub vlan_fds: &'a [Option<i32>],
+}
+
+/// How one NIC is wired, by kind (not by position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NicWiring {
+    /// The first public NIC: user-mode NAT with the forwards on the server's loopback address
+    /// (its runtime NAT IP in the API).
+    Nat,
+    /// Any further public NIC: an isolated, restricted user-mode network (no forwards, no way
+    /// out). [D] slirp's DHCP still answers there (10.0.3.15, with a default route via
+    /// 10.0.3.2 that leads nowhere); a second public NIC is not something the project uses.
+    Isolated,
+    /// A VLAN NIC: a port of that VLAN's switch (`src/vlan/`), over an inherited socket.
+    Vlan(String),
+}
+
+/// The wiring of each NIC of `spec`, in order.
+pub(crate) fn nic_wiring(spec: &StartSpec) -> Vec<NicWiring> {
+    let mut nat_taken = false;
+    spec.nics
+        .iter()
+        .map(|n| match &n.vlan {
+            Some(v) => NicWiring::Vlan(v.clone()),
+            None if !nat_taken => {
+                nat_taken = true;
+                NicWiring::Nat
+            }
+            None => NicWiring::Isolated,
+        })
+        .collect()
 }
 
 /// The command-line drives in QEMU order: the boot drive first, so it is /dev/vda (the kernel
@@ -108,20 +140,32 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<String>, BackendError> {
             ));
         }
     }
+    let wiring = nic_wiring(spec);
     for (i, n) in spec.nics.iter().enumerate() {
         // The API validated it; check again here because a comma would add a QEMU device
         // property of the client's choosing (and a state file may carry anything).
         let mac = crate::mac::parse_mac(&n.mac)
             .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
-        let netdev = if i == 0 {
-            let fwd: String = cfg
-                .forwarded_ports
-                .iter()
-                .map(|p| format!(",hostfwd=tcp:{ip}:{p}-:{p}"))
-                .collect();
-            format!("user,id=n{i}{fwd}")
-        } else {
-            format!("user,id=n{i},restrict=on")
+        let netdev = match &wiring[i] {
+            NicWiring::Nat => {
+                let fwd: String = cfg
+                    .forwarded_ports
+                    .iter()
+                    .map(|p| format!(",hostfwd=tcp:{ip}:{p}-:{p}"))
+                    .collect();
+                format!("user,id=n{i}{fwd}")
+            }
+            // another subnet than the NAT NIC's 10.0.2.0/24, so the two never clash
+            NicWiring::Isolated => format!("user,id=n{i},restrict=on,net=10.0.3.0/24"),
+            NicWiring::Vlan(v) => {
+                let fd = l.vlan_fds.get(i).copied().flatten().ok_or_else(|| {
+                    err(format!(
+                        "server {}: NIC {i} on VLAN {v} has no switch port",
+                        spec.uuid
+                    ))
+                })?;
+                format!("socket,id=n{i},fd={fd}")
+            }
         };
         a.push("-netdev".into());
         a.push(netdev);

@@ -7,10 +7,12 @@
 //! - `servers/<uuid>/console.log` (ttyS0, kept until the server is deleted), `qmp.sock`,
 //!   `qemu.log` (QEMU's own stderr).
 //!
-//! Networking: QEMU user-mode networking per server, the guest's ports 22 and 10250 (kubelet)
-//! forwarded from a loopback address of its own, 127.77.0.N, which is also the server's runtime NAT IP in the
-//! API, so clients SSH to `runtime` IP:22 exactly as on CloudSigma. Only the first NIC is wired
-//! (VLAN NICs get an isolated user-mode network with no forwards).
+//! Networking, NICs wired by kind (`args.rs`, `NicWiring`): the first public NIC (no VLAN),
+//! wherever it is in the list, is QEMU user-mode NAT with the guest's ports 22 and 10250 (kubelet)
+//! forwarded from a loopback address of its own, 127.77.0.N, which is also that NIC's runtime NAT
+//! IP in the API, so clients SSH to `runtime` IP:22 exactly as on CloudSigma. Each VLAN NIC is a
+//! port of its VLAN's switch (`src/vlan/`): one L2 segment per VLAN, DHCP only when configured.
+//! A further public NIC gets an isolated restricted user-mode network.
 //!
 //! Serial ports: ttyS0 → console log file; ttyS1 → the emulator's per-server context socket
 //! (QEMU connects as a client and reconnects if the emulator restarts the socket).
@@ -79,6 +81,8 @@ pub struct QemuBackend {
     accel: Accel,
     events: OnceLock<Arc<dyn BackendSink>>,
     inner: Arc<Mutex<Inner>>,
+    /// The VLAN segments (`src/vlan/`): VLAN NICs are its ports.
+    switch: Arc<crate::vlan::Switch>,
 }
 
 fn err(msg: impl Into<String>) -> BackendError {
@@ -118,6 +122,7 @@ impl QemuBackend {
             accel,
             events: OnceLock::new(),
             inner: Arc::new(Mutex::new(Inner::default())),
+            switch: Arc::new(crate::vlan::Switch::new()),
         })
     }
 
@@ -172,17 +177,36 @@ impl Backend for QemuBackend {
         self.delete_drive(uuid)
     }
 
-    fn runtime_ip(&self, server: &str, nic_index: usize) -> Option<String> {
-        if nic_index != 0 {
+    /// The first public NIC is the NAT NIC with the forwards (`args.rs`, `NicWiring::Nat`).
+    fn runtime_ip(&self, server: &str, public_nic: usize) -> Option<String> {
+        if public_nic != 0 {
             return None;
         }
         self.allocate_ip(server)
+    }
+
+    async fn vlan_dhcp(
+        &self,
+        vlan: &str,
+        dhcp: Option<&crate::vlan::DhcpConfig>,
+    ) -> Result<(), BackendError> {
+        let server = dhcp
+            .map(|d| d.validate())
+            .transpose()
+            .map_err(|e| err(format!("DHCP on VLAN {vlan}: {e}")))?;
+        self.switch.set_dhcp(vlan, server).await;
+        Ok(())
+    }
+
+    async fn vlan_leases(&self, vlan: &str) -> Vec<crate::vlan::Lease> {
+        self.switch.leases(vlan).await
     }
 
     async fn server_start(&self, spec: &StartSpec) -> Result<(), BackendError> {
         let res = self.start_inner(spec).await;
         if res.is_err() {
             Self::release_ip(&self.inner, &spec.uuid);
+            self.switch.detach_owner(&spec.uuid).await;
         }
         res
     }

@@ -5,6 +5,7 @@
 
 use super::{args, err, Inner, QemuBackend, Vm};
 use crate::backend::{BackendError, StartSpec};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -58,6 +59,7 @@ impl QemuBackend {
             }
             let _ = tokio::time::timeout(Duration::from_secs(15), vm.exited.wait_for(|e| *e)).await;
         }
+        self.switch.detach_owner(uuid).await;
     }
 
     pub(super) async fn start_inner(&self, spec: &StartSpec) -> Result<(), BackendError> {
@@ -80,6 +82,29 @@ impl QemuBackend {
             .and_then(|b| std::fs::read_to_string(self.boot_sidecar(b)).ok())
             .map(PathBuf::from);
         self.check_drive_files(spec)?;
+        // VLAN NICs: a switch port each; QEMU inherits its end of the socket pair (the
+        // close-on-exec flag is cleared in the child only, so no other child of the emulator
+        // holds it and a VM's exit closes the port). The ports go again if the start fails.
+        let mut ports: Vec<Option<OwnedFd>> = Vec::new();
+        for (i, (n, w)) in spec.nics.iter().zip(args::nic_wiring(spec)).enumerate() {
+            ports.push(match w {
+                args::NicWiring::Vlan(vlan) => {
+                    let mac = crate::vlan::mac_bytes(&n.mac)
+                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
+                    let fd = self
+                        .switch
+                        .attach(&vlan, mac, &spec.uuid)
+                        .await
+                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
+                    Some(fd)
+                }
+                _ => None,
+            });
+        }
+        let vlan_fds: Vec<Option<i32>> = ports
+            .iter()
+            .map(|p| p.as_ref().map(|fd| fd.as_raw_fd()))
+            .collect();
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
@@ -91,6 +116,7 @@ impl QemuBackend {
             ip: &ip,
             dir: &dir,
             boot: boot.as_deref(),
+            vlan_fds: &vlan_fds,
         })?;
         let qlog_path = dir.join("qemu.log");
         let qlog = std::fs::File::create(&qlog_path)
@@ -103,9 +129,15 @@ impl QemuBackend {
             .kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            let inherit: Vec<i32> = vlan_fds.iter().flatten().copied().collect();
+            cmd.pre_exec(move || {
                 // QEMU dies with the emulator even on SIGKILL of the emulator.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                for fd in &inherit {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -116,6 +148,9 @@ impl QemuBackend {
                 self.cfg.qemu_system.display()
             ))
         })?;
+        // QEMU holds its ends now; the emulator's copies must go, or a VM's exit would not
+        // close its ports.
+        drop(ports);
         // QEMU fails fast on bad arguments or a busy forward address: report that as the start error.
         if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
             let log = std::fs::read_to_string(&qlog_path).unwrap_or_default();
@@ -138,6 +173,7 @@ impl QemuBackend {
             },
         );
         let inner = self.inner.clone();
+        let switch = self.switch.clone();
         let events = self.events().cloned();
         let uuid = spec.uuid.clone();
         tokio::spawn(async move {
@@ -158,6 +194,8 @@ impl QemuBackend {
                     g.ips.remove(&uuid);
                 }
             }
+            // before the API hears of it: a restart at once must find the MACs free
+            switch.detach_owner(&uuid).await;
             let _ = exit_tx.send(true);
             // A guest that powered off by itself (ACPI shutdown, poweroff, crash): tell the API.
             if !killed {
