@@ -1,5 +1,5 @@
-//! `/admin/`: fault injection, counters, state dump, library registration. JSON, outside
-//! `/api/2.0/` so it never disturbs what clients see.
+//! `/admin/`: fault injection, counters, state dump, library registration, DHCP on VLANs. JSON,
+//! outside `/api/2.0/` so it never disturbs what clients see.
 //!
 //! Served on its own listener, never on the API's: the API port may be exposed (or reached by
 //! guests) while these endpoints change everything. The listener is loopback by default and needs
@@ -128,6 +128,14 @@ pub fn router() -> Router<Arc<App>> {
         .route("/admin/servers/{uuid}/console/", get(console))
         .route("/admin/servers/{uuid}/power_off", post(power_off))
         .route("/admin/servers/{uuid}/power_off/", post(power_off))
+        .route(
+            "/admin/vlans/{uuid}/dhcp",
+            get(dhcp_get).post(dhcp_post).delete(dhcp_delete),
+        )
+        .route(
+            "/admin/vlans/{uuid}/dhcp/",
+            get(dhcp_get).post(dhcp_post).delete(dhcp_delete),
+        )
         .route("/admin/servers/{uuid}/context", get(context))
         .route("/admin/servers/{uuid}/context/", get(context))
 }
@@ -420,4 +428,55 @@ async fn context(AxState(app): AxState<Arc<App>>, Path(uuid): Path<String>) -> R
             Json(json!({"error": format!("no server {uuid}")})),
         ),
     }
+}
+
+fn dhcp_error(e: crate::app::VlanDhcpError) -> R {
+    let status = match e {
+        crate::app::VlanDhcpError::NoVlan(_) => StatusCode::NOT_FOUND,
+        crate::app::VlanDhcpError::Invalid(..) => StatusCode::BAD_REQUEST,
+        crate::app::VlanDhcpError::Backend(..) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(json!({"error": e.to_string()})))
+}
+
+async fn dhcp_reply(app: &App, uuid: &str) -> R {
+    match app.vlan_dhcp_status(uuid).await {
+        Ok(s) => (StatusCode::OK, Json(json!(s))),
+        Err(e) => dhcp_error(e),
+    }
+}
+
+/// DHCP on a VLAN: its configuration (or null) and the leases handed out.
+async fn dhcp_get(AxState(app): AxState<Arc<App>>, Path(uuid): Path<String>) -> R {
+    dhcp_reply(&app, &uuid).await
+}
+
+/// Run a DHCP server on a VLAN: `{"cidr": "192.168.50.0/24", "range": [first, last],
+/// "server": addr, "lease_secs": n}` (only `cidr` required). Replaces an earlier one, keeping
+/// the leases that still fit.
+async fn dhcp_post(
+    AxState(app): AxState<Arc<App>>,
+    Path(uuid): Path<String>,
+    AnyJson(v): AnyJson,
+) -> R {
+    let cfg: crate::vlan::DhcpConfig = match serde_json::from_value(v) {
+        Ok(c) => c,
+        Err(e) => {
+            return bad(format!(
+                "body must be {{\"cidr\": \"192.168.50.0/24\", \"range\": [first, last], \"server\": addr, \"lease_secs\": n}} (only cidr required): {e}"
+            ))
+        }
+    };
+    if let Err(e) = app.set_vlan_dhcp(&uuid, Some(cfg)).await {
+        return dhcp_error(e);
+    }
+    dhcp_reply(&app, &uuid).await
+}
+
+/// Stop the DHCP server of a VLAN (addresses already handed out stay in the guests).
+async fn dhcp_delete(AxState(app): AxState<Arc<App>>, Path(uuid): Path<String>) -> R {
+    if let Err(e) = app.set_vlan_dhcp(&uuid, None).await {
+        return dhcp_error(e);
+    }
+    dhcp_reply(&app, &uuid).await
 }

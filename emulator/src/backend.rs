@@ -17,6 +17,9 @@
 //! - (d) [`Backend::server_drives_changed`]: drives hot-plugged into or out of a running server
 //!   by a PUT (QEMU: QMP, `vm/qmp.rs`).
 //!
+//! - (e) [`Backend::vlan_dhcp`]: DHCP on a VLAN configured or removed (the QEMU backend's VLAN
+//!   switch serves it, `src/vlan/`).
+//!
 //! Runtime IPs: the emulator allocates NAT addresses from its pool unless
 //! [`Backend::runtime_ip`] returns one (a VM backend returns e.g. 127.77.0.N so SSH works).
 
@@ -37,14 +40,24 @@ pub struct StartDrive {
     pub size: u64,
 }
 
-/// A NIC of a starting server.
+/// A NIC of a starting server. Its kind is set by `vlan`: a NIC with a VLAN is a VLAN NIC
+/// whatever its `ip_v4_conf` says (a vlan set wins, see docs/emulator.md), any other NIC is
+/// public.
 #[derive(Debug, Clone)]
 pub struct StartNic {
     pub mac: String,
     pub model: String,
     /// The runtime (NAT or static) IPv4 address for public NICs; `None` for VLAN NICs.
     pub ip_v4: Option<String>,
+    /// The VLAN uuid of a VLAN NIC.
     pub vlan: Option<String>,
+}
+
+impl StartNic {
+    /// A public NIC (no VLAN): NAT or a static IP.
+    pub fn is_public(&self) -> bool {
+        self.vlan.is_none()
+    }
 }
 
 /// Everything a backend needs to boot a server.
@@ -108,8 +121,10 @@ pub trait Backend: Send + Sync {
     async fn drive_deleted(&self, _uuid: &str) -> Result<(), BackendError> {
         Ok(())
     }
-    /// Runtime IPv4 for NIC number `nic_index` of a starting server; `None` = emulator's pool.
-    fn runtime_ip(&self, _server: &str, _nic_index: usize) -> Option<String> {
+    /// Runtime IPv4 for a DHCP public NIC of a starting server; `None` = emulator's pool.
+    /// `public_nic` is the NIC's position among the server's *public* NICs (those without a
+    /// VLAN): 0 is the first public NIC wherever it is in the list (`[VLAN, public]` asks for 0).
+    fn runtime_ip(&self, _server: &str, _public_nic: usize) -> Option<String> {
         None
     }
     async fn server_start(&self, _spec: &StartSpec) -> Result<(), BackendError> {
@@ -135,6 +150,21 @@ pub trait Backend: Send + Sync {
         _detached: &[String],
     ) -> Result<(), BackendError> {
         Ok(())
+    }
+    /// DHCP on a VLAN was configured (`Some`) or removed (`None`), by `POST|DELETE
+    /// /admin/vlans/{uuid}/dhcp` or at start (`EmulatorConfig::vlan_dhcp`). The emulator has
+    /// checked the VLAN exists and the configuration is valid. Backends without networks
+    /// ignore it.
+    async fn vlan_dhcp(
+        &self,
+        _vlan: &str,
+        _dhcp: Option<&crate::vlan::DhcpConfig>,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// The DHCP leases handed out on a VLAN (`GET /admin/vlans/{uuid}/dhcp`).
+    async fn vlan_leases(&self, _vlan: &str) -> Vec<crate::vlan::Lease> {
+        Vec::new()
     }
     /// The serial console (ttyS0) log, for `GET /admin/servers/{uuid}/console`.
     async fn console_log(&self, _uuid: &str) -> Option<String> {

@@ -2,6 +2,7 @@
 
 use cloudsigma_api::LibDrive;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::faults::ContextNotReady;
 pub use crate::tls::TlsConfig;
+use crate::vlan::DhcpConfig;
 
 /// How long each status transition takes. Transitions are driven by time (settled lazily on the
 /// next request and by a background ticker), never by the client.
@@ -167,6 +169,9 @@ pub struct EmulatorConfig {
     pub backend: Option<Arc<dyn Backend>>,
     /// Delay between a change and the state-file save (changes within it are coalesced).
     pub save_debounce: Duration,
+    /// DHCP servers on VLANs from the start (VLAN uuid → configuration); more or fewer with
+    /// `POST|DELETE /admin/vlans/{uuid}/dhcp`. Each VLAN must exist (seeded or in the state file).
+    pub vlan_dhcp: BTreeMap<String, DhcpConfig>,
 }
 
 impl std::fmt::Debug for EmulatorConfig {
@@ -188,6 +193,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("extra_libdrives", &self.extra_libdrives.len())
             .field("faults", &self.faults)
             .field("context_not_ready", &self.context_not_ready)
+            .field("vlan_dhcp", &self.vlan_dhcp)
             .finish()
     }
 }
@@ -213,6 +219,7 @@ impl Default for EmulatorConfig {
             context_not_ready: Vec::new(),
             backend: None,
             save_debounce: Duration::from_millis(200),
+            vlan_dhcp: BTreeMap::new(),
         }
     }
 }

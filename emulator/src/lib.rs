@@ -25,6 +25,8 @@ pub mod pty;
 pub mod seed;
 pub mod state;
 pub mod tls;
+/// VLANs as L2 segments (a switch per VLAN, DHCP on a VLAN) for the QEMU backend.
+pub mod vlan;
 /// The QEMU backend (`--backend qemu`): real VMs, qcow2 drives. Owned by the vm-e2e work.
 pub mod vm;
 
@@ -135,6 +137,11 @@ impl Emulator {
             }
         }
         backend.attach(Arc::new(app::AppSink(Arc::downgrade(&app))));
+        for (vlan, d) in &cfg.vlan_dhcp {
+            app.set_vlan_dhcp(vlan, Some(d.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("vlan_dhcp: {e}"))?;
+        }
         for u in &server_uuids {
             app.contexts.open(&app, u);
         }
@@ -359,6 +366,19 @@ impl EmulatorHandle {
     /// Change transition durations for transitions started from now on.
     pub fn set_timings(&self, timings: Timings) {
         self.app.lock().timings = timings;
+    }
+    /// Run (`Some`) or stop (`None`) a DHCP server on a VLAN (like `POST|DELETE
+    /// /admin/vlans/{uuid}/dhcp`).
+    pub async fn set_vlan_dhcp(
+        &self,
+        vlan: &str,
+        dhcp: Option<vlan::DhcpConfig>,
+    ) -> anyhow::Result<()> {
+        Ok(self.app.set_vlan_dhcp(vlan, dhcp).await?)
+    }
+    /// DHCP on a VLAN: configuration and leases (like `GET /admin/vlans/{uuid}/dhcp`).
+    pub async fn vlan_dhcp(&self, vlan: &str) -> anyhow::Result<app::VlanDhcpStatus> {
+        Ok(self.app.vlan_dhcp_status(vlan).await?)
     }
     /// A JSON dump of all objects (like `GET /admin/state`).
     pub fn snapshot(&self) -> state::Snapshot {

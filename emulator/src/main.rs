@@ -114,9 +114,41 @@ struct Args {
     /// library drive "Debian 12 (local test image)".
     #[arg(long)]
     vm_image: Option<PathBuf>,
+    /// A DHCP server on a VLAN from the start: `VLAN_UUID=CIDR` or `VLAN_UUID=CIDR,FIRST-LAST`
+    /// (e.g. `5e0a1a7e-3b7d-4c1e-8f00-0000000c0001=192.168.50.0/24,192.168.50.10-192.168.50.200`).
+    /// No router or DNS option is sent. Repeatable; also POST /admin/vlans/{uuid}/dhcp.
+    #[arg(long = "vlan-dhcp", value_name = "UUID=CIDR[,FIRST-LAST]")]
+    vlan_dhcp: Vec<String>,
     /// QEMU backend: guest memory cap in MiB.
     #[arg(long, default_value_t = 2048)]
     vm_max_mem: u64,
+}
+
+/// `UUID=CIDR[,FIRST-LAST]` (`--vlan-dhcp`).
+fn parse_vlan_dhcp(spec: &str) -> anyhow::Result<(String, cloudsim::vlan::DhcpConfig)> {
+    let usage = || format!("--vlan-dhcp {spec:?} must be UUID=CIDR or UUID=CIDR,FIRST-LAST");
+    let (vlan, rest) = spec.split_once('=').with_context(usage)?;
+    let (cidr, range) = match rest.split_once(',') {
+        Some((c, r)) => {
+            let (a, b) = r.split_once('-').with_context(usage)?;
+            let ip = |s: &str| {
+                s.trim()
+                    .parse::<std::net::Ipv4Addr>()
+                    .with_context(|| format!("{}: {s:?} is not an IPv4 address", usage()))
+            };
+            (c, Some([ip(a)?, ip(b)?]))
+        }
+        None => (rest, None),
+    };
+    let d = cloudsim::vlan::DhcpConfig {
+        cidr: cidr.trim().to_string(),
+        range,
+        server: None,
+        lease_secs: None,
+    };
+    d.validate()
+        .map_err(|e| anyhow::anyhow!("--vlan-dhcp {spec:?}: {e}"))?;
+    Ok((vlan.trim().to_string(), d))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -163,17 +195,24 @@ async fn main() -> anyhow::Result<()> {
         *slot = serde_json::json!(ms);
         timings = serde_json::from_value(j)?;
     }
+    let mut vlan_dhcp = std::collections::BTreeMap::new();
+    for spec in &a.vlan_dhcp {
+        let (vlan, d) = parse_vlan_dhcp(spec)?;
+        vlan_dhcp.insert(vlan, d);
+    }
     let mut backend: Option<std::sync::Arc<dyn cloudsim::Backend>> = None;
     let mut extra_libdrives = Vec::new();
     if a.backend == BackendArg::Qemu {
         let mut qc = cloudsim::vm::QemuConfig::new(&a.vm_data_dir);
         qc.max_mem_mib = a.vm_max_mem;
         let b = cloudsim::vm::QemuBackend::new(qc).map_err(|e| anyhow::anyhow!("{e}"))?;
-        backend = Some(std::sync::Arc::new(b));
         if let Some(dir) = &a.vm_image {
-            extra_libdrives
-                .push(cloudsim::vm::local_library_drive(dir).map_err(|e| anyhow::anyhow!("{e}"))?);
+            extra_libdrives.push(
+                b.local_library_drive(dir)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
         }
+        backend = Some(std::sync::Arc::new(b));
     } else if a.vm_image.is_some() {
         anyhow::bail!("--vm-image needs --backend qemu");
     }
@@ -212,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
         },
         backend,
         extra_libdrives,
+        vlan_dhcp,
         ..Default::default()
     };
     let cfg_tls = cfg.tls.clone();

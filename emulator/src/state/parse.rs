@@ -193,6 +193,7 @@ impl State {
             .as_array()
             .ok_or_else(|| ApiError::validation("nics must be a list", Some("nics")))?;
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for item in arr {
             let o = item
                 .as_object()
@@ -202,9 +203,13 @@ impl State {
                     let u = ref_uuid(v).ok_or_else(|| {
                         ApiError::validation("vlan must be a uuid or {\"uuid\"}", Some("nics"))
                     })?;
+                    // [D] one account per emulator: a VLAN of another account is simply not
+                    // among this account's VLANs
                     if !self.vlans.contains_key(&u) {
                         return Err(ApiError::validation(
-                            format!("VLAN {u} does not exist"),
+                            format!(
+                                "VLAN {u} does not exist in this account (GET /vlans/ lists the subscribed ones)"
+                            ),
                             Some("nics"),
                         ));
                     }
@@ -274,16 +279,20 @@ impl State {
                 }
                 _ => None,
             };
-            // [V docs] vlan and ip_v4_conf must not be combined; [D] `manual` (no address
-            // management) is tolerated since the reference also describes VLAN NICs that way.
+            // [V docs] forbid vlan with ip_v4_conf on one NIC, but [V deployment report] the
+            // real cloud accepts `{"vlan": u, "ip_v4_conf": {"conf": "dhcp"}}` (kube-dc's
+            // machine controller sends it): accepted, and a vlan set wins (a VLAN NIC: no
+            // address from the cloud, DHCP only from a server on the VLAN). `manual` likewise.
+            // [D] `static` with a vlan stays refused: it would put a subscribed public IP on a
+            // private NIC, and nothing shows the cloud accepting that.
             if vlan.is_some()
                 && conf
                     .as_ref()
-                    .map(|c| c.conf != IpConfMode::Manual)
+                    .map(|c| c.conf == IpConfMode::Static)
                     .unwrap_or(false)
             {
                 return Err(ApiError::validation(
-                    "A NIC cannot have both vlan and ip_v4_conf dhcp/static",
+                    "A NIC cannot have both vlan and ip_v4_conf static (a VLAN NIC gets no public IP)",
                     Some("nics"),
                 ));
             }
@@ -295,16 +304,42 @@ impl State {
             }
             let model = get_str(o, "model")?.unwrap_or_else(|| "virtio".into());
             // [V reference] NICs are matched by mac in a PUT; a new NIC gets a fresh MAC
+            // [D] a MAC appears once in the account, so once per VLAN (one L2 segment cannot
+            // have two NICs with one MAC; the switch refuses it too). The caller restores the
+            // MAC set when the request fails later, so a refused request reserves nothing.
             let mac = match nic_mac(o)? {
                 Some(m) => {
+                    if !seen.insert(m.clone()) {
+                        return Err(ApiError::validation(
+                            format!("MAC {m} is given to two NICs of this server"),
+                            Some("nics"),
+                        ));
+                    }
                     let owned_by_self = existing
                         .map(|e| e.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())))
                         .unwrap_or(false);
                     if !owned_by_self && !self.macs.insert(m.clone()) {
-                        return Err(ApiError::validation(
-                            format!("MAC {m} is already in use"),
-                            Some("nics"),
-                        ));
+                        let holder = self
+                            .servers
+                            .values()
+                            .find(|s| s.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())));
+                        let msg = match holder {
+                            Some(h) => {
+                                let on_vlan = h
+                                    .nics
+                                    .iter()
+                                    .find(|n| n.mac.as_deref() == Some(m.as_str()))
+                                    .and_then(|n| n.vlan.as_ref())
+                                    .map(|v| format!(" on VLAN {}", v.uuid()))
+                                    .unwrap_or_default();
+                                format!(
+                                    "MAC {m} is already used by a NIC{on_vlan} of server {}",
+                                    h.uuid
+                                )
+                            }
+                            None => format!("MAC {m} is already in use"),
+                        };
+                        return Err(ApiError::validation(msg, Some("nics")));
                     }
                     m
                 }

@@ -34,11 +34,17 @@ impl State {
         let nics = s.nics.clone();
         let mut rt_nics = Vec::new();
         let mut new_nics = Vec::new();
-        for (i, n) in nics.into_iter().enumerate() {
+        // [D] the NAT address belongs to the first public NIC wherever it is in the list
+        // (`[VLAN, public]` too): runtime_ip gets the position among public NICs.
+        let mut public_nic = 0;
+        for n in nics.into_iter() {
             let mut n = n;
             let addr = if n.vlan.is_some() {
+                // a vlan set wins over ip_v4_conf: no address the cloud knows (docs/emulator.md)
                 None
             } else {
+                let i = public_nic;
+                public_nic += 1;
                 match n.ip_v4_conf.as_ref().map(|c| c.conf) {
                     Some(IpConfMode::Static) => n
                         .ip_v4_conf

@@ -40,10 +40,17 @@ impl State {
     }
 
     pub fn create_servers(&mut self, items: &[Value]) -> Result<Vec<Server>, ApiError> {
-        // validate all first so a bad item creates nothing
+        // validate all first so a bad item creates nothing (not even a reserved MAC)
         let mut built = Vec::new();
+        let macs = self.macs.clone();
         for o in body_objects(items)? {
-            built.push(self.server_from_body(o, None)?);
+            match self.server_from_body(o, None) {
+                Ok(b) => built.push(b),
+                Err(e) => {
+                    self.macs = macs;
+                    return Err(e);
+                }
+            }
         }
         let mut out = Vec::new();
         for (s, tags) in built {
@@ -115,7 +122,15 @@ impl State {
             self.attach_drives(uuid, &s.drives);
             self.servers.insert(uuid.to_string(), s);
         } else {
-            let (mut s, tags) = self.server_from_body(o, Some(&existing))?;
+            let macs = self.macs.clone();
+            let (mut s, tags) = match self.server_from_body(o, Some(&existing)) {
+                Ok(b) => b,
+                Err(e) => {
+                    // a refused PUT reserves no MAC
+                    self.macs = macs;
+                    return Err(e);
+                }
+            };
             // MACs of NICs that were dropped become free again
             for n in &existing.nics {
                 if let Some(m) = &n.mac {
@@ -210,6 +225,13 @@ impl State {
             for n in &mut ghost.nics {
                 n.runtime = None;
             }
+            // [D] the drives a recursive delete removes go with the server at once: the
+            // server being deleted must not list drives that GET /drives/ answers 404 for.
+            // Drives it keeps (not recursed, or also on another server) still exist and stay
+            // listed.
+            ghost
+                .drives
+                .retain(|d| !drives.iter().any(|x| x == d.drive.uuid()));
             self.deleting
                 .insert(uuid.to_string(), (now + self.timings.server_stop, ghost));
         }

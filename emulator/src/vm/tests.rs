@@ -1,6 +1,7 @@
 //! Unit tests of the QEMU backend: drive files, runtime IPs, the QEMU command line.
 
 use super::*;
+use std::path::Path;
 
 fn have_qemu_img() -> bool {
     std::process::Command::new("qemu-img")
@@ -79,12 +80,32 @@ fn runtime_ips_are_per_server_loopback_and_reused() {
     );
 }
 
+/// The command line of `spec` as one string (pure: no QEMU, no files).
+fn command_line(spec: &StartSpec, boot: Option<&Path>) -> Result<String, BackendError> {
+    command_line_fds(spec, boot, &[])
+}
+
+fn command_line_fds(
+    spec: &StartSpec,
+    boot: Option<&Path>,
+    vlan_fds: &[Option<i32>],
+) -> Result<String, BackendError> {
+    let cfg = QemuConfig::new("/data");
+    args::qemu_args(&args::Launch {
+        cfg: &cfg,
+        accel: Accel::Tcg,
+        host_cpus: 2,
+        spec,
+        ip: "127.77.0.9",
+        dir: Path::new("/x"),
+        boot,
+        vlan_fds,
+    })
+    .map(|a| a.join(" "))
+}
+
 #[test]
 fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
-    let d = tempfile::tempdir().unwrap();
-    let Some(b) = backend(d.path()) else { return };
-    std::fs::write(b.drive_path("boot"), b"x").unwrap();
-    std::fs::write(b.drive_path("data"), b"x").unwrap();
     let spec = StartSpec {
         uuid: "srv".into(),
         name: "n".into(),
@@ -118,15 +139,7 @@ fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
         }],
         context_socket: "/tmp/ctx/srv.sock".into(),
     };
-    let a = b
-        .qemu_args(
-            &spec,
-            "127.77.0.9",
-            Path::new("/x"),
-            Some(Path::new("/img")),
-        )
-        .unwrap()
-        .join(" ");
+    let a = command_line(&spec, Some(Path::new("/img"))).unwrap();
     assert!(a.contains("product=CloudSigma"), "{a}");
     assert!(
         a.contains("socket,id=ctx0,path=/tmp/ctx/srv.sock,server=off"),
@@ -144,18 +157,134 @@ fn qemu_command_line_wires_serials_smbios_and_ssh_forward() {
         "boot drive must be /dev/vda: {a}"
     );
     assert!(a.contains("-kernel /img/vmlinuz"), "{a}");
-    std::fs::remove_file(b.drive_path("data")).unwrap();
-    let e = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap_err();
+    assert!(a.contains("-smp 2"), "smp capped to the host: {a}");
+    assert!(a.contains("file=/data/drives/boot.qcow2"), "{a}");
+}
+
+#[test]
+fn a_drive_without_its_image_file_is_named_before_qemu_starts() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    let mut spec = spec_with_nics(vec![]);
+    spec.drives[0].uuid = "data".into();
+    let e = b.check_drive_files(&spec).unwrap_err();
     assert!(e.0.contains("data") && e.0.contains("no image file"), "{e}");
+    std::fs::write(b.drive_path("data"), b"x").unwrap();
+    b.check_drive_files(&spec).unwrap();
+}
+
+/// A one-drive server with `nics`.
+fn spec_with_nics(nics: Vec<crate::backend::StartNic>) -> StartSpec {
+    StartSpec {
+        uuid: "srv".into(),
+        name: "n".into(),
+        cpu: 2000,
+        mem: 1 << 30,
+        smp: 1,
+        boot_drive: Some("boot".into()),
+        drives: vec![crate::backend::StartDrive {
+            uuid: "boot".into(),
+            dev_channel: "0:0".into(),
+            device: "virtio".into(),
+            boot_order: Some(1),
+            media: "disk".into(),
+            size: 1,
+        }],
+        nics,
+        context_socket: "/tmp/ctx/srv.sock".into(),
+    }
+}
+
+fn nic(mac: &str, vlan: Option<&str>) -> crate::backend::StartNic {
+    crate::backend::StartNic {
+        mac: mac.into(),
+        model: "virtio".into(),
+        ip_v4: None,
+        vlan: vlan.map(str::to_string),
+    }
+}
+
+/// The netdev option of NIC `i` in a command line.
+fn netdev(a: &str, i: usize) -> String {
+    a.split("-netdev ")
+        .skip(1)
+        .map(|x| x.split(' ').next().unwrap_or_default().to_string())
+        .find(|x| x.contains(&format!("id=n{i},")) || x.ends_with(&format!("id=n{i}")))
+        .unwrap_or_else(|| panic!("no netdev n{i} in {a}"))
+}
+
+#[test]
+fn nics_are_wired_by_kind_not_position() {
+    // [VLAN, public]: the forwards are on the public NIC, the VLAN NIC is a switch port
+    let spec = spec_with_nics(vec![
+        nic("22:00:00:00:00:0a", Some("vlan-a")),
+        nic("22:00:00:00:00:0b", None),
+    ]);
+    let a = command_line_fds(&spec, None, &[Some(41), None]).unwrap();
+    assert_eq!(netdev(&a, 0), "socket,id=n0,fd=41", "{a}");
+    let public = netdev(&a, 1);
+    assert!(
+        public.starts_with("user,id=n1,") && public.contains("hostfwd=tcp:127.77.0.9:22-:22"),
+        "{a}"
+    );
+    assert!(
+        a.contains("virtio-net-pci,netdev=n0,mac=22:00:00:00:00:0a"),
+        "{a}"
+    );
+    assert!(
+        a.contains("virtio-net-pci,netdev=n1,mac=22:00:00:00:00:0b"),
+        "{a}"
+    );
+    assert_eq!(
+        a.matches("hostfwd").count(),
+        2,
+        "forwards once, 22 and 10250: {a}"
+    );
+    // a VLAN NIC without its switch port is refused by name, not started unwired
+    let e = command_line_fds(&spec, None, &[None, None]).unwrap_err();
+    assert!(e.0.contains("NIC 0") && e.0.contains("vlan-a"), "{e}");
+    // [public, VLAN, VLAN, public]: the first public NIC is the NAT one, the second is isolated
+    let spec = spec_with_nics(vec![
+        nic("22:00:00:00:00:01", None),
+        nic("22:00:00:00:00:02", Some("vlan-a")),
+        nic("22:00:00:00:00:03", Some("vlan-b")),
+        nic("22:00:00:00:00:04", None),
+    ]);
+    let a = command_line_fds(&spec, None, &[None, Some(7), Some(8), None]).unwrap();
+    assert!(netdev(&a, 0).contains("hostfwd"), "{a}");
+    assert_eq!(netdev(&a, 1), "socket,id=n1,fd=7");
+    assert_eq!(netdev(&a, 2), "socket,id=n2,fd=8");
+    let iso = netdev(&a, 3);
+    assert!(
+        iso.contains("restrict=on") && !iso.contains("hostfwd"),
+        "{a}"
+    );
+    assert_eq!(
+        args::nic_wiring(&spec),
+        vec![
+            args::NicWiring::Nat,
+            args::NicWiring::Vlan("vlan-a".into()),
+            args::NicWiring::Vlan("vlan-b".into()),
+            args::NicWiring::Isolated,
+        ]
+    );
+}
+
+#[test]
+fn the_nat_address_is_for_the_first_public_nic() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    // `public_nic` counts public NICs only: 0 is the first one wherever it is
+    assert!(b.runtime_ip("s", 0).is_some());
+    assert_eq!(
+        b.runtime_ip("s", 1),
+        None,
+        "a second public NIC has no NAT address"
+    );
 }
 
 #[test]
 fn qemu_command_line_refuses_a_mac_carrying_device_options() {
-    let d = tempfile::tempdir().unwrap();
-    let Some(b) = backend(d.path()) else { return };
-    std::fs::write(b.drive_path("boot"), b"x").unwrap();
     let mut spec = StartSpec {
         uuid: "srv".into(),
         name: "n".into(),
@@ -180,15 +309,10 @@ fn qemu_command_line_refuses_a_mac_carrying_device_options() {
         }],
         context_socket: "/tmp/ctx/srv.sock".into(),
     };
-    let e = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap_err();
+    let e = command_line(&spec, None).unwrap_err();
     assert!(e.0.contains("invalid MAC") && e.0.contains("NIC 0"), "{e}");
     spec.nics[0].mac = "52:54:00:AB:00:01".into();
-    let a = b
-        .qemu_args(&spec, "127.77.0.9", Path::new("/x"), None)
-        .unwrap()
-        .join(" ");
+    let a = command_line(&spec, None).unwrap();
     assert!(a.contains("netdev=n0,mac=52:54:00:ab:00:01"), "{a}");
 }
 
@@ -243,4 +367,74 @@ async fn hot_plug_reaches_a_running_qemu() {
     };
     let e = QemuBackend::hotplug(&b, "no-such-vm", &[ghost], &[]).await;
     assert!(e.is_ok(), "no VM: nothing to tell");
+}
+
+/// A real QEMU (TCG, no guest OS) with `[VLAN, public]` NICs: the VLAN NIC's socket is inherited
+/// and speaks the switch's framing. QMP `announce-self` makes QEMU send a RARP broadcast from
+/// the NIC's MAC, which another port of the VLAN receives; a port of another VLAN does not. When
+/// the VM stops, its port goes.
+#[tokio::test]
+async fn a_vlan_nic_of_a_real_qemu_is_a_switch_port() {
+    use tokio::io::AsyncReadExt;
+    let d = tempfile::tempdir().unwrap();
+    let Some(b) = backend(d.path()) else { return };
+    let uuid = "0f5c7a2e-1b1d-4a8e-9a3e-2d7c4f1b9e02";
+    let spec = StartSpec {
+        uuid: uuid.into(),
+        name: "vlan".into(),
+        cpu: 1000,
+        mem: 256 << 20,
+        smp: 1,
+        boot_drive: None,
+        drives: vec![],
+        nics: vec![
+            nic("22:00:00:00:0a:01", Some("vlan-a")),
+            nic("22:00:00:00:0a:02", None),
+        ],
+        context_socket: d.path().join("ctx.sock"),
+    };
+    let peer = |vlan: &'static str, last: u8| {
+        let sw = b.switch.clone();
+        async move {
+            let fd = sw
+                .attach(vlan, [0x52, 0x54, 0, 0, 0, last], "peer")
+                .await
+                .unwrap();
+            let s = std::os::unix::net::UnixStream::from(fd);
+            s.set_nonblocking(true).unwrap();
+            tokio::net::UnixStream::from_std(s).unwrap()
+        }
+    };
+    let mut same = peer("vlan-a", 1).await;
+    let mut other = peer("vlan-b", 2).await;
+    b.server_start(&spec).await.unwrap();
+    let sock = b.server_dir(uuid).join("qmp.sock");
+    let announce = vec![qmp::Step::Execute(serde_json::json!({
+        "execute": "announce-self",
+        "arguments": {"initial": 50, "max": 550, "rounds": 2, "step": 100}
+    }))];
+    let res = qmp::run(&sock, &announce, QMP_TIMEOUT).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let len = same.read_u32().await.unwrap() as usize;
+        let mut f = vec![0u8; len];
+        same.read_exact(&mut f).await.unwrap();
+        f
+    })
+    .await;
+    let heard_elsewhere = tokio::time::timeout(Duration::from_millis(500), other.read_u32()).await;
+    let ports_running = b.switch.ports("vlan-a").await.len();
+    b.server_stop(uuid).await.unwrap();
+    let ports_stopped = b.switch.ports("vlan-a").await;
+    b.shutdown().await;
+    res.unwrap();
+    let f = got.expect("the VM's announcement reaches a port of its VLAN");
+    assert_eq!(&f[0..6], &[0xff; 6], "{f:02x?}");
+    assert_eq!(&f[6..12], &[0x22, 0, 0, 0, 0x0a, 0x01], "{f:02x?}");
+    assert!(heard_elsewhere.is_err(), "another VLAN heard it");
+    assert_eq!(ports_running, 2);
+    assert_eq!(
+        ports_stopped,
+        vec![[0x52, 0x54, 0, 0, 0, 1]],
+        "the VM's port went"
+    );
 }
