@@ -28,8 +28,20 @@ pub async fn vlan_with_dhcp(cloud: &VmCloud) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("the account has no VLAN: {vlans}"))
         .to_string();
-    // TODO(lead): the emulator's DHCP-on-VLAN call, once the switch lands
-    let _ = (VLAN_CIDR, VLAN_RANGE);
+    let range = [VLAN_RANGE.0, VLAN_RANGE.1].map(|a| a.parse().expect("VLAN_RANGE"));
+    cloud
+        .emu
+        .set_vlan_dhcp(
+            &vlan,
+            Some(cloudsim::vlan::DhcpConfig {
+                cidr: VLAN_CIDR.into(),
+                range: Some(range),
+                server: None,
+                lease_secs: None,
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("DHCP on VLAN {vlan}: {e}"));
     vlan
 }
 
