@@ -364,6 +364,53 @@ fn the_output_file_and_the_log_are_never_redirected() {
     }
 }
 
+/// A FIFO planted as the output file or the log never blocks the boot (no reader: the open
+/// would wait forever without O_NONBLOCK).
+#[test]
+fn a_planted_fifo_does_not_block_the_boot() {
+    use std::time::{Duration, Instant};
+    for file in [
+        "/var/log/cloudsigma-bootstrap-output.log",
+        "/var/log/cloudsigma-bootstrap.log",
+    ] {
+        let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+        fs::create_dir_all(n.p("/var/log")).unwrap();
+        nix::unistd::mkfifo(&n.p(file), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut child = n
+            .command(true, &["--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let status = status.unwrap_or_else(|| panic!("{file}: the agent blocked on the FIFO"));
+        let st = n.status();
+        if file.ends_with("output.log") {
+            assert_eq!(status.code(), Some(1));
+            let msg = st["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("FIFO"), "{msg}");
+        } else {
+            assert_eq!(status.code(), Some(0));
+            let w = st["warnings"][0].as_str().unwrap();
+            assert!(
+                w.starts_with("cannot open log file") && w.contains("FIFO"),
+                "{w}"
+            );
+        }
+    }
+}
+
 /// The context's uuid names the stamp file: anything but a UUID is refused before a path is made.
 #[test]
 fn a_context_uuid_that_is_not_a_uuid_is_refused() {
