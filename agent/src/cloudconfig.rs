@@ -44,8 +44,7 @@ pub struct CloudConfig {
 }
 
 pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
-    // serde_yaml's messages carry positions (line/column), not document content.
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+    let doc: Value = crate::yaml::from_str_bounded(text)?;
     let map = match doc {
         Value::Mapping(m) => m,
         Value::Null => return Ok(CloudConfig::default()),
@@ -97,6 +96,83 @@ pub fn parse(text: &str) -> Result<CloudConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Debug on the parsed data shows no token, hash or content (issue 21 item 9).
+    #[test]
+    fn debug_never_shows_secrets() {
+        let cfg = parse(concat!(
+            "write_files:\n- path: /run/kubeadm/join.yaml\n  content: 'token: abcdef.0123456789abcdef'\n",
+            "runcmd:\n- kubeadm join --token abcdef.0123456789abcdef\n- [kubeadm, join, --token, abcdef.0123456789abcdef]\n",
+            "bootcmd: ['echo abcdef.0123456789abcdef']\n",
+            "users:\n- {name: capi, passwd: '$6$salt$hash', hashed_passwd: '$6$other$hash', plain_text_passwd: hunter2}\n",
+        ))
+        .unwrap();
+        let dbg = format!("{cfg:?} {cfg:#?}");
+        for secret in ["abcdef.0123456789abcdef", "$6$salt", "$6$other", "hunter2"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(
+            dbg.contains("/run/kubeadm/join.yaml"),
+            "the path stays: {dbg}"
+        );
+        assert!(
+            dbg.contains("Line(<44 bytes>)") && dbg.contains("Words(<4 words>)"),
+            "{dbg}"
+        );
+        let w = format!("{:?}", cfg.warnings);
+        assert!(!w.contains("$6$other") && !w.contains("hunter2"), "{w}");
+        let kind = crate::userdata::Kind::CloudConfig("token: abcdef.0123456789abcdef".into());
+        assert_eq!(format!("{kind:?}"), "cloud-config(<30 bytes>)");
+    }
+
+    /// The call on its own thread, failing after `secs` instead of exhausting the machine.
+    fn parse_soon(doc: String, secs: u64) -> Result<CloudConfig, ConfigError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(parse(&doc));
+        });
+        rx.recv_timeout(Duration::from_secs(secs))
+            .expect("parsing did not stop in time")
+    }
+
+    /// YAML alias expansion is bounded: a billion laughs, nested or wide, fails quickly.
+    #[test]
+    fn alias_bombs_fail_quickly() {
+        // Nested: 9 levels of 10 references, 10^9 strings.
+        let mut doc = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            doc.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        doc.push_str("runcmd: *a9\n");
+        let t = Instant::now();
+        let e = parse_soon(doc, 20).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(
+            matches!(e, ConfigError::TooLarge) || e.to_string().contains("repetition limit"),
+            "{e}"
+        );
+        // Wide: one anchor of 20,000 strings referenced 20,000 times (4*10^8 strings): within
+        // serde_yaml's own alias bound, so only the expansion budget stops it.
+        let items = vec!["x"; 20_000].join(", ");
+        let refs = vec!["*w"; 20_000].join(", ");
+        let doc = format!("w: &w [{items}]\nbootcmd: [{refs}]\n");
+        let t = Instant::now();
+        let e = parse_soon(doc, 30).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        assert!(matches!(e, ConfigError::TooLarge), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cloud-config expands to more than 1000000 values"),
+            "{e}"
+        );
+        // A few aliases, as people write them, still work.
+        let cfg = parse("x: &k [echo a]\nruncmd: *k\nbootcmd: *k\n").unwrap();
+        assert_eq!(cfg.runcmd.len(), 1);
+    }
 
     #[test]
     fn errors_name_the_key() {

@@ -56,6 +56,9 @@ pub enum Error {
     MarkerMissing { marker: PathBuf, output: PathBuf },
     #[error(transparent)]
     Context(#[from] cloudsigma_api::context::ContextError),
+    /// The context's `uuid` is not a UUID: it would name the stamp file (`instance-<uuid>.done`).
+    #[error("the context's uuid {value:?} is not a UUID (8-4-4-4-12 hexadecimal digits): refused, it would name this instance's stamp file in {}", crate::paths::STATE_DIR)]
+    BadInstanceId { value: String },
     #[error(transparent)]
     UserData(#[from] crate::userdata::UserDataError),
     #[error(transparent)]

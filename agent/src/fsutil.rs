@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 
 use std::path::{Path, PathBuf};
 
@@ -123,6 +123,72 @@ fn write_in_place(tmp: &Path, path: &Path, mode: u32, owner: Owner) -> io::Resul
     chown_file(&dst, owner)?;
     dst.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
     Ok(())
+}
+
+/// Open `path` for appending as the agent's private file (its log, the bootstrap commands'
+/// output, which may hold the join token): created 0600 if missing (parents 0755), and never
+/// redirected. The last component is opened with `O_NOFOLLOW` (a planted symlink is refused, its
+/// target untouched) and `O_NONBLOCK` (a planted FIFO fails with ENXIO or is refused after
+/// `fstat` instead of blocking the boot); anything but a regular file with one link is refused.
+/// An existing file gets the mode 0600 and, when the agent runs as root, the owner root:root, on
+/// the open descriptor (fchmod/fchown): the 0600 of `open(2)` applies to new files only.
+pub fn open_private_append(path: &Path) -> io::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    let refused = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                refused("is a symbolic link: refused (never written through a link)".into())
+            }
+            Some(nix::libc::ENXIO) => {
+                refused("is a FIFO without a reader: refused (not a regular file)".into())
+            }
+            _ => e,
+        })?;
+    let m = f.metadata()?;
+    let t = m.file_type();
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(refused(format!(
+            "is {kind}: refused (only a regular file is written)"
+        )));
+    }
+    if m.nlink() > 1 {
+        return Err(refused(format!(
+            "has {} hard links: refused (a link to another file would be written and chmodded)",
+            m.nlink()
+        )));
+    }
+    let fd = f.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    if nix::unistd::geteuid().is_root() && (m.uid() != 0 || m.gid() != 0) {
+        std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+    }
+    if m.mode() & 0o7777 != 0o600 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
 }
 
 /// Where a write to the guest path `abs` lands when it follows symlinks as open(2) does, with
@@ -292,6 +358,7 @@ pub fn rfc3339(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -442,5 +509,88 @@ mod tests {
         );
         let e = resolve_owner(d.path(), "nobody:etcd").unwrap_err();
         assert!(e.contains("nobody") && e.contains("passwd"), "{e}");
+    }
+
+    /// The call on its own thread: a FIFO that blocks open(2) fails the test instead of hanging it.
+    fn open_soon(p: &Path) -> io::Result<File> {
+        let p = p.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_private_append(&p));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("open_private_append blocked")
+    }
+
+    #[test]
+    fn private_append_refuses_links_fifos_and_fixes_modes() {
+        let d = tempfile::tempdir().unwrap();
+        // A planted symlink is refused; its target is untouched.
+        let target = d.path().join("shadow");
+        fs::write(&target, "root:x:1:\n").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = d.path().join("out.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = open_soon(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link: refused"), "{e}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root:x:1:\n");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o644);
+        // A dangling one creates nothing at its target either.
+        let link2 = d.path().join("dangling.log");
+        std::os::unix::fs::symlink(d.path().join("created"), &link2).unwrap();
+        assert!(open_soon(&link2).is_err());
+        assert!(!d.path().join("created").exists());
+
+        // A FIFO without a reader: refused at once, nothing blocks.
+        let fifo = d.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = open_soon(&fifo).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        // ... and with a reader (open succeeds): refused after fstat.
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let e = open_soon(&fifo).unwrap_err();
+        assert!(e.to_string().contains("is a FIFO: refused"), "{e}");
+
+        // A directory in the way.
+        let e = open_soon(d.path()).unwrap_err();
+        assert!(!e.to_string().is_empty());
+
+        // A hard link to another file.
+        let other = d.path().join("other");
+        fs::write(&other, "x").unwrap();
+        let hard = d.path().join("hard.log");
+        fs::hard_link(&other, &hard).unwrap();
+        let e = open_soon(&hard).unwrap_err();
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+
+        // An existing 0644 file becomes 0600 and is appended to; a new one is 0600.
+        let old = d.path().join("old.log");
+        fs::write(&old, "before\n").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut f = open_soon(&old).unwrap();
+        f.write_all(b"after\n").unwrap();
+        assert_eq!(fs::metadata(&old).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(fs::read_to_string(&old).unwrap(), "before\nafter\n");
+        let new = d.path().join("sub/new.log");
+        open_soon(&new).unwrap();
+        assert_eq!(fs::metadata(&new).unwrap().mode() & 0o7777, 0o600);
+        // The descriptor is blocking again and close-on-exec.
+        let fl = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(fl & nix::libc::O_NONBLOCK, 0);
+        let fd = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(fd & nix::libc::FD_CLOEXEC, 0);
+        if nix::unistd::geteuid().is_root() {
+            // Owned by someone else before: root's now.
+            let theirs = d.path().join("theirs.log");
+            fs::write(&theirs, "").unwrap();
+            std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+            open_soon(&theirs).unwrap();
+            let m = fs::metadata(&theirs).unwrap();
+            assert_eq!((m.uid(), m.gid()), (0, 0));
+        }
     }
 }

@@ -1,9 +1,8 @@
 //! Log (file + stdout for the journal) and the status file. Nothing secret is ever passed here:
 //! callers log paths, sizes, modes and counts only (never file contents or command text).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -19,17 +18,7 @@ pub struct Logger {
 
 impl Logger {
     pub fn open(path: &Path, quiet: bool) -> Logger {
-        let opened = path
-            .parent()
-            .map(fs::create_dir_all)
-            .transpose()
-            .and_then(|_| {
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-            });
+        let opened = fsutil::open_private_append(path);
         match opened {
             Ok(f) => Logger {
                 file: Some(f),

@@ -547,12 +547,18 @@ impl Agent<'_> {
     }
 
     fn load_context(&mut self) -> Result<ServerContext> {
-        if let Some(f) = &self.o.context_file {
+        let ctx = if let Some(f) = &self.o.context_file {
             let bytes = fs::read(f).at(IoOp::ReadContext, f)?;
-            Ok(context::parse_context(f, &bytes)?)
+            context::parse_context(f, &bytes)?
         } else {
-            Ok(context::read_context(&self.o.serial, self.o.timeout)?)
+            context::read_context(&self.o.serial, self.o.timeout)?
+        };
+        if !stamp::is_uuid(&ctx.uuid) {
+            return Err(Error::BadInstanceId {
+                value: ctx.uuid.chars().take(64).collect(),
+            });
         }
+        Ok(ctx)
     }
 
     fn network(&mut self, ctx: &ServerContext) {

@@ -37,6 +37,18 @@ pub struct Stamp {
     pub time: String,
 }
 
+/// Whether `s` has a UUID's shape (8-4-4-4-12 hexadecimal digits, either case): the only thing the
+/// context's `uuid` may be before it becomes part of the stamp's file name (a `../` must not
+/// move the stamp out of the state directory).
+pub fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn path(root: &Path, uuid: &str) -> PathBuf {
     under(root, STATE_DIR).join(format!("instance-{uuid}.done"))
 }
@@ -124,6 +136,28 @@ pub fn done_on_this_machine(root: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_uuid_names_a_stamp() {
+        for ok in [
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff",
+            "1B5EA8F2-3A1C-4B7E-9F10-AABBCCDDEEFF",
+        ] {
+            assert!(is_uuid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../etc",
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeef",
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff0",
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddee/f",
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeg0",
+            "1b5ea8f23a1c-4b7e-9f10-aabbccddeeff-",
+            "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff\n",
+        ] {
+            assert!(!is_uuid(bad), "{bad:?}");
+        }
+    }
 
     fn set_machine(root: &Path, id: &str) {
         let p = under(root, DMI_PRODUCT_UUID);

@@ -119,18 +119,53 @@ fn resolves(ctx: &Value, dotted: &str) -> bool {
     true
 }
 
-/// Render with strict undefined semantics: any undefined name is an error naming it.
+/// Instructions a template may execute (minijinja's fuel): Cluster API templates take a few
+/// hundred; a runaway loop stops here with "engine ran out of fuel".
+pub const FUEL: u64 = 1_000_000;
+/// Nesting of blocks, loops, macros and calls (minijinja counts includes and macros as more).
+pub const RECURSION_LIMIT: usize = 100;
+/// The largest rendered user data: far above any bootstrap data, far below what hurts the node.
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// The rendered text, refusing to grow beyond [`MAX_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + b.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(format!(
+                "the rendered user data exceeds {} MiB",
+                MAX_OUTPUT >> 20
+            )));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Render with strict undefined semantics: any undefined name is an error naming it. Bounded in
+/// instructions ([`FUEL`]), nesting ([`RECURSION_LIMIT`]) and output ([`MAX_OUTPUT`]): the data is
+/// the cluster owner's, but a mistake in it must fail the step, not hang or exhaust the node.
 pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
     let tmpl = env
         .template_from_named_str("user-data", source)
         .map_err(|e| TemplateError::Other {
             line: e.line().map(|l| l + 1).unwrap_or(0),
             msg: e.detail().unwrap_or("syntax error").to_string(),
         })?;
-    match tmpl.render(ctx) {
+    let mut sink = Bounded(Vec::new());
+    let rendered = tmpl
+        .render_captured_to(ctx, &mut sink)
+        .map(|_| String::from_utf8_lossy(&sink.0).into_owned());
+    match rendered {
         Ok(mut out) => {
             // The header line was removed before rendering: line numbers in errors are +1.
             if !out.ends_with('\n') && source.ends_with('\n') {
@@ -154,9 +189,14 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
                     .unwrap_or_else(|| "<expression>".into());
                 Err(TemplateError::Undefined { name, line })
             } else {
+                // A write failure's reason (the output bound) is its source, not its detail.
+                let detail = match (e.kind(), std::error::Error::source(&e)) {
+                    (ErrorKind::WriteFailure, Some(source)) => source.to_string(),
+                    _ => e.detail().unwrap_or("").to_string(),
+                };
                 Err(TemplateError::Other {
                     line,
-                    msg: format!("{}: {}", e.kind(), e.detail().unwrap_or("")),
+                    msg: format!("{}: {detail}", e.kind()),
                 })
             }
         }
@@ -173,6 +213,30 @@ mod tests {
             "meta":{"cloudinit-dsmode":"net","region":"zrh"},"global_context":{}
         }))
         .unwrap()
+    }
+
+    /// The template runs in bounded time, nesting and output (issue 21 item 9).
+    #[test]
+    fn runaway_templates_fail_quickly() {
+        let render_soon = |src: &'static str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let c = build_context(&ctx("w"), "/dev/ttyS1");
+                let _ = tx.send(render(src, &c));
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .expect("rendering did not stop in time")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = render_soon(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n",
+        );
+        assert!(e.contains("ran out of fuel"), "{e}");
+        let e = render_soon("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}\n");
+        assert!(e.contains("recursion"), "{e}");
+        let e = render_soon("{% for i in range(20) %}{{ 'x' * 1000000 }}{% endfor %}\n");
+        assert!(e.contains("exceeds 16 MiB"), "{e}");
     }
 
     #[test]

@@ -19,13 +19,24 @@ pub enum UserDataError {
     Unsupported(String),
 }
 
-/// What the user data turned out to be.
-#[derive(Debug, Clone, PartialEq)]
+/// What the user data turned out to be. Debug shows the kind and size only: the data holds the
+/// join token.
+#[derive(Clone, PartialEq)]
 pub enum Kind {
     CloudConfig(String),
     Script(Vec<u8>),
     /// `## template: jinja` header removed; render, then classify the result again.
     JinjaTemplate(String),
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = match self {
+            Kind::CloudConfig(s) | Kind::JinjaTemplate(s) => s.len(),
+            Kind::Script(b) => b.len(),
+        };
+        write!(f, "{}(<{len} bytes>)", self.name())
+    }
 }
 
 impl Kind {

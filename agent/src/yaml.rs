@@ -7,10 +7,125 @@ use serde_yaml::Value;
 pub enum ConfigError {
     #[error("cloud-config is not valid YAML: {0}")]
     Yaml(String),
+    /// The document expands (through YAML aliases) beyond what any bootstrap data needs.
+    #[error("cloud-config expands to more than {MAX_NODES} values or {} MiB of text (YAML anchors and aliases repeat their node each time): refused", MAX_SCALAR_BYTES >> 20)]
+    TooLarge,
     #[error("cloud-config must be a mapping at the top level, got {0}")]
     NotMapping(&'static str),
     #[error("cloud-config key {key}: {msg}")]
     Key { key: String, msg: String },
+}
+
+/// The most values (scalars, lists, mappings) a cloud-config may expand to. Cluster API bootstrap
+/// data has a few hundred; serde_yaml's own alias bound (100 alias jumps per event of the
+/// document) stops the nested "billion laughs" but not a wide anchor referenced many times, whose
+/// copies grow with the square of the document's size.
+pub const MAX_NODES: usize = 1_000_000;
+/// The most scalar text a cloud-config may expand to.
+pub const MAX_SCALAR_BYTES: usize = 64 << 20;
+
+/// Parse YAML into a value after checking, without building anything, that its expansion stays
+/// within [`MAX_NODES`] and [`MAX_SCALAR_BYTES`]. serde_yaml materializes every alias as a copy,
+/// so the check walks the same events first with a counting visitor: memory stays flat and the
+/// walk stops at the first value over the budget.
+pub fn from_str_bounded(text: &str) -> Result<Value, ConfigError> {
+    use serde::de::DeserializeSeed;
+    let budget = Budget {
+        nodes: std::cell::Cell::new(MAX_NODES),
+        bytes: std::cell::Cell::new(MAX_SCALAR_BYTES),
+        exceeded: std::cell::Cell::new(false),
+    };
+    // serde_yaml's messages carry positions (line/column), not document content.
+    if let Err(e) = (&budget).deserialize(serde_yaml::Deserializer::from_str(text)) {
+        return Err(if budget.exceeded.get() {
+            ConfigError::TooLarge
+        } else {
+            ConfigError::Yaml(e.to_string())
+        });
+    }
+    serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+}
+
+/// What is left of the expansion budget while [`from_str_bounded`] walks a document.
+struct Budget {
+    nodes: std::cell::Cell<usize>,
+    bytes: std::cell::Cell<usize>,
+    exceeded: std::cell::Cell<bool>,
+}
+
+impl Budget {
+    fn take<E: serde::de::Error>(&self, bytes: usize) -> Result<(), E> {
+        match (
+            self.nodes.get().checked_sub(1),
+            self.bytes.get().checked_sub(bytes),
+        ) {
+            (Some(n), Some(b)) => {
+                self.nodes.set(n);
+                self.bytes.set(b);
+                Ok(())
+            }
+            _ => {
+                self.exceeded.set(true);
+                Err(E::custom("expansion budget exceeded"))
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &Budget {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &Budget {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.take(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while a.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while a.next_key_seed(self)?.is_some() {
+            a.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, a: A) -> Result<(), A::Error> {
+        // A tagged value (`!tag node`): the tag, then its node.
+        use serde::de::VariantAccess;
+        let ((), v) = a.variant_seed(self)?;
+        v.newtype_variant_seed(self)
+    }
 }
 
 /// A key error: `key` is the path of the offending value (`fs_setup[0].partition`), `msg` never

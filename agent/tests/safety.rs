@@ -308,3 +308,135 @@ fn a_failed_forced_rerun_before_runcmd_keeps_the_done_stamp() {
     assert_eq!(n.status()["error"]["step"], "mounts");
     assert!(n.read(&stamp).contains("state=done"), "the stamp survived");
 }
+
+/// Issue 21 item 5: the root agent's own files (the join's output, its log) are never written
+/// through a planted symlink, and an existing file is made private.
+#[test]
+fn the_output_file_and_the_log_are_never_redirected() {
+    let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+    let target = n.dir.path().join("victim");
+    fs::write(&target, "untouched\n").unwrap();
+    fs::create_dir_all(n.p("/var/log")).unwrap();
+    symlink(&target, n.p("/var/log/cloudsigma-bootstrap-output.log")).unwrap();
+    let out = n.run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", n.log());
+    let st = n.status();
+    let msg = st["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cloudsigma-bootstrap-output.log: is a symbolic link: refused"),
+        "{msg}"
+    );
+    // bootcmd is the first script to write there.
+    assert_eq!(st["error"]["step"], "bootcmd");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "untouched\n");
+    assert!(n.stub_calls().is_empty(), "nothing ran");
+
+    // The log: a planted link is refused (a warning, the run goes on), its target untouched.
+    let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+    fs::create_dir_all(n.p("/var/log")).unwrap();
+    symlink(&target, n.p("/var/log/cloudsigma-bootstrap.log")).unwrap();
+    n.run_ok(&[]);
+    assert_eq!(fs::read_to_string(&target).unwrap(), "untouched\n");
+    let w = n.status()["warnings"][0].as_str().unwrap().to_string();
+    assert!(
+        w.starts_with("cannot open log file ") && w.contains("symbolic link: refused"),
+        "{w}"
+    );
+
+    // Existing files from an older agent (0644) become 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+    fs::create_dir_all(n.p("/var/log")).unwrap();
+    for f in [
+        "/var/log/cloudsigma-bootstrap.log",
+        "/var/log/cloudsigma-bootstrap-output.log",
+    ] {
+        fs::write(n.p(f), "old\n").unwrap();
+        fs::set_permissions(n.p(f), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    n.run_ok(&[]);
+    for f in [
+        "/var/log/cloudsigma-bootstrap.log",
+        "/var/log/cloudsigma-bootstrap-output.log",
+    ] {
+        assert_eq!(n.mode(f), 0o600, "{f}");
+        assert!(n.read(f).starts_with("old\n"), "appended: {f}");
+    }
+}
+
+/// A FIFO planted as the output file or the log never blocks the boot (no reader: the open
+/// would wait forever without O_NONBLOCK).
+#[test]
+fn a_planted_fifo_does_not_block_the_boot() {
+    use std::time::{Duration, Instant};
+    for file in [
+        "/var/log/cloudsigma-bootstrap-output.log",
+        "/var/log/cloudsigma-bootstrap.log",
+    ] {
+        let n = Node::new(data("kubeadm-join.yaml").as_bytes());
+        fs::create_dir_all(n.p("/var/log")).unwrap();
+        nix::unistd::mkfifo(&n.p(file), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut child = n
+            .command(true, &["--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let status = status.unwrap_or_else(|| panic!("{file}: the agent blocked on the FIFO"));
+        let st = n.status();
+        if file.ends_with("output.log") {
+            assert_eq!(status.code(), Some(1));
+            let msg = st["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("FIFO"), "{msg}");
+        } else {
+            assert_eq!(status.code(), Some(0));
+            let w = st["warnings"][0].as_str().unwrap();
+            assert!(
+                w.starts_with("cannot open log file") && w.contains("FIFO"),
+                "{w}"
+            );
+        }
+    }
+}
+
+/// The context's uuid names the stamp file: anything but a UUID is refused before a path is made.
+#[test]
+fn a_context_uuid_that_is_not_a_uuid_is_refused() {
+    for bad in [
+        "../../etc/cron.d/x",
+        "../../etc",
+        "1b5ea8f2-3a1c-4b7e-9f10-aabbccddeeff/..",
+        "",
+    ] {
+        let mut ctx = context_json(&b64(data("kubeadm-join.yaml").as_bytes()));
+        ctx["uuid"] = bad.into();
+        let n = Node::with_context(ctx);
+        let out = n.run(&[]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", n.log());
+        let st = n.status();
+        assert_eq!(st["error"]["step"], "context", "{bad:?}");
+        let msg = st["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!("the context's uuid {bad:?} is not a UUID")),
+            "{msg}"
+        );
+        assert!(n.stub_calls().is_empty(), "{bad:?}: nothing ran");
+        assert!(!n.root.join("etc/cron.d").exists());
+        assert!(
+            !n.p("/var/lib/cloudsigma-agent").exists(),
+            "no stamp anywhere"
+        );
+    }
+}

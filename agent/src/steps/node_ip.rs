@@ -132,7 +132,7 @@ pub fn apply(
             _ => "no interface in the guest has its MAC".to_string(),
         };
         cx.warn(format!(
-            "no --node-ip: the VLAN NIC (MAC {}, VLAN {}) got no IPv4 address within {}: {seen}. kubelet joins without --node-ip and the Node may get no InternalIP; run DHCP on the VLAN (e.g. a CloudSigma Virtual Router LAN) or configure the address (or node-ip) in the bootstrap data, or raise --vlan-address-timeout",
+            "no --node-ip: the VLAN NIC (MAC {}, VLAN {}) got no IPv4 address within {}: {seen}. kubelet joins without --node-ip and the Node may get no InternalIP; run DHCP on the VLAN (e.g. a CloudSigma Virtual Router LAN) or configure the address (or node-ip) in the bootstrap data, or raise --vlan-address-timeout (env CLOUDSIGMA_AGENT_VLAN_ADDRESS_TIMEOUT)",
             nic.mac,
             nic.vlan,
             secs(timeout)

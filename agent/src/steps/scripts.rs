@@ -1,9 +1,7 @@
 //! `bootcmd`, `runcmd` and a `#!` user-data script: cloud-init's shellify rules, and running the
 //! result as one /bin/sh script whose output stays out of the journal.
 
-use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -16,13 +14,23 @@ use crate::fsutil::{self, atomic_write, Owner, WriteMode};
 use crate::paths::{OUTPUT_FILE, STATE_DIR};
 use crate::yaml::{scalar_string, type_name, ConfigError};
 
-/// One runcmd/bootcmd item, with cloud-init's shellify rules.
-#[derive(Debug, Clone, PartialEq)]
+/// One runcmd/bootcmd item, with cloud-init's shellify rules. Debug shows sizes only: the text
+/// may carry the join token (`kubeadm join --token …`).
+#[derive(Clone, PartialEq)]
 pub enum Cmd {
     /// A string: written verbatim as one line.
     Line(String),
     /// A list: each word single-quoted.
     Words(Vec<String>),
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cmd::Line(l) => write!(f, "Line(<{} bytes>)", l.len()),
+            Cmd::Words(w) => write!(f, "Words(<{} words>)", w.len()),
+        }
+    }
 }
 
 /// cloud-init's shellify input: a list whose items are strings, lists of words, or null.
@@ -133,15 +141,7 @@ pub fn run(cx: &mut Cx, name: &str, body: &str, instance_id: &str) -> Result<()>
     )
     .at(IoOp::Write, &path)?;
     let out_path = cx.path(OUTPUT_FILE);
-    if let Some(p) = out_path.parent() {
-        let _ = fs::create_dir_all(p);
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&out_path)
-        .at(IoOp::Open, &out_path)?;
+    let out = fsutil::open_private_append(&out_path).at(IoOp::Open, &out_path)?;
     let mut out2 = out.try_clone().at(IoOp::Open, &out_path)?;
     let _ = writeln!(out2, "===== {} {name} =====", fsutil::now_rfc3339());
     cx.info(&format!(

@@ -9,7 +9,9 @@ use crate::fsutil::{self, atomic_write, ChownOutcome, WriteMode};
 use crate::userdata;
 use crate::yaml::{boolish, scalar_string, type_name, ConfigError};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Debug shows the content's size only: it may hold the join token or a key
+/// (kubeadm's join configuration, certificates).
+#[derive(Clone, PartialEq)]
 pub struct WriteFile {
     pub path: String,
     pub content: Vec<u8>,
@@ -22,6 +24,22 @@ pub struct WriteFile {
     pub bad_permissions: Option<String>,
     pub append: bool,
     pub defer: bool,
+}
+
+impl std::fmt::Debug for WriteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteFile")
+            .field("path", &self.path)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("encoding", &self.encoding)
+            .field("unknown_encoding", &self.unknown_encoding)
+            .field("owner", &self.owner)
+            .field("permissions", &format_args!("{:#o}", self.permissions))
+            .field("bad_permissions", &self.bad_permissions)
+            .field("append", &self.append)
+            .field("defer", &self.defer)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -170,6 +170,15 @@ impl Node {
     }
 
     fn run_with(&self, execute: bool, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.command(execute, extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// The agent's command line as the tests run it (stubs first on PATH), not yet started.
+    pub fn command(&self, execute: bool, extra: &[&str]) -> Command {
         let path = format!(
             "{}:{}",
             self.stub_dir.display(),
@@ -190,10 +199,7 @@ impl Node {
             .env("STUB_ROOT", &self.root)
             .env("STUB_STATE", self.dir.path().join("state"))
             .env_remove("STUB_FAIL");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        c
     }
 
     /// Replace a stub: it records its argv, fails when STUB_FAIL names it, else runs `body`.
