@@ -32,6 +32,7 @@ pub use config::{
     ENV_API_URL, ENV_CA_FILE, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
 };
 pub use error::Error;
+use error::RetryAfter;
 pub use observe::{CallEvent, CallObserver};
 pub use retry::RetryPolicy;
 pub use wait::WaitPolicy;
@@ -88,6 +89,23 @@ struct Req {
     /// DELETE retried after a lost answer may find the object already gone: a 404 on a retry
     /// (not on the first attempt) then means success.
     gone_ok_on_retry: bool,
+}
+
+/// A failed attempt: the error, and whether the server asked to wait longer than the cap
+/// (such a refusal is returned at once with `retry_after` = the cap, never waited for inside
+/// the call).
+struct Failed {
+    error: Error,
+    beyond_cap: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            error,
+            beyond_cap: false,
+        }
+    }
 }
 
 /// A list page. `meta` is optional so endpoints that answer a bare `{"objects": [...]}` work too.
@@ -336,7 +354,10 @@ impl Client {
             if let Some(b) = &req.body {
                 rb = rb.header(CONTENT_TYPE, "application/json").body(b.clone());
             }
-            let outcome = self.send_once(rb, &method, &path).await;
+            let (outcome, beyond_cap) = match self.send_once(rb, &method, &path).await {
+                Ok(v) => (Ok(v), false),
+                Err(f) => (Err(f.error), f.beyond_cap),
+            };
             let elapsed = started.elapsed();
             let elapsed_ms = elapsed.as_millis() as u64;
             self.observe(CallEvent::Attempt {
@@ -373,7 +394,7 @@ impl Client {
             } else {
                 self.post_retry_on_429 && result.status() == Some(429)
             };
-            if attempt < max_attempts && retryable {
+            if attempt < max_attempts && retryable && !beyond_cap {
                 let delay = {
                     let mut rng = rand::thread_rng();
                     cfg.retry.delay(attempt, result.retry_after(), &mut rng)
@@ -400,7 +421,7 @@ impl Client {
         rb: reqwest::RequestBuilder,
         method: &str,
         path: &str,
-    ) -> Result<(u16, Vec<u8>), Error> {
+    ) -> Result<(u16, Vec<u8>), Failed> {
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
                 Error::RequestTimeout {
@@ -427,18 +448,27 @@ impl Client {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let cap = self.inner.cfg.retry.max_retry_after;
         let retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(error::parse_retry_after);
-        Err(error::api_error(
-            status,
-            method,
-            path,
-            &body,
-            request_id,
-            retry_after,
-        ))
+            .and_then(error::parse_retry_after)
+            .map(|asked| RetryAfter::capped(asked, cap));
+        if let Some(asked) = retry_after.and_then(|r| r.asked_beyond_cap) {
+            tracing::warn!(%method, %path, status, asked_secs = asked.as_secs(), cap_secs = cap.as_secs(),
+                "cloudsigma api: Retry-After capped (max_retry_after); not waited for inside this call");
+        }
+        Err(Failed {
+            error: error::api_error(
+                status,
+                method,
+                path,
+                &body,
+                request_id,
+                retry_after.map(|r| r.wait),
+            ),
+            beyond_cap: retry_after.is_some_and(|r| r.asked_beyond_cap.is_some()),
+        })
     }
 
     fn decode<T: DeserializeOwned>(method: &str, url: &Url, body: &[u8]) -> Result<T, Error> {

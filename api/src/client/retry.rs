@@ -15,8 +15,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Cap of the backoff ceiling.
     pub max_delay: Duration,
-    /// A `Retry-After` longer than this is not waited for: the error is returned instead, so a
-    /// caller is never stuck for minutes inside one call.
+    /// The cap of `Retry-After`. A longer one is not waited for inside the call (the error is
+    /// returned at once, so a caller is never stuck for minutes inside one call), and the error's
+    /// [`super::Error::retry_after`] says this cap instead of what the server asked (logged as a
+    /// warning), so a caller that schedules its own retry from it waits at most this long —
+    /// whether the server sent `86400` or an HTTP-date a day ahead. Default 60 s: CloudSigma's
+    /// rate limits are per minute (10,000 requests/min, 1,000 DELETEs/min [V docs]), so one
+    /// window clears any refusal it documents; a longer ask comes from a proxy, a maintenance
+    /// page or a skewed clock, and retrying once a minute costs one request of that quota.
     pub max_retry_after: Duration,
 }
 
