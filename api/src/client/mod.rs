@@ -37,8 +37,9 @@ mod tags;
 mod vlans;
 
 pub use config::{
-    default_config_path, resolve_with, Auth, Config, ConfigFile, ConfigOverrides, DEFAULT_TIMEOUT,
-    ENV_API_URL, ENV_CA_FILE, ENV_CONFIG, ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
+    default_config_path, keys as config_keys, resolve_with, Auth, Config, ConfigFile,
+    ConfigOverrides, Value as ConfigValue, DEFAULT_TIMEOUT, ENV_API_URL, ENV_CA_FILE, ENV_CONFIG,
+    ENV_PASSWORD, ENV_REGION, ENV_TOKEN, ENV_USERNAME,
 };
 pub use error::Error;
 pub use observe::{CallEvent, CallObserver};
@@ -132,7 +133,11 @@ macro_rules! identified {
 identified!(Server, Drive, LibDrive, Ip, Vlan, Tag);
 
 impl Client {
+    /// A client for `cfg`: fails with [`Error::Config`] when `cfg` is plain `http://` to a host
+    /// that is not loopback without [`Config::allow_insecure_http`], or its `ca_file` cannot be
+    /// used.
     pub fn new(cfg: Config) -> Result<Client, Error> {
+        config::check_transport(&cfg)?;
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(concat!("cloudsigma-k8s/", env!("CARGO_PKG_VERSION")))
@@ -293,6 +298,32 @@ mod tests {
             parse_server_action("reboot"),
             Err(Error::InvalidInput(m)) if m.contains("unknown server action")
         ));
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_refused_unless_allowed() {
+        let url = "http://10.0.2.2:8080/api/2.0/";
+        let e = Client::new(Config::for_url(url, Auth::Bearer("t".into())).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(url) && e.contains("CLOUDSIGMA_ALLOW_INSECURE_HTTP"),
+            "{e}"
+        );
+        // allowed through the environment, as the in-cluster e2e test does
+        let env = |k: &str| match k {
+            "CLOUDSIGMA_API_URL" => Some(url.to_string()),
+            "CLOUDSIGMA_TOKEN" => Some("t".into()),
+            "CLOUDSIGMA_ALLOW_INSECURE_HTTP" => Some("true".into()),
+            _ => None,
+        };
+        let cfg = resolve_with(&ConfigOverrides::default(), &env, None).unwrap();
+        assert!(Client::new(cfg).is_ok());
+        // loopback needs nothing
+        assert!(Client::new(
+            Config::for_url("http://localhost:9/api/2.0/", Auth::Bearer("t".into())).unwrap()
+        )
+        .is_ok());
     }
 
     #[test]
