@@ -1,6 +1,8 @@
 //! Config-file errors name the place and the key, never a value: the file holds the password or
 //! token, and the message goes to imgbuild's stderr and the controller's log (issue #10 item 2).
 
+#![cfg(feature = "client")]
+
 use cloudsigma_api::client::{resolve_with, ConfigFile, ConfigOverrides};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
