@@ -15,6 +15,12 @@
 //! - Listings follow `limit`/`offset` until `total_count` objects are read.
 //! - Waiters ([`Client::wait_drive_status`], [`Client::wait_server_status`]) poll with backoff
 //!   until a deadline.
+//!
+//! Layout: this file holds the [`Client`] itself; `request.rs` sends (one attempt, the retry
+//! rule per method, JSON, paging) through the crate's one retry loop in `retry.rs`; the endpoint
+//! wrappers are one file per resource (`servers.rs`, `drives.rs`, `libdrives.rs`, `ips.rs`,
+//! `vlans.rs`, `tags.rs`); `wait.rs` polls; `config/` is the key table, the file and the
+//! resolution.
 
 // `Error::Api` is large (it carries the API's error entries, method, path and request id); every
 // error follows a network round trip, so its size is irrelevant, and a flat struct variant keeps
