@@ -376,6 +376,26 @@ pub fn query_once(
         }
     })?;
 
+    let line = read_reply_line(&mut dev, path, key, started, deadline)?;
+    decode_reply(path, key, &line)
+}
+
+/// Read the reply up to its newline (the newline and anything after it dropped), skipping
+/// stale EOT bytes before it; by `deadline`, else `NoAnswer` (nothing came) or `Truncated`.
+fn read_reply_line(
+    dev: &mut File,
+    path: &Path,
+    key: &str,
+    started: Instant,
+    deadline: Instant,
+) -> Result<Vec<u8>, ContextError> {
+    let io_err = |op: &'static str| {
+        move |source: io::Error| ContextError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = [0u8; 8192];
     loop {
@@ -385,7 +405,7 @@ pub fn query_once(
         }
         if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             buf.truncate(pos);
-            break;
+            return Ok(buf);
         }
         if buf.len() > MAX_REPLY {
             return Err(ContextError::Garbage {
@@ -410,7 +430,7 @@ pub fn query_once(
                 }
             });
         }
-        if !wait_readable(&dev, deadline - now).map_err(io_err("poll"))? {
+        if !wait_readable(dev, deadline - now).map_err(io_err("poll"))? {
             continue;
         }
         match dev.read(&mut chunk) {
@@ -432,16 +452,9 @@ pub fn query_once(
                         .min(deadline.saturating_duration_since(Instant::now())),
                 );
             }
-            Err(e) => {
-                return Err(ContextError::Io {
-                    path: path.to_owned(),
-                    op: "read reply",
-                    source: e,
-                })
-            }
+            Err(e) => return Err(io_err("read reply")(e)),
         }
     }
-    decode_reply(path, key, &buf)
 }
 
 /// Decode one reply line (exposed for fuzzing and tests).

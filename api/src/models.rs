@@ -269,7 +269,7 @@ pub struct ServerRuntime {
 }
 
 /// A server as returned by `GET /servers/{uuid}/` and `GET /servers/detail/`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Server {
     pub uuid: String,
     pub name: String,
@@ -305,7 +305,7 @@ fn one() -> u32 {
 }
 
 /// Body item of `POST /servers/` (create).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ServerCreate {
     pub name: String,
     pub cpu: u64,
@@ -326,7 +326,7 @@ pub struct ServerCreate {
 }
 
 /// A drive (`/drives/`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Drive {
     pub uuid: String,
     pub name: String,
@@ -355,7 +355,7 @@ pub struct Drive {
 }
 
 /// Body item of `POST /drives/` (create).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DriveCreate {
     pub name: String,
     pub size: u64,
@@ -384,7 +384,7 @@ pub struct DriveClone {
 }
 
 /// A library drive (`/libdrives/`): CloudSigma's public images.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct LibDrive {
     pub uuid: String,
     pub name: String,
@@ -418,7 +418,7 @@ pub struct LibDrive {
 }
 
 /// A subscribed static IP (`/ips/`); the uuid is the address.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Ip {
     pub uuid: String,
     #[serde(default)]
@@ -440,7 +440,7 @@ pub struct Ip {
 }
 
 /// A private network (`/vlans/`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Vlan {
     pub uuid: String,
     #[serde(default)]
@@ -456,7 +456,7 @@ pub struct Vlan {
 }
 
 /// A tag (`/tags/`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Tag {
     pub uuid: String,
     pub name: String,
@@ -471,7 +471,7 @@ pub struct Tag {
 }
 
 /// Body item of `POST /tags/`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TagCreate {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -542,7 +542,7 @@ pub struct ActionResult {
 /// owner/subscriptions/status/runtime, plus `global_context` (and `vendor_data` when set); drives
 /// expanded; each NIC's `ip_v4_conf.ip` expanded to an IP object. Kept loose (unknown keys in
 /// `extra`) because the guest must not break when the cloud adds fields.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ServerContext {
     pub uuid: String,
     pub name: String,
@@ -639,8 +639,131 @@ impl ServerContext {
     }
 }
 
+/// `Debug` of the objects that may carry secrets — `vnc_password`, a library drive's
+/// `default_pass`, and `meta` with bootstrap data (cloud-init user data holds kubeadm join
+/// tokens): the object as JSON with the value of every key that looks secret replaced by
+/// `<redacted>`. Going through serde covers fields added later, and `extra`, with no list to
+/// keep. `{:#?}` pretty-prints.
+mod redact {
+    use serde::Serialize;
+    use serde_json::Value;
+    use std::fmt;
+
+    /// Parts of key names whose values are secret (compared lowercased).
+    const SECRET_KEY_PARTS: &[&str] = &[
+        "pass",
+        "token",
+        "secret",
+        "private_key",
+        "cloudinit",
+        "user-data",
+        "userdata",
+    ];
+
+    fn secret_key(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        SECRET_KEY_PARTS.iter().any(|p| k.contains(p))
+    }
+
+    fn redact(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if secret_key(k) && !x.is_null() {
+                        *x = Value::String("<redacted>".into());
+                    } else {
+                        redact(x);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+
+    pub(super) fn fmt<T: Serialize>(name: &str, v: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(mut j) = serde_json::to_value(v) else {
+            return write!(f, "{name} {{ .. }}");
+        };
+        redact(&mut j);
+        if f.alternate() {
+            write!(f, "{name} {j:#}")
+        } else {
+            write!(f, "{name} {j}")
+        }
+    }
+}
+
+macro_rules! debug_redacted {
+    ($($t:ident),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                redact::fmt(stringify!($t), self, f)
+            }
+        }
+    )*};
+}
+debug_redacted!(
+    Server,
+    ServerCreate,
+    ServerContext,
+    Drive,
+    DriveCreate,
+    LibDrive,
+    Ip,
+    Vlan,
+    Tag,
+    TagCreate
+);
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_redacts_passwords_tokens_and_bootstrap_data() {
+        let mut meta = Meta::new();
+        meta.insert("k8s_join_token".into(), "abcdef.0123456789abcdef".into());
+        meta.insert(
+            META_USER_DATA.into(),
+            "#cloud-config with the join token".into(),
+        );
+        meta.insert("ssh_public_key".into(), "ssh-ed25519 AAAApublic".into());
+        let create = ServerCreate {
+            name: "node-1".into(),
+            vnc_password: "vnc-s3cret".into(),
+            meta: meta.clone(),
+            ..Default::default()
+        };
+        let ctx = ServerContext {
+            uuid: "u-1".into(),
+            meta,
+            extra: [("vnc_password".to_string(), serde_json::json!("vnc-s3cret"))].into(),
+            ..Default::default()
+        };
+        let lib: LibDrive = serde_json::from_value(serde_json::json!({
+            "uuid": "l-1", "name": "Ubuntu", "media": "disk", "size": 1,
+            "default_user": "cloudsigma", "default_pass": "lib-s3cret"
+        }))
+        .unwrap();
+        for s in [
+            format!("{create:?}"),
+            format!("{create:#?}"),
+            format!("{ctx:?}"),
+            format!("{lib:?}"),
+        ] {
+            for secret in ["vnc-s3cret", "abcdef.0123", "join token", "lib-s3cret"] {
+                assert!(!s.contains(secret), "{secret:?} shown: {s}");
+            }
+            assert!(s.contains("<redacted>"), "{s}");
+        }
+        // what is not secret stays readable
+        let s = format!("{create:?}");
+        assert!(
+            s.starts_with("ServerCreate {") && s.contains("node-1") && s.contains("AAAApublic"),
+            "{s}"
+        );
+        assert!(format!("{lib:?}").contains("cloudsigma"));
+    }
+
     use super::*;
 
     fn ctx_with(meta: &[(&str, &str)]) -> ServerContext {

@@ -367,8 +367,47 @@ async fn retry_after_beyond_limit_returns_the_error() {
     .await;
     let e = m.client().get_server("s").await.unwrap_err();
     assert_eq!(e.status(), Some(429));
-    assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+    // capped at fast_retry's max_retry_after, not the hour asked
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
     assert_eq!(m.seen().len(), 1);
+}
+
+/// A day asked for, as seconds or as an HTTP-date a day ahead: the call returns at once (no
+/// wait inside it) and the error advises at most the cap, so a caller scheduling its own retry
+/// from `retry_after()` (the controller's listing) waits the cap, not a day.
+#[tokio::test]
+async fn retry_after_of_a_day_is_capped_in_both_forms() {
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let ahead = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(86_400));
+    for header in ["86400".to_string(), ahead] {
+        let h = header.clone();
+        let m = Mock::start(move |_, _| {
+            let mut r = resp(503, json!([]));
+            r.headers.push(("Retry-After", h.clone()));
+            r
+        })
+        .await;
+        let cap = Duration::from_secs(5);
+        let t = Instant::now();
+        let e = m.client().list_servers().await.unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{header}: waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.status(), Some(503), "{header}");
+        assert_eq!(e.retry_after(), Some(cap), "{header}");
+        assert_eq!(m.seen().len(), 1, "{header}");
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("Retry-After capped").count(), 2, "{text}");
+    assert!(text.contains("cap_secs=5"), "{text}");
 }
 
 #[tokio::test]

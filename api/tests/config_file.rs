@@ -1,6 +1,8 @@
 //! Config-file errors name the place and the key, never a value: the file holds the password or
 //! token, and the message goes to imgbuild's stderr and the controller's log (issue #10 item 2).
 
+#![cfg(feature = "client")]
+
 use cloudsigma_api::client::{resolve_with, ConfigFile, ConfigOverrides};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -138,19 +140,25 @@ fn a_url_that_does_not_parse_is_not_echoed_when_it_may_hold_credentials() {
 
 #[test]
 fn a_good_file_parses() {
+    use cloudsigma_api::client::config_keys::{MAX_ATTEMPTS, PASSWORD, REGION, TIMEOUT_SECS};
+    use cloudsigma_api::client::ConfigValue;
+    use std::time::Duration;
     let c = ConfigFile::parse(
         "region = \"zrh\"\nusername = \"me@x\"\npassword = \"pw\"\ntimeout_secs = 5\nmax_attempts = 3\n",
     )
     .unwrap();
-    assert_eq!(c.region.as_deref(), Some("zrh"));
-    assert_eq!(c.password.as_deref(), Some("pw"));
-    assert_eq!(c.timeout_secs, Some(5.0));
-    assert_eq!(c.max_attempts, Some(3));
+    assert_eq!(c.text(&REGION), Some("zrh"));
+    assert_eq!(c.text(&PASSWORD), Some("pw"));
+    assert_eq!(
+        c.get(&TIMEOUT_SECS),
+        Some(&ConfigValue::Seconds(Duration::from_secs(5)))
+    );
+    assert_eq!(c.get(&MAX_ATTEMPTS), Some(&ConfigValue::Count(3)));
     assert_eq!(
         ConfigFile::parse("timeout_secs = 2.5\n")
             .unwrap()
-            .timeout_secs,
-        Some(2.5)
+            .get(&TIMEOUT_SECS),
+        Some(&ConfigValue::Seconds(Duration::from_millis(2500)))
     );
     let e = ConfigFile::parse("max_attempts = -3\n").unwrap_err();
     assert!(e.contains("between 1 and 100"), "{e}");

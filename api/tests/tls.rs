@@ -1,6 +1,8 @@
 //! The client over HTTPS: an in-process cloudsim serving TLS with a CA it generates and writes
 //! out; the client trusts it through `ca_file` (issue #13), and refuses the server without it.
 
+#![cfg(feature = "client")]
+
 use cloudsigma_api::client::{resolve_with, Auth, Client, Config, ConfigOverrides, ENV_CA_FILE};
 use cloudsim::{Emulator, EmulatorConfig, EmulatorHandle, TlsConfig};
 use std::path::{Path, PathBuf};

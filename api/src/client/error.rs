@@ -224,21 +224,52 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Vec<ApiErrorEntry>, Option<Strin
     (Vec::new(), Some(excerpt))
 }
 
-/// `Retry-After`: delay-seconds (integer or decimal) or an HTTP-date (RFC 9110 §10.2.3); a date in
-/// the past means "now". Unparseable values are ignored (the exponential backoff applies).
+/// `Retry-After` as the server sent it: delay-seconds (integer or decimal) or an HTTP-date
+/// (RFC 9110 §10.2.3); a date in the past means "now". Unparseable values are ignored (the
+/// exponential backoff applies). Not yet capped: see [`RetryAfter::capped`].
 pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     parse_retry_after_at(v, std::time::SystemTime::now())
 }
 
-fn parse_retry_after_at(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after_at(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (0.0..86_400.0)
-            .contains(&secs)
-            .then(|| Duration::from_secs_f64(secs));
+        if !(secs.is_finite() && secs >= 0.0) {
+            return None;
+        }
+        // Absurdly large values saturate; the cap brings them down anyway.
+        return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A `Retry-After` brought down to the client's cap ([`super::RetryPolicy::max_retry_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryAfter {
+    /// What the error carries and callers may wait: never more than the cap.
+    pub(crate) wait: Duration,
+    /// The server asked for more than the cap (the value it asked for).
+    pub(crate) asked_beyond_cap: Option<Duration>,
+}
+
+impl RetryAfter {
+    /// `asked` capped at `cap`. Why a cap at all: one `Retry-After: 86400` (a proxy's
+    /// maintenance page, a clock-skewed HTTP-date) would otherwise park a caller that schedules
+    /// its own retry from [`Error::retry_after`] — the controller's server listing — for a day.
+    pub(crate) fn capped(asked: Duration, cap: Duration) -> RetryAfter {
+        if asked > cap {
+            RetryAfter {
+                wait: cap,
+                asked_beyond_cap: Some(asked),
+            }
+        } else {
+            RetryAfter {
+                wait: asked,
+                asked_beyond_cap: None,
+            }
+        }
+    }
 }
 
 impl fmt::Display for ApiErrorEntry {
@@ -331,5 +362,28 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("NaN"), None);
+        assert_eq!(parse_retry_after("1e30"), Some(Duration::MAX));
+    }
+
+    /// A day, in either form, is brought down to the cap (and says what was asked).
+    #[test]
+    fn retry_after_of_a_day_is_capped_in_both_forms() {
+        let cap = Duration::from_secs(60);
+        let day = Duration::from_secs(86_400);
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        for header in ["86400", "Thu, 22 Oct 2015 07:28:00 GMT"] {
+            let asked = parse_retry_after_at(header, now).expect(header);
+            assert_eq!(asked, day, "{header}");
+            let ra = RetryAfter::capped(asked, cap);
+            assert_eq!(ra.wait, cap, "{header}");
+            assert_eq!(ra.asked_beyond_cap, Some(day), "{header}");
+        }
+        let ra = RetryAfter::capped(Duration::from_secs(2), cap);
+        assert_eq!(
+            (ra.wait, ra.asked_beyond_cap),
+            (Duration::from_secs(2), None)
+        );
+        assert_eq!(RetryAfter::capped(cap, cap).asked_beyond_cap, None);
     }
 }

@@ -2,8 +2,11 @@
 //! architecture blog): sleep a uniform random time in `[0, min(max_delay, base * 2^(n-1))]`, so
 //! many clients refused at once do not retry in lockstep.
 
+use super::Error;
 use rand::Rng;
+use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How idempotent requests (GET, PUT, DELETE) are retried on 429, 5xx and connection errors.
 /// POSTs (creates, actions) are never retried automatically.
@@ -15,8 +18,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Cap of the backoff ceiling.
     pub max_delay: Duration,
-    /// A `Retry-After` longer than this is not waited for: the error is returned instead, so a
-    /// caller is never stuck for minutes inside one call.
+    /// The cap of `Retry-After`. A longer one is not waited for inside the call (the error is
+    /// returned at once, so a caller is never stuck for minutes inside one call), and the error's
+    /// [`super::Error::retry_after`] says this cap instead of what the server asked (logged as a
+    /// warning), so a caller that schedules its own retry from it waits at most this long —
+    /// whether the server sent `86400` or an HTTP-date a day ahead. Default 60 s: CloudSigma's
+    /// rate limits are per minute (10,000 requests/min, 1,000 DELETEs/min [V docs]), so one
+    /// window clears any refusal it documents; a longer ask comes from a proxy, a maintenance
+    /// page or a skewed clock, and retrying once a minute costs one request of that quota.
     pub max_retry_after: Duration,
 }
 
@@ -69,6 +78,16 @@ impl RetryPolicy {
     }
 }
 
+/// What one try of a retried operation came to.
+pub(crate) enum Try<T> {
+    /// Succeeded.
+    Done(T),
+    /// Failed in a way worth another try (after the backoff), if any are left.
+    Again(Error),
+    /// Failed for good: returned as it is.
+    Stop(Error),
+}
+
 impl RetryPolicy {
     /// Repeat a whole *idempotent* operation (GETs, PUTs, DELETEs — never a create or an action)
     /// while `retry_if` accepts its error, sleeping this policy's backoff between tries, at most
@@ -78,30 +97,76 @@ impl RetryPolicy {
     pub async fn run<T, F, Fut>(
         &self,
         mut op: F,
-        retry_if: impl Fn(&super::Error) -> bool,
-    ) -> Result<T, super::Error>
+        retry_if: impl Fn(&Error) -> bool,
+    ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, super::Error>>,
+        Fut: Future<Output = Result<T, Error>>,
     {
+        let retry_if = &retry_if;
+        self.retry(
+            None,
+            |_| {
+                let fut = op();
+                async move {
+                    match fut.await {
+                        Ok(v) => Try::Done(v),
+                        Err(e) if retry_if(&e) => Try::Again(e),
+                        Err(e) => Try::Stop(e),
+                    }
+                }
+            },
+            |_, _, _| {},
+            |_| {},
+        )
+        .await
+    }
+
+    /// The one retry loop of the crate: the client's requests, [`RetryPolicy::run`] and
+    /// `ensure_server_stopped` all go through it. `try_once(attempt)` (1-based) decides what a
+    /// failure is worth ([`Try`]); this loop only counts tries, computes the sleep
+    /// ([`RetryPolicy::delay`]: backoff, `Retry-After` floor) and never sleeps past `deadline`
+    /// (at the deadline the last error is returned). `before_sleep(attempt, delay, error)` and
+    /// `after_sleep(slept)` let the caller log and observe.
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        mut try_once: F,
+        before_sleep: impl Fn(u32, Duration, &Error),
+        after_sleep: impl Fn(Duration),
+    ) -> Result<T, Error>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Try<T>>,
+    {
+        let max_attempts = self.max_attempts.max(1);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let e = match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
+            let e = match try_once(attempt).await {
+                Try::Done(v) => return Ok(v),
+                Try::Stop(e) => return Err(e),
+                Try::Again(e) => e,
             };
-            if attempt >= self.max_attempts.max(1) || !retry_if(&e) {
+            if attempt >= max_attempts {
                 return Err(e);
             }
-            let delay = {
-                let mut rng = rand::thread_rng();
-                self.delay(attempt, e.retry_after(), &mut rng)
+            // The generator is not Send: keep it out of the await below.
+            let delay = self.delay(attempt, e.retry_after(), &mut rand::thread_rng());
+            let Some(mut d) = delay else {
+                return Err(e);
             };
-            match delay {
-                Some(d) => tokio::time::sleep(d).await,
-                None => return Err(e),
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                d = d.min(left);
             }
+            before_sleep(attempt, d, &e);
+            let slept = std::time::Instant::now();
+            tokio::time::sleep(d).await;
+            after_sleep(slept.elapsed());
         }
     }
 }
@@ -191,6 +256,45 @@ mod tests {
             )
             .await;
         assert_eq!(r.unwrap(), 3);
+    }
+
+    /// The one loop never sleeps past its deadline: at the deadline the last error comes back,
+    /// however many tries the policy would still allow.
+    #[tokio::test(start_paused = true)]
+    async fn retry_stops_at_the_deadline() {
+        use super::super::error::api_error;
+        let p = RetryPolicy {
+            max_attempts: 100,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(60),
+        };
+        let started = Instant::now();
+        let tries = std::cell::Cell::new(0u32);
+        let r: Result<(), _> = p
+            .retry(
+                Some(started + Duration::from_millis(2500)),
+                |_| {
+                    tries.set(tries.get() + 1);
+                    // Retry-After 1 s: the sleeps are exactly 1 s, 1 s, then 0.5 s to the deadline
+                    async {
+                        Try::Again(api_error(
+                            503,
+                            "GET",
+                            "/d/",
+                            b"",
+                            None,
+                            Some(Duration::from_secs(1)),
+                        ))
+                    }
+                },
+                |_, _, _| {},
+                |_| {},
+            )
+            .await;
+        assert_eq!(r.unwrap_err().status(), Some(503));
+        assert_eq!(started.elapsed(), Duration::from_millis(2500));
+        assert_eq!(tries.get(), 4);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! up to a deadline.
 
 use super::{CallEvent, CallObserver, Client, Error};
-use crate::models::{Drive, DriveStatus, Server, ServerAction, ServerStatus};
+use crate::models::{Drive, DriveStatus, Server, ServerStatus};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -198,54 +198,6 @@ impl Client {
             done,
         )
         .await
-    }
-
-    /// Bring a server to `stopped` with a hard stop and return it; a 404 error when it does not
-    /// exist (any more). `stop` is a POST, so it is never resent blindly: after a refused or
-    /// failed stop (a server still `starting` refuses it; a 5xx may or may not have acted) the
-    /// server is looked up again and stop is sent again only if it is still neither `stopping`
-    /// nor `stopped` — at most [`RetryPolicy::max_attempts`](super::RetryPolicy) stops, with the
-    /// retry backoff between them. Waits (polling) at most `timeout` overall.
-    pub async fn ensure_server_stopped(
-        &self,
-        uuid: &str,
-        timeout: Duration,
-    ) -> Result<Server, Error> {
-        let started = Instant::now();
-        let retry = self.inner.cfg.retry;
-        let mut stops = 0u32;
-        loop {
-            let s = self.get_server(uuid).await?;
-            match s.status {
-                ServerStatus::Stopped => return Ok(s),
-                ServerStatus::Stopping => {}
-                _ => {
-                    stops += 1;
-                    if let Err(e) = self.server_action(uuid, ServerAction::Stop).await {
-                        if e.is_not_found() || stops >= retry.max_attempts.max(1) {
-                            return Err(e);
-                        }
-                        let delay = {
-                            let mut rng = rand::thread_rng();
-                            retry.delay(stops, e.retry_after(), &mut rng)
-                        };
-                        let left = timeout.saturating_sub(started.elapsed());
-                        match delay {
-                            Some(d) if !left.is_zero() => {
-                                tracing::debug!(uuid, stops, error = %e, "stop refused or failed; looking again");
-                                tokio::time::sleep(d.min(left)).await;
-                                continue;
-                            }
-                            _ => return Err(e),
-                        }
-                    }
-                }
-            }
-            let left = timeout.saturating_sub(started.elapsed());
-            return self
-                .wait_server_status(uuid, ServerStatus::Stopped, left)
-                .await;
-        }
     }
 }
 

@@ -59,6 +59,8 @@ configMapGenerator:
     behavior: merge
     literals:
       - CLOUDSIGMA_API_URL={api_url}
+      # plain http to the host's emulator, not loopback from the Pod: allowed explicitly
+      - CLOUDSIGMA_ALLOW_INSECURE_HTTP=true
       # no kube-proxy: the in-cluster client goes to the apiserver's advertised endpoint
       - KUBERNETES_SERVICE_HOST={GUEST_HOST}
       - KUBERNETES_SERVICE_PORT={apiserver_port}
