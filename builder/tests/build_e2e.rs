@@ -7,7 +7,7 @@ mod fixture;
 
 use cloudsim::{FaultConfig, OnceRule};
 use fixture::{cloud_for, fixture, recipe_file};
-use imgbuild::build::{self, BuildError, Builder, Options, PHASES};
+use imgbuild::build::{self, BuildError, Builder, Options, Phase};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
 use imgbuild::transport::{LocalTransport, Recorded};
@@ -23,6 +23,9 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
     let r = f.recipe(&[]);
     let m = b.build(&r).await.expect("build succeeds");
+    // the pipeline enters every phase of the one list, in its order; the manifest times each
+    let entered: Vec<Phase> = m.stats.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(entered, Phase::ALL);
 
     let snap = f.emu.snapshot();
     assert!(
@@ -121,8 +124,8 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let (e2, s2) = (emu.clone(), seen.clone());
     let opts = Options {
-        on_phase: Some(Arc::new(move |p: &str| {
-            if p == "wait-ssh" {
+        on_phase: Some(Arc::new(move |p: Phase| {
+            if p == Phase::WaitSsh {
                 *s2.lock().unwrap() = e2.snapshot().servers.first().cloned();
             }
         })),
@@ -175,6 +178,8 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("cached build");
     assert!(again.cached);
+    let entered: Vec<Phase> = again.stats.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(entered, [Phase::ResolveBase, Phase::CacheLookup]);
     assert_eq!(again.image_uuid, first.image_uuid);
     assert_eq!(again.fingerprint, first.fingerprint);
     assert!(
@@ -308,14 +313,13 @@ async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_at_each_phase_leaves_nothing_behind() {
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let f = fixture().await;
         let cancel = CancellationToken::new();
         let c2 = cancel.clone();
-        let p = phase.to_string();
         let opts = Options {
-            on_phase: Some(Arc::new(move |now: &str| {
-                if now == p {
+            on_phase: Some(Arc::new(move |now: Phase| {
+                if now == phase {
                     c2.cancel();
                 }
             })),
@@ -329,7 +333,7 @@ async fn cancellation_at_each_phase_leaves_nothing_behind() {
             Err(BuildError::Interrupted {
                 phase: at, cleanup, ..
             }) => {
-                assert_eq!(&at, phase);
+                assert_eq!(at, phase);
                 assert!(cleanup.left.is_empty(), "{phase}: {cleanup:?}");
             }
             other => panic!("{phase}: expected an interruption, got {other:?}"),
@@ -355,7 +359,7 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
             cleanup,
             ..
         }) => {
-            assert_eq!(phase, "provision");
+            assert_eq!(phase, Phase::Provision);
             assert!(error.contains("40-kubernetes.sh"), "{error}");
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
@@ -451,9 +455,9 @@ fn dry_run_plan_names_every_phase_and_step() {
     v.insert("agent_binary".to_string(), agent.display().to_string());
     v.insert("bootstrap_unit".to_string(), agent.display().to_string());
     let r = Recipe::load(&recipe_file(), &v).unwrap();
-    let p = build::plan(&r, &Options::default(), None);
-    for ph in PHASES {
-        assert!(p.contains(ph), "plan lacks phase {ph}:\n{p}");
+    let p = imgbuild::plan::plan(&r, &Options::default(), None);
+    for ph in Phase::ALL {
+        assert!(p.contains(ph.name()), "plan lacks phase {ph}:\n{p}");
     }
     for s in &r.steps {
         assert!(p.contains(&s.name), "plan lacks step {}", s.name);
