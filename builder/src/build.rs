@@ -11,6 +11,7 @@ pub use crate::cleanup::{
     clean, delete_drive_when_idle, delete_server_stopping, CleanReport, CleanupReport, Created,
 };
 use crate::cloud::{Cloud, CloudError};
+use crate::hostkey::{HostKey, USER_DATA_META};
 use crate::naming;
 pub use crate::naming::{
     new_build_id, now_unix, META_BUILD_ID, META_FINGERPRINT, META_STARTED, META_STATE, TAG,
@@ -410,9 +411,9 @@ impl Builder {
         let tags = self.ensure_tags(&job, &known, created).await?;
         let drive = self.clone_base(&job, created).await?;
         let drive = self.resize(&job, drive, &tags).await?;
-        let server = self.create_server(&job, &drive, &tags, created).await?;
+        let (server, host_key) = self.create_server(&job, &drive, &tags, created).await?;
         let ip = self.start(&job, &server).await?;
-        let target = self.wait_ssh(&job, &server, ip).await?;
+        let target = self.wait_ssh(&job, &server, ip, host_key).await?;
         self.provision(&job, &target).await?;
         self.clean_guest(&target).await?;
         self.shutdown(&job, &server).await?;
@@ -555,21 +556,24 @@ impl Builder {
         naming::building_meta(&job.id, job.started_unix, &job.recipe.spec.name)
     }
 
-    /// The builder server `imgbuild-<id>-builder`, booting the build drive, with our login key.
+    /// The builder server `imgbuild-<id>-builder`, booting the build drive, with our login key
+    /// and a host key made for it (see [`crate::hostkey`]); the server and that key's public half.
     async fn create_server(
         &self,
         job: &Job<'_>,
         d: &Drive,
         tags: &Tags,
         created: &mut Created,
-    ) -> Result<Server, StepError> {
+    ) -> Result<(Server, String), StepError> {
         self.enter(Phase::CreateServer);
         let name = naming::server_name(&job.id);
         let mut meta = self.building_meta(job);
         // cloud-init's CloudSigma datasource reads meta["ssh_public_key"] unconditionally
         meta.insert("ssh_public_key".into(), self.transport.public_key());
+        let host_key = HostKey::generate().map_err(StepError::Other)?;
+        meta.insert(USER_DATA_META.into(), host_key.user_data().to_string());
         let server = &job.recipe.spec.server;
-        let req = ServerCreate {
+        let mut req = ServerCreate {
             name: name.clone(),
             cpu: server.cpu,
             mem: job.recipe.mem,
@@ -583,9 +587,15 @@ impl Builder {
             pubkeys: Vec::new(),
         };
         created.maybe_server = Some(name);
-        let s = self.cancellable(self.cloud.create_server(&req)).await?;
+        let created_server = self.cancellable(self.cloud.create_server(&req)).await;
+        // best effort: our copy of the private key in the request goes now (HostKey zeroes
+        // its own when dropped)
+        if let Some(v) = req.meta.get_mut(USER_DATA_META) {
+            zeroize::Zeroize::zeroize(v);
+        }
+        let s = created_server?;
         created.server = Some(s.uuid.clone());
-        Ok(s)
+        Ok((s, host_key.public().to_string()))
     }
 
     /// Start the server; its NAT address.
@@ -622,8 +632,15 @@ impl Builder {
         })
     }
 
-    /// Wait until the login works; where to reach the guest from now on.
-    async fn wait_ssh(&self, job: &Job<'_>, s: &Server, ip: String) -> Result<Target, StepError> {
+    /// Wait until the login works on the server with `host_key`; where to reach the guest from
+    /// now on.
+    async fn wait_ssh(
+        &self,
+        job: &Job<'_>,
+        s: &Server,
+        ip: String,
+        host_key: String,
+    ) -> Result<Target, StepError> {
         self.enter(Phase::WaitSsh);
         let user = self
             .opts
@@ -640,6 +657,7 @@ impl Builder {
             host: ip,
             port,
             user,
+            host_key,
         };
         self.reporter.line(&format!(
             "builder server {} at {}; waiting for SSH as {}",

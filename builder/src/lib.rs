@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cleanup;
 pub mod cloud;
+pub mod hostkey;
 pub mod naming;
 pub mod phase;
 pub mod plan;

@@ -90,7 +90,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
     match &rec[0] {
-        Recorded::WaitReady { user, host } => {
+        Recorded::WaitReady { user, host, .. } => {
             assert_eq!(user, "cloudsigma", "SSH user comes from the library drive");
             assert!(
                 host.parse::<std::net::Ipv4Addr>().is_ok(),
@@ -144,7 +144,8 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
         CancellationToken::new(),
         opts,
     );
-    b.build(&r).await.expect("build");
+    let reporter = b.reporter.clone();
+    let m = b.build(&r).await.expect("build");
     let s = seen
         .lock()
         .unwrap()
@@ -152,6 +153,26 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
         .expect("server existed during wait-ssh");
     use imgbuild::transport::Transport;
     assert_eq!(s.meta.get("ssh_public_key"), Some(&t.public_key()));
+    // the host key the build made for its server: in the user-data cloud-init's cc_ssh reads,
+    // and the one key SSH then accepts (issue 21 item 4)
+    let ud = s
+        .meta
+        .get("cloudinit-user-data")
+        .expect("the server's user-data carries its host key");
+    assert!(ud.starts_with("#cloud-config\n"), "{ud:.40}");
+    let cfg: serde_yaml::Value = serde_yaml::from_str(ud).unwrap();
+    let public = cfg["ssh_keys"]["ed25519_public"].as_str().unwrap();
+    let private = cfg["ssh_keys"]["ed25519_private"].as_str().unwrap();
+    assert!(public.starts_with("ssh-ed25519 ") && private.contains("OPENSSH PRIVATE KEY"));
+    match &t.recorded()[0] {
+        Recorded::WaitReady { host_key, .. } => assert_eq!(host_key, public),
+        other => panic!("first operation should wait for SSH: {other:?}"),
+    }
+    // the private half is never printed, nor in the manifest
+    let blob = private.lines().nth(1).unwrap();
+    let said = reporter.captured().join("\n");
+    assert!(!said.contains(blob), "the private host key was printed");
+    assert!(!serde_json::to_string(&m).unwrap().contains(blob));
     assert!(s.meta.contains_key("imgbuild.build-id"));
     assert_eq!(s.cpu, 4000);
     assert_eq!(s.mem, 4 << 30);
