@@ -699,7 +699,13 @@ impl Builder {
         let tmo = Duration::from_secs(st.timeout);
         let t = &self.transport;
         match &st.kind {
-            StepKind::Script { path } => {
+            StepKind::Script { path, uses } => {
+                // the files the script sources, uploaded with it every time: a reboot may have
+                // emptied /tmp, and no step relies on another's upload
+                for h in uses {
+                    self.upload_verified(target, &h.src, &h.dest, "0644", &h.sha256, tmo)
+                        .await?;
+                }
                 if !self.secrets.is_empty() {
                     // before every script: /run is a tmpfs, a `reboot` step empties it
                     let put = t.put_secrets(target, &self.secrets, Duration::from_secs(120));
@@ -715,21 +721,39 @@ impl Builder {
                 mode,
                 sha256,
             } => {
-                self.on_guest(t.upload(target, src, dest, mode, tmo))
-                    .await?;
-                let got = self.on_guest(t.remote_sha256(target, dest)).await?;
-                if !got.eq_ignore_ascii_case(sha256) {
-                    return Err(StepError::Other(format!("upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}", src.display())));
-                }
-                self.reporter
-                    .output(&format!("{dest}: sha256 {got} verified"));
-                Ok(())
+                self.upload_verified(target, src, dest, mode, sha256, tmo)
+                    .await
             }
             StepKind::Reboot => {
                 let wait = Duration::from_secs(job.recipe.spec.timeouts.reboot);
                 self.on_guest(t.reboot(target, wait, &self.cancel)).await
             }
         }
+    }
+
+    /// Upload `src` to `dest` and check its sha256 in the guest.
+    async fn upload_verified(
+        &self,
+        target: &Target,
+        src: &std::path::Path,
+        dest: &str,
+        mode: &str,
+        sha256: &str,
+        tmo: Duration,
+    ) -> Result<(), StepError> {
+        let t = &self.transport;
+        self.on_guest(t.upload(target, src, dest, mode, tmo))
+            .await?;
+        let got = self.on_guest(t.remote_sha256(target, dest)).await?;
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(StepError::Other(format!(
+                "upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}",
+                src.display()
+            )));
+        }
+        self.reporter
+            .output(&format!("{dest}: sha256 {got} verified"));
+        Ok(())
     }
 
     /// The last login: the guest forgets the build (see [`Transport::clean`]).

@@ -4,9 +4,9 @@
 use crate::build::Options;
 use crate::naming::TAG;
 use crate::phase::Phase;
-use crate::recipe::{Recipe, StepKind};
+use crate::recipe::{normalize, Recipe, StepKind};
 use std::fmt::Write;
-use std::path::{Component, Path};
+use std::path::Path;
 
 pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     let mut o = header(recipe, base_url);
@@ -80,7 +80,14 @@ fn steps(o: &mut String, recipe: &Recipe) {
     let n = recipe.steps.len();
     for (i, s) in recipe.steps.iter().enumerate() {
         let what = match &s.kind {
-            StepKind::Script { path } => format!("run {}", rel(recipe, path)),
+            StepKind::Script { path, uses } => {
+                let mut w = format!("run {}", rel(recipe, path));
+                for h in uses {
+                    let (src, dest, sha) = (rel(recipe, &h.src), &h.dest, &h.sha256);
+                    w.push_str(&format!(" (uses {src} → {dest}, verify sha256 {sha})"));
+                }
+                w
+            }
             StepKind::Upload {
                 src,
                 dest,
@@ -88,7 +95,7 @@ fn steps(o: &mut String, recipe: &Recipe) {
                 sha256,
             } => format!(
                 "upload {} → {dest} (mode {mode}), verify sha256 {sha256}",
-                src.display()
+                crate::recipe::normalize(src).display()
             ),
             StepKind::Reboot => "reboot and wait for SSH (new boot id)".into(),
         };
@@ -96,18 +103,10 @@ fn steps(o: &mut String, recipe: &Recipe) {
     }
 }
 
-/// Lexical, for display: image-recipes/ubuntu-k8s/../common/x.sh → common/x.sh.
+/// Lexical, for display: image-recipes/ubuntu-k8s/../common/x.sh → common/x.sh (relative to
+/// the recipes' directory).
 fn rel(recipe: &Recipe, p: &Path) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let root = recipe.dir.parent().unwrap_or(&recipe.dir);
-    for c in p.strip_prefix(root).unwrap_or(p).components() {
-        match c {
-            Component::ParentDir => {
-                parts.pop();
-            }
-            Component::CurDir => {}
-            other => parts.push(other.as_os_str().to_string_lossy().into_owned()),
-        }
-    }
-    parts.join("/")
+    let root = normalize(recipe.dir.parent().unwrap_or(&recipe.dir));
+    let p = normalize(p);
+    p.strip_prefix(&root).unwrap_or(&p).display().to_string()
 }

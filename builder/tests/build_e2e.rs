@@ -89,6 +89,21 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     }));
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
+    // every script that sources lib/image.sh gets it uploaded and verified right before it runs
+    // (`uses:`), not from an earlier step
+    let lib = "/tmp/imgbuild/lib/image.sh";
+    for script in ["60-validate-node.sh", "70-validate-k8s.sh", "90-sysprep.sh"] {
+        let at = rec
+            .iter()
+            .position(|r| matches!(r, Recorded::Script { path, .. } if path.ends_with(script)))
+            .unwrap_or_else(|| panic!("{script} not run: {rec:#?}"));
+        assert!(
+            matches!(&rec[at - 2], Recorded::Upload { dest, .. } if dest == lib)
+                && rec[at - 1] == Recorded::Sha256 { path: lib.into() },
+            "{script}: {:#?}",
+            &rec[at - 2..at]
+        );
+    }
     match &rec[0] {
         Recorded::WaitReady { user, host, .. } => {
             assert_eq!(user, "cloudsigma", "SSH user comes from the library drive");
@@ -111,7 +126,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     );
     let log = b.reporter.captured().join("\n");
     assert!(
-        log.contains("step 13/13 done in"),
+        log.contains("step 12/12 done in"),
         "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;
