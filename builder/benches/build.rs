@@ -164,6 +164,7 @@ async fn ssh_bench(ops: usize) -> anyhow::Result<()> {
         host: "127.0.0.1".into(),
         port: sshd.port,
         user: "root".into(),
+        host_key: sshd.host_key.clone(),
     };
     let cancel = CancellationToken::new();
     for t in [&per_op, &shared] {

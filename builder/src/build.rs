@@ -1,35 +1,37 @@
-//! The build pipeline and the cache lookup. Cleanup after a failure and `clean` are in cleanup.rs.
+//! The build pipeline and the cache lookup: [`Builder::run`] calls one method per [`Phase`], in
+//! the order of [`Phase::ALL`]; each returns what the next ones need, or the one error type
+//! [`StepError`]. The names and meta that mark what a build creates are in naming.rs; cleanup
+//! after a failure and `imgbuild clean` in cleanup.rs; `--dry-run` in plan.rs.
 //!
-//! Every resource a build creates is named `imgbuild-<build id>-…`, tagged `imgbuild` and carries
-//! meta `imgbuild.build-id` / `imgbuild.state=building` / `imgbuild.started`, so that a build
-//! killed hard (SIGKILL, power loss) can be found by `imgbuild clean` later. A build that fails or
-//! is interrupted deletes what it created itself, in reverse order, before exiting.
+//! A build that fails or is interrupted deletes what it created itself, in reverse order, before
+//! exiting.
 
+use crate::cleanup::Cleanup;
 pub use crate::cleanup::{
     clean, delete_drive_when_idle, delete_server_stopping, CleanReport, CleanupReport, Created,
 };
 use crate::cloud::{Cloud, CloudError};
+use crate::hostkey::{HostKey, USER_DATA_META};
+use crate::naming;
+pub use crate::naming::{
+    new_build_id, now_unix, META_BUILD_ID, META_FINGERPRINT, META_STARTED, META_STATE, TAG,
+};
+pub use crate::phase::Phase;
 use crate::progress::Reporter;
-use crate::recipe::{Recipe, StepKind};
+use crate::recipe::{Recipe, Step, StepKind};
 use crate::transport::{Target, Transport, TransportError};
 use cloudsigma_api::client::Error as ApiError;
 use cloudsigma_api::{
     Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerAction, ServerCreate,
-    ServerDrive, ServerStatus, TagCreate,
+    ServerDrive, ServerStatus, Tag, TagCreate,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-pub const TAG: &str = "imgbuild";
-pub const META_BUILD_ID: &str = "imgbuild.build-id";
-pub const META_STATE: &str = "imgbuild.state";
-pub const META_STARTED: &str = "imgbuild.started";
-pub const META_FINGERPRINT: &str = "imgbuild.fingerprint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -53,14 +55,14 @@ impl From<ApiError> for StepError {
 pub enum BuildError {
     #[error("build failed in phase {phase}: {error}")]
     Failed {
-        phase: String,
+        phase: Phase,
         error: String,
         cleanup: CleanupReport,
         kept: bool,
     },
     #[error("build interrupted in phase {phase}")]
     Interrupted {
-        phase: String,
+        phase: Phase,
         cleanup: CleanupReport,
         kept: bool,
     },
@@ -107,10 +109,18 @@ pub struct Stats {
     pub guest_ms: u64,
     /// Wall time minus time waiting on the cloud (requests, polling) and the guest.
     pub own_ms: u64,
+    /// The phases this run entered, in order, with their wall time (a cached run has two).
+    pub phases: Vec<PhaseTime>,
 }
 
-/// Called with each phase name as it begins.
-pub type PhaseHook = Arc<dyn Fn(&str) + Send + Sync>;
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    pub phase: Phase,
+    pub ms: u64,
+}
+
+/// Called with each phase as it begins.
+pub type PhaseHook = Arc<dyn Fn(Phase) + Send + Sync>;
 
 #[derive(Clone, Default)]
 pub struct Options {
@@ -118,26 +128,9 @@ pub struct Options {
     pub keep_on_failure: bool,
     pub ssh_user: Option<String>,
     pub ssh_port: u16,
-    /// Test hook: called with each phase name as it begins (e.g. to cancel at a given phase).
+    /// Test hook: called with each phase as it begins (e.g. to cancel at a given phase).
     pub on_phase: Option<PhaseHook>,
 }
-
-/// The phases in order (names used in messages, `--dry-run` and tests).
-pub const PHASES: &[&str] = &[
-    "resolve-base",
-    "cache-lookup",
-    "ensure-tags",
-    "clone",
-    "resize",
-    "create-server",
-    "start",
-    "wait-ssh",
-    "provision",
-    "clean-guest",
-    "shutdown",
-    "delete-server",
-    "finalize",
-];
 
 pub struct Builder {
     pub cloud: Cloud,
@@ -151,14 +144,35 @@ pub struct Builder {
     /// The values of the recipe's `secrets:` (see [`crate::secrets`]); never printed.
     pub secrets: crate::secrets::Secrets,
     guest_us: AtomicU64,
-    phase: std::sync::Mutex<String>,
+    /// The phases entered so far and when.
+    phases: Mutex<Vec<(Phase, Instant)>>,
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// What one build knows once its base is resolved; every later phase reads it.
+struct Job<'r> {
+    recipe: &'r Recipe,
+    id: String,
+    started: Instant,
+    started_unix: u64,
+    base: LibDrive,
+    fingerprint: String,
+}
+
+/// The tags a build puts on its drive, server and image, by name and uuid.
+struct Tags {
+    /// `imgbuild` and the recipe's output tags (rendered), in that order.
+    names: Vec<String>,
+    uuids: BTreeMap<String, String>,
+}
+
+impl Tags {
+    fn build_tag(&self) -> Result<Ref, StepError> {
+        let u = self
+            .uuids
+            .get(naming::TAG)
+            .ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
+        Ok(Ref::Uuid(u.clone()))
+    }
 }
 
 /// UTC civil date and time of unix seconds: (year, month, day, hour, minute, second), by `jiff`.
@@ -190,12 +204,6 @@ fn compact_time(secs: u64) -> String {
     format!("{y:04}{mo:02}{d:02}t{h:02}{mi:02}{s:02}z")
 }
 
-pub fn new_build_id() -> String {
-    use rand::Rng;
-    let n: u32 = rand::thread_rng().gen();
-    format!("{n:08x}")
-}
-
 fn random_password() -> String {
     use rand::distributions::Alphanumeric;
     use rand::Rng;
@@ -205,7 +213,6 @@ fn random_password() -> String {
         .map(char::from)
         .collect()
 }
-
 /// Pick the library drive: attributes must match, deprecated ones are skipped, and among
 /// several the newest-looking (highest name) wins so the choice is stable.
 pub fn pick_base(libs: &[LibDrive], r: &Recipe) -> Result<LibDrive, String> {
@@ -251,20 +258,43 @@ impl Builder {
             abandon: CancellationToken::new(),
             secrets: Default::default(),
             guest_us: AtomicU64::new(0),
-            phase: std::sync::Mutex::new(String::new()),
+            phases: Mutex::new(Vec::new()),
         }
     }
 
-    fn enter(&self, p: &str) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_string();
-        self.reporter.phase(p);
+    fn enter(&self, p: Phase) {
+        self.phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((p, Instant::now()));
+        self.reporter.phase(p.name());
         if let Some(h) = &self.opts.on_phase {
             h(p);
         }
     }
 
-    fn phase(&self) -> String {
-        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The phase entered last (the one a failure happened in).
+    fn phase(&self) -> Phase {
+        let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        phases.last().map(|(p, _)| *p).unwrap_or(Phase::ResolveBase)
+    }
+
+    /// Each phase entered and its wall time (the last one's until now).
+    fn phase_times(&self) -> Vec<PhaseTime> {
+        let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        let ends = phases
+            .iter()
+            .skip(1)
+            .map(|(_, at)| *at)
+            .chain([Instant::now()]);
+        phases
+            .iter()
+            .zip(ends)
+            .map(|((phase, from), to)| PhaseTime {
+                phase: *phase,
+                ms: to.saturating_duration_since(*from).as_millis() as u64,
+            })
+            .collect()
     }
 
     /// Await `f` unless the build is cancelled first.
@@ -299,67 +329,102 @@ impl Builder {
 
     /// Run a whole build. On error the guard deletes what was created (unless keep_on_failure).
     pub async fn build(&self, recipe: &Recipe) -> Result<Manifest, BuildError> {
-        let started = Instant::now();
         let mut created = Created::default();
-        let r = self.run(recipe, &mut created, started).await;
+        let r = self.run(recipe, &mut created).await;
         // the guest is done with (or lost): release the SSH connection and destroy the key on
         // every outcome, before a cleanup that may take minutes
         self.transport.finish().await;
-        match r {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                let phase = self.phase();
-                let interrupted = matches!(e, StepError::Interrupted);
-                if !interrupted {
-                    self.reporter.line(&format!("error in phase {phase}: {e}"));
-                }
-                let cleanup = if self.opts.keep_on_failure {
-                    self.reporter.line("--keep-on-failure: leaving the build's resources for inspection (remove them with `imgbuild clean --all`):");
-                    let mut rep = CleanupReport::default();
-                    if let Some(s) = &created.server {
-                        rep.left.push(format!("server {s}"));
-                    }
-                    if let Some(d) = &created.drive {
-                        rep.left.push(format!("drive {d}"));
-                    }
-                    for l in &rep.left {
-                        self.reporter.line(&format!("  kept {l}"));
-                    }
-                    rep
-                } else {
-                    self.cleanup(&created).await
-                };
-                let kept = self.opts.keep_on_failure;
-                Err(if interrupted {
-                    BuildError::Interrupted {
-                        phase,
-                        cleanup,
-                        kept,
-                    }
-                } else {
-                    BuildError::Failed {
-                        phase,
-                        error: e.to_string(),
-                        cleanup,
-                        kept,
-                    }
-                })
-            }
+        let e = match r {
+            Ok(m) => return Ok(m),
+            Err(e) => e,
+        };
+        let phase = self.phase();
+        let interrupted = matches!(e, StepError::Interrupted);
+        if !interrupted {
+            self.reporter.line(&format!("error in phase {phase}: {e}"));
         }
+        let kept = self.opts.keep_on_failure;
+        let cleanup = if kept {
+            self.keep(&created)
+        } else {
+            self.cleanup(&created).await
+        };
+        Err(match interrupted {
+            true => BuildError::Interrupted {
+                phase,
+                cleanup,
+                kept,
+            },
+            false => BuildError::Failed {
+                phase,
+                error: e.to_string(),
+                cleanup,
+                kept,
+            },
+        })
     }
 
-    async fn run(
-        &self,
-        recipe: &Recipe,
-        created: &mut Created,
-        started: Instant,
-    ) -> Result<Manifest, StepError> {
-        let to = &recipe.spec.timeouts;
-        let secs = Duration::from_secs;
-        let build_id = new_build_id();
-        let started_unix = now_unix();
+    /// `--keep-on-failure`: name what is left for inspection instead of deleting it.
+    fn keep(&self, created: &Created) -> CleanupReport {
+        self.reporter.line("--keep-on-failure: leaving the build's resources for inspection (remove them with `imgbuild clean --all`):");
+        let mut rep = CleanupReport::default();
+        if let Some(s) = &created.server {
+            rep.left.push(format!("server {s}"));
+        }
+        if let Some(d) = &created.drive {
+            rep.left.push(format!("drive {d}"));
+        }
+        for l in &rep.left {
+            self.reporter.line(&format!("  kept {l}"));
+        }
+        rep
+    }
 
-        self.enter("resolve-base");
+    /// Delete what a failed build created (see [`Cleanup`]).
+    pub async fn cleanup(&self, created: &Created) -> CleanupReport {
+        let c = Cleanup {
+            cloud: &self.cloud,
+            reporter: &self.reporter,
+            abandon: &self.abandon,
+        };
+        c.run(created).await
+    }
+
+    /// The pipeline: one call per phase of [`Phase::ALL`], in that order. `created` is what the
+    /// cleanup guard deletes should a phase fail.
+    async fn run(&self, recipe: &Recipe, created: &mut Created) -> Result<Manifest, StepError> {
+        let started = Instant::now();
+        let started_unix = naming::now_unix();
+        let (base, fingerprint) = self.resolve_base(recipe).await?;
+        let job = Job {
+            recipe,
+            id: naming::new_build_id(),
+            started,
+            started_unix,
+            base,
+            fingerprint,
+        };
+        let known = match self.cache_lookup(&job).await? {
+            Lookup::Hit(m) => return Ok(*m),
+            Lookup::Miss(known) => known,
+        };
+        let tags = self.ensure_tags(&job, &known, created).await?;
+        let drive = self.clone_base(&job, created).await?;
+        let drive = self.resize(&job, drive, &tags).await?;
+        let (server, host_key) = self.create_server(&job, &drive, &tags, created).await?;
+        let ip = self.start(&job, &server).await?;
+        let target = self.wait_ssh(&job, &server, ip, host_key).await?;
+        self.provision(&job, &target).await?;
+        self.clean_guest(&target).await?;
+        self.shutdown(&job, &server).await?;
+        self.delete_server(&server, created).await?;
+        self.finalize(&job, &drive, &tags, created).await
+    }
+
+    /// The newest library drive matching `base:`, no larger than `disk_size`, and the build's
+    /// fingerprint (which includes the base).
+    async fn resolve_base(&self, recipe: &Recipe) -> Result<(LibDrive, String), StepError> {
+        self.enter(Phase::ResolveBase);
         let b = &recipe.spec.base;
         let q = [
             ("distribution", b.distribution.as_str()),
@@ -373,195 +438,241 @@ impl Builder {
                 recipe.disk_size, base.name, base.size
             )));
         }
-        let fingerprint = recipe.fingerprint(&base.uuid);
-        self.reporter.line(&format!(
-            "base {} ({}), fingerprint {}",
-            base.name,
-            base.uuid,
-            &fingerprint[..16]
-        ));
+        let fp = recipe.fingerprint(&base.uuid);
+        let (name, uuid) = (&base.name, &base.uuid);
+        let short = &fp[..16];
+        self.reporter
+            .line(&format!("base {name} ({uuid}), fingerprint {short}"));
+        Ok((base, fp))
+    }
 
-        self.enter("cache-lookup");
+    /// An image with this build's fingerprint ends the build (unless `--force`); otherwise the
+    /// account's tags, for ensure-tags.
+    async fn cache_lookup(&self, job: &Job<'_>) -> Result<Lookup, StepError> {
+        self.enter(Phase::CacheLookup);
         let tags = self.cancellable(self.cloud.list_tags()).await?;
-        let tag_uuid = |name: &str| tags.iter().find(|t| t.name == name).map(|t| t.uuid.clone());
-        if let (Some(t), false) = (tag_uuid(TAG), self.opts.force) {
-            let drives = self
-                .cancellable(self.cloud.list_drives_filtered(&[("tag", t.as_str())]))
-                .await?;
-            if let Some(d) = drives.iter().find(|d| {
-                d.meta.get(META_FINGERPRINT) == Some(&fingerprint)
-                    && d.meta.get(META_STATE).map(String::as_str) == Some("image")
-            }) {
-                self.reporter.line(&format!("image with this fingerprint exists: {} ({}); nothing to do (use --force to rebuild)", d.name, d.uuid));
-                let mut m = self.manifest_of(recipe, d, &base, &fingerprint, true, started);
-                m.tags = d
-                    .tags
-                    .iter()
-                    .filter_map(|r| {
-                        tags.iter()
-                            .find(|t| t.uuid == r.uuid())
-                            .map(|t| t.name.clone())
-                    })
-                    .collect();
-                return Ok(m);
-            }
-        }
+        let ours = tags.iter().find(|t| t.name == naming::TAG);
+        let Some(ours) = ours.filter(|_| !self.opts.force) else {
+            return Ok(Lookup::Miss(tags));
+        };
+        let q = [("tag", ours.uuid.as_str())];
+        let drives = self
+            .cancellable(self.cloud.list_drives_filtered(&q))
+            .await?;
+        let Some(d) = drives
+            .iter()
+            .find(|d| naming::is_image_of(d, &job.fingerprint))
+        else {
+            return Ok(Lookup::Miss(tags));
+        };
+        self.reporter.line(&format!(
+            "image with this fingerprint exists: {} ({}); nothing to do (use --force to rebuild)",
+            d.name, d.uuid
+        ));
+        let mut m = self.manifest_of(job, d, true);
+        m.tags = d
+            .tags
+            .iter()
+            .filter_map(|r| tags.iter().find(|t| t.uuid == r.uuid()))
+            .map(|t| t.name.clone())
+            .collect();
+        Ok(Lookup::Hit(Box::new(m)))
+    }
 
-        self.enter("ensure-tags");
-        let ctx_base = self.template_ctx(recipe, &build_id, started_unix, &fingerprint, &base.uuid);
-        let mut want_tags = vec![TAG.to_string()];
-        for t in &recipe.spec.output.tags {
-            let v = crate::recipe::render(t, &ctx_base).map_err(StepError::Other)?;
-            if !want_tags.contains(&v) {
-                want_tags.push(v);
+    /// Create the tags the build needs that the account lacks (`known`).
+    async fn ensure_tags(
+        &self,
+        job: &Job<'_>,
+        known: &[Tag],
+        created: &mut Created,
+    ) -> Result<Tags, StepError> {
+        self.enter(Phase::EnsureTags);
+        let ctx = self.template_ctx(job, job.started_unix);
+        let mut names = vec![naming::TAG.to_string()];
+        for t in &job.recipe.spec.output.tags {
+            let v = crate::recipe::render(t, &ctx).map_err(StepError::Other)?;
+            if !names.contains(&v) {
+                names.push(v);
             }
         }
-        let missing: Vec<String> = want_tags
-            .iter()
-            .filter(|n| tag_uuid(n).is_none())
-            .cloned()
-            .collect();
-        let mut tag_ids: BTreeMap<String, String> = want_tags
-            .iter()
-            .filter_map(|n| tag_uuid(n).map(|u| (n.clone(), u)))
-            .collect();
-        for name in &missing {
+        let mut uuids = BTreeMap::new();
+        for name in &names {
+            if let Some(t) = known.iter().find(|t| &t.name == name) {
+                uuids.insert(name.clone(), t.uuid.clone());
+                continue;
+            }
             let tc = TagCreate {
                 name: name.clone(),
                 ..Default::default()
             };
             let t = self.cancellable(self.cloud.create_tag(&tc)).await?;
             created.tags.push((t.uuid.clone(), t.name.clone()));
-            tag_ids.insert(t.name.clone(), t.uuid.clone());
+            uuids.insert(t.name.clone(), t.uuid.clone());
         }
-        let build_tag = tag_ids
-            .get(TAG)
-            .cloned()
-            .ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
+        Ok(Tags { names, uuids })
+    }
 
-        let mut build_meta = BTreeMap::new();
-        build_meta.insert(META_BUILD_ID.to_string(), build_id.clone());
-        build_meta.insert(META_STATE.to_string(), "building".to_string());
-        build_meta.insert(META_STARTED.to_string(), started_unix.to_string());
-        build_meta.insert("imgbuild.recipe".to_string(), recipe.spec.name.clone());
-
-        self.enter("clone");
-        let drive_name = format!("imgbuild-{build_id}-build");
-        created.maybe_drive = Some(drive_name.clone());
+    /// Clone the base into the build drive `imgbuild-<id>-build`.
+    async fn clone_base(&self, job: &Job<'_>, created: &mut Created) -> Result<Drive, StepError> {
+        self.enter(Phase::Clone);
+        let name = naming::drive_name(&job.id);
+        created.maybe_drive = Some(name.clone());
         let req = DriveClone {
-            name: Some(drive_name.clone()),
+            name: Some(name),
             media: Some("disk".into()),
             ..Default::default()
         };
         let d = self
-            .cancellable(self.cloud.clone_libdrive(&base.uuid, &req))
+            .cancellable(self.cloud.clone_libdrive(&job.base.uuid, &req))
             .await?;
         created.drive = Some(d.uuid.clone());
-        let d = self
-            .cancellable(self.cloud.wait_drive_status(
-                &d.uuid,
-                DriveStatus::Unmounted,
-                secs(to.clone),
-            ))
-            .await?;
+        let wait = Duration::from_secs(job.recipe.spec.timeouts.clone);
+        self.cancellable(
+            self.cloud
+                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, wait),
+        )
+        .await
+    }
 
-        self.enter("resize");
+    /// Grow the drive to `disk_size`, marking it as this build's (meta and tag).
+    async fn resize(&self, job: &Job<'_>, d: Drive, tags: &Tags) -> Result<Drive, StepError> {
+        self.enter(Phase::Resize);
         // resize takes the full definition: set our meta and tag in the same call
-        let mut def = d.clone();
-        def.meta.extend(build_meta.clone());
-        def.tags = vec![Ref::Uuid(build_tag.clone())];
+        let mut def = d;
+        def.meta.extend(self.building_meta(job));
+        def.tags = vec![tags.build_tag()?];
         let d = self
-            .cancellable(self.cloud.resize_drive(&def, recipe.disk_size))
+            .cancellable(self.cloud.resize_drive(&def, job.recipe.disk_size))
             .await?;
-        let _ = self
-            .cancellable(self.cloud.wait_drive_status(
-                &d.uuid,
-                DriveStatus::Unmounted,
-                secs(to.resize),
-            ))
-            .await?;
+        let wait = Duration::from_secs(job.recipe.spec.timeouts.resize);
+        self.cancellable(
+            self.cloud
+                .wait_drive_status(&d.uuid, DriveStatus::Unmounted, wait),
+        )
+        .await
+    }
 
-        self.enter("create-server");
-        let server_name = format!("imgbuild-{build_id}-builder");
-        let mut smeta = build_meta.clone();
+    fn building_meta(&self, job: &Job<'_>) -> BTreeMap<String, String> {
+        naming::building_meta(&job.id, job.started_unix, &job.recipe.spec.name)
+    }
+
+    /// The builder server `imgbuild-<id>-builder`, booting the build drive, with our login key
+    /// and a host key made for it (see [`crate::hostkey`]); the server and that key's public half.
+    async fn create_server(
+        &self,
+        job: &Job<'_>,
+        d: &Drive,
+        tags: &Tags,
+        created: &mut Created,
+    ) -> Result<(Server, String), StepError> {
+        self.enter(Phase::CreateServer);
+        let name = naming::server_name(&job.id);
+        let mut meta = self.building_meta(job);
         // cloud-init's CloudSigma datasource reads meta["ssh_public_key"] unconditionally
-        smeta.insert("ssh_public_key".into(), self.transport.public_key());
-        let sreq = ServerCreate {
-            name: server_name.clone(),
-            cpu: recipe.spec.server.cpu,
-            mem: recipe.mem,
-            smp: recipe.spec.server.smp,
+        meta.insert("ssh_public_key".into(), self.transport.public_key());
+        let host_key = HostKey::generate().map_err(StepError::Other)?;
+        meta.insert(USER_DATA_META.into(), host_key.user_data().to_string());
+        let server = &job.recipe.spec.server;
+        let mut req = ServerCreate {
+            name: name.clone(),
+            cpu: server.cpu,
+            mem: job.recipe.mem,
+            smp: server.smp,
             vnc_password: random_password(),
             drives: vec![ServerDrive::boot_disk(&d.uuid)],
             // one public NIC with DHCP = CloudSigma's NAT address
             nics: vec![Nic::public_dhcp()],
-            meta: smeta,
-            tags: vec![Ref::Uuid(build_tag.clone())],
+            meta,
+            tags: vec![tags.build_tag()?],
             pubkeys: Vec::new(),
         };
-        created.maybe_server = Some(server_name.clone());
-        let s = self.cancellable(self.cloud.create_server(&sreq)).await?;
+        created.maybe_server = Some(name);
+        let created_server = self.cancellable(self.cloud.create_server(&req)).await;
+        // best effort: our copy of the private key in the request goes now (HostKey zeroes
+        // its own when dropped)
+        if let Some(v) = req.meta.get_mut(USER_DATA_META) {
+            zeroize::Zeroize::zeroize(v);
+        }
+        let s = created_server?;
         created.server = Some(s.uuid.clone());
+        Ok((s, host_key.public().to_string()))
+    }
 
-        self.enter("start");
+    /// Start the server; its NAT address.
+    async fn start(&self, job: &Job<'_>, s: &Server) -> Result<String, StepError> {
+        self.enter(Phase::Start);
+        let wait = Duration::from_secs(job.recipe.spec.timeouts.start);
         self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Start))
             .await?;
         let s = self
-            .cancellable(self.cloud.wait_server_status(
-                &s.uuid,
-                ServerStatus::Running,
-                secs(to.start),
-            ))
+            .cancellable(
+                self.cloud
+                    .wait_server_status(&s.uuid, ServerStatus::Running, wait),
+            )
             .await?;
+        if let Some(ip) = runtime_ip(&s) {
+            return Ok(ip);
+        }
         // the NAT address may appear in the runtime a little after `running`; a timeout here
         // reads "… waiting for server <uuid> to become running with a NAT IP"
-        let s = match runtime_ip(&s) {
-            Some(_) => s,
-            None => {
-                self.cancellable(self.cloud.wait_server_until(
-                    &s.uuid,
-                    "running with a NAT IP",
-                    secs(60),
-                    |s| runtime_ip(s).is_some(),
-                ))
-                .await?
-            }
-        };
-        let ip = runtime_ip(&s).ok_or_else(|| {
+        let what = "running with a NAT IP";
+        let s = self
+            .cancellable(self.cloud.wait_server_until(
+                &s.uuid,
+                what,
+                Duration::from_secs(60),
+                |s| runtime_ip(s).is_some(),
+            ))
+            .await?;
+        runtime_ip(&s).ok_or_else(|| {
             StepError::Other(format!(
                 "server {} is running but has no NAT IP in its runtime",
                 s.uuid
             ))
-        })?;
+        })
+    }
 
-        self.enter("wait-ssh");
+    /// Wait until the login works on the server with `host_key`; where to reach the guest from
+    /// now on.
+    async fn wait_ssh(
+        &self,
+        job: &Job<'_>,
+        s: &Server,
+        ip: String,
+        host_key: String,
+    ) -> Result<Target, StepError> {
+        self.enter(Phase::WaitSsh);
         let user = self
             .opts
             .ssh_user
             .clone()
-            .or_else(|| recipe.spec.ssh_user.clone())
-            .or_else(|| base.default_user.clone())
+            .or_else(|| job.recipe.spec.ssh_user.clone())
+            .or_else(|| job.base.default_user.clone())
             .unwrap_or_else(|| "cloudsigma".into());
+        let port = match self.opts.ssh_port {
+            0 => 22,
+            p => p,
+        };
         let target = Target {
-            host: ip.clone(),
-            port: if self.opts.ssh_port == 0 {
-                22
-            } else {
-                self.opts.ssh_port
-            },
+            host: ip,
+            port,
             user,
+            host_key,
         };
         self.reporter.line(&format!(
             "builder server {} at {}; waiting for SSH as {}",
-            s.uuid, ip, target.user
+            s.uuid, target.host, target.user
         ));
-        self.on_guest(
-            self.transport
-                .wait_ready(&target, secs(to.ssh), &self.cancel),
-        )
-        .await?;
+        let wait = Duration::from_secs(job.recipe.spec.timeouts.ssh);
+        self.on_guest(self.transport.wait_ready(&target, wait, &self.cancel))
+            .await?;
+        Ok(target)
+    }
 
-        self.enter("provision");
+    /// The recipe's steps, in order.
+    async fn provision(&self, job: &Job<'_>, target: &Target) -> Result<(), StepError> {
+        self.enter(Phase::Provision);
+        let recipe = job.recipe;
         let mut env = recipe.script_env();
         if !recipe.spec.secrets.is_empty() {
             env.push((
@@ -572,178 +683,211 @@ impl Builder {
         let total = recipe.steps.len();
         for (i, st) in recipe.steps.iter().enumerate() {
             self.reporter.step(i + 1, total, &st.name);
-            let tmo = secs(st.timeout);
-            let sink = |l: &str| self.reporter.output(l);
-            match &st.kind {
-                StepKind::Script { path } => {
-                    if !self.secrets.is_empty() {
-                        // before every script: /run is a tmpfs, a `reboot` step empties it
-                        self.on_guest(self.transport.put_secrets(
-                            &target,
-                            &self.secrets,
-                            Duration::from_secs(120),
-                        ))
-                        .await?;
-                    }
-                    self.on_guest(self.transport.run_script(&target, path, &env, tmo, &sink))
-                        .await?
-                }
-                StepKind::Upload {
-                    src,
-                    dest,
-                    mode,
-                    sha256,
-                } => {
-                    self.on_guest(self.transport.upload(&target, src, dest, mode, tmo))
-                        .await?;
-                    let got = self
-                        .on_guest(self.transport.remote_sha256(&target, dest))
-                        .await?;
-                    if !got.eq_ignore_ascii_case(sha256) {
-                        return Err(StepError::Other(format!("upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}", src.display())));
-                    }
-                    self.reporter
-                        .output(&format!("{dest}: sha256 {got} verified"));
-                }
-                StepKind::Reboot => {
-                    self.on_guest(
-                        self.transport
-                            .reboot(&target, secs(to.reboot), &self.cancel),
-                    )
-                    .await?
-                }
-            }
+            self.run_step(job, target, st, &env).await?;
         }
         self.reporter.end_steps();
+        Ok(())
+    }
 
-        self.enter("clean-guest");
-        self.on_guest(self.transport.clean(&target)).await?;
+    async fn run_step(
+        &self,
+        job: &Job<'_>,
+        target: &Target,
+        st: &Step,
+        env: &[(String, String)],
+    ) -> Result<(), StepError> {
+        let tmo = Duration::from_secs(st.timeout);
+        let t = &self.transport;
+        match &st.kind {
+            StepKind::Script { path, uses } => {
+                // the files the script sources, uploaded with it every time: a reboot may have
+                // emptied /tmp, and no step relies on another's upload
+                for h in uses {
+                    self.upload_verified(target, &h.src, &h.dest, "0644", &h.sha256, tmo)
+                        .await?;
+                }
+                if !self.secrets.is_empty() {
+                    // before every script: /run is a tmpfs, a `reboot` step empties it
+                    let put = t.put_secrets(target, &self.secrets, Duration::from_secs(120));
+                    self.on_guest(put).await?;
+                }
+                let sink = |l: &str| self.reporter.output(l);
+                self.on_guest(t.run_script(target, path, env, tmo, &sink))
+                    .await
+            }
+            StepKind::Upload {
+                src,
+                dest,
+                mode,
+                sha256,
+            } => {
+                self.upload_verified(target, src, dest, mode, sha256, tmo)
+                    .await
+            }
+            StepKind::Reboot => {
+                let wait = Duration::from_secs(job.recipe.spec.timeouts.reboot);
+                self.on_guest(t.reboot(target, wait, &self.cancel)).await
+            }
+        }
+    }
 
-        self.enter("shutdown");
+    /// Upload `src` to `dest` and check its sha256 in the guest.
+    async fn upload_verified(
+        &self,
+        target: &Target,
+        src: &std::path::Path,
+        dest: &str,
+        mode: &str,
+        sha256: &str,
+        tmo: Duration,
+    ) -> Result<(), StepError> {
+        let t = &self.transport;
+        self.on_guest(t.upload(target, src, dest, mode, tmo))
+            .await?;
+        let got = self.on_guest(t.remote_sha256(target, dest)).await?;
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(StepError::Other(format!(
+                "upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}",
+                src.display()
+            )));
+        }
+        self.reporter
+            .output(&format!("{dest}: sha256 {got} verified"));
+        Ok(())
+    }
+
+    /// The last login: the guest forgets the build (see [`Transport::clean`]).
+    async fn clean_guest(&self, target: &Target) -> Result<(), StepError> {
+        self.enter(Phase::CleanGuest);
+        self.on_guest(self.transport.clean(target)).await
+    }
+
+    /// ACPI shutdown; a hard stop if the guest does not power off in time.
+    async fn shutdown(&self, job: &Job<'_>, s: &Server) -> Result<(), StepError> {
+        self.enter(Phase::Shutdown);
+        let to = &job.recipe.spec.timeouts;
+        let stopped = |secs| {
+            self.cloud
+                .wait_server_status(&s.uuid, ServerStatus::Stopped, Duration::from_secs(secs))
+        };
         self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Shutdown))
             .await?;
-        match self
-            .cancellable(self.cloud.wait_server_status(
-                &s.uuid,
-                ServerStatus::Stopped,
-                secs(to.shutdown),
-            ))
-            .await
-        {
-            Ok(_) => {}
-            Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {
-                self.reporter
-                    .line("guest did not power off after ACPI shutdown; forcing stop");
-                self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Stop))
-                    .await?;
-                self.cancellable(self.cloud.wait_server_status(
-                    &s.uuid,
-                    ServerStatus::Stopped,
-                    secs(to.stop),
-                ))
-                .await?;
-            }
+        match self.cancellable(stopped(to.shutdown)).await {
+            Ok(_) => return Ok(()),
+            Err(StepError::Cloud(e)) if matches!(*e, ApiError::Timeout { .. }) => {}
             Err(e) => return Err(e),
         }
+        self.reporter
+            .line("guest did not power off after ACPI shutdown; forcing stop");
+        self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Stop))
+            .await?;
+        self.cancellable(stopped(to.stop)).await.map(|_| ())
+    }
 
-        self.enter("delete-server");
+    async fn delete_server(&self, s: &Server, created: &mut Created) -> Result<(), StepError> {
+        self.enter(Phase::DeleteServer);
         // no recurse: the drive is the product
         self.cancellable(self.cloud.delete_server(&s.uuid, None))
             .await?;
         created.server = None;
         created.maybe_server = None;
+        Ok(())
+    }
 
-        self.enter("finalize");
-        let built_at = now_unix();
-        let ctx = self.template_ctx(recipe, &build_id, built_at, &fingerprint, &base.uuid);
-        let name =
-            crate::recipe::render(&recipe.spec.output.name, &ctx).map_err(StepError::Other)?;
+    /// The drive becomes the image: its name, tags and meta; from here on it is the product,
+    /// not a leftover.
+    async fn finalize(
+        &self,
+        job: &Job<'_>,
+        d: &Drive,
+        tags: &Tags,
+        created: &mut Created,
+    ) -> Result<Manifest, StepError> {
+        self.enter(Phase::Finalize);
+        let built_at = naming::now_unix();
+        let ctx = self.template_ctx(job, built_at);
+        let render = |t: &str| crate::recipe::render(t, &ctx).map_err(StepError::Other);
+        let name = render(&job.recipe.spec.output.name)?;
         let mut meta = d.meta.clone();
-        meta.remove(META_STARTED);
-        for (k, v) in &recipe.spec.output.meta {
-            meta.insert(
-                k.clone(),
-                crate::recipe::render(v, &ctx).map_err(StepError::Other)?,
-            );
+        meta.remove(naming::META_STARTED);
+        for (k, v) in &job.recipe.spec.output.meta {
+            meta.insert(k.clone(), render(v)?);
         }
-        meta.insert(META_STATE.into(), "image".into());
-        meta.insert(META_FINGERPRINT.into(), fingerprint.clone());
-        meta.insert("imgbuild.built-at".into(), rfc3339(built_at));
-        meta.insert("imgbuild.base".into(), base.uuid.clone());
-        meta.insert("imgbuild.version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.extend(
+            [
+                (naming::META_STATE, naming::STATE_IMAGE.to_string()),
+                (naming::META_FINGERPRINT, job.fingerprint.clone()),
+                (naming::META_BUILT_AT, rfc3339(built_at)),
+                (naming::META_BASE, job.base.uuid.clone()),
+                (naming::META_VERSION, env!("CARGO_PKG_VERSION").into()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         let mut fin = self.cancellable(self.cloud.get_drive(&d.uuid)).await?;
         fin.name = name;
         fin.meta = meta;
-        fin.tags = want_tags
+        fin.tags = tags
+            .names
             .iter()
-            .filter_map(|n| tag_ids.get(n))
+            .filter_map(|n| tags.uuids.get(n))
             .map(|u| Ref::Uuid(u.clone()))
             .collect();
         let fin = self.cancellable(self.cloud.update_drive(&fin)).await?;
-        // from here on the drive is the product, not a leftover
         *created = Created::default();
-        let mut m = self.manifest_of(recipe, &fin, &base, &fingerprint, false, started);
-        m.build_id = build_id;
-        m.tags = want_tags;
+        let mut m = self.manifest_of(job, &fin, false);
+        m.build_id = job.id.clone();
+        m.tags = tags.names.clone();
         Ok(m)
     }
 
-    fn template_ctx(
-        &self,
-        recipe: &Recipe,
-        build_id: &str,
-        t: u64,
-        fingerprint: &str,
-        base_uuid: &str,
-    ) -> minijinja::Value {
-        let mut m: BTreeMap<String, Value> = recipe
+    fn template_ctx(&self, job: &Job<'_>, t: u64) -> minijinja::Value {
+        let mut m: BTreeMap<String, Value> = job
+            .recipe
             .vars
             .iter()
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
-        m.insert("build_id".into(), json!(build_id));
-        m.insert("build_time".into(), json!(compact_time(t)));
         let (y, mo, d, ..) = utc_parts(t);
-        m.insert("build_date".into(), json!(format!("{y:04}{mo:02}{d:02}")));
-        m.insert("recipe".into(), json!(recipe.spec.name));
-        m.insert("fingerprint".into(), json!(fingerprint));
-        m.insert("base_uuid".into(), json!(base_uuid));
-        m.insert("upload_sha256".into(), json!(recipe.upload_sha256()));
+        m.extend(
+            [
+                ("build_id", json!(job.id)),
+                ("build_time", json!(compact_time(t))),
+                ("build_date", json!(format!("{y:04}{mo:02}{d:02}"))),
+                ("recipe", json!(job.recipe.spec.name)),
+                ("fingerprint", json!(job.fingerprint)),
+                ("base_uuid", json!(job.base.uuid)),
+                ("upload_sha256", json!(job.recipe.upload_sha256())),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         minijinja::Value::from_serialize(&m)
     }
 
-    fn manifest_of(
-        &self,
-        recipe: &Recipe,
-        d: &Drive,
-        base: &LibDrive,
-        fingerprint: &str,
-        cached: bool,
-        started: Instant,
-    ) -> Manifest {
+    fn manifest_of(&self, job: &Job<'_>, d: &Drive, cached: bool) -> Manifest {
         let m = &self.cloud.metrics;
-        let wall = started.elapsed();
+        let wall = job.started.elapsed();
         let api = m.api_time();
         let poll = m.poll_time();
         let guest = Duration::from_micros(self.guest_us.load(Ordering::Relaxed));
         let own = wall.saturating_sub(api + poll + guest);
+        let meta = |k: &str| d.meta.get(k).cloned().unwrap_or_default();
         Manifest {
             image_uuid: d.uuid.clone(),
             image_name: d.name.clone(),
             cached,
-            recipe: recipe.spec.name.clone(),
-            fingerprint: fingerprint.to_string(),
-            build_id: d.meta.get(META_BUILD_ID).cloned().unwrap_or_default(),
-            built_at: d.meta.get("imgbuild.built-at").cloned().unwrap_or_default(),
+            recipe: job.recipe.spec.name.clone(),
+            fingerprint: job.fingerprint.clone(),
+            build_id: meta(naming::META_BUILD_ID),
+            built_at: meta(naming::META_BUILT_AT),
             base: BaseInfo {
-                uuid: base.uuid.clone(),
-                name: base.name.clone(),
+                uuid: job.base.uuid.clone(),
+                name: job.base.name.clone(),
             },
-            vars: recipe.vars.clone(),
+            vars: job.recipe.vars.clone(),
             size: d.size,
             tags: Vec::new(),
             meta: d.meta.clone(),
-            uploads: recipe.upload_sha256(),
+            uploads: job.recipe.upload_sha256(),
             stats: Stats {
                 wall_ms: wall.as_millis() as u64,
                 api_calls: self.cloud.calls(),
@@ -751,119 +895,22 @@ impl Builder {
                 poll_ms: poll.as_millis() as u64,
                 guest_ms: guest.as_millis() as u64,
                 own_ms: own.as_millis() as u64,
+                phases: self.phase_times(),
             },
         }
     }
+}
+
+/// What cache-lookup found: the image already built, or the account's tags.
+enum Lookup {
+    Hit(Box<Manifest>),
+    Miss(Vec<Tag>),
 }
 
 fn runtime_ip(s: &Server) -> Option<String> {
     s.nics
         .iter()
         .find_map(|n| n.runtime_ipv4().map(str::to_string))
-}
-
-/// `--dry-run`: every phase and API call the build would make, with no call made.
-pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
-    use std::fmt::Write;
-    let r = &recipe.spec;
-    let mut o = String::new();
-    let _ = writeln!(o, "plan for recipe {} ({})", r.name, recipe.file.display());
-    if let Some(u) = base_url {
-        let _ = writeln!(o, "API: {u}");
-    }
-    let _ = writeln!(o, "variables:");
-    for (k, v) in &recipe.vars {
-        let _ = writeln!(o, "  {k} = {v}");
-    }
-    let _ = writeln!(
-        o,
-        "scripts run as root with: {}",
-        recipe
-            .script_env()
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    if !r.secrets.is_empty() {
-        let _ = writeln!(
-            o,
-            "secrets (values never shown; files under {} for every script): {}",
-            crate::secrets::GUEST_DIR,
-            r.secrets.join(", ")
-        );
-    }
-    let vars_ctx = minijinja::Value::from_serialize(&recipe.vars);
-    let show = |t: &str| crate::recipe::render(t, &vars_ctx).unwrap_or_else(|_| t.to_string());
-    let rel = |p: &std::path::Path| {
-        // lexical, for display: image-recipes/ubuntu-k8s/../common/x.sh → common/x.sh style
-        let mut parts: Vec<String> = Vec::new();
-        for c in p
-            .strip_prefix(recipe.dir.parent().unwrap_or(&recipe.dir))
-            .unwrap_or(p)
-            .components()
-        {
-            match c {
-                std::path::Component::ParentDir => {
-                    parts.pop();
-                }
-                std::path::Component::CurDir => {}
-                other => parts.push(other.as_os_str().to_string_lossy().into_owned()),
-            }
-        }
-        parts.join("/")
-    };
-    let _ = writeln!(o, "fingerprint: sha256 over recipe + {} files + vars + base drive uuid (known after resolve-base)", recipe.files.len());
-    let b = &r.base;
-    let calls = [
-        format!("resolve-base   GET  libdrives/detail/?distribution={}&version={}  → pick arch={} image_type={}", b.distribution, b.version, b.arch, b.image_type),
-        "cache-lookup   GET  tags/; GET drives/detail/?tag=<imgbuild tag>  → stop here if meta imgbuild.fingerprint matches".to_string(),
-        format!("ensure-tags    POST tags/ for each missing one of: {TAG}{}", r.output.tags.iter().map(|t| format!(", {}", show(t))).collect::<String>()),
-        "clone          POST libdrives/<base>/action/?do=clone {name: imgbuild-<id>-build}; GET drives/<uuid>/ until unmounted".to_string(),
-        format!("resize         POST drives/<uuid>/action/?do=resize size={} + meta imgbuild.* + tag {TAG}; GET until unmounted", recipe.disk_size),
-        format!("create-server  POST servers/ cpu={} mem={} smp={} drive 0:0 virtio boot_order 1, NIC dhcp (NAT), meta ssh_public_key=<ephemeral ed25519>", r.server.cpu, recipe.mem, r.server.smp.unwrap_or(1)),
-        "start          POST servers/<uuid>/action/?do=start; GET servers/<uuid>/ until running → runtime NAT IP".to_string(),
-        format!("wait-ssh       ssh {}@<NAT IP>:22 (ephemeral key, private known_hosts) until it answers", opts.ssh_user.clone().or_else(|| r.ssh_user.clone()).unwrap_or_else(|| "<library default_user>".into())),
-    ];
-    let _ = writeln!(o, "phases and API calls:");
-    for c in &calls {
-        let _ = writeln!(o, "  {c}");
-    }
-    let _ = writeln!(o, "  provision      {} steps:", recipe.steps.len());
-    for (i, s) in recipe.steps.iter().enumerate() {
-        let what = match &s.kind {
-            StepKind::Script { path } => format!("run {}", rel(path)),
-            StepKind::Upload {
-                src,
-                dest,
-                mode,
-                sha256,
-            } => format!(
-                "upload {} → {dest} (mode {mode}), verify sha256 {}",
-                src.display(),
-                sha256
-            ),
-            StepKind::Reboot => "reboot and wait for SSH (new boot id)".into(),
-        };
-        let _ = writeln!(
-            o,
-            "    [{}/{}] {}: {what}",
-            i + 1,
-            recipe.steps.len(),
-            s.name
-        );
-    }
-    let rest = [
-        "clean-guest    last SSH login: remove /tmp/imgbuild, the login key and the SSH host keys, sync".to_string(),
-        format!("shutdown       POST servers/<uuid>/action/?do=shutdown; GET until stopped (≤{}s, then POST ?do=stop)", r.timeouts.shutdown),
-        "delete-server  DELETE servers/<uuid>/ (no recurse: the drive is kept)".to_string(),
-        format!("finalize       GET drives/<uuid>/; PUT drives/<uuid>/ name={:?} tags + meta (fingerprint, versions, build time)", show(&r.output.name)),
-    ];
-    for c in &rest {
-        let _ = writeln!(o, "  {c}");
-    }
-    let _ = writeln!(o, "on failure or SIGINT/SIGTERM/SIGHUP: stop + DELETE the server, DELETE the drive and tags this build created{}", if opts.keep_on_failure { " (disabled by --keep-on-failure)" } else { "" });
-    o
 }
 
 #[cfg(test)]

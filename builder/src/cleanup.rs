@@ -2,12 +2,14 @@
 //! build (the server, the drive, the tags it created — including an object whose create answer
 //! was lost — reporting anything it cannot delete), and `imgbuild clean` for builds killed hard.
 
-use crate::build::{now_unix, Builder, META_BUILD_ID, META_STARTED, META_STATE};
 use crate::cloud::{Cloud, CloudError};
+use crate::naming::{is_build_in_progress, is_builder_server, now_unix, started_at};
+use crate::progress::Reporter;
 use cloudsigma_api::client::{Error as ApiError, RetryPolicy};
-use cloudsigma_api::{Drive, DriveStatus};
+use cloudsigma_api::DriveStatus;
 use serde::Serialize;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// What a build run created, for the cleanup guard.
 #[derive(Debug, Default, Clone)]
@@ -29,13 +31,21 @@ pub struct CleanupReport {
     pub kept: Vec<String>,
 }
 
-impl Builder {
+/// The cleanup guard of one build: its client, its progress display and the token that abandons
+/// the cleanup (a third signal).
+pub struct Cleanup<'a> {
+    pub cloud: &'a Cloud,
+    pub reporter: &'a Reporter,
+    pub abandon: &'a CancellationToken,
+}
+
+impl Cleanup<'_> {
     /// Delete what a failed build created: stop and delete the server, then the drive, then
     /// tags it created. Each delete is tried a few times (cleanup must survive a flaky API,
     /// including a fault on a non-retried POST like `stop`). The build's cancellation (the
     /// first signal) does not stop it; `abandon` (the third) does, and whatever it had not dealt
     /// with yet is reported as left.
-    pub async fn cleanup(&self, created: &Created) -> CleanupReport {
+    pub async fn run(&self, created: &Created) -> CleanupReport {
         let mut rep = CleanupReport::default();
         let abandoned = tokio::select! {
             biased;
@@ -98,7 +108,7 @@ impl Builder {
     }
 
     async fn cleanup_into(&self, created: &Created, rep: &mut CleanupReport) {
-        let cloud = &self.cloud;
+        let cloud = self.cloud;
         let server = self
             .known_or_found("server", &created.server, &created.maybe_server, rep)
             .await;
@@ -135,7 +145,7 @@ impl Builder {
         own_drive: Option<&str>,
         rep: &mut CleanupReport,
     ) {
-        let cloud = &self.cloud;
+        let cloud = self.cloud;
         let others = match CLEANUP_RETRY
             .run(|| cloud.list_drives(), cleanup_retryable)
             .await
@@ -221,14 +231,6 @@ fn note_abandoned(created: &Created, rep: &mut CleanupReport) {
     rep.left.extend(left);
 }
 
-/// A drive of a build still running (or killed): in state `building`, or named like a build
-/// drive before its meta is set.
-fn is_build_in_progress(d: &Drive) -> bool {
-    let state = d.meta.get(META_STATE).map(String::as_str);
-    state != Some("image")
-        && (state == Some("building") || is_build_leftover_name(&d.name, "-build"))
-}
-
 /// Cleanup repeats its idempotent calls (GET, DELETE) a few more times on top of the client's
 /// own retries, because it must survive a flaky API and a server or drive still settling.
 const CLEANUP_RETRY: RetryPolicy = RetryPolicy {
@@ -297,13 +299,6 @@ pub struct CleanReport {
     pub failed: Vec<String>,
 }
 
-fn is_build_leftover_name(name: &str, suffix: &str) -> bool {
-    name.strip_prefix("imgbuild-")
-        .and_then(|r| r.strip_suffix(suffix))
-        .map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()))
-        .unwrap_or(false)
-}
-
 /// Remove leftovers of builds killed hard: build servers and in-progress build drives (never
 /// finished images). Age comes from meta `imgbuild.started`; objects without it (killed between
 /// the clone and the resize call) count as new unless `all`.
@@ -316,9 +311,7 @@ pub async fn clean(
 ) -> Result<CleanReport, CloudError> {
     let now = now_unix();
     let old = |meta: &cloudsigma_api::Meta| -> bool {
-        all || meta
-            .get(META_STARTED)
-            .and_then(|s| s.parse::<u64>().ok())
+        all || started_at(meta)
             .map(|t| now.saturating_sub(t) >= older_than.as_secs())
             .unwrap_or(false)
     };
@@ -326,9 +319,7 @@ pub async fn clean(
     // drive stays attached to its server until the server is deleted
     let mut found: Vec<(bool, String, String, String)> = Vec::new();
     for s in cloud.list_servers().await? {
-        let ours =
-            s.meta.contains_key(META_BUILD_ID) || is_build_leftover_name(&s.name, "-builder");
-        if ours && old(&s.meta) {
+        if is_builder_server(&s.name, &s.meta) && old(&s.meta) {
             found.push((true, s.uuid, s.name, s.status.to_string()));
         }
     }

@@ -3,6 +3,10 @@
 pub mod build;
 pub mod cleanup;
 pub mod cloud;
+pub mod hostkey;
+pub mod naming;
+pub mod phase;
+pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod secrets;

@@ -3,7 +3,7 @@
 //! Exit codes: see [`EXIT_CODES`] (also printed by `--help`).
 
 use clap::{Args, Parser, Subcommand};
-use imgbuild::build::{self, BuildError, Builder, Options};
+use imgbuild::build::{self, BuildError, Builder, Manifest, Options};
 use imgbuild::cloud::{Cloud, Config, ConfigOverrides};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
@@ -352,7 +352,7 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         // no cloud needed: the plan is derived from the recipe alone
         print!(
             "{}",
-            build::plan(&recipe, &opts, a.cloud.api_url.as_deref())
+            imgbuild::plan::plan(&recipe, &opts, a.cloud.api_url.as_deref())
         );
         return ExitCode::SUCCESS;
     }
@@ -374,21 +374,9 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let cancel = CancellationToken::new();
     let abandon = CancellationToken::new();
     install_signals(cancel.clone(), abandon.clone());
-    let transport: Arc<dyn Transport> = match a.transport.as_deref() {
-        #[cfg(feature = "test-seams")]
-        Some(t) if t.starts_with("local:") => local_transport(&t["local:".len()..], &cancel),
-        Some(t) => {
-            say!("imgbuild: unknown --transport {t:?}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
-            Ok(t) if a.ssh_no_multiplex => Arc::new(t.without_multiplexing()),
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                say!("imgbuild: {e}");
-                return ExitCode::from(EXIT_FAILED);
-            }
-        },
+    let transport = match transport(&a, &recipe, &cancel).await {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let mode = if a.plain { Mode::Plain } else { Mode::detect() };
     let reporter = Reporter::new(mode);
@@ -398,51 +386,81 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let res = builder.build(&recipe).await;
     reporter.finish();
     match res {
-        Ok(m) => {
-            say!(
-                "image {} ({}){} in {:.1}s, {} API calls",
-                m.image_name,
-                m.image_uuid,
-                if m.cached { " already built" } else { " built" },
-                m.stats.wall_ms as f64 / 1000.0,
-                m.stats.api_calls
-            );
-            let out = if a.output == "json" {
-                serde_json::to_string_pretty(&m).map_err(|e| e.to_string())
-            } else {
-                Ok(m.image_uuid.clone())
-            };
-            use std::io::Write as _;
-            match out.and_then(|o| writeln!(std::io::stdout(), "{o}").map_err(|e| e.to_string())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    say!(
-                        "imgbuild: cannot print the result (image {}): {e}",
-                        m.image_uuid
-                    );
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+        Ok(m) => print_result(&m, &a.output),
+        Err(e) => exit_for(&e),
+    }
+}
+
+/// The OpenSSH transport with the build's keys, or (tests) the recording one.
+async fn transport(
+    a: &BuildArgs,
+    recipe: &Recipe,
+    #[allow(unused_variables)] cancel: &CancellationToken,
+) -> Result<Arc<dyn Transport>, ExitCode> {
+    match a.transport.as_deref() {
+        #[cfg(feature = "test-seams")]
+        Some(t) if t.starts_with("local:") => Ok(local_transport(&t["local:".len()..], cancel)),
+        Some(t) => {
+            say!("imgbuild: unknown --transport {t:?}");
+            Err(ExitCode::from(EXIT_USAGE))
         }
+        None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
+            Ok(t) if a.ssh_no_multiplex => Ok(Arc::new(t.without_multiplexing())),
+            Ok(t) => Ok(Arc::new(t)),
+            Err(e) => {
+                say!("imgbuild: {e}");
+                Err(ExitCode::from(EXIT_FAILED))
+            }
+        },
+    }
+}
+
+/// A summary on stderr; the image uuid (or with `--output json` the manifest) on stdout.
+fn print_result(m: &Manifest, output: &str) -> ExitCode {
+    say!(
+        "image {} ({}){} in {:.1}s, {} API calls",
+        m.image_name,
+        m.image_uuid,
+        if m.cached { " already built" } else { " built" },
+        m.stats.wall_ms as f64 / 1000.0,
+        m.stats.api_calls
+    );
+    let out = if output == "json" {
+        serde_json::to_string_pretty(m).map_err(|e| e.to_string())
+    } else {
+        Ok(m.image_uuid.clone())
+    };
+    use std::io::Write as _;
+    match out.and_then(|o| writeln!(std::io::stdout(), "{o}").map_err(|e| e.to_string())) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            say!("imgbuild: {e}");
-            let left = !e.cleanup().left.is_empty();
-            match &e {
-                // Leftovers decide first: a CI job must tell "interrupted, nothing billed is
-                // left" from "interrupted, run `imgbuild clean`" (issue #10).
-                BuildError::Interrupted { .. } if left => ExitCode::from(EXIT_LEFTOVERS),
-                BuildError::Interrupted { .. } => {
-                    let code = SIGNAL.load(Ordering::SeqCst);
-                    ExitCode::from(if matches!(code, 129 | 143) {
-                        code as u8
-                    } else {
-                        130
-                    })
-                }
-                BuildError::Failed { kept, .. } if left || *kept => ExitCode::from(EXIT_LEFTOVERS),
-                BuildError::Failed { .. } => ExitCode::from(EXIT_FAILED),
-            }
+            say!(
+                "imgbuild: cannot print the result (image {}): {e}",
+                m.image_uuid
+            );
+            ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// The exit code of a failed or interrupted build (see [`EXIT_CODES`]).
+fn exit_for(e: &BuildError) -> ExitCode {
+    say!("imgbuild: {e}");
+    let left = !e.cleanup().left.is_empty();
+    match e {
+        // Leftovers decide first: a CI job must tell "interrupted, nothing billed is
+        // left" from "interrupted, run `imgbuild clean`" (issue #10).
+        BuildError::Interrupted { .. } if left => ExitCode::from(EXIT_LEFTOVERS),
+        BuildError::Interrupted { .. } => {
+            let code = SIGNAL.load(Ordering::SeqCst);
+            ExitCode::from(if matches!(code, 129 | 143) {
+                code as u8
+            } else {
+                130
+            })
+        }
+        BuildError::Failed { kept, .. } if left || *kept => ExitCode::from(EXIT_LEFTOVERS),
+        BuildError::Failed { .. } => ExitCode::from(EXIT_FAILED),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Provisioning transports: how steps reach the builder VM.
 //!
 //! - [`OpenSsh`]: the system `ssh` client with an ephemeral ed25519 key and a private
-//!   known_hosts file (both in a 0700 temp dir removed on drop). Nothing touches ~/.ssh.
+//!   known_hosts file (both in a 0700 temp dir removed on drop). Nothing touches ~/.ssh. The
+//!   known_hosts file holds exactly the host key the build gave its server
+//!   ([`crate::hostkey`], [`Target::host_key`]) and ssh runs with `StrictHostKeyChecking=yes`:
+//!   a server presenting any other key gets nothing — no login, no command, no secret.
 //!   All operations share one SSH connection (OpenSSH connection multiplexing, its control
 //!   socket in the same private dir): a new connection costs a key exchange and an
 //!   authentication, seconds on an emulated VM, for every step and upload otherwise.
@@ -25,6 +28,8 @@ pub enum TransportError {
     Failed(String),
     #[error("timed out after {0:?}: {1}")]
     Timeout(Duration, String),
+    #[error("host key mismatch: {0}")]
+    HostKeyMismatch(String),
     #[error("interrupted")]
     Cancelled,
 }
@@ -38,6 +43,47 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub user: String,
+    /// The one host key the server may present, as an OpenSSH public key line
+    /// (`ssh-ed25519 AAAA…`): the build made it and gave it to the server.
+    pub host_key: String,
+}
+
+impl Target {
+    /// The known_hosts line that pins [`Self::host_key`] to this address and port.
+    fn known_hosts_line(&self) -> Result<String, TransportError> {
+        let mut words = self.host_key.split_whitespace();
+        let (Some(kind), Some(blob)) = (words.next(), words.next()) else {
+            return Err(TransportError::Failed(format!(
+                "no host key known for {}: imgbuild connects only to a server whose host key it made",
+                self.host
+            )));
+        };
+        let host = match self.port {
+            22 => self.host.clone(),
+            p => format!("[{}]:{p}", self.host),
+        };
+        Ok(format!("{host} {kind} {blob}\n"))
+    }
+
+    /// The key's algorithm (`ssh-ed25519`), the only one ssh may accept from the server.
+    fn host_key_algorithm(&self) -> &str {
+        self.host_key
+            .split_whitespace()
+            .next()
+            .unwrap_or("ssh-ed25519")
+    }
+}
+
+/// What ssh prints when the server's host key is not the pinned one (a different key, or none of
+/// the pinned type).
+fn is_host_key_failure(line: &str) -> bool {
+    [
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "no matching host key type found",
+    ]
+    .iter()
+    .any(|m| line.contains(m))
 }
 
 #[async_trait]
@@ -117,7 +163,14 @@ pub struct OpenSsh {
     public_key: String,
     connect_timeout: u64,
     multiplex: bool,
+    /// The known_hosts line written last (see [`Self::pin_host_key`]).
+    pinned: Mutex<Option<String>>,
 }
+
+/// Where cloud-init keeps the user-data it read (cloud-init's `Paths`: the instance dir's
+/// `user-data.txt`, its processed `.i` form, the merged `cloud-config.txt` and the pickled
+/// datasource `obj.pkl`, which holds the raw user-data); a shell glob, expanded as root.
+const CLOUD_INIT_USER_DATA_COPIES: &str = "/var/lib/cloud/instances/*/user-data.txt /var/lib/cloud/instances/*/user-data.txt.i /var/lib/cloud/instances/*/cloud-config.txt /var/lib/cloud/instances/*/obj.pkl";
 
 /// Prefix of the control sockets in the private dir; `%C` is ssh's hash of the connection
 /// (local host, remote host, port, user), so each target gets its own master.
@@ -183,6 +236,7 @@ impl OpenSsh {
             public_key,
             connect_timeout: 10,
             multiplex,
+            pinned: Mutex::new(None),
         })
     }
 
@@ -255,10 +309,17 @@ impl OpenSsh {
             format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
             "-o".into(),
             "GlobalKnownHostsFile=/dev/null".into(),
-            // a fresh VM has a fresh host key: trust it on first contact, then pin it in our
-            // private file for the rest of the build (a changed key mid-build fails).
+            // never trust on first use: the known_hosts file holds the one key the build gave
+            // its server (see `pin_host_key`), and any other key ends the connection before
+            // authentication — whoever answers on the address first gets nothing.
             "-o".into(),
-            "StrictHostKeyChecking=accept-new".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("HostKeyAlgorithms={}", t.host_key_algorithm()),
+            "-o".into(),
+            "UpdateHostKeys=no".into(),
+            "-o".into(),
+            "CheckHostIP=no".into(),
             "-o".into(),
             format!("ConnectTimeout={}", self.connect_timeout),
             "-o".into(),
@@ -295,7 +356,22 @@ impl OpenSsh {
         args
     }
 
+    /// Write the private known_hosts file: exactly the target's host key for its address.
+    fn pin_host_key(&self, t: &Target) -> Result<(), TransportError> {
+        let line = t.known_hosts_line()?;
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if pinned.as_deref() == Some(line.as_str()) {
+            return Ok(());
+        }
+        std::fs::write(self.dir.path().join("known_hosts"), &line)
+            .map_err(|e| TransportError::Failed(format!("cannot write known_hosts: {e}")))?;
+        *pinned = Some(line);
+        Ok(())
+    }
+
     /// Run `cmd` remotely with optional stdin bytes; stream lines to `out`; return the exit code.
+    /// A server whose host key is not the target's fails with [`TransportError::HostKeyMismatch`]
+    /// before anything is sent.
     async fn exec(
         &self,
         t: &Target,
@@ -304,6 +380,7 @@ impl OpenSsh {
         timeout: Duration,
         out: LineSink<'_>,
     ) -> Result<i32, TransportError> {
+        self.pin_host_key(t)?;
         let mut c = Command::new("ssh");
         c.args(self.base_args(t)).arg("--").arg(cmd);
         c.stdin(if stdin.is_some() {
@@ -332,8 +409,10 @@ impl OpenSsh {
             forward_lines(e, tx.clone());
         }
         drop(tx);
+        let mut key_failure = false;
         let run = async {
             while let Some(line) = rx.recv().await {
+                key_failure |= is_host_key_failure(&line);
                 out(&line);
             }
             child.wait().await
@@ -351,7 +430,14 @@ impl OpenSsh {
         if let Some(f) = feed {
             let _ = f.await;
         }
-        Ok(status.code().unwrap_or(255))
+        let code = status.code().unwrap_or(255);
+        if code == 255 && key_failure {
+            return Err(TransportError::HostKeyMismatch(format!(
+                "{}:{} did not present the host key this build gave its server ({}); nothing was sent to it. Another machine may be answering on that address",
+                t.host, t.port, t.host_key
+            )));
+        }
+        Ok(code)
     }
 
     async fn exec_ok(
@@ -445,6 +531,9 @@ impl Transport for OpenSsh {
             };
             match attempt {
                 Ok(0) => return Ok(()),
+                // not a server still booting: someone else answers, or the server did not
+                // take the key; waiting longer would only keep knocking
+                Err(e @ TransportError::HostKeyMismatch(_)) => return Err(e),
                 Ok(code) => {
                     last = format!(
                         "ssh exited {code}: {}",
@@ -621,11 +710,14 @@ impl Transport for OpenSsh {
         // The ephemeral key must not stay in the image, and every node must get its own SSH host
         // keys (regenerated at first boot). sshd loads host keys per new connection, so this
         // must be the build's last login: nothing can connect after it.
+        // cloud-init keeps copies of the user-data, which holds the build's host key (private
+        // half included): they go too, whether or not the recipe runs a sysprep.
         let cmd = format!(
-            "{s}rm -rf /tmp/imgbuild {secrets} && {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\" && {s}sh -c 'rm -f /etc/ssh/ssh_host_*' && {s}sync",
+            "{s}rm -rf /tmp/imgbuild {secrets} && {s}rm -f /root/.ssh/authorized_keys \"$HOME/.ssh/authorized_keys\" && {s}sh -c 'rm -f /etc/ssh/ssh_host_* {user_data}' && {s}sync",
             s = sudo(&t.user),
             // tmpfs, never in the image; removed anyway so no later login could read them
             secrets = crate::secrets::GUEST_DIR,
+            user_data = CLOUD_INIT_USER_DATA_COPIES,
         );
         self.exec_ok(t, &cmd, None, Duration::from_secs(120))
             .await
@@ -663,6 +755,7 @@ pub enum Recorded {
     WaitReady {
         host: String,
         user: String,
+        host_key: String,
     },
     Script {
         path: PathBuf,
@@ -743,6 +836,7 @@ impl Transport for LocalTransport {
         self.rec(Recorded::WaitReady {
             host: t.host.clone(),
             user: t.user.clone(),
+            host_key: t.host_key.clone(),
         });
         self.pause(Some(cancel)).await
     }

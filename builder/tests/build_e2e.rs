@@ -7,7 +7,7 @@ mod fixture;
 
 use cloudsim::{FaultConfig, OnceRule};
 use fixture::{cloud_for, fixture, recipe_file};
-use imgbuild::build::{self, BuildError, Builder, Options, PHASES};
+use imgbuild::build::{self, BuildError, Builder, Options, Phase};
 use imgbuild::progress::{Mode, Reporter};
 use imgbuild::recipe::{self, Recipe};
 use imgbuild::transport::{LocalTransport, Recorded};
@@ -23,6 +23,9 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
     let r = f.recipe(&[]);
     let m = b.build(&r).await.expect("build succeeds");
+    // the pipeline enters every phase of the one list, in its order; the manifest times each
+    let entered: Vec<Phase> = m.stats.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(entered, Phase::ALL);
 
     let snap = f.emu.snapshot();
     assert!(
@@ -86,8 +89,23 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     }));
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
+    // every script that sources lib/image.sh gets it uploaded and verified right before it runs
+    // (`uses:`), not from an earlier step
+    let lib = "/tmp/imgbuild/lib/image.sh";
+    for script in ["60-validate-node.sh", "70-validate-k8s.sh", "90-sysprep.sh"] {
+        let at = rec
+            .iter()
+            .position(|r| matches!(r, Recorded::Script { path, .. } if path.ends_with(script)))
+            .unwrap_or_else(|| panic!("{script} not run: {rec:#?}"));
+        assert!(
+            matches!(&rec[at - 2], Recorded::Upload { dest, .. } if dest == lib)
+                && rec[at - 1] == Recorded::Sha256 { path: lib.into() },
+            "{script}: {:#?}",
+            &rec[at - 2..at]
+        );
+    }
     match &rec[0] {
-        Recorded::WaitReady { user, host } => {
+        Recorded::WaitReady { user, host, .. } => {
             assert_eq!(user, "cloudsigma", "SSH user comes from the library drive");
             assert!(
                 host.parse::<std::net::Ipv4Addr>().is_ok(),
@@ -108,7 +126,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     );
     let log = b.reporter.captured().join("\n");
     assert!(
-        log.contains("step 13/13 done in"),
+        log.contains("step 12/12 done in"),
         "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;
@@ -121,8 +139,8 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let (e2, s2) = (emu.clone(), seen.clone());
     let opts = Options {
-        on_phase: Some(Arc::new(move |p: &str| {
-            if p == "wait-ssh" {
+        on_phase: Some(Arc::new(move |p: Phase| {
+            if p == Phase::WaitSsh {
                 *s2.lock().unwrap() = e2.snapshot().servers.first().cloned();
             }
         })),
@@ -141,7 +159,8 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
         CancellationToken::new(),
         opts,
     );
-    b.build(&r).await.expect("build");
+    let reporter = b.reporter.clone();
+    let m = b.build(&r).await.expect("build");
     let s = seen
         .lock()
         .unwrap()
@@ -149,6 +168,26 @@ async fn builder_server_gets_ephemeral_key_dhcp_nic_and_boot_drive() {
         .expect("server existed during wait-ssh");
     use imgbuild::transport::Transport;
     assert_eq!(s.meta.get("ssh_public_key"), Some(&t.public_key()));
+    // the host key the build made for its server: in the user-data cloud-init's cc_ssh reads,
+    // and the one key SSH then accepts (issue 21 item 4)
+    let ud = s
+        .meta
+        .get("cloudinit-user-data")
+        .expect("the server's user-data carries its host key");
+    assert!(ud.starts_with("#cloud-config\n"), "{ud:.40}");
+    let cfg: serde_yaml::Value = serde_yaml::from_str(ud).unwrap();
+    let public = cfg["ssh_keys"]["ed25519_public"].as_str().unwrap();
+    let private = cfg["ssh_keys"]["ed25519_private"].as_str().unwrap();
+    assert!(public.starts_with("ssh-ed25519 ") && private.contains("OPENSSH PRIVATE KEY"));
+    match &t.recorded()[0] {
+        Recorded::WaitReady { host_key, .. } => assert_eq!(host_key, public),
+        other => panic!("first operation should wait for SSH: {other:?}"),
+    }
+    // the private half is never printed, nor in the manifest
+    let blob = private.lines().nth(1).unwrap();
+    let said = reporter.captured().join("\n");
+    assert!(!said.contains(blob), "the private host key was printed");
+    assert!(!serde_json::to_string(&m).unwrap().contains(blob));
     assert!(s.meta.contains_key("imgbuild.build-id"));
     assert_eq!(s.cpu, 4000);
     assert_eq!(s.mem, 4 << 30);
@@ -175,6 +214,8 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("cached build");
     assert!(again.cached);
+    let entered: Vec<Phase> = again.stats.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(entered, [Phase::ResolveBase, Phase::CacheLookup]);
     assert_eq!(again.image_uuid, first.image_uuid);
     assert_eq!(again.fingerprint, first.fingerprint);
     assert!(
@@ -308,14 +349,13 @@ async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_at_each_phase_leaves_nothing_behind() {
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let f = fixture().await;
         let cancel = CancellationToken::new();
         let c2 = cancel.clone();
-        let p = phase.to_string();
         let opts = Options {
-            on_phase: Some(Arc::new(move |now: &str| {
-                if now == p {
+            on_phase: Some(Arc::new(move |now: Phase| {
+                if now == phase {
                     c2.cancel();
                 }
             })),
@@ -329,7 +369,7 @@ async fn cancellation_at_each_phase_leaves_nothing_behind() {
             Err(BuildError::Interrupted {
                 phase: at, cleanup, ..
             }) => {
-                assert_eq!(&at, phase);
+                assert_eq!(at, phase);
                 assert!(cleanup.left.is_empty(), "{phase}: {cleanup:?}");
             }
             other => panic!("{phase}: expected an interruption, got {other:?}"),
@@ -355,7 +395,7 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
             cleanup,
             ..
         }) => {
-            assert_eq!(phase, "provision");
+            assert_eq!(phase, Phase::Provision);
             assert!(error.contains("40-kubernetes.sh"), "{error}");
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
@@ -451,9 +491,9 @@ fn dry_run_plan_names_every_phase_and_step() {
     v.insert("agent_binary".to_string(), agent.display().to_string());
     v.insert("bootstrap_unit".to_string(), agent.display().to_string());
     let r = Recipe::load(&recipe_file(), &v).unwrap();
-    let p = build::plan(&r, &Options::default(), None);
-    for ph in PHASES {
-        assert!(p.contains(ph), "plan lacks phase {ph}:\n{p}");
+    let p = imgbuild::plan::plan(&r, &Options::default(), None);
+    for ph in Phase::ALL {
+        assert!(p.contains(ph.name()), "plan lacks phase {ph}:\n{p}");
     }
     for s in &r.steps {
         assert!(p.contains(&s.name), "plan lacks step {}", s.name);

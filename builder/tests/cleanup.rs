@@ -10,7 +10,7 @@ use cloudsigma_api::client::RetryPolicy;
 use cloudsigma_api::DriveCreate;
 use cloudsim::OnceRule;
 use fixture::{fixture, Fixture};
-use imgbuild::build::{BuildError, Builder, CleanupReport, Created, Options};
+use imgbuild::build::{BuildError, Builder, CleanupReport, Created, Options, Phase};
 use imgbuild::cloud::{Auth, Cloud, Config};
 use imgbuild::progress::{Mode, Reporter};
 use std::sync::mpsc;
@@ -105,14 +105,14 @@ async fn a_lost_create_that_cannot_be_looked_up_is_named_as_left() {
 /// Options whose hook, when the build enters `phase`, says so on `tell` and then holds the
 /// build (blocking a worker thread) until `until` receives, or `wait` passes.
 fn hold_at(
-    phase: &'static str,
+    phase: Phase,
     tell: mpsc::Sender<()>,
     until: mpsc::Receiver<()>,
     wait: Duration,
 ) -> Options {
     let (tell, until) = (Mutex::new(tell), Mutex::new(until));
     Options {
-        on_phase: Some(Arc::new(move |p: &str| {
+        on_phase: Some(Arc::new(move |p: Phase| {
             if p == phase {
                 let _ = tell.lock().unwrap().send(());
                 let _ = until.lock().unwrap().recv_timeout(wait);
@@ -140,8 +140,8 @@ async fn cleanup_keeps_tags_another_build_has_started_to_use() {
     let (a_done_tx, a_done_rx) = mpsc::channel::<()>();
     let wait = Duration::from_secs(60);
 
-    let a_opts = hold_at("clone", a_tagged_tx, b_at_resize_rx, wait);
-    let b_opts = hold_at("resize", b_at_resize_tx, a_done_rx, wait);
+    let a_opts = hold_at(Phase::Clone, a_tagged_tx, b_at_resize_rx, wait);
+    let b_opts = hold_at(Phase::Resize, b_at_resize_tx, a_done_rx, wait);
 
     let fa = f.clone();
     let a = tokio::spawn(async move {
@@ -162,7 +162,7 @@ async fn cleanup_keeps_tags_another_build_has_started_to_use() {
     let _ = a_done_tx.send(());
     match &ra {
         Err(BuildError::Failed { phase, cleanup, .. }) => {
-            assert_eq!(phase, "create-server");
+            assert_eq!(*phase, Phase::CreateServer);
             assert!(cleanup.left.is_empty(), "{cleanup:?}");
             assert_eq!(cleanup.kept.len(), 3, "{cleanup:?}");
             assert!(

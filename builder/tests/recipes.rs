@@ -465,3 +465,173 @@ fn extends_carries_and_adds_secrets() {
     let e = load("secrets: registry_token\n").unwrap_err().to_string();
     assert!(e.contains("secrets must be a list"), "{e}");
 }
+
+/// Roles (`include:`, issue 20 item 5): a role's steps take the include's place, resolved in the
+/// role file's directory; its variables are defaults the recipe and `--var` override; a role's
+/// text is part of the fingerprint; problems in a role are reported in the role file.
+#[test]
+fn roles_are_included_in_place_with_their_defaults() {
+    use imgbuild::recipe::{normalize, StepKind};
+    let d = tempfile::tempdir().unwrap();
+    let roles = d.path().join("roles");
+    let common = d.path().join("common");
+    let rec = d.path().join("r");
+    for dir in [&roles, &common, &rec] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(
+        common.join("s.sh"),
+        "#!/bin/sh\n. /tmp/imgbuild/lib/lib.sh\n",
+    )
+    .unwrap();
+    std::fs::write(common.join("lib.sh"), "x() { :; }\n").unwrap();
+    std::fs::write(common.join("payload"), "p").unwrap();
+    let role = roles.join("shared.yaml");
+    std::fs::write(
+        &role,
+        "description: d\nvars:\n  payload: ../common/payload\n  tag: role\nsteps:\n  - name: shared script\n    script: ../common/s.sh\n    uses: [../common/lib.sh]\n  - upload: \"{{ payload }}\"\n    dest: /opt/p\n",
+    )
+    .unwrap();
+    std::fs::write(rec.join("own.sh"), "#!/bin/sh\n").unwrap();
+    let recipe = rec.join("recipe.yaml");
+    let text = GOOD
+        .replace(
+            "vars:\n  k8s: \"1.34.1\"\n",
+            "vars:\n  k8s: \"1.34.1\"\n  tag: mine\n",
+        )
+        .replace(
+            "steps:\n  - script: a.sh\n  - upload: f.bin\n    dest: /usr/local/bin/f\n    mode: \"0755\"\n  - reboot: true\n",
+            "steps:\n  - script: own.sh\n  - include: ../roles/shared.yaml\n  - reboot: true\n",
+        );
+    std::fs::write(&recipe, &text).unwrap();
+    let r = Recipe::load(&recipe, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["own.sh", "shared script", "upload /opt/p", "reboot"]
+    );
+    // the role's default applies, the recipe's own value wins over the role's
+    assert_eq!(r.vars["payload"], "../common/payload");
+    assert_eq!(r.vars["tag"], "mine");
+    match &r.steps[1].kind {
+        StepKind::Script { path, uses } => {
+            assert!(path.ends_with("roles/../common/s.sh"), "{path:?}");
+            assert_eq!(uses.len(), 1);
+            assert_eq!(uses[0].dest, "/tmp/imgbuild/lib/lib.sh");
+            assert_eq!(
+                uses[0].sha256,
+                imgbuild::recipe::sha256_file(&common.join("lib.sh")).unwrap()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &r.steps[2].kind {
+        StepKind::Upload { src, .. } => assert!(src.ends_with("roles/../common/payload")),
+        other => panic!("{other:?}"),
+    }
+    // the helper counts as an upload (manifest `uploads`, `upload_sha256`)
+    assert!(r.upload_sha256().contains_key("/tmp/imgbuild/lib/lib.sh"));
+    // the role file is an input of the build: changing it changes the fingerprint
+    assert!(r.files.keys().any(|f| f.ends_with("roles/shared.yaml")));
+    let before = r.fingerprint("b");
+    std::fs::write(
+        &role,
+        std::fs::read_to_string(&role).unwrap() + "# changed\n",
+    )
+    .unwrap();
+    let after = Recipe::load(&recipe, &BTreeMap::new())
+        .unwrap()
+        .fingerprint("b");
+    assert_ne!(before, after);
+    // --var overrides a role's default like any variable
+    let o = BTreeMap::from([("payload".to_string(), "x".to_string())]);
+    let e = Recipe::load(&recipe, &o).unwrap_err();
+    assert!(e.to_string().contains("upload source"), "{e}");
+
+    // problems inside a role are reported in the role file, at the step's line
+    std::fs::write(
+        &role,
+        "steps:\n  - script: ../common/s.sh\n  - script: ../common/missing.sh\n",
+    )
+    .unwrap();
+    let e = Recipe::load(&recipe, &BTreeMap::new()).unwrap_err();
+    assert!(
+        e.0.iter().any(|d| normalize(&d.file) == role
+            && d.line == Some(3)
+            && d.message.contains("missing.sh")),
+        "{e}"
+    );
+    // one level: a role does not include another; an include carries nothing else
+    std::fs::write(&role, "steps:\n  - include: other.yaml\n").unwrap();
+    let e = Recipe::load(&recipe, &BTreeMap::new()).unwrap_err();
+    assert!(e.to_string().contains("may not include another"), "{e}");
+    std::fs::write(&role, "steps:\n  - script: ../common/s.sh\n").unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace(
+            "  - include: ../roles/shared.yaml\n",
+            "  - include: ../roles/shared.yaml\n    timeout: 5\n",
+        ),
+    )
+    .unwrap();
+    let e = Recipe::load(&recipe, &BTreeMap::new()).unwrap_err();
+    assert!(e.to_string().contains("has only `include`"), "{e}");
+    // a missing role names itself at the include's line
+    std::fs::write(
+        &recipe,
+        text.replace("../roles/shared.yaml", "../roles/nope.yaml"),
+    )
+    .unwrap();
+    let e = Recipe::load(&recipe, &BTreeMap::new()).unwrap_err();
+    assert!(
+        e.0.iter()
+            .any(|d| d.file == recipe && d.line == Some(14) && d.message.contains("nope.yaml")),
+        "{e}"
+    );
+}
+
+/// The shipped recipes share their common steps through roles: debian-test-node's agent step
+/// and ubuntu-k8s's are the same step with the same default (they had drifted apart when copied),
+/// and every script that sources lib/image.sh declares it (`uses`) instead of relying on an
+/// earlier upload step.
+#[test]
+fn shipped_recipes_share_roles_and_declare_their_helpers() {
+    use imgbuild::recipe::StepKind;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes");
+    let art = tempfile::tempdir().unwrap();
+    std::fs::write(art.path().join("kubelet"), "k").unwrap();
+    let load = |name: &str| {
+        let mut v = BTreeMap::from([("agent_binary".to_string(), "/etc/hostname".to_string())]);
+        if name != "debian-test-node" {
+            v.insert("artifacts_dir".into(), art.path().display().to_string());
+        }
+        Recipe::load(&root.join(name).join("recipe.yaml"), &v).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let plain = |name: &str| {
+        Recipe::load(&root.join(name).join("recipe.yaml"), &BTreeMap::new())
+            .map(|r| r.vars["agent_binary"].clone())
+            .unwrap_or_else(|e| {
+                let m = e.to_string();
+                let i = m.find("it is variable agent_binary = ").expect(&m);
+                m[i..].split('(').next().unwrap().to_string()
+            })
+    };
+    assert_eq!(plain("ubuntu-k8s"), plain("debian-test-node"));
+    for name in ["ubuntu-k8s", "debian-k8s", "debian-test-node"] {
+        let r = load(name);
+        for s in &r.steps {
+            let StepKind::Script { path, uses } = &s.kind else {
+                continue;
+            };
+            let body = std::fs::read_to_string(path).unwrap();
+            let sources_lib = body.contains(". /tmp/imgbuild/lib/image.sh");
+            let declares = uses.iter().any(|h| h.dest == "/tmp/imgbuild/lib/image.sh");
+            assert_eq!(sources_lib, declares, "{name}: step {:?}", s.name);
+        }
+        assert!(
+            !r.steps.iter().any(|s| matches!(&s.kind,
+                StepKind::Upload { dest, .. } if dest.starts_with("/tmp/imgbuild/lib/"))),
+            "{name}: a helper uploaded by a step of its own"
+        );
+    }
+}

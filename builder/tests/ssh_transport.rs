@@ -1,6 +1,7 @@
 //! The OpenSSH transport against a real sshd on 127.0.0.1 (a private instance with its own
 //! config, host key and authorized_keys; nothing of the machine's SSH setup is used or changed).
 
+use imgbuild::hostkey::HostKey;
 use imgbuild::transport::{OpenSsh, Target, Transport, TransportError};
 use std::path::Path;
 use std::sync::Mutex;
@@ -48,6 +49,7 @@ async fn openssh_transport_runs_scripts_uploads_and_verifies_against_real_sshd()
         host: "127.0.0.1".into(),
         port: sshd.port,
         user: "root".into(),
+        host_key: sshd.host_key.clone(),
     };
     let cancel = CancellationToken::new();
     t.wait_ready(&target, Duration::from_secs(30), &cancel)
@@ -150,6 +152,7 @@ async fn a_secret_is_delivered_on_stdin_as_a_0600_file_a_script_reads() {
         host: "127.0.0.1".into(),
         port: sshd.port,
         user: "root".into(),
+        host_key: sshd.host_key.clone(),
     };
     t.wait_ready(&target, Duration::from_secs(30), &CancellationToken::new())
         .await
@@ -198,6 +201,104 @@ async fn a_secret_is_delivered_on_stdin_as_a_0600_file_a_script_reads() {
     let _ = std::fs::remove_dir_all("/tmp/imgbuild");
 }
 
+/// Issue 21 item 4: whoever answers first on the build server's address must get nothing. A
+/// rogue sshd (real OpenSSH, its own host key) listens where the build expects its server, and
+/// would even accept the build's login key; the build knows its server's host key (it made it),
+/// so SSH stops at the key exchange: no login, no command, no secret, and an error naming the
+/// mismatch at once rather than after the SSH wait. With trust on first use (the old
+/// `StrictHostKeyChecking=accept-new`) the rogue ran the command and received the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_host_key_gets_no_login_no_command_and_no_secret() {
+    use imgbuild::secrets::{SecretArgs, GUEST_DIR};
+    let _guest = GUEST.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = OpenSsh::new("imgbuild-test")
+        .await
+        .expect("ssh-keygen works");
+    let Some(rogue) = start_sshd(dir.path(), &t.public_key()) else {
+        return;
+    };
+    let ours = HostKey::generate().unwrap();
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: rogue.port,
+        user: "root".into(),
+        host_key: ours.public().to_string(),
+    };
+    let mismatch = |r: Result<(), TransportError>, what: &str| match r {
+        Err(TransportError::HostKeyMismatch(m)) => {
+            assert!(m.contains(&format!("127.0.0.1:{}", rogue.port)), "{m}");
+            assert!(
+                TransportError::HostKeyMismatch(m.clone())
+                    .to_string()
+                    .starts_with("host key mismatch"),
+                "{m}"
+            );
+        }
+        other => panic!("{what}: expected a host key mismatch, got {other:?}"),
+    };
+
+    let start = std::time::Instant::now();
+    let r = t
+        .wait_ready(&target, Duration::from_secs(60), &CancellationToken::new())
+        .await;
+    mismatch(r, "wait_ready");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "a mismatch ends the SSH wait at once, took {:?}",
+        start.elapsed()
+    );
+
+    let marker = dir.path().join("rogue-ran-this");
+    let script = dir.path().join("10-step.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash
+touch {}
+",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let sink = |_: &str| {};
+    let r = t
+        .run_script(&target, &script, &[], Duration::from_secs(30), &sink)
+        .await;
+    mismatch(r, "run_script");
+
+    let src = dir.path().join("token");
+    std::fs::write(&src, "rogue-must-not-see-this").unwrap();
+    let secrets = SecretArgs::parse(&[format!(
+        "rogue_probe={}",
+        format_args!("file:{}", src.display())
+    )])
+    .unwrap()
+    .read()
+    .unwrap();
+    let r = t
+        .put_secrets(&target, &secrets, Duration::from_secs(30))
+        .await;
+    mismatch(r, "put_secrets");
+
+    assert!(!marker.exists(), "the rogue server ran the build's command");
+    assert!(
+        !Path::new(GUEST_DIR).join("rogue_probe").exists(),
+        "the rogue server received the secret"
+    );
+    let log = std::fs::read_to_string(&rogue.log).unwrap_or_default();
+    assert!(
+        !log.contains("Accepted publickey"),
+        "the rogue server accepted a login:\n{log}"
+    );
+    // the known_hosts file pins exactly our key for the address
+    let kh = std::fs::read_to_string(t.private_dir().join("known_hosts")).unwrap();
+    let want = format!("[127.0.0.1]:{} {}", rogue.port, ours.public());
+    assert_eq!(kh.trim(), want.trim());
+    drop(rogue);
+    let _ = std::fs::remove_dir_all("/tmp/imgbuild");
+}
+
 #[tokio::test]
 async fn wait_ready_gives_up_at_its_deadline_and_on_cancel() {
     let t = OpenSsh::new("imgbuild-test")
@@ -207,6 +308,7 @@ async fn wait_ready_gives_up_at_its_deadline_and_on_cancel() {
         host: "127.0.0.1".into(),
         port: free_port(),
         user: "nobody".into(),
+        host_key: HostKey::generate().unwrap().public().to_string(),
     };
     let start = std::time::Instant::now();
     let r = t
@@ -261,6 +363,7 @@ async fn one_connection_per_build_survives_a_reboot_and_is_closed() {
         host: "127.0.0.1".into(),
         port: sshd.port,
         user: "root".into(),
+        host_key: sshd.host_key.clone(),
     };
     let cancel = CancellationToken::new();
     t.wait_ready(&target, Duration::from_secs(30), &cancel)
@@ -345,6 +448,7 @@ async fn without_multiplexing_every_operation_connects_anew() {
         host: "127.0.0.1".into(),
         port: sshd.port,
         user: "root".into(),
+        host_key: sshd.host_key.clone(),
     };
     t.wait_ready(&target, Duration::from_secs(30), &CancellationToken::new())
         .await

@@ -2,7 +2,7 @@
 # Validation of the OS-level node checklist (the goss idea, in plain shell): fail loudly with
 # every problem listed rather than stopping at the first.
 set -uo pipefail
-# check, checks_done, all_masked: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# check, checks_done, all_masked: image-recipes/common/lib/image.sh, uploaded with this script (`uses:`)
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
 

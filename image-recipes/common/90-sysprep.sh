@@ -3,8 +3,8 @@
 # SSH host keys and logs. (The login key and the host keys are removed by imgbuild itself
 # at the very end, because every new SSH connection needs the host keys.)
 set -euo pipefail
-# mac_pinned_net_configs, image_hygiene_checks, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step
-# "shared script helpers"
+# mac_pinned_net_configs, image_hygiene_checks, checks_done: image-recipes/common/lib/image.sh,
+# uploaded with this script (`uses:`)
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
 

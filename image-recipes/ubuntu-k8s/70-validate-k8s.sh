@@ -3,7 +3,7 @@
 set -uo pipefail
 
 : "${KUBERNETES_SOURCE:?}" "${KUBERNETES_VERSION:?}" "${CONTAINERD_VERSION:?}" "${PAUSE_IMAGE:?}"
-# check, checks_done: image-recipes/common/lib/image.sh, uploaded by the recipe's step "shared script helpers"
+# check, checks_done: image-recipes/common/lib/image.sh, uploaded with this script (`uses:`)
 # shellcheck source=/dev/null
 . /tmp/imgbuild/lib/image.sh
 

@@ -3,20 +3,22 @@
 //! A recipe is `image-recipes/<name>/recipe.yaml`. Every path in it is relative to the recipe's
 //! directory, so steps can share scripts (`script: ../common/10-kernel.sh`). See docs/imgbuild.md.
 //!
-//! One module per concern: [`spec`] (the file as written), [`extends`] (thin recipes), [`vars`]
-//! (variables and templates), [`steps`] (steps, uploads, `when:`), [`secrets`] (the declared
-//! secret names) and [`lines`] (where things are, for diagnostics).
+//! One module per concern: [`spec`] (the file as written), [`extends`] (thin recipes), [`roles`]
+//! (`include:`d step files), [`vars`] (variables and templates), [`steps`] (steps, uploads,
+//! `when:`, `uses:`), [`secrets`] (the declared secret names) and [`lines`] (where things are,
+//! for diagnostics).
 
 mod extends;
 mod lines;
+mod roles;
 mod secrets;
 mod spec;
 mod steps;
 mod vars;
 
 pub use spec::{
-    parse_size, BaseSelector, OutputSpec, RecipeFile, ServerSpec, Size, Step, StepFile, StepKind,
-    Timeouts, VarValue,
+    parse_size, BaseSelector, Helper, OutputSpec, RecipeFile, RoleFile, ServerSpec, Size, Step,
+    StepFile, StepKind, Timeouts, VarValue, HELPER_DIR,
 };
 pub use vars::{env_name, parse_overrides, render, BUILTIN_VARS};
 
@@ -83,7 +85,8 @@ pub struct Recipe {
     pub spec: RecipeFile,
     pub vars: BTreeMap<String, String>,
     pub steps: Vec<Step>,
-    /// Every local file the build reads (scripts, uploads): path → sha256, for the fingerprint.
+    /// Every local file the build reads (scripts, uploads, helpers, role files): path → sha256,
+    /// for the fingerprint; a file reached by several paths is listed once.
     pub files: BTreeMap<PathBuf, String>,
     /// `disk_size` in bytes.
     pub disk_size: u64,
@@ -155,13 +158,16 @@ impl Recipe {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let (spec, parent) = extends::resolve(file, &text, &own_dir)?;
+        let (mut spec, parent) = extends::resolve(file, &text, &own_dir)?;
         // Steps (and their paths and lines) come from the parent for a thin recipe.
         let (dir, steps_file, steps_text) = match &parent {
             Some(p) => (p.dir.clone(), p.file.clone(), p.text.clone()),
             None => (own_dir.clone(), file.to_path_buf(), text.clone()),
         };
         let mut diags = Vec::new();
+        // roles first: their variables are defaults under the recipe's
+        let roles = roles::load(&spec.steps, &dir, &steps_file, &steps_text, &mut diags);
+        roles::default_vars(&roles, &mut spec.vars, &mut diags);
         let (disk_size, mem) = spec::check_settings(&spec, file, &text, &mut diags);
         secrets::check_declared(&spec, file, &text, &mut diags);
 
@@ -199,6 +205,7 @@ impl Recipe {
                 file: &steps_file,
                 text: &steps_text,
                 recipe_text: &text,
+                roles: &roles,
             },
             &mut diags,
         );
@@ -227,15 +234,24 @@ impl Recipe {
             .collect()
     }
 
-    /// sha256 of each upload, keyed by guest path (the `upload_sha256` template variable).
+    /// sha256 of each upload (scripts' helpers too), keyed by guest path (the `upload_sha256`
+    /// template variable).
     pub fn upload_sha256(&self) -> BTreeMap<String, String> {
-        self.steps
-            .iter()
-            .filter_map(|s| match &s.kind {
-                StepKind::Upload { dest, sha256, .. } => Some((dest.clone(), sha256.clone())),
-                _ => None,
-            })
-            .collect()
+        let mut m = BTreeMap::new();
+        for s in &self.steps {
+            match &s.kind {
+                StepKind::Upload { dest, sha256, .. } => {
+                    m.insert(dest.clone(), sha256.clone());
+                }
+                StepKind::Script { uses, .. } => {
+                    for h in uses {
+                        m.insert(h.dest.clone(), h.sha256.clone());
+                    }
+                }
+                StepKind::Reboot => {}
+            }
+        }
+        m
     }
 
     /// The recipe fingerprint: sha256 over the recipe text, every file it reads (by path relative
@@ -269,6 +285,32 @@ impl Recipe {
         h.update(base_uuid.as_bytes());
         hex::encode(h.finalize())
     }
+}
+
+/// `p` without `.` and `name/..`, lexically: recipes and roles reach one file by several
+/// relative paths (`ubuntu-k8s/../common/x.sh`, `roles/../common/x.sh`); this is its one name.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// sha256 of bytes in memory, hex.
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
 }
 
 /// `p` relative to `base` as text (lexical; both come from joining onto the recipe dir).

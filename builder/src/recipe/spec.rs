@@ -114,7 +114,7 @@ impl Default for Timeouts {
     }
 }
 
-/// A step as written. Exactly one of `script`, `upload`, `reboot` must be set.
+/// A step as written. Exactly one of `script`, `upload`, `reboot`, `include` must be set.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StepFile {
@@ -122,6 +122,15 @@ pub struct StepFile {
     pub name: Option<String>,
     #[serde(default)]
     pub script: Option<String>,
+    /// Local files a script needs beside it (`../common/lib/image.sh`): each is uploaded to
+    /// `/tmp/imgbuild/lib/<file name>` and sha256-verified right before the script runs, so a
+    /// step never relies on an earlier step's upload (nor on /tmp surviving a reboot).
+    #[serde(default)]
+    pub uses: Vec<String>,
+    /// A role: a file of shared steps (and default variables) that takes this step's place, as
+    /// an Ansible role in image-builder. Only `when` may accompany it. See roles.rs.
+    #[serde(default)]
+    pub include: Option<String>,
     #[serde(default)]
     pub upload: Option<String>,
     #[serde(default)]
@@ -193,11 +202,37 @@ pub struct RecipeFile {
     pub timeouts: Timeouts,
 }
 
+/// A role file (`include:`): default variables and the steps it contributes. Paths in it are
+/// relative to the role file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleFile {
+    #[serde(default)]
+    pub description: String,
+    /// Defaults: a recipe's own `vars` (and `--var`) override them.
+    #[serde(default)]
+    pub vars: BTreeMap<String, VarValue>,
+    pub steps: Vec<StepFile>,
+}
+
+/// Where a script's helper files (`uses:`) go in the guest.
+pub const HELPER_DIR: &str = "/tmp/imgbuild/lib";
+
+/// A file a script needs beside it, uploaded (and verified) right before it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Helper {
+    pub src: PathBuf,
+    /// `HELPER_DIR/<file name>`.
+    pub dest: String,
+    pub sha256: String,
+}
+
 /// A resolved step, paths absolute and templates rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
     Script {
         path: PathBuf,
+        uses: Vec<Helper>,
     },
     Upload {
         src: PathBuf,

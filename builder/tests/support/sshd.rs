@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 pub struct Sshd {
     child: Child,
     pub port: u16,
+    /// Its host key's public line (`ssh-ed25519 AAAA… comment`): what a client must pin.
+    pub host_key: String,
+    /// Its log (`-E`): one "Accepted publickey" line per login.
+    pub log: PathBuf,
     sshd: PathBuf,
     config: PathBuf,
 }
@@ -59,19 +63,27 @@ pub fn start_sshd(dir: &Path, pubkey: &str) -> Result<Sshd, String> {
         ),
     )
     .unwrap();
-    let child = spawn(&sshd, &config);
+    let host_key = std::fs::read_to_string(host.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let log = dir.join("sshd.log");
+    let child = spawn(&sshd, &config, &log);
     Ok(Sshd {
         child,
         port,
+        host_key,
+        log,
         sshd,
         config,
     })
 }
 
-fn spawn(sshd: &Path, config: &Path) -> Child {
+fn spawn(sshd: &Path, config: &Path, log: &Path) -> Child {
     Command::new(sshd)
         .arg("-D")
-        .arg("-e")
+        .arg("-E")
+        .arg(log)
         .arg("-f")
         .arg(config)
         .stdin(Stdio::null())
@@ -88,7 +100,7 @@ impl Sshd {
     pub fn restart(&mut self) {
         kill_tree(self.child.id());
         let _ = self.child.wait();
-        self.child = spawn(&self.sshd, &self.config);
+        self.child = spawn(&self.sshd, &self.config, &self.log);
     }
 }
 

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Helpers shared by the recipe scripts (sourced, never run). imgbuild uploads this file to
-# /tmp/imgbuild/lib/image.sh (step "shared script helpers"); scripts source it from there:
+# /tmp/imgbuild/lib/image.sh (by `uses:` on each step that runs such a script); scripts source it from there:
 #   . /tmp/imgbuild/lib/image.sh
 
 # goss-style checks: every failure is listed, the script exits 1 at the end if any failed.

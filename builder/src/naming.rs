@@ -1,0 +1,111 @@
+//! How a build marks what it creates, and how leftovers are recognised again: the one place for
+//! the `imgbuild-<build id>-…` names, the `imgbuild` tag and the `imgbuild.*` meta keys. The
+//! build writes them (build.rs); the cleanup guard and `imgbuild clean` read them (cleanup.rs).
+//!
+//! Every resource a build creates is named `imgbuild-<build id>-…`, tagged `imgbuild` and carries
+//! meta `imgbuild.build-id` / `imgbuild.state=building` / `imgbuild.started`, so that a build
+//! killed hard (SIGKILL, power loss) can be found by `imgbuild clean` later.
+
+use cloudsigma_api::{Drive, Meta};
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The tag on every build drive, builder server and finished image.
+pub const TAG: &str = "imgbuild";
+pub const META_BUILD_ID: &str = "imgbuild.build-id";
+/// [`STATE_BUILDING`] while a build runs, [`STATE_IMAGE`] once the drive is the product.
+pub const META_STATE: &str = "imgbuild.state";
+/// Unix seconds when the build started: the age `imgbuild clean --older-than-minutes` reads.
+pub const META_STARTED: &str = "imgbuild.started";
+pub const META_FINGERPRINT: &str = "imgbuild.fingerprint";
+pub const META_RECIPE: &str = "imgbuild.recipe";
+pub const META_BUILT_AT: &str = "imgbuild.built-at";
+pub const META_BASE: &str = "imgbuild.base";
+pub const META_VERSION: &str = "imgbuild.version";
+pub const STATE_BUILDING: &str = "building";
+pub const STATE_IMAGE: &str = "image";
+
+/// Name suffix of the build drive (the image once finalized renames it).
+const DRIVE_SUFFIX: &str = "-build";
+/// Name suffix of the builder server.
+const SERVER_SUFFIX: &str = "-builder";
+
+/// A new build id: 8 lowercase hex digits.
+pub fn new_build_id() -> String {
+    use rand::Rng;
+    let n: u32 = rand::thread_rng().gen();
+    format!("{n:08x}")
+}
+
+/// `imgbuild-<id>-build`: the drive cloned from the base, until finalize names it.
+pub fn drive_name(build_id: &str) -> String {
+    format!("imgbuild-{build_id}{DRIVE_SUFFIX}")
+}
+
+/// `imgbuild-<id>-builder`: the server that boots the build drive.
+pub fn server_name(build_id: &str) -> String {
+    format!("imgbuild-{build_id}{SERVER_SUFFIX}")
+}
+
+fn is_build_name(name: &str, suffix: &str) -> bool {
+    name.strip_prefix("imgbuild-")
+        .and_then(|r| r.strip_suffix(suffix))
+        .map(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or(false)
+}
+
+/// The meta a build drive and the builder server carry while the build runs.
+pub fn building_meta(build_id: &str, started_unix: u64, recipe: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_BUILD_ID.to_string(), build_id.to_string()),
+        (META_STATE.to_string(), STATE_BUILDING.to_string()),
+        (META_STARTED.to_string(), started_unix.to_string()),
+        (META_RECIPE.to_string(), recipe.to_string()),
+    ])
+}
+
+/// A finished image of this fingerprint.
+pub fn is_image_of(d: &Drive, fingerprint: &str) -> bool {
+    d.meta.get(META_FINGERPRINT).map(String::as_str) == Some(fingerprint)
+        && d.meta.get(META_STATE).map(String::as_str) == Some(STATE_IMAGE)
+}
+
+/// A drive of a build still running (or killed): in state `building`, or named like a build
+/// drive before its meta is set. A finished image never is.
+pub fn is_build_in_progress(d: &Drive) -> bool {
+    let state = d.meta.get(META_STATE).map(String::as_str);
+    state != Some(STATE_IMAGE)
+        && (state == Some(STATE_BUILDING) || is_build_name(&d.name, DRIVE_SUFFIX))
+}
+
+/// A builder server: build meta, or the builder name (killed before its meta was read back).
+pub fn is_builder_server(name: &str, meta: &Meta) -> bool {
+    meta.contains_key(META_BUILD_ID) || is_build_name(name, SERVER_SUFFIX)
+}
+
+/// When the build that made this object started ([`META_STARTED`]), if it says.
+pub fn started_at(meta: &Meta) -> Option<u64> {
+    meta.get(META_STARTED).and_then(|s| s.parse().ok())
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_recognised_only_with_an_8_hex_id() {
+        let id = new_build_id();
+        assert!(is_build_name(&drive_name(&id), DRIVE_SUFFIX));
+        assert!(is_build_name(&server_name(&id), SERVER_SUFFIX));
+        assert!(!is_build_name(&server_name(&id), DRIVE_SUFFIX));
+        assert!(!is_build_name("imgbuild-xyz-build", DRIVE_SUFFIX));
+        assert!(!is_build_name("imgbuild-0123456789-build", DRIVE_SUFFIX));
+    }
+}
