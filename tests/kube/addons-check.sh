@@ -165,6 +165,11 @@ public_ip=$(k get node node1 -o jsonpath='{.metadata.annotations.flannel\.alpha\
 [[ $public_ip == 192.0.2.11 ]] || { say "node1's flannel public-ip is '$public_ip', not its InternalIP"; exit 1; }
 
 # --- one pod per node through the CNI config of the manifest --------------------------------------
+# The install-cni init container's step, from the image: install-conf writes the conflist.
+mkdir -p "$w/flannel1/etc/cni/net.d"
+cp "$w/cni-conf.json" "$w/flannel1/etc/kube-flannel/cni-conf.json"
+chroot "$w/flannel1" /opt/bin/install-conf /etc/kube-flannel/cni-conf.json /etc/cni/net.d/10-flannel.conflist
+cp "$w/flannel1/etc/cni/net.d/10-flannel.conflist" "$w/conflist"
 # The flannel CNI plugin from its image, the delegates (bridge, host-local, portmap) from the node.
 extract "$images/flannel-cni-plugin.tar" "$w/cniimg"
 mkdir -p "$w/cnibin"
@@ -179,7 +184,7 @@ pod() { # NODE NAME: a pod network namespace with eth0 from the conflist's flann
     ip -n "$name" link set lo up   # what the runtime's loopback plugin does
     # The conflist's first plugin with the runtime's fields, as libcni hands it over (the
     # subnet file and data dir of this node's flanneld instead of the host's /run and /var/lib).
-    python3 - "$w/cni-conf.json" "$w/flannel$n/run/flannel/subnet.env" "$w/cnidata$n" > "$w/$name.conf" <<'PY'
+    python3 - "$w/conflist" "$w/flannel$n/run/flannel/subnet.env" "$w/cnidata$n" > "$w/$name.conf" <<'PY'
 import json, sys
 conf = json.load(open(sys.argv[1]))
 plugin = dict(conf["plugins"][0], name=conf["name"], cniVersion=conf["cniVersion"],
