@@ -4,7 +4,7 @@
 # next to pause.tar and hello.tar (tests/kube/images.sh), so the node image imports them
 # (image-recipes/ubuntu-k8s/40-kubernetes.sh) and no registry is needed.
 #
-#   tests/kube/addons.sh
+#   tests/kube/addons.sh     (as root: CoreDNS's file capability is set with setcap)
 #
 # Images (archive under $CLOUDSIGMA_K8S_CACHE/node-artifacts/images/ -> name the import gives):
 #   kube-proxy.tar          registry.k8s.io/kube-proxy:v1.34.1          (what `kubeadm init phase
@@ -182,7 +182,10 @@ image flannel-cni-plugin.tar "cloudsigma-k8s.test/flannel-cni-plugin:$FLANNEL_CN
 # and permitted sets keep NET_BIND_SERVICE.
 r="$work/coredns"
 install -D -m 0755 "$bin/coredns" "$r/coredns"
-setcap cap_net_bind_service=+ep "$r/coredns"
+if ! setcap cap_net_bind_service=+ep "$r/coredns"; then
+    say "setcap failed: setting a file capability needs root (CAP_SETFCAP); run this script as root" >&2
+    exit 1
+fi
 OCI_XATTRS=1 image coredns.tar "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$r" \
     "\"User\":\"65532:65532\",$path,\"Entrypoint\":[\"/coredns\"],\"WorkingDir\":\"/\",\"ExposedPorts\":{\"53/tcp\":{},\"53/udp\":{}}"
 
