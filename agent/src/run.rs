@@ -2,6 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -594,7 +595,13 @@ impl Agent<'_> {
         };
         self.log.info(&summary);
         let console = if self.real_root {
-            OpenOptions::new().write(true).open("/dev/console").ok()
+            // O_NOCTTY: a session leader (a systemd service is one) would otherwise make the
+            // console its controlling terminal; O_NONBLOCK: a stuck console never holds the exit.
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+                .open("/dev/console")
+                .ok()
         } else {
             None
         };
