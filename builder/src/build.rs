@@ -33,14 +33,40 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Why a phase failed: the one error type of the pipeline (each phase returns it).
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     #[error(transparent)]
     Cloud(#[from] CloudError),
+    /// SSH to the guest, including `HostKeyMismatch`.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// No library drive matches `base:` (the message lists what was searched).
     #[error("{0}")]
-    Other(String),
+    NoBase(String),
+    #[error("disk_size {disk_size} is smaller than the base drive {base} ({base_size} bytes); raise disk_size")]
+    DiskTooSmall {
+        disk_size: u64,
+        base: String,
+        base_size: u64,
+    },
+    /// An output template (name, tags, meta) did not render.
+    #[error("{0}")]
+    Template(String),
+    #[error("the API did not create the imgbuild tag")]
+    NoBuildTag,
+    #[error("server {0} is running but has no NAT IP in its runtime")]
+    NoNatIp(String),
+    #[error("upload {dest}: sha256 in the guest is {got}, the local file {src} has {want}")]
+    Sha256Mismatch {
+        dest: String,
+        got: String,
+        src: String,
+        want: String,
+    },
+    /// Making the builder server's host key failed.
+    #[error("{0}")]
+    HostKey(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -167,10 +193,7 @@ struct Tags {
 
 impl Tags {
     fn build_tag(&self) -> Result<Ref, StepError> {
-        let u = self
-            .uuids
-            .get(naming::TAG)
-            .ok_or_else(|| StepError::Other("the API did not create the imgbuild tag".into()))?;
+        let u = self.uuids.get(naming::TAG).ok_or(StepError::NoBuildTag)?;
         Ok(Ref::Uuid(u.clone()))
     }
 }
@@ -431,12 +454,13 @@ impl Builder {
             ("version", b.version.as_str()),
         ];
         let libs = self.cancellable(self.cloud.list_libdrives(&q)).await?;
-        let base = pick_base(&libs, recipe).map_err(StepError::Other)?;
+        let base = pick_base(&libs, recipe).map_err(StepError::NoBase)?;
         if recipe.disk_size < base.size {
-            return Err(StepError::Other(format!(
-                "disk_size {} is smaller than the base drive {} ({} bytes); raise disk_size",
-                recipe.disk_size, base.name, base.size
-            )));
+            return Err(StepError::DiskTooSmall {
+                disk_size: recipe.disk_size,
+                base: base.name,
+                base_size: base.size,
+            });
         }
         let fp = recipe.fingerprint(&base.uuid);
         let (name, uuid) = (&base.name, &base.uuid);
@@ -490,7 +514,7 @@ impl Builder {
         let ctx = self.template_ctx(job, job.started_unix);
         let mut names = vec![naming::TAG.to_string()];
         for t in &job.recipe.spec.output.tags {
-            let v = crate::recipe::render(t, &ctx).map_err(StepError::Other)?;
+            let v = crate::recipe::render(t, &ctx).map_err(StepError::Template)?;
             if !names.contains(&v) {
                 names.push(v);
             }
@@ -570,7 +594,7 @@ impl Builder {
         let mut meta = self.building_meta(job);
         // cloud-init's CloudSigma datasource reads meta["ssh_public_key"] unconditionally
         meta.insert("ssh_public_key".into(), self.transport.public_key());
-        let host_key = HostKey::generate().map_err(StepError::Other)?;
+        let host_key = HostKey::generate().map_err(StepError::HostKey)?;
         meta.insert(USER_DATA_META.into(), host_key.user_data().to_string());
         let server = &job.recipe.spec.server;
         let mut req = ServerCreate {
@@ -624,12 +648,7 @@ impl Builder {
                 |s| runtime_ip(s).is_some(),
             ))
             .await?;
-        runtime_ip(&s).ok_or_else(|| {
-            StepError::Other(format!(
-                "server {} is running but has no NAT IP in its runtime",
-                s.uuid
-            ))
-        })
+        runtime_ip(&s).ok_or_else(|| StepError::NoNatIp(s.uuid.clone()))
     }
 
     /// Wait until the login works on the server with `host_key`; where to reach the guest from
@@ -746,10 +765,12 @@ impl Builder {
             .await?;
         let got = self.on_guest(t.remote_sha256(target, dest)).await?;
         if !got.eq_ignore_ascii_case(sha256) {
-            return Err(StepError::Other(format!(
-                "upload {dest}: sha256 in the guest is {got}, the local file {} has {sha256}",
-                src.display()
-            )));
+            return Err(StepError::Sha256Mismatch {
+                dest: dest.into(),
+                got,
+                src: src.display().to_string(),
+                want: sha256.into(),
+            });
         }
         self.reporter
             .output(&format!("{dest}: sha256 {got} verified"));
@@ -806,7 +827,7 @@ impl Builder {
         self.enter(Phase::Finalize);
         let built_at = naming::now_unix();
         let ctx = self.template_ctx(job, built_at);
-        let render = |t: &str| crate::recipe::render(t, &ctx).map_err(StepError::Other);
+        let render = |t: &str| crate::recipe::render(t, &ctx).map_err(StepError::Template);
         let name = render(&job.recipe.spec.output.name)?;
         let mut meta = d.meta.clone();
         meta.remove(naming::META_STARTED);

@@ -654,3 +654,35 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
     );
     f.emu.shutdown().await;
 }
+
+/// The pipeline's typed errors reach the user as before: no matching base, a disk smaller than
+/// the base; both fail in resolve-base, before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_base_refuses_a_missing_base_and_a_too_small_disk() {
+    let f = fixture().await;
+    let mut r = f.recipe(&[]);
+    r.spec.base.version = "99.04".into();
+    let mut small = f.recipe(&[]);
+    small.disk_size = 1 << 20;
+    for (recipe, want) in [
+        (
+            &r,
+            "no library drive matches distribution=Ubuntu version=99.04",
+        ),
+        (&small, "disk_size 1048576 is smaller than the base drive"),
+    ] {
+        match f
+            .builder(f.transport(), CancellationToken::new(), Options::default())
+            .build(recipe)
+            .await
+        {
+            Err(BuildError::Failed { phase, error, .. }) => {
+                assert_eq!(phase, Phase::ResolveBase);
+                assert!(error.contains(want), "{error}");
+            }
+            other => panic!("expected a failure in resolve-base, got {other:?}"),
+        }
+    }
+    assert_eq!(f.counts(), (0, 0, 0));
+    f.emu.shutdown().await;
+}
