@@ -132,16 +132,48 @@ pub struct LibDriveSeed {
     pub image_path: Option<PathBuf>,
 }
 
-/// Everything an emulator instance needs. `Default` gives the API on 127.0.0.1:0 and the admin
-/// endpoints on another 127.0.0.1:0, plain HTTP, user `test@example.com` / `secret`, realistic
-/// timings, the seed library, no state file, a temporary context dir.
+/// The account's user name when none is configured.
+pub const DEFAULT_USERNAME: &str = "test@example.com";
+/// The account's password when none is configured. The emulator refuses to listen on a
+/// non-loopback address with it (and [`DEFAULT_USERNAME`]).
+pub const DEFAULT_PASSWORD: &str = "secret";
+
+/// Where the admin endpoints (`/admin/`) are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A unix socket, owner-only (mode 0600); `None` = `admin.sock` in the context dir. The
+    /// default, because no guest can reach it: QEMU's user networking maps a guest's 10.0.2.2 to
+    /// the host's loopback, so every loopback TCP port is within every guest's reach.
+    Unix(Option<PathBuf>),
+    /// A TCP listener. Loopback is reachable from QEMU guests (see above), so only for a
+    /// deployment without VMs or with [`EmulatorConfig::admin_auth`]; on a non-loopback address
+    /// it asks for the API credentials.
+    Tcp(SocketAddr),
+}
+
+impl Default for AdminListen {
+    fn default() -> Self {
+        AdminListen::Unix(None)
+    }
+}
+
+impl AdminListen {
+    /// TCP on 127.0.0.1 with a free port (tests that speak HTTP to it).
+    pub fn loopback() -> AdminListen {
+        AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+/// Everything an emulator instance needs. `Default` gives the API on 127.0.0.1:0, the admin
+/// endpoints on a unix socket in the context dir, plain HTTP, user `test@example.com` /
+/// `secret`, realistic timings, the seed library, no state file, a temporary context dir.
 #[derive(Clone)]
 pub struct EmulatorConfig {
     /// The API listener (`/api/2.0/` only).
     pub listen: SocketAddr,
-    /// The admin listener (`/admin/` only, never on the API's): loopback by default. On a
-    /// non-loopback address it asks for the API credentials, like [`Self::admin_auth`].
-    pub admin_listen: SocketAddr,
+    /// The admin listener (`/admin/` only, never on the API's): a unix socket by default (see
+    /// [`AdminListen`]). In process, [`crate::EmulatorHandle::admin`] calls it directly.
+    pub admin_listen: AdminListen,
     /// Require the API credentials (Basic or Bearer) on `/admin/` too.
     pub admin_auth: bool,
     /// Serve HTTPS (both listeners) instead of plain HTTP.
@@ -202,11 +234,11 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: AdminListen::default(),
             admin_auth: false,
             tls: None,
-            username: "test@example.com".into(),
-            password: "secret".into(),
+            username: DEFAULT_USERNAME.into(),
+            password: DEFAULT_PASSWORD.into(),
             token: None,
             timings: Timings::realistic(),
             state_file: None,

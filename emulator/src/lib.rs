@@ -4,7 +4,8 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig::for_tests()).await?;
-//! let base = emu.api_url(); // http://127.0.0.1:PORT/api/2.0/ (admin: emu.admin_url(), another port)
+//! let base = emu.api_url(); // http://127.0.0.1:PORT/api/2.0/
+//! let (status, counters) = emu.admin("GET", "counters", None).await; // /admin/, in process
 //! emu.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -34,7 +35,7 @@ pub use backend::{
     Backend, BackendError, BackendSink, ShutdownMode, StartDrive, StartNic, StartSpec,
     StateOnlyBackend,
 };
-pub use config::{EmulatorConfig, FaultConfig, LibDriveSeed, Timings};
+pub use config::{AdminListen, EmulatorConfig, FaultConfig, LibDriveSeed, Timings};
 pub use faults::{ContextNotReady, OnceRule, NOT_READY_REPLY};
 pub use tls::TlsConfig;
 
@@ -57,7 +58,10 @@ pub struct Emulator;
 /// A running emulator. Dropping it without [`EmulatorHandle::shutdown`] aborts its tasks.
 pub struct EmulatorHandle {
     addr: SocketAddr,
-    admin_addr: SocketAddr,
+    /// The admin endpoints' TCP listener (`AdminListen::Tcp`).
+    admin_addr: Option<SocketAddr>,
+    /// The admin endpoints' unix socket (`AdminListen::Unix`), removed on shutdown.
+    admin_socket: Option<PathBuf>,
     /// `http` or `https`
     scheme: &'static str,
     /// The generated CA (self-signed TLS), PEM.
@@ -126,7 +130,7 @@ impl Emulator {
             cfg.token.clone(),
             backend.clone(),
             faults,
-            ContextManager::new(ctx_dir, cfg.context_pty),
+            ContextManager::new(ctx_dir.clone(), cfg.context_pty),
         ));
         for x in &cfg.extra_libdrives {
             if let Some(p) = &x.image_path {
@@ -146,47 +150,75 @@ impl Emulator {
             app.contexts.open(&app, u);
         }
 
+        let admin_tcp = match &cfg.admin_listen {
+            AdminListen::Tcp(a) => Some(*a),
+            AdminListen::Unix(_) => None,
+        };
+        refuse_default_credentials_off_loopback(&cfg, admin_tcp)?;
         // TLS first: a bad certificate fails before anything listens
         let tls = match &cfg.tls {
-            Some(t) => Some(tls::setup(t, &[cfg.listen, cfg.admin_listen])?),
+            Some(t) => {
+                let names: Vec<SocketAddr> = std::iter::once(cfg.listen).chain(admin_tcp).collect();
+                Some(tls::setup(t, &names)?)
+            }
             None => None,
         };
         let listener = TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {} (API)", cfg.listen))?;
-        let admin_listener = TcpListener::bind(cfg.admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
         let addr = listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
-        for w in listen_warnings(addr, admin_addr, tls.is_some()) {
-            tracing::warn!("{w}");
-        }
-        let admin_auth = cfg.admin_auth || !admin_addr.ip().is_loopback();
         let api_router = axum::Router::new()
             .fallback(api::handle)
             .with_state(app.clone());
         let (tx, rx) = watch::channel(false);
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-        let servers = vec![
-            spawn_server(listener, api_router, acceptor.clone(), rx.clone(), "API")?,
-            spawn_server(
-                admin_listener,
-                admin::service(app.clone(), admin_auth),
-                acceptor,
-                rx,
-                "admin",
-            )?,
-        ];
+        let mut servers = vec![spawn_server(
+            listener,
+            api_router,
+            acceptor.clone(),
+            rx.clone(),
+            "API",
+        )?];
+        let (admin_addr, admin_socket) = match &cfg.admin_listen {
+            AdminListen::Tcp(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (admin)"))?;
+                let admin_addr = l.local_addr()?;
+                let admin_auth = cfg.admin_auth || !admin_addr.ip().is_loopback();
+                servers.push(spawn_server(
+                    l,
+                    admin::service(app.clone(), admin_auth),
+                    acceptor,
+                    rx,
+                    "admin",
+                )?);
+                (Some(admin_addr), None)
+            }
+            AdminListen::Unix(p) => {
+                let path = p.clone().unwrap_or_else(|| ctx_dir.join("admin.sock"));
+                let l = bind_admin_socket(&path)?;
+                servers.push(spawn_unix_server(
+                    l,
+                    admin::service(app.clone(), cfg.admin_auth),
+                    rx,
+                ));
+                (None, Some(path))
+            }
+        };
+        for w in listen_warnings(addr, admin_addr, tls.is_some()) {
+            tracing::warn!("{w}");
+        }
         let ticker = tokio::spawn(ticker(
             Arc::downgrade(&app),
             cfg.state_file.clone(),
             cfg.save_debounce,
         ));
-        tracing::info!(%addr, %admin_addr, tls = tls.is_some(), "cloudsim listening");
+        tracing::info!(%addr, admin = ?admin_addr.map(|a| a.to_string()).or(admin_socket.as_ref().map(|p| format!("unix:{}", p.display()))), tls = tls.is_some(), "cloudsim listening");
         Ok(EmulatorHandle {
             addr,
             admin_addr,
+            admin_socket,
             scheme: if tls.is_some() { "https" } else { "http" },
             ca_pem: tls.and_then(|t| t.ca_pem),
             app,
@@ -197,6 +229,62 @@ impl Emulator {
             temp_dir,
         })
     }
+}
+
+/// [issue: guests must not reach the admin endpoints] the account's default credentials are
+/// public (they are in the docs); on an address other machines can reach they would give the
+/// account away.
+fn refuse_default_credentials_off_loopback(
+    cfg: &EmulatorConfig,
+    admin_tcp: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    if cfg.username != config::DEFAULT_USERNAME || cfg.password != config::DEFAULT_PASSWORD {
+        return Ok(());
+    }
+    let off = std::iter::once(("API", cfg.listen))
+        .chain(admin_tcp.map(|a| ("admin", a)))
+        .find(|(_, a)| !a.ip().is_loopback());
+    if let Some((what, a)) = off {
+        anyhow::bail!(
+            "refusing to serve the {what} on {a}, which is not a loopback address, with the default credentials ({} and the documented default password): anyone reaching it would own the account; set --user/--password (CLOUDSIM_USER/CLOUDSIM_PASSWORD) or EmulatorConfig::username/password",
+            config::DEFAULT_USERNAME
+        );
+    }
+    Ok(())
+}
+
+/// The admin unix socket: a stale file from an earlier run is replaced; owner-only.
+fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path).with_context(|| {
+        format!(
+            "cannot listen on the admin socket {} (unix socket paths are limited to 107 bytes)",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the admin socket {}", path.display()))?;
+    Ok(l)
+}
+
+/// Serve `router` on a unix socket until `stop` turns true.
+fn spawn_unix_server(
+    listener: tokio::net::UnixListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "emulator admin server failed");
+        }
+    })
 }
 
 /// Serve `router` on `listener` (TLS-terminated when `tls` is given) until `stop` turns true.
@@ -232,8 +320,9 @@ fn spawn_server(
     })
 }
 
-/// What to warn about before serving: listeners reachable from other machines.
-pub fn listen_warnings(api: SocketAddr, admin: SocketAddr, tls: bool) -> Vec<String> {
+/// What to warn about before serving: listeners reachable from other machines (and an admin
+/// TCP listener on loopback, which QEMU guests reach).
+pub fn listen_warnings(api: SocketAddr, admin: Option<SocketAddr>, tls: bool) -> Vec<String> {
     let mut w = Vec::new();
     if !api.ip().is_loopback() {
         w.push(format!(
@@ -245,11 +334,12 @@ pub fn listen_warnings(api: SocketAddr, admin: SocketAddr, tls: bool) -> Vec<Str
             }
         ));
     }
-    if !admin.ip().is_loopback() {
-        w.push(format!(
+    match admin {
+        Some(admin) if !admin.ip().is_loopback() => w.push(format!(
             "the admin endpoints listen on {admin}, which is not a loopback address: they require the API credentials{}",
             if tls { "" } else { ", sent over plain HTTP" }
-        ));
+        )),
+        _ => {}
     }
     w
 }
@@ -287,17 +377,66 @@ impl EmulatorHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-    /// The admin listener's address (never the API's).
-    pub fn admin_addr(&self) -> SocketAddr {
+    /// The admin TCP listener's address (never the API's), with `AdminListen::Tcp`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+    /// The admin unix socket, with `AdminListen::Unix` (the default):
+    /// `curl --unix-socket PATH http://cloudsim/admin/counters`.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_deref()
     }
     /// `http://127.0.0.1:PORT/api/2.0/` (`https://` with TLS)
     pub fn api_url(&self) -> String {
         format!("{}://{}/api/2.0/", self.scheme, self.addr)
     }
-    /// `http://127.0.0.1:ADMIN_PORT/admin/` (`https://` with TLS)
-    pub fn admin_url(&self) -> String {
-        format!("{}://{}/admin/", self.scheme, self.admin_addr)
+    /// `http://127.0.0.1:ADMIN_PORT/admin/` (`https://` with TLS) with `AdminListen::Tcp`.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr
+            .map(|a| format!("{}://{}/admin/", self.scheme, a))
+    }
+    /// Calls an admin endpoint in process, whatever it listens on (no credentials asked: the
+    /// caller owns the emulator). `path` is relative to `/admin/` (`"counters"`,
+    /// `"vlans/{uuid}/dhcp"`); answers the status and the JSON body (`null` when none).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use tower::ServiceExt as _;
+        let uri = format!(
+            "/admin/{}",
+            path.trim_start_matches("/admin/").trim_start_matches('/')
+        );
+        let body = match body {
+            Some(b) => axum::body::Body::from(b.to_string()),
+            None => axum::body::Body::empty(),
+        };
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(body);
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    400,
+                    serde_json::json!({"error": format!("bad admin request {method} {uri}: {e}")}),
+                )
+            }
+        };
+        let resp = match admin::service(self.app.clone(), false).oneshot(req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .unwrap_or_default();
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, v)
     }
     /// The generated CA certificate (PEM) when serving TLS with [`TlsConfig::SelfSigned`].
     pub fn ca_pem(&self) -> Option<&str> {
@@ -411,6 +550,9 @@ impl EmulatorHandle {
             }
         }
         self.app.contexts.close_all();
+        if let Some(p) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(p);
+        }
         self.app.backend.shutdown().await;
         if let Some(d) = self.temp_dir.take() {
             let _ = std::fs::remove_dir_all(d);
@@ -430,6 +572,9 @@ impl Drop for EmulatorHandle {
             s.abort();
         }
         self.app.contexts.close_all();
+        if let Some(p) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(p);
+        }
         if let Some(d) = self.temp_dir.take() {
             let _ = std::fs::remove_dir_all(d);
         }

@@ -20,11 +20,17 @@ struct Args {
     /// Address of the API (loopback recommended; elsewhere use TLS).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Address of the admin endpoints (/admin/), a listener of their own. Keep it on loopback:
-    /// elsewhere they require the API credentials.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    admin_listen: SocketAddr,
-    /// Require the API credentials on /admin/ even on loopback.
+    /// The admin endpoints (/admin/) on this unix socket (mode 0600): the default, as
+    /// `<context dir>/admin.sock`, because no VM can reach a unix socket (QEMU's user networking
+    /// lets every guest reach the host's loopback TCP ports). Use it with
+    /// `curl --unix-socket PATH http://cloudsim/admin/counters`.
+    #[arg(long, value_name = "PATH", conflicts_with = "admin_listen")]
+    admin_socket: Option<PathBuf>,
+    /// Serve the admin endpoints on TCP instead. Loopback is reachable from QEMU guests; on any
+    /// other address they require the API credentials.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Require the API credentials on /admin/ (any listener).
     #[arg(long)]
     admin_auth: bool,
     /// Serve HTTPS with this PEM certificate chain (server certificate first); needs --tls-key.
@@ -226,7 +232,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = EmulatorConfig {
         listen: a.listen,
-        admin_listen: a.admin_listen,
+        admin_listen: match a.admin_listen {
+            Some(addr) => cloudsim::AdminListen::Tcp(addr),
+            None => cloudsim::AdminListen::Unix(a.admin_socket),
+        },
         admin_auth: a.admin_auth,
         tls,
         context_not_ready: if a.context_not_ready > 0 {
@@ -257,7 +266,15 @@ async fn main() -> anyhow::Result<()> {
     let cfg_tls = cfg.tls.clone();
     let emu = Emulator::start(cfg).await?;
     println!("cloudsim API:   {}", emu.api_url());
-    println!("cloudsim admin: {}", emu.admin_url());
+    match (emu.admin_url(), emu.admin_socket()) {
+        (Some(url), _) => println!("cloudsim admin: {url}"),
+        (None, Some(p)) => println!(
+            "cloudsim admin: unix:{} (curl --unix-socket {} http://cloudsim/admin/counters)",
+            p.display(),
+            p.display()
+        ),
+        (None, None) => {}
+    }
     if let Some(TlsConfig::SelfSigned {
         ca_out: Some(p), ..
     }) = &cfg_tls

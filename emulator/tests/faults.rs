@@ -197,10 +197,14 @@ async fn admin_state_dumps_everything() {
 #[tokio::test]
 async fn admin_accepts_json_without_content_type() {
     // what `curl -X PUT $A/faults -d '{...}'` sends: form content type, JSON body
-    let t = instant().await;
+    let t = start(cloudsim::EmulatorConfig {
+        admin_listen: cloudsim::AdminListen::loopback(),
+        ..cloudsim::EmulatorConfig::for_tests()
+    })
+    .await;
     let r = t
         .http
-        .put(format!("{}faults", t.emu.admin_url()))
+        .put(format!("{}faults", t.emu.admin_url().unwrap()))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(r#"{"latency_ms": 5}"#)
         .send()
@@ -211,7 +215,7 @@ async fn admin_accepts_json_without_content_type() {
     assert_eq!(v["latency_ms"], 5);
     let r = t
         .http
-        .put(format!("{}faults", t.emu.admin_url()))
+        .put(format!("{}faults", t.emu.admin_url().unwrap()))
         .body("not json")
         .send()
         .await

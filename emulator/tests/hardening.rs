@@ -1,7 +1,8 @@
 //! Input and access hardening: client MACs never reach QEMU's options unchecked, `/admin/` lives
-//! on its own listener (with credentials off loopback), auth comes before fault injection.
+//! on a unix socket by default or its own listener (with credentials off loopback), the default
+//! credentials never off loopback, auth comes before fault injection.
 mod common;
-use cloudsim::{EmulatorConfig, FaultConfig, OnceRule};
+use cloudsim::{AdminListen, EmulatorConfig, FaultConfig, OnceRule};
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -42,11 +43,80 @@ async fn a_mac_carrying_qemu_options_is_refused_with_400() {
     assert_eq!(v["objects"][0]["nics"][0]["mac"], "52:54:00:ab:cd:01");
 }
 
+/// Admin on TCP loopback (opt-in; the default is a unix socket).
+async fn tcp_admin() -> T {
+    start(EmulatorConfig {
+        admin_listen: AdminListen::loopback(),
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+}
+
+/// [issue 21 item 6] by default no TCP port serves /admin/ (QEMU guests reach the host's
+/// loopback through 10.0.2.2): a unix socket does, owner-only, and the handle calls it in process.
+#[tokio::test]
+async fn admin_is_a_unix_socket_by_default() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = instant().await;
+    assert_eq!(t.emu.admin_addr(), None);
+    assert_eq!(t.emu.admin_url(), None);
+    let sock = t.emu.admin_socket().expect("admin socket").to_path_buf();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", sock.display());
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"GET /admin/counters HTTP/1.1\r\nHost: cloudsim\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"total\""), "{answer}");
+    let (status, v) = t.emu.admin("GET", "counters", None).await;
+    assert_eq!(status, 200, "{v}");
+    t.emu.shutdown().await;
+    assert!(!sock.exists(), "the socket goes with the emulator");
+}
+
+/// The default credentials are public: never on an address other machines reach.
+#[tokio::test]
+async fn default_credentials_are_refused_off_loopback() {
+    for cfg in [
+        EmulatorConfig {
+            listen: "0.0.0.0:0".parse().unwrap(),
+            ..EmulatorConfig::for_tests()
+        },
+        EmulatorConfig {
+            admin_listen: AdminListen::Tcp("0.0.0.0:0".parse().unwrap()),
+            ..EmulatorConfig::for_tests()
+        },
+    ] {
+        let e = match cloudsim::Emulator::start(cfg).await {
+            Ok(_) => panic!("started off loopback with the default credentials"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("0.0.0.0:0") && e.contains("default credentials"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "the password is not printed: {e}");
+    }
+    // with credentials of its own it starts
+    let t = start(EmulatorConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        password: "not-the-default".into(),
+        ..EmulatorConfig::for_tests()
+    })
+    .await;
+    assert!(!t.emu.addr().ip().is_loopback());
+}
+
 #[tokio::test]
 async fn admin_is_not_served_on_the_api_listener() {
-    let t = instant().await;
-    assert_ne!(t.emu.addr(), t.emu.admin_addr(), "two listeners");
-    assert!(t.emu.admin_addr().ip().is_loopback());
+    let t = tcp_admin().await;
+    let admin_addr = t.emu.admin_addr().unwrap();
+    assert_ne!(t.emu.addr(), admin_addr, "two listeners");
+    assert!(admin_addr.ip().is_loopback());
     let on_api = format!("http://{}/admin/counters", t.emu.addr());
     // without credentials: refused like any API request
     let r = t.http.get(&on_api).send().await.unwrap();
@@ -69,7 +139,7 @@ async fn admin_is_not_served_on_the_api_listener() {
     // and the API is not served there
     let r = t
         .http
-        .get(format!("http://{}/api/2.0/servers/", t.emu.admin_addr()))
+        .get(format!("http://{admin_addr}/api/2.0/servers/"))
         .basic_auth(t.emu.username(), Some(t.emu.password()))
         .send()
         .await
@@ -78,7 +148,9 @@ async fn admin_is_not_served_on_the_api_listener() {
 }
 
 async fn admin_status(t: &T, auth: Option<(&str, &str)>, bearer: Option<&str>) -> StatusCode {
-    let mut r = t.http.get(format!("{}counters", t.emu.admin_url()));
+    let mut r = t
+        .http
+        .get(format!("{}counters", t.emu.admin_url().unwrap()));
     if let Some((u, p)) = auth {
         r = r.basic_auth(u, Some(p));
     }
@@ -96,6 +168,7 @@ async fn admin_status(t: &T, auth: Option<(&str, &str)>, bearer: Option<&str>) -
 async fn admin_auth_requires_the_api_credentials() {
     let t = start(EmulatorConfig {
         admin_auth: true,
+        admin_listen: AdminListen::loopback(),
         token: Some("tok-1".into()),
         ..EmulatorConfig::for_tests()
     })
@@ -115,7 +188,7 @@ async fn admin_auth_requires_the_api_credentials() {
     // a refused admin call changes nothing
     let r = t
         .http
-        .put(format!("{}faults", t.emu.admin_url()))
+        .put(format!("{}faults", t.emu.admin_url().unwrap()))
         .json(&json!({"error_rate": 1.0}))
         .send()
         .await
@@ -128,14 +201,16 @@ async fn admin_auth_requires_the_api_credentials() {
 #[tokio::test]
 async fn admin_off_loopback_requires_credentials_and_is_warned_about() {
     let t = start(EmulatorConfig {
-        admin_listen: "0.0.0.0:0".parse().unwrap(),
+        admin_listen: AdminListen::Tcp("0.0.0.0:0".parse().unwrap()),
+        // the default credentials are refused off loopback
+        password: "admin-off-loopback".into(),
         ..EmulatorConfig::for_tests()
     })
     .await;
     // reached through loopback, but bound to every address: credentials are required
     let url = format!(
         "http://127.0.0.1:{}/admin/counters",
-        t.emu.admin_addr().port()
+        t.emu.admin_addr().unwrap().port()
     );
     let r = t.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -150,14 +225,15 @@ async fn admin_off_loopback_requires_credentials_and_is_warned_about() {
 
     let lo = "127.0.0.1:1".parse().unwrap();
     let any = "0.0.0.0:2".parse().unwrap();
-    assert!(cloudsim::listen_warnings(lo, lo, false).is_empty());
-    let w = cloudsim::listen_warnings(any, lo, false);
+    assert!(cloudsim::listen_warnings(lo, Some(lo), false).is_empty());
+    assert!(cloudsim::listen_warnings(lo, None, false).is_empty());
+    let w = cloudsim::listen_warnings(any, Some(lo), false);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
         w[0].contains("0.0.0.0:2") && w[0].contains("plain HTTP"),
         "{w:?}"
     );
-    let w = cloudsim::listen_warnings(any, any, true);
+    let w = cloudsim::listen_warnings(any, Some(any), true);
     assert_eq!(w.len(), 2, "{w:?}");
     assert!(!w[0].contains("plain HTTP"), "TLS on: {w:?}");
 }

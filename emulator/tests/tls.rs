@@ -23,6 +23,7 @@ async fn https_round_trip_with_the_generated_ca() {
             ca_out: Some(ca_file.clone()),
             extra_names: vec![],
         }),
+        admin_listen: cloudsim::AdminListen::loopback(),
         ..EmulatorConfig::for_tests()
     })
     .await
@@ -30,8 +31,8 @@ async fn https_round_trip_with_the_generated_ca() {
     let base = emu.api_url();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     assert!(
-        emu.admin_url().starts_with("https://"),
-        "{}",
+        emu.admin_url().unwrap().starts_with("https://"),
+        "{:?}",
         emu.admin_url()
     );
     let pem = std::fs::read(&ca_file).expect("CA written");
@@ -67,7 +68,7 @@ async fn https_round_trip_with_the_generated_ca() {
     assert_eq!(r.status(), StatusCode::OK);
     // the admin listener speaks TLS too
     let r = http
-        .get(format!("{}counters", emu.admin_url()))
+        .get(format!("{}counters", emu.admin_url().unwrap()))
         .send()
         .await
         .unwrap();

@@ -142,12 +142,7 @@ async fn main() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let counters: Value = http
-        .get(format!("{}counters", emu.admin_url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let (_, counters) = emu.admin("GET", "counters", None).await;
     println!(
         "emulator counters: total {} ; detail listings {}",
         counters["total"], counters["endpoints"]["GET /api/2.0/servers/detail/"]

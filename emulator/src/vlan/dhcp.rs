@@ -451,6 +451,41 @@ mod tests {
     }
 
     #[test]
+    fn a_renewing_client_gets_a_unicast_ack() {
+        let mut s = server();
+        let offer = parse_reply(
+            &s.handle(&client_frame(A, MessageType::Discover, &[]))
+                .unwrap(),
+        );
+        // RENEWING: ciaddr set, no requested-address option, sent unicast to the server
+        let mut m = Message::new_with_id(
+            7,
+            offer.yiaddr(),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &A,
+        );
+        let mut o = DhcpOptions::new();
+        o.insert(DhcpOption::MessageType(MessageType::Request));
+        m.set_opts(o);
+        let mut body = Vec::new();
+        m.encode(&mut Encoder::new(&mut body)).unwrap();
+        let b = PacketBuilder::ethernet2(A, SERVER_MAC)
+            .ipv4(offer.yiaddr().octets(), s.server.octets(), 64)
+            .udp(68, 67);
+        let mut f = Vec::new();
+        b.write(&mut f, &body).unwrap();
+        let r = s.handle(&f).expect("an ACK");
+        assert_eq!(&r[0..6], &A, "unicast to the client's MAC");
+        let ack = parse_reply(&r);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), offer.yiaddr());
+        // the IPv4 destination is the client's address
+        assert_eq!(&r[30..34], &offer.yiaddr().octets());
+    }
+
+    #[test]
     fn arp_for_the_server_address_is_answered() {
         let s = server();
         let req = ArpEthIpv4Packet {

@@ -91,15 +91,30 @@ enum Cmd {
 }
 
 /// Every VLAN segment of one emulator (the QEMU backend owns it).
-#[derive(Default)]
 pub struct Switch {
     vlans: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
     next_id: AtomicU64,
+    max_ports: usize,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch::with_max_ports(MAX_PORTS)
+    }
 }
 
 impl Switch {
     pub fn new() -> Switch {
         Switch::default()
+    }
+
+    /// A switch whose VLANs take at most `max_ports` ports (MAC table entries) each.
+    pub fn with_max_ports(max_ports: usize) -> Switch {
+        Switch {
+            vlans: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            max_ports,
+        }
     }
 
     /// The command channel of `vlan`'s task, started on first use (needs a tokio runtime).
@@ -111,6 +126,7 @@ impl Switch {
         let (tx, rx) = mpsc::channel(1024);
         let seg = Segment {
             vlan: vlan.to_string(),
+            max_ports: self.max_ports,
             ports: HashMap::new(),
             table: HashMap::new(),
             dhcp: None,
@@ -266,6 +282,7 @@ struct Port {
 /// One VLAN: its ports, MAC table and DHCP server.
 struct Segment {
     vlan: String,
+    max_ports: usize,
     ports: HashMap<u64, Port>,
     /// MAC → port. Source MACs are enforced, so this is exactly the ports' MACs.
     table: HashMap<Mac, u64>,
@@ -297,10 +314,10 @@ impl Segment {
                         self.vlan,
                         other.owner
                     ))
-                } else if self.ports.len() >= MAX_PORTS {
+                } else if self.ports.len() >= self.max_ports {
                     Err(format!(
-                        "VLAN {} has {MAX_PORTS} ports already (the emulator's cap)",
-                        self.vlan
+                        "VLAN {} has {} ports already (the emulator's cap)",
+                        self.vlan, self.max_ports
                     ))
                 } else {
                     self.table.insert(mac, id);

@@ -208,3 +208,25 @@ async fn dhcp_on_one_vlan_offers_without_a_router_and_is_not_heard_elsewhere() {
     sw.set_dhcp(VA, None).await;
     assert!(sw.leases(VA).await.is_empty());
 }
+
+#[tokio::test]
+async fn unknown_unicast_floods_the_vlan_and_the_port_count_is_capped() {
+    let sw = Switch::with_max_ports(3);
+    let mut a = nic(&sw, VA, 1, "s1").await;
+    let mut b = nic(&sw, VA, 2, "s2").await;
+    let mut c = nic(&sw, VA, 3, "s3").await;
+    let mut other = nic(&sw, VB, 4, "s4").await;
+    // a MAC no port has: every other port of the VLAN gets it, no other VLAN
+    a.send_to([0x52, 0x54, 0, 0, 0, 0x77], b"who?").await;
+    assert_eq!(&b.recv().await[14..], b"who?");
+    assert_eq!(&c.recv().await[14..], b"who?");
+    other.nothing().await;
+    a.nothing().await;
+    // the fourth port of VLAN A is refused by name; VLAN B has room of its own
+    let e = sw
+        .attach(VA, [0x52, 0x54, 0, 0, 0, 9], "s9")
+        .await
+        .unwrap_err();
+    assert!(e.contains(VA) && e.contains("3 ports"), "{e}");
+    let _b2 = nic(&sw, VB, 5, "s5").await;
+}

@@ -51,17 +51,9 @@ pub async fn start(cfg: EmulatorConfig, attempts: u32) -> (EmulatorHandle, Clien
 
 /// An admin call (`/admin/<path>`) that must succeed; its JSON answer (`null` when none).
 pub async fn admin(emu: &EmulatorHandle, method: Method, path: &str, body: Option<Value>) -> Value {
-    let mut r = reqwest::Client::new().request(method, format!("{}{path}", emu.admin_url()));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.expect("admin request");
-    assert!(
-        resp.status().is_success(),
-        "admin {path}: {}",
-        resp.status()
-    );
-    resp.json().await.unwrap_or(Value::Null)
+    let (s, v) = emu.admin(method.as_str(), path, body).await;
+    assert!((200..300).contains(&s), "admin {path}: {s} {v}");
+    v
 }
 
 /// A drive created from `spec` and waited for until `unmounted` (ready to attach and boot).
