@@ -1,8 +1,8 @@
-//! What the two real-node loops share: `real_node` (the controller as a host process, the faster
-//! test) and `in_cluster` (the controller installed with `kubectl apply -k`, running on the very
-//! node it initializes). Both build the Kubernetes artifacts and the node image the same way,
-//! run the same control plane, boot the node with the same CABPK-shaped join data and check the
-//! initialized Node the same way.
+//! What the Kubernetes loops share: `cluster` (two workers on a VLAN, the controller as a host
+//! process) and `in_cluster` (one node, the controller installed with `kubectl apply -k`, running
+//! on the very node it initializes). Both build the Kubernetes artifacts and the node image the
+//! same way (one build for both, `image_cache`), run the same control plane and join with the same
+//! CABPK-shaped data; the single-node helpers (`boot`, `assert_initialized`) are in_cluster's.
 
 use crate::control_plane::{ControlPlane, JoinCredentials, GUEST_HOST};
 use crate::harness::{self, say, Binaries, BootedNode, NodeSpec, Ssh, VmCloud};

@@ -1,7 +1,10 @@
-//! Cross-crate end-to-end tests live in tests/: `whole_loop` (the fast loop, with a recording
-//! kubeadm stub), `real_node` (a real Kubernetes node, the controller as a host process) and
-//! `in_cluster` (the same node, the controller installed with `kubectl apply -k`). This library
-//! is their harness.
+//! Cross-crate end-to-end tests live in tests/: `cluster` (the demo: two workers on a VLAN with a
+//! real CNI, the controller as a host process), `in_cluster` (one node, the controller installed
+//! with `kubectl apply -k`), `first_boot` (a grown clone with its own identity) and `whole_loop`
+//! (the fast loop, with a recording kubeadm stub). This library is their harness: `harness` (SSH,
+//! the emulator's API, builds), `control_plane` (kubeadm's control plane as host processes),
+//! `kube_node` (what the Kubernetes loops share), `cluster` (the production topology) and
+//! `image_cache` (one node-image build for all loops).
 
 pub mod cluster;
 pub mod control_plane;

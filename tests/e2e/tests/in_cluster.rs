@@ -1,5 +1,6 @@
-//! The controller installed as an operator installs it (issue 11; docs/e2e.md): the real node of
-//! `real_node`, but instead of a host process the controller runs in the cluster, put there by
+//! The controller installed as an operator installs it (issue 11; docs/e2e.md): one real node with
+//! a single public NIC (its NAT address is its InternalIP and ExternalIP), a bridge CNI file from
+//! its join data, and instead of a host process the controller runs in the cluster, put there by
 //! `kubectl apply -k` of a site kustomization over `tests/e2e/overlays/in-cluster`:
 //!
 //! 1. The controller image (scripts/controller-image, an OCI archive) is copied to the node over
@@ -13,7 +14,8 @@
 //!    takes the Lease and initializes the very node it runs on: the Node object, the Pod's own
 //!    `/metrics` (read inside the node, where the Pod's host network is) and its log say so.
 //!
-//! `real_node` stays the faster test of the controller itself; this one tests the install.
+//! `cluster` (the demo) tests the controller as a host process in the production topology; this
+//! one tests the shipped image and kustomize install.
 
 use e2e::control_plane::{ControlPlane, GUEST_HOST};
 use e2e::harness::{self, say};
