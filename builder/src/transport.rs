@@ -421,10 +421,7 @@ impl OpenSsh {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(TransportError::Failed(format!("ssh: {e}"))),
             Err(_) => {
-                return Err(TransportError::Timeout(
-                    timeout,
-                    format!("remote command {cmd:?}"),
-                ))
+                return Err(TransportError::Timeout(timeout, describe_command(cmd)))
             }
         };
         if let Some(f) = feed {
@@ -937,8 +934,29 @@ impl Transport for LocalTransport {
     }
 }
 
+/// How an error names a remote command: its program only. The whole command line may carry a
+/// recipe's secret (an inline `KEY=value`, a token in an argument), and error messages reach CI
+/// logs.
+fn describe_command(cmd: &str) -> String {
+    let program = cmd
+        .split_whitespace()
+        .find(|w| !w.contains('='))
+        .unwrap_or("")
+        .chars()
+        .take(40)
+        .collect::<String>();
+    format!("remote command `{program} …` ({} bytes)", cmd.len())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_timed_out_command_is_named_by_its_program_only() {
+        let d = super::describe_command("TOKEN=s3cr3t bash -c 'curl -H \"Authorization: s3cr3t\"'");
+        assert_eq!(d, format!("remote command `bash …` ({} bytes)", 57));
+        assert!(!d.contains("s3cr3t"), "{d}");
+    }
+
     use super::*;
     #[test]
     fn quoting() {

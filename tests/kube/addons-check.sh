@@ -18,7 +18,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+cache=$CLOUDSIGMA_K8S_CACHE
 say() { echo "tests/kube/addons-check.sh: $*" >&2; }
 
 if [[ $(id -u) != 0 ]]; then

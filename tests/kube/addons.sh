@@ -30,7 +30,9 @@ FLANNEL_CNI_VERSION=v0.9.1      # containernetworking/plugins, the last release 
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+cache=$CLOUDSIGMA_K8S_CACHE
 bin="$cache/addons-bin"
 out="$cache/node-artifacts/images"
 mkdir -p "$bin" "$out" "$cache/go"

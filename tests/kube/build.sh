@@ -33,7 +33,9 @@ case "${1:-}" in
 esac
 
 here="$(cd "$(dirname "$0")" && pwd)"
-cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
+# shellcheck source=scripts/lib.sh
+. "$here/../../scripts/lib.sh"
+cache=$CLOUDSIGMA_K8S_CACHE
 bin="$cache/kube-bin"
 art="$cache/node-artifacts"
 mkdir -p "$bin" "$cache/go"

@@ -13,7 +13,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+cache=$CLOUDSIGMA_K8S_CACHE
 out="$cache/node-artifacts/images"
 # A target dir of its own: this runs inside `cargo test`, which holds the main one's lock.
 target="${CARGO_TARGET_DIR:-$cache/target}/e2e-build"

@@ -17,7 +17,9 @@ set -euo pipefail
 archive=$1 expect=$2
 shift 2
 ref=$(tar -xOf "$archive" ./index.json | sed -n 's/.*"io.containerd.image.name":"\([^"]*\)".*/\1/p')
-cache="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/../../scripts/lib.sh"
+cache=$CLOUDSIGMA_K8S_CACHE
 bin="$cache/node-artifacts/bin"
 say() { echo "tests/kube/import-check.sh: $*" >&2; }
 if [ "$(id -u)" != 0 ] || [ ! -x "$bin/containerd" ]; then

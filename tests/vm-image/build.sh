@@ -15,7 +15,9 @@
 # Prints the directory on the last line of stdout.
 set -euo pipefail
 
-CACHE="${CLOUDSIGMA_K8S_CACHE:-$HOME/.cache/cloudsigma-k8s}/vm-image"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/../../scripts/lib.sh"
+CACHE="$CLOUDSIGMA_K8S_CACHE/vm-image"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SIZE="${VM_IMAGE_SIZE:-3G}"
 HASH="$(sha256sum "$0" | cut -c1-16)"
