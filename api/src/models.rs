@@ -718,6 +718,8 @@ debug_redacted!(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn debug_redacts_passwords_tokens_and_bootstrap_data() {
         let mut meta = Meta::new();
@@ -763,8 +765,6 @@ mod tests {
         );
         assert!(format!("{lib:?}").contains("cloudsigma"));
     }
-
-    use super::*;
 
     fn ctx_with(meta: &[(&str, &str)]) -> ServerContext {
         ServerContext {

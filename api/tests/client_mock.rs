@@ -377,13 +377,7 @@ async fn retry_after_beyond_limit_returns_the_error() {
 /// from `retry_after()` (the controller's listing) waits the cap, not a day.
 #[tokio::test]
 async fn retry_after_of_a_day_is_capped_in_both_forms() {
-    let logs = LogBuf::default();
-    let w = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let logs = capture_logs();
     let ahead = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(86_400));
     for header in ["86400".to_string(), ahead] {
         let h = header.clone();
@@ -637,9 +631,20 @@ async fn waiter_404_is_an_error_not_a_wait() {
 #[derive(Clone, Default)]
 struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for LogBuf {
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<LogBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes into the calling thread's capture buffer, if it has one.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        CAPTURE.with(|c| {
+            if let Some(buf) = &*c.borrow() {
+                buf.0.lock().unwrap().extend_from_slice(b);
+            }
+        });
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -647,17 +652,30 @@ impl std::io::Write for LogBuf {
     }
 }
 
+/// The debug log of the calling thread from now on. Tests run on parallel threads: one global
+/// subscriber writes each thread's events to that thread's buffer (the current-thread test
+/// runtime runs the client and the mock on the test's thread). Thread-local subscribers
+/// (`set_default`) would race: tracing caches each log callsite's interest process-wide, and a
+/// subscriber set or dropped on one thread recomputes it from that thread's view, so a test
+/// capturing logs lost events now and then.
+fn capture_logs() -> LogBuf {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| ThreadWriter)
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("the only global subscriber");
+    });
+    let buf = LogBuf::default();
+    CAPTURE.with(|c| *c.borrow_mut() = Some(buf.clone()));
+    buf
+}
+
 #[tokio::test]
 async fn debug_logs_name_requests_but_never_secrets() {
-    let logs = LogBuf::default();
-    let w = logs.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    // Thread-local: the current-thread test runtime runs the client and the mock here.
-    let _guard = tracing::subscriber::set_default(sub);
+    let logs = capture_logs();
     let m = Mock::start(|req: &Seen, i| match (req.method.as_str(), i) {
         ("PUT", 1) => resp(503, json!([])), // index 0 is the GET
         ("PUT", _) => resp(
