@@ -6,8 +6,13 @@
 //! `kube_node` (what the Kubernetes loops share), `cluster` (the production topology) and
 //! `image_cache` (one node-image build for all loops).
 
+pub mod bootstrap_data;
+pub mod builds;
+pub mod cloud;
 pub mod cluster;
 pub mod control_plane;
+pub mod disk;
 pub mod harness;
 pub mod image_cache;
 pub mod kube_node;
+pub mod ssh;
