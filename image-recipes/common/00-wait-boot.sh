@@ -24,4 +24,24 @@ systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-dai
 if [ -d /etc/apt/apt.conf.d ]; then
   echo 'DPkg::Lock::Timeout "600";' > /etc/apt/apt.conf.d/99imgbuild-lock-timeout
 fi
+
+# initramfs updates deferred to ONE at the end of the build (common/80-initramfs.sh, else sysprep):
+# every package that ships an initramfs hook (open-iscsi, …) asks for `update-initramfs -u`, and
+# each regeneration takes minutes on an emulated CPU. `update_initramfs=no` is initramfs-tools'
+# own switch (update-initramfs.conf(5)): it skips `-u` only — a new kernel's `-c` still runs. The
+# original file is kept beside it; the marker line records where dpkg.log stood, so that the end
+# of the build can tell whether any package asked for an update (a `trigproc initramfs-tools`
+# line after it).
+conf=/etc/initramfs-tools/update-initramfs.conf
+if [ -f "$conf" ] && [ ! -e "$conf.imgbuild" ]; then
+  cp -p "$conf" "$conf.imgbuild"
+  mark=$(stat -c %s /var/log/dpkg.log 2>/dev/null || echo 0)
+  {
+    echo "# imgbuild: updates deferred to the end of the build; original in $conf.imgbuild"
+    echo "# imgbuild-dpkg-log-offset=$mark"
+    grep -v '^[[:space:]]*update_initramfs=' "$conf.imgbuild" || true
+    echo "update_initramfs=no"
+  } > "$conf"
+  echo "initramfs updates deferred to the end of the build"
+fi
 echo "first boot settled"
