@@ -761,9 +761,9 @@ impl Builder {
         tmo: Duration,
     ) -> Result<(), StepError> {
         let t = &self.transport;
-        self.on_guest(t.upload(target, src, dest, mode, tmo))
+        let got = self
+            .on_guest(t.upload_hashed(target, src, dest, mode, tmo))
             .await?;
-        let got = self.on_guest(t.remote_sha256(target, dest)).await?;
         if !got.eq_ignore_ascii_case(sha256) {
             return Err(StepError::Sha256Mismatch {
                 dest: dest.into(),

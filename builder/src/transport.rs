@@ -115,6 +115,19 @@ pub trait Transport: Send + Sync {
         mode: &str,
         timeout: Duration,
     ) -> Result<(), TransportError>;
+    /// [`Self::upload`], then the sha256 of `dest` computed in the guest (what a verified
+    /// upload needs). A transport may do both in one operation.
+    async fn upload_hashed(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
+        self.upload(t, src, dest, mode, timeout).await?;
+        self.remote_sha256(t, dest).await
+    }
     /// Write each secret to a root-only 0600 file `GUEST_DIR/<name>` (see [`crate::secrets`]):
     /// the value travels on the channel's stdin, never on a command line.
     async fn put_secrets(
@@ -150,6 +163,15 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The sha256 digest in `sha256sum`'s output. The output may carry stderr noise (e.g. sudo
+/// warnings) before the sum: take the digest token itself rather than the first word.
+fn digest_in(out: &str) -> Result<String, TransportError> {
+    out.split_whitespace()
+        .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
+}
+
 fn sudo(user: &str) -> &'static str {
     if user == "root" {
         ""
@@ -179,10 +201,13 @@ const CONTROL_PREFIX: &str = "mux-";
 /// imgbuild killed hard (steps follow each other within milliseconds, and a running step is a
 /// session, so a build never idles this long while it needs the connection).
 const CONTROL_PERSIST_SECS: u64 = 60;
-/// Probes of a booting guest's sshd: 0.5 s, doubling to 5 s (the api crate's waiter schedule).
+/// Probes of a booting guest's sshd: 0.5 s, doubling to 2 s (the api crate's waiter schedule).
+/// A boot takes a minute or more under emulation, so the cap is what matters: with 5 s, sshd
+/// answered on average 2.5 s before the next probe (twice per build with a `reboot` step); a
+/// refused probe costs one short-lived ssh process.
 const SSH_WAIT: WaitPolicy = WaitPolicy {
     initial: Duration::from_millis(500),
-    max: Duration::from_secs(5),
+    max: Duration::from_secs(2),
 };
 /// Unix socket paths are limited to 108 bytes (104 on some systems); `%C` expands to 40.
 const MAX_CONTROL_PATH: usize = 100;
@@ -622,6 +647,34 @@ impl Transport for OpenSsh {
         self.exec_ok(t, &cmd, Some(body), timeout).await.map(|_| ())
     }
 
+    async fn upload_hashed(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
+        let body = std::fs::read(src)
+            .map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?;
+        // One session and one write in the guest (issue 25): `upload` + `remote_sha256` cost two
+        // sessions, and its temp file in /tmp + `install` wrote every byte twice — on an emulated
+        // VM, seconds per 100 MB. The bytes go to a temp file beside `dest` (same filesystem, so
+        // the rename is atomic and a half-written file never has `dest`'s name), which gets root
+        // ownership and `mode`, is renamed over `dest`, and is hashed there: the digest is of
+        // the file at `dest`, as before.
+        let script = r#"set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; f="$d/.imgbuild-upload.$$"; trap 'rm -f -- "$f"' EXIT; (umask 077 && cat > "$f"); chown root:root -- "$f"; chmod -- "$2" "$f"; mv -f -- "$f" "$1"; trap - EXIT; sha256sum -- "$1""#;
+        let cmd = format!(
+            "{}sh -c {} sh {} {}",
+            sudo(&t.user),
+            sh_quote(script),
+            sh_quote(dest),
+            sh_quote(mode)
+        );
+        let out = self.exec_ok(t, &cmd, Some(body), timeout).await?;
+        digest_in(&out)
+    }
+
     async fn put_secrets(
         &self,
         t: &Target,
@@ -657,12 +710,7 @@ impl Transport for OpenSsh {
                 Duration::from_secs(120),
             )
             .await?;
-        // The output may carry stderr noise (e.g. sudo warnings) before the sum: take the digest
-        // token itself rather than the first word.
-        out.split_whitespace()
-            .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-            .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
+        digest_in(&out)
     }
 
     async fn reboot(

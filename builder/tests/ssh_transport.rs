@@ -127,6 +127,53 @@ async fn openssh_transport_runs_scripts_uploads_and_verifies_against_real_sshd()
         .unwrap();
     assert_eq!(remote, imgbuild::recipe::sha256_file(&src).unwrap());
 
+    // upload_hashed: one session that writes the file once, in place, and returns the guest's
+    // sha256 of `dest` — over an existing file, into a new directory, leaving no temp file
+    let hashed_dest = dir.path().join("hashed/sub/payload");
+    std::fs::create_dir_all(hashed_dest.parent().unwrap()).unwrap();
+    std::fs::write(&hashed_dest, "old content").unwrap();
+    for (name, body) in [("a.bin", vec![7u8; 300_000]), ("b.bin", b"short".to_vec())] {
+        let src = dir.path().join(name);
+        std::fs::write(&src, &body).unwrap();
+        let got = t
+            .upload_hashed(
+                &target,
+                &src,
+                &hashed_dest.display().to_string(),
+                "0751",
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("upload_hashed");
+        assert_eq!(got, imgbuild::recipe::sha256_file(&src).unwrap(), "{name}");
+        assert_eq!(std::fs::read(&hashed_dest).unwrap(), body, "{name}");
+        assert_eq!(
+            std::fs::metadata(&hashed_dest)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o751
+        );
+        let left: Vec<_> = std::fs::read_dir(hashed_dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("payload")], "{name}");
+    }
+    // a path that cannot be written is an error, not a digest
+    let blocked = dir.path().join("hashed/sub/payload/not-a-dir");
+    assert!(t
+        .upload_hashed(
+            &target,
+            &src,
+            &blocked.display().to_string(),
+            "0644",
+            Duration::from_secs(30),
+        )
+        .await
+        .is_err());
+
     drop(sshd);
     // the scripts' upload dir on "the guest" (this machine here)
     let _ = std::fs::remove_dir_all("/tmp/imgbuild");
