@@ -23,6 +23,15 @@ systemctl stop apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.servi
 systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service >/dev/null
 if [ -d /etc/apt/apt.conf.d ]; then
   echo 'DPkg::Lock::Timeout "600";' > /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+  # For the build only (sysprep removes both; the image keeps the distribution's settings): no
+  # translated descriptions (6 MB of Debian's lists to fetch and parse, read by nobody here), and
+  # dpkg without an fsync per unpacked file — the build VM is thrown away if it crashes, and
+  # imgbuild syncs the disk at the end; on an emulated VM over a qcow2 file every fsync is a
+  # host flush (what debootstrap and the Debian container images do).
+  echo 'Acquire::Languages "none";' > /etc/apt/apt.conf.d/99imgbuild-build
+  if [ -d /etc/dpkg/dpkg.cfg.d ]; then
+    echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io
+  fi
 fi
 
 # initramfs updates deferred to ONE at the end of the build (common/80-initramfs.sh, else sysprep):

@@ -96,7 +96,8 @@ fi
 # the initramfs update deferred at first boot, if no earlier step made it (common/80-initramfs.sh)
 initramfs_flush
 
-rm -f /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+rm -f /etc/apt/apt.conf.d/99imgbuild-lock-timeout /etc/apt/apt.conf.d/99imgbuild-build \
+  /etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io
 if command -v apt-get >/dev/null 2>&1; then
   apt-get clean
   rm -rf /var/lib/apt/lists/*

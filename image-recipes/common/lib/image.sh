@@ -110,6 +110,7 @@ image_hygiene_checks() {
   check "a generic DHCP config (netplan or systemd-networkd, by interface name)" generic_dhcp_config
   check "apt timers and unattended-upgrades still masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
   check "no dpkg lock timeout left from the build" test ! -e /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+  check "no build-only apt/dpkg settings left (translations off, unsafe-io)" bash -c '! test -e /etc/apt/apt.conf.d/99imgbuild-build && ! test -e /etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io'
   check "cloud-init still disabled" test -f /etc/cloud/cloud-init.disabled
   check "initramfs updates no longer deferred (update-initramfs.conf restored)" bash -c '! test -e /etc/initramfs-tools/update-initramfs.conf.imgbuild && ! grep -q "^# imgbuild" /etc/initramfs-tools/update-initramfs.conf 2>/dev/null'
 }
