@@ -700,11 +700,79 @@ impl Builder {
             ));
         }
         let total = recipe.steps.len();
-        for (i, st) in recipe.steps.iter().enumerate() {
+        let mut i = 0;
+        while i < total {
+            // consecutive upload steps (a directory's files, the agent and its unit) go as one
+            // transport operation: one SSH session instead of one each (issue 25)
+            let uploads = recipe.steps[i..]
+                .iter()
+                .take_while(|s| matches!(s.kind, StepKind::Upload { .. }))
+                .count();
+            if uploads > 1 {
+                self.upload_steps(target, &recipe.steps[i..i + uploads], i + 1, total)
+                    .await?;
+                i += uploads;
+                continue;
+            }
+            let st = &recipe.steps[i];
             self.reporter.step(i + 1, total, &st.name);
             self.run_step(job, target, st, &env).await?;
+            i += 1;
         }
         self.reporter.end_steps();
+        Ok(())
+    }
+
+    /// Upload steps `first`.. (numbered from 1) in one transport operation, each file's sha256
+    /// checked in the guest as [`Self::upload_verified`] does; reported as one progress step.
+    async fn upload_steps(
+        &self,
+        target: &Target,
+        steps: &[Step],
+        first: usize,
+        total: usize,
+    ) -> Result<(), StepError> {
+        let mut files = Vec::with_capacity(steps.len());
+        let mut tmo = Duration::ZERO;
+        for st in steps {
+            if let StepKind::Upload {
+                src,
+                dest,
+                mode,
+                sha256,
+            } = &st.kind
+            {
+                files.push((src.as_path(), dest.as_str(), mode.as_str(), sha256.as_str()));
+                tmo += Duration::from_secs(st.timeout);
+            }
+        }
+        let last = first + steps.len() - 1;
+        let name = match (steps.first(), steps.last()) {
+            (Some(a), Some(b)) => format!(
+                "{} … {} (steps {first}–{last}: {} uploads, one session)",
+                a.name,
+                b.name,
+                steps.len()
+            ),
+            _ => return Ok(()),
+        };
+        self.reporter.step(first, total, &name);
+        let plan: Vec<_> = files.iter().map(|(s, d, m, _)| (*s, *d, *m)).collect();
+        let sums = self
+            .on_guest(self.transport.upload_many(target, &plan, tmo))
+            .await?;
+        for ((src, dest, _, want), got) in files.iter().zip(sums) {
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(StepError::Sha256Mismatch {
+                    dest: (*dest).into(),
+                    got,
+                    src: src.display().to_string(),
+                    want: (*want).into(),
+                });
+            }
+            self.reporter
+                .output(&format!("{dest}: sha256 {got} verified"));
+        }
         Ok(())
     }
 
@@ -761,9 +829,9 @@ impl Builder {
         tmo: Duration,
     ) -> Result<(), StepError> {
         let t = &self.transport;
-        self.on_guest(t.upload(target, src, dest, mode, tmo))
+        let got = self
+            .on_guest(t.upload_hashed(target, src, dest, mode, tmo))
             .await?;
-        let got = self.on_guest(t.remote_sha256(target, dest)).await?;
         if !got.eq_ignore_ascii_case(sha256) {
             return Err(StepError::Sha256Mismatch {
                 dest: dest.into(),

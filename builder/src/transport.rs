@@ -115,6 +115,34 @@ pub trait Transport: Send + Sync {
         mode: &str,
         timeout: Duration,
     ) -> Result<(), TransportError>;
+    /// [`Self::upload`], then the sha256 of `dest` computed in the guest (what a verified
+    /// upload needs). A transport may do both in one operation.
+    async fn upload_hashed(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
+        self.upload(t, src, dest, mode, timeout).await?;
+        self.remote_sha256(t, dest).await
+    }
+    /// Several uploads, as [`Self::upload_hashed`] each: `files` are (local source, guest
+    /// destination, mode); returns the guest's sha256 of each destination, in order. A transport
+    /// may do them all in one operation.
+    async fn upload_many(
+        &self,
+        t: &Target,
+        files: &[(&Path, &str, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<String>, TransportError> {
+        let mut sums = Vec::with_capacity(files.len());
+        for (src, dest, mode) in files {
+            sums.push(self.upload_hashed(t, src, dest, mode, timeout).await?);
+        }
+        Ok(sums)
+    }
     /// Write each secret to a root-only 0600 file `GUEST_DIR/<name>` (see [`crate::secrets`]):
     /// the value travels on the channel's stdin, never on a command line.
     async fn put_secrets(
@@ -150,6 +178,22 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The sha256 digest in `sha256sum`'s output. The output may carry stderr noise (e.g. sudo
+/// warnings) before the sum: take the digest token itself rather than the first word.
+fn digest_in(out: &str) -> Result<String, TransportError> {
+    out.split_whitespace()
+        .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
+}
+
+/// A piece of a remote command's stdin: bytes, or a local file streamed from disk (so that
+/// hundreds of MB of uploads are never held in memory at once).
+pub enum Part {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
 fn sudo(user: &str) -> &'static str {
     if user == "root" {
         ""
@@ -179,10 +223,13 @@ const CONTROL_PREFIX: &str = "mux-";
 /// imgbuild killed hard (steps follow each other within milliseconds, and a running step is a
 /// session, so a build never idles this long while it needs the connection).
 const CONTROL_PERSIST_SECS: u64 = 60;
-/// Probes of a booting guest's sshd: 0.5 s, doubling to 5 s (the api crate's waiter schedule).
+/// Probes of a booting guest's sshd: 0.5 s, doubling to 2 s (the api crate's waiter schedule).
+/// A boot takes a minute or more under emulation, so the cap is what matters: with 5 s, sshd
+/// answered on average 2.5 s before the next probe (twice per build with a `reboot` step); a
+/// refused probe costs one short-lived ssh process.
 const SSH_WAIT: WaitPolicy = WaitPolicy {
     initial: Duration::from_millis(500),
-    max: Duration::from_secs(5),
+    max: Duration::from_secs(2),
 };
 /// Unix socket paths are limited to 108 bytes (104 on some systems); `%C` expands to 40.
 const MAX_CONTROL_PATH: usize = 100;
@@ -369,14 +416,15 @@ impl OpenSsh {
         Ok(())
     }
 
-    /// Run `cmd` remotely with optional stdin bytes; stream lines to `out`; return the exit code.
+    /// Run `cmd` remotely with optional stdin (bytes and files, in order); stream lines to
+    /// `out`; return the exit code.
     /// A server whose host key is not the target's fails with [`TransportError::HostKeyMismatch`]
     /// before anything is sent.
     async fn exec(
         &self,
         t: &Target,
         cmd: &str,
-        stdin: Option<Vec<u8>>,
+        stdin: Option<Vec<Part>>,
         timeout: Duration,
         out: LineSink<'_>,
     ) -> Result<i32, TransportError> {
@@ -395,8 +443,20 @@ impl OpenSsh {
             TransportError::Failed(format!("cannot run ssh (install openssh-client): {e}"))
         })?;
         let feed = match (stdin, child.stdin.take()) {
-            (Some(bytes), Some(mut w)) => Some(tokio::spawn(async move {
-                let _ = w.write_all(&bytes).await;
+            (Some(parts), Some(mut w)) => Some(tokio::spawn(async move {
+                // errors end the feed early: the remote side then sees short input and fails
+                for part in parts {
+                    let fed = match part {
+                        Part::Bytes(b) => w.write_all(&b).await,
+                        Part::File(p) => match tokio::fs::File::open(&p).await {
+                            Ok(mut f) => tokio::io::copy(&mut f, &mut w).await.map(|_| ()),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    if fed.is_err() {
+                        break;
+                    }
+                }
                 let _ = w.shutdown().await;
             })),
             _ => None,
@@ -439,7 +499,7 @@ impl OpenSsh {
         &self,
         t: &Target,
         cmd: &str,
-        stdin: Option<Vec<u8>>,
+        stdin: Option<Vec<Part>>,
         timeout: Duration,
     ) -> Result<String, TransportError> {
         let buf = Mutex::new(Vec::<String>::new());
@@ -570,7 +630,7 @@ impl Transport for OpenSsh {
         self.exec_ok(
             t,
             &format!("mkdir -p /tmp/imgbuild && cat > {}", sh_quote(&remote)),
-            Some(body),
+            Some(vec![Part::Bytes(body)]),
             Duration::from_secs(120),
         )
         .await?;
@@ -614,7 +674,92 @@ impl Transport for OpenSsh {
             mode = sh_quote(mode),
             dest = sh_quote(dest)
         );
-        self.exec_ok(t, &cmd, Some(body), timeout).await.map(|_| ())
+        self.exec_ok(t, &cmd, Some(vec![Part::Bytes(body)]), timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn upload_hashed(
+        &self,
+        t: &Target,
+        src: &Path,
+        dest: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
+        let body = std::fs::read(src)
+            .map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?;
+        // One session and one write in the guest (issue 25): `upload` + `remote_sha256` cost two
+        // sessions, and its temp file in /tmp + `install` wrote every byte twice — on an emulated
+        // VM, seconds per 100 MB. The bytes go to a temp file beside `dest` (same filesystem, so
+        // the rename is atomic and a half-written file never has `dest`'s name), which gets root
+        // ownership and `mode`, is renamed over `dest`, and is hashed there: the digest is of
+        // the file at `dest`, as before.
+        let script = r#"set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; f="$d/.imgbuild-upload.$$"; trap 'rm -f -- "$f"' EXIT; (umask 077 && cat > "$f"); chown root:root -- "$f"; chmod -- "$2" "$f"; mv -f -- "$f" "$1"; trap - EXIT; sha256sum -- "$1""#;
+        let cmd = format!(
+            "{}sh -c {} sh {} {}",
+            sudo(&t.user),
+            sh_quote(script),
+            sh_quote(dest),
+            sh_quote(mode)
+        );
+        let out = self
+            .exec_ok(t, &cmd, Some(vec![Part::Bytes(body)]), timeout)
+            .await?;
+        digest_in(&out)
+    }
+
+    async fn upload_many(
+        &self,
+        t: &Target,
+        files: &[(&Path, &str, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<String>, TransportError> {
+        // One session for all (issue 25): a session costs a second or more on an emulated,
+        // loaded VM (sshd's fork, sudo, the shell), so debian-k8s's 18 artifact files paid
+        // ~20 s in sessions alone. stdin carries, per file, a header line `SIZE MODE DEST` and
+        // then exactly SIZE bytes, which `head -c` (coreutils: it never reads past its count)
+        // writes to a temp file beside DEST; as in `upload_hashed` it gets root ownership and
+        // the mode and is renamed over DEST. One `sha256sum` of every DEST at the end.
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut feed = Vec::with_capacity(files.len() * 2);
+        for (src, dest, mode) in files {
+            if dest.contains('\n') || mode.contains(char::is_whitespace) {
+                return Err(TransportError::Failed(format!(
+                    "cannot upload to {dest:?} with mode {mode:?}: a newline in the path or a blank in the mode"
+                )));
+            }
+            let size = std::fs::metadata(src)
+                .map_err(|e| TransportError::Failed(format!("cannot read {}: {e}", src.display())))?
+                .len();
+            feed.push(Part::Bytes(format!("{size} {mode} {dest}\n").into_bytes()));
+            feed.push(Part::File(src.to_path_buf()));
+        }
+        let script = r#"set -e; f=; trap 'test -z "$f" || rm -f -- "$f"' EXIT; for dest in "$@"; do IFS=' ' read -r size mode path; test "$path" = "$dest"; d=$(dirname -- "$dest"); mkdir -p -- "$d"; f="$d/.imgbuild-upload.$$"; (umask 077 && head -c "$size" > "$f"); test "$(stat -c %s -- "$f")" = "$size"; chown root:root -- "$f"; chmod -- "$mode" "$f"; mv -f -- "$f" "$dest"; f=; done; sha256sum -- "$@""#;
+        let mut cmd = format!("{}sh -c {} sh", sudo(&t.user), sh_quote(script));
+        for (_, dest, _) in files {
+            cmd.push(' ');
+            cmd.push_str(&sh_quote(dest));
+        }
+        let out = self.exec_ok(t, &cmd, Some(feed), timeout).await?;
+        // sha256sum prints one line per file, in argument order (a `\` before the digest marks
+        // an escaped name); anything else is noise (e.g. sudo warnings)
+        let sums: Vec<String> = out
+            .lines()
+            .filter_map(|l| {
+                let h = l.trim_start_matches('\\').split_whitespace().next()?;
+                (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| h.to_string())
+            })
+            .collect();
+        if sums.len() != files.len() {
+            return Err(TransportError::Failed(format!(
+                "expected {} sha256 sums after the uploads, got: {out:?}",
+                files.len()
+            )));
+        }
+        Ok(sums)
     }
 
     async fn put_secrets(
@@ -631,14 +776,19 @@ impl Transport for OpenSsh {
                 "umask 077 && mkdir -p {GUEST_DIR} && chmod 0700 {GUEST_DIR} && cat > {path}.tmp && mv -f {path}.tmp {path}"
             );
             let cmd = format!("{}sh -c {}", sudo(&t.user), sh_quote(&script));
-            self.exec_ok(t, &cmd, Some(value.bytes().to_vec()), timeout)
-                .await
-                .map_err(|e| match e {
-                    TransportError::Failed(m) => {
-                        TransportError::Failed(format!("cannot deliver secret {name}: {m}"))
-                    }
-                    e => e,
-                })?;
+            self.exec_ok(
+                t,
+                &cmd,
+                Some(vec![Part::Bytes(value.bytes().to_vec())]),
+                timeout,
+            )
+            .await
+            .map_err(|e| match e {
+                TransportError::Failed(m) => {
+                    TransportError::Failed(format!("cannot deliver secret {name}: {m}"))
+                }
+                e => e,
+            })?;
         }
         Ok(())
     }
@@ -652,12 +802,7 @@ impl Transport for OpenSsh {
                 Duration::from_secs(120),
             )
             .await?;
-        // The output may carry stderr noise (e.g. sudo warnings) before the sum: take the digest
-        // token itself rather than the first word.
-        out.split_whitespace()
-            .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-            .ok_or_else(|| TransportError::Failed(format!("unexpected sha256sum output: {out:?}")))
+        digest_in(&out)
     }
 
     async fn reboot(

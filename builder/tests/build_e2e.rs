@@ -83,7 +83,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         .iter()
         .filter(|r| matches!(r, Recorded::Script { .. }))
         .count();
-    assert_eq!(scripts, 9);
+    assert_eq!(scripts, 10);
     assert!(rec.contains(&Recorded::Sha256 {
         path: "/usr/local/bin/cloudsigma-agent".into()
     }));
@@ -92,7 +92,12 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     // every script that sources lib/image.sh gets it uploaded and verified right before it runs
     // (`uses:`), not from an earlier step
     let lib = "/tmp/imgbuild/lib/image.sh";
-    for script in ["60-validate-node.sh", "70-validate-k8s.sh", "90-sysprep.sh"] {
+    for script in [
+        "80-initramfs.sh",
+        "60-validate-node.sh",
+        "70-validate-k8s.sh",
+        "90-sysprep.sh",
+    ] {
         let at = rec
             .iter()
             .position(|r| matches!(r, Recorded::Script { path, .. } if path.ends_with(script)))
@@ -126,7 +131,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     );
     let log = b.reporter.captured().join("\n");
     assert!(
-        log.contains("step 12/12 done in"),
+        log.contains("step 13/13 done in"),
         "progress reports each step's duration:\n{log}"
     );
     f.emu.shutdown().await;

@@ -127,6 +127,130 @@ async fn openssh_transport_runs_scripts_uploads_and_verifies_against_real_sshd()
         .unwrap();
     assert_eq!(remote, imgbuild::recipe::sha256_file(&src).unwrap());
 
+    // upload_hashed: one session that writes the file once, in place, and returns the guest's
+    // sha256 of `dest` — over an existing file, into a new directory, leaving no temp file
+    let hashed_dest = dir.path().join("hashed/sub/payload");
+    std::fs::create_dir_all(hashed_dest.parent().unwrap()).unwrap();
+    std::fs::write(&hashed_dest, "old content").unwrap();
+    for (name, body) in [("a.bin", vec![7u8; 300_000]), ("b.bin", b"short".to_vec())] {
+        let src = dir.path().join(name);
+        std::fs::write(&src, &body).unwrap();
+        let got = t
+            .upload_hashed(
+                &target,
+                &src,
+                &hashed_dest.display().to_string(),
+                "0751",
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("upload_hashed");
+        assert_eq!(got, imgbuild::recipe::sha256_file(&src).unwrap(), "{name}");
+        assert_eq!(std::fs::read(&hashed_dest).unwrap(), body, "{name}");
+        assert_eq!(
+            std::fs::metadata(&hashed_dest)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o751
+        );
+        let left: Vec<_> = std::fs::read_dir(hashed_dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("payload")], "{name}");
+    }
+    // upload_many: several files in one session (header + exact byte count each), each with
+    // its mode, over an existing file and into new directories; the sums in order, no temp file
+    let many_dir = dir.path().join("many");
+    std::fs::create_dir_all(many_dir.join("old")).unwrap();
+    std::fs::write(many_dir.join("old/x"), "previous").unwrap();
+    let bodies: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            "old/x".into(),
+            (0..70_000u32).map(|i| (i % 13) as u8).collect(),
+            "0644",
+        ),
+        (
+            "new/deep/y".into(),
+            b"line\n\nwith a newline at the end\n".to_vec(),
+            "0755",
+        ),
+        ("new/empty".into(), Vec::new(), "0600"),
+        ("z with space".into(), vec![0u8; 5], "0640"),
+    ];
+    let mut srcs = Vec::new();
+    for (i, (_, body, _)) in bodies.iter().enumerate() {
+        let p = dir.path().join(format!("many-src-{i}"));
+        std::fs::write(&p, body).unwrap();
+        srcs.push(p);
+    }
+    let dests: Vec<String> = bodies
+        .iter()
+        .map(|(rel, _, _)| many_dir.join(rel).display().to_string())
+        .collect();
+    let plan: Vec<(&Path, &str, &str)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, mode))| (srcs[i].as_path(), dests[i].as_str(), *mode))
+        .collect();
+    let sums = t
+        .upload_many(&target, &plan, Duration::from_secs(30))
+        .await
+        .expect("upload_many");
+    assert_eq!(sums.len(), bodies.len());
+    for (i, (rel, body, mode)) in bodies.iter().enumerate() {
+        assert_eq!(
+            sums[i],
+            imgbuild::recipe::sha256_file(&srcs[i]).unwrap(),
+            "{rel}"
+        );
+        assert_eq!(&std::fs::read(many_dir.join(rel)).unwrap(), body, "{rel}");
+        assert_eq!(
+            std::fs::metadata(many_dir.join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            u32::from_str_radix(mode, 8).unwrap(),
+            "{rel}"
+        );
+    }
+    let temps = std::process::Command::new("find")
+        .arg(&many_dir)
+        .args(["-name", ".imgbuild-upload.*"])
+        .output()
+        .unwrap();
+    assert!(temps.stdout.is_empty(), "{temps:?}");
+    // a source that cannot be read fails before anything is sent
+    let missing = dir.path().join("no-such-file");
+    assert!(t
+        .upload_many(
+            &target,
+            &[(missing.as_path(), dests[0].as_str(), "0644")],
+            Duration::from_secs(30)
+        )
+        .await
+        .is_err());
+    assert_eq!(
+        &std::fs::read(many_dir.join("old/x")).unwrap(),
+        &bodies[0].1
+    );
+
+    // a path that cannot be written is an error, not a digest
+    let blocked = dir.path().join("hashed/sub/payload/not-a-dir");
+    assert!(t
+        .upload_hashed(
+            &target,
+            &src,
+            &blocked.display().to_string(),
+            "0644",
+            Duration::from_secs(30),
+        )
+        .await
+        .is_err());
+
     drop(sshd);
     // the scripts' upload dir on "the guest" (this machine here)
     let _ = std::fs::remove_dir_all("/tmp/imgbuild");

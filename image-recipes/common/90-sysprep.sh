@@ -93,7 +93,11 @@ fi
 # SSH host keys are NOT removed here: imgbuild still needs one more SSH login after this step.
 # Its final clean-guest command removes them (with the login key) on that last connection.
 
-rm -f /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+# the initramfs update deferred at first boot, if no earlier step made it (common/80-initramfs.sh)
+initramfs_flush
+
+rm -f /etc/apt/apt.conf.d/99imgbuild-lock-timeout /etc/apt/apt.conf.d/99imgbuild-build \
+  /etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io
 if command -v apt-get >/dev/null 2>&1; then
   apt-get clean
   rm -rf /var/lib/apt/lists/*

@@ -29,8 +29,11 @@ pkgs)
   apt-mark hold kubelet kubeadm kubectl
   ;;
 local)
+  # moved, not copied (a rename on one filesystem; see 30-containerd.sh)
   for b in kubelet kubeadm kubectl crictl; do
-    install -m 0755 "$artifacts/bin/$b" "/usr/bin/$b"
+    mv -f -- "$artifacts/bin/$b" "/usr/bin/$b"
+    chown root:root "/usr/bin/$b"
+    chmod 0755 "/usr/bin/$b"
   done
   ;;
 *)
@@ -87,6 +90,7 @@ PROV
 # kubelet crash-loops until kubeadm configures it: expected, so enabled but not started here
 systemctl enable kubelet
 
+echo "binaries and units in place (${SECONDS}s into this step); images next"
 if [ "$KUBERNETES_SOURCE" = pkgs ]; then
   kubeadm config images pull --kubernetes-version "v${KUBERNETES_VERSION}" --cri-socket unix:///run/containerd/containerd.sock
 else

@@ -56,6 +56,42 @@ generic_dhcp_config() {
   test -f /etc/systemd/network/99-imgbuild-dhcp.network && systemctl is-enabled systemd-networkd.service
 }
 
+# The initramfs update common/00-wait-boot.sh deferred: initramfs-tools' own config restored, then
+# the one `update-initramfs -u` that dpkg's triggers asked for during the build, if any did (a
+# `trigproc initramfs-tools` line in dpkg.log after the recorded offset; no record, or a rotated
+# log, counts as asked). Idempotent: nothing to do once the config is back. INITRAMFS_UPDATE=no
+# (recipe var initramfs_update) skips the run: only for a guest whose kernel and initrd come from
+# outside its disk (cloudsim's QEMU backend boots the library image with QEMU's -kernel/-initrd),
+# where nothing ever reads the initrd under /boot.
+initramfs_flush() {
+  local conf=/etc/initramfs-tools/update-initramfs.conf mark size asked=yes
+  [ -e "$conf.imgbuild" ] || return 0
+  case "${INITRAMFS_UPDATE:-yes}" in
+  yes | no) ;;
+  *)
+    echo "INITRAMFS_UPDATE=$INITRAMFS_UPDATE: expected yes or no (recipe var initramfs_update)" >&2
+    return 2
+    ;;
+  esac
+  mark=$(sed -n 's/^# imgbuild-dpkg-log-offset=\([0-9][0-9]*\)$/\1/p' "$conf")
+  size=$(stat -c %s /var/log/dpkg.log 2>/dev/null || echo 0)
+  if [ -n "$mark" ] && [ "$size" -ge "$mark" ]; then
+    # grep -c reads to the end: no SIGPIPE for tail under pipefail
+    if [ "$(tail -c +"$((mark + 1))" /var/log/dpkg.log | grep -Ec ' trigproc initramfs-tools(:[a-z0-9]+)? ' || true)" = 0 ]; then
+      asked=no
+    fi
+  fi
+  mv -f "$conf.imgbuild" "$conf"
+  if [ "$asked" = no ]; then
+    echo "initramfs: no package asked for an update during the build; none made"
+  elif [ "${INITRAMFS_UPDATE:-yes}" = no ]; then
+    echo "initramfs: the deferred update SKIPPED (initramfs_update=no: this guest's kernel and initrd come from outside its disk)"
+  else
+    echo "initramfs: the deferred update, once:"
+    update-initramfs -u
+  fi
+}
+
 # Image hygiene, checked at the end of sysprep: what image-builder's goss suite checks
 # (packer/goss/goss-image-hygiene.yaml) plus networking that survives cloning. SSH host keys
 # cannot be checked there: that very session needs them, and imgbuild removes them on its last
@@ -74,5 +110,7 @@ image_hygiene_checks() {
   check "a generic DHCP config (netplan or systemd-networkd, by interface name)" generic_dhcp_config
   check "apt timers and unattended-upgrades still masked" all_masked apt-daily.timer apt-daily-upgrade.timer unattended-upgrades.service
   check "no dpkg lock timeout left from the build" test ! -e /etc/apt/apt.conf.d/99imgbuild-lock-timeout
+  check "no build-only apt/dpkg settings left (translations off, unsafe-io)" bash -c '! test -e /etc/apt/apt.conf.d/99imgbuild-build && ! test -e /etc/dpkg/dpkg.cfg.d/99imgbuild-unsafe-io'
   check "cloud-init still disabled" test -f /etc/cloud/cloud-init.disabled
+  check "initramfs updates no longer deferred (update-initramfs.conf restored)" bash -c '! test -e /etc/initramfs-tools/update-initramfs.conf.imgbuild && ! grep -q "^# imgbuild" /etc/initramfs-tools/update-initramfs.conf 2>/dev/null'
 }
