@@ -14,8 +14,8 @@ use crate::fsutil::{self, atomic_write, under, Owner, WriteMode};
 use crate::report::{Logger, Phase, Status, StepError};
 use crate::stamp::{self, State};
 use crate::steps::{
-    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, packages, scripts, ssh_keys, swap, users,
-    write_files, Cx,
+    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, online, packages, scripts, ssh_keys,
+    swap, users, write_files, Cx,
 };
 use crate::{net, template, userdata};
 
@@ -62,6 +62,8 @@ struct Agent<'a> {
     status: Status,
     status_path: PathBuf,
     marker: PathBuf,
+    /// The `online` phase ran (or was skipped) in this run: it is waited for once.
+    online_done: bool,
 }
 
 pub fn run(o: &Opts) -> i32 {
@@ -82,6 +84,7 @@ pub fn run(o: &Opts) -> i32 {
             .clone()
             .unwrap_or_else(|| under(&o.root, STATUS_FILE)),
         marker,
+        online_done: false,
     };
     if let Some(e) = a.log.open_error.clone() {
         a.status.warnings.push(e.clone());
@@ -214,6 +217,22 @@ impl Agent<'_> {
         }
     }
 
+    /// Wait, once per run, for what the join needs from the rest of the boot (network-online,
+    /// time sync, containerd: [`online::AFTER`]), before `step`, the first step that may need it.
+    /// Everything before runs as early as the unit starts (docs/agent.md, "Boot order").
+    fn online(&mut self, step: &str, ctx: &ServerContext) -> Flow<()> {
+        if std::mem::replace(&mut self.online_done, true) {
+            return Ok(());
+        }
+        let skip = online::skip(self.real_root, &self.o.root);
+        let step = step.to_string();
+        self.step("online", skip, |cx| online::apply(cx, &step))?;
+        // The listing taken after the context read may predate DHCP: the status shows the
+        // addresses the node has when it joins (node_ip replaces them again when it looks).
+        self.network(ctx);
+        Ok(())
+    }
+
     /// The skip reason of a step that runs scripts or node tools, None when it may run.
     fn gate<'a>(&self, skip: Option<&'a str>) -> Option<&'a str> {
         skip.or((!self.execute).then_some(NOT_EXECUTED))
@@ -234,6 +253,11 @@ impl Agent<'_> {
         // 5: bootcmd runs on every boot, like cloud-init's.
         let bootcmd = scripts::shellify(&cfg.bootcmd);
         let skip = self.gate(if_empty(&cfg.bootcmd, "no bootcmd"));
+        if skip.is_none() {
+            // cloud-init runs bootcmd in its network stage (after systemd-networkd-wait-online),
+            // and the data's commands may expect what the unit used to wait for.
+            self.online("bootcmd", &ctx)?;
+        }
         self.step("bootcmd", skip, |cx| {
             scripts::run(cx, "bootcmd", &bootcmd, &uuid)
         })?;
@@ -303,6 +327,11 @@ impl Agent<'_> {
         let skip = self.gate(if_empty(&cfg.fs_setup, "no filesystems"));
         self.step("fs_setup", skip, |cx| fs_setup::apply(cx, &cfg.fs_setup))?;
         let no_mounts = cfg.mounts.is_none().then_some("no mounts");
+        if no_mounts.is_none() {
+            // `mount -a` may mount a network file system (cloud-init's mounts module runs in its
+            // network stage).
+            self.online("mounts", ctx)?;
+        }
         self.step("mounts", no_mounts, |cx| {
             mounts::apply(cx, cfg.mounts.as_deref().unwrap_or_default())
         })?;
@@ -334,7 +363,9 @@ impl Agent<'_> {
             Some(n) if !n.enabled => self.skip("ntp", "ntp.enabled is false"),
             Some(n) => self.step("ntp", None, |cx| ntp::apply(cx, n))?,
         }
-        // cloud-init's final stage opens with package_update_upgrade_install.
+        // cloud-init's final stage (after network-online.target) opens with
+        // package_update_upgrade_install; node_ip and runcmd (kubeadm join) come after it.
+        self.online("packages", ctx)?;
         let skip = self.gate(cfg.packages.is_empty().then_some("no packages"));
         self.step("packages", skip, |cx| packages::apply(cx, &cfg.packages))?;
         self.step(
@@ -417,7 +448,8 @@ impl Agent<'_> {
             }
             // cloud-init's VALID_DSMODES are disabled, local and net; "pass" and anything else
             // get its warning and the default, net. local vs net only picks cloud-init's stage
-            // (before or after the network): the agent runs once, after network-online.
+            // (before or after the network): the agent starts before the network either way and
+            // waits for it before the first step that may need it (the `online` phase).
             Some(DsMode::Pass) | Some(DsMode::Other(_)) => {
                 let m = ctx.meta.get(META_DSMODE).cloned().unwrap_or_default();
                 self.warn(format!(

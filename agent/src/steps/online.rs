@@ -1,0 +1,125 @@
+//! `online`: the one place where the bootstrap waits for the rest of the boot (docs/agent.md,
+//! "Boot order").
+//!
+//! The unit starts early, with systemd's default dependencies only (after `sysinit.target`: the
+//! local file systems are mounted and swap is on, so `swapoff` sticks), not after the network.
+//! The steps that need neither the network nor the container runtime (growpart, the context,
+//! write_files, disks, hostname, users, ssh keys, swap, ntp's configuration) run while the network
+//! comes up. Before the first step that may need more (the data's bootcmd or `mount -a`, else the
+//! final stage: packages, node_ip, runcmd), the agent waits here, once, for exactly what the unit
+//! used to be ordered after.
+//!
+//! It does not poll for each condition itself: it starts a transient unit with those `After=`
+//! (and the `Wants=network-online.target` the unit had) through `systemd-run --wait` and waits
+//! for it to finish. systemd applies its own ordering to it, so the semantics are the unit file's:
+//! a unit with a pending start job (containerd still starting) is waited for; one that is not part
+//! of the boot (no containerd on an RKE2 image) is neither waited for nor started; a failed
+//! `systemd-networkd-wait-online` does not stop the join. cloud-init's own units do the same
+//! since 24.x: one process (cloud-init-main.service) starts early and each stage's shim unit,
+//! ordered by systemd, tells it when that stage may run.
+
+use super::Cx;
+use crate::error::Result;
+use crate::fsutil::under;
+use crate::sys;
+
+/// What `kubeadm join` (and the RKE2 installer) needs: the unit file's former `After=` list.
+pub const AFTER: &[&str] = &[
+    "network-online.target",
+    "systemd-networkd-wait-online.service",
+    "time-sync.target",
+    "containerd.service",
+];
+
+/// Pulled into the boot (and started when the agent runs by hand): the unit's `Wants=`.
+pub const WANTS: &[&str] = &["network-online.target"];
+
+/// Why there is nothing to wait for, or None when the wait runs.
+pub fn skip(real_root: bool, root: &std::path::Path) -> Option<&'static str> {
+    if !real_root {
+        Some("not the booted system (--root is not /)")
+    } else if !under(root, "/run/systemd/system").exists() {
+        // sd_booted(3): without it there is no systemd to order anything.
+        Some("systemd is not the running init system (no /run/systemd/system)")
+    } else {
+        None
+    }
+}
+
+/// `systemd-run` arguments of the transient unit that finishes once every unit of [`AFTER`] that
+/// is part of the boot has started (or failed).
+pub fn systemd_run_args() -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--wait",
+        "--quiet",
+        "--collect",
+        "--service-type=oneshot",
+        "--description=cloudsigma-bootstrap: wait for the network, time sync and containerd",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for w in WANTS {
+        a.push("--property".into());
+        a.push(format!("Wants={w}"));
+    }
+    for u in AFTER {
+        a.push("--property".into());
+        a.push(format!("After={u}"));
+    }
+    // An absolute path: no PATH lookup involved.
+    a.push("/bin/true".into());
+    a
+}
+
+/// Wait (see the module doc). `before` names the step that needs it, for the log.
+pub fn apply(cx: &mut Cx, before: &str) -> Result<()> {
+    cx.info(&format!(
+        "online: waiting for {} (needed from step {before} on)",
+        AFTER.join(", ")
+    ));
+    let args = systemd_run_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sys::check("systemd-run", &args, None)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_unit_has_the_units_ordering() {
+        let a = systemd_run_args();
+        let props: Vec<&str> = a
+            .windows(2)
+            .filter(|w| w[0] == "--property")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            props,
+            [
+                "Wants=network-online.target",
+                "After=network-online.target",
+                "After=systemd-networkd-wait-online.service",
+                "After=time-sync.target",
+                "After=containerd.service",
+            ]
+        );
+        assert!(a.iter().any(|x| x == "--wait"), "{a:?}");
+        assert_eq!(a.last().map(String::as_str), Some("/bin/true"));
+        // Never a Requires=: a unit missing from the image must not fail the wait.
+        assert!(!a.iter().any(|x| x.starts_with("Requires=")), "{a:?}");
+    }
+
+    #[test]
+    fn skipped_outside_a_systemd_boot() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(skip(false, d.path()).unwrap().contains("--root"));
+        assert!(skip(true, d.path())
+            .unwrap()
+            .contains("/run/systemd/system"));
+        std::fs::create_dir_all(d.path().join("run/systemd/system")).unwrap();
+        assert_eq!(skip(true, d.path()), None);
+    }
+}
