@@ -66,6 +66,8 @@ struct Agent<'a> {
     online_done: bool,
     /// growpart running in the background (see [`Agent::join_growpart`]).
     growpart: Option<Background>,
+    /// The `online` wait, started with the agent (see [`online::start`]).
+    online_wait: Option<Result<std::process::Child>>,
 }
 
 /// A step running on its own thread: its phase entry (index in `status.phases`) is completed
@@ -96,7 +98,11 @@ pub fn run(o: &Opts) -> i32 {
         marker,
         online_done: false,
         growpart: None,
+        online_wait: None,
     };
+    if online::skip(a.real_root, &o.root).is_none() {
+        a.online_wait = Some(online::start());
+    }
     if let Some(e) = a.log.open_error.clone() {
         a.status.warnings.push(e.clone());
         eprintln!("cloudsigma-agent: {e}");
@@ -141,6 +147,7 @@ pub fn run(o: &Opts) -> i32 {
     };
     // Never exit with the root still growing (every path ends here).
     a.join_growpart();
+    online::abandon(a.online_wait.take());
     if let Err(e) = fsutil::sync_pending() {
         a.warn(format!(
             "cannot flush the files written to disk (syncfs): {e}"
@@ -262,7 +269,10 @@ impl Agent<'_> {
         }
         let skip = online::skip(self.real_root, &self.o.root);
         let step = step.to_string();
-        self.step("online", skip, |cx| online::apply(cx, &step))?;
+        let started = self.online_wait.take();
+        self.step("online", skip, |cx| {
+            online::apply(cx, &step, started, online::start)
+        })?;
         // The listing taken after the context read may predate DHCP: the status shows the
         // addresses the node has when it joins (node_ip replaces them again when it looks).
         self.network(ctx);

@@ -72,16 +72,60 @@ pub fn systemd_run_args() -> Vec<String> {
     a
 }
 
-/// Wait (see the module doc). `before` names the step that needs it, for the log.
-pub fn apply(cx: &mut Cx, before: &str) -> Result<()> {
+/// Start the wait (see the module doc) without blocking: the agent starts it when it starts, so
+/// that systemd-run's own start-up (an exec and a bus call, seconds in a busy boot: the
+/// transient unit started 2.8 s after systemd-run in the e2e VM) and the wait overlap the local
+/// steps. [`apply`] then only collects it.
+pub fn start() -> Result<std::process::Child> {
+    let args = systemd_run_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sys::spawn("systemd-run", &args)
+}
+
+/// Wait for the [`start`]ed wait. If that one failed (it may have run before the system bus
+/// was there, or could not be started), the wait is started once more, now, with `again`
+/// ([`start`] on a node), and that result counts. `before` names the step that needs it.
+pub fn apply(
+    cx: &mut Cx,
+    before: &str,
+    started: Option<Result<std::process::Child>>,
+    again: impl Fn() -> Result<std::process::Child>,
+) -> Result<()> {
     cx.info(&format!(
         "online: waiting for {} (needed from step {before} on)",
         AFTER.join(", ")
     ));
+    let first = match started {
+        Some(c) => c.and_then(collect),
+        None => again().and_then(collect),
+    };
+    match first {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            cx.info(&format!("online: {e}; starting the wait again"));
+            again().and_then(collect)
+        }
+    }
+}
+
+fn collect(child: std::process::Child) -> Result<()> {
+    let out = sys::wait("systemd-run", child)?;
+    if out.ok() {
+        return Ok(());
+    }
     let args = systemd_run_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sys::check("systemd-run", &args, None)?;
-    Ok(())
+    Err(out.failed("systemd-run", &args))
+}
+
+/// A started wait that is not needed after all (the node was bootstrapped before, a step failed
+/// first): stop systemd-run. Its transient unit still runs `/bin/true` when its turn comes and
+/// is collected (`--collect`).
+pub fn abandon(started: Option<Result<std::process::Child>>) {
+    if let Some(Ok(mut c)) = started {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +154,55 @@ mod tests {
         assert_eq!(a.last().map(String::as_str), Some("/bin/true"));
         // Never a Requires=: a unit missing from the image must not fail the wait.
         assert!(!a.iter().any(|x| x.starts_with("Requires=")), "{a:?}");
+    }
+
+    fn with_cx<T>(f: impl FnOnce(&mut Cx) -> T) -> T {
+        let mut log = crate::report::Logger::buffered();
+        let mut warnings = Vec::new();
+        f(&mut Cx {
+            root: std::path::Path::new("/nonexistent"),
+            real_root: false,
+            execute: false,
+            log: &mut log,
+            warnings: &mut warnings,
+        })
+    }
+
+    #[test]
+    fn collects_the_started_wait_and_its_failures() {
+        let fail = || {
+            sys::spawn(
+                "sh",
+                &[
+                    "-c",
+                    "echo 'Failed to start transient service unit' >&2; exit 1",
+                ],
+            )
+        };
+        let ok = || sys::spawn("true", &[]);
+        let never = || -> Result<std::process::Child> { panic!("started again") };
+        assert!(with_cx(|cx| apply(cx, "packages", Some(ok()), never)).is_ok());
+        // The early one failed (no bus yet): started again, and that one counts.
+        assert!(with_cx(|cx| apply(cx, "packages", Some(fail()), ok)).is_ok());
+        let missing = sys::spawn("/nonexistent/systemd-run", &[]);
+        assert!(with_cx(|cx| apply(cx, "bootcmd", Some(missing), ok)).is_ok());
+        // Failing again: the phase fails, naming systemd-run and why.
+        let e = with_cx(|cx| apply(cx, "packages", Some(fail()), fail)).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("systemd-run") && m.contains("Failed to start transient"),
+            "{m}"
+        );
+        // Not started early: started now.
+        assert!(with_cx(|cx| apply(cx, "packages", None, ok)).is_ok());
+        // an unneeded wait is stopped, not left behind
+        let long = sys::spawn("sleep", &["30"]).unwrap();
+        let pid = long.id();
+        abandon(Some(Ok(long)));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "still running"
+        );
     }
 
     #[test]
