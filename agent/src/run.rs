@@ -271,7 +271,13 @@ impl Agent<'_> {
         let step = step.to_string();
         let started = self.online_wait.take();
         self.step("online", skip, |cx| {
-            online::apply(cx, &step, started, online::start)
+            online::apply(
+                cx,
+                &step,
+                started,
+                online::start,
+                online::start_network_online,
+            )
         })?;
         // The listing taken after the context read may predate DHCP: the status shows the
         // addresses the node has when it joins (node_ip replaces them again when it looks).

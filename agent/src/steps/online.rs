@@ -82,14 +82,18 @@ pub fn start() -> Result<std::process::Child> {
     sys::spawn("systemd-run", &args)
 }
 
-/// Wait for the [`start`]ed wait. If that one failed (it may have run before the system bus
-/// was there, or could not be started), the wait is started once more, now, with `again`
-/// ([`start`] on a node), and that result counts. `before` names the step that needs it.
+/// Wait for the [`start`]ed wait. If that one failed (it could not be started, or the system
+/// bus it needs was not there: `systemd-run --wait` always talks to D-Bus, never to systemd's
+/// private socket), the wait is started once more, now, with `again` ([`start`] on a node). If
+/// that fails too, `fallback` ([`start_network_online`] on a node) waits for
+/// network-online.target alone, with a warning: the join then does not wait for containerd or
+/// time sync. `before` names the step that needs it.
 pub fn apply(
     cx: &mut Cx,
     before: &str,
     started: Option<Result<std::process::Child>>,
     again: impl Fn() -> Result<std::process::Child>,
+    fallback: impl Fn() -> Result<()>,
 ) -> Result<()> {
     cx.info(&format!(
         "online: waiting for {} (needed from step {before} on)",
@@ -103,9 +107,24 @@ pub fn apply(
         Ok(()) => Ok(()),
         Err(e) => {
             cx.info(&format!("online: {e}; starting the wait again"));
-            again().and_then(collect)
+            match again().and_then(collect) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    cx.warn(format!(
+                        "online: {e}; waiting for network-online.target only (systemctl start), not for {}",
+                        AFTER[1..].join(", ")
+                    ));
+                    fallback()
+                }
+            }
         }
     }
+}
+
+/// `systemctl start network-online.target`: what the unit's `Wants=`/`After=` on it did, through
+/// systemd's private socket (no D-Bus needed); the start job merges with the boot's.
+pub fn start_network_online() -> Result<()> {
+    sys::check("systemctl", &["start", "network-online.target"], None).map(|_| ())
 }
 
 fn collect(child: std::process::Child) -> Result<()> {
@@ -181,20 +200,30 @@ mod tests {
         };
         let ok = || sys::spawn("true", &[]);
         let never = || -> Result<std::process::Child> { panic!("started again") };
-        assert!(with_cx(|cx| apply(cx, "packages", Some(ok()), never)).is_ok());
+        let no_fallback = || -> Result<()> { panic!("fell back") };
+        let fallback_ok = || -> Result<()> { Ok(()) };
+        let fallback_fails =
+            || -> Result<()> { Err(crate::error::Error::Refused("no systemctl".into())) };
+        assert!(with_cx(|cx| apply(cx, "packages", Some(ok()), never, no_fallback)).is_ok());
         // The early one failed (no bus yet): started again, and that one counts.
-        assert!(with_cx(|cx| apply(cx, "packages", Some(fail()), ok)).is_ok());
+        assert!(with_cx(|cx| apply(cx, "packages", Some(fail()), ok, no_fallback)).is_ok());
         let missing = sys::spawn("/nonexistent/systemd-run", &[]);
-        assert!(with_cx(|cx| apply(cx, "bootcmd", Some(missing), ok)).is_ok());
-        // Failing again: the phase fails, naming systemd-run and why.
-        let e = with_cx(|cx| apply(cx, "packages", Some(fail()), fail)).unwrap_err();
-        let m = e.to_string();
+        assert!(with_cx(|cx| apply(cx, "bootcmd", Some(missing), ok, no_fallback)).is_ok());
+        // Failing again (no D-Bus): network-online.target alone, with a warning naming why.
+        let warnings = with_cx(|cx| {
+            apply(cx, "packages", Some(fail()), fail, fallback_ok).unwrap();
+            cx.warnings.clone()
+        });
         assert!(
-            m.contains("systemd-run") && m.contains("Failed to start transient"),
-            "{m}"
+            warnings.len() == 1
+                && warnings[0].contains("Failed to start transient")
+                && warnings[0].contains("not for systemd-networkd-wait-online.service"),
+            "{warnings:?}"
         );
+        // ...and if that fails as well, the phase fails.
+        assert!(with_cx(|cx| apply(cx, "packages", Some(fail()), fail, fallback_fails)).is_err());
         // Not started early: started now.
-        assert!(with_cx(|cx| apply(cx, "packages", None, ok)).is_ok());
+        assert!(with_cx(|cx| apply(cx, "packages", None, ok, no_fallback)).is_ok());
         // an unneeded wait is stopped, not left behind
         let long = sys::spawn("sleep", &["30"]).unwrap();
         let pid = long.id();
