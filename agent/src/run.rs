@@ -287,9 +287,10 @@ impl Agent<'_> {
 
     /// Start growpart (phase 0) on its own thread: growing the root partition and filesystem
     /// of a drive cloned larger than the image is the one slow step that needs nothing from the
-    /// others (an online resize2fs took 5.7 s of an early, busy boot in the e2e VM), so it runs
-    /// while the context is read and the files are written, and is joined before the first
-    /// step that needs the space or the disk (disk_setup, packages, runcmd) and before exit.
+    /// others (a resize2fs with nothing to do took 5.7 s of an early, busy boot in the e2e VM;
+    /// a real online grow takes longer), so it runs while the context is read and the files
+    /// are written, and is joined before the first step that needs the space or the disk
+    /// (disk_setup, packages, runcmd) and before exit.
     fn spawn_growpart(&mut self) {
         let start_ms = self.status.elapsed_ms();
         self.log.info("phase growpart: start (in the background)");
