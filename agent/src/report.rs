@@ -14,6 +14,9 @@ pub struct Logger {
     file: Option<File>,
     pub open_error: Option<String>,
     quiet: bool,
+    /// A step running on another thread logs here; the main log replays the lines (with their
+    /// own timestamps) when the step is joined, so the log's lines never interleave mid-line.
+    buffer: Option<Vec<String>>,
 }
 
 impl Logger {
@@ -24,17 +27,44 @@ impl Logger {
                 file: Some(f),
                 open_error: None,
                 quiet,
+                buffer: None,
             },
             Err(e) => Logger {
                 file: None,
                 open_error: Some(format!("cannot open log file {}: {e}", path.display())),
                 quiet,
+                buffer: None,
             },
+        }
+    }
+
+    /// A logger that only keeps its lines, for [`Logger::replay`].
+    pub fn buffered() -> Logger {
+        Logger {
+            file: None,
+            open_error: None,
+            quiet: true,
+            buffer: Some(Vec::new()),
+        }
+    }
+
+    /// Write the lines a [`Logger::buffered`] kept, as they were.
+    pub fn replay(&mut self, from: Logger) {
+        for line in from.buffer.unwrap_or_default() {
+            self.write_line(&line);
         }
     }
 
     pub fn log(&mut self, level: &str, msg: &str) {
         let line = format!("{} {level:<5} {msg}\n", fsutil::now_rfc3339());
+        self.write_line(&line);
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if let Some(b) = self.buffer.as_mut() {
+            b.push(line.to_string());
+            return;
+        }
         if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(line.as_bytes());
         }

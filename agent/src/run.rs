@@ -14,8 +14,8 @@ use crate::fsutil::{self, atomic_write, under, Owner, WriteMode};
 use crate::report::{Logger, Phase, Status, StepError};
 use crate::stamp::{self, State};
 use crate::steps::{
-    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, packages, scripts, ssh_keys, swap, users,
-    write_files, Cx,
+    disk_setup, fs_setup, hostname, mounts, node_ip, ntp, online, packages, scripts, ssh_keys,
+    swap, users, write_files, Cx,
 };
 use crate::{net, template, userdata};
 
@@ -62,9 +62,23 @@ struct Agent<'a> {
     status: Status,
     status_path: PathBuf,
     marker: PathBuf,
+    /// The `online` phase ran (or was skipped) in this run: it is waited for once.
+    online_done: bool,
+    /// growpart running in the background (see [`Agent::join_growpart`]).
+    growpart: Option<Background>,
+    /// The `online` wait, started with the agent (see [`online::start`]).
+    online_wait: Option<Result<std::process::Child>>,
+}
+
+/// A step running on its own thread: its phase entry (index in `status.phases`) is completed
+/// when it is joined.
+struct Background {
+    phase: usize,
+    handle: std::thread::JoinHandle<(Result<()>, Logger, Vec<String>, Duration)>,
 }
 
 pub fn run(o: &Opts) -> i32 {
+    prefetch_self();
     let real_root = o.root == Path::new("/");
     let marker = under(&o.root, MARKER);
     let log_path = o
@@ -82,7 +96,13 @@ pub fn run(o: &Opts) -> i32 {
             .clone()
             .unwrap_or_else(|| under(&o.root, STATUS_FILE)),
         marker,
+        online_done: false,
+        growpart: None,
+        online_wait: None,
     };
+    if online::skip(a.real_root, &o.root).is_none() {
+        a.online_wait = Some(online::start());
+    }
     if let Some(e) = a.log.open_error.clone() {
         a.status.warnings.push(e.clone());
         eprintln!("cloudsigma-agent: {e}");
@@ -125,8 +145,34 @@ pub fn run(o: &Opts) -> i32 {
             EXIT_FAILED
         }
     };
+    // Never exit with the root still growing (every path ends here).
+    a.join_growpart();
+    online::abandon(a.online_wait.take());
+    if let Err(e) = fsutil::sync_pending() {
+        a.warn(format!(
+            "cannot flush the files written to disk (syncfs): {e}"
+        ));
+    }
     a.finish();
     code
+}
+
+/// Ask the kernel to read the agent's own binary into the page cache now, in one sequential
+/// readahead (posix_fadvise WILLNEED), instead of page by page as the code first runs: early in
+/// boot the disk is shared with everything else starting, and each fault of the 4.4 MB static
+/// binary waits its turn (in the e2e VM started early, the template phase, < 1 ms on a warm
+/// host, took 2 s: faults or CPU contention). Best effort: a failure only means the faults
+/// happen as before.
+fn prefetch_self() {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::File::open("/proc/self/exe") {
+        let _ = nix::fcntl::posix_fadvise(
+            f.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
 }
 
 impl Agent<'_> {
@@ -214,6 +260,93 @@ impl Agent<'_> {
         }
     }
 
+    /// Wait, once per run, for what the join needs from the rest of the boot (network-online,
+    /// time sync, containerd: [`online::AFTER`]), before `step`, the first step that may need it.
+    /// Everything before runs as early as the unit starts (docs/agent.md, "Boot order").
+    fn online(&mut self, step: &str, ctx: &ServerContext) -> Flow<()> {
+        if std::mem::replace(&mut self.online_done, true) {
+            return Ok(());
+        }
+        let skip = online::skip(self.real_root, &self.o.root);
+        let step = step.to_string();
+        let started = self.online_wait.take();
+        self.step("online", skip, |cx| {
+            online::apply(
+                cx,
+                &step,
+                started,
+                online::start,
+                online::start_network_online,
+            )
+        })?;
+        // The listing taken after the context read may predate DHCP: the status shows the
+        // addresses the node has when it joins (node_ip replaces them again when it looks).
+        self.network(ctx);
+        Ok(())
+    }
+
+    /// Start growpart (phase 0) on its own thread: growing the root partition and filesystem
+    /// of a drive cloned larger than the image is the one slow step that needs nothing from the
+    /// others (a resize2fs with nothing to do took 5.7 s of an early, busy boot in the e2e VM;
+    /// a real online grow takes longer), so it runs while the context is read and the files
+    /// are written, and is joined before the first step that needs the space or the disk
+    /// (disk_setup, packages, runcmd) and before exit.
+    fn spawn_growpart(&mut self) {
+        let start_ms = self.status.elapsed_ms();
+        self.log.info("phase growpart: start (in the background)");
+        self.status.phases.push(Phase {
+            name: "growpart".into(),
+            start_ms,
+            duration_ms: 0,
+            result: "running".into(),
+            detail: None,
+        });
+        let phase = self.status.phases.len() - 1;
+        let (root, real_root, execute) = (self.o.root.clone(), self.real_root, self.execute);
+        let handle = std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut log = Logger::buffered();
+            let mut warnings = Vec::new();
+            let r = crate::steps::growpart::apply(&mut Cx {
+                root: &root,
+                real_root,
+                execute,
+                log: &mut log,
+                warnings: &mut warnings,
+            });
+            (r, log, warnings, t.elapsed())
+        });
+        self.growpart = Some(Background { phase, handle });
+    }
+
+    /// Wait for the background growpart, if any, and complete its phase. Its problems are
+    /// warnings (as cloud-init's), so it never stops the sequence.
+    fn join_growpart(&mut self) {
+        let Some(bg) = self.growpart.take() else {
+            return;
+        };
+        let (duration_ms, detail) = match bg.handle.join() {
+            Ok((r, log, warnings, took)) => {
+                self.log.replay(log);
+                self.status.warnings.extend(warnings);
+                let ms = took.as_millis() as u64;
+                self.log.info(&format!("phase growpart: ok ({ms} ms)"));
+                (ms, r.err().map(|e| e.to_string()))
+            }
+            Err(_) => (
+                self.status.elapsed_ms() - self.status.phases[bg.phase].start_ms,
+                Some("its thread panicked".to_string()),
+            ),
+        };
+        if let Some(d) = &detail {
+            self.warn(format!("growpart: root not grown: {d}"));
+        }
+        let p = &mut self.status.phases[bg.phase];
+        p.duration_ms = duration_ms;
+        p.result = "ok".into();
+        p.detail = detail;
+    }
+
     /// The skip reason of a step that runs scripts or node tools, None when it may run.
     fn gate<'a>(&self, skip: Option<&'a str>) -> Option<&'a str> {
         skip.or((!self.execute).then_some(NOT_EXECUTED))
@@ -225,7 +358,10 @@ impl Agent<'_> {
         // 0: grow the root into a drive cloned larger than the image; every boot, needs no data.
         use crate::steps::growpart;
         let skip = self.gate(growpart::skip(&self.o.root));
-        self.step("growpart", skip, growpart::apply)?;
+        match skip {
+            Some(why) => self.skip("growpart", why),
+            None => self.spawn_growpart(),
+        }
         // 1-4: context, user data, template, cloud-config.
         let Some((ctx, kind, cfg)) = self.read_data()? else {
             return Ok("skipped");
@@ -234,6 +370,11 @@ impl Agent<'_> {
         // 5: bootcmd runs on every boot, like cloud-init's.
         let bootcmd = scripts::shellify(&cfg.bootcmd);
         let skip = self.gate(if_empty(&cfg.bootcmd, "no bootcmd"));
+        if skip.is_none() {
+            // cloud-init runs bootcmd in its network stage (after systemd-networkd-wait-online),
+            // and the data's commands may expect what the unit used to wait for.
+            self.online("bootcmd", &ctx)?;
+        }
         self.step("bootcmd", skip, |cx| {
             scripts::run(cx, "bootcmd", &bootcmd, &uuid)
         })?;
@@ -295,7 +436,11 @@ impl Agent<'_> {
         self.step("write_files", if_empty(&now, "no files"), |cx| {
             write_files::apply(cx, &now)
         })?;
-        // cloud-init's init stage: disk_setup (partitions, then filesystems), then mounts.
+        // cloud-init's init stage: growpart and resizefs, then disk_setup (partitions, then
+        // filesystems), then mounts: a disk step may use the root disk's free space.
+        if !(cfg.disk_setup.is_empty() && cfg.fs_setup.is_empty() && cfg.mounts.is_none()) {
+            self.join_growpart();
+        }
         let skip = self.gate(if_empty(&cfg.disk_setup, "no disks to partition"));
         self.step("disk_setup", skip, |cx| {
             disk_setup::apply(cx, &cfg.disk_setup)
@@ -303,6 +448,11 @@ impl Agent<'_> {
         let skip = self.gate(if_empty(&cfg.fs_setup, "no filesystems"));
         self.step("fs_setup", skip, |cx| fs_setup::apply(cx, &cfg.fs_setup))?;
         let no_mounts = cfg.mounts.is_none().then_some("no mounts");
+        if no_mounts.is_none() {
+            // `mount -a` may mount a network file system (cloud-init's mounts module runs in its
+            // network stage).
+            self.online("mounts", ctx)?;
+        }
         self.step("mounts", no_mounts, |cx| {
             mounts::apply(cx, cfg.mounts.as_deref().unwrap_or_default())
         })?;
@@ -334,7 +484,11 @@ impl Agent<'_> {
             Some(n) if !n.enabled => self.skip("ntp", "ntp.enabled is false"),
             Some(n) => self.step("ntp", None, |cx| ntp::apply(cx, n))?,
         }
-        // cloud-init's final stage opens with package_update_upgrade_install.
+        // cloud-init's final stage (after network-online.target) opens with
+        // package_update_upgrade_install; node_ip and runcmd (kubeadm join) come after it.
+        self.online("packages", ctx)?;
+        // The root must have its size before apt-get and kubeadm (image pulls) write to it.
+        self.join_growpart();
         let skip = self.gate(cfg.packages.is_empty().then_some("no packages"));
         self.step("packages", skip, |cx| packages::apply(cx, &cfg.packages))?;
         self.step(
@@ -417,7 +571,8 @@ impl Agent<'_> {
             }
             // cloud-init's VALID_DSMODES are disabled, local and net; "pass" and anything else
             // get its warning and the default, net. local vs net only picks cloud-init's stage
-            // (before or after the network): the agent runs once, after network-online.
+            // (before or after the network): the agent starts before the network either way and
+            // waits for it before the first step that may need it (the `online` phase).
             Some(DsMode::Pass) | Some(DsMode::Other(_)) => {
                 let m = ctx.meta.get(META_DSMODE).cloned().unwrap_or_default();
                 self.warn(format!(

@@ -109,6 +109,8 @@ pub fn write(root: &Path, uuid: &str, state: State) -> io::Result<PathBuf> {
         Owner::default(),
         WriteMode::Replace,
     )?;
+    // The stamp, and every file written before it, durable before the commands start.
+    fsutil::sync_pending()?;
     Ok(p)
 }
 

@@ -47,29 +47,21 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Out> {
 }
 
 fn run_env(tool: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Result<Out> {
-    let mut c = Command::new(tool);
-    c.args(args)
-        .env("LANG", "C")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = c.spawn().map_err(|e| {
-        let tool = tool.to_string();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { tool }
-        } else {
-            Error::Spawn { tool, source: e }
-        }
-    })?;
+    let mut child = spawn_env(tool, args, stdin.is_some(), env)?;
     if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
         // A tool that exits early closes the pipe: its exit status tells the story, not EPIPE.
         let _ = w.write_all(data);
     }
+    wait(tool, child)
+}
+
+/// Start `tool args...` (stdin null, output captured) without waiting: [`wait`] collects it.
+pub fn spawn(tool: &str, args: &[&str]) -> Result<std::process::Child> {
+    spawn_env(tool, args, false, &[])
+}
+
+/// Wait for a [`spawn`]ed tool. Err only if waiting failed.
+pub fn wait(tool: &str, child: std::process::Child) -> Result<Out> {
     let out = child.wait_with_output().map_err(|e| Error::Wait {
         tool: tool.into(),
         source: e,
@@ -79,6 +71,29 @@ fn run_env(tool: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn spawn_env(
+    tool: &str,
+    args: &[&str],
+    stdin: bool,
+    env: &[(&str, &str)],
+) -> Result<std::process::Child> {
+    let mut c = Command::new(tool);
+    c.args(args)
+        .env("LANG", "C")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+    c.spawn().map_err(|e| {
+        let tool = tool.to_string();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { tool }
+        } else {
+            Error::Spawn { tool, source: e }
+        }
     })
 }
 

@@ -89,6 +89,8 @@ fn kubeadm_join_worker() {
             "userdata_format",
             "template",
             "cloudconfig",
+            // the data has a bootcmd: cloud-init runs it after the network is up
+            "online",
             "bootcmd",
             "write_files",
             "disk_setup",

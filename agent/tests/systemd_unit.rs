@@ -23,9 +23,20 @@ fn unit_directives() {
     ] {
         assert!(has(l), "missing {l:?}");
     }
-    assert!(unit
+    // The unit starts before the network (docs/agent.md, "Boot order"): the agent waits itself,
+    // in its `online` phase, for what it used to be ordered after. An After= on any of them here
+    // would delay the early steps again.
+    let after: Vec<&str> = unit
         .lines()
-        .any(|l| l.starts_with("After=") && l.contains("network-online.target")));
+        .filter_map(|l| l.trim().strip_prefix("After="))
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    for u in cloudsigma_agent::steps::online::AFTER {
+        assert!(!after.contains(u), "After={u} is back in the unit");
+    }
+    assert!(after.contains(&"local-fs.target"), "{after:?}");
+    // The default dependencies put it after sysinit.target (swap is on: swapoff sticks).
+    assert!(!unit.lines().any(|l| l.trim() == "DefaultDependencies=no"));
     assert!(unit.lines().any(|l| l.starts_with("TimeoutStartSec=")));
     // Ordering before kubelet would deadlock kubeadm's `systemctl restart kubelet` (docs/agent.md).
     assert!(!unit

@@ -167,6 +167,9 @@ pub struct Plan {
     pub target: Target,
     pub fstype: String,
     pub resize: Vec<String>,
+    /// The root device's sysfs directory under the root (its `size`, `start`; the disk's is the
+    /// parent directory for a partition).
+    pub sysfs: std::path::PathBuf,
 }
 
 /// The plan for this root, or why nothing may be done. The filesystem is identified first:
@@ -200,6 +203,7 @@ pub fn plan(root: &Path) -> std::result::Result<Plan, String> {
         target,
         fstype: m.fstype,
         resize,
+        sysfs: real,
     })
 }
 
@@ -217,9 +221,23 @@ pub fn apply(cx: &mut Cx) -> Result<()> {
             cx.info(&format!(
                 "growpart: {GROWROOT_DISABLED} exists: partition {dev} not grown"
             ));
+        } else if let Some(gap) = partition_gap(&plan.sysfs).filter(|g| *g < GROWPART_FUDGE) {
+            // Every boot after the first: no growpart process (a shell script running sfdisk).
+            cx.info(&format!(
+                "growpart: {dev} already ends {gap} sector(s) before the end of {disk} (growpart grows by 1 MiB or more): growpart not run"
+            ));
         } else {
             grow_partition(cx, disk, *number);
         }
+    }
+    if let Some(blocks) = ext_fills(cx, &plan) {
+        cx.info(&format!(
+            "growpart: {} filesystem on {} already fills the device ({blocks} blocks): {} not run",
+            plan.fstype,
+            plan.target.dev(),
+            plan.resize[0]
+        ));
+        return Ok(());
     }
     let before = root_size(cx);
     let (tool, args) = plan
@@ -265,6 +283,67 @@ fn grow_partition(cx: &mut Cx, disk: &str, number: u32) {
         )),
         Err(e) => cx.warn(format!("growpart {disk} {n}: {e}: partition not grown")),
     }
+}
+
+/// growpart's (cloud-utils) FUDGE, 1 MiB in 512-byte sectors: it reports NOCHANGE ("could only
+/// be grown by N") unless the partition can grow by more, and it never lets a partition end
+/// past the disk's last sector.
+pub const GROWPART_FUDGE: u64 = 2048;
+
+/// Sectors (512 bytes, sysfs' unit for every device) between the partition's end and the end of
+/// its disk, from `start` and `size` of the partition and `size` of its parent, or None.
+pub fn partition_gap(part: &Path) -> Option<u64> {
+    let num = |p: &Path| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let start = num(&part.join("start"))?;
+    let size = num(&part.join("size"))?;
+    let disk = num(&part.parent()?.join("size"))?;
+    disk.checked_sub(start.checked_add(size)?)
+}
+
+/// For an ext2/3/4 root: Some(block count) when the filesystem already spans the whole device
+/// (what resize2fs would grow it to: the device size in whole blocks), so resize2fs has nothing
+/// to do. None for other types, or when anything cannot be read: then resize2fs runs, as
+/// before. resize2fs may leave a tail too small for a block group unused; such a filesystem is
+/// never "full" here and resize2fs keeps running (and saying "Nothing to do") every boot.
+fn ext_fills(cx: &Cx, plan: &Plan) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    if !plan.fstype.starts_with("ext") {
+        return None;
+    }
+    let sectors: u64 = fs::read_to_string(plan.sysfs.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut sb = [0u8; 1024];
+    fs::File::open(cx.path(plan.target.dev()))
+        .ok()?
+        .read_exact_at(&mut sb, 1024)
+        .ok()?;
+    ext_fills_device(&sb, sectors * 512)
+}
+
+/// The ext superblock `sb` (1024 bytes from offset 1024 of the device) against `dev_bytes`:
+/// Some(block count) when the filesystem has every whole block of the device.
+pub fn ext_fills_device(sb: &[u8], dev_bytes: u64) -> Option<u64> {
+    let u32_at = |o: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(sb.get(o..o + 4)?.try_into().ok()?) as u64)
+    };
+    // s_magic
+    if sb.get(0x38..0x3a)? != [0x53, 0xef] {
+        return None;
+    }
+    let log = u32_at(0x18)?; // s_log_block_size: 1024 << n
+    if log > 6 {
+        return None;
+    }
+    let block = 1024u64 << log;
+    let mut blocks = u32_at(0x04)?; // s_blocks_count_lo
+    if u32_at(0x60)? & 0x80 != 0 {
+        // INCOMPAT_64BIT: s_blocks_count_hi
+        blocks |= u32_at(0x150)? << 32;
+    }
+    (blocks >= dev_bytes / block).then_some(blocks)
 }
 
 /// Size of the filesystem at `/` in bytes (statvfs), for the log.
@@ -403,6 +482,79 @@ mod tests {
         let e = growpart_outcome(Some(2), "FAILED: failed to resize\n").unwrap_err();
         assert_eq!(e, "exited with status 2: failed to resize");
         assert!(growpart_outcome(None, "").is_err());
+    }
+
+    #[test]
+    fn partition_gap_from_sysfs() {
+        let d = tempfile::tempdir().unwrap();
+        let part = d.path().join("vda/vda1");
+        fs::create_dir_all(&part).unwrap();
+        fs::write(d.path().join("vda/size"), "20971520\n").unwrap();
+        fs::write(part.join("start"), "2048\n").unwrap();
+        fs::write(part.join("size"), "20967424\n").unwrap();
+        assert_eq!(partition_gap(&part), Some(2048));
+        // an image's partition on a drive cloned 10 GiB larger: growpart must run
+        fs::write(d.path().join("vda/size"), "41943040\n").unwrap();
+        assert_eq!(partition_gap(&part), Some(20973568));
+        // unreadable or inconsistent: None (growpart runs)
+        fs::write(part.join("size"), "99999999999\n").unwrap();
+        assert_eq!(partition_gap(&part), None);
+        fs::remove_file(part.join("start")).unwrap();
+        assert_eq!(partition_gap(&part), None);
+    }
+
+    #[test]
+    fn ext_superblock_against_the_device() {
+        let mut sb = vec![0u8; 1024];
+        sb[0x38..0x3a].copy_from_slice(&[0x53, 0xef]);
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes()); // 4 KiB blocks
+        sb[0x04..0x08].copy_from_slice(&262144u32.to_le_bytes()); // 1 GiB
+        assert_eq!(ext_fills_device(&sb, 1 << 30), Some(262144));
+        assert_eq!(
+            ext_fills_device(&sb, (1 << 30) + 4095),
+            Some(262144),
+            "a partial block"
+        );
+        assert_eq!(
+            ext_fills_device(&sb, (1 << 30) + 4096),
+            None,
+            "one more block"
+        );
+        assert_eq!(ext_fills_device(&sb, 10 << 30), None, "cloned larger");
+        // 64bit: the high word counts
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ext_fills_device(&sb, 10 << 30), Some((1 << 32) + 262144));
+        // not ext, or nonsense
+        sb[0x38] = 0;
+        assert_eq!(ext_fills_device(&sb, 1 << 30), None);
+        assert_eq!(ext_fills_device(&[0u8; 10], 1 << 30), None);
+    }
+
+    #[test]
+    fn ext_superblock_as_mkfs_writes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs.img");
+        fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        match std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            _ => {
+                println!("mkfs.ext4 not usable here: skipping");
+                return;
+            }
+        }
+        use std::os::unix::fs::FileExt;
+        let mut sb = [0u8; 1024];
+        fs::File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut sb, 1024)
+            .unwrap();
+        assert!(ext_fills_device(&sb, 64 << 20).is_some());
+        assert_eq!(ext_fills_device(&sb, 128 << 20), None);
     }
 
     /// A fake booted root: mountinfo, /sys/dev/block links into /sys/devices, `partition`.

@@ -13,6 +13,7 @@
 //! | `users` | [`users`] |
 //! | `ssh_keys` | [`ssh_keys`] |
 //! | `swap` | [`swap`] |
+//! | `online` (the one wait for the network, time sync, containerd) | [`online`] |
 //! | `node_ip` | [`node_ip`] |
 //! | `ntp` | [`ntp`] |
 //! | `packages` | [`packages`] |
@@ -30,6 +31,7 @@ pub mod hostname;
 pub mod mounts;
 pub mod node_ip;
 pub mod ntp;
+pub mod online;
 pub mod packages;
 pub mod scripts;
 pub mod ssh_keys;

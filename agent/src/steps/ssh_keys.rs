@@ -287,10 +287,16 @@ fn add_nofollow(
     let result = (|| {
         fchmod(f.as_raw_fd(), Mode::from_bits_truncate(0o600))?;
         f.write_all(new.as_bytes()).map_err(io_errno)?;
-        f.sync_all().map_err(io_errno)?;
+        if !old.is_empty() {
+            // Replacing keys: never a torn file after a crash (see fsutil::atomic_write).
+            f.sync_all().map_err(io_errno)?;
+        }
         chown(cx, &f, uid, gid)?;
         renameat(at(&ssh), tmp.as_str(), at(&ssh), "authorized_keys")?;
-        let _ = nix::unistd::fsync(ssh.as_raw_fd());
+        // Durable at the next fsutil::sync_pending (before runcmd, at exit).
+        if let Ok(d) = ssh.try_clone() {
+            fsutil::defer_sync_file(File::from(d));
+        }
         Ok(changed)
     })();
     if result.is_err() {
