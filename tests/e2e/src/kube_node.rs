@@ -134,6 +134,10 @@ pub async fn build_image(t0: Instant, repo: &Path, cloud: &VmCloud, prepared: &P
         "image-recipes/debian-k8s",
         &[
             ("agent_binary", prepared.bins.agent.display().to_string()),
+            // cloudsim boots the library image's kernel and initrd directly, never the disk's
+            // /boot: regenerating the image's initramfs would cost minutes under TCG for nothing
+            // (docs/imgbuild.md, initramfs_update).
+            ("initramfs_update", "no".into()),
             ("artifacts_dir", prepared.artifacts.display().to_string()),
         ],
         false,

@@ -62,7 +62,11 @@ async fn whole_loop() {
         &bins.imgbuild,
         &repo,
         "image-recipes/debian-test-node",
-        &[("agent_binary", bins.agent.display().to_string())],
+        &[
+            ("agent_binary", bins.agent.display().to_string()),
+            // the emulator boots the library kernel + initrd directly (docs/imgbuild.md)
+            ("initramfs_update", "no".into()),
+        ],
         true,
     )
     .await;
