@@ -48,26 +48,11 @@ for tool in go apt-get dpkg-deb cargo setcap; do
     command -v "$tool" >/dev/null || { say "'$tool' not found: scripts/install-deps installs the Debian tools (setcap: libcap2-bin); Go and cargo come with this machine kind" >&2; exit 1; }
 done
 
-# build NAME MODULE_DIR PACKAGE VERSION LDFLAGS [SRC_DIR]: as tests/kube/build.sh's build(); with
-# SRC_DIR the package is built inside that directory (a patched copy of a module, see flannel).
-build() {
-    local name=$1 dir=$2 pkg=$3 version=$4 ldflags=$5 src=${6:-$2}
-    local stamp="$cache/stamps/addons-bin/$name.stamp"
-    mkdir -p "${stamp%/*}"
-    if [[ ! -s "$dir/go.sum" ]]; then (cd "$dir" && go mod tidy); fi
-    local stamp_want
-    stamp_want="$version $(cat "$dir/go.mod" "$dir/go.sum" "$0" | sha256sum | cut -d' ' -f1) $ldflags"
-    if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$stamp_want" ]]; then
-        say "$name $version cached"
-        return 0
-    fi
-    say "building $name $version (cold: minutes) ..."
-    local start=$SECONDS
-    (cd "$src" && go build -trimpath -ldflags "$ldflags" -o "$bin/.$name.tmp" "$pkg")
-    mv -f "$bin/.$name.tmp" "$bin/$name"
-    printf '%s' "$stamp_want" > "$stamp.tmp" && mv -f "$stamp.tmp" "$stamp"
-    say "built $name in $((SECONDS - start)) s"
-}
+# build NAME MODULE_DIR PACKAGE VERSION LDFLAGS [SRC_DIR]: tests/kube/go-build.sh into
+# addons-bin/, with this script in the stamp (it patches flannel's copy).
+# shellcheck source=tests/kube/go-build.sh
+. "$here/go-build.sh"
+build() { go_build "$bin" "$1" "$2" "$3" "$4" "$5" "${6:-$2}" "$0"; }
 
 # --- Go builds ---------------------------------------------------------------------------------
 vpkg=k8s.io/component-base/version

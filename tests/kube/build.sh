@@ -51,28 +51,9 @@ if ! command -v go >/dev/null; then
     exit 1
 fi
 
-# build OUT_DIR NAME MODULE_DIR PACKAGE VERSION LDFLAGS: skips when the stamp says this exact input
-# was built.
-build() {
-    local out=$1 name=$2 dir=$3 pkg=$4 version=$5 ldflags=$6
-    # Stamps live apart from the outputs: node-artifacts/ is uploaded into the image as it is.
-    local stamp="$cache/stamps/${out#"$cache"/}/$name.stamp"
-    mkdir -p "$out" "${stamp%/*}"
-    # go.sum is committed; tidy only fills it in when it is missing (first creation).
-    if [[ ! -s "$dir/go.sum" ]]; then (cd "$dir" && go mod tidy); fi
-    local stamp_want
-    stamp_want="$version $(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1) $ldflags"
-    if [[ -x "$out/$name" && -f "$stamp" && "$(cat "$stamp")" == "$stamp_want" ]]; then
-        echo "tests/kube/build.sh: $name $version cached in $out"
-        return 0
-    fi
-    echo "tests/kube/build.sh: building $name $version (cold: minutes) ..."
-    local start=$SECONDS
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
-    mv -f "$out/.$name.tmp" "$out/$name"          # atomic: a half-written binary is never picked up
-    printf '%s' "$stamp_want" > "$stamp.tmp" && mv -f "$stamp.tmp" "$stamp"
-    echo "tests/kube/build.sh: built $name in $((SECONDS - start)) s"
-}
+# shellcheck source=tests/kube/go-build.sh
+. "$here/go-build.sh"
+build() { go_build "$@"; }
 
 build "$bin" etcd "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "-s -w"
 
