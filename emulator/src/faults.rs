@@ -4,7 +4,30 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::config::FaultConfig;
+/// Runtime-adjustable fault injection (also `GET|PUT /admin/faults`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultConfig {
+    /// Added to every `/api/2.0/` answer.
+    pub latency_ms: u64,
+    /// Fraction (0.0–1.0) of `/api/2.0/` requests answered with `error_status` instead.
+    pub error_rate: f64,
+    /// 500, 503 or 429 (429 carries `Retry-After`).
+    pub error_status: u16,
+    /// Requests per second accepted before answering 429 with `Retry-After`; 0 = unlimited.
+    pub rate_limit_per_sec: u32,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            latency_ms: 0,
+            error_rate: 0.0,
+            error_status: 503,
+            rate_limit_per_sec: 0,
+        }
+    }
+}
 
 /// A one-shot failure: the next `count` requests matching `method` + `path` get `status`.
 ///
