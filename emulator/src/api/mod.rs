@@ -293,14 +293,17 @@ async fn route(
     match s.as_slice() {
         ["profile"] => account::profile(app, method, body),
         ["capabilities"] => account::capabilities(method),
-        [res @ ("keypairs" | "pubkeys"), rest @ ..] if rest.len() <= 1 => account::keypairs(
-            app,
-            method,
-            *res == "pubkeys",
-            rest.first().copied(),
-            query,
-            body,
-        ),
+        [res @ ("keypairs" | "pubkeys"), rest @ ..] if rest.len() <= 1 => {
+            account::keypairs(
+                app,
+                method,
+                *res == "pubkeys",
+                rest.first().copied(),
+                query,
+                body,
+            )
+            .await
+        }
         [res @ ("servers" | "drives"), "availability_groups", rest @ ..] if rest.len() <= 1 => {
             account::availability_groups(app, method, res, rest.first().copied())
         }
