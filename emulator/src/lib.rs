@@ -161,15 +161,15 @@ fn initial_state(cfg: &EmulatorConfig) -> anyhow::Result<State> {
 /// The context directory, created, and the same path again when it is a temporary one the
 /// emulator removes on shutdown.
 fn context_dirs(cfg: &EmulatorConfig) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
-    let (ctx_dir, temp_dir) = match &cfg.context_dir {
-        Some(d) => (d.clone(), None),
+    let (ctx_dir, temp_dir, made) = match &cfg.context_dir {
+        Some(d) => (d.clone(), None, context::ensure_dir(d)),
         None => {
             let d = context::default_dir();
-            (d.clone(), Some(d))
+            let made = context::create_private_dir(&d);
+            (d.clone(), Some(d), made)
         }
     };
-    context::ensure_dir(&ctx_dir)
-        .with_context(|| format!("cannot create context dir {}", ctx_dir.display()))?;
+    made.with_context(|| format!("cannot create context dir {}", ctx_dir.display()))?;
     Ok((ctx_dir, temp_dir))
 }
 

@@ -366,3 +366,20 @@ async fn key_generation_leaves_the_runtime_responsive() {
         "a 10 ms timer took up to {worst:?} while the POST took {took:?}"
     );
 }
+
+/// [issue 21 item 9] the default context directory (context sockets: a server's context holds
+/// its VNC password; the admin socket) is owner-only.
+#[tokio::test]
+async fn the_default_context_dir_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = instant().await;
+    let dir = t
+        .emu
+        .admin_socket()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", dir.display());
+}
