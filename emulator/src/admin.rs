@@ -151,7 +151,10 @@ async fn counters(AxState(app): AxState<Arc<App>>) -> R {
 async fn counters_reset(AxState(app): AxState<Arc<App>>) -> R {
     let mut c = app.counters.lock().unwrap_or_else(|p| p.into_inner());
     *c = Default::default();
-    (StatusCode::OK, Json(json!({"total": 0, "endpoints": {}})))
+    (
+        StatusCode::OK,
+        Json(json!({"total": 0, "unauthenticated": 0, "endpoints": {}})),
+    )
 }
 
 async fn faults_get(AxState(app): AxState<Arc<App>>) -> R {

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
+// FaultConfig lives with the faults it configures (faults.rs), so that faults.rs needs
+// nothing from this file.
 use crate::faults::ContextNotReady;
+pub use crate::faults::FaultConfig;
 pub use crate::tls::TlsConfig;
 use crate::vlan::DhcpConfig;
 
@@ -96,31 +99,6 @@ mod ms {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
-
-/// Runtime-adjustable fault injection (also `GET|PUT /admin/faults`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FaultConfig {
-    /// Added to every `/api/2.0/` answer.
-    pub latency_ms: u64,
-    /// Fraction (0.0–1.0) of `/api/2.0/` requests answered with `error_status` instead.
-    pub error_rate: f64,
-    /// 500, 503 or 429 (429 carries `Retry-After`).
-    pub error_status: u16,
-    /// Requests per second accepted before answering 429 with `Retry-After`; 0 = unlimited.
-    pub rate_limit_per_sec: u32,
-}
-
-impl Default for FaultConfig {
-    fn default() -> Self {
-        FaultConfig {
-            latency_ms: 0,
-            error_rate: 0.0,
-            error_status: 503,
-            rate_limit_per_sec: 0,
-        }
     }
 }
 

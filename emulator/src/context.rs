@@ -284,6 +284,15 @@ pub fn ensure_dir(p: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(p)
 }
 
+/// A fresh owner-only directory (mode 0700), created exclusively: the default context directory
+/// holds the context sockets (a server's context has its VNC password and meta) and the admin
+/// socket, so other local users must not reach them, and a directory someone planted at the
+/// name beforehand is refused rather than used [issue 21 item 9].
+pub fn create_private_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,30 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::config::FaultConfig;
+/// Runtime-adjustable fault injection (also `GET|PUT /admin/faults`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultConfig {
+    /// Added to every `/api/2.0/` answer.
+    pub latency_ms: u64,
+    /// Fraction (0.0–1.0) of `/api/2.0/` requests answered with `error_status` instead.
+    pub error_rate: f64,
+    /// 500, 503 or 429 (429 carries `Retry-After`).
+    pub error_status: u16,
+    /// Requests per second accepted before answering 429 with `Retry-After`; 0 = unlimited.
+    pub rate_limit_per_sec: u32,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            latency_ms: 0,
+            error_rate: 0.0,
+            error_status: 503,
+            rate_limit_per_sec: 0,
+        }
+    }
+}
 
 /// A one-shot failure: the next `count` requests matching `method` + `path` get `status`.
 ///
@@ -233,16 +256,50 @@ impl Faults {
     }
 }
 
+/// Distinct `endpoints` keys kept; further new ones are counted under [`OVERFLOW_KEY`]. The
+/// emulated API has far fewer (resources × methods × sub-paths), so only a flood of made-up
+/// paths or methods reaches the cap.
+pub const MAX_ENDPOINTS: usize = 256;
+/// The `endpoints` key of requests past [`MAX_ENDPOINTS`].
+pub const OVERFLOW_KEY: &str = "{other endpoints}";
+
+/// Request counters (`GET /admin/counters`). Bounded whatever clients send: per-endpoint keys
+/// only for authenticated requests, with normalized paths and methods, at most
+/// [`MAX_ENDPOINTS`] of them; a request without valid credentials only counts in `total` and
+/// `unauthenticated` ([issue 21 item 9] a flood before authentication must not grow memory).
 #[derive(Default, Serialize)]
 pub struct Counters {
+    /// Every request, authenticated or not.
     pub total: u64,
+    /// Requests answered 401.
+    pub unauthenticated: u64,
+    /// `"<METHOD> <normalized path>"` → authenticated requests.
     pub endpoints: BTreeMap<String, u64>,
 }
 
 impl Counters {
-    pub fn hit(&mut self, key: String) {
+    /// An authenticated request: `method` (anything but the usual methods counts as `OTHER`)
+    /// and `pattern` ([`normalize`]d path).
+    pub fn hit(&mut self, method: &str, pattern: &str) {
         self.total += 1;
-        *self.endpoints.entry(key).or_insert(0) += 1;
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
+        let key = format!("{method} {pattern}");
+        if let Some(n) = self.endpoints.get_mut(&key) {
+            *n += 1;
+        } else if self.endpoints.len() < MAX_ENDPOINTS {
+            self.endpoints.insert(key, 1);
+        } else {
+            *self.endpoints.entry(OVERFLOW_KEY.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// A request refused with 401: no per-endpoint key.
+    pub fn unauthenticated(&mut self) {
+        self.total += 1;
+        self.unauthenticated += 1;
     }
 }
 

@@ -29,21 +29,48 @@ pub const ALGORITHMS: &[&str] = &["rsa", "ed25519"];
 /// RSA modulus size in bits ([D], as the dump's key).
 const RSA_BITS: usize = 2048;
 
-/// Makes a pair of `algorithm` (`rsa` or `ed25519`; [`ALGORITHMS`]).
-pub fn generate(algorithm: &str) -> Result<Pair, String> {
+/// Why no pair was made: the caller answers an unknown algorithm as the client's mistake (400)
+/// and a failure as the emulator's (500).
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    #[error("algorithm_type {0:?} is not one of {list}", list = ALGORITHMS.join(", "))]
+    UnknownAlgorithm(String),
+    /// `what` failed (e.g. "generating an RSA key"); `detail` is the library's message, never
+    /// key material.
+    #[error("{what} failed: {detail}")]
+    Failed { what: &'static str, detail: String },
+}
+
+fn failed(what: &'static str) -> impl FnOnce(String) -> KeygenError {
+    move |detail| KeygenError::Failed { what, detail }
+}
+
+/// [`generate`] on tokio's blocking pool: an RSA key takes CPU time (a fraction of a second
+/// optimised, seconds without), which would stall every other request and timer of the runtime
+/// if made on it.
+pub async fn generate_blocking(algorithm: &str) -> Result<Pair, KeygenError> {
+    let algorithm = algorithm.to_string();
+    tokio::task::spawn_blocking(move || generate(&algorithm))
+        .await
+        .map_err(|e| failed("the key generation task")(e.to_string()))?
+}
+
+/// Makes a pair of `algorithm` (`rsa` or `ed25519`; [`ALGORITHMS`]). Blocks for the time the
+/// key takes: from async code call [`generate_blocking`].
+pub fn generate(algorithm: &str) -> Result<Pair, KeygenError> {
     let mut rng = rand::rngs::OsRng;
     match algorithm {
         "ed25519" => {
             let key = ssh_key::PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519)
-                .map_err(|e| format!("generating an ed25519 key failed: {e}"))?;
+                .map_err(|e| failed("generating an ed25519 key")(e.to_string()))?;
             let private_key = key
                 .to_openssh(LineEnding::LF)
-                .map_err(|e| format!("encoding the ed25519 private key failed: {e}"))?
+                .map_err(|e| failed("encoding the ed25519 private key")(e.to_string()))?
                 .to_string();
             let public_key = key
                 .public_key()
                 .to_openssh()
-                .map_err(|e| format!("encoding the ed25519 public key failed: {e}"))?;
+                .map_err(|e| failed("encoding the ed25519 public key")(e.to_string()))?;
             Ok(Pair {
                 public_key,
                 private_key,
@@ -51,25 +78,22 @@ pub fn generate(algorithm: &str) -> Result<Pair, String> {
         }
         "rsa" => {
             let key = rsa::RsaPrivateKey::new(&mut rng, RSA_BITS)
-                .map_err(|e| format!("generating an RSA key failed: {e}"))?;
+                .map_err(|e| failed("generating an RSA key")(e.to_string()))?;
             let private_key = key
                 .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
-                .map_err(|e| format!("encoding the RSA private key failed: {e}"))?
+                .map_err(|e| failed("encoding the RSA private key")(e.to_string()))?
                 .to_string();
             let public = ssh_key::public::RsaPublicKey::try_from(key.to_public_key())
-                .map_err(|e| format!("converting the RSA public key failed: {e}"))?;
+                .map_err(|e| failed("converting the RSA public key")(e.to_string()))?;
             let public_key = PublicKey::new(KeyData::Rsa(public), "")
                 .to_openssh()
-                .map_err(|e| format!("encoding the RSA public key failed: {e}"))?;
+                .map_err(|e| failed("encoding the RSA public key")(e.to_string()))?;
             Ok(Pair {
                 public_key,
                 private_key,
             })
         }
-        other => Err(format!(
-            "algorithm_type {other:?} is not one of {}",
-            ALGORITHMS.join(", ")
-        )),
+        other => Err(KeygenError::UnknownAlgorithm(other.to_string())),
     }
 }
 
@@ -154,6 +178,11 @@ mod tests {
     #[test]
     fn unknown_algorithm_is_refused_by_name() {
         let e = generate("dsa").err().unwrap();
+        assert!(
+            matches!(&e, KeygenError::UnknownAlgorithm(a) if a == "dsa"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("\"dsa\"") && e.contains("rsa, ed25519"), "{e}");
     }
 }

@@ -77,79 +77,9 @@ pub struct EmulatorHandle {
 
 impl Emulator {
     pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
-        let mut st = State::new(cfg.timings);
-        if cfg.seed_library {
-            for l in seed::default_library() {
-                st.libdrives.insert(l.uuid.clone(), l);
-            }
-            seed::seed_network(&mut st);
-        }
-        for x in &cfg.extra_libdrives {
-            st.libdrives.insert(x.drive.uuid.clone(), x.drive.clone());
-        }
-        st.global_context = cfg.global_context.clone();
-        if let Some(p) = &cfg.state_file {
-            if let Some(snap) = persist::load(p)? {
-                let seeded_ips = std::mem::take(&mut st.ips);
-                let seeded_vlans = std::mem::take(&mut st.vlans);
-                st.load(snap);
-                // keep seeds when the file has none (first run with an empty file)
-                if st.ips.is_empty() {
-                    st.ips = seeded_ips;
-                }
-                if st.vlans.is_empty() {
-                    st.vlans = seeded_vlans;
-                }
-                st.rebuild_indexes();
-            }
-        }
-        let (ctx_dir, temp_dir) = match &cfg.context_dir {
-            Some(d) => (d.clone(), None),
-            None => {
-                let d = context::default_dir();
-                (d.clone(), Some(d))
-            }
-        };
-        context::ensure_dir(&ctx_dir)
-            .with_context(|| format!("cannot create context dir {}", ctx_dir.display()))?;
-        let backend: Arc<dyn Backend> = cfg
-            .backend
-            .clone()
-            .unwrap_or_else(|| Arc::new(StateOnlyBackend));
-        let mut faults = Faults::new(cfg.faults.clone());
-        for r in &cfg.context_not_ready {
-            r.validate()
-                .map_err(|e| anyhow::anyhow!("context_not_ready: {e}"))?;
-            faults.add_context_rule(r.clone());
-        }
-        let server_uuids: Vec<String> = st.servers.keys().cloned().collect();
-        let app = Arc::new(App::new(
-            st,
-            cfg.username.clone(),
-            cfg.password.clone(),
-            cfg.token.clone(),
-            backend.clone(),
-            faults,
-            ContextManager::new(ctx_dir.clone(), cfg.context_pty),
-        ));
-        for x in &cfg.extra_libdrives {
-            if let Some(p) = &x.image_path {
-                app.lib_images
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(x.drive.uuid.clone(), p.clone());
-            }
-        }
-        backend.attach(Arc::new(app::AppSink(Arc::downgrade(&app))));
-        for (vlan, d) in &cfg.vlan_dhcp {
-            app.set_vlan_dhcp(vlan, Some(d.clone()))
-                .await
-                .map_err(|e| anyhow::anyhow!("vlan_dhcp: {e}"))?;
-        }
-        for u in &server_uuids {
-            app.contexts.open(&app, u);
-        }
-
+        let st = initial_state(&cfg)?;
+        let (ctx_dir, temp_dir) = context_dirs(&cfg)?;
+        let app = new_app(&cfg, st, &ctx_dir).await?;
         let admin_tcp = match &cfg.admin_listen {
             AdminListen::Tcp(a) => Some(*a),
             AdminListen::Unix(_) => None,
@@ -163,48 +93,13 @@ impl Emulator {
             }
             None => None,
         };
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (API)", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        let api_router = axum::Router::new()
-            .fallback(api::handle)
-            .with_state(app.clone());
         let (tx, rx) = watch::channel(false);
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-        let mut servers = vec![spawn_server(
-            listener,
-            api_router,
-            acceptor.clone(),
-            rx.clone(),
-            "API",
-        )?];
-        let (admin_addr, admin_socket) = match &cfg.admin_listen {
-            AdminListen::Tcp(a) => {
-                let l = TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a} (admin)"))?;
-                let admin_addr = l.local_addr()?;
-                let admin_auth = cfg.admin_auth || !admin_addr.ip().is_loopback();
-                servers.push(spawn_server(
-                    l,
-                    admin::service(app.clone(), admin_auth),
-                    acceptor,
-                    rx,
-                    "admin",
-                )?);
-                (Some(admin_addr), None)
-            }
-            AdminListen::Unix(p) => {
-                let path = p.clone().unwrap_or_else(|| ctx_dir.join("admin.sock"));
-                let l = bind_admin_socket(&path)?;
-                servers.push(spawn_unix_server(
-                    l,
-                    admin::service(app.clone(), cfg.admin_auth),
-                    rx,
-                ));
-                (None, Some(path))
-            }
+        let (addr, api_server) = serve_api(&cfg, &app, acceptor.clone(), rx.clone()).await?;
+        let (admin, admin_server) = serve_admin(&cfg, &app, acceptor, rx, &ctx_dir).await?;
+        let (admin_addr, admin_socket) = match admin {
+            AdminAt::Tcp(a) => (Some(a), None),
+            AdminAt::Unix(p) => (None, Some(p)),
         };
         for w in listen_warnings(addr, admin_addr, tls.is_some()) {
             tracing::warn!("{w}");
@@ -223,12 +118,160 @@ impl Emulator {
             ca_pem: tls.and_then(|t| t.ca_pem),
             app,
             shutdown_tx: Some(tx),
-            servers,
+            servers: vec![api_server, admin_server],
             ticker: Some(ticker),
             state_file: cfg.state_file,
             temp_dir,
         })
     }
+}
+
+/// The account at start: the seeded library and network, the configured library drives and
+/// global context, then the state file's content.
+fn initial_state(cfg: &EmulatorConfig) -> anyhow::Result<State> {
+    let mut st = State::new(cfg.timings);
+    if cfg.seed_library {
+        for l in seed::default_library() {
+            st.libdrives.insert(l.uuid.clone(), l);
+        }
+        seed::seed_network(&mut st);
+    }
+    for x in &cfg.extra_libdrives {
+        st.libdrives.insert(x.drive.uuid.clone(), x.drive.clone());
+    }
+    st.global_context = cfg.global_context.clone();
+    if let Some(p) = &cfg.state_file {
+        if let Some(snap) = persist::load(p)? {
+            let seeded_ips = std::mem::take(&mut st.ips);
+            let seeded_vlans = std::mem::take(&mut st.vlans);
+            st.load(snap);
+            // keep seeds when the file has none (first run with an empty file)
+            if st.ips.is_empty() {
+                st.ips = seeded_ips;
+            }
+            if st.vlans.is_empty() {
+                st.vlans = seeded_vlans;
+            }
+            st.rebuild_indexes();
+        }
+    }
+    Ok(st)
+}
+
+/// The context directory, created, and the same path again when it is a temporary one the
+/// emulator removes on shutdown.
+fn context_dirs(cfg: &EmulatorConfig) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let (ctx_dir, temp_dir, made) = match &cfg.context_dir {
+        Some(d) => (d.clone(), None, context::ensure_dir(d)),
+        None => {
+            let d = context::default_dir();
+            let made = context::create_private_dir(&d);
+            (d.clone(), Some(d), made)
+        }
+    };
+    made.with_context(|| format!("cannot create context dir {}", ctx_dir.display()))?;
+    Ok((ctx_dir, temp_dir))
+}
+
+/// The app over `st`: faults, the backend attached, VLAN DHCP servers and the contexts of the
+/// loaded servers open.
+async fn new_app(
+    cfg: &EmulatorConfig,
+    st: State,
+    ctx_dir: &std::path::Path,
+) -> anyhow::Result<Arc<App>> {
+    let backend: Arc<dyn Backend> = cfg
+        .backend
+        .clone()
+        .unwrap_or_else(|| Arc::new(StateOnlyBackend));
+    let mut faults = Faults::new(cfg.faults.clone());
+    for r in &cfg.context_not_ready {
+        r.validate()
+            .map_err(|e| anyhow::anyhow!("context_not_ready: {e}"))?;
+        faults.add_context_rule(r.clone());
+    }
+    let server_uuids: Vec<String> = st.servers.keys().cloned().collect();
+    let app = Arc::new(App::new(
+        st,
+        cfg.username.clone(),
+        cfg.password.clone(),
+        cfg.token.clone(),
+        backend.clone(),
+        faults,
+        ContextManager::new(ctx_dir.to_path_buf(), cfg.context_pty),
+    ));
+    for x in &cfg.extra_libdrives {
+        if let Some(p) = &x.image_path {
+            app.lib_images
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(x.drive.uuid.clone(), p.clone());
+        }
+    }
+    backend.attach(Arc::new(app::AppSink(Arc::downgrade(&app))));
+    for (vlan, d) in &cfg.vlan_dhcp {
+        app.set_vlan_dhcp(vlan, Some(d.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("vlan_dhcp: {e}"))?;
+    }
+    for u in &server_uuids {
+        app.contexts.open(&app, u);
+    }
+    Ok(app)
+}
+
+/// The API listener and its server.
+async fn serve_api(
+    cfg: &EmulatorConfig,
+    app: &Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (API)", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new()
+        .fallback(api::handle)
+        .with_state(app.clone());
+    Ok((addr, spawn_server(listener, router, tls, stop, "API")?))
+}
+
+/// Where the admin endpoints listen.
+enum AdminAt {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// The admin listener (TCP, or the unix socket, by default in the context directory) and its
+/// server.
+async fn serve_admin(
+    cfg: &EmulatorConfig,
+    app: &Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    ctx_dir: &std::path::Path,
+) -> anyhow::Result<(AdminAt, JoinHandle<()>)> {
+    Ok(match &cfg.admin_listen {
+        AdminListen::Tcp(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin)"))?;
+            let admin_addr = l.local_addr()?;
+            let admin_auth = cfg.admin_auth || !admin_addr.ip().is_loopback();
+            let router = admin::service(app.clone(), admin_auth);
+            (
+                AdminAt::Tcp(admin_addr),
+                spawn_server(l, router, tls, stop, "admin")?,
+            )
+        }
+        AdminListen::Unix(p) => {
+            let path = p.clone().unwrap_or_else(|| ctx_dir.join("admin.sock"));
+            let l = bind_admin_socket(&path)?;
+            let router = admin::service(app.clone(), cfg.admin_auth);
+            (AdminAt::Unix(path), spawn_unix_server(l, router, stop))
+        }
+    })
 }
 
 /// [issue: guests must not reach the admin endpoints] the account's default credentials are

@@ -60,7 +60,8 @@ pub fn setup(cfg: &TlsConfig, listen: &[SocketAddr]) -> anyhow::Result<Tls> {
             let names = san_names(listen, extra_names);
             let (ca_pem, chain, key) = generate(&names)?;
             if let Some(p) = ca_out {
-                write_atomic(p, ca_pem.as_bytes()).with_context(|| {
+                // a public certificate: readable by the clients of other users too
+                crate::persist::write_atomic(p, ca_pem.as_bytes(), 0o644).with_context(|| {
                     format!("cannot write the CA certificate to {}", p.display())
                 })?;
             }
@@ -162,26 +163,6 @@ fn generate(names: &[String]) -> anyhow::Result<Generated> {
         .context("sign the server certificate")?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok((ca_cert.pem(), vec![cert.der().clone()], key_der))
-}
-
-/// Temporary file in the same directory + rename: a reader never sees half a certificate.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 /// How long a client may take for its TLS handshake.
@@ -291,5 +272,24 @@ mod tests {
         let e = load_files(&cert, &key).unwrap_err();
         assert!(format!("{e:#}").contains("key.pem"), "{e:#}");
         assert_eq!(chain.len(), 1);
+    }
+
+    /// [issue 21 item 9] the CA certificate's temporary file is created exclusively: a symlink
+    /// planted at the name it used to have (the pid) is not written through.
+    #[test]
+    fn the_ca_file_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let ca = d.path().join("ca.pem");
+        let planted = d.path().join(format!(".ca.pem.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let cfg = TlsConfig::SelfSigned {
+            ca_out: Some(ca.clone()),
+            extra_names: vec![],
+        };
+        let tls = setup(&cfg, &["127.0.0.1:1".parse().unwrap()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), tls.ca_pem.unwrap());
     }
 }

@@ -299,3 +299,87 @@ async fn unauthenticated_requests_do_not_spend_the_rate_limit() {
     let (s, v) = t.get("servers/").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+/// [issue 21 item 9] requests without credentials, each with a method and a path of its own,
+/// add no per-endpoint counter (a flood must not grow memory); authenticated made-up paths stop
+/// at the cap.
+#[tokio::test]
+async fn request_counters_stay_bounded() {
+    let t = instant().await;
+    for i in 0..300 {
+        let m = Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let s = t
+            .http
+            .request(m, t.url(&format!("servers/a/{i:032}/")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (total, by) = t.emu.counters();
+    assert_eq!(total, 300);
+    assert!(by.is_empty(), "{} keys: {by:?}", by.len());
+    let (_, c) = t.admin(Method::GET, "counters", None).await;
+    assert_eq!(c["unauthenticated"], 300, "{c}");
+    for i in 0..300 {
+        let (s, _) = t.get(&format!("servers/a/n{i}/")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (total, by) = t.emu.counters();
+    assert_eq!(total, 600);
+    // cloudsim::faults::MAX_ENDPOINTS (256) keys and the overflow key
+    assert!(by.len() <= 257, "{} keys", by.len());
+    assert_eq!(by.values().sum::<u64>(), 300);
+}
+
+/// [issue 21 item 9] RSA keys are made off the async runtime: on a single-threaded runtime, a
+/// timer keeps firing on time while a POST /keypairs/ generates keys (made on the runtime, the
+/// generation would hold every timer and request up for as long as it takes).
+#[tokio::test(flavor = "current_thread")]
+async fn key_generation_leaves_the_runtime_responsive() {
+    let t = instant().await;
+    let items: Vec<_> = (0..8)
+        .map(|i| json!({"name": format!("k{i}"), "algorithm_type": "rsa"}))
+        .collect();
+    let req = t
+        .http
+        .post(t.url("keypairs/"))
+        .basic_auth(t.emu.username(), Some(t.emu.password()))
+        .json(&json!({ "objects": items }))
+        .send();
+    let started = std::time::Instant::now();
+    let post = tokio::spawn(req);
+    let mut worst = std::time::Duration::ZERO;
+    while !post.is_finished() {
+        let t0 = std::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        worst = worst.max(t0.elapsed());
+    }
+    let took = started.elapsed();
+    let resp = post.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // eight 2048-bit keys take a good fraction of a second even optimised; a 10 ms timer that
+    // was held up for a third of that ran behind a generation on the runtime
+    assert!(
+        worst * 3 < took,
+        "a 10 ms timer took up to {worst:?} while the POST took {took:?}"
+    );
+}
+
+/// [issue 21 item 9] the default context directory (context sockets: a server's context holds
+/// its VNC password; the admin socket) is owner-only.
+#[tokio::test]
+async fn the_default_context_dir_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = instant().await;
+    let dir = t
+        .emu
+        .admin_socket()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", dir.display());
+}

@@ -10,6 +10,7 @@ use super::lists::{page_params, paginate, Filter};
 use super::{create_items, method_not_allowed, parse_body, Query, Reply};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::keygen::KeygenError;
 
 /// `GET|PUT /profile/` [V docs profile.rst]: a single object, not a list.
 pub(super) fn profile(app: &Arc<App>, method: &Method, body: &Bytes) -> Result<Reply, ApiError> {
@@ -36,7 +37,7 @@ pub(super) fn capabilities(method: &Method) -> Result<Reply, ApiError> {
 /// `/keypairs/` (`pub_view` false) and its read-only twin `/pubkeys/` (true). `id` is the
 /// segment after the resource: none, `detail`, or a uuid. [V dumps/response_keypair_list,
 /// response_pubkeys_list] both list forms carry full objects.
-pub(super) fn keypairs(
+pub(super) async fn keypairs(
     app: &Arc<App>,
     method: &Method,
     pub_view: bool,
@@ -61,7 +62,7 @@ pub(super) fn keypairs(
         (None, Method::POST) if !pub_view => {
             let mut items = create_items(body)?;
             // outside the state lock: an RSA key takes a moment to make
-            generate_missing_pairs(&mut items)?;
+            generate_missing_pairs(&mut items).await?;
             let created = app.lock().create_keypairs(&items)?;
             let first = created
                 .first()
@@ -116,7 +117,7 @@ pub(super) fn availability_groups(
 /// `ed25519`). Both keys are written into the item, which is then stored like a given pair
 /// (`algorithm_type` itself is not a field of the stored keypair, [V dumps/response_keypair_get]).
 /// Every item is checked before any key is made, so a bad item costs no key generation.
-fn generate_missing_pairs(items: &mut [serde_json::Value]) -> Result<(), ApiError> {
+async fn generate_missing_pairs(items: &mut [serde_json::Value]) -> Result<(), ApiError> {
     let mut wanted = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(o) = item.as_object() else {
@@ -147,7 +148,15 @@ fn generate_missing_pairs(items: &mut [serde_json::Value]) -> Result<(), ApiErro
         }
     }
     for (i, alg) in wanted {
-        let pair = crate::keygen::generate(&alg).map_err(ApiError::backend)?;
+        // off the runtime: an RSA key would stall every other request meanwhile
+        let pair = crate::keygen::generate_blocking(&alg)
+            .await
+            .map_err(|e| match e {
+                KeygenError::UnknownAlgorithm(_) => {
+                    ApiError::validation(e.to_string(), Some("algorithm_type"))
+                }
+                KeygenError::Failed { .. } => ApiError::backend(e.to_string()),
+            })?;
         if let Some(o) = items[i].as_object_mut() {
             o.insert("public_key".into(), pair.public_key.into());
             o.insert("private_key".into(), pair.private_key.into());

@@ -99,13 +99,19 @@ pub async fn handle(AxState(app): AxState<Arc<App>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let raw_query = req.uri().query().unwrap_or("").to_string();
     let pattern = normalize(&path);
-    if let Ok(mut c) = app.counters.lock() {
-        c.hit(format!("{method} {pattern}"));
-    }
 
-    // Auth first: a client without valid credentials gets 401 and never fires a fault rule or
-    // spends the rate-limit budget (as a front end that rate-limits per account would).
-    if let Err(e) = check_auth(&app, req.headers()) {
+    // Auth first: a client without valid credentials gets 401 and never fires a fault rule,
+    // spends the rate-limit budget (as a front end that rate-limits per account would) or adds
+    // a per-endpoint counter (a flood of made-up paths would grow memory).
+    let auth = check_auth(&app, req.headers());
+    {
+        let mut c = app.counters.lock().unwrap_or_else(|p| p.into_inner());
+        match auth {
+            Ok(()) => c.hit(method.as_str(), &pattern),
+            Err(_) => c.unauthenticated(),
+        }
+    }
+    if let Err(e) = auth {
         return err(e, &rid);
     }
 
@@ -293,14 +299,17 @@ async fn route(
     match s.as_slice() {
         ["profile"] => account::profile(app, method, body),
         ["capabilities"] => account::capabilities(method),
-        [res @ ("keypairs" | "pubkeys"), rest @ ..] if rest.len() <= 1 => account::keypairs(
-            app,
-            method,
-            *res == "pubkeys",
-            rest.first().copied(),
-            query,
-            body,
-        ),
+        [res @ ("keypairs" | "pubkeys"), rest @ ..] if rest.len() <= 1 => {
+            account::keypairs(
+                app,
+                method,
+                *res == "pubkeys",
+                rest.first().copied(),
+                query,
+                body,
+            )
+            .await
+        }
         [res @ ("servers" | "drives"), "availability_groups", rest @ ..] if rest.len() <= 1 => {
             account::availability_groups(app, method, res, rest.first().copied())
         }

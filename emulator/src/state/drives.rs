@@ -1,8 +1,8 @@
 //! Drives: create, update (a new size resizes), the resize action, clone (account and library
 //! drives), delete.
 
-use cloudsigma_api::{Drive, DriveStatus, Meta};
-use serde_json::{json, Value};
+use cloudsigma_api::{Drive, DriveStatus, LibDrive, Meta};
+use serde_json::{json, Map, Value};
 
 use super::parse::{action_body, body_objects, default_drive_extra};
 use super::{get_str, get_u64, new_uuid, State, Transition};
@@ -147,133 +147,78 @@ impl State {
         avoid: &[String],
     ) -> Result<(Drive, bool), ApiError> {
         let o = action_body(body)?;
-        let (name, media, size, storage_type, meta, is_lib, extra_src) =
-            if let Some(d) = self.drives.get(src) {
-                if !matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc) {
-                    return Err(ApiError::permission(format!(
-                        "Cannot clone drive {src} in state \"{}\"; wait until it is \"unmounted\"",
-                        d.status
-                    )));
-                }
-                (
-                    d.name.clone(),
-                    d.media.clone(),
-                    d.size,
-                    d.storage_type.clone(),
-                    d.meta.clone(),
-                    false,
-                    d.status,
-                )
-            } else if let Some(l) = self.libdrives.get(src) {
-                // [V reference] library fields are copied into the clone's meta
-                let mut meta = Meta::new();
-                for (k, v) in [
-                    ("os", &l.os),
-                    ("distribution", &l.distribution),
-                    ("version", &l.version),
-                    ("arch", &l.arch),
-                    ("image_type", &l.image_type),
-                    ("default_user", &l.default_user),
-                    ("description", &l.description),
-                ] {
-                    if let Some(v) = v {
-                        meta.insert(k.to_string(), v.clone());
-                    }
-                }
-                if let Some(c) = l.cloud_init_service {
-                    meta.insert("cloud_init_service".into(), c.to_string());
-                }
-                meta.insert("cloned_from_library".into(), l.uuid.clone());
-                (
-                    l.name.clone(),
-                    l.media.clone(),
-                    l.size,
-                    None,
-                    meta,
-                    true,
-                    DriveStatus::Unmounted,
-                )
-            } else {
-                return Err(ApiError::notexist("drive", src));
-            };
-        let new_name = get_str(&o, "name")?.unwrap_or(name);
-        let new_media = get_str(&o, "media")?.unwrap_or(media);
-        if new_media != "disk" && new_media != "cdrom" {
-            return Err(ApiError::validation(
-                format!("media {new_media:?} is not one of disk, cdrom"),
-                Some("media"),
-            ));
-        }
-        let new_size = match get_u64(&o, "size")? {
-            // [V reference] size must be ≥ the source's
-            Some(s) if s < size => {
-                return Err(ApiError::validation(
-                    format!("size {s} is smaller than the source drive's size {size}"),
-                    Some("size"),
-                ))
-            }
-            Some(s) => s,
-            None => size,
-        };
-        let storage_type = get_str(&o, "storage_type")?
-            .or(storage_type)
-            .unwrap_or_else(|| "dssd".into());
-        let affinities = match o.get("affinities") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let uuid = new_uuid();
-        let mut extra = default_drive_extra(&storage_type);
-        let job = new_uuid();
-        extra.insert(
-            "jobs".into(),
-            json!([{"resource_uri": format!("/api/2.0/jobs/{job}/"), "uuid": job}]),
-        );
-        let d = Drive {
-            uuid: uuid.clone(),
-            name: new_name,
-            size: new_size,
-            media: new_media,
-            status: DriveStatus::CloningDst,
-            storage_type: Some(storage_type),
-            mounted_on: Vec::new(),
-            meta,
-            tags: Vec::new(),
-            affinities,
-            allow_multimount: false,
-            resource_uri: None,
-            owner: None,
-            extra,
-        };
+        let source = self.clone_source(src)?;
+        let d = clone_from_body(&o, source.clone_fields)?;
+        let uuid = d.uuid.clone();
         self.drives.insert(uuid.clone(), d);
         self.place_drive(&uuid, avoid);
         let after = self.timings.drive_clone;
         self.drive_ready_after(&uuid, after);
         // [D] cloning a drive mounted on a running server is allowed (a live copy); it keeps
         // showing `mounted` instead of `cloning_src`.
-        if !is_lib && !self.is_mounted(src) {
-            *self.clone_refs.entry(src.to_string()).or_insert(0) += 1;
-            let back = if extra_src == DriveStatus::CloningSrc {
-                DriveStatus::Unmounted
-            } else {
-                extra_src
-            };
-            if let Some(s) = self.drives.get_mut(src) {
-                s.status = DriveStatus::CloningSrc;
-            }
-            self.schedule(
-                after,
-                Transition::CloneSrcDone {
-                    uuid: src.to_string(),
-                    to: back,
-                },
-            );
+        if !source.is_lib && !self.is_mounted(src) {
+            self.mark_cloning_src(src, source.status, after);
         }
         self.touch();
-        Ok((self.render_drive(&self.drives[&uuid]), is_lib))
+        Ok((self.render_drive(&self.drives[&uuid]), source.is_lib))
+    }
+
+    /// What a clone takes from its source (an account drive or a library drive).
+    fn clone_source(&self, src: &str) -> Result<CloneSource, ApiError> {
+        if let Some(d) = self.drives.get(src) {
+            if !matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc) {
+                return Err(ApiError::permission(format!(
+                    "Cannot clone drive {src} in state \"{}\"; wait until it is \"unmounted\"",
+                    d.status
+                )));
+            }
+            Ok(CloneSource {
+                clone_fields: CloneFields {
+                    name: d.name.clone(),
+                    media: d.media.clone(),
+                    size: d.size,
+                    storage_type: d.storage_type.clone(),
+                    meta: d.meta.clone(),
+                },
+                is_lib: false,
+                status: d.status,
+            })
+        } else if let Some(l) = self.libdrives.get(src) {
+            Ok(CloneSource {
+                clone_fields: CloneFields {
+                    name: l.name.clone(),
+                    media: l.media.clone(),
+                    size: l.size,
+                    storage_type: None,
+                    meta: library_clone_meta(l),
+                },
+                is_lib: true,
+                status: DriveStatus::Unmounted,
+            })
+        } else {
+            Err(ApiError::notexist("drive", src))
+        }
+    }
+
+    /// An account drive being cloned shows `cloning_src` until its last clone is done, then
+    /// goes back to `status` (its status before the first clone).
+    fn mark_cloning_src(&mut self, src: &str, status: DriveStatus, after: std::time::Duration) {
+        *self.clone_refs.entry(src.to_string()).or_insert(0) += 1;
+        let back = if status == DriveStatus::CloningSrc {
+            DriveStatus::Unmounted
+        } else {
+            status
+        };
+        if let Some(s) = self.drives.get_mut(src) {
+            s.status = DriveStatus::CloningSrc;
+        }
+        self.schedule(
+            after,
+            Transition::CloneSrcDone {
+                uuid: src.to_string(),
+                to: back,
+            },
+        );
     }
 
     /// Validate a delete: a drive mounted on a running server or busy is refused.
@@ -314,4 +259,100 @@ impl State {
         self.clone_refs.remove(uuid);
         self.forget_resource(uuid);
     }
+}
+
+/// The source's fields a clone starts from (the body may override name, media, size,
+/// storage_type).
+struct CloneFields {
+    name: String,
+    media: String,
+    size: u64,
+    storage_type: Option<String>,
+    meta: Meta,
+}
+
+struct CloneSource {
+    clone_fields: CloneFields,
+    is_lib: bool,
+    /// The source's status (a library drive counts as unmounted).
+    status: DriveStatus,
+}
+
+/// [V reference] library fields are copied into the clone's meta
+fn library_clone_meta(l: &LibDrive) -> Meta {
+    let mut meta = Meta::new();
+    for (k, v) in [
+        ("os", &l.os),
+        ("distribution", &l.distribution),
+        ("version", &l.version),
+        ("arch", &l.arch),
+        ("image_type", &l.image_type),
+        ("default_user", &l.default_user),
+        ("description", &l.description),
+    ] {
+        if let Some(v) = v {
+            meta.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(c) = l.cloud_init_service {
+        meta.insert("cloud_init_service".into(), c.to_string());
+    }
+    meta.insert("cloned_from_library".into(), l.uuid.clone());
+    meta
+}
+
+/// The new drive (`cloning_dst`, a fresh uuid and job) from the clone body and the source.
+fn clone_from_body(o: &Map<String, Value>, src: CloneFields) -> Result<Drive, ApiError> {
+    let new_name = get_str(o, "name")?.unwrap_or(src.name);
+    let new_media = get_str(o, "media")?.unwrap_or(src.media);
+    if new_media != "disk" && new_media != "cdrom" {
+        return Err(ApiError::validation(
+            format!("media {new_media:?} is not one of disk, cdrom"),
+            Some("media"),
+        ));
+    }
+    let size = src.size;
+    let new_size = match get_u64(o, "size")? {
+        // [V reference] size must be ≥ the source's
+        Some(s) if s < size => {
+            return Err(ApiError::validation(
+                format!("size {s} is smaller than the source drive's size {size}"),
+                Some("size"),
+            ))
+        }
+        Some(s) => s,
+        None => size,
+    };
+    let storage_type = get_str(o, "storage_type")?
+        .or(src.storage_type)
+        .unwrap_or_else(|| "dssd".into());
+    let affinities = match o.get("affinities") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut extra = default_drive_extra(&storage_type);
+    let job = new_uuid();
+    extra.insert(
+        "jobs".into(),
+        json!([{"resource_uri": format!("/api/2.0/jobs/{job}/"), "uuid": job}]),
+    );
+    Ok(Drive {
+        uuid: new_uuid(),
+        name: new_name,
+        size: new_size,
+        media: new_media,
+        status: DriveStatus::CloningDst,
+        storage_type: Some(storage_type),
+        mounted_on: Vec::new(),
+        meta: src.meta,
+        tags: Vec::new(),
+        affinities,
+        allow_multimount: false,
+        resource_uri: None,
+        owner: None,
+        extra,
+    })
 }

@@ -12,6 +12,7 @@
 //! | `mod.rs` | the struct, its indexes (drive → servers, resource → tags), ids and time helpers |
 //! | `transitions.rs` | the deadline queue: scheduling, `settle`, per-object generations |
 //! | `parse.rs` | request bodies → objects: field rules, limits, refusals of bad input |
+//! | `nics.rs` | the `nics` of a server body: VLAN, `ip_v4_conf`, MACs |
 //! | `render.rs` | objects → wire JSON (`resource_uri`, `owner`, derived `mounted`, short forms) |
 //! | `servers.rs` | server create/update/delete/clone |
 //! | `power.rs` | server start/stop/shutdown/restart, guest power-off, the backend's `StartSpec` |
@@ -28,6 +29,7 @@ mod account;
 mod addresses;
 mod drives;
 mod hotplug;
+mod nics;
 mod parse;
 mod placement;
 mod power;

@@ -1,10 +1,7 @@
 //! Request bodies → objects: the field rules, limits and validation refusals of create/PUT
 //! bodies, and the small JSON readers the API handlers share.
 
-use cloudsigma_api::{
-    Drive, DriveStatus, IpConfMode, IpRef, IpV4Conf, Meta, Nic, Ref, Server, ServerDrive,
-    ServerStatus,
-};
+use cloudsigma_api::{Drive, DriveStatus, Meta, Ref, Server, ServerDrive, ServerStatus};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 
@@ -178,200 +175,6 @@ impl State {
                 device,
                 drive: Ref::to_resource("drives", &drive),
                 extra: Default::default(),
-            });
-        }
-        Ok(out)
-    }
-
-    fn parse_nics(
-        &mut self,
-        v: &Value,
-        existing: Option<&Server>,
-        self_uuid: Option<&str>,
-    ) -> Result<Vec<Nic>, ApiError> {
-        let arr = v
-            .as_array()
-            .ok_or_else(|| ApiError::validation("nics must be a list", Some("nics")))?;
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for item in arr {
-            let o = item
-                .as_object()
-                .ok_or_else(|| ApiError::validation("each nic must be an object", Some("nics")))?;
-            let vlan = match o.get("vlan") {
-                Some(v) if !v.is_null() => {
-                    let u = ref_uuid(v).ok_or_else(|| {
-                        ApiError::validation("vlan must be a uuid or {\"uuid\"}", Some("nics"))
-                    })?;
-                    // [D] one account per emulator: a VLAN of another account is simply not
-                    // among this account's VLANs
-                    if !self.vlans.contains_key(&u) {
-                        return Err(ApiError::validation(
-                            format!(
-                                "VLAN {u} does not exist in this account (GET /vlans/ lists the subscribed ones)"
-                            ),
-                            Some("nics"),
-                        ));
-                    }
-                    Some(u)
-                }
-                _ => None,
-            };
-            let conf = match o.get("ip_v4_conf") {
-                Some(c) if !c.is_null() => {
-                    let co = c.as_object().ok_or_else(|| {
-                        ApiError::validation("ip_v4_conf must be an object", Some("nics"))
-                    })?;
-                    let mode = match co.get("conf").and_then(Value::as_str) {
-                        Some("dhcp") => IpConfMode::Dhcp,
-                        Some("static") => IpConfMode::Static,
-                        Some("manual") => IpConfMode::Manual,
-                        other => {
-                            return Err(ApiError::validation(
-                                format!(
-                                    "ip_v4_conf.conf {other:?} is not one of dhcp, static, manual"
-                                ),
-                                Some("nics"),
-                            ))
-                        }
-                    };
-                    let ip = match co.get("ip") {
-                        Some(i) if !i.is_null() => Some(ref_uuid(i).ok_or_else(|| {
-                            ApiError::validation("ip_v4_conf.ip must be an address", Some("nics"))
-                        })?),
-                        _ => None,
-                    };
-                    if mode == IpConfMode::Static {
-                        let Some(addr) = &ip else {
-                            return Err(ApiError::validation(
-                                "ip_v4_conf.conf static needs ip_v4_conf.ip",
-                                Some("nics"),
-                            ));
-                        };
-                        if !self.ips.contains_key(addr) {
-                            return Err(ApiError::validation(
-                                format!("IP {addr} is not subscribed in this account"),
-                                Some("nics"),
-                            ));
-                        }
-                        // [D] a static IP can be used by one server only
-                        let taken = self.servers.values().any(|s| {
-                            Some(s.uuid.as_str()) != self_uuid
-                                && s.nics.iter().any(|n| {
-                                    n.ip_v4_conf
-                                        .as_ref()
-                                        .and_then(|c| c.ip.as_ref())
-                                        .map(|r| r.address() == addr)
-                                        .unwrap_or(false)
-                                })
-                        });
-                        if taken {
-                            return Err(ApiError::validation(
-                                format!("IP {addr} is already used by another server"),
-                                Some("nics"),
-                            ));
-                        }
-                    }
-                    Some(IpV4Conf {
-                        conf: mode,
-                        ip: ip.map(|a| IpRef::Ref(Ref::to_resource("ips", &a))),
-                    })
-                }
-                _ => None,
-            };
-            // [V docs] forbid vlan with ip_v4_conf on one NIC, but [V deployment report] the
-            // real cloud accepts `{"vlan": u, "ip_v4_conf": {"conf": "dhcp"}}` (kube-dc's
-            // machine controller sends it): accepted, and a vlan set wins (a VLAN NIC: no
-            // address from the cloud, DHCP only from a server on the VLAN). `manual` likewise.
-            // [D] `static` with a vlan stays refused: it would put a subscribed public IP on a
-            // private NIC, and nothing shows the cloud accepting that.
-            if vlan.is_some()
-                && conf
-                    .as_ref()
-                    .map(|c| c.conf == IpConfMode::Static)
-                    .unwrap_or(false)
-            {
-                return Err(ApiError::validation(
-                    "A NIC cannot have both vlan and ip_v4_conf static (a VLAN NIC gets no public IP)",
-                    Some("nics"),
-                ));
-            }
-            if vlan.is_none() && conf.is_none() {
-                return Err(ApiError::validation(
-                    "A NIC needs ip_v4_conf or vlan",
-                    Some("nics"),
-                ));
-            }
-            let model = get_str(o, "model")?.unwrap_or_else(|| "virtio".into());
-            // [V reference] NICs are matched by mac in a PUT; a new NIC gets a fresh MAC
-            // [D] a MAC appears once in the account, so once per VLAN (one L2 segment cannot
-            // have two NICs with one MAC; the switch refuses it too). The caller restores the
-            // MAC set when the request fails later, so a refused request reserves nothing.
-            let mac = match nic_mac(o)? {
-                Some(m) => {
-                    if !seen.insert(m.clone()) {
-                        return Err(ApiError::validation(
-                            format!("MAC {m} is given to two NICs of this server"),
-                            Some("nics"),
-                        ));
-                    }
-                    let owned_by_self = existing
-                        .map(|e| e.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())))
-                        .unwrap_or(false);
-                    if !owned_by_self && !self.macs.insert(m.clone()) {
-                        let holder = self
-                            .servers
-                            .values()
-                            .find(|s| s.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())));
-                        let msg = match holder {
-                            Some(h) => {
-                                let on_vlan = h
-                                    .nics
-                                    .iter()
-                                    .find(|n| n.mac.as_deref() == Some(m.as_str()))
-                                    .and_then(|n| n.vlan.as_ref())
-                                    .map(|v| format!(" on VLAN {}", v.uuid()))
-                                    .unwrap_or_default();
-                                format!(
-                                    "MAC {m} is already used by a NIC{on_vlan} of server {}",
-                                    h.uuid
-                                )
-                            }
-                            None => format!("MAC {m} is already in use"),
-                        };
-                        return Err(ApiError::validation(msg, Some("nics")));
-                    }
-                    m
-                }
-                None => self.new_mac(),
-            };
-            let mut extra = BTreeMap::new();
-            extra.insert(
-                "boot_order".into(),
-                o.get("boot_order").cloned().unwrap_or(Value::Null),
-            );
-            extra.insert(
-                "firewall_policy".into(),
-                o.get("firewall_policy").cloned().unwrap_or(Value::Null),
-            );
-            extra.insert(
-                "ip_v6_conf".into(),
-                o.get("ip_v6_conf").cloned().unwrap_or(Value::Null),
-            );
-            let runtime = existing
-                .and_then(|e| {
-                    e.nics
-                        .iter()
-                        .find(|n| n.mac.as_deref() == Some(mac.as_str()))
-                })
-                .and_then(|n| n.runtime.clone());
-            out.push(Nic {
-                ip_v4_conf: conf,
-                model: Some(model),
-                mac: Some(mac),
-                vlan: vlan.map(|u| Ref::to_resource("vlans", &u)),
-                runtime,
-                extra,
             });
         }
         Ok(out)
@@ -565,7 +368,7 @@ fn body_name(o: &Map<String, Value>, existing: Option<&str>) -> Result<String, A
 
 /// The one place a NIC's `mac` is read from a request: lower case, and — since it reaches
 /// QEMU's `-device` option — refused unless a plain unicast MAC (`crate::mac::parse_mac`).
-fn nic_mac(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+pub(super) fn nic_mac(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     get_str(o, "mac")?
         .map(|m| {
             crate::mac::parse_mac(&m).map_err(|e| ApiError::validation(e.to_string(), Some("nics")))

@@ -1,7 +1,7 @@
 //! Server power actions: start (runtime NICs and IPs, the backend's [`StartSpec`]), stop,
 //! shutdown, restart, and the guest powering off by itself.
 
-use cloudsigma_api::{IpConfMode, NicRuntime, Ref, ServerRuntime, ServerStatus};
+use cloudsigma_api::{IpConfMode, Nic, NicRuntime, Ref, ServerRuntime, ServerStatus};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -19,6 +19,35 @@ impl State {
         runtime_ip: &dyn Fn(usize) -> Option<String>,
         context_socket: std::path::PathBuf,
     ) -> Result<StartPlan, ApiError> {
+        self.check_startable(uuid)?;
+        let nics = self.get_server(uuid)?.nics.clone();
+        let mut rt_nics = Vec::new();
+        let mut new_nics = Vec::new();
+        // [D] the NAT address belongs to the first public NIC wherever it is in the list
+        // (`[VLAN, public]` too): runtime_ip gets the position among public NICs.
+        let mut public_nic = 0;
+        for mut n in nics {
+            let addr = if n.vlan.is_some() {
+                // a vlan set wins over ip_v4_conf: no address the cloud knows (docs/emulator.md)
+                None
+            } else {
+                public_nic += 1;
+                self.public_nic_address(uuid, &n, public_nic - 1, runtime_ip)?
+            };
+            let (rt, rtv) = nic_runtime(&n, addr);
+            rt_nics.push(rtv);
+            n.runtime = Some(rt);
+            new_nics.push(n);
+        }
+        self.mark_starting(uuid, avoid, new_nics, rt_nics);
+        let spec = self
+            .current_spec(uuid, context_socket)
+            .ok_or_else(|| ApiError::notexist("server", uuid))?;
+        Ok(StartPlan { spec })
+    }
+
+    /// A start is allowed from `stopped` only, with every drive attachable.
+    fn check_startable(&self, uuid: &str) -> Result<(), ApiError> {
         self.refuse_if_deleting(uuid, "start")?;
         let s = self.get_server(uuid)?;
         if s.status != ServerStatus::Stopped {
@@ -31,66 +60,45 @@ impl State {
         for d in &s.drives {
             self.check_attachable(uuid, d.drive.uuid())?;
         }
-        let nics = s.nics.clone();
-        let mut rt_nics = Vec::new();
-        let mut new_nics = Vec::new();
-        // [D] the NAT address belongs to the first public NIC wherever it is in the list
-        // (`[VLAN, public]` too): runtime_ip gets the position among public NICs.
-        let mut public_nic = 0;
-        for n in nics.into_iter() {
-            let mut n = n;
-            let addr = if n.vlan.is_some() {
-                // a vlan set wins over ip_v4_conf: no address the cloud knows (docs/emulator.md)
-                None
-            } else {
-                let i = public_nic;
-                public_nic += 1;
-                match n.ip_v4_conf.as_ref().map(|c| c.conf) {
-                    Some(IpConfMode::Static) => n
-                        .ip_v4_conf
-                        .as_ref()
-                        .and_then(|c| c.ip.as_ref())
-                        .map(|r| r.address().to_string()),
-                    // [V reference] a DHCP NIC without VLAN is a public NAT NIC: its address
-                    // appears in runtime.ip_v4 while running
-                    Some(IpConfMode::Dhcp) => match runtime_ip(i) {
-                        Some(a) => {
-                            self.used_ips.insert(a.clone(), uuid.to_string());
-                            Some(a)
-                        }
-                        None => Some(self.alloc_ip(uuid)?),
-                    },
-                    _ => None,
+        Ok(())
+    }
+
+    /// The runtime address of a public NIC (`i`: its position among public NICs): the static
+    /// IP, or a NAT address for DHCP (the backend's `runtime_ip`, else one from the pool).
+    fn public_nic_address(
+        &mut self,
+        uuid: &str,
+        n: &Nic,
+        i: usize,
+        runtime_ip: &dyn Fn(usize) -> Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        Ok(match n.ip_v4_conf.as_ref().map(|c| c.conf) {
+            Some(IpConfMode::Static) => n
+                .ip_v4_conf
+                .as_ref()
+                .and_then(|c| c.ip.as_ref())
+                .map(|r| r.address().to_string()),
+            // [V reference] a DHCP NIC without VLAN is a public NAT NIC: its address
+            // appears in runtime.ip_v4 while running
+            Some(IpConfMode::Dhcp) => match runtime_ip(i) {
+                Some(a) => {
+                    self.used_ips.insert(a.clone(), uuid.to_string());
+                    Some(a)
                 }
-            };
-            let interface_type = if n.vlan.is_some() {
-                "private"
-            } else {
-                "public"
-            };
-            let mut extra = BTreeMap::new();
-            extra.insert(
-                "io".into(),
-                json!({"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0}),
-            );
-            // [V dumps/response_server_get_running] "ip_v6": null is present (the model skips a
-            // None field, so it rides in `extra`)
-            extra.insert("ip_v6".into(), Value::Null);
-            let rt = NicRuntime {
-                interface_type: Some(interface_type.into()),
-                ip_v4: addr.as_ref().map(|a| Ref::to_resource("ips", a)),
-                ip_v6: None,
-                extra,
-            };
-            let mut rtv = serde_json::to_value(&rt).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut rtv {
-                m.insert("ip_v6".into(), Value::Null);
-                m.insert("mac".into(), json!(n.mac));
-            }
-            rt_nics.push(rtv);
-            n.runtime = Some(rt);
-            new_nics.push(n);
-        }
+                None => Some(self.alloc_ip(uuid)?),
+            },
+            _ => None,
+        })
+    }
+
+    /// Status `starting` with the runtime NICs, a host placed, `running` scheduled.
+    fn mark_starting(
+        &mut self,
+        uuid: &str,
+        avoid: &[String],
+        new_nics: Vec<Nic>,
+        rt_nics: Vec<Value>,
+    ) {
         let gen = self.bump_gen(uuid);
         self.place_server(uuid, avoid);
         if let Some(s) = self.servers.get_mut(uuid) {
@@ -112,10 +120,6 @@ impl State {
             },
         );
         self.touch();
-        let spec = self
-            .current_spec(uuid, context_socket)
-            .ok_or_else(|| ApiError::notexist("server", uuid))?;
-        Ok(StartPlan { spec })
     }
 
     /// A server's drive entry as a backend sees it (`None` when the drive does not exist).
@@ -304,4 +308,33 @@ impl State {
         self.touch();
         Ok(())
     }
+}
+
+/// A running NIC's runtime: the model and its wire JSON (`runtime.nics[]` of the server).
+fn nic_runtime(n: &Nic, addr: Option<String>) -> (NicRuntime, Value) {
+    let interface_type = if n.vlan.is_some() {
+        "private"
+    } else {
+        "public"
+    };
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "io".into(),
+        json!({"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0}),
+    );
+    // [V dumps/response_server_get_running] "ip_v6": null is present (the model skips a
+    // None field, so it rides in `extra`)
+    extra.insert("ip_v6".into(), Value::Null);
+    let rt = NicRuntime {
+        interface_type: Some(interface_type.into()),
+        ip_v4: addr.as_ref().map(|a| Ref::to_resource("ips", a)),
+        ip_v6: None,
+        extra,
+    };
+    let mut rtv = serde_json::to_value(&rt).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut rtv {
+        m.insert("ip_v6".into(), Value::Null);
+        m.insert("mac".into(), json!(n.mac));
+    }
+    (rt, rtv)
 }

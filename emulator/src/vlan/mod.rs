@@ -59,13 +59,35 @@ pub fn mac_bytes(s: &str) -> Result<Mac, String> {
     Ok(m)
 }
 
+/// Why a port was not added ([`Switch::attach`]); the tests and the backend tell the causes
+/// apart.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("MAC {mac} is already on VLAN {vlan} (server {owner}); a MAC may appear once per VLAN", mac = fmt_mac(.mac))]
+    MacInUse {
+        vlan: String,
+        mac: Mac,
+        /// The server whose port has the MAC.
+        owner: String,
+    },
+    #[error("VLAN {vlan} has {max_ports} ports already (the emulator's cap)")]
+    Full { vlan: String, max_ports: usize },
+    #[error("VLAN {vlan}: socket pair: {source}")]
+    Socket {
+        vlan: String,
+        source: std::io::Error,
+    },
+    #[error("VLAN {vlan}: switch stopped")]
+    Stopped { vlan: String },
+}
+
 enum Cmd {
     Attach {
         id: u64,
         mac: Mac,
         owner: String,
         tx: mpsc::Sender<Vec<u8>>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), AttachError>>,
     },
     Detach {
         id: u64,
@@ -139,13 +161,17 @@ impl Switch {
 
     /// Adds a port with the NIC's `mac` to `vlan` for server `owner`. Returns QEMU's end of the
     /// socket pair (close-on-exec still set: the spawner clears it in the child only).
-    pub async fn attach(&self, vlan: &str, mac: Mac, owner: &str) -> Result<OwnedFd, String> {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| format!("VLAN {vlan}: cannot create a socket pair: {e}"))?;
-        ours.set_nonblocking(true)
-            .map_err(|e| format!("VLAN {vlan}: socket pair: {e}"))?;
-        let ours = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| format!("VLAN {vlan}: socket pair: {e}"))?;
+    pub async fn attach(&self, vlan: &str, mac: Mac, owner: &str) -> Result<OwnedFd, AttachError> {
+        let socket = |source| AttachError::Socket {
+            vlan: vlan.to_string(),
+            source,
+        };
+        let stopped = || AttachError::Stopped {
+            vlan: vlan.to_string(),
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(socket)?;
+        ours.set_nonblocking(true).map_err(socket)?;
+        let ours = tokio::net::UnixStream::from_std(ours).map_err(socket)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PORT_QUEUE);
         let seg = self.segment(vlan);
@@ -158,10 +184,8 @@ impl Switch {
             done: done_tx,
         })
         .await
-        .map_err(|_| format!("VLAN {vlan}: switch stopped"))?;
-        done_rx
-            .await
-            .map_err(|_| format!("VLAN {vlan}: switch stopped"))??;
+        .map_err(|_| stopped())?;
+        done_rx.await.map_err(|_| stopped())??;
         let (r, w) = ours.into_split();
         tokio::spawn(write_port(w, rx));
         tokio::spawn(read_port(r, id, seg));
@@ -308,17 +332,16 @@ impl Segment {
                 done,
             } => {
                 let r = if let Some(other) = self.table.get(&mac).and_then(|p| self.ports.get(p)) {
-                    Err(format!(
-                        "MAC {} is already on VLAN {} (server {}); a MAC may appear once per VLAN",
-                        fmt_mac(&mac),
-                        self.vlan,
-                        other.owner
-                    ))
+                    Err(AttachError::MacInUse {
+                        vlan: self.vlan.clone(),
+                        mac,
+                        owner: other.owner.clone(),
+                    })
                 } else if self.ports.len() >= self.max_ports {
-                    Err(format!(
-                        "VLAN {} has {} ports already (the emulator's cap)",
-                        self.vlan, self.max_ports
-                    ))
+                    Err(AttachError::Full {
+                        vlan: self.vlan.clone(),
+                        max_ports: self.max_ports,
+                    })
                 } else {
                     self.table.insert(mac, id);
                     self.ports.insert(id, Port { mac, owner, tx });

@@ -226,7 +226,7 @@ impl Backend for QemuBackend {
             Some(q) => {
                 qmp::run(&q, &qmp::command("system_powerdown"), QMP_TIMEOUT)
                     .await
-                    .map_err(err)?;
+                    .map_err(|e| err(e.to_string()))?;
                 Ok(ShutdownMode::AwaitPowerOff)
             }
             // No VM (never started by this backend): let the emulator's timer decide.

@@ -65,9 +65,43 @@ pub fn command(cmd: &str) -> Vec<Step> {
     vec![Step::Execute(json!({"execute": cmd}))]
 }
 
+/// What went wrong on a QMP connection: QEMU's refusal of a command is told apart from the
+/// connection failing.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// QEMU answered `command` with `{"error": …}` (`error`: that object).
+    #[error("QMP {command} failed: {error}")]
+    Refused { command: String, error: Value },
+    #[error("QMP connect {}: {source}", .sock.display())]
+    Connect {
+        sock: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("QMP {what}: {source}")]
+    Io {
+        /// `read` or `write <command>`
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("QMP closed the connection")]
+    Closed,
+    #[error("QMP sent something that is not JSON ({error}): {line}")]
+    NotJson {
+        error: serde_json::Error,
+        line: String,
+    },
+    #[error("not a QMP greeting: {0}")]
+    NotGreeting(Value),
+    #[error("QMP on {} did not finish within {timeout:?}", .sock.display())]
+    Timeout {
+        sock: std::path::PathBuf,
+        timeout: std::time::Duration,
+    },
+}
+
 /// Runs `steps` on a QMP connection (greeting and `qmp_capabilities` first) and answers the
 /// last command's `return` value. Errors name the command and QEMU's answer.
-pub async fn session<R, W>(r: R, mut w: W, steps: &[Step]) -> Result<Value, String>
+pub async fn session<R, W>(r: R, mut w: W, steps: &[Step]) -> Result<Value, QmpError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -75,7 +109,7 @@ where
     let mut lines = r.lines();
     let greeting = next(&mut lines).await?;
     if greeting.get("QMP").is_none() {
-        return Err(format!("not a QMP greeting: {greeting}"));
+        return Err(QmpError::NotGreeting(greeting));
     }
     let caps = Step::Execute(json!({"execute": "qmp_capabilities"}));
     // DEVICE_DELETED may arrive while another command's answer is awaited
@@ -87,7 +121,10 @@ where
                 let name = cmd["execute"].as_str().unwrap_or("?").to_string();
                 w.write_all(format!("{cmd}\n").as_bytes())
                     .await
-                    .map_err(|e| format!("QMP write {name}: {e}"))?;
+                    .map_err(|source| QmpError::Io {
+                        what: format!("write {name}"),
+                        source,
+                    })?;
                 loop {
                     let msg = next(&mut lines).await?;
                     if let Some(r) = msg.get("return") {
@@ -95,7 +132,10 @@ where
                         break;
                     }
                     if let Some(e) = msg.get("error") {
-                        return Err(format!("QMP {name} failed: {e}"));
+                        return Err(QmpError::Refused {
+                            command: name,
+                            error: e.clone(),
+                        });
                     }
                     note_deleted(&msg, &mut deleted);
                 }
@@ -119,13 +159,16 @@ fn note_deleted(msg: &Value, deleted: &mut Vec<String>) {
     }
 }
 
-async fn next<R: AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Result<Value, String> {
+async fn next<R: AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Result<Value, QmpError> {
     let l = lines
         .next_line()
         .await
-        .map_err(|e| format!("QMP read: {e}"))?
-        .ok_or("QMP closed the connection")?;
-    serde_json::from_str(&l).map_err(|e| format!("QMP sent something that is not JSON ({e}): {l}"))
+        .map_err(|source| QmpError::Io {
+            what: "read".into(),
+            source,
+        })?
+        .ok_or(QmpError::Closed)?;
+    serde_json::from_str(&l).map_err(|error| QmpError::NotJson { error, line: l })
 }
 
 /// Connects to the QMP socket `sock` and runs `steps` within `timeout`.
@@ -133,20 +176,23 @@ pub async fn run(
     sock: &Path,
     steps: &[Step],
     timeout: std::time::Duration,
-) -> Result<Value, String> {
+) -> Result<Value, QmpError> {
     let fut = async {
         let s = tokio::net::UnixStream::connect(sock)
             .await
-            .map_err(|e| format!("QMP connect {}: {e}", sock.display()))?;
+            .map_err(|source| QmpError::Connect {
+                sock: sock.to_path_buf(),
+                source,
+            })?;
         let (r, w) = s.into_split();
         session(BufReader::new(r), w, steps).await
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| {
-        format!(
-            "QMP on {} did not finish within {timeout:?}",
-            sock.display()
-        )
-    })?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| QmpError::Timeout {
+            sock: sock.to_path_buf(),
+            timeout,
+        })?
 }
 
 #[cfg(test)]
@@ -190,7 +236,7 @@ mod tests {
     async fn run_fake(
         steps: Vec<Step>,
         fail: Option<&'static str>,
-    ) -> (Result<Value, String>, Vec<Value>) {
+    ) -> (Result<Value, QmpError>, Vec<Value>) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let server = tokio::spawn(fake_qemu(b, fail));
         let (r, w) = a.into_split();
@@ -232,6 +278,12 @@ mod tests {
         let steps = attach_steps(Path::new("/d/x.qcow2"), "hp1", "vhp1");
         let (res, got) = run_fake(steps, Some("blockdev-add")).await;
         let e = res.unwrap_err();
+        assert!(
+            matches!(&e, QmpError::Refused { command, error }
+                if command == "blockdev-add" && error["class"] == "GenericError"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(
             e.contains("blockdev-add") && e.contains("GenericError"),
             "{e}"

@@ -6,7 +6,7 @@
 use super::{args, err, Inner, QemuBackend, Vm};
 use crate::backend::{BackendError, StartSpec};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -82,25 +82,7 @@ impl QemuBackend {
             .and_then(|b| std::fs::read_to_string(self.boot_sidecar(b)).ok())
             .map(PathBuf::from);
         self.check_drive_files(spec)?;
-        // VLAN NICs: a switch port each; QEMU inherits its end of the socket pair (the
-        // close-on-exec flag is cleared in the child only, so no other child of the emulator
-        // holds it and a VM's exit closes the port). The ports go again if the start fails.
-        let mut ports: Vec<Option<OwnedFd>> = Vec::new();
-        for (i, (n, w)) in spec.nics.iter().zip(args::nic_wiring(spec)).enumerate() {
-            ports.push(match w {
-                args::NicWiring::Vlan(vlan) => {
-                    let mac = crate::vlan::mac_bytes(&n.mac)
-                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
-                    let fd = self
-                        .switch
-                        .attach(&vlan, mac, &spec.uuid)
-                        .await
-                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
-                    Some(fd)
-                }
-                _ => None,
-            });
-        }
+        let ports = self.attach_vlan_ports(spec).await?;
         let vlan_fds: Vec<Option<i32>> = ports
             .iter()
             .map(|p| p.as_ref().map(|fd| fd.as_raw_fd()))
@@ -119,28 +101,7 @@ impl QemuBackend {
             vlan_fds: &vlan_fds,
         })?;
         let qlog_path = dir.join("qemu.log");
-        let qlog = std::fs::File::create(&qlog_path)
-            .map_err(|e| err(format!("cannot create {}: {e}", qlog_path.display())))?;
-        let mut cmd = Command::new(&self.cfg.qemu_system);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(qlog)
-            .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            let inherit: Vec<i32> = vlan_fds.iter().flatten().copied().collect();
-            cmd.pre_exec(move || {
-                // QEMU dies with the emulator even on SIGKILL of the emulator.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                for fd in &inherit {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        let mut cmd = self.qemu_command(&args, &qlog_path, &vlan_fds)?;
         tracing::info!(server = %spec.uuid, %ip, accel = ?self.accel, "starting QEMU");
         let mut child = cmd.spawn().map_err(|e| {
             err(format!(
@@ -172,10 +133,82 @@ impl QemuBackend {
                 hotplugged: 0,
             },
         );
+        self.watch_vm(child, spec.uuid.clone(), kill_rx, exit_tx);
+        Ok(())
+    }
+
+    /// VLAN NICs: a switch port each (`None` for the other NICs); QEMU inherits its end of the
+    /// socket pair (the close-on-exec flag is cleared in the child only, so no other child of
+    /// the emulator holds it and a VM's exit closes the port). The ports go again if the start
+    /// fails.
+    async fn attach_vlan_ports(
+        &self,
+        spec: &StartSpec,
+    ) -> Result<Vec<Option<OwnedFd>>, BackendError> {
+        let mut ports: Vec<Option<OwnedFd>> = Vec::new();
+        for (i, (n, w)) in spec.nics.iter().zip(args::nic_wiring(spec)).enumerate() {
+            ports.push(match w {
+                args::NicWiring::Vlan(vlan) => {
+                    let mac = crate::vlan::mac_bytes(&n.mac)
+                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
+                    let fd = self
+                        .switch
+                        .attach(&vlan, mac, &spec.uuid)
+                        .await
+                        .map_err(|e| err(format!("server {}: NIC {i}: {e}", spec.uuid)))?;
+                    Some(fd)
+                }
+                _ => None,
+            });
+        }
+        Ok(ports)
+    }
+
+    /// QEMU's command: stderr to `qlog_path`, killed on drop and when the emulator dies, the
+    /// VLAN ports' fds (`vlan_fds`) inherited.
+    fn qemu_command(
+        &self,
+        args: &[String],
+        qlog_path: &Path,
+        vlan_fds: &[Option<i32>],
+    ) -> Result<Command, BackendError> {
+        let qlog = std::fs::File::create(qlog_path)
+            .map_err(|e| err(format!("cannot create {}: {e}", qlog_path.display())))?;
+        let mut cmd = Command::new(&self.cfg.qemu_system);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(qlog)
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            let inherit: Vec<i32> = vlan_fds.iter().flatten().copied().collect();
+            cmd.pre_exec(move || {
+                // QEMU dies with the emulator even on SIGKILL of the emulator.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                for fd in &inherit {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// The VM's watcher: waits for QEMU to exit or for a kill, then forgets the VM, frees its
+    /// switch ports and, when the guest powered off by itself, tells the API.
+    fn watch_vm(
+        &self,
+        mut child: tokio::process::Child,
+        uuid: String,
+        kill_rx: oneshot::Receiver<()>,
+        exit_tx: watch::Sender<bool>,
+    ) {
         let inner = self.inner.clone();
         let switch = self.switch.clone();
         let events = self.events().cloned();
-        let uuid = spec.uuid.clone();
         tokio::spawn(async move {
             let killed = tokio::select! {
                 st = child.wait() => {
@@ -204,6 +237,5 @@ impl QemuBackend {
                 }
             }
         });
-        Ok(())
     }
 }
