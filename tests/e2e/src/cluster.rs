@@ -5,8 +5,9 @@
 //! the cloud controller. What lives here is that topology's vocabulary: the VLAN with its stand-in
 //! DHCP server, the workers' servers, the addons and the test workload.
 
+use crate::cloud::{BootedNode, VmCloud};
 use crate::control_plane::{ControlPlane, JoinCredentials};
-use crate::harness::{self, BootedNode, FailureReport, Ssh, VmCloud};
+use crate::ssh::{FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ pub async fn vlan_with_dhcp(cloud: &VmCloud) -> String {
 /// the real token and CA pin, the external cloud provider, and no CNI file (Ready comes from the
 /// CNI's DaemonSet) and no --node-ip (the agent finds the VLAN address).
 pub fn worker_data(join: &JoinCredentials, pubkey: &str) -> String {
-    harness::cabpk_worker_data(
+    crate::bootstrap_data::cabpk_worker_data(
         &join.endpoint,
         &join.token,
         &join.ca_cert_hash,

@@ -1,6 +1,6 @@
 //! What every loop starts with: the repository, prerequisites, progress lines and running a
-//! command. The rest of the harness lives in modules named for what they do (`builds`, `ssh`,
-//! `cloud`, `bootstrap_data`, `disk`), re-exported here so a loop imports one place.
+//! command. The rest of the harness lives in modules named for what they do: `builds`, `ssh`,
+//! `cloud`, `bootstrap_data`, `disk`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,12 +91,3 @@ pub fn script_last_line(repo: &Path, script: &str, args: &[&str]) -> String {
     );
     out.lines().last().unwrap_or_default().trim().to_string()
 }
-
-pub use crate::bootstrap_data::cabpk_worker_data;
-pub use crate::builds::{
-    archive_image_ref, build_binaries, controller_image_archive, e2e_target, imgbuild,
-    library_image, main_target, Binaries,
-};
-pub use crate::cloud::{Api, BootedNode, NodeSpec, VmCloud};
-pub use crate::disk::DiskImage;
-pub use crate::ssh::{journal_uptime, ssh_keypair, FailureReport, Ssh};

@@ -13,7 +13,8 @@
 //! Layout: `$CLOUDSIGMA_K8S_CACHE/node-images/<recipe>/{image.qcow2,drive.json}`; one image per
 //! recipe (the latest), written atomically (temp name, then rename).
 
-use crate::harness::{self, Api, VmCloud};
+use crate::cloud::{Api, VmCloud};
+use crate::harness;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,8 +45,9 @@ pub async fn build_shared(
     } else {
         None
     };
-    let image =
-        tokio::task::block_in_place(|| harness::imgbuild(bin, repo, &cloud.api, recipe, vars));
+    let image = tokio::task::block_in_place(|| {
+        crate::builds::imgbuild(bin, repo, &cloud.api, recipe, vars)
+    });
     match restored {
         Some(r) if r == image => {
             eprintln!("image_cache: imgbuild reused the kept {recipe} image (fingerprint current)");

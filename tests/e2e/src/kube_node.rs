@@ -4,8 +4,11 @@
 //! same way (one build for both, `image_cache`), run the same control plane and join with the same
 //! CABPK-shaped data; the single-node helpers (`boot`, `assert_initialized`) are in_cluster's.
 
+use crate::builds::Binaries;
+use crate::cloud::{BootedNode, NodeSpec, VmCloud};
 use crate::control_plane::{ControlPlane, JoinCredentials, GUEST_HOST};
-use crate::harness::{self, say, Binaries, BootedNode, NodeSpec, Ssh, VmCloud};
+use crate::harness::{self, say};
+use crate::ssh::Ssh;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +25,7 @@ pub const CNI_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e-bridge","plu
 /// provider, no --node-ip (the server has no private NIC, so the controller's addresses rule),
 /// and the CNI config as a KubeadmConfig `files` entry.
 pub fn bootstrap_data(join: &JoinCredentials, pubkey: &str) -> String {
-    harness::cabpk_worker_data(
+    crate::bootstrap_data::cabpk_worker_data(
         &join.endpoint,
         &join.token,
         &join.ca_cert_hash,
@@ -74,7 +77,7 @@ pub fn prepare(
     phases.push(("artifacts", p.elapsed()));
 
     let p = Instant::now();
-    let img_dir = harness::library_image(t0, repo);
+    let img_dir = crate::builds::library_image(t0, repo);
     phases.push(("library image", p.elapsed()));
 
     let p = Instant::now();
@@ -86,7 +89,7 @@ pub fn prepare(
             "binaries: static cloudsigma-agent, imgbuild"
         },
     );
-    let bins = harness::build_binaries(repo, with_controller);
+    let bins = crate::builds::build_binaries(repo, with_controller);
     phases.push(("binaries", p.elapsed()));
     Prepared {
         kube_bin: cache.join("kube-bin"),
@@ -332,7 +335,7 @@ pub struct GuestTimes {
 
 /// Reads the guest's figures and checks the success marker of a real `kubeadm join`.
 pub fn guest_times(ssh: &Ssh) -> GuestTimes {
-    let agent_start = harness::journal_uptime(ssh, "cloudsigma-bootstrap.service", "Starting");
+    let agent_start = crate::ssh::journal_uptime(ssh, "cloudsigma-bootstrap.service", "Starting");
     let status: Value = ssh
         .run_retrying(
             "sudo cat /run/cloudsigma/bootstrap.json",

@@ -94,7 +94,7 @@ async fn cluster() {
 
     // 5. two workers at once
     let p = Instant::now();
-    let (_keydir, key, pubkey) = harness::ssh_keypair();
+    let (_keydir, key, pubkey) = e2e::ssh::ssh_keypair();
     let data = cluster::worker_data(&join, &pubkey);
     let mut workers = cluster::create_workers(&cloud, &image, &WORKERS, &vlan, &data, &key).await;
     for (w, name) in workers.iter().zip(WORKERS) {
@@ -375,8 +375,8 @@ async fn cluster() {
 /// QEMU children die with it and the temp dirs stay, which the printed command removes).
 async fn keep(
     cp: &e2e::control_plane::ControlPlane,
-    cloud: &harness::VmCloud,
-    workers: &[harness::BootedNode],
+    cloud: &e2e::cloud::VmCloud,
+    workers: &[e2e::cloud::BootedNode],
     key: &std::path::Path,
 ) {
     let dir = harness::cache_dir().join("demo");

@@ -10,7 +10,9 @@
 //! Needs root, qemu-system-x86_64, qemu-img, ssh, ssh-keygen, debugfs (e2fsprogs). When one is
 //! missing the test fails, or is skipped with a message when CLOUDSIGMA_K8S_ALLOW_SKIP=1.
 
-use e2e::harness::{self, say, DiskImage, FailureReport, Ssh};
+use e2e::disk::DiskImage;
+use e2e::harness::{self, say};
+use e2e::ssh::{FailureReport, Ssh};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ const GIB: u64 = 1 << 30;
 /// Cluster API kubeadm bootstrap data for a worker (the image's kubeadm is the recording stub:
 /// placeholder credentials).
 fn bootstrap_data(pubkey: &str) -> String {
-    harness::cabpk_worker_data(
+    e2e::bootstrap_data::cabpk_worker_data(
         "10.10.0.2:6443",
         "abcdef.0123456789abcdef",
         "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
@@ -99,15 +101,15 @@ async fn first_boot_of_a_larger_clone() {
         return;
     }
     let repo = harness::repo();
-    let img_dir = harness::library_image(t0, &repo);
+    let img_dir = e2e::builds::library_image(t0, &repo);
     let p = Instant::now();
     say(
         t0,
         "binaries: static cloudsigma-agent (release) and imgbuild",
     );
-    let bins = harness::build_binaries(&repo, false);
+    let bins = e2e::builds::build_binaries(&repo, false);
     phases.push(("binaries", p.elapsed()));
-    let cloud = harness::VmCloud::start(t0, &img_dir).await;
+    let cloud = e2e::cloud::VmCloud::start(t0, &img_dir).await;
     let api = &cloud.api;
 
     // 1. the image, built for real
@@ -214,7 +216,7 @@ async fn first_boot_of_a_larger_clone() {
 
     // 3. a clone 1 GiB larger than the image, booted as a node
     let p = Instant::now();
-    let (_keydir, key, pubkey) = harness::ssh_keypair();
+    let (_keydir, key, pubkey) = e2e::ssh::ssh_keypair();
     let clone_size = image_size + GIB;
     let clone = api
         .clone_drive_sized(&image, "e2e-first-boot-root", clone_size)

@@ -117,8 +117,8 @@ async fn in_cluster() {
         t0,
         "controller image: $CONTROLLER_IMAGE_ARCHIVE or scripts/controller-image",
     );
-    let archive = tokio::task::block_in_place(|| harness::controller_image_archive(&repo));
-    let image_ref = harness::archive_image_ref(&archive);
+    let archive = tokio::task::block_in_place(|| e2e::builds::controller_image_archive(&repo));
+    let image_ref = e2e::builds::archive_image_ref(&archive);
     phases.push(("controller image", p.elapsed()));
 
     // 2. the control plane, 3. the emulator, 4. the node image
@@ -160,7 +160,7 @@ async fn in_cluster() {
 
     // 6. the node boots and joins; the controller image goes into its containerd
     let p = Instant::now();
-    let (_keydir, key, pubkey) = harness::ssh_keypair();
+    let (_keydir, key, pubkey) = e2e::ssh::ssh_keypair();
     let booted = kn::boot(&cloud, &image, &join, &key, &pubkey).await;
     let (server, ip, ssh) = (booted.server.clone(), booted.ip.clone(), booted.ssh.clone());
     say(

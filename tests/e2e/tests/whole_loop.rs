@@ -7,14 +7,15 @@
 //! the test fails, or is skipped with a message when CLOUDSIGMA_K8S_ALLOW_SKIP=1.
 //! `scripts/demo` runs this test with its progress output (`--nocapture`).
 
-use e2e::harness::{self, say, NodeSpec};
+use e2e::cloud::NodeSpec;
+use e2e::harness::{self, say};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Cluster API kubeadm bootstrap data for a worker (the stub only records the join: placeholder
 /// credentials).
 fn bootstrap_data(pubkey: &str) -> String {
-    harness::cabpk_worker_data(
+    e2e::bootstrap_data::cabpk_worker_data(
         "10.10.0.2:6443",
         "abcdef.0123456789abcdef",
         "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
@@ -35,7 +36,7 @@ async fn whole_loop() {
 
     // 1. library image (cached by build.sh)
     let p = Instant::now();
-    let img_dir = harness::library_image(t0, &repo);
+    let img_dir = e2e::builds::library_image(t0, &repo);
     phases.push(("library image", p.elapsed()));
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
@@ -44,11 +45,11 @@ async fn whole_loop() {
         t0,
         "binaries: static cloudsigma-agent (release) and imgbuild",
     );
-    let bins = harness::build_binaries(&repo, false);
+    let bins = e2e::builds::build_binaries(&repo, false);
     phases.push(("binaries", p.elapsed()));
 
     // 3. emulator with the QEMU backend, in process
-    let cloud = harness::VmCloud::start(t0, &img_dir).await;
+    let cloud = e2e::cloud::VmCloud::start(t0, &img_dir).await;
     let (data, api) = (&cloud.data, &cloud.api);
 
     // 4. imgbuild: the real build, real SSH into the real VM
@@ -75,7 +76,7 @@ async fn whole_loop() {
 
     // 5. the node: clone the image, boot it with Cluster API bootstrap data
     let p = Instant::now();
-    let (_keydir, key, pubkey) = harness::ssh_keypair();
+    let (_keydir, key, pubkey) = e2e::ssh::ssh_keypair();
     let spec = NodeSpec {
         name: "e2e-node-1",
         cpu_mhz: 2000,
@@ -164,7 +165,7 @@ async fn whole_loop() {
         "cloud-init ran: {ci}"
     );
     // agent time: unit start (journal, monotonic) → kubeadm exec (stub records /proc/uptime)
-    let started = harness::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
+    let started = e2e::ssh::journal_uptime(&ssh, "cloudsigma-bootstrap.service", "Starting");
     let exec_at = stub
         .lines()
         .find_map(|l| l.split("uptime=").nth(1))
