@@ -63,6 +63,29 @@ pub async fn build_shared(
     image
 }
 
+/// `debian-test-node` (the stub loops' image) through [`build_shared`], with the agent `bins`
+/// built; `fresh` for the loop that tests imgbuild's build itself.
+pub async fn test_node_image(
+    cloud: &VmCloud,
+    bins: &crate::builds::Binaries,
+    repo: &Path,
+    fresh: bool,
+) -> String {
+    build_shared(
+        cloud,
+        &bins.imgbuild,
+        repo,
+        "image-recipes/debian-test-node",
+        &[
+            ("agent_binary", bins.agent.display().to_string()),
+            // the emulator boots the library kernel + initrd directly (docs/imgbuild.md)
+            ("initramfs_update", "no".into()),
+        ],
+        fresh,
+    )
+    .await
+}
+
 /// The kept image as a drive of `cloud`'s account (its tags recreated), or None.
 async fn restore(cloud: &VmCloud, kept: &Path) -> Option<String> {
     let def: Value = serde_json::from_slice(&std::fs::read(kept.join("drive.json")).ok()?).ok()?;

@@ -115,19 +115,7 @@ async fn first_boot_of_a_larger_clone() {
     // 1. the image, built for real
     let p = Instant::now();
     say(t0, "imgbuild debian-test-node");
-    let image = e2e::image_cache::build_shared(
-        &cloud,
-        &bins.imgbuild,
-        &repo,
-        "image-recipes/debian-test-node",
-        &[
-            ("agent_binary", bins.agent.display().to_string()),
-            // the emulator boots the library kernel + initrd directly (docs/imgbuild.md)
-            ("initramfs_update", "no".into()),
-        ],
-        false,
-    )
-    .await;
+    let image = e2e::image_cache::test_node_image(&cloud, &bins, &repo, false).await;
     phases.push(("imgbuild", p.elapsed()));
 
     // 2. the image drive as a provider finds it, before any boot

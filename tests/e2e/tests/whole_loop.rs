@@ -58,19 +58,7 @@ async fn whole_loop() {
         t0,
         "imgbuild debian-test-node (boots the library image, provisions over SSH)",
     );
-    let image = e2e::image_cache::build_shared(
-        &cloud,
-        &bins.imgbuild,
-        &repo,
-        "image-recipes/debian-test-node",
-        &[
-            ("agent_binary", bins.agent.display().to_string()),
-            // the emulator boots the library kernel + initrd directly (docs/imgbuild.md)
-            ("initramfs_update", "no".into()),
-        ],
-        true,
-    )
-    .await;
+    let image = e2e::image_cache::test_node_image(&cloud, &bins, &repo, true).await;
     phases.push(("imgbuild", p.elapsed()));
     say(t0, &format!("image {image} built"));
 
