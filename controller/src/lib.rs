@@ -289,6 +289,7 @@ fn context(
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
         stale_after_init: Default::default(),
+        lookups: Default::default(),
         warnings: Default::default(),
         success_events: opts.record_success_events,
         recorder: kube::runtime::events::Recorder::new(

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub stale_after_init: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Warnings about standing conditions of initialized Nodes, found again every sync period.
     pub warnings: WarningThrottle,
+    /// When each Node's pending server lookup began (see [`crate::cache::LookupStarts`]).
+    pub lookups: crate::cache::LookupStarts,
     /// True while this replica holds the Lease (always, without leader election). The watch runs
     /// before that; the reconciles wait for it.
     pub leading: tokio::sync::watch::Receiver<bool>,
@@ -312,11 +314,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     if tainted {
-        let lookup = match &pid {
-            ProviderId::CloudSigma(uuid) => ctx.cache.by_uuid(uuid).await,
-            _ => ctx.cache.by_name(&name).await,
-        }
-        .map_err(cache_error)?;
+        let lookup = lookup(ctx, &uid, &pid, &name).await.map_err(cache_error)?;
         let server = match (lookup, &pid) {
             (Lookup::Found(s), _) => s,
             // Not in a listing older than this Node: look again once a new one is allowed,
@@ -339,7 +337,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     let ProviderId::CloudSigma(uuid) = pid else {
         return Ok(requeue);
     };
-    let server = match ctx.cache.by_uuid(&uuid).await {
+    let server = match lookup(ctx, &uid, &ProviderId::CloudSigma(uuid.clone()), &name).await {
         Ok(Lookup::Found(s)) => s,
         Ok(Lookup::NotYet(after)) => return Ok(Action::requeue(after)),
         Ok(Lookup::NotListed) => return lifecycle_gone(n, &uuid, ctx).await,
@@ -351,6 +349,40 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     };
     lifecycle_present(n, &server, ctx).await?;
     Ok(requeue)
+}
+
+/// The Node's server, by providerID uuid, else by name; a lookup that failed or could not be
+/// answered yet (`NotYet`) stays pending, so its retries keep the time it began
+/// ([`crate::cache::LookupStarts`]).
+async fn lookup(
+    ctx: &Ctx,
+    node_uid: &str,
+    pid: &ProviderId,
+    name: &str,
+) -> Result<Lookup, crate::cache::CacheError> {
+    let what = match pid {
+        ProviderId::CloudSigma(uuid) => format!("uuid:{uuid}"),
+        _ => format!("name:{name}"),
+    };
+    let began = ctx.lookups.began(node_uid, &what, Instant::now());
+    let res = match pid {
+        ProviderId::CloudSigma(uuid) => ctx.cache.by_uuid_since(uuid, began).await,
+        _ => ctx.cache.by_name_since(name, began).await,
+    };
+    if lookup_answered(&res) {
+        ctx.lookups.ended(node_uid, &what);
+    }
+    res
+}
+
+/// Whether a lookup has its answer (the next one begins afresh), as opposed to one that must be
+/// asked again: not answerable yet, or the listing unavailable.
+fn lookup_answered(res: &Result<Lookup, crate::cache::CacheError>) -> bool {
+    use crate::cache::CacheError;
+    match res {
+        Ok(Lookup::Found(_) | Lookup::NotListed) | Err(CacheError::Ambiguous(_)) => true,
+        Ok(Lookup::NotYet(_)) | Err(CacheError::List(_) | CacheError::BackingOff { .. }) => false,
+    }
 }
 
 /// Upstream order, made stricter: addresses (status) first, then one Update with providerID,
