@@ -59,13 +59,26 @@ impl Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("CloudSigma servers listing failed: {0}")]
-    List(String),
+    /// The listing failed now; the next one is allowed in `retry_in` (the backoff).
+    #[error("CloudSigma servers listing failed: {error}")]
+    List { error: String, retry_in: Duration },
     #[error("CloudSigma servers listing backed off after failures ({failures} in a row); next try in {retry_in:?}")]
     BackingOff { failures: u32, retry_in: Duration },
     /// Several servers carry the Node's name.
     #[error("{0}")]
     Ambiguous(String),
+}
+
+impl CacheError {
+    /// When a listing will be tried again, for a listing failure or backoff.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            CacheError::List { retry_in, .. } | CacheError::BackingOff { retry_in, .. } => {
+                Some(*retry_in)
+            }
+            CacheError::Ambiguous(_) => None,
+        }
+    }
 }
 
 struct RefreshState {
@@ -267,7 +280,10 @@ impl ServerCache {
                 }
                 st.not_before = Some(Instant::now() + wait);
                 tracing::warn!(error = %e, failures = st.failures, backoff_ms = wait.as_millis() as u64, "CloudSigma servers listing failed");
-                Err(CacheError::List(e.to_string()))
+                Err(CacheError::List {
+                    error: e.to_string(),
+                    retry_in: wait,
+                })
             }
         }
     }

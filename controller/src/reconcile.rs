@@ -135,6 +135,9 @@ pub fn no_vlan_node_ip_note(server_uuid: &str) -> String {
 pub enum Error {
     #[error("CloudSigma: {0}")]
     Cloud(String),
+    /// The shared listing is failing or backing off; the next one is allowed in `retry_in`.
+    #[error("CloudSigma: {error}")]
+    Listing { error: String, retry_in: Duration },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// A fresh listing has no server for the Node.
@@ -154,7 +157,7 @@ pub enum Error {
 impl Error {
     fn kind(&self) -> &'static str {
         match self {
-            Error::Cloud(_) => "cloudsigma",
+            Error::Cloud(_) | Error::Listing { .. } => "cloudsigma",
             Error::Kube(_) => "kubernetes",
             _ => "node",
         }
@@ -165,7 +168,7 @@ impl Error {
     /// cause would keep showing the first cause in `kubectl describe node` after it changed.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Cloud(_) => "CloudSigmaUnavailable",
+            Error::Cloud(_) | Error::Listing { .. } => "CloudSigmaUnavailable",
             Error::Kube(_) => "KubernetesAPIError",
             Error::NotFound(_) => "ServerNotFound",
             Error::Ambiguous(_) => "AmbiguousServerName",
@@ -177,9 +180,13 @@ impl Error {
 }
 
 fn cache_error(e: crate::cache::CacheError) -> Error {
-    match e {
-        crate::cache::CacheError::Ambiguous(m) => Error::Ambiguous(m),
-        e => Error::Cloud(e.to_string()),
+    match (e.retry_in(), e) {
+        (_, crate::cache::CacheError::Ambiguous(m)) => Error::Ambiguous(m),
+        (Some(retry_in), e) => Error::Listing {
+            error: e.to_string(),
+            retry_in,
+        },
+        (None, e) => Error::Cloud(e.to_string()),
     }
 }
 
@@ -215,7 +222,18 @@ pub async fn reconcile(n: Arc<WatchedNode>, ctx: Arc<Ctx>) -> Result<Action, Err
 pub fn error_policy(n: Arc<WatchedNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let name = n.metadata.name.as_deref().unwrap_or("");
     tracing::warn!(node = name, error = %err, "reconcile failed; retrying");
-    Action::requeue(retry_delay(ctx.sync_period))
+    Action::requeue(retry_after(err, ctx.sync_period))
+}
+
+/// When a failed reconcile runs again: as soon as the shared listing may be tried again when that
+/// is what failed, so that every Node waiting on it is back for the first listing after an outage
+/// and catches up from it (issue 21 item 8; a fixed delay spread them over several listings); a
+/// few seconds otherwise.
+fn retry_after(err: &Error, sync_period: Duration) -> Duration {
+    match err {
+        Error::Listing { retry_in, .. } => (*retry_in).max(Duration::from_millis(100)),
+        _ => retry_delay(sync_period),
+    }
 }
 
 /// kube-runtime does not back off per object on its own; a few seconds keeps a broken Node from
@@ -381,7 +399,9 @@ fn lookup_answered(res: &Result<Lookup, crate::cache::CacheError>) -> bool {
     use crate::cache::CacheError;
     match res {
         Ok(Lookup::Found(_) | Lookup::NotListed) | Err(CacheError::Ambiguous(_)) => true,
-        Ok(Lookup::NotYet(_)) | Err(CacheError::List(_) | CacheError::BackingOff { .. }) => false,
+        Ok(Lookup::NotYet(_)) | Err(CacheError::List { .. } | CacheError::BackingOff { .. }) => {
+            false
+        }
     }
 }
 
@@ -633,6 +653,31 @@ mod tests {
     fn retry_delay_is_five_seconds_at_most_the_sync_period() {
         assert_eq!(retry_delay(Duration::from_secs(30)), Duration::from_secs(5));
         assert_eq!(retry_delay(Duration::from_secs(2)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_failing_listing_is_retried_when_the_next_listing_is_allowed() {
+        let sync = Duration::from_secs(30);
+        let listing = |ms| Error::Listing {
+            error: "x".into(),
+            retry_in: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            retry_after(&listing(1500), sync),
+            Duration::from_millis(1500)
+        );
+        // a Retry-After longer than the usual delay is waited for, not polled
+        assert_eq!(retry_after(&listing(40_000), sync), Duration::from_secs(40));
+        // never a spin
+        assert_eq!(retry_after(&listing(0), sync), Duration::from_millis(100));
+        assert_eq!(
+            retry_after(&Error::Cloud("x".into()), sync),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_after(&Error::NotFound("x".into()), sync),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
