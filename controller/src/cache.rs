@@ -204,11 +204,6 @@ impl ServerCache {
         self.current().by_nat_ip.get(ip).cloned()
     }
 
-    /// Whether a listing has ever succeeded (readiness).
-    pub fn has_listed(&self) -> bool {
-        self.current().fetched_at.is_some()
-    }
-
     /// A snapshot no older than the sync period (refreshing if needed).
     pub async fn fresh(&self) -> Result<Arc<Snapshot>, CacheError> {
         let s = self.current();
@@ -262,7 +257,7 @@ impl ServerCache {
                     Ok(mut g) => *g = snap.clone(),
                     Err(p) => *p.into_inner() = snap.clone(),
                 }
-                self.metrics.set_ready(true);
+                self.metrics.listed();
                 tracing::debug!(
                     servers = snap.by_uuid.len(),
                     took_ms = t0.elapsed().as_millis() as u64,

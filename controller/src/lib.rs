@@ -83,6 +83,11 @@ pub struct Options {
     /// src/apiserver.rs.
     #[arg(long, env = "APISERVER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub apiserver_idle_timeout: Duration,
+    /// `/readyz` fails once no CloudSigma server listing has succeeded for this long (while
+    /// leading; a standby is ready). At least two sync periods: the listing is refreshed once per
+    /// sync period. See metrics::DEFAULT_READY_LISTING_MAX_AGE for the default.
+    #[arg(long, env = "READY_LISTING_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub ready_listing_max_age: Duration,
     /// kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -188,6 +193,21 @@ impl Options {
         }
     }
 
+    /// `--ready-listing-max-age` must span at least two sync periods: the listing is refreshed
+    /// once per sync period, so a shorter bound would turn a healthy controller unready between two
+    /// listings.
+    pub fn validate_readiness(&self) -> Result<(), String> {
+        if self.ready_listing_max_age < self.sync_period * 2 {
+            return Err(format!(
+                "--ready-listing-max-age={:?} is shorter than two sync periods (--sync-period={:?}): the listing is refreshed once per sync period, so /readyz would fail between listings; use at least {:?}",
+                self.ready_listing_max_age,
+                self.sync_period,
+                self.sync_period * 2
+            ));
+        }
+        Ok(())
+    }
+
     pub fn region_label(&self) -> String {
         self.region.clone().unwrap_or_default()
     }
@@ -210,10 +230,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Validate before serving or touching the Lease: a bad combination is a configuration error.
     let lease_cfg = opts.leader_elect.then(|| opts.lease_config());
+    opts.validate_readiness().map_err(anyhow::Error::msg)?;
+    metrics.set_ready_listing_max_age(opts.ready_listing_max_age);
     if let Some(cfg) = &lease_cfg {
         cfg.validate().map_err(anyhow::Error::msg)?;
         // A standby is healthy and ready: it only waits.
-        metrics.set_ready(true);
+        metrics.set_standby(true);
     }
     let server = tokio::spawn(serve_http(
         opts.metrics_bind,
@@ -239,7 +261,7 @@ pub async fn run(
         // Renewing starts now, on its own task: nothing (the first CloudSigma listing may take
         // minutes) delays it. Dropped with this future, which stops the renewals.
         let mut l = e.keep_renewing(acquired);
-        metrics.set_ready(ctx.cache.has_listed());
+        metrics.set_standby(false);
         metrics.is_leader.set(1);
         let _ = leading_tx.send(true);
         l.lost().await
@@ -323,6 +345,26 @@ async fn work(
         }
     };
 
+    // The listing is kept fresh while leading even with no Node to ask for it, so that readiness
+    // (the age of the last successful listing) says whether the API answers, not whether there
+    // are Nodes. With Nodes this costs nothing: fresh() lists only when the listing is older than
+    // the sync period.
+    let keep_fresh = {
+        let ctx = ctx.clone();
+        let period = opts.sync_period;
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if *ctx.leading.borrow() {
+                    // A failure is logged by the cache and retried at the next tick.
+                    let _ = ctx.cache.fresh().await;
+                }
+            }
+        }
+    };
+
     let mut sd = shutdown.clone();
     let ctrl = Controller::new(
         Api::<watched::WatchedNode>::all(watch_client),
@@ -339,7 +381,12 @@ async fn work(
             }
         }
     });
-    futures::join!(prime, ctrl);
+    futures::join!(prime, async {
+        tokio::select! {
+            _ = ctrl => {}
+            _ = keep_fresh => {}
+        }
+    });
 }
 
 /// The server-side length of one Node watch (`timeoutSeconds`): kube-runtime's default, written
@@ -395,13 +442,9 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch
             get(move || {
                 let m = m2.clone();
                 async move {
-                    if m.ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no complete CloudSigma server listing yet",
-                        )
+                    match m.readiness() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                     }
                 }
             }),
@@ -445,6 +488,34 @@ mod tests {
             idle < Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS) + 5),
             "{idle:?}"
         );
+    }
+
+    #[test]
+    fn readiness_bound_defaults_to_five_minutes_and_must_span_two_sync_periods() {
+        use clap::Parser;
+        let o = Options::parse_from(["cloudsigma-controller"]);
+        assert_eq!(
+            o.ready_listing_max_age,
+            metrics::DEFAULT_READY_LISTING_MAX_AGE
+        );
+        assert_eq!(o.ready_listing_max_age, Duration::from_secs(300));
+        assert!(o.validate_readiness().is_ok());
+        let o = Options::parse_from([
+            "cloudsigma-controller",
+            "--sync-period=30s",
+            "--ready-listing-max-age=59s",
+        ]);
+        let e = o.validate_readiness().unwrap_err();
+        assert!(
+            e.contains("--ready-listing-max-age") && e.contains("60s"),
+            "{e}"
+        );
+        let o = Options::parse_from([
+            "cloudsigma-controller",
+            "--sync-period=30s",
+            "--ready-listing-max-age=1m",
+        ]);
+        assert!(o.validate_readiness().is_ok());
     }
 
     #[test]
