@@ -98,8 +98,10 @@ pub struct Options {
     /// Namespace of the Lease (the Deployment sets POD_NAMESPACE).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub lease_namespace: String,
-    /// Identity in the Lease; default POD_NAME, else hostname.
-    #[arg(long, env = "POD_NAME")]
+    /// Identity in the Lease (and the Events' reporting instance). Default:
+    /// `<POD_NAME, else hostname>_<random uuid>`, new for every process, so that two replicas can
+    /// never share one, even under hostNetwork on one node (see default_identity).
+    #[arg(long)]
     pub identity: Option<String>,
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -173,7 +175,8 @@ impl Options {
         Client::new(cfg).map_err(|e| anyhow::anyhow!("CloudSigma client: {e}"))
     }
 
-    /// The Lease settings (identity: `--identity`/POD_NAME, else hostname_pid).
+    /// The Lease settings. Without `--identity`, a new [`default_identity`] per call ([`run`]
+    /// makes one call).
     pub fn lease_config(&self) -> leader::LeaseConfig {
         leader::LeaseConfig {
             name: self.lease_name.clone(),
@@ -230,6 +233,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Validate before serving or touching the Lease: a bad combination is a configuration error.
     let lease_cfg = opts.leader_elect.then(|| opts.lease_config());
+    if let Some(cfg) = &lease_cfg {
+        tracing::info!(identity = %cfg.identity, lease = %cfg.name, "leader election identity");
+    }
     opts.validate_readiness().map_err(anyhow::Error::msg)?;
     metrics.set_ready_listing_max_age(opts.ready_listing_max_age);
     if let Some(cfg) = &lease_cfg {
@@ -318,7 +324,7 @@ fn context(
             kube.requests.clone(),
             kube::runtime::events::Reporter {
                 controller: "cloudsigma-controller".into(),
-                instance: opts.identity.clone(),
+                instance: Some(event_instance(opts.identity.as_deref())),
             },
         ),
         leading,
@@ -409,11 +415,53 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "cloudsigma-controller".into());
-    format!("{host}_{}", std::process::id())
+/// The default Lease identity: `<POD_NAME, else the hostname>_<random uuid v4>`, as
+/// kube-controller-manager and kube-scheduler build theirs (`os.Hostname()` + `"_"` +
+/// `uuid.NewUUID()`, "so that two processes on the same host don't accidentally both become
+/// active"; client-go's `examples/leader-election` defaults `--id` to `uuid.New()`). The former
+/// `hostname_pid` collided under hostNetwork: the hostname is the node's, and a container's
+/// process is pid 1, so two Pods on one node (or one restarted there) had the same identity and
+/// each took the other's Lease for its own. POD_NAME alone (the Deployment sets it) is unique
+/// only within one namespace of one cluster, while in management mode replicas of different
+/// management clusters or namespaces may share the workload cluster's Lease. The readable part
+/// says where the holder runs; the uuid makes it unique per process.
+pub fn default_identity() -> String {
+    identity_from(
+        std::env::var("POD_NAME").ok().as_deref(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .as_deref(),
+    )
+}
+
+/// The Events' `reportingInstance`: `--identity`, else POD_NAME, else the hostname; at most 128
+/// bytes (the Events API refuses longer ones). Events need no uniqueness, only a readable origin,
+/// so the Lease identity's uuid is left out.
+fn event_instance(identity: Option<&str>) -> String {
+    let pod = std::env::var("POD_NAME").ok();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let s = [identity, pod.as_deref(), host.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("cloudsigma-controller");
+    let mut end = s.len().min(128);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// [`default_identity`] from a pod name and a hostname (either may be missing or empty).
+pub fn identity_from(pod_name: Option<&str>, hostname: Option<&str>) -> String {
+    let readable = [pod_name, hostname]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("cloudsigma-controller");
+    format!("{readable}_{}", uuid::Uuid::new_v4())
 }
 
 async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
@@ -516,6 +564,25 @@ mod tests {
             "--ready-listing-max-age=1m",
         ]);
         assert!(o.validate_readiness().is_ok());
+    }
+
+    #[test]
+    fn default_identities_never_collide_and_say_where_they_run() {
+        // Two Pods on one node under hostNetwork: same hostname, and each process is pid 1.
+        let a = identity_from(None, Some("node-1\n"));
+        let b = identity_from(None, Some("node-1\n"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("node-1_"), "{a}");
+        // The same pod name (two clusters or namespaces sharing a workload cluster's Lease).
+        let a = identity_from(Some("cloudsigma-controller-7d4b9-x2x4z"), Some("node-1"));
+        let b = identity_from(Some("cloudsigma-controller-7d4b9-x2x4z"), Some("node-1"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("cloudsigma-controller-7d4b9-x2x4z_"), "{a}");
+        let suffix = a.rsplit_once('_').map(|(_, s)| s).unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(suffix).is_ok(), "{a}");
+        assert!(identity_from(Some(""), None).starts_with("cloudsigma-controller_"));
+        // what the process uses
+        assert_ne!(default_identity(), default_identity());
     }
 
     #[test]
