@@ -29,7 +29,8 @@ pub use metrics::Metrics;
 #[command(
     name = "cloudsigma-controller",
     version = env!("CLOUDSIGMA_BUILD_VERSION"),
-    about = "CloudSigma cloud controller manager"
+    about = "CloudSigma cloud controller manager",
+    after_help = CREDENTIALS_HELP
 )]
 pub struct Options {
     /// CloudSigma region (e.g. zrh, fra); also the value of the topology region label.
@@ -41,13 +42,17 @@ pub struct Options {
     /// API base URL (overrides the region's URL), e.g. http://127.0.0.1:8080/api/2.0/.
     #[arg(long, env = "CLOUDSIGMA_API_URL")]
     pub api_url: Option<String>,
+    /// The account e-mail (not a secret). The password and the access token are read from the
+    /// environment or files only (see below).
     #[arg(long, env = "CLOUDSIGMA_USERNAME")]
     pub username: Option<String>,
-    #[arg(long, env = "CLOUDSIGMA_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// Bearer access token instead of username/password.
-    #[arg(long, env = "CLOUDSIGMA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// Removed (issue 20 item 3): refused with a pointer to CLOUDSIGMA_PASSWORD[_FILE]. The value
+    /// is dropped unread, so it cannot reach a log or an error message.
+    #[arg(long = "password", hide = true, num_args = 0..=1, default_missing_value = "", value_parser = drop_secret)]
+    pub removed_password_flag: Option<RemovedSecretFlag>,
+    /// Removed: refused with a pointer to CLOUDSIGMA_TOKEN[_FILE].
+    #[arg(long = "token", hide = true, num_args = 0..=1, default_missing_value = "", value_parser = drop_secret)]
+    pub removed_token_flag: Option<RemovedSecretFlag>,
     /// Files (e.g. a mounted Secret) holding the password / access token; trailing newline ignored.
     #[arg(long, env = "CLOUDSIGMA_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
@@ -119,6 +124,21 @@ pub struct Options {
     pub log_format: String,
 }
 
+/// How the controller takes its credentials (`--help`).
+pub const CREDENTIALS_HELP: &str = "Credentials (environment or files only, never flags: a flag's value is readable by every user of the node in `ps` and /proc/<pid>/cmdline, and is stored in the Pod spec):
+  CLOUDSIGMA_TOKEN or CLOUDSIGMA_TOKEN_FILE             bearer access token
+  CLOUDSIGMA_USERNAME or CLOUDSIGMA_USERNAME_FILE       account e-mail, with
+  CLOUDSIGMA_PASSWORD or CLOUDSIGMA_PASSWORD_FILE       its password
+  A file wins over the variable; the config file (--config-file) comes last.";
+
+/// A removed secret-taking flag was given; its value was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemovedSecretFlag;
+
+fn drop_secret(_: &str) -> Result<RemovedSecretFlag, String> {
+    Ok(RemovedSecretFlag)
+}
+
 /// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -149,15 +169,40 @@ fn read_secret_file(p: &PathBuf) -> anyhow::Result<String> {
 }
 
 impl Options {
-    /// Builds the CloudSigma client: flags/env, then files, then the config file.
+    /// An error naming what to use instead when a removed secret-taking flag (`--password`,
+    /// `--token`) was given. `main` checks it before anything else.
+    pub fn refuse_secret_flags(&self) -> Result<(), String> {
+        let removed = [
+            (
+                self.removed_password_flag,
+                "--password",
+                "CLOUDSIGMA_PASSWORD",
+            ),
+            (self.removed_token_flag, "--token", "CLOUDSIGMA_TOKEN"),
+        ];
+        for (given, flag, var) in removed {
+            if given.is_some() {
+                return Err(format!(
+                    "{flag} is no longer accepted: a secret on the command line is readable by every user of the node (ps, /proc/<pid>/cmdline) and is stored in the Pod spec. Set {var}_FILE=<file> (e.g. a mounted Secret, as controller/config does) or {var} (e.g. env valueFrom.secretKeyRef) instead, and remove {flag} (its value was not used or logged)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the CloudSigma client: the files, then the environment (CLOUDSIGMA_USERNAME,
+    /// CLOUDSIGMA_PASSWORD, CLOUDSIGMA_TOKEN), then the config file.
     pub fn cloudsigma_client(&self) -> anyhow::Result<cloudsigma_api::client::Client> {
         use cloudsigma_api::client::{Client, Config, ConfigOverrides};
+        self.refuse_secret_flags().map_err(anyhow::Error::msg)?;
+        // No secret comes from a flag: the password and token overrides are the files' contents
+        // only, else Config::resolve reads CLOUDSIGMA_PASSWORD / CLOUDSIGMA_TOKEN itself.
         let mut ov = ConfigOverrides {
             api_url: self.api_url.clone(),
             region: self.region.clone(),
             username: self.username.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
+            password: None,
+            token: None,
             config_file: self.config_file.clone(),
         };
         if let Some(p) = &self.username_file {
@@ -169,8 +214,11 @@ impl Options {
         if let Some(p) = &self.token_file {
             ov.token = Some(read_secret_file(p)?);
         }
-        let mut cfg = Config::resolve(&ov)
-            .map_err(|e| anyhow::anyhow!("CloudSigma credentials/config: {e}"))?;
+        let mut cfg = Config::resolve(&ov).map_err(|e| {
+            anyhow::anyhow!(
+                "CloudSigma credentials/config: {e} (cloudsigma-controller takes no secret as a flag: use CLOUDSIGMA_PASSWORD[_FILE] with CLOUDSIGMA_USERNAME[_FILE], or CLOUDSIGMA_TOKEN[_FILE])"
+            )
+        })?;
         cfg.timeout = self.api_timeout;
         Client::new(cfg).map_err(|e| anyhow::anyhow!("CloudSigma client: {e}"))
     }
