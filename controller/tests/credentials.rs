@@ -144,3 +144,174 @@ async fn credential_files_are_used_and_debug_output_shows_no_secret() {
     let _ = std::fs::remove_dir_all(&dir);
     emu.shutdown().await;
 }
+
+/// What the controller reads but must never pass on: the servers' meta (cloud-init user-data
+/// with a kubeadm join token) comes with every listing, and the account password sits in its
+/// environment. The real binary at its most verbose (`RUST_LOG=debug`, success Events on)
+/// initializes a Node whose server carries such user-data; neither secret may appear in its log,
+/// the Events, the Node or /metrics. And it only reads from the CloudSigma API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_data_and_credentials_never_leave_the_controller() {
+    use cloudsigma_api::models::{Nic, ServerCreate, ServerStatus};
+    use cloudsigma_controller::testkit;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, PostParams};
+    use std::time::{Duration, Instant};
+
+    let Some(cluster) = testkit::cluster_or_skip("user_data_and_credentials_never_leave") else {
+        return;
+    };
+    // A password that no log line contains by chance (the default is "secret").
+    let emu = Emulator::start(EmulatorConfig {
+        timings: Timings::instant(),
+        password: "emu-pass-9d2c71e0b5".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let cs = testkit::cloudsigma_client(&emu.api_url(), emu.username(), emu.password(), |_| {});
+    const JOIN_TOKEN: &str = "abcdef.0123456789abcdef";
+    let user_data = format!(
+        "#cloud-config\nruncmd:\n  - kubeadm join 10.0.0.1:6443 --token {JOIN_TOKEN} --discovery-token-ca-cert-hash sha256:{}\n",
+        "0".repeat(64)
+    );
+    let s = cs
+        .create_server(&ServerCreate {
+            name: "worker-ud".into(),
+            cpu: 2000,
+            mem: 2 << 30,
+            smp: Some(2),
+            vnc_password: SECRET.into(),
+            nics: vec![Nic::public_dhcp()],
+            meta: [
+                ("cloudinit-user-data".to_string(), user_data.clone()),
+                ("kubeadm-token".to_string(), JOIN_TOKEN.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    cs.start_server(&s.uuid).await.expect("start");
+    cs.wait_server_status(&s.uuid, ServerStatus::Running, Duration::from_secs(10))
+        .await
+        .expect("running");
+    let nodes: Api<Node> = Api::all(cluster.client().await);
+    nodes
+        .create(
+            &PostParams::default(),
+            &testkit::tainted_node("worker-ud", None, None),
+        )
+        .await
+        .expect("node");
+
+    let after_reset = emu.counters().1;
+    let port = testkit::free_port();
+    let log_path = cluster.dir.path().join("controller-secrets.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-controller"))
+        .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+        .arg(format!("--api-url={}", emu.api_url()))
+        .args([
+            "--region=zrh",
+            "--sync-period=1s",
+            "--leader-elect=false",
+            "--record-success-events=true",
+            &format!("--metrics-bind=127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "debug")
+        .env("CLOUDSIGMA_USERNAME", emu.username())
+        .env("CLOUDSIGMA_PASSWORD", emu.password())
+        .env_remove("CLOUDSIGMA_TOKEN")
+        .env_remove("CLOUDSIGMA_PASSWORD_FILE")
+        .env_remove("CLOUDSIGMA_TOKEN_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn controller");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = nodes.get("worker-ud").await.expect("node");
+        if !cloudsigma_controller::node::has_taint(
+            &n,
+            cloudsigma_controller::node::TAINT_UNINITIALIZED,
+        ) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not initialized: {:?}",
+            std::fs::read_to_string(&log_path)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few sync periods of re-syncs (listings with the meta) at debug level.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(metrics.contains("cloudsigma_controller_"), "{metrics}");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    // The account's servers: the controller only reads (listings, single GETs); this test's own
+    // creation and start came before the reset.
+    let (_, calls) = emu.counters();
+    let writes: Vec<_> = calls
+        .keys()
+        .filter(|k| !k.starts_with("GET "))
+        .filter(|k| after_reset.get(*k) != calls.get(*k))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "the controller wrote to the CloudSigma API: {writes:?}"
+    );
+
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("node initialized"), "{log}");
+    let events = cluster
+        .kubectl(&["get", "events.events.k8s.io", "-A", "-o", "yaml"])
+        .expect("events");
+    assert!(events.contains("Initialized"), "{events}");
+    let node = cluster
+        .kubectl(&["get", "node", "worker-ud", "-o", "yaml"])
+        .expect("node");
+    for (what, text) in [
+        ("log", &log),
+        ("Events", &events),
+        ("Node", &node),
+        ("/metrics", &metrics),
+    ] {
+        for secret in [JOIN_TOKEN, emu.password(), SECRET] {
+            let leaks: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(secret))
+                .take(3)
+                .map(|l| l.replace(secret, "<SECRET>").chars().take(800).collect())
+                .collect();
+            assert!(
+                leaks.is_empty(),
+                "the controller's {what} contains a secret, e.g. (masked):\n{}",
+                leaks.join("\n")
+            );
+        }
+    }
+    eprintln!(
+        "checked {} bytes of debug log, {} of Events, {} of Node, {} of metrics",
+        log.len(),
+        events.len(),
+        node.len(),
+        metrics.len()
+    );
+    emu.shutdown().await;
+}
