@@ -59,13 +59,26 @@ impl Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("CloudSigma servers listing failed: {0}")]
-    List(String),
+    /// The listing failed now; the next one is allowed in `retry_in` (the backoff).
+    #[error("CloudSigma servers listing failed: {error}")]
+    List { error: String, retry_in: Duration },
     #[error("CloudSigma servers listing backed off after failures ({failures} in a row); next try in {retry_in:?}")]
     BackingOff { failures: u32, retry_in: Duration },
     /// Several servers carry the Node's name.
     #[error("{0}")]
     Ambiguous(String),
+}
+
+impl CacheError {
+    /// When a listing will be tried again, for a listing failure or backoff.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            CacheError::List { retry_in, .. } | CacheError::BackingOff { retry_in, .. } => {
+                Some(*retry_in)
+            }
+            CacheError::Ambiguous(_) => None,
+        }
+    }
 }
 
 struct RefreshState {
@@ -99,6 +112,58 @@ pub enum Lookup {
 /// one started afterwards can have seen a server created just before the lookup.
 pub fn listing_confirms(listing_started: Option<Instant>, asked: Instant) -> bool {
     listing_started.is_some_and(|t| t >= asked)
+}
+
+/// When each Node's pending server lookup began: the first attempt that failed (listing
+/// unavailable) or missed, kept across the Node's retries until the lookup has an answer (found,
+/// confirmed missing, ambiguous).
+///
+/// A miss is confirmed only by a listing that started after the lookup began (a Node registering
+/// just after a listing must not be reported). If each retry counted as a new lookup, the goalpost
+/// would move: with many Nodes sharing one rate-limited listing, the listing a retry meets has
+/// mostly been started by another Node just before, and Nodes waiting for a confirmation got one
+/// each per `min_interval` (issue 21 item 8: after an outage, four of six Nodes of deleted servers
+/// went only after more than two minutes). Keyed by Node uid *and* what is looked up, so a
+/// re-registered Node or a changed providerID starts afresh.
+#[derive(Default)]
+pub struct LookupStarts {
+    began: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl LookupStarts {
+    /// Entries of Nodes deleted while a lookup was pending are never ended; forgetting them all
+    /// only makes some lookups start afresh (slower, never wrong).
+    const MAX: usize = 65536;
+
+    fn key(node_uid: &str, what: &str) -> String {
+        format!("{node_uid}/{what}")
+    }
+
+    /// When the pending lookup of `what` for this Node began: an earlier one still pending, else
+    /// `now`.
+    pub fn began(&self, node_uid: &str, what: &str, now: Instant) -> Instant {
+        let mut m = self.began.lock().unwrap_or_else(|p| p.into_inner());
+        let key = Self::key(node_uid, what);
+        if m.len() >= Self::MAX && !m.contains_key(&key) {
+            m.clear();
+        }
+        *m.entry(key).or_insert(now)
+    }
+
+    /// The lookup had an answer: the next one begins afresh.
+    pub fn ended(&self, node_uid: &str, what: &str) {
+        let mut m = self.began.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&Self::key(node_uid, what));
+    }
+
+    /// Pending lookups (tests).
+    pub fn len(&self) -> usize {
+        self.began.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl ServerCache {
@@ -137,11 +202,6 @@ impl ServerCache {
     /// The running server whose NAT (public) IP `ip` is, in the current listing.
     pub fn nat_owner(&self, ip: &IpAddr) -> Option<String> {
         self.current().by_nat_ip.get(ip).cloned()
-    }
-
-    /// Whether a listing has ever succeeded (readiness).
-    pub fn has_listed(&self) -> bool {
-        self.current().fetched_at.is_some()
     }
 
     /// A snapshot no older than the sync period (refreshing if needed).
@@ -197,7 +257,7 @@ impl ServerCache {
                     Ok(mut g) => *g = snap.clone(),
                     Err(p) => *p.into_inner() = snap.clone(),
                 }
-                self.metrics.set_ready(true);
+                self.metrics.listed();
                 tracing::debug!(
                     servers = snap.by_uuid.len(),
                     took_ms = t0.elapsed().as_millis() as u64,
@@ -215,34 +275,49 @@ impl ServerCache {
                 }
                 st.not_before = Some(Instant::now() + wait);
                 tracing::warn!(error = %e, failures = st.failures, backoff_ms = wait.as_millis() as u64, "CloudSigma servers listing failed");
-                Err(CacheError::List(e.to_string()))
+                Err(CacheError::List {
+                    error: e.to_string(),
+                    retry_in: wait,
+                })
             }
         }
     }
 
     /// Looks a server up by uuid; an unknown uuid triggers one rate-limited refresh.
     pub async fn by_uuid(&self, uuid: &str) -> Result<Lookup, CacheError> {
-        let asked = Instant::now();
+        self.by_uuid_since(uuid, Instant::now()).await
+    }
+
+    /// [`Self::by_uuid`] for a lookup that began at `began` (an earlier attempt that failed or
+    /// missed, see [`LookupStarts`]): any listing started since then answers it.
+    pub async fn by_uuid_since(&self, uuid: &str, began: Instant) -> Result<Lookup, CacheError> {
         let snap = self.fresh().await?;
         if let Some(s) = snap.by_uuid.get(uuid) {
             return Ok(Lookup::Found(s.clone()));
         }
+        if listing_confirms(snap.started_at, began) {
+            return Ok(Lookup::NotListed);
+        }
         let snap = self.refresh_if_not_newer(snap.fetched_at, true).await?;
         Ok(match snap.by_uuid.get(uuid) {
             Some(s) => Lookup::Found(s.clone()),
-            None => self.missing(&snap, asked).await,
+            None => self.missing(&snap, began).await,
         })
     }
 
     /// Looks a server up by name (Nodes without providerID). More than one match is an error.
     pub async fn by_name(&self, name: &str) -> Result<Lookup, CacheError> {
-        let asked = Instant::now();
+        self.by_name_since(name, Instant::now()).await
+    }
+
+    /// [`Self::by_name`] for a lookup that began at `began`.
+    pub async fn by_name_since(&self, name: &str, began: Instant) -> Result<Lookup, CacheError> {
         let mut snap = self.fresh().await?;
-        if !snap.by_name.contains_key(name) {
+        if !snap.by_name.contains_key(name) && !listing_confirms(snap.started_at, began) {
             snap = self.refresh_if_not_newer(snap.fetched_at, true).await?;
         }
         match snap.by_name.get(name).map(Vec::as_slice) {
-            None | Some([]) => Ok(self.missing(&snap, asked).await),
+            None | Some([]) => Ok(self.missing(&snap, began).await),
             Some([one]) => Ok(Lookup::Found(one.clone())),
             Some(many) => Err(CacheError::Ambiguous(format!(
                 "{} CloudSigma servers are named {name:?} ({}); set the Node's providerID (kubelet --provider-id=cloudsigma://<uuid>) or rename the servers",
@@ -290,5 +365,36 @@ impl ServerCache {
             Err(e) if e.is_not_found() => Ok(true),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_lookup_keeps_its_start_until_answered_per_node_and_server() {
+        let l = LookupStarts::default();
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(l.began("uid-1", "uuid:a", t0), t0);
+        // retries keep the first start
+        assert_eq!(l.began("uid-1", "uuid:a", later), t0);
+        // another Node, another server: their own
+        assert_eq!(l.began("uid-2", "uuid:a", later), later);
+        assert_eq!(l.began("uid-1", "name:n", later), later);
+        l.ended("uid-1", "uuid:a");
+        assert_eq!(l.began("uid-1", "uuid:a", later), later);
+        assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn only_a_listing_started_after_the_lookup_began_confirms_a_miss() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(1);
+        assert!(listing_confirms(Some(t1), t0));
+        assert!(listing_confirms(Some(t0), t0));
+        assert!(!listing_confirms(Some(t0), t1));
+        assert!(!listing_confirms(None, t0));
     }
 }

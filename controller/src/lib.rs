@@ -29,7 +29,8 @@ pub use metrics::Metrics;
 #[command(
     name = "cloudsigma-controller",
     version = env!("CLOUDSIGMA_BUILD_VERSION"),
-    about = "CloudSigma cloud controller manager"
+    about = "CloudSigma cloud controller manager",
+    after_help = CREDENTIALS_HELP
 )]
 pub struct Options {
     /// CloudSigma region (e.g. zrh, fra); also the value of the topology region label.
@@ -41,13 +42,17 @@ pub struct Options {
     /// API base URL (overrides the region's URL), e.g. http://127.0.0.1:8080/api/2.0/.
     #[arg(long, env = "CLOUDSIGMA_API_URL")]
     pub api_url: Option<String>,
+    /// The account e-mail (not a secret). The password and the access token are read from the
+    /// environment or files only (see below).
     #[arg(long, env = "CLOUDSIGMA_USERNAME")]
     pub username: Option<String>,
-    #[arg(long, env = "CLOUDSIGMA_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// Bearer access token instead of username/password.
-    #[arg(long, env = "CLOUDSIGMA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// Removed (issue 20 item 3): refused with a pointer to CLOUDSIGMA_PASSWORD[_FILE]. The value
+    /// is dropped unread, so it cannot reach a log or an error message.
+    #[arg(long = "password", hide = true, num_args = 0..=1, default_missing_value = "", value_parser = drop_secret)]
+    pub removed_password_flag: Option<RemovedSecretFlag>,
+    /// Removed: refused with a pointer to CLOUDSIGMA_TOKEN[_FILE].
+    #[arg(long = "token", hide = true, num_args = 0..=1, default_missing_value = "", value_parser = drop_secret)]
+    pub removed_token_flag: Option<RemovedSecretFlag>,
     /// Files (e.g. a mounted Secret) holding the password / access token; trailing newline ignored.
     #[arg(long, env = "CLOUDSIGMA_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
@@ -83,6 +88,11 @@ pub struct Options {
     /// src/apiserver.rs.
     #[arg(long, env = "APISERVER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub apiserver_idle_timeout: Duration,
+    /// `/readyz` fails once no CloudSigma server listing has succeeded for this long (while
+    /// leading; a standby is ready). At least two sync periods: the listing is refreshed once per
+    /// sync period. See metrics::DEFAULT_READY_LISTING_MAX_AGE for the default.
+    #[arg(long, env = "READY_LISTING_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub ready_listing_max_age: Duration,
     /// kubeconfig file; default: in-cluster config, then $KUBECONFIG / ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -93,8 +103,10 @@ pub struct Options {
     /// Namespace of the Lease (the Deployment sets POD_NAMESPACE).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub lease_namespace: String,
-    /// Identity in the Lease; default POD_NAME, else hostname.
-    #[arg(long, env = "POD_NAME")]
+    /// Identity in the Lease (and the Events' reporting instance). Default:
+    /// `<POD_NAME, else hostname>_<random uuid>`, new for every process, so that two replicas can
+    /// never share one, even under hostNetwork on one node (see default_identity).
+    #[arg(long)]
     pub identity: Option<String>,
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -110,6 +122,21 @@ pub struct Options {
     /// text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// How the controller takes its credentials (`--help`).
+pub const CREDENTIALS_HELP: &str = "Credentials (environment or files only, never flags: a flag's value is readable by every user of the node in `ps` and /proc/<pid>/cmdline, and is stored in the Pod spec):
+  CLOUDSIGMA_TOKEN or CLOUDSIGMA_TOKEN_FILE             bearer access token
+  CLOUDSIGMA_USERNAME or CLOUDSIGMA_USERNAME_FILE       account e-mail, with
+  CLOUDSIGMA_PASSWORD or CLOUDSIGMA_PASSWORD_FILE       its password
+  A file wins over the variable; the config file (--config-file) comes last.";
+
+/// A removed secret-taking flag was given; its value was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemovedSecretFlag;
+
+fn drop_secret(_: &str) -> Result<RemovedSecretFlag, String> {
+    Ok(RemovedSecretFlag)
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
@@ -142,15 +169,40 @@ fn read_secret_file(p: &PathBuf) -> anyhow::Result<String> {
 }
 
 impl Options {
-    /// Builds the CloudSigma client: flags/env, then files, then the config file.
+    /// An error naming what to use instead when a removed secret-taking flag (`--password`,
+    /// `--token`) was given. `main` checks it before anything else.
+    pub fn refuse_secret_flags(&self) -> Result<(), String> {
+        let removed = [
+            (
+                self.removed_password_flag,
+                "--password",
+                "CLOUDSIGMA_PASSWORD",
+            ),
+            (self.removed_token_flag, "--token", "CLOUDSIGMA_TOKEN"),
+        ];
+        for (given, flag, var) in removed {
+            if given.is_some() {
+                return Err(format!(
+                    "{flag} is no longer accepted: a secret on the command line is readable by every user of the node (ps, /proc/<pid>/cmdline) and is stored in the Pod spec. Set {var}_FILE=<file> (e.g. a mounted Secret, as controller/config does) or {var} (e.g. env valueFrom.secretKeyRef) instead, and remove {flag} (its value was not used or logged)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the CloudSigma client: the files, then the environment (CLOUDSIGMA_USERNAME,
+    /// CLOUDSIGMA_PASSWORD, CLOUDSIGMA_TOKEN), then the config file.
     pub fn cloudsigma_client(&self) -> anyhow::Result<cloudsigma_api::client::Client> {
         use cloudsigma_api::client::{Client, Config, ConfigOverrides};
+        self.refuse_secret_flags().map_err(anyhow::Error::msg)?;
+        // No secret comes from a flag: the password and token overrides are the files' contents
+        // only, else Config::resolve reads CLOUDSIGMA_PASSWORD / CLOUDSIGMA_TOKEN itself.
         let mut ov = ConfigOverrides {
             api_url: self.api_url.clone(),
             region: self.region.clone(),
             username: self.username.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
+            password: None,
+            token: None,
             config_file: self.config_file.clone(),
         };
         if let Some(p) = &self.username_file {
@@ -162,13 +214,17 @@ impl Options {
         if let Some(p) = &self.token_file {
             ov.token = Some(read_secret_file(p)?);
         }
-        let mut cfg = Config::resolve(&ov)
-            .map_err(|e| anyhow::anyhow!("CloudSigma credentials/config: {e}"))?;
+        let mut cfg = Config::resolve(&ov).map_err(|e| {
+            anyhow::anyhow!(
+                "CloudSigma credentials/config: {e} (cloudsigma-controller takes no secret as a flag: use CLOUDSIGMA_PASSWORD[_FILE] with CLOUDSIGMA_USERNAME[_FILE], or CLOUDSIGMA_TOKEN[_FILE])"
+            )
+        })?;
         cfg.timeout = self.api_timeout;
         Client::new(cfg).map_err(|e| anyhow::anyhow!("CloudSigma client: {e}"))
     }
 
-    /// The Lease settings (identity: `--identity`/POD_NAME, else hostname_pid).
+    /// The Lease settings. Without `--identity`, a new [`default_identity`] per call ([`run`]
+    /// makes one call).
     pub fn lease_config(&self) -> leader::LeaseConfig {
         leader::LeaseConfig {
             name: self.lease_name.clone(),
@@ -186,6 +242,21 @@ impl Options {
             idle: self.apiserver_idle_timeout,
             ..Default::default()
         }
+    }
+
+    /// `--ready-listing-max-age` must span at least two sync periods: the listing is refreshed
+    /// once per sync period, so a shorter bound would turn a healthy controller unready between two
+    /// listings.
+    pub fn validate_readiness(&self) -> Result<(), String> {
+        if self.ready_listing_max_age < self.sync_period * 2 {
+            return Err(format!(
+                "--ready-listing-max-age={:?} is shorter than two sync periods (--sync-period={:?}): the listing is refreshed once per sync period, so /readyz would fail between listings; use at least {:?}",
+                self.ready_listing_max_age,
+                self.sync_period,
+                self.sync_period * 2
+            ));
+        }
+        Ok(())
     }
 
     pub fn region_label(&self) -> String {
@@ -211,9 +282,14 @@ pub async fn run(
     // Validate before serving or touching the Lease: a bad combination is a configuration error.
     let lease_cfg = opts.leader_elect.then(|| opts.lease_config());
     if let Some(cfg) = &lease_cfg {
+        tracing::info!(identity = %cfg.identity, lease = %cfg.name, "leader election identity");
+    }
+    opts.validate_readiness().map_err(anyhow::Error::msg)?;
+    metrics.set_ready_listing_max_age(opts.ready_listing_max_age);
+    if let Some(cfg) = &lease_cfg {
         cfg.validate().map_err(anyhow::Error::msg)?;
         // A standby is healthy and ready: it only waits.
-        metrics.set_ready(true);
+        metrics.set_standby(true);
     }
     let server = tokio::spawn(serve_http(
         opts.metrics_bind,
@@ -239,7 +315,7 @@ pub async fn run(
         // Renewing starts now, on its own task: nothing (the first CloudSigma listing may take
         // minutes) delays it. Dropped with this future, which stops the renewals.
         let mut l = e.keep_renewing(acquired);
-        metrics.set_ready(ctx.cache.has_listed());
+        metrics.set_standby(false);
         metrics.is_leader.set(1);
         let _ = leading_tx.send(true);
         l.lost().await
@@ -289,13 +365,14 @@ fn context(
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
         stale_after_init: Default::default(),
+        lookups: Default::default(),
         warnings: Default::default(),
         success_events: opts.record_success_events,
         recorder: kube::runtime::events::Recorder::new(
             kube.requests.clone(),
             kube::runtime::events::Reporter {
                 controller: "cloudsigma-controller".into(),
-                instance: opts.identity.clone(),
+                instance: Some(event_instance(opts.identity.as_deref())),
             },
         ),
         leading,
@@ -322,6 +399,26 @@ async fn work(
         }
     };
 
+    // The listing is kept fresh while leading even with no Node to ask for it, so that readiness
+    // (the age of the last successful listing) says whether the API answers, not whether there
+    // are Nodes. With Nodes this costs nothing: fresh() lists only when the listing is older than
+    // the sync period.
+    let keep_fresh = {
+        let ctx = ctx.clone();
+        let period = opts.sync_period;
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if *ctx.leading.borrow() {
+                    // A failure is logged by the cache and retried at the next tick.
+                    let _ = ctx.cache.fresh().await;
+                }
+            }
+        }
+    };
+
     let mut sd = shutdown.clone();
     let ctrl = Controller::new(
         Api::<watched::WatchedNode>::all(watch_client),
@@ -338,7 +435,12 @@ async fn work(
             }
         }
     });
-    futures::join!(prime, ctrl);
+    futures::join!(prime, async {
+        tokio::select! {
+            _ = ctrl => {}
+            _ = keep_fresh => {}
+        }
+    });
 }
 
 /// The server-side length of one Node watch (`timeoutSeconds`): kube-runtime's default, written
@@ -361,11 +463,53 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "cloudsigma-controller".into());
-    format!("{host}_{}", std::process::id())
+/// The default Lease identity: `<POD_NAME, else the hostname>_<random uuid v4>`, as
+/// kube-controller-manager and kube-scheduler build theirs (`os.Hostname()` + `"_"` +
+/// `uuid.NewUUID()`, "so that two processes on the same host don't accidentally both become
+/// active"; client-go's `examples/leader-election` defaults `--id` to `uuid.New()`). The former
+/// `hostname_pid` collided under hostNetwork: the hostname is the node's, and a container's
+/// process is pid 1, so two Pods on one node (or one restarted there) had the same identity and
+/// each took the other's Lease for its own. POD_NAME alone (the Deployment sets it) is unique
+/// only within one namespace of one cluster, while in management mode replicas of different
+/// management clusters or namespaces may share the workload cluster's Lease. The readable part
+/// says where the holder runs; the uuid makes it unique per process.
+pub fn default_identity() -> String {
+    identity_from(
+        std::env::var("POD_NAME").ok().as_deref(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .as_deref(),
+    )
+}
+
+/// The Events' `reportingInstance`: `--identity`, else POD_NAME, else the hostname; at most 128
+/// bytes (the Events API refuses longer ones). Events need no uniqueness, only a readable origin,
+/// so the Lease identity's uuid is left out.
+fn event_instance(identity: Option<&str>) -> String {
+    let pod = std::env::var("POD_NAME").ok();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let s = [identity, pod.as_deref(), host.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("cloudsigma-controller");
+    let mut end = s.len().min(128);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// [`default_identity`] from a pod name and a hostname (either may be missing or empty).
+pub fn identity_from(pod_name: Option<&str>, hostname: Option<&str>) -> String {
+    let readable = [pod_name, hostname]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("cloudsigma-controller");
+    format!("{readable}_{}", uuid::Uuid::new_v4())
 }
 
 async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
@@ -394,13 +538,9 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, mut shutdown: watch
             get(move || {
                 let m = m2.clone();
                 async move {
-                    if m.ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no complete CloudSigma server listing yet",
-                        )
+                    match m.readiness() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                     }
                 }
             }),
@@ -444,6 +584,53 @@ mod tests {
             idle < Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS) + 5),
             "{idle:?}"
         );
+    }
+
+    #[test]
+    fn readiness_bound_defaults_to_five_minutes_and_must_span_two_sync_periods() {
+        use clap::Parser;
+        let o = Options::parse_from(["cloudsigma-controller"]);
+        assert_eq!(
+            o.ready_listing_max_age,
+            metrics::DEFAULT_READY_LISTING_MAX_AGE
+        );
+        assert_eq!(o.ready_listing_max_age, Duration::from_secs(300));
+        assert!(o.validate_readiness().is_ok());
+        let o = Options::parse_from([
+            "cloudsigma-controller",
+            "--sync-period=30s",
+            "--ready-listing-max-age=59s",
+        ]);
+        let e = o.validate_readiness().unwrap_err();
+        assert!(
+            e.contains("--ready-listing-max-age") && e.contains("60s"),
+            "{e}"
+        );
+        let o = Options::parse_from([
+            "cloudsigma-controller",
+            "--sync-period=30s",
+            "--ready-listing-max-age=1m",
+        ]);
+        assert!(o.validate_readiness().is_ok());
+    }
+
+    #[test]
+    fn default_identities_never_collide_and_say_where_they_run() {
+        // Two Pods on one node under hostNetwork: same hostname, and each process is pid 1.
+        let a = identity_from(None, Some("node-1\n"));
+        let b = identity_from(None, Some("node-1\n"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("node-1_"), "{a}");
+        // The same pod name (two clusters or namespaces sharing a workload cluster's Lease).
+        let a = identity_from(Some("cloudsigma-controller-7d4b9-x2x4z"), Some("node-1"));
+        let b = identity_from(Some("cloudsigma-controller-7d4b9-x2x4z"), Some("node-1"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("cloudsigma-controller-7d4b9-x2x4z_"), "{a}");
+        let suffix = a.rsplit_once('_').map(|(_, s)| s).unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(suffix).is_ok(), "{a}");
+        assert!(identity_from(Some(""), None).starts_with("cloudsigma-controller_"));
+        // what the process uses
+        assert_ne!(default_identity(), default_identity());
     }
 
     #[test]

@@ -13,6 +13,11 @@ use tokio::sync::watch;
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let opts = Options::parse();
+    if let Err(e) = opts.refuse_secret_flags() {
+        // Before logging is set up, like clap's own usage errors (exit 2).
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     init_logging(&opts.log_format);
     if let Err(e) = real_main(opts).await {
         tracing::error!(error = %format!("{e:#}"), "cloudsigma-controller stopped");

@@ -1,7 +1,7 @@
 //! Prometheus metrics (served on `/metrics`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -28,8 +28,27 @@ pub struct Metrics {
     pub deletions_skipped: Counter,
     pub cached_servers: Gauge,
     pub is_leader: Gauge,
-    ready: AtomicBool,
+    readiness: Mutex<Readiness>,
 }
+
+/// What `/readyz` answers from.
+struct Readiness {
+    /// A standby (leader election on, Lease not held) only waits: ready.
+    standby: bool,
+    /// When the last server listing succeeded.
+    last_listing: Option<Instant>,
+    /// Unready once the last success is older than this ([`DEFAULT_READY_LISTING_MAX_AGE`]).
+    max_age: Duration,
+}
+
+/// How long the leader stays ready without a successful server listing (`--ready-listing-max-age`).
+/// 5 min = 10 default sync periods: longer than one listing can legitimately take when the API is
+/// slow (5 attempts of `--api-timeout` 20 s, ~100 s, plus a backoff of up to a sync period) and a
+/// short 429 spell, so a blip does not flap the Pod; short enough that a real outage or revoked
+/// credentials show as an unready Pod (`kubectl get pods`, alerts on unready Pods) within minutes.
+/// Readiness gates no traffic here (no Service selects the controller), and an unready Pod is not
+/// restarted: it is a signal only.
+pub const DEFAULT_READY_LISTING_MAX_AGE: Duration = Duration::from_secs(300);
 
 fn l(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
@@ -100,7 +119,11 @@ impl Metrics {
             deletions_skipped,
             cached_servers,
             is_leader,
-            ready: AtomicBool::new(false),
+            readiness: Mutex::new(Readiness {
+                standby: false,
+                last_listing: None,
+                max_age: DEFAULT_READY_LISTING_MAX_AGE,
+            }),
         }
     }
 
@@ -142,12 +165,45 @@ impl Metrics {
         self.node_actions.get_or_create(&l("action", kind)).get()
     }
 
-    /// Ready = one complete server listing succeeded (or this replica is a standby).
-    pub fn set_ready(&self, r: bool) {
-        self.ready.store(r, Ordering::Relaxed);
+    fn readiness_state(&self) -> std::sync::MutexGuard<'_, Readiness> {
+        self.readiness.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A server listing succeeded now.
+    pub fn listed(&self) {
+        self.readiness_state().last_listing = Some(Instant::now());
+    }
+
+    /// This replica stands by (ready whatever its listing) or leads.
+    pub fn set_standby(&self, standby: bool) {
+        self.readiness_state().standby = standby;
+    }
+
+    /// Unready once no listing succeeded for this long.
+    pub fn set_ready_listing_max_age(&self, max_age: Duration) {
+        self.readiness_state().max_age = max_age;
+    }
+
+    /// `/readyz`: Ok while a standby, or while the last successful server listing is at most the
+    /// configured age; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let r = self.readiness_state();
+        if r.standby {
+            return Ok(());
+        }
+        match r.last_listing {
+            None => Err("no complete CloudSigma server listing yet".into()),
+            Some(t) if t.elapsed() > r.max_age => Err(format!(
+                "no CloudSigma server listing succeeded for {:.1?} (--ready-listing-max-age={:?}); the log says why (credentials, API outage, rate limit)",
+                t.elapsed(),
+                r.max_age
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.readiness().is_ok()
     }
 
     pub fn render(&self) -> String {
@@ -161,5 +217,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_while_standby_or_while_the_last_listing_is_young_enough() {
+        let m = Metrics::new();
+        let e = m.readiness().unwrap_err();
+        assert!(
+            e.contains("no complete CloudSigma server listing yet"),
+            "{e}"
+        );
+        m.set_standby(true);
+        assert!(m.ready(), "a standby only waits");
+        m.set_standby(false);
+        m.set_ready_listing_max_age(Duration::from_secs(60));
+        m.listed();
+        assert!(m.ready());
+        // the last success 61 s ago
+        m.readiness_state().last_listing = Instant::now().checked_sub(Duration::from_secs(61));
+        let e = m.readiness().unwrap_err();
+        assert!(
+            e.contains("for 61.0s") && e.contains("--ready-listing-max-age=60s"),
+            "{e}"
+        );
+        m.set_standby(true);
+        assert!(m.ready());
+        m.set_standby(false);
+        m.listed();
+        assert!(m.ready(), "ready again after a success");
     }
 }

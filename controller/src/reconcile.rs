@@ -36,6 +36,8 @@ pub struct Ctx {
     pub stale_after_init: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Warnings about standing conditions of initialized Nodes, found again every sync period.
     pub warnings: WarningThrottle,
+    /// When each Node's pending server lookup began (see [`crate::cache::LookupStarts`]).
+    pub lookups: crate::cache::LookupStarts,
     /// True while this replica holds the Lease (always, without leader election). The watch runs
     /// before that; the reconciles wait for it.
     pub leading: tokio::sync::watch::Receiver<bool>,
@@ -133,6 +135,9 @@ pub fn no_vlan_node_ip_note(server_uuid: &str) -> String {
 pub enum Error {
     #[error("CloudSigma: {0}")]
     Cloud(String),
+    /// The shared listing is failing or backing off; the next one is allowed in `retry_in`.
+    #[error("CloudSigma: {error}")]
+    Listing { error: String, retry_in: Duration },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// A fresh listing has no server for the Node.
@@ -152,7 +157,7 @@ pub enum Error {
 impl Error {
     fn kind(&self) -> &'static str {
         match self {
-            Error::Cloud(_) => "cloudsigma",
+            Error::Cloud(_) | Error::Listing { .. } => "cloudsigma",
             Error::Kube(_) => "kubernetes",
             _ => "node",
         }
@@ -163,7 +168,7 @@ impl Error {
     /// cause would keep showing the first cause in `kubectl describe node` after it changed.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Cloud(_) => "CloudSigmaUnavailable",
+            Error::Cloud(_) | Error::Listing { .. } => "CloudSigmaUnavailable",
             Error::Kube(_) => "KubernetesAPIError",
             Error::NotFound(_) => "ServerNotFound",
             Error::Ambiguous(_) => "AmbiguousServerName",
@@ -175,9 +180,13 @@ impl Error {
 }
 
 fn cache_error(e: crate::cache::CacheError) -> Error {
-    match e {
-        crate::cache::CacheError::Ambiguous(m) => Error::Ambiguous(m),
-        e => Error::Cloud(e.to_string()),
+    match (e.retry_in(), e) {
+        (_, crate::cache::CacheError::Ambiguous(m)) => Error::Ambiguous(m),
+        (Some(retry_in), e) => Error::Listing {
+            error: e.to_string(),
+            retry_in,
+        },
+        (None, e) => Error::Cloud(e.to_string()),
     }
 }
 
@@ -213,7 +222,18 @@ pub async fn reconcile(n: Arc<WatchedNode>, ctx: Arc<Ctx>) -> Result<Action, Err
 pub fn error_policy(n: Arc<WatchedNode>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let name = n.metadata.name.as_deref().unwrap_or("");
     tracing::warn!(node = name, error = %err, "reconcile failed; retrying");
-    Action::requeue(retry_delay(ctx.sync_period))
+    Action::requeue(retry_after(err, ctx.sync_period))
+}
+
+/// When a failed reconcile runs again: as soon as the shared listing may be tried again when that
+/// is what failed, so that every Node waiting on it is back for the first listing after an outage
+/// and catches up from it (issue 21 item 8; a fixed delay spread them over several listings); a
+/// few seconds otherwise.
+fn retry_after(err: &Error, sync_period: Duration) -> Duration {
+    match err {
+        Error::Listing { retry_in, .. } => (*retry_in).max(Duration::from_millis(100)),
+        _ => retry_delay(sync_period),
+    }
 }
 
 /// kube-runtime does not back off per object on its own; a few seconds keeps a broken Node from
@@ -312,11 +332,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     if tainted {
-        let lookup = match &pid {
-            ProviderId::CloudSigma(uuid) => ctx.cache.by_uuid(uuid).await,
-            _ => ctx.cache.by_name(&name).await,
-        }
-        .map_err(cache_error)?;
+        let lookup = lookup(ctx, &uid, &pid, &name).await.map_err(cache_error)?;
         let server = match (lookup, &pid) {
             (Lookup::Found(s), _) => s,
             // Not in a listing older than this Node: look again once a new one is allowed,
@@ -339,7 +355,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     let ProviderId::CloudSigma(uuid) = pid else {
         return Ok(requeue);
     };
-    let server = match ctx.cache.by_uuid(&uuid).await {
+    let server = match lookup(ctx, &uid, &ProviderId::CloudSigma(uuid.clone()), &name).await {
         Ok(Lookup::Found(s)) => s,
         Ok(Lookup::NotYet(after)) => return Ok(Action::requeue(after)),
         Ok(Lookup::NotListed) => return lifecycle_gone(n, &uuid, ctx).await,
@@ -351,6 +367,42 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
     };
     lifecycle_present(n, &server, ctx).await?;
     Ok(requeue)
+}
+
+/// The Node's server, by providerID uuid, else by name; a lookup that failed or could not be
+/// answered yet (`NotYet`) stays pending, so its retries keep the time it began
+/// ([`crate::cache::LookupStarts`]).
+async fn lookup(
+    ctx: &Ctx,
+    node_uid: &str,
+    pid: &ProviderId,
+    name: &str,
+) -> Result<Lookup, crate::cache::CacheError> {
+    let what = match pid {
+        ProviderId::CloudSigma(uuid) => format!("uuid:{uuid}"),
+        _ => format!("name:{name}"),
+    };
+    let began = ctx.lookups.began(node_uid, &what, Instant::now());
+    let res = match pid {
+        ProviderId::CloudSigma(uuid) => ctx.cache.by_uuid_since(uuid, began).await,
+        _ => ctx.cache.by_name_since(name, began).await,
+    };
+    if lookup_answered(&res) {
+        ctx.lookups.ended(node_uid, &what);
+    }
+    res
+}
+
+/// Whether a lookup has its answer (the next one begins afresh), as opposed to one that must be
+/// asked again: not answerable yet, or the listing unavailable.
+fn lookup_answered(res: &Result<Lookup, crate::cache::CacheError>) -> bool {
+    use crate::cache::CacheError;
+    match res {
+        Ok(Lookup::Found(_) | Lookup::NotListed) | Err(CacheError::Ambiguous(_)) => true,
+        Ok(Lookup::NotYet(_)) | Err(CacheError::List { .. } | CacheError::BackingOff { .. }) => {
+            false
+        }
+    }
 }
 
 /// Upstream order, made stricter: addresses (status) first, then one Update with providerID,
@@ -601,6 +653,31 @@ mod tests {
     fn retry_delay_is_five_seconds_at_most_the_sync_period() {
         assert_eq!(retry_delay(Duration::from_secs(30)), Duration::from_secs(5));
         assert_eq!(retry_delay(Duration::from_secs(2)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_failing_listing_is_retried_when_the_next_listing_is_allowed() {
+        let sync = Duration::from_secs(30);
+        let listing = |ms| Error::Listing {
+            error: "x".into(),
+            retry_in: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            retry_after(&listing(1500), sync),
+            Duration::from_millis(1500)
+        );
+        // a Retry-After longer than the usual delay is waited for, not polled
+        assert_eq!(retry_after(&listing(40_000), sync), Duration::from_secs(40));
+        // never a spin
+        assert_eq!(retry_after(&listing(0), sync), Duration::from_millis(100));
+        assert_eq!(
+            retry_after(&Error::Cloud("x".into()), sync),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_after(&Error::NotFound("x".into()), sync),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

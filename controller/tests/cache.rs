@@ -96,12 +96,48 @@ async fn one_listing_serves_concurrent_lookups_and_unknown_uuids_are_rate_limite
         "one on-demand refresh only: {:?}",
         emu.counters()
     );
+    // A lookup pending since before the last listing began (an earlier attempt missed or the
+    // listing failed) is answered by that listing: no new listing, no "ask again" (issue 21 item 8:
+    // with a new start per retry, Nodes waiting for a confirmation got one per min-interval).
+    let began = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        cache
+            .by_uuid_since("00000000-0000-4000-8000-00000000beef", began)
+            .await,
+        Ok(Lookup::NotListed)
+    ));
+    for _ in 0..5 {
+        let r = cache
+            .by_uuid_since("00000000-0000-4000-8000-00000000beef", began)
+            .await
+            .expect("lookup");
+        assert!(matches!(r, Lookup::NotListed), "{r:?}");
+        let r = cache
+            .by_name_since("never-there", began)
+            .await
+            .expect("lookup");
+        assert!(matches!(r, Lookup::NotListed), "{r:?}");
+    }
+    assert_eq!(
+        list_calls(&emu),
+        3,
+        "one listing answers them all: {:?}",
+        emu.counters()
+    );
+    // The same lookups begun now are not answered by it.
+    assert!(matches!(
+        cache.by_name("never-there").await,
+        Ok(Lookup::NotYet(_))
+    ));
+    assert_eq!(list_calls(&emu), 3);
+
     // Name lookups come from the same listing.
     assert!(matches!(
         cache.by_name("s3").await.expect("by name"),
         Lookup::Found(_)
     ));
-    assert_eq!(list_calls(&emu), 2);
+    assert_eq!(list_calls(&emu), 3);
 
     // Gone is only confirmed by a 404.
     assert_eq!(

@@ -420,3 +420,75 @@ async fn a_standby_watches_ahead_but_writes_nothing_until_it_holds_the_lease() {
         .expect("join")
         .expect("run");
 }
+
+/// Issue 21 item 9: the default identity was `hostname_pid`. Under hostNetwork two Pods on one
+/// node share the hostname and each container's process is pid 1, so both replicas had one
+/// identity, and each took the other's Lease for its own: two leaders. Two replicas in this one
+/// process (same hostname, same pid, no `--identity`) reproduce that; now each identity carries a
+/// random uuid and exactly one leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_default_identities_on_one_host_never_both_lead() {
+    let Some(cluster) = testkit::cluster_or_skip("default identities") else {
+        return;
+    };
+    let emu = emulator().await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client().await, "kube-system");
+    let (tx, rx) = watch::channel(false);
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let mut o = leader_opts(&emu.api_url(), "unused");
+            o.identity = None;
+            o.lease_name = "lease-default-identity".into();
+            (o, Arc::new(Metrics::new()))
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (o, m) in &replicas {
+        tasks.push(tokio::spawn(run(
+            o.clone(),
+            cluster.client().await.into(),
+            cs_client(&emu, Duration::from_secs(3)),
+            m.clone(),
+            rx.clone(),
+        )));
+    }
+    let leading = || {
+        replicas
+            .iter()
+            .filter(|(_, m)| m.is_leader.get() == 1)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leading() == 0 {
+        assert!(Instant::now() < deadline, "nobody took the Lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Longer than the lease (3 s): a second replica believing it holds the Lease would show.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            leading(),
+            1,
+            "both replicas lead; Lease holder {:?}",
+            holder(&leases, "lease-default-identity").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = holder(&leases, "lease-default-identity")
+        .await
+        .expect("holder");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let pod = std::env::var("POD_NAME").unwrap_or_default();
+    let readable = if pod.is_empty() {
+        host.trim()
+    } else {
+        pod.as_str()
+    };
+    assert!(h.starts_with(&format!("{readable}_")), "holder {h}");
+    eprintln!("Lease held by {h}");
+
+    tx.send(true).expect("shutdown");
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}

@@ -137,7 +137,10 @@ async fn the_binary_runs_with_the_management_overlays_flags() {
             "jsonpath={.spec.holderIdentity}",
         ])
         .expect("the Lease is in the workload cluster's cloudsigma-system");
-    assert_eq!(holder.trim(), "cloudsigma-controller-abc");
+    // POD_NAME + "_" + a per-process uuid (src/lib.rs default_identity).
+    let (pod, suffix) = holder.trim().rsplit_once('_').expect("<pod>_<uuid>");
+    assert_eq!(pod, "cloudsigma-controller-abc", "{holder}");
+    assert_eq!(suffix.len(), 36, "{holder}");
     let log =
         std::fs::read_to_string(cluster.dir.path().join("controller.log")).unwrap_or_default();
     assert!(
