@@ -249,7 +249,16 @@ async fn in_cluster() {
             "jsonpath={.spec.holderIdentity}",
         ])
         .unwrap_or_else(|e| panic!("the controller's Lease: {e}"));
-    assert_eq!(holder.trim(), pod_name, "Lease holder");
+    // <POD_NAME>_<uuid v4>: unique per process, readable (docs/controller.md, leader election)
+    let holder = holder.trim();
+    let uuid = holder
+        .strip_prefix(&format!("{pod_name}_"))
+        .unwrap_or_else(|| panic!("Lease holder {holder:?} is not {pod_name}_<uuid>"));
+    assert_eq!(
+        uuid.len(),
+        36,
+        "Lease holder {holder:?}: no uuid after the pod name"
+    );
 
     // its securityContext, as the kernel sees the process: uid/gid 65532, no new privileges,
     // seccomp filter mode, no capabilities
