@@ -70,22 +70,12 @@ fn fail_server_gets(emu: &EmulatorHandle, status: u16) {
     });
 }
 
-/// `DELETE /admin/faults/once` on the emulator's admin listener.
+/// `DELETE /admin/faults/once`, in process (the admin endpoints are on a unix socket by default).
 async fn clear_once_rules(emu: &EmulatorHandle) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(emu.admin_addr())
-        .await
-        .expect("admin connect");
-    s.write_all(
-        b"DELETE /admin/faults/once HTTP/1.1\r\nHost: emulator\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("admin write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("admin read");
+    let (status, body) = emu.admin("DELETE", "faults/once", None).await;
     assert!(
-        out.starts_with("HTTP/1.1 2"),
-        "clearing the emulator's once rules: {out}"
+        (200..300).contains(&status),
+        "clearing the emulator's once rules: {status} {body}"
     );
 }
 
