@@ -182,7 +182,9 @@ async fn save(cloud: &VmCloud, image: &str, kept: &Path) {
         );
         return;
     }
-    let tmp = kept.join(".image.qcow2.tmp");
+    // Names of this process's own: two loops (two clones' suites) may keep an image at once; the
+    // renames are atomic, so the last one wins whole.
+    let tmp = kept.join(format!(".image.qcow2.{}.tmp", std::process::id()));
     let flattened = tokio::task::block_in_place(|| {
         Command::new("qemu-img")
             .args(["convert", "-U", "-O", "qcow2"])
@@ -192,7 +194,7 @@ async fn save(cloud: &VmCloud, image: &str, kept: &Path) {
             .map(|s| s.success())
             .unwrap_or(false)
     });
-    let def_tmp = kept.join(".drive.json.tmp");
+    let def_tmp = kept.join(format!(".drive.json.{}.tmp", std::process::id()));
     let written = flattened
         && std::fs::write(&def_tmp, def.to_string()).is_ok()
         && std::fs::rename(&tmp, kept.join("image.qcow2")).is_ok()
