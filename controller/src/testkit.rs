@@ -1,20 +1,13 @@
 //! Test/bench harness: a real etcd + kube-apiserver on loopback (binaries built by
 //! tests/kube/build.sh into $CLOUDSIGMA_K8S_CACHE/kube-bin). Not used by the controller itself.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "cloudsigma-test-admin-token";
 
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("CLOUDSIGMA_K8S_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/cloudsigma-k8s"),
-    }
-}
+pub use test_support::{cache_dir, free_port};
 
 /// kubectl v1.34.1 built by tests/kube/build.sh next to the apiserver (same version, and present on a
 /// fresh machine); else whatever `kubectl` is on PATH.
@@ -83,13 +76,6 @@ pub fn binaries_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
 pub fn cluster_or_skip(test: &str) -> Option<Cluster> {
     let (etcd, api_bin) = binaries_or_skip(test)?;
     Some(Cluster::start(&etcd, &api_bin).expect("cluster"))
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
 }
 
 /// A running etcd + kube-apiserver; stopped (apiserver first) and cleaned up on drop.
@@ -442,10 +428,7 @@ fn run_ok(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn write_kubeconfig(path: &Path, url: &str, token: &str) -> Result<(), String> {
-    let body = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: u\ncurrent-context: test\n"
-    );
-    std::fs::write(path, body).map_err(|e| format!("writing {}: {e}", path.display()))
+    test_support::write_kubeconfig(path, url, test_support::Trust::Insecure, "u", token)
 }
 
 /// A Node as kubelet `--cloud-provider=external` registers it.

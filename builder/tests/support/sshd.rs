@@ -23,13 +23,7 @@ impl Drop for Sshd {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use test_support::free_port;
 
 /// Start sshd accepting `pubkey` (for root), or say why it cannot run here.
 pub fn start_sshd(dir: &Path, pubkey: &str) -> Result<Sshd, String> {
