@@ -49,7 +49,7 @@ pub fn prepare(
     t0: Instant,
     repo: &Path,
     with_controller: bool,
-    phases: &mut Vec<(&'static str, Duration)>,
+    phases: &mut test_support::Phases,
 ) -> Prepared {
     let cache = harness::cache_dir();
     let p = Instant::now();
@@ -74,11 +74,11 @@ pub fn prepare(
             .stderr(Stdio::inherit()),
         "tests/kube/addons.sh",
     );
-    phases.push(("artifacts", p.elapsed()));
+    phases.done("artifacts", p);
 
     let p = Instant::now();
     let img_dir = crate::builds::library_image(t0, repo);
-    phases.push(("library image", p.elapsed()));
+    phases.done("library image", p);
 
     let p = Instant::now();
     say(
@@ -90,7 +90,7 @@ pub fn prepare(
         },
     );
     let bins = crate::builds::build_binaries(repo, with_controller);
-    phases.push(("binaries", p.elapsed()));
+    phases.done("binaries", p);
     Prepared {
         kube_bin: cache.join("kube-bin"),
         artifacts: cache.join("node-artifacts"),
@@ -164,15 +164,15 @@ pub async fn stage(
     t0: Instant,
     repo: &Path,
     prepared: &Prepared,
-    phases: &mut Vec<(&'static str, Duration)>,
+    phases: &mut test_support::Phases,
 ) -> Stage {
     let p = Instant::now();
     let (cp, join) = tokio::task::block_in_place(|| control_plane(t0, &prepared.kube_bin));
-    phases.push(("control plane", p.elapsed()));
+    phases.done("control plane", p);
     let cloud = VmCloud::start(t0, &prepared.img_dir).await;
     let p = Instant::now();
     let image = build_image(t0, repo, &cloud, prepared).await;
-    phases.push(("imgbuild", p.elapsed()));
+    phases.done("imgbuild", p);
     Stage {
         cp,
         join,
@@ -385,14 +385,6 @@ impl GuestTimes {
                 dur as f64 / 1000.0
             );
         }
-    }
-}
-
-/// Prints the loop's total and each phase.
-pub fn print_phases(title: &str, t0: Instant, phases: &[(&str, Duration)]) {
-    eprintln!("\n== {title}: {:.1}s ==", t0.elapsed().as_secs_f64());
-    for (name, d) in phases {
-        eprintln!("  {name:<32} {:>7.1}s", d.as_secs_f64());
     }
 }
 

@@ -60,7 +60,7 @@ fn running(p: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster() {
     let t0 = Instant::now();
-    let mut phases: Vec<(&str, Duration)> = Vec::new();
+    let mut phases = test_support::Phases::new();
     if !harness::prereqs_or_skip("cluster") {
         return;
     }
@@ -90,7 +90,7 @@ async fn cluster() {
         t0,
         "addons: kube-proxy and CoreDNS (kubeadm init phase addon), flannel (kubectl apply)",
     );
-    phases.push(("VLAN, controller, addons", p.elapsed()));
+    phases.done("VLAN, controller, addons", p);
 
     // 5. two workers at once
     let p = Instant::now();
@@ -125,7 +125,7 @@ async fn cluster() {
         )
         .await;
     }
-    phases.push(("boot + agent + join (both)", p.elapsed()));
+    phases.done("boot + agent + join (both)", p);
     say(t0, "both Nodes registered");
 
     // Ready: flannel's pod on each node runs only with the node's InternalIP as POD_IP, and
@@ -147,7 +147,7 @@ async fn cluster() {
             .await,
         );
     }
-    phases.push(("registered -> initialized + Ready", p.elapsed()));
+    phases.done("registered -> initialized + Ready", p);
     let mut internal = Vec::new();
     for ((n, w), name) in nodes.iter().zip(&workers).zip(WORKERS) {
         let int = cluster::addresses(n, "InternalIP");
@@ -205,7 +205,7 @@ async fn cluster() {
         &diag,
     )
     .await;
-    phases.push(("workload Running", p.elapsed()));
+    phases.done("workload Running", p);
     let name_of = |p: &Value| {
         p["metadata"]["name"]
             .as_str()
@@ -310,7 +310,7 @@ async fn cluster() {
             .unwrap_or_else(|e| panic!("kubectl logs {}: {e}", name_of(pod)));
         assert!(logs.contains("listening on :8080"), "pod log: {logs}");
     }
-    phases.push(("cross-node, Service, DNS, logs, exec", p.elapsed()));
+    phases.done("cross-node, Service, DNS, logs, exec", p);
 
     if std::env::var_os("E2E_KEEP").is_some() {
         keep(&cp, &cloud, &workers, &key).await;
@@ -335,7 +335,7 @@ async fn cluster() {
         &diag,
     )
     .await;
-    phases.push(("server deleted -> Node deleted", p.elapsed()));
+    phases.done("server deleted -> Node deleted", p);
     let n = node(cp_ref, stays_name).expect("the other Node");
     assert_eq!(condition(&n, "Ready"), "True", "{stays_name} stays Ready");
     assert!(
@@ -358,9 +358,9 @@ async fn cluster() {
     drop(controller);
     cloud.finish(&image).await;
     kn::stop_control_plane(cp);
-    phases.push(("teardown", p.elapsed()));
+    phases.done("teardown", p);
 
-    kn::print_phases("cluster (production topology)", t0, &phases);
+    eprint!("\n{}", phases.table("cluster (production topology)"));
     eprintln!("\n$ kubectl get nodes -o wide   (both Ready)\n{wide}");
     eprintln!(
         "$ kubectl exec {} -- /hello get http://{}:8080/   (pod -> pod, across nodes)\n{}",

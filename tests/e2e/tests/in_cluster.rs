@@ -104,7 +104,7 @@ fn controller_pod(cp: &ControlPlane) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_cluster() {
     let t0 = Instant::now();
-    let mut phases: Vec<(&str, Duration)> = Vec::new();
+    let mut phases = test_support::Phases::new();
     if !harness::prereqs_or_skip("in_cluster") {
         return;
     }
@@ -119,7 +119,7 @@ async fn in_cluster() {
     );
     let archive = tokio::task::block_in_place(|| e2e::builds::controller_image_archive(&repo));
     let image_ref = e2e::builds::archive_image_ref(&archive);
-    phases.push(("controller image", p.elapsed()));
+    phases.done("controller image", p);
 
     // 2. the control plane, 3. the emulator, 4. the node image
     let kn::Stage {
@@ -179,7 +179,7 @@ async fn in_cluster() {
         imported.lines().any(|l| l.trim() == image_ref),
         "{image_ref} not in the node's containerd after the import: {imported}"
     );
-    phases.push(("boot -> image imported", p.elapsed()));
+    phases.done("boot -> image imported", p);
 
     // 7. the install: kubectl apply -k
     say(
@@ -208,11 +208,11 @@ async fn in_cluster() {
     let (node, tainted_at_registration, registered_at, initialized) =
         kn::registered_then_initialized(cp_ref, &diag).await;
     say(t0, &format!("Node {NODE} registered (uninitialized taint at first sight: {tainted_at_registration}), initialized {:.1}s later", initialized.as_secs_f64()));
-    phases.push((
+    phases.push(
         "apply -> Node registered",
         registered_at.duration_since(applied_at),
-    ));
-    phases.push(("registered -> initialized", initialized));
+    );
+    phases.push("registered -> initialized", initialized);
     kn::assert_initialized(&node, &server, &ip, &ssh);
     assert!(
         tainted_at_registration,
@@ -227,7 +227,7 @@ async fn in_cluster() {
         &diag,
     )
     .await;
-    phases.push(("apply -> Pod Ready", applied_at.elapsed()));
+    phases.push("apply -> Pod Ready", applied_at.elapsed());
     let pod_name = pod["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -340,7 +340,7 @@ async fn in_cluster() {
     kn::stop_control_plane(cp);
     drop(booted);
 
-    kn::print_phases("in-cluster controller", t0, &phases);
+    eprint!("\n{}", phases.table("in-cluster controller"));
     guest.print();
     eprintln!("\n$ kubectl get nodes,pods -A -o wide   (at Ready)\n{wide}");
 }

@@ -28,7 +28,7 @@ fn bootstrap_data(pubkey: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_loop() {
     let t0 = Instant::now();
-    let mut phases: Vec<(&str, Duration)> = Vec::new();
+    let mut phases = test_support::Phases::new();
     if !harness::prereqs_or_skip("whole_loop") {
         return;
     }
@@ -37,7 +37,7 @@ async fn whole_loop() {
     // 1. library image (cached by build.sh)
     let p = Instant::now();
     let img_dir = e2e::builds::library_image(t0, &repo);
-    phases.push(("library image", p.elapsed()));
+    phases.done("library image", p);
 
     // 2. binaries: the static agent (what the recipe uploads) and imgbuild
     let p = Instant::now();
@@ -46,7 +46,7 @@ async fn whole_loop() {
         "binaries: static cloudsigma-agent (release) and imgbuild",
     );
     let bins = e2e::builds::build_binaries(&repo, false);
-    phases.push(("binaries", p.elapsed()));
+    phases.done("binaries", p);
 
     // 3. emulator with the QEMU backend, in process
     let cloud = e2e::cloud::VmCloud::start(t0, &img_dir).await;
@@ -59,7 +59,7 @@ async fn whole_loop() {
         "imgbuild debian-test-node (boots the library image, provisions over SSH)",
     );
     let image = e2e::image_cache::test_node_image(&cloud, &bins, &repo, true).await;
-    phases.push(("imgbuild", p.elapsed()));
+    phases.done("imgbuild", p);
     say(t0, &format!("image {image} built"));
 
     // 5. the node: clone the image, boot it with Cluster API bootstrap data
@@ -98,7 +98,7 @@ async fn whole_loop() {
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    phases.push(("node boot + bootstrap", p.elapsed()));
+    phases.done("node boot + bootstrap", p);
     say(t0, "marker present; checking what the agent did");
 
     // 6. assertions
@@ -177,13 +177,10 @@ async fn whole_loop() {
     );
     // the image, imgbuild's tags (imgbuild, k8s-node, e2e-test): account resources too
     cloud.finish(&image).await;
-    phases.push(("shutdown + delete + nothing left", p.elapsed()));
+    phases.done("shutdown + delete + nothing left", p);
     drop(booted);
 
-    eprintln!("\n== whole loop: {:.1}s ==", t0.elapsed().as_secs_f64());
-    for (name, d) in &phases {
-        eprintln!("  {name:<24} {:>7.1}s", d.as_secs_f64());
-    }
+    eprint!("\n{}", phases.table("whole loop"));
     if let Some(ms) = agent_ms {
         eprintln!("  agent unit start -> kubeadm exec: {ms} ms");
     }
