@@ -719,7 +719,52 @@ mod tests {
         }
     }
 
-    // One test (this binary's only one) owns the variable, so setting it races with nothing.
+    #[test]
+    fn a_matrix_location_picks_its_endpoint() {
+        // an empty config file: nothing from this machine's own configuration
+        let cfg = tempfile::NamedTempFile::new().unwrap();
+        let base = CloudArgs {
+            username: Some("u".into()),
+            config: Some(cfg.path().to_path_buf()),
+            ..Default::default()
+        };
+        let url = |a: &CloudArgs, loc: &str, urls: &[(String, String)]| {
+            cloud_for_location(a, loc, urls).map(|c| c.base_url().to_string())
+        };
+        // the password by name, as on the command line (a variable no other test uses)
+        std::env::set_var("IMGBUILD_TEST_PW", "pw");
+        let a = CloudArgs {
+            password_from_env: Some("IMGBUILD_TEST_PW".into()),
+            ..base
+        };
+        assert_eq!(
+            url(&a, "fra", &[]).unwrap(),
+            "https://fra.cloudsigma.com/api/2.0/"
+        );
+        let urls = [("zrh".to_string(), "http://127.0.0.1:9/api/2.0/".to_string())];
+        assert_eq!(
+            url(&a, "zrh", &urls).unwrap(),
+            "http://127.0.0.1:9/api/2.0/"
+        );
+        let tmpl = CloudArgs {
+            api_url: Some("https://{location}.example.net/api/2.0/".into()),
+            ..a.clone()
+        };
+        assert_eq!(
+            url(&tmpl, "sjc", &[]).unwrap(),
+            "https://sjc.example.net/api/2.0/"
+        );
+        let one = CloudArgs {
+            region: Some("zrh".into()),
+            ..a.clone()
+        };
+        assert!(url(&one, "fra", &[])
+            .unwrap_err()
+            .contains("name one endpoint"));
+        assert!(url(&a, "no/such", &[]).is_err(), "an invalid location");
+    }
+
+    // One test owns the variable, so setting it races with nothing.
     #[test]
     fn ssh_no_multiplex_from_flag_and_environment() {
         std::env::remove_var("IMGBUILD_SSH_NO_MULTIPLEX");

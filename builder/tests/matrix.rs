@@ -318,3 +318,90 @@ async fn matrix_usage_errors_are_exit_2_before_anything_is_created() {
     assert_eq!(f.counts(), (0, 0, 0));
     f.emu.shutdown().await;
 }
+
+/// Two builds at one location start together on a slow API: without the matrix's per-location
+/// tag lock both would list the tags before either created `imgbuild`, and both would create
+/// it (a second `imgbuild` tag hides its images from later cache lookups).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_builds_at_one_location_create_each_tag_once() {
+    let f = fixture().await;
+    f.emu.set_faults(cloudsim::FaultConfig {
+        latency_ms: 40,
+        ..Default::default()
+    });
+    let rep = Reporter::new(Mode::Quiet);
+    let (work, _) = jobs(&f, &rep, |_, _| {});
+    let m = matrix::run("ubuntu-k8s", work, 2).await;
+    f.emu.set_faults(cloudsim::FaultConfig::default());
+    assert_eq!(m.built, 2, "{:#?}", m.combinations);
+    let snap = f.emu.snapshot();
+    for name in ["imgbuild", "k8s-node"] {
+        let n = snap.tags.iter().filter(|t| t.name == name).count();
+        assert_eq!(n, 1, "tag {name}: {:?}", snap.tags);
+    }
+    f.emu.shutdown().await;
+}
+
+/// SIGTERM in the middle of a matrix: every running combination cleans up, none is left
+/// unfinished in the cloud, the manifest says `interrupted` and the exit code is 143.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_interrupts_every_combination_and_leaves_nothing() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let f = fixture().await;
+    let mut c = f.imgbuild();
+    c.args(["--output", "json", "--jobs", "2"])
+        .args(["--matrix", "kubernetes_version=1.33.5,1.34.1"])
+        .arg("--transport")
+        .arg(format!("local:{}", f.dir.path().join("sandbox").display()))
+        .env("IMGBUILD_TEST_STEP_DELAY_MS", "1000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().expect("spawn imgbuild");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    // both combinations provisioning
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.push(l.clone());
+            if l.contains("-- step 1/") {
+                seen.insert(l.split(']').next().unwrap_or("").to_string());
+                if seen.len() == 2 {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(started, "both builds never provisioned: {log:#?}");
+    assert_eq!(f.counts().0, 2, "two builder servers at once");
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut out = Vec::new();
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let _ = stdout.read_to_end(&mut out).await;
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.push(l);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("imgbuild ends");
+    let status = child.wait().await.unwrap();
+    let text = log.join("\n");
+    assert_eq!(status.code(), Some(143), "{text}");
+    let m: Value = serde_json::from_slice(&out).expect("the manifest even when interrupted");
+    for e in m["combinations"].as_array().unwrap() {
+        assert_eq!(e["status"], "interrupted", "{e:#}");
+        assert_eq!(e["left"], serde_json::json!([]));
+    }
+    let (servers, drives, _) = f.counts();
+    assert_eq!((servers, drives), (0, 0), "{text}");
+    f.emu.shutdown().await;
+}
