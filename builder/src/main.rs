@@ -439,6 +439,76 @@ fn cloud_for_location(
     cloud_from(&c).map_err(|e| format!("location {loc}: {e}"))
 }
 
+/// `--location-url LOC=URL` arguments, each LOC a value of `--matrix location`.
+fn location_urls(
+    given: &[String],
+    axes: &[imgbuild::matrix::Axis],
+) -> Result<Vec<(String, String)>, String> {
+    use imgbuild::matrix;
+    let mut urls = Vec::new();
+    for u in given {
+        match u.split_once('=') {
+            Some((l, url)) if !l.is_empty() && !url.is_empty() => {
+                urls.push((l.to_string(), url.to_string()))
+            }
+            _ => return Err(format!("--location-url {u:?}: expected LOC=URL")),
+        }
+    }
+    let locations = axes.iter().find(|x| x.name == matrix::LOCATION);
+    for (l, _) in &urls {
+        if !locations.is_some_and(|x| x.values.contains(l)) {
+            return Err(format!(
+                "--location-url {l}: {l} is not a value of --matrix location"
+            ));
+        }
+    }
+    Ok(urls)
+}
+
+/// `--dry-run` of a matrix: each combination's plan under a `# [label]` line.
+fn print_matrix_plan(
+    combos: &[imgbuild::matrix::Combo],
+    recipes: &[Recipe],
+    opts: &Options,
+    api_url: Option<&str>,
+    urls: &[(String, String)],
+) {
+    for (c, r) in combos.iter().zip(recipes) {
+        let url = match c.location() {
+            Some(l) => urls
+                .iter()
+                .find(|(x, _)| x == l)
+                .map(|(_, u)| u.clone())
+                .or_else(|| api_url.map(|u| u.replace("{location}", l)))
+                .or_else(|| Some(format!("https://{l}.cloudsigma.com/api/2.0/"))),
+            None => api_url.map(str::to_string),
+        };
+        println!("# {}", c.label());
+        print!("{}", imgbuild::plan::plan(r, opts, url.as_deref()));
+    }
+}
+
+/// Each combination's recipe, with its variables over the `--var` ones.
+fn load_matrix(
+    recipe_arg: &str,
+    vars: &[String],
+    combos: &[imgbuild::matrix::Combo],
+) -> Result<Vec<Recipe>, ExitCode> {
+    let mut recipes = Vec::with_capacity(combos.len());
+    for c in combos {
+        let mut vars = vars.to_vec();
+        vars.extend(c.vars().into_iter().map(|(k, v)| format!("{k}={v}")));
+        match load(recipe_arg, &vars) {
+            Ok(r) => recipes.push(r),
+            Err(code) => {
+                say!("imgbuild: in matrix combination {}", c.label());
+                return Err(code);
+            }
+        }
+    }
+    Ok(recipes)
+}
+
 /// `--matrix`: every combination is loaded and configured before the first build starts (a
 /// usage error in any is exit 2 with nothing created); then at most `--jobs` build at once.
 async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
@@ -451,37 +521,15 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
         Ok(x) => x,
         Err(e) => return usage(e),
     };
-    let mut urls = Vec::new();
-    for u in &a.location_urls {
-        match u.split_once('=') {
-            Some((l, url)) if !l.is_empty() && !url.is_empty() => {
-                urls.push((l.to_string(), url.to_string()))
-            }
-            _ => return usage(format!("--location-url {u:?}: expected LOC=URL")),
-        }
-    }
-    let locations = axes.iter().find(|x| x.name == matrix::LOCATION);
-    for (l, _) in &urls {
-        if !locations.is_some_and(|x| x.values.contains(l)) {
-            return usage(format!(
-                "--location-url {l}: {l} is not a value of --matrix location"
-            ));
-        }
-    }
+    let urls = match location_urls(&a.location_urls, &axes) {
+        Ok(u) => u,
+        Err(e) => return usage(e),
+    };
     let combos = matrix::combinations(&axes);
-    // each combination's recipe, with its variables over the --var ones
-    let mut recipes = Vec::with_capacity(combos.len());
-    for c in &combos {
-        let mut vars = a.vars.clone();
-        vars.extend(c.vars().into_iter().map(|(k, v)| format!("{k}={v}")));
-        match load(recipe_arg, &vars) {
-            Ok(r) => recipes.push(r),
-            Err(code) => {
-                say!("imgbuild: in matrix combination {}", c.label());
-                return code;
-            }
-        }
-    }
+    let recipes = match load_matrix(recipe_arg, &a.vars, &combos) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let secret_args = match SecretArgs::parse(&a.secrets)
         .and_then(|s| s.check(&recipes[0].spec.secrets).map(|()| s))
     {
@@ -496,19 +544,7 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
         on_phase: None,
     };
     if a.dry_run {
-        for (c, r) in combos.iter().zip(&recipes) {
-            let url = match c.location() {
-                Some(l) => urls
-                    .iter()
-                    .find(|(x, _)| x == l)
-                    .map(|(_, u)| u.clone())
-                    .or_else(|| a.cloud.api_url.as_ref().map(|u| u.replace("{location}", l)))
-                    .or_else(|| Some(format!("https://{l}.cloudsigma.com/api/2.0/"))),
-                None => a.cloud.api_url.clone(),
-            };
-            println!("# {}", c.label());
-            print!("{}", imgbuild::plan::plan(r, &opts, url.as_deref()));
-        }
+        print_matrix_plan(&combos, &recipes, &opts, a.cloud.api_url.as_deref(), &urls);
         return ExitCode::SUCCESS;
     }
     let secrets = match secret_args.read() {
@@ -565,19 +601,26 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
         .unwrap_or_default();
     let m = matrix::run(&name, work, usize::from(a.jobs)).await;
     reporter.finish();
+    print_matrix(&m, &a.output)
+}
+
+/// A summary line per combination on stderr; the matrix manifest (or with `--output text` one
+/// line per combination) on stdout; the exit code of [`imgbuild::matrix::MatrixManifest::exit_code`].
+fn print_matrix(m: &imgbuild::matrix::MatrixManifest, output: &str) -> ExitCode {
+    use imgbuild::matrix;
     for e in &m.combinations {
         match e.status {
             matrix::Status::Built | matrix::Status::Reused => say!(
-                "{} {:?}: {} ({})",
+                "{} {}: {} ({})",
                 e.label,
-                e.status,
+                e.status.as_str(),
                 e.image_name.as_deref().unwrap_or(""),
                 e.drive_uuid.as_deref().unwrap_or("")
             ),
             _ => say!(
-                "{} {:?}: {}{}",
+                "{} {}: {}{}",
                 e.label,
-                e.status,
+                e.status.as_str(),
                 e.error.as_deref().unwrap_or(""),
                 if e.left.is_empty() {
                     String::new()
@@ -593,8 +636,8 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
         m.reused,
         m.failed
     );
-    let out = if a.output == "json" {
-        serde_json::to_string_pretty(&m).map_err(|e| e.to_string())
+    let out = if output == "json" {
+        serde_json::to_string_pretty(m).map_err(|e| e.to_string())
     } else {
         Ok(m.combinations
             .iter()
@@ -602,10 +645,7 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
                 format!(
                     "{} {} {}",
                     e.label,
-                    serde_json::to_value(e.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    e.status.as_str(),
                     e.drive_uuid.as_deref().unwrap_or("-")
                 )
             })

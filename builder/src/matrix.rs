@@ -130,6 +130,18 @@ pub enum Status {
     Interrupted,
 }
 
+impl Status {
+    /// As in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Built => "built",
+            Status::Reused => "reused",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One combination's line of the [`MatrixManifest`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
