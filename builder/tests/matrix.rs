@@ -405,3 +405,31 @@ async fn sigterm_interrupts_every_combination_and_leaves_nothing() {
     assert_eq!((servers, drives), (0, 0), "{text}");
     f.emu.shutdown().await;
 }
+
+/// `--output text`: one line per combination, `[label] status drive-uuid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_is_one_line_per_combination() {
+    let f = fixture().await;
+    let out = f
+        .imgbuild()
+        .args(["--matrix", "kubernetes_version=1.33.5,1.34.1"])
+        .arg("--transport")
+        .arg(format!("local:{}", f.dir.path().join("sandbox").display()))
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let drives = f.emu.snapshot().drives;
+    for (l, v) in lines.iter().zip(["1.33.5", "1.34.1"]) {
+        let uuid = l
+            .strip_prefix(&format!("[kubernetes_version={v}] built "))
+            .unwrap_or_else(|| panic!("{l}"));
+        assert!(drives.iter().any(|d| d.uuid == uuid), "{l}");
+    }
+    assert!(err.contains("matrix: 2 built, 0 reused, 0 failed"), "{err}");
+    f.emu.shutdown().await;
+}
