@@ -172,6 +172,13 @@ pub struct Builder {
     guest_us: AtomicU64,
     /// The phases entered so far and when.
     phases: Mutex<Vec<(Phase, Instant)>>,
+    /// Held from cache-lookup's tag listing until ensure-tags has created the missing tags: the
+    /// builds of a matrix at one location share one, so two of them never both create the
+    /// `imgbuild` tag (a second tag of that name would hide the images it tags from the cache
+    /// lookup and from `imgbuild clean`).
+    pub tags_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The build's fingerprint once resolve-base has it (a matrix names it for failures too).
+    fingerprint: Mutex<Option<String>>,
 }
 
 /// What one build knows once its base is resolved; every later phase reads it.
@@ -282,7 +289,17 @@ impl Builder {
             secrets: Default::default(),
             guest_us: AtomicU64::new(0),
             phases: Mutex::new(Vec::new()),
+            fingerprint: Mutex::new(None),
+            tags_lock: None,
         }
+    }
+
+    /// The fingerprint of the build, once its base drive is resolved.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn enter(&self, p: Phase) {
@@ -427,11 +444,19 @@ impl Builder {
             base,
             fingerprint,
         };
+        let guard = match &self.tags_lock {
+            Some(l) => Some(
+                self.cancellable(async { Ok::<_, StepError>(l.lock().await) })
+                    .await?,
+            ),
+            None => None,
+        };
         let known = match self.cache_lookup(&job).await? {
             Lookup::Hit(m) => return Ok(*m),
             Lookup::Miss(known) => known,
         };
         let tags = self.ensure_tags(&job, &known, created).await?;
+        drop(guard);
         let drive = self.clone_base(&job, created).await?;
         let drive = self.resize(&job, drive, &tags).await?;
         let (server, host_key) = self.create_server(&job, &drive, &tags, created).await?;
@@ -463,6 +488,7 @@ impl Builder {
             });
         }
         let fp = recipe.fingerprint(&base.uuid);
+        *self.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = Some(fp.clone());
         let (name, uuid) = (&base.name, &base.uuid);
         let short = &fp[..16];
         self.reporter

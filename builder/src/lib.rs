@@ -4,6 +4,7 @@ pub mod build;
 pub mod cleanup;
 pub mod cloud;
 pub mod hostkey;
+pub mod matrix;
 pub mod naming;
 pub mod phase;
 pub mod plan;

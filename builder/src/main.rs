@@ -24,6 +24,8 @@ Exit codes:
   2    usage, configuration or recipe validation error
   3    failed or interrupted, and the cleanup left something behind (named on stderr; remove
        it with `imgbuild clean`), or --keep-on-failure kept the builder server and drive
+  4    --matrix: some combinations failed, each one's cleanup complete; the others were built
+       (the manifest's `status` says which)
   130  interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP, after a complete cleanup";
 
 #[derive(Parser)]
@@ -101,6 +103,20 @@ struct BuildArgs {
     /// Override a recipe variable (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
+    /// Build every combination of these values (repeatable: the cartesian product), e.g.
+    /// `--matrix kubernetes_version=1.33.5,1.34.1 --matrix location=zrh,fra`. `location`
+    /// selects the API endpoint (https://LOC.cloudsigma.com/api/2.0/, or see --location-url);
+    /// every other name is a recipe variable.
+    #[arg(long = "matrix", value_name = "NAME=V1,V2,...")]
+    matrix: Vec<String>,
+    /// How many matrix combinations build at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// The API URL of one matrix location instead of https://LOC.cloudsigma.com/api/2.0/
+    /// (repeatable; e.g. an emulator per location). `--api-url` with `{location}` in it also
+    /// works.
+    #[arg(long = "location-url", value_name = "LOC=URL")]
+    location_urls: Vec<String>,
     /// A secret the recipe declares under `secrets:`, from an environment variable or a file
     /// (repeatable). Scripts read it from $IMGBUILD_SECRETS/NAME; it is never printed, put on a
     /// command line, in the manifest or in the fingerprint.
@@ -328,6 +344,13 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         say!("imgbuild: no recipe given. Usage: imgbuild RECIPE [--region R | --api-url URL] [--var k=v]... (see --help)");
         return ExitCode::from(EXIT_USAGE);
     };
+    if !a.matrix.is_empty() {
+        return run_matrix(a, &recipe_arg).await;
+    }
+    if !a.location_urls.is_empty() {
+        say!("imgbuild: --location-url applies to --matrix location=...; for one build use --api-url");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let recipe = match load(&recipe_arg, &a.vars) {
         Ok(r) => r,
         Err(c) => return c,
@@ -374,7 +397,7 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     let cancel = CancellationToken::new();
     let abandon = CancellationToken::new();
     install_signals(cancel.clone(), abandon.clone());
-    let transport = match transport(&a, &recipe, &cancel).await {
+    let transport = match transport(&a, &recipe, &cancel, "").await {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -391,20 +414,280 @@ async fn run_build(a: BuildArgs) -> ExitCode {
     }
 }
 
-/// The OpenSSH transport with the build's keys, or (tests) the recording one.
+/// The cloud of one matrix location: `--location-url LOC=URL`, else `--api-url` with
+/// `{location}` replaced, else the region LOC. A plain `--api-url` or `--region` names one
+/// endpoint, which cannot serve several locations: refused.
+fn cloud_for_location(
+    a: &CloudArgs,
+    loc: &str,
+    urls: &[(String, String)],
+) -> Result<Cloud, String> {
+    let mut c = a.clone();
+    if let Some((_, url)) = urls.iter().find(|(l, _)| l == loc) {
+        c.api_url = Some(url.clone());
+        c.region = None;
+    } else if let Some(u) = a.api_url.as_deref().filter(|u| u.contains("{location}")) {
+        c.api_url = Some(u.replace("{location}", loc));
+        c.region = None;
+    } else if a.api_url.is_some() || a.region.is_some() {
+        return Err(format!(
+            "--matrix location: --api-url/--region name one endpoint; give --location-url {loc}=URL, put {{location}} in --api-url, or drop them (https://{loc}.cloudsigma.com/api/2.0/)"
+        ));
+    } else {
+        c.region = Some(loc.to_string());
+    }
+    cloud_from(&c).map_err(|e| format!("location {loc}: {e}"))
+}
+
+/// `--location-url LOC=URL` arguments, each LOC a value of `--matrix location`.
+fn location_urls(
+    given: &[String],
+    axes: &[imgbuild::matrix::Axis],
+) -> Result<Vec<(String, String)>, String> {
+    use imgbuild::matrix;
+    let mut urls = Vec::new();
+    for u in given {
+        match u.split_once('=') {
+            Some((l, url)) if !l.is_empty() && !url.is_empty() => {
+                urls.push((l.to_string(), url.to_string()))
+            }
+            _ => return Err(format!("--location-url {u:?}: expected LOC=URL")),
+        }
+    }
+    let locations = axes.iter().find(|x| x.name == matrix::LOCATION);
+    for (l, _) in &urls {
+        if !locations.is_some_and(|x| x.values.contains(l)) {
+            return Err(format!(
+                "--location-url {l}: {l} is not a value of --matrix location"
+            ));
+        }
+    }
+    Ok(urls)
+}
+
+/// `--dry-run` of a matrix: each combination's plan under a `# [label]` line.
+fn print_matrix_plan(
+    combos: &[imgbuild::matrix::Combo],
+    recipes: &[Recipe],
+    opts: &Options,
+    api_url: Option<&str>,
+    urls: &[(String, String)],
+) {
+    for (c, r) in combos.iter().zip(recipes) {
+        let url = match c.location() {
+            Some(l) => urls
+                .iter()
+                .find(|(x, _)| x == l)
+                .map(|(_, u)| u.clone())
+                .or_else(|| api_url.map(|u| u.replace("{location}", l)))
+                .or_else(|| Some(format!("https://{l}.cloudsigma.com/api/2.0/"))),
+            None => api_url.map(str::to_string),
+        };
+        println!("# {}", c.label());
+        print!("{}", imgbuild::plan::plan(r, opts, url.as_deref()));
+    }
+}
+
+/// Each combination's recipe, with its variables over the `--var` ones.
+fn load_matrix(
+    recipe_arg: &str,
+    vars: &[String],
+    combos: &[imgbuild::matrix::Combo],
+) -> Result<Vec<Recipe>, ExitCode> {
+    let mut recipes = Vec::with_capacity(combos.len());
+    for c in combos {
+        let mut vars = vars.to_vec();
+        vars.extend(c.vars().into_iter().map(|(k, v)| format!("{k}={v}")));
+        match load(recipe_arg, &vars) {
+            Ok(r) => recipes.push(r),
+            Err(code) => {
+                say!("imgbuild: in matrix combination {}", c.label());
+                return Err(code);
+            }
+        }
+    }
+    Ok(recipes)
+}
+
+/// `--matrix`: every combination is loaded and configured before the first build starts (a
+/// usage error in any is exit 2 with nothing created); then at most `--jobs` build at once.
+async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
+    use imgbuild::matrix;
+    let usage = |e: String| {
+        say!("imgbuild: {e}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let axes = match matrix::parse(&a.matrix) {
+        Ok(x) => x,
+        Err(e) => return usage(e),
+    };
+    let urls = match location_urls(&a.location_urls, &axes) {
+        Ok(u) => u,
+        Err(e) => return usage(e),
+    };
+    let combos = matrix::combinations(&axes);
+    let recipes = match load_matrix(recipe_arg, &a.vars, &combos) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let secret_args = match SecretArgs::parse(&a.secrets)
+        .and_then(|s| s.check(&recipes[0].spec.secrets).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return usage(e.to_string()),
+    };
+    let opts = Options {
+        force: a.force,
+        keep_on_failure: a.keep_on_failure,
+        ssh_user: a.ssh_user.clone(),
+        ssh_port: a.ssh_port,
+        on_phase: None,
+    };
+    if a.dry_run {
+        print_matrix_plan(&combos, &recipes, &opts, a.cloud.api_url.as_deref(), &urls);
+        return ExitCode::SUCCESS;
+    }
+    let secrets = match secret_args.read() {
+        Ok(s) => s,
+        Err(e) => return usage(e.to_string()),
+    };
+    let mut clouds = Vec::with_capacity(combos.len());
+    for c in &combos {
+        let cloud = match c.location() {
+            Some(l) => cloud_for_location(&a.cloud, l, &urls),
+            None => cloud_from(&a.cloud),
+        };
+        match cloud {
+            Ok(x) => clouds.push(x),
+            Err(e) => return usage(e),
+        }
+    }
+    let cancel = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    install_signals(cancel.clone(), abandon.clone());
+    // one progress view of plain lines, each prefixed with its combination: a spinner per
+    // concurrent build would overwrite the others
+    let mode = if a.plain { Mode::Plain } else { Mode::detect() };
+    let reporter = Reporter::new(if mode == Mode::Fancy {
+        Mode::Plain
+    } else {
+        mode
+    });
+    let mut work = Vec::with_capacity(combos.len());
+    for ((c, r), cloud) in combos.into_iter().zip(recipes).zip(clouds) {
+        let suffix = format!("m{}", c.index);
+        let transport = match transport(&a, &r, &cancel, &suffix).await {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let mut b = Builder::new(
+            cloud,
+            transport,
+            reporter.prefixed(&c.label()),
+            cancel.clone(),
+            opts.clone(),
+        );
+        b.abandon = abandon.clone();
+        b.secrets = secrets.clone();
+        work.push(matrix::Job {
+            combo: c,
+            builder: b,
+            recipe: r,
+        });
+    }
+    let name = work
+        .first()
+        .map(|j| j.recipe.spec.name.clone())
+        .unwrap_or_default();
+    let m = matrix::run(&name, work, usize::from(a.jobs)).await;
+    reporter.finish();
+    print_matrix(&m, &a.output)
+}
+
+/// A summary line per combination on stderr; the matrix manifest (or with `--output text` one
+/// line per combination) on stdout; the exit code of [`imgbuild::matrix::MatrixManifest::exit_code`].
+fn print_matrix(m: &imgbuild::matrix::MatrixManifest, output: &str) -> ExitCode {
+    use imgbuild::matrix;
+    for e in &m.combinations {
+        match e.status {
+            matrix::Status::Built | matrix::Status::Reused => say!(
+                "{} {}: {} ({})",
+                e.label,
+                e.status.as_str(),
+                e.image_name.as_deref().unwrap_or(""),
+                e.drive_uuid.as_deref().unwrap_or("")
+            ),
+            _ => say!(
+                "{} {}: {}{}",
+                e.label,
+                e.status.as_str(),
+                e.error.as_deref().unwrap_or(""),
+                if e.left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left behind: {}", e.left.join(", "))
+                }
+            ),
+        }
+    }
+    say!(
+        "matrix: {} built, {} reused, {} failed",
+        m.built,
+        m.reused,
+        m.failed
+    );
+    let out = if output == "json" {
+        serde_json::to_string_pretty(m).map_err(|e| e.to_string())
+    } else {
+        Ok(m.combinations
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e.label,
+                    e.status.as_str(),
+                    e.drive_uuid.as_deref().unwrap_or("-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    use std::io::Write as _;
+    if let Err(e) = out.and_then(|o| writeln!(std::io::stdout(), "{o}").map_err(|e| e.to_string()))
+    {
+        say!("imgbuild: cannot print the matrix manifest: {e}");
+        return ExitCode::from(EXIT_FAILED.max(m.exit_code(SIGNAL.load(Ordering::SeqCst))));
+    }
+    ExitCode::from(m.exit_code(SIGNAL.load(Ordering::SeqCst)))
+}
+
+/// The OpenSSH transport with the build's keys, or (tests) the recording one. `suffix` tells
+/// the builds of a matrix apart (their own key dir, or sandbox under `local:DIR`).
 async fn transport(
     a: &BuildArgs,
     recipe: &Recipe,
     #[allow(unused_variables)] cancel: &CancellationToken,
+    suffix: &str,
 ) -> Result<Arc<dyn Transport>, ExitCode> {
     match a.transport.as_deref() {
         #[cfg(feature = "test-seams")]
-        Some(t) if t.starts_with("local:") => Ok(local_transport(&t["local:".len()..], cancel)),
+        Some(t) if t.starts_with("local:") => {
+            let mut dir = PathBuf::from(&t["local:".len()..]);
+            if !suffix.is_empty() {
+                dir.push(suffix);
+            }
+            Ok(local_transport(&dir.to_string_lossy(), cancel))
+        }
         Some(t) => {
             say!("imgbuild: unknown --transport {t:?}");
             Err(ExitCode::from(EXIT_USAGE))
         }
-        None => match OpenSsh::new(&format!("imgbuild-{}", recipe.spec.name)).await {
+        None => match OpenSsh::new(&match suffix {
+            "" => format!("imgbuild-{}", recipe.spec.name),
+            s => format!("imgbuild-{}-{s}", recipe.spec.name),
+        })
+        .await
+        {
             Ok(t) if a.ssh_no_multiplex => Ok(Arc::new(t.without_multiplexing())),
             Ok(t) => Ok(Arc::new(t)),
             Err(e) => {
@@ -476,7 +759,52 @@ mod tests {
         }
     }
 
-    // One test (this binary's only one) owns the variable, so setting it races with nothing.
+    #[test]
+    fn a_matrix_location_picks_its_endpoint() {
+        // an empty config file: nothing from this machine's own configuration
+        let cfg = tempfile::NamedTempFile::new().unwrap();
+        let base = CloudArgs {
+            username: Some("u".into()),
+            config: Some(cfg.path().to_path_buf()),
+            ..Default::default()
+        };
+        let url = |a: &CloudArgs, loc: &str, urls: &[(String, String)]| {
+            cloud_for_location(a, loc, urls).map(|c| c.base_url().to_string())
+        };
+        // the password by name, as on the command line (a variable no other test uses)
+        std::env::set_var("IMGBUILD_TEST_PW", "pw");
+        let a = CloudArgs {
+            password_from_env: Some("IMGBUILD_TEST_PW".into()),
+            ..base
+        };
+        assert_eq!(
+            url(&a, "fra", &[]).unwrap(),
+            "https://fra.cloudsigma.com/api/2.0/"
+        );
+        let urls = [("zrh".to_string(), "http://127.0.0.1:9/api/2.0/".to_string())];
+        assert_eq!(
+            url(&a, "zrh", &urls).unwrap(),
+            "http://127.0.0.1:9/api/2.0/"
+        );
+        let tmpl = CloudArgs {
+            api_url: Some("https://{location}.example.net/api/2.0/".into()),
+            ..a.clone()
+        };
+        assert_eq!(
+            url(&tmpl, "sjc", &[]).unwrap(),
+            "https://sjc.example.net/api/2.0/"
+        );
+        let one = CloudArgs {
+            region: Some("zrh".into()),
+            ..a.clone()
+        };
+        assert!(url(&one, "fra", &[])
+            .unwrap_err()
+            .contains("name one endpoint"));
+        assert!(url(&a, "no/such", &[]).is_err(), "an invalid location");
+    }
+
+    // One test owns the variable, so setting it races with nothing.
     #[test]
     fn ssh_no_multiplex_from_flag_and_environment() {
         std::env::remove_var("IMGBUILD_SSH_NO_MULTIPLEX");

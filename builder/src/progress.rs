@@ -36,6 +36,8 @@ pub struct Reporter {
     /// Lines kept in Quiet mode (tests inspect them).
     pub captured: Arc<Mutex<Vec<String>>>,
     step: Arc<Mutex<Option<CurrentStep>>>,
+    /// Put before every line: a matrix combination's label (`[kubernetes_version=1.34.1]`).
+    prefix: Option<Arc<str>>,
 }
 
 impl Reporter {
@@ -55,10 +57,32 @@ impl Reporter {
             bar,
             captured: Arc::default(),
             step: Arc::default(),
+            prefix: None,
+        }
+    }
+
+    /// A reporter for one build of a matrix: every line starts with `prefix`; the step state is
+    /// its own, the output (terminal bar or captured lines) and the clock shared.
+    pub fn prefixed(&self, prefix: &str) -> Reporter {
+        Reporter {
+            mode: self.mode,
+            start: self.start,
+            bar: self.bar.clone(),
+            captured: self.captured.clone(),
+            step: Arc::default(),
+            prefix: Some(prefix.into()),
         }
     }
 
     fn emit(&self, s: &str) {
+        let prefixed;
+        let s = match &self.prefix {
+            Some(p) => {
+                prefixed = format!("{p} {s}");
+                prefixed.as_str()
+            }
+            None => s,
+        };
         match (&self.bar, self.mode) {
             (Some(b), _) => b.println(s),
             (None, Mode::Quiet) => self
@@ -82,7 +106,7 @@ impl Reporter {
 
     pub fn phase(&self, p: &str) {
         if let Some(b) = &self.bar {
-            b.set_message(p.to_string());
+            b.set_message(format!("{}{p}", self.bar_prefix()));
         }
         self.emit(&format!("{} == {p}", self.stamp()));
     }
@@ -104,9 +128,16 @@ impl Reporter {
         *self.step.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((n, total, name.to_string(), Instant::now()));
         if let Some(b) = &self.bar {
-            b.set_message(format!("step {n}/{total}: {name}"));
+            b.set_message(format!("{}step {n}/{total}: {name}", self.bar_prefix()));
         }
         self.emit(&format!("{} -- step {n}/{total}: {name}", self.stamp()));
+    }
+
+    fn bar_prefix(&self) -> String {
+        self.prefix
+            .as_deref()
+            .map(|p| format!("{p} "))
+            .unwrap_or_default()
     }
 
     pub fn end_steps(&self) {

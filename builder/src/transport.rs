@@ -927,6 +927,8 @@ pub struct LocalTransport {
     pub delay: Duration,
     pub fail_script: Option<String>,
     pub cancel: Option<CancellationToken>,
+    /// When each operation of `log` was recorded (tests compare builds' overlap by these).
+    pub times: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl LocalTransport {
@@ -937,10 +939,21 @@ impl LocalTransport {
             delay: Duration::ZERO,
             fail_script: None,
             cancel: None,
+            times: Arc::default(),
         }
     }
     fn rec(&self, r: Recorded) {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.push(r);
+        self.times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::time::Instant::now());
+    }
+    /// When the first and the last operation were recorded.
+    pub fn span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        let t = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        Some((*t.first()?, *t.last()?))
     }
     pub fn recorded(&self) -> Vec<Recorded> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()

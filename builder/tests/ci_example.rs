@@ -192,3 +192,102 @@ async fn ci_script_without_the_secret_exits_2_and_creates_nothing() {
     assert_eq!(ci.counts(), (0, 0));
     ci.emu.shutdown().await;
 }
+
+/// The version-matrix job (docs/ci.md "A version matrix"): the same script with
+/// `IMGBUILD_ARGS=--matrix kubernetes_version=…`; one manifest, one uuid per combination, then
+/// an unchanged pipeline reuses both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_script_builds_a_version_matrix_then_reuses_it() {
+    let ci = Ci::new().await;
+    let args = "--matrix kubernetes_version=1.33.5,1.34.1 --jobs 2";
+    let mut uuids = Vec::new();
+    for (round, want) in [(1, "built"), (2, "reused")] {
+        let out = ci.script(args).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "round {round}: {stderr}");
+        let printed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ci.manifest_path()).unwrap()).unwrap();
+        let c = m["combinations"].as_array().expect("a matrix manifest");
+        assert_eq!(c.len(), 2, "{m:#}");
+        for (e, v) in c.iter().zip(["1.33.5", "1.34.1"]) {
+            assert_eq!(e["vars"]["kubernetes_version"], v);
+            assert_eq!(e["status"], want, "round {round}: {e:#}");
+        }
+        let in_manifest: Vec<String> = c
+            .iter()
+            .map(|e| e["drive_uuid"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            printed, in_manifest,
+            "stdout: one drive uuid per combination"
+        );
+        if round == 1 {
+            uuids = printed;
+        } else {
+            assert_eq!(printed, uuids, "the second run reuses the same images");
+        }
+        assert_eq!(ci.counts(), (0, 2), "two images, no server");
+    }
+    ci.emu.shutdown().await;
+}
+
+/// Every ```yaml block of docs/ci.md parses, and the version-matrix job's `IMGBUILD_ARGS` are
+/// flags imgbuild accepts (a dry run of the matrix exits 0 and plans each version).
+#[tokio::test]
+async fn docs_ci_yaml_examples_parse_and_the_matrix_args_are_accepted() {
+    let doc = std::fs::read_to_string(repo().join("docs/ci.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for l in doc.lines() {
+        match (&mut cur, l.trim_start()) {
+            (None, "```yaml") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let mut matrix_args = None;
+    for b in &blocks {
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(b).unwrap_or_else(|e| panic!("docs/ci.md yaml: {e}\n{b}"));
+        if let Some(a) = v[0]["env"]["IMGBUILD_ARGS"].as_str() {
+            matrix_args = Some(a.to_string());
+        }
+    }
+    let args = matrix_args.expect("docs/ci.md has the version-matrix job with IMGBUILD_ARGS");
+    assert!(args.contains("--matrix"), "{args}");
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = tmp.path().join("cloudsigma-agent");
+    std::fs::write(&agent, b"agent").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("ubuntu-k8s")
+        .current_dir(repo())
+        .args(args.split_whitespace())
+        .arg("--var")
+        .arg(format!("agent_binary={}", agent.display()))
+        .args(["--region", "zrh", "--dry-run"])
+        .env("CLOUDSIGMA_CONFIG", "")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("# [kubernetes_version=1.33.5]"), "{text}");
+    assert!(text.contains("# [kubernetes_version=1.34.1]"), "{text}");
+}

@@ -11,12 +11,15 @@
 #                        (--password-from-env), never as an argument, and never printed
 #   IMGBUILD             the imgbuild binary (default: imgbuild on PATH)
 #   IMAGE_MANIFEST       where the JSON manifest goes (default image.json)
-#   IMGBUILD_ARGS        extra imgbuild flags, whitespace-separated (e.g. --var kubernetes_version=1.34.2)
+#   IMGBUILD_ARGS        extra imgbuild flags, whitespace-separated (e.g. --var kubernetes_version=1.34.2,
+#                        or a version matrix: --matrix kubernetes_version=1.33.5,1.34.1 --jobs 2)
 #
 # Exit status: imgbuild's (0 built or cached, 1 failed and cleaned up, 2 usage/config/recipe error,
-# 3 failed with leftovers: run `imgbuild clean`, 143 cancelled by SIGTERM after cleanup).
-# stdout: the image uuid. A cancelled job (SIGTERM or SIGINT to this script) is passed on to
-# imgbuild as one SIGTERM and waited for, so its cleanup runs to the end instead of being cut off.
+# 3 failed with leftovers: run `imgbuild clean`, 4 a matrix with some combinations failed (each
+# cleaned up; the manifest is kept and says which), 143 cancelled by SIGTERM after cleanup).
+# stdout: the image uuid (a matrix: one drive uuid per built or reused combination). A cancelled
+# job (SIGTERM or SIGINT to this script) is passed on to imgbuild as one SIGTERM and waited for,
+# so its cleanup runs to the end instead of being cut off.
 set -euo pipefail
 recipe=${1:-ubuntu-k8s}
 imgbuild=${IMGBUILD:-imgbuild}
@@ -62,11 +65,20 @@ while kill -0 "$child" 2>/dev/null; do
     wait "$child" || rc=$?
 done
 trap - TERM INT
-if [ "$rc" -ne 0 ]; then
+matrix=
+grep -q '"combinations"' "$manifest.tmp" 2>/dev/null && matrix=1
+# a matrix's manifest is kept when some combinations failed (exit 4): it says which
+if [ "$rc" -ne 0 ] && ! { [ "$rc" -eq 4 ] && [ -n "$matrix" ]; }; then
     rm -f "$manifest.tmp"
     echo "build-image.sh: imgbuild exited $rc" >&2
     exit "$rc"
 fi
 mv "$manifest.tmp" "$manifest"
+if [ -n "$matrix" ]; then
+    # jq-free: each combination's image drive, in the manifest's order
+    sed -n 's/^ *"drive_uuid": *"\([^"]*\)".*/\1/p' "$manifest"
+    [ "$rc" -eq 0 ] || echo "build-image.sh: imgbuild exited $rc (some combinations failed; see $manifest)" >&2
+    exit "$rc"
+fi
 # jq-free: the uuid is the manifest's first field.
 sed -n 's/.*"image_uuid": *"\([^"]*\)".*/\1/p' "$manifest" | head -n 1
