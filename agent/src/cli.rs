@@ -188,7 +188,7 @@ mod tests {
         assert!(c.command.is_none());
         assert_eq!(c.bootstrap.timeout, Duration::from_secs(60));
         assert_eq!(c.bootstrap.root, PathBuf::from("/"));
-        assert_eq!(c.bootstrap.vlan_address_timeout, Duration::from_secs(30));
+        assert_eq!(c.bootstrap.vlan_address_timeout, Duration::from_secs(60));
         let c = parse(&["--vlan-address-timeout", "0"]).unwrap();
         assert_eq!(c.bootstrap.vlan_address_timeout, Duration::ZERO);
         let c = parse(&["--root", "/a", "--root", "/b"]).unwrap();

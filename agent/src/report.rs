@@ -136,6 +136,9 @@ pub struct Status {
     pub phases: Vec<Phase>,
     pub interfaces: Vec<InterfaceInfo>,
     pub node_ip: Option<String>,
+    /// Where `node_ip` came from: "interface" (DHCP or the operator's configuration) or
+    /// "assignment" (the server meta's `k8s-ipv4-<mac>`, configured by the agent); null without.
+    pub node_ip_source: Option<&'static str>,
     pub unsupported: Vec<String>,
     pub warnings: Vec<String>,
     pub marker: String,
@@ -160,6 +163,7 @@ impl Status {
             phases: Vec::new(),
             interfaces: Vec::new(),
             node_ip: None,
+            node_ip_source: None,
             unsupported: Vec::new(),
             warnings: Vec::new(),
             marker: marker.display().to_string(),

@@ -15,7 +15,7 @@ use crate::report::{Logger, Phase, Status, StepError};
 use crate::stamp::{self, State};
 use crate::steps::{
     disk_setup, fs_setup, hostname, mounts, node_ip, ntp, online, packages, scripts, ssh_keys,
-    swap, users, write_files, Cx,
+    swap, users, vlan_assign, write_files, Cx,
 };
 use crate::{net, template, userdata};
 
@@ -496,25 +496,9 @@ impl Agent<'_> {
             if_empty(&deferred, "no deferred files"),
             |cx| write_files::apply(cx, &deferred),
         )?;
-        // Last before the join, the only step that needs it: the VLAN address may still be on its
-        // way (DHCP on the VLAN), and the steps before do not wait for it.
-        let cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter());
-        if node_ip::mentioned(&cfg.write_files, cmds) {
-            self.skip("node_ip", "the bootstrap data sets node-ip itself");
-        } else {
-            self.phase("node_ip", |a| {
-                let fixture = a.o.net_fixture.clone();
-                let mut source = || net::interfaces(fixture.as_deref());
-                let mut clock = node_ip::RealClock::start();
-                let timeout = a.o.vlan_address_timeout;
-                let out = node_ip::apply(&mut a.cx(), ctx, timeout, &mut source, &mut clock)?;
-                if let Some(ifs) = out.interfaces {
-                    a.status.interfaces = net::classify(ctx, &ifs);
-                }
-                a.status.node_ip = out.ip;
-                Ok(())
-            })?;
-        }
+        // Last before the join, the only step that needs the VLAN address (DHCP, or the
+        // controller's assignment in the meta, may come late); the steps before never wait for it.
+        self.node_ip(ctx, cfg)?;
         let uuid = &ctx.uuid;
         let (name, file, body, skip) = match kind {
             userdata::Kind::Script(bytes) => (
@@ -538,6 +522,39 @@ impl Agent<'_> {
             stamp::write(&root, uuid, State::Started).at(IoOp::Access, &p)?;
             started.set(true);
             scripts::run(cx, file, &body, uuid)
+        })
+    }
+
+    /// The `node_ip` phase (skipped when the data sets node-ip itself).
+    fn node_ip(&mut self, ctx: &ServerContext, cfg: &CloudConfig) -> Flow<()> {
+        let cmds = cfg.runcmd.iter().chain(cfg.bootcmd.iter());
+        if node_ip::mentioned(&cfg.write_files, cmds) {
+            self.skip("node_ip", "the bootstrap data sets node-ip itself");
+            return Ok(());
+        }
+        self.phase("node_ip", |a| {
+            let fixture = a.o.net_fixture.clone();
+            let mut interfaces = || net::interfaces(fixture.as_deref());
+            // The live meta, not the context read at the start: the controller may write the
+            // NIC's assignment seconds after the boot.
+            let (file, serial) = (a.o.context_file.clone(), a.o.serial.clone());
+            let mut meta = |key: &str| node_ip::live_meta(file.as_deref(), &serial, key);
+            let mut runner = vlan_assign::run_tool;
+            let mut clock = node_ip::RealClock::start();
+            let mut src = node_ip::Sources {
+                interfaces: &mut interfaces,
+                meta: &mut meta,
+                run: &mut runner,
+                clock: &mut clock,
+            };
+            let timeout = a.o.vlan_address_timeout;
+            let out = node_ip::apply(&mut a.cx(), ctx, timeout, &mut src)?;
+            if let Some(ifs) = out.interfaces {
+                a.status.interfaces = net::classify(ctx, &ifs);
+            }
+            a.status.node_ip = out.ip;
+            a.status.node_ip_source = out.source;
+            Ok(())
         })
     }
 

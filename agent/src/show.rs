@@ -82,7 +82,14 @@ pub fn render(v: &Value) -> String {
     let _ = writeln!(o, "instance: {}", s(v, "instance_id"));
     let _ = writeln!(o, "hostname: {}", s(v, "hostname"));
     let _ = writeln!(o, "user data: {}", s(v, "user_data_kind"));
-    let _ = writeln!(o, "node ip: {}", s(v, "node_ip"));
+    match v.get("node_ip_source").and_then(Value::as_str) {
+        Some(src) => {
+            let _ = writeln!(o, "node ip: {} (from the {src})", s(v, "node_ip"));
+        }
+        None => {
+            let _ = writeln!(o, "node ip: {}", s(v, "node_ip"));
+        }
+    }
     let present = match v.get("marker_present").and_then(Value::as_bool) {
         Some(true) => "present",
         Some(false) => "absent",

@@ -54,7 +54,10 @@ fn bootstrap_subcommand_then_status() {
     assert!(text.starts_with("last run: success (agent "), "{text}");
     assert!(text.contains(&format!("instance: {UUID}\n")), "{text}");
     assert!(text.contains("hostname: worker-0\n"), "{text}");
-    assert!(text.contains("node ip: 10.10.0.5\n"), "{text}");
+    assert!(
+        text.contains("node ip: 10.10.0.5 (from the interface)\n"),
+        "{text}"
+    );
     assert!(text.contains("(present)"), "{text}");
     assert!(text.contains("  runcmd "), "{text}");
 

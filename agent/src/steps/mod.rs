@@ -14,7 +14,7 @@
 //! | `ssh_keys` | [`ssh_keys`] |
 //! | `swap` | [`swap`] |
 //! | `online` (the one wait for the network, time sync, containerd) | [`online`] |
-//! | `node_ip` | [`node_ip`] |
+//! | `node_ip` | [`node_ip`] (the meta assignment: [`vlan_assign`]) |
 //! | `ntp` | [`ntp`] |
 //! | `packages` | [`packages`] |
 
@@ -37,6 +37,7 @@ pub mod scripts;
 pub mod ssh_keys;
 pub mod swap;
 pub mod users;
+pub mod vlan_assign;
 pub mod write_files;
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub const STUBS: &[&str] = &[
     "mount",
     "udevadm",
     "apt-get",
+    // The node_ip step's assigned address: never the host's interfaces in a test.
+    "ip",
+    "networkctl",
 ];
 
 pub struct Node {
