@@ -70,8 +70,9 @@ pub struct BootstrapArgs {
     /// Interfaces as JSON instead of getifaddrs (tests).
     #[arg(long, value_name = "FILE")]
     pub net_fixture: Option<PathBuf>,
-    /// How long the node_ip step waits for an IPv4 address on the context's VLAN NIC before the
-    /// join goes on without --node-ip (0: look once).
+    /// How long the node_ip step waits for an IPv4 address on the context's VLAN NIC (from DHCP,
+    /// or assigned in the server meta k8s-ipv4-<mac>) before the join goes on without --node-ip
+    /// (0: look once).
     #[arg(long, value_name = "SECONDS", env = "CLOUDSIGMA_AGENT_VLAN_ADDRESS_TIMEOUT",
           default_value = crate::steps::node_ip::DEFAULT_TIMEOUT_SECS, value_parser = seconds_or_zero)]
     pub vlan_address_timeout: Duration,
