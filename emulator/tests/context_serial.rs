@@ -317,3 +317,25 @@ async fn global_context_via_api_shows_in_context() {
         .await;
     assert_eq!(line(&ask(&mut sock, "/meta/fresh").await), "yes");
 }
+
+/// The node agent's live read of its VLAN NIC's address assignment (issue 22, docs/agent.md
+/// "Address assignment from the server meta"): the key has colons (`k8s-ipv4-<mac>`), is absent
+/// (an empty line) until the controller's PUT, and is there at the next request after it.
+#[tokio::test]
+async fn an_assignment_key_with_colons_is_absent_then_live() {
+    let (t, u) = setup(EmulatorConfig::for_tests()).await;
+    let mut sock = UnixStream::connect(t.emu.context_socket(&u)).await.unwrap();
+    let key = "/meta/k8s-ipv4-22:aa:bb:cc:dd:02";
+    assert_eq!(
+        line(&ask(&mut sock, key).await),
+        "",
+        "absent: an empty line"
+    );
+    t.action("servers", &u, "start").await;
+    t.wait_status("servers", &u, "running").await;
+    let (_, server) = t.get(&format!("servers/{u}/")).await;
+    let mut meta = server["meta"].clone();
+    meta["k8s-ipv4-22:aa:bb:cc:dd:02"] = json!("192.168.77.10/24");
+    t.put(&format!("servers/{u}/"), json!({"meta": meta})).await;
+    assert_eq!(line(&ask(&mut sock, key).await), "192.168.77.10/24");
+}
