@@ -218,6 +218,9 @@ impl Api {
     pub async fn post(&self, p: &str, b: Value) -> Value {
         self.call(reqwest::Method::POST, p, Some(b)).await
     }
+    pub async fn put(&self, p: &str, b: Value) -> Value {
+        self.call(reqwest::Method::PUT, p, Some(b)).await
+    }
     pub async fn delete(&self, p: &str) {
         self.call(reqwest::Method::DELETE, p, None).await;
     }

@@ -12,38 +12,89 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The VLAN's addresses: what the stand-in DHCP server hands out. Private to the emulator's
-/// switch (frames between socketpairs inside cloudsim): no packet to it ever leaves this host.
+/// The VLAN's addresses: the pool the controller hands out (or, in the DHCP variant, what the
+/// stand-in DHCP server hands out). Private to the emulator's switch (frames between socketpairs
+/// inside cloudsim): no packet to it ever leaves this host.
 pub const VLAN_CIDR: &str = "192.168.77.0/24";
 pub const VLAN_RANGE: (&str, &str) = ("192.168.77.10", "192.168.77.99");
 
 /// The flannel manifest (upstream's kube-flannel.yml adapted; its header lists the changes).
 pub const FLANNEL_MANIFEST: &str = "tests/kube/addons/kube-flannel.yml";
 
+/// How the workers' VLAN NICs get their addresses (`E2E_VLAN_ADDRESSES`, docs/e2e.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VlanAddresses {
+    /// The production case and the default: no DHCP on the VLAN (CloudSigma runs none); the pool
+    /// is set in the VLAN's meta, the controller assigns, the agent configures (issue 22).
+    Pool,
+    /// An operator's DHCP server on the VLAN (cloudsim's stand-in), as the deployment report had.
+    Dhcp,
+}
+
+impl VlanAddresses {
+    /// From `E2E_VLAN_ADDRESSES` (`pool`, the default, or `dhcp`); anything else is refused by
+    /// name rather than silently running the default.
+    pub fn from_env() -> VlanAddresses {
+        match std::env::var("E2E_VLAN_ADDRESSES").as_deref() {
+            Err(_) | Ok("") | Ok("pool") => VlanAddresses::Pool,
+            Ok("dhcp") => VlanAddresses::Dhcp,
+            Ok(other) => panic!("E2E_VLAN_ADDRESSES={other:?}: expected pool (default) or dhcp"),
+        }
+    }
+}
+
 /// One of the account's VLANs (subscribed ones, as on the real cloud: the emulator's seed has
-/// two) with the stand-in DHCP server running on it (an operator's DHCP server; CloudSigma itself
-/// runs none on a VLAN). Returns the VLAN's uuid.
-pub async fn vlan_with_dhcp(cloud: &VmCloud) -> String {
+/// two), addressed as `how` says: the pool in its meta, or the stand-in DHCP server running on
+/// it. Returns the VLAN's uuid.
+pub async fn vlan(cloud: &VmCloud, how: VlanAddresses) -> String {
     let vlans = cloud.api.get("vlans/").await;
     let vlan = vlans["objects"][0]["uuid"]
         .as_str()
         .unwrap_or_else(|| panic!("the account has no VLAN: {vlans}"))
         .to_string();
-    let range = [VLAN_RANGE.0, VLAN_RANGE.1].map(|a| a.parse().expect("VLAN_RANGE"));
-    cloud
-        .emu
-        .set_vlan_dhcp(
-            &vlan,
-            Some(cloudsim::vlan::DhcpConfig {
-                cidr: VLAN_CIDR.into(),
-                range: Some(range),
-                server: None,
-                lease_secs: None,
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("DHCP on VLAN {vlan}: {e}"));
+    match how {
+        VlanAddresses::Pool => {
+            // As an operator sets it (docs/vlan-pools.md): the VLAN's own meta, read by every
+            // cluster's controller that has servers on it.
+            let pool = format!("{VLAN_CIDR} {}-{}", VLAN_RANGE.0, VLAN_RANGE.1);
+            cloud
+                .api
+                .put(
+                    &format!("vlans/{vlan}/"),
+                    json!({"meta": {cloudsigma_api::pool::POOL_KEY: pool}}),
+                )
+                .await;
+        }
+        VlanAddresses::Dhcp => {
+            let range = [VLAN_RANGE.0, VLAN_RANGE.1].map(|a| a.parse().expect("VLAN_RANGE"));
+            cloud
+                .emu
+                .set_vlan_dhcp(
+                    &vlan,
+                    Some(cloudsim::vlan::DhcpConfig {
+                        cidr: VLAN_CIDR.into(),
+                        range: Some(range),
+                        server: None,
+                        lease_secs: None,
+                    }),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("DHCP on VLAN {vlan}: {e}"));
+        }
+    }
     vlan
+}
+
+/// The assignment the controller wrote into `server`'s meta for its NIC on `vlan`
+/// (`k8s-ipv4-<mac>`), or None.
+pub async fn assignment(cloud: &VmCloud, server: &str, vlan: &str) -> Option<String> {
+    let s = cloud.api.get(&format!("servers/{server}/")).await;
+    let nic = s["nics"]
+        .as_array()?
+        .iter()
+        .find(|n| n["vlan"].as_str() == Some(vlan) || n["vlan"]["uuid"].as_str() == Some(vlan))?;
+    let key = cloudsigma_api::pool::assignment_key(nic["mac"].as_str()?);
+    s["meta"][key.as_str()].as_str().map(str::to_string)
 }
 
 /// The join data of the pool's workers, one template for all as a MachineDeployment renders it:

@@ -4,13 +4,16 @@
 //!    modules (tests/kube/build.sh --node, tests/kube/addons.sh); the node image built by
 //!    `imgbuild debian-k8s` through cloudsim's real QEMU VMs, shared with the other loops.
 //! 2. A real kubeadm control plane as host processes, allocating node pod CIDRs.
-//! 3. One VLAN in the emulator's account: a real L2 segment between the VMs (cloudsim's switch),
-//!    with a stand-in DHCP server (an operator's; CloudSigma runs none on a VLAN).
+//! 3. One VLAN in the emulator's account: a real L2 segment between the VMs (cloudsim's switch)
+//!    with no DHCP, as on CloudSigma; its address pool in the VLAN's meta (issue 22,
+//!    docs/vlan-pools.md). `E2E_VLAN_ADDRESSES=dhcp` runs a stand-in DHCP server instead (an
+//!    operator's, as in the deployment report).
 //! 4. The cloudsigma-controller outside the cluster; kube-proxy and CoreDNS through kubeadm's
 //!    addon phase, flannel (host-gw, `--iface=$(POD_IP)`) with `kubectl apply`.
 //! 5. Two workers created at once, as a MachineDeployment of 2 creates them: a public NAT NIC and
-//!    a VLAN NIC each, one Cluster API join template. The agent waits for the VLAN address and
-//!    joins with it as `--node-ip`; the controller makes it the InternalIP and the NAT address the
+//!    a VLAN NIC each, one Cluster API join template. The controller assigns each VLAN NIC an
+//!    address from the pool into the server's meta; the agent configures it and joins with it as
+//!    `--node-ip`; the controller makes it the InternalIP and the NAT address the
 //!    ExternalIP; flannel routes pods over the VLAN, so Ready proves those addresses right.
 //! 6. Pods on both nodes: pod → pod across nodes by pod IP, the Service's ClusterIP and DNS name
 //!    from a pod with endpoints on both nodes, `kubectl logs` and `exec`.
@@ -79,10 +82,20 @@ async fn cluster() {
 
     // 3. the VLAN; 4. the controller and the addons
     let p = Instant::now();
-    let vlan = cluster::vlan_with_dhcp(&cloud).await;
+    let how = cluster::VlanAddresses::from_env();
+    let vlan = cluster::vlan(&cloud, how).await;
     say(
         t0,
-        &format!("VLAN {vlan}: one L2 segment, DHCP {VLAN_CIDR} (no router option)"),
+        &match how {
+            cluster::VlanAddresses::Pool => format!(
+                "VLAN {vlan}: one L2 segment, no DHCP; pool {VLAN_CIDR} {}-{} in its meta (the controller assigns)",
+                cluster::VLAN_RANGE.0,
+                cluster::VLAN_RANGE.1
+            ),
+            cluster::VlanAddresses::Dhcp => {
+                format!("VLAN {vlan}: one L2 segment, DHCP {VLAN_CIDR} (no router option)")
+            }
+        },
     );
     let controller = kn::HostController::start(&cp, &repo, &prepared.bins.controller, &cloud.emu);
     tokio::task::block_in_place(|| cluster::install_addons(&cp, &repo));
@@ -173,6 +186,25 @@ async fn cluster() {
             Some(format!("cloudsigma://{}", w.server).as_str())
         );
         assert!(n["spec"]["podCIDR"].is_string(), "{name}: no podCIDR");
+        if how == cluster::VlanAddresses::Pool {
+            // The address came from the pool: the controller's assignment in the server's meta,
+            // configured by the agent (not DHCP: none runs on the VLAN).
+            let assigned = cluster::assignment(&cloud, &w.server, &vlan).await;
+            assert_eq!(
+                assigned,
+                Some(format!("{}/24", int[0])),
+                "{name}: InternalIP is the controller's assignment in the server meta"
+            );
+            let status = w
+                .ssh
+                .run("sudo cat /run/cloudsigma/bootstrap.json")
+                .unwrap_or_else(|e| panic!("{name}: bootstrap.json: {e}"));
+            assert!(
+                status.contains(r#""node_ip_source": "assignment""#)
+                    || status.contains(r#""node_ip_source":"assignment""#),
+                "{name}: the agent's node IP did not come from the assignment: {status}"
+            );
+        }
         internal.push(int[0].clone());
     }
     assert_ne!(internal[0], internal[1], "the two InternalIPs must differ");
