@@ -185,4 +185,35 @@ mod tests {
         assert!(!is_build_name("imgbuild-xyz-build", DRIVE_SUFFIX));
         assert!(!is_build_name("imgbuild-0123456789-build", DRIVE_SUFFIX));
     }
+
+    #[test]
+    fn candidates_and_verify_clones_are_leftovers_base_layers_never() {
+        let id = new_build_id();
+        let drive = |name: String, meta: &[(&str, &str)]| {
+            let mut d: Drive = serde_json::from_value(serde_json::json!({
+                "uuid": "6d4a1c3e-0000-4000-8000-000000000001", "name": name,
+                "size": 1, "status": "unmounted", "media": "disk"
+            }))
+            .unwrap();
+            d.meta = meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            d
+        };
+        assert!(is_build_in_progress(&drive(candidate_name(&id), &[])));
+        assert!(is_build_in_progress(&drive(verify_drive_name(&id), &[])));
+        assert!(is_builder_server(&verify_server_name(&id), &Meta::new()));
+        let fp = "0123456789abcdef0123456789abcdef";
+        assert_eq!(base_drive_name(fp), "imgbuild-base-0123456789abcdef");
+        let layer = drive(
+            base_drive_name(fp),
+            &[(META_STATE, STATE_BASE), (META_BASE_FINGERPRINT, fp)],
+        );
+        assert!(is_base(&layer) && is_base_of(&layer, fp) && !is_base_of(&layer, "other"));
+        assert!(!is_build_in_progress(&layer));
+        // mid-capture (the clone still carries the build drive's meta): a leftover, not a layer
+        let capturing = drive(base_drive_name(fp), &[(META_STATE, STATE_BUILDING)]);
+        assert!(is_build_in_progress(&capturing) && !is_base(&capturing));
+    }
 }

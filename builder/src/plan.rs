@@ -68,6 +68,9 @@ fn header(recipe: &Recipe, base_url: Option<&str>) -> String {
         );
     }
     let _ = writeln!(o, "fingerprint: sha256 over recipe + {} files + vars + base drive uuid (known after resolve-base)", recipe.files.len());
+    if let (Some(k), Some(until)) = (recipe.base_steps, &r.base_until) {
+        let _ = writeln!(o, "base layer: steps 1..{k} (base_until {until:?}); base fingerprint: sha256 over those steps, their files, the vars they read ({}) + base drive uuid", recipe.base_vars().join(", "));
+    }
     o
 }
 

@@ -337,3 +337,26 @@ fn base_until_is_checked_and_the_shipped_recipes_mark_their_base() {
         assert!(e.contains(want) && e.contains("recipe.yaml:"), "{e}");
     }
 }
+
+/// The binary's `--dry-run` with an endpoint looks the layer up (GETs only, nothing created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_binary_looks_the_layer_up_with_an_endpoint() {
+    let f = fixture().await;
+    let out = f.imgbuild().arg("--dry-run").output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("base-lookup    no base "), "{text}");
+    assert!(
+        text.contains("base layer: steps 1..4 (base_until \"containerd, runc, CNI plugins\")")
+            && text.contains("containerd_version"),
+        "{text}"
+    );
+    assert_eq!(f.posts(), 0, "a dry run creates nothing");
+    assert_eq!(f.counts(), (0, 0, 0));
+    f.emu.shutdown().await;
+}

@@ -96,13 +96,11 @@ impl Recipe {
             };
             listing.push_str(&format!("{}\t{what}\n", s.name));
         }
+        let used = self.vars_read_by(&texts);
         let vars = self
             .vars
             .iter()
-            .filter(|(k, _)| {
-                let env = env_name(k);
-                texts.iter().any(|t| t.contains(&env))
-            })
+            .filter(|(k, _)| used.contains(k))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         Some(fingerprint_of(&FpInputs {
@@ -112,6 +110,35 @@ impl Recipe {
             vars,
             base: base_uuid,
         }))
+    }
+
+    /// The variables whose environment name appears in one of `texts`.
+    fn vars_read_by(&self, texts: &[String]) -> Vec<&String> {
+        self.vars
+            .keys()
+            .filter(|k| {
+                let env = env_name(k);
+                texts.iter().any(|t| t.contains(&env))
+            })
+            .collect()
+    }
+
+    /// The variables the base layer's fingerprint covers: those whose environment name appears
+    /// in a base step's script or helper (`--dry-run` lists them).
+    pub fn base_vars(&self) -> Vec<String> {
+        let Some(n) = self.base_steps else {
+            return Vec::new();
+        };
+        let mut texts = Vec::new();
+        for s in &self.steps[..n] {
+            if let StepKind::Script { path, uses } = &s.kind {
+                texts.push(std::fs::read_to_string(path).unwrap_or_default());
+                for h in uses {
+                    texts.push(std::fs::read_to_string(&h.src).unwrap_or_default());
+                }
+            }
+        }
+        self.vars_read_by(&texts).into_iter().cloned().collect()
     }
 
     /// The sha256 the recipe noted for a file it reads (read again if it is not among them).
