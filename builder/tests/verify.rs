@@ -194,3 +194,56 @@ async fn keep_on_failure_keeps_the_candidate_under_its_candidate_name() {
     assert_eq!((f.counts().0, f.counts().1), (0, 0));
     f.emu.shutdown().await;
 }
+
+/// A matrix under `--verify`: the version whose candidate fails is `failed`, cleaned up and not
+/// in the manifest's `published` list; the other is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_publishes_only_verified_images() {
+    use imgbuild::matrix::{self, Job, Status};
+    use imgbuild::progress::{Mode, Reporter};
+    use imgbuild::transport::LocalTransport;
+    use std::sync::Arc;
+    let f = fixture().await;
+    let rep = Reporter::new(Mode::Quiet);
+    let axes = matrix::parse(&["kubernetes_version=1.33.5,1.34.1".to_string()]).unwrap();
+    let mut work = Vec::new();
+    for c in matrix::combinations(&axes) {
+        let v = c.vars()["kubernetes_version"].clone();
+        let t = LocalTransport::new(f.dir.path().join(format!("sandbox-{}", c.index)));
+        // both guests report kubelet and kubeadm 1.34.1: right for one version only
+        answer_good_image(&t);
+        let builder = imgbuild::build::Builder::new(
+            f.cloud(),
+            Arc::new(t),
+            rep.prefixed(&c.label()),
+            CancellationToken::new(),
+            verify(),
+        );
+        work.push(Job {
+            recipe: f.recipe(&[("kubernetes_version", &v)]),
+            combo: c,
+            builder,
+        });
+    }
+    let m = matrix::run("ubuntu-k8s", work, 2).await;
+    let c = &m.combinations;
+    assert_eq!(
+        (c[0].status, c[1].status),
+        (Status::Failed, Status::Built),
+        "{c:#?}"
+    );
+    assert_eq!(c[0].phase.as_deref(), Some("verify"));
+    assert!(c[0].left.is_empty(), "{:?}", c[0].left);
+    assert_eq!(m.published, vec![c[1].drive_uuid.clone().unwrap()]);
+    let snap = f.emu.snapshot();
+    assert!(snap.servers.is_empty());
+    assert!(
+        !snap
+            .drives
+            .iter()
+            .any(|d| d.name.contains("-candidate") || d.name.contains("-verify")),
+        "{:?}",
+        snap.drives
+    );
+    f.emu.shutdown().await;
+}
