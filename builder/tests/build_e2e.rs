@@ -120,6 +120,17 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     }));
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
+    // base-capture right after the mark (step 4): a sync, then after the power cycle a new login
+    let sync = rec
+        .iter()
+        .position(|r| matches!(r, Recorded::Check { cmd, .. } if cmd == "sync"))
+        .expect("a sync before the capture");
+    assert!(
+        matches!(&rec[sync - 1], Recorded::Script { path, .. } if path.ends_with("30-containerd.sh")),
+        "{:?}",
+        rec[sync - 1]
+    );
+    assert!(matches!(&rec[sync + 1], Recorded::WaitReady { .. }));
     // every script that sources lib/image.sh gets it uploaded and verified right before it runs
     // (`uses:`), not from an earlier step
     let lib = "/tmp/imgbuild/lib/image.sh";

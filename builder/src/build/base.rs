@@ -1,7 +1,8 @@
 //! The cached base layer (recipe `base_until`; docs/imgbuild.md, "Cached base layer"):
 //! base-lookup finds a layer of this build's base fingerprint, base-capture makes one.
 //!
-//! Capture powers the builder server off (ACPI shutdown, as the shutdown phase) so that the
+//! Capture syncs the guest, then powers the builder server off (ACPI shutdown, as the shutdown
+//! phase; a hard stop after `timeouts.shutdown`, the sync having flushed the base steps' writes) so that the
 //! drive is copied with every write on disk and the file systems clean — a `sync` and a copy of
 //! the running drive would be a crash-consistent image whose journal replays at the next boot,
 //! and whatever a service held in memory would be lost — then clones the drive as
@@ -207,6 +208,20 @@ impl Builder {
         created: &mut Created,
     ) -> Result<Target, StepError> {
         self.enter(Phase::BaseCapture);
+        // flushed first: should the guest not power off in time, the hard stop that follows
+        // still leaves every write of the base steps on disk
+        let sync = self
+            .transport
+            .run_check(&target, "sync", Duration::from_secs(300));
+        match self.on_guest(sync).await? {
+            (0, _) => {}
+            (code, out) => {
+                let m = format!("`sync` before the base capture exited {code}: {out}");
+                return Err(StepError::Transport(
+                    crate::transport::TransportError::Failed(m),
+                ));
+            }
+        }
         self.transport.close().await;
         self.power_off(job, server).await?;
         let name = naming::base_drive_name(&layer.fp);
