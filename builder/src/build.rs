@@ -6,9 +6,13 @@
 //! A build that fails or is interrupted deletes what it created itself, in reverse order, before
 //! exiting.
 
+mod base;
+mod verify;
+
 use crate::cleanup::Cleanup;
 pub use crate::cleanup::{
-    clean, delete_drive_when_idle, delete_server_stopping, CleanReport, CleanupReport, Created,
+    clean, clean_with_bases, delete_drive_when_idle, delete_server_stopping, CleanReport,
+    CleanupReport, Created,
 };
 use crate::cloud::{Cloud, CloudError};
 use crate::hostkey::{HostKey, USER_DATA_META};
@@ -20,6 +24,8 @@ pub use crate::phase::Phase;
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, Step, StepKind};
 use crate::transport::{Target, Transport, TransportError};
+use base::Layer;
+pub use base::{look_base_layer, BaseLayerInfo, BaseLocks};
 use cloudsigma_api::client::Error as ApiError;
 use cloudsigma_api::{
     Drive, DriveClone, DriveStatus, LibDrive, Nic, Ref, Server, ServerAction, ServerCreate,
@@ -32,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+pub use verify::{CheckResult, VerifyReport};
 
 /// Why a phase failed: the one error type of the pipeline (each phase returns it).
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,9 @@ pub enum StepError {
     /// Making the builder server's host key failed.
     #[error("{0}")]
     HostKey(String),
+    /// `--verify` checks that failed, each with what was expected and what the guest said.
+    #[error("{0}")]
+    Verify(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -117,6 +127,10 @@ pub struct Manifest {
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
     pub uploads: BTreeMap<String, String>,
+    /// The cached base layer this build started from or captured (recipe `base_until`).
+    pub base_layer: Option<BaseLayerInfo>,
+    /// The `--verify` checks and their results (None without `--verify`).
+    pub verify: Option<VerifyReport>,
     pub stats: Stats,
 }
 
@@ -154,6 +168,10 @@ pub struct Options {
     pub keep_on_failure: bool,
     pub ssh_user: Option<String>,
     pub ssh_port: u16,
+    /// `--no-base-cache`: neither use nor capture the recipe's base layer (default: both).
+    pub no_base_cache: bool,
+    /// `--verify`: boot a clone of the candidate and check it before it gets its name and tags.
+    pub verify: bool,
     /// Test hook: called with each phase as it begins (e.g. to cancel at a given phase).
     pub on_phase: Option<PhaseHook>,
 }
@@ -177,6 +195,10 @@ pub struct Builder {
     /// `imgbuild` tag (a second tag of that name would hide the images it tags from the cache
     /// lookup and from `imgbuild clean`).
     pub tags_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Shared by the builds of a matrix at one location: one lock per base fingerprint, held by
+    /// a build from base-lookup until its base-capture is done, so that the combinations that
+    /// share a base layer capture it once and the others start from it.
+    pub base_locks: Option<Arc<BaseLocks>>,
     /// The build's fingerprint once resolve-base has it (a matrix names it for failures too).
     fingerprint: Mutex<Option<String>>,
 }
@@ -291,6 +313,7 @@ impl Builder {
             phases: Mutex::new(Vec::new()),
             fingerprint: Mutex::new(None),
             tags_lock: None,
+            base_locks: None,
         }
     }
 
@@ -414,6 +437,13 @@ impl Builder {
         if let Some(d) = &created.drive {
             rep.left.push(format!("drive {d}"));
         }
+        for e in &created.extra {
+            let id = e
+                .uuid
+                .clone()
+                .unwrap_or_else(|| format!("named {}", e.name));
+            rep.left.push(format!("{} {id} ({})", e.kind, e.name));
+        }
         for l in &rep.left {
             self.reporter.line(&format!("  kept {l}"));
         }
@@ -457,16 +487,36 @@ impl Builder {
         };
         let tags = self.ensure_tags(&job, &known, created).await?;
         drop(guard);
-        let drive = self.clone_base(&job, created).await?;
+        let mut layer = self.base_lookup(&job, &tags).await?;
+        let drive = self.clone_base(&job, &mut layer, created).await?;
         let drive = self.resize(&job, drive, &tags).await?;
         let (server, host_key) = self.create_server(&job, &drive, &tags, created).await?;
         let ip = self.start(&job, &server).await?;
-        let target = self.wait_ssh(&job, &server, ip, host_key).await?;
-        self.provision(&job, &target).await?;
+        let mut target = self.wait_ssh(&job, &server, ip, host_key).await?;
+        let first = match &mut layer {
+            Some(l) if l.from.is_some() => l.steps,
+            Some(l) => {
+                self.enter(Phase::ProvisionBase);
+                self.provision_steps(&job, &target, 0..l.steps).await?;
+                target = self
+                    .base_capture(&job, l, &server, &drive, target, created)
+                    .await?;
+                l.steps
+            }
+            None => 0,
+        };
+        self.enter(Phase::Provision);
+        let all = recipe.steps.len();
+        self.provision_steps(&job, &target, first..all).await?;
         self.clean_guest(&target).await?;
         self.shutdown(&job, &server).await?;
         self.delete_server(&server, created).await?;
-        self.finalize(&job, &drive, &tags, created).await
+        let report = self.verify(&job, &drive, created).await?;
+        let mut m = self
+            .finalize(&job, &drive, &tags, layer.as_ref(), created)
+            .await?;
+        m.verify = report;
+        Ok(m)
     }
 
     /// The newest library drive matching `base:`, no larger than `disk_size`, and the build's
@@ -562,9 +612,43 @@ impl Builder {
         Ok(Tags { names, uuids })
     }
 
-    /// Clone the base into the build drive `imgbuild-<id>-build`.
-    async fn clone_base(&self, job: &Job<'_>, created: &mut Created) -> Result<Drive, StepError> {
+    /// Clone the base layer (when base-lookup found one) or else the library drive into the
+    /// build drive `imgbuild-<id>-build`. A base layer that cannot be cloned means a full build.
+    async fn clone_base(
+        &self,
+        job: &Job<'_>,
+        layer: &mut Option<Layer>,
+        created: &mut Created,
+    ) -> Result<Drive, StepError> {
         self.enter(Phase::Clone);
+        if let Some(l) = layer.as_mut() {
+            if let Some(from) = l.from.clone() {
+                match self.clone_into_build(job, &from.uuid, true, created).await {
+                    Err(StepError::Interrupted) => return Err(StepError::Interrupted),
+                    Err(e) => {
+                        self.reporter.line(&format!(
+                            "base layer {} ({}) could not be cloned ({e}); falling back to a full build from the library drive, base kept at step {}",
+                            from.name, from.uuid, l.steps
+                        ));
+                        l.from = None;
+                        self.forget_build_drive(created).await;
+                    }
+                    ok => return ok,
+                }
+            }
+        }
+        self.clone_into_build(job, &job.base.uuid, false, created)
+            .await
+    }
+
+    /// Clone `src` (an account drive, or the library drive) into `imgbuild-<id>-build`.
+    async fn clone_into_build(
+        &self,
+        job: &Job<'_>,
+        src: &str,
+        account_drive: bool,
+        created: &mut Created,
+    ) -> Result<Drive, StepError> {
         let name = naming::drive_name(&job.id);
         created.maybe_drive = Some(name.clone());
         let req = DriveClone {
@@ -572,9 +656,13 @@ impl Builder {
             media: Some("disk".into()),
             ..Default::default()
         };
-        let d = self
-            .cancellable(self.cloud.clone_libdrive(&job.base.uuid, &req))
-            .await?;
+        let d = match account_drive {
+            true => self.cancellable(self.cloud.clone_drive(src, &req)).await?,
+            false => {
+                self.cancellable(self.cloud.clone_libdrive(src, &req))
+                    .await?
+            }
+        };
         created.drive = Some(d.uuid.clone());
         let wait = Duration::from_secs(job.recipe.spec.timeouts.clone);
         self.cancellable(
@@ -589,6 +677,14 @@ impl Builder {
         self.enter(Phase::Resize);
         // resize takes the full definition: set our meta and tag in the same call
         let mut def = d;
+        // a clone of a base layer carries the layer's meta: the build drive is not a layer
+        for k in [
+            naming::META_BASE_FINGERPRINT,
+            naming::META_BASE_CREATED,
+            naming::META_BASE_STEPS,
+        ] {
+            def.meta.remove(k);
+        }
         def.meta.extend(self.building_meta(job));
         def.tags = vec![tags.build_tag()?];
         let d = self
@@ -651,6 +747,11 @@ impl Builder {
     /// Start the server; its NAT address.
     async fn start(&self, job: &Job<'_>, s: &Server) -> Result<String, StepError> {
         self.enter(Phase::Start);
+        self.power_on(job, s).await
+    }
+
+    /// Start a server and wait for its NAT address.
+    async fn power_on(&self, job: &Job<'_>, s: &Server) -> Result<String, StepError> {
         let wait = Duration::from_secs(job.recipe.spec.timeouts.start);
         self.cancellable(self.cloud.server_action(&s.uuid, ServerAction::Start))
             .await?;
@@ -687,6 +788,19 @@ impl Builder {
         host_key: String,
     ) -> Result<Target, StepError> {
         self.enter(Phase::WaitSsh);
+        let target = self.target(job, ip, host_key);
+        self.reporter.line(&format!(
+            "builder server {} at {}; waiting for SSH as {}",
+            s.uuid, target.host, target.user
+        ));
+        let wait = Duration::from_secs(job.recipe.spec.timeouts.ssh);
+        self.on_guest(self.transport.wait_ready(&target, wait, &self.cancel))
+            .await?;
+        Ok(target)
+    }
+
+    /// Where to reach a server of this build: its NAT address, the login user, `host_key`.
+    fn target(&self, job: &Job<'_>, ip: String, host_key: String) -> Target {
         let user = self
             .opts
             .ssh_user
@@ -698,25 +812,21 @@ impl Builder {
             0 => 22,
             p => p,
         };
-        let target = Target {
+        Target {
             host: ip,
             port,
             user,
             host_key,
-        };
-        self.reporter.line(&format!(
-            "builder server {} at {}; waiting for SSH as {}",
-            s.uuid, target.host, target.user
-        ));
-        let wait = Duration::from_secs(job.recipe.spec.timeouts.ssh);
-        self.on_guest(self.transport.wait_ready(&target, wait, &self.cancel))
-            .await?;
-        Ok(target)
+        }
     }
 
-    /// The recipe's steps, in order.
-    async fn provision(&self, job: &Job<'_>, target: &Target) -> Result<(), StepError> {
-        self.enter(Phase::Provision);
+    /// The recipe's steps `range` (indices from 0), in order; progress numbers them of all.
+    async fn provision_steps(
+        &self,
+        job: &Job<'_>,
+        target: &Target,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), StepError> {
         let recipe = job.recipe;
         let mut env = recipe.script_env();
         if !recipe.spec.secrets.is_empty() {
@@ -726,11 +836,11 @@ impl Builder {
             ));
         }
         let total = recipe.steps.len();
-        let mut i = 0;
-        while i < total {
+        let mut i = range.start;
+        while i < range.end {
             // consecutive upload steps (a directory's files, the agent and its unit) go as one
             // transport operation: one SSH session instead of one each (issue 25)
-            let uploads = recipe.steps[i..]
+            let uploads = recipe.steps[i..range.end]
                 .iter()
                 .take_while(|s| matches!(s.kind, StepKind::Upload { .. }))
                 .count();
@@ -880,6 +990,11 @@ impl Builder {
     /// ACPI shutdown; a hard stop if the guest does not power off in time.
     async fn shutdown(&self, job: &Job<'_>, s: &Server) -> Result<(), StepError> {
         self.enter(Phase::Shutdown);
+        self.power_off(job, s).await
+    }
+
+    /// ACPI shutdown, and a hard stop if the guest does not power off in time.
+    async fn power_off(&self, job: &Job<'_>, s: &Server) -> Result<(), StepError> {
         let to = &job.recipe.spec.timeouts;
         let stopped = |secs| {
             self.cloud
@@ -916,6 +1031,7 @@ impl Builder {
         job: &Job<'_>,
         d: &Drive,
         tags: &Tags,
+        layer: Option<&Layer>,
         created: &mut Created,
     ) -> Result<Manifest, StepError> {
         self.enter(Phase::Finalize);
@@ -925,8 +1041,10 @@ impl Builder {
         let name = render(&job.recipe.spec.output.name)?;
         let mut meta = d.meta.clone();
         meta.remove(naming::META_STARTED);
-        for (k, v) in &job.recipe.spec.output.meta {
-            meta.insert(k.clone(), render(v)?);
+        meta.extend(self.output_meta(job, built_at)?);
+        let layer_info = layer.and_then(Layer::info);
+        if let Some(l) = &layer_info {
+            meta.insert(naming::META_BASE_LAYER.into(), l.uuid.clone());
         }
         meta.extend(
             [
@@ -952,7 +1070,20 @@ impl Builder {
         let mut m = self.manifest_of(job, &fin, false);
         m.build_id = job.id.clone();
         m.tags = tags.names.clone();
+        m.base_layer = layer_info;
         Ok(m)
+    }
+
+    /// The recipe's `output.meta`, rendered at time `t`: what the image's meta will say (its
+    /// tagged versions), also what `--verify` compares the guest against.
+    fn output_meta(&self, job: &Job<'_>, t: u64) -> Result<BTreeMap<String, String>, StepError> {
+        let ctx = self.template_ctx(job, t);
+        let mut meta = BTreeMap::new();
+        for (k, v) in &job.recipe.spec.output.meta {
+            let r = crate::recipe::render(v, &ctx).map_err(StepError::Template)?;
+            meta.insert(k.clone(), r);
+        }
+        Ok(meta)
     }
 
     fn template_ctx(&self, job: &Job<'_>, t: u64) -> minijinja::Value {
@@ -1003,6 +1134,8 @@ impl Builder {
             tags: Vec::new(),
             meta: d.meta.clone(),
             uploads: job.recipe.upload_sha256(),
+            base_layer: None,
+            verify: None,
             stats: Stats {
                 wall_ms: wall.as_millis() as u64,
                 api_calls: self.cloud.calls(),

@@ -3,7 +3,9 @@
 //! was lost — reporting anything it cannot delete), and `imgbuild clean` for builds killed hard.
 
 use crate::cloud::{Cloud, CloudError};
-use crate::naming::{is_build_in_progress, is_builder_server, now_unix, started_at};
+use crate::naming::{
+    base_created, is_base, is_build_in_progress, is_builder_server, now_unix, started_at,
+};
 use crate::progress::Reporter;
 use cloudsigma_api::client::{Error as ApiError, RetryPolicy};
 use cloudsigma_api::DriveStatus;
@@ -21,6 +23,39 @@ pub struct Created {
     /// unknown): cleanup looks them up by name.
     pub maybe_drive: Option<String>,
     pub maybe_server: Option<String>,
+    /// What the build made besides the build drive and the builder server: the base layer
+    /// while it is captured (and until the build succeeds), `--verify`'s clone and server.
+    pub extra: Vec<Extra>,
+}
+
+/// One more server or drive of a build, by name until its create call answered.
+#[derive(Debug, Clone)]
+pub struct Extra {
+    /// "server" or "drive".
+    pub kind: &'static str,
+    pub uuid: Option<String>,
+    pub name: String,
+}
+
+impl Created {
+    /// Note an extra object about to be created (`kind` "server" or "drive").
+    pub fn add_extra(&mut self, kind: &'static str, name: &str) {
+        self.extra.push(Extra {
+            kind,
+            uuid: None,
+            name: name.into(),
+        });
+    }
+    /// The extra object named `name` now has its uuid.
+    pub fn extra_created(&mut self, name: &str, uuid: &str) {
+        if let Some(e) = self.extra.iter_mut().find(|e| e.name == name) {
+            e.uuid = Some(uuid.into());
+        }
+    }
+    /// The extra object named `name` is gone (deleted) or is a product (kept).
+    pub fn forget_extra(&mut self, name: &str) {
+        self.extra.retain(|e| e.name != name);
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -109,26 +144,46 @@ impl Cleanup<'_> {
 
     async fn cleanup_into(&self, created: &Created, rep: &mut CleanupReport) {
         let cloud = self.cloud;
-        let server = self
-            .known_or_found("server", &created.server, &created.maybe_server, rep)
-            .await;
-        let drive = self
-            .known_or_found("drive", &created.drive, &created.maybe_drive, rep)
-            .await;
-        if let Some(s) = &server {
+        let mut servers = Vec::new();
+        let mut drives = Vec::new();
+        let main = [
+            ("server", &created.server, &created.maybe_server),
+            ("drive", &created.drive, &created.maybe_drive),
+        ];
+        let extra = created
+            .extra
+            .iter()
+            .map(|e| (e.kind, e.uuid.clone(), Some(e.name.clone())));
+        let all: Vec<_> = main
+            .into_iter()
+            .map(|(k, u, n)| (k, u.clone(), n.clone()))
+            .chain(extra)
+            .collect();
+        for (kind, uuid, name) in &all {
+            if let Some(u) = self.known_or_found(kind, uuid, name, rep).await {
+                if *kind == "server" {
+                    servers.push(u)
+                } else {
+                    drives.push(u)
+                }
+            }
+        }
+        // servers first: a drive stays attached to its server until the server is deleted
+        for s in &servers {
             match delete_server_stopping(cloud, s).await {
                 Ok(()) => rep.deleted.push(format!("server {s}")),
                 Err(e) => rep.left.push(format!("server {s} ({e})")),
             }
         }
-        if let Some(d) = &drive {
+        for d in &drives {
             match delete_drive_when_idle(cloud, d).await {
                 Ok(()) => rep.deleted.push(format!("drive {d}")),
                 Err(e) => rep.left.push(format!("drive {d} ({e})")),
             }
         }
         if !created.tags.is_empty() {
-            self.delete_tags_unless_shared(&created.tags, drive.as_deref(), rep)
+            let own: Vec<&str> = drives.iter().map(String::as_str).collect();
+            self.delete_tags_unless_shared(&created.tags, &own, rep)
                 .await;
         }
     }
@@ -142,7 +197,7 @@ impl Cleanup<'_> {
     async fn delete_tags_unless_shared(
         &self,
         tags: &[(String, String)],
-        own_drive: Option<&str>,
+        own_drives: &[&str],
         rep: &mut CleanupReport,
     ) {
         let cloud = self.cloud;
@@ -152,7 +207,7 @@ impl Cleanup<'_> {
         {
             Ok(ds) => ds
                 .iter()
-                .filter(|d| Some(d.uuid.as_str()) != own_drive && is_build_in_progress(d))
+                .filter(|d| !own_drives.contains(&d.uuid.as_str()) && is_build_in_progress(d))
                 .count(),
             Err(e) => {
                 for (u, n) in tags {
@@ -220,6 +275,15 @@ fn note_abandoned(created: &Created, rep: &mut CleanupReport) {
             (None, None) => continue,
         };
         if !done(&format!("{kind} ")) {
+            left.push(format!("{what} (cleanup abandoned)"));
+        }
+    }
+    for e in &created.extra {
+        let what = match &e.uuid {
+            Some(u) => format!("{} {u}", e.kind),
+            None => format!("{} named {}", e.kind, e.name),
+        };
+        if !done(&what) {
             left.push(format!("{what} (cleanup abandoned)"));
         }
     }
@@ -297,6 +361,65 @@ pub struct CleanReport {
     pub servers: Vec<String>,
     pub drives: Vec<String>,
     pub failed: Vec<String>,
+    /// Base layer drives removed (`--bases`).
+    pub bases: Vec<String>,
+    /// Base layer drives kept: "uuid (name, age)".
+    pub bases_kept: Vec<String>,
+}
+
+/// Remove build leftovers as [`clean`] does and, with `bases`, the cached base layers
+/// (recipe `base_until`) captured at least `older_than` ago (every one with `all`). Base layers
+/// kept are listed with their age either way.
+pub async fn clean_with_bases(
+    cloud: &Cloud,
+    older_than: Duration,
+    all: bool,
+    bases: bool,
+    dry_run: bool,
+    report: &dyn Fn(&str),
+) -> Result<CleanReport, CloudError> {
+    let mut rep = clean(cloud, older_than, all, dry_run, report).await?;
+    let now = now_unix();
+    for d in cloud.list_drives().await? {
+        if !is_base(&d) {
+            continue;
+        }
+        let age = base_created(&d.meta).map(|t| now.saturating_sub(t));
+        let shown = match age {
+            Some(a) => format!("{}h{:02}m old", a / 3600, a % 3600 / 60),
+            None => "age unknown".into(),
+        };
+        let old = all || age.is_some_and(|a| a >= older_than.as_secs());
+        if !(bases && old) {
+            report(&format!(
+                "keeping base layer {} ({}, {shown}){}",
+                d.uuid,
+                d.name,
+                if bases {
+                    ""
+                } else {
+                    "; --bases removes base layers older than --older-than-minutes"
+                }
+            ));
+            rep.bases_kept
+                .push(format!("{} ({}, {shown})", d.uuid, d.name));
+            continue;
+        }
+        let verb = if dry_run { "would delete" } else { "deleting" };
+        report(&format!(
+            "{verb} base layer {} ({}, {shown})",
+            d.uuid, d.name
+        ));
+        let removed = match dry_run {
+            true => Ok(()),
+            false => delete_drive_when_idle(cloud, &d.uuid).await,
+        };
+        match removed {
+            Ok(()) => rep.bases.push(d.uuid),
+            Err(e) => rep.failed.push(format!("base layer {}: {e}", d.uuid)),
+        }
+    }
+    Ok(rep)
 }
 
 /// Remove leftovers of builds killed hard: build servers and in-progress build drives (never

@@ -70,7 +70,35 @@ impl HostKey {
         s.push_str(&format!("  ed25519_public: {}\n", self.public));
         Zeroizing::new(s)
     }
+
+    /// The bootstrap data of a `--verify` server, for the image's agent (cloud-init is disabled
+    /// in the image): a marker file that proves the agent applied data from the server context,
+    /// and this pair as sshd's only host key — under its own name, so that the image's
+    /// first-boot host key generation (`ssh_host_*`, checked by the recipe) stays visible — with
+    /// sshd reloaded to use it. It joins nothing.
+    pub fn verify_user_data(&self, marker_path: &str, marker: &str) -> Zeroizing<String> {
+        let mut s = String::from("#cloud-config\nwrite_files:\n");
+        s.push_str(&format!(
+            "  - path: {marker_path}\n    permissions: '0644'\n    content: {marker}\n"
+        ));
+        s.push_str(&format!(
+            "  - path: {VERIFY_HOST_KEY}\n    permissions: '0600'\n    content: |\n"
+        ));
+        for line in self.private.lines() {
+            s.push_str("      ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "  - path: /etc/ssh/sshd_config.d/00-imgbuild-verify.conf\n    permissions: '0644'\n    content: |\n      HostKey {VERIFY_HOST_KEY}\n"
+        ));
+        s.push_str("runcmd:\n  - systemctl reload ssh || systemctl reload sshd\n");
+        Zeroizing::new(s)
+    }
 }
+
+/// Where a `--verify` server keeps the host key imgbuild gave it.
+pub const VERIFY_HOST_KEY: &str = "/etc/ssh/imgbuild_verify_host_key";
 
 #[cfg(test)]
 mod tests {

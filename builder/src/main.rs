@@ -66,6 +66,10 @@ enum Cmd {
         /// List what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Also remove cached base layers (`imgbuild-base-…`) captured at least
+        /// --older-than-minutes ago (every one with --all). Without it they are only listed.
+        #[arg(long)]
+        bases: bool,
     },
 }
 
@@ -132,8 +136,18 @@ struct BuildArgs {
     #[arg(long)]
     force: bool,
     /// On failure keep the server and drive for debugging (they cost money: `imgbuild clean --all`).
+    /// With --verify, a candidate that fails keeps its verify server and clone too.
     #[arg(long)]
     keep_on_failure: bool,
+    /// Neither use nor capture the recipe's cached base layer (`base_until`). Default: a build
+    /// starts from the layer of its base fingerprint when one exists, and captures it otherwise.
+    #[arg(long)]
+    no_base_cache: bool,
+    /// Before the image gets its name and tags, boot a larger clone of it with bootstrap data
+    /// that joins nothing and run the checks (built-in and the recipe's `verify:`) over SSH; a
+    /// candidate that fails is deleted. Default: off.
+    #[arg(long)]
+    verify: bool,
     /// SSH login user (default: the recipe's ssh_user, else the library drive's default_user).
     #[arg(long)]
     ssh_user: Option<String>,
@@ -259,6 +273,7 @@ async fn main() -> ExitCode {
             older_than_minutes,
             all,
             dry_run,
+            bases,
         }) => {
             let c = match cloud_from(&cloud) {
                 Ok(c) => c,
@@ -267,10 +282,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let rep = build::clean(
+            let rep = build::clean_with_bases(
                 &c,
                 Duration::from_secs(older_than_minutes * 60),
                 all,
+                bases,
                 dry_run,
                 &|l| say!("{l}"),
             )
@@ -278,10 +294,12 @@ async fn main() -> ExitCode {
             match rep {
                 Ok(r) => {
                     say!(
-                        "{} {} server(s), {} drive(s)",
+                        "{} {} server(s), {} drive(s), {} base layer(s); {} base layer(s) kept",
                         if dry_run { "would remove" } else { "removed" },
                         r.servers.len(),
-                        r.drives.len()
+                        r.drives.len(),
+                        r.bases.len(),
+                        r.bases_kept.len()
                     );
                     for f in &r.failed {
                         say!("could not remove {f}");
@@ -339,6 +357,35 @@ fn validate(recipe_arg: &str, vars: &[String]) -> ExitCode {
     }
 }
 
+fn build_options(a: &BuildArgs) -> Options {
+    Options {
+        force: a.force,
+        keep_on_failure: a.keep_on_failure,
+        ssh_user: a.ssh_user.clone(),
+        ssh_port: a.ssh_port,
+        no_base_cache: a.no_base_cache,
+        verify: a.verify,
+        on_phase: None,
+    }
+}
+
+/// `--dry-run` with `--api-url` or `--region` given and a recipe with a base layer: what
+/// base-lookup would find (GETs only). Nothing when no endpoint is given or the look fails.
+async fn dry_run_look(a: &BuildArgs, recipe: &Recipe) -> Option<imgbuild::plan::LayerLook> {
+    let wanted = recipe.base_steps.is_some() && !a.no_base_cache && recipe.base_off.is_none();
+    if !wanted || (a.cloud.api_url.is_none() && a.cloud.region.is_none()) {
+        return None;
+    }
+    let cloud = cloud_from(&a.cloud).ok()?;
+    match build::look_base_layer(&cloud, recipe).await {
+        Ok(l) => l,
+        Err(e) => {
+            say!("imgbuild: --dry-run: base layer not looked up ({e})");
+            None
+        }
+    }
+}
+
 async fn run_build(a: BuildArgs) -> ExitCode {
     let Some(recipe_arg) = a.recipe.clone() else {
         say!("imgbuild: no recipe given. Usage: imgbuild RECIPE [--region R | --api-url URL] [--var k=v]... (see --help)");
@@ -364,18 +411,14 @@ async fn run_build(a: BuildArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let opts = Options {
-        force: a.force,
-        keep_on_failure: a.keep_on_failure,
-        ssh_user: a.ssh_user.clone(),
-        ssh_port: a.ssh_port,
-        on_phase: None,
-    };
+    let opts = build_options(&a);
     if a.dry_run {
-        // no cloud needed: the plan is derived from the recipe alone
+        // no cloud needed: the plan is derived from the recipe alone (plus, with an endpoint
+        // given, a read-only look for the recipe's base layer)
+        let look = dry_run_look(&a, &recipe).await;
         print!(
             "{}",
-            imgbuild::plan::plan(&recipe, &opts, a.cloud.api_url.as_deref())
+            imgbuild::plan::plan_with(&recipe, &opts, a.cloud.api_url.as_deref(), look.as_ref())
         );
         return ExitCode::SUCCESS;
     }
@@ -536,13 +579,7 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(e.to_string()),
     };
-    let opts = Options {
-        force: a.force,
-        keep_on_failure: a.keep_on_failure,
-        ssh_user: a.ssh_user.clone(),
-        ssh_port: a.ssh_port,
-        on_phase: None,
-    };
+    let opts = build_options(&a);
     if a.dry_run {
         print_matrix_plan(&combos, &recipes, &opts, a.cloud.api_url.as_deref(), &urls);
         return ExitCode::SUCCESS;

@@ -172,6 +172,10 @@ pub struct MatrixManifest {
     pub built: usize,
     pub reused: usize,
     pub failed: usize,
+    /// The images this run published or found (built or reused; under `--verify` only verified
+    /// ones are built), by uuid: a failed combination — a candidate that failed `--verify` too —
+    /// is never among them.
+    pub published: Vec<String>,
     pub combinations: Vec<Entry>,
 }
 
@@ -215,10 +219,16 @@ pub async fn run(recipe_name: &str, work: Vec<Job>, jobs: usize) -> MatrixManife
     let mut labels = Vec::with_capacity(n);
     // one per location (see Builder::tags_lock)
     let mut tag_locks: BTreeMap<Option<String>, Arc<tokio::sync::Mutex<()>>> = BTreeMap::new();
+    // and one set of base layer locks per location (see Builder::base_locks)
+    let mut base_locks: BTreeMap<Option<String>, Arc<crate::build::BaseLocks>> = BTreeMap::new();
     for mut job in work {
         if job.builder.tags_lock.is_none() {
             let l = tag_locks.entry(job.combo.location().map(str::to_string));
             job.builder.tags_lock = Some(l.or_default().clone());
+        }
+        if job.builder.base_locks.is_none() {
+            let l = base_locks.entry(job.combo.location().map(str::to_string));
+            job.builder.base_locks = Some(l.or_default().clone());
         }
         labels.push((job.combo.label(), job.combo.clone()));
         // acquired here, in order, so the combinations start in the manifest's order
@@ -269,12 +279,18 @@ pub async fn run(recipe_name: &str, work: Vec<Job>, jobs: usize) -> MatrixManife
         })
         .collect();
     let count = |s| combinations.iter().filter(|e| e.status == s).count();
+    let published = combinations
+        .iter()
+        .filter(|e| matches!(e.status, Status::Built | Status::Reused))
+        .filter_map(|e| e.drive_uuid.clone())
+        .collect();
     MatrixManifest {
         recipe: recipe_name.to_string(),
         jobs,
         built: count(Status::Built),
         reused: count(Status::Reused),
         failed: count(Status::Failed) + count(Status::Interrupted),
+        published,
         combinations,
     }
 }

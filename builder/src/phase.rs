@@ -1,6 +1,11 @@
 //! The phases of a build: the one list of them. The pipeline (build.rs) enters each in this
 //! order, progress output and errors name them, `--dry-run` (plan.rs) describes each and the
 //! manifest records how long each took.
+//!
+//! Four phases are entered only by some builds: `provision-base` and `base-capture` by a build
+//! that makes the recipe's base layer, `base-lookup` by one whose recipe has a base layer and
+//! `verify` under `--verify`. A build from a cached base skips the base steps (`provision`
+//! runs the rest).
 
 use serde::Serialize;
 use std::fmt;
@@ -11,33 +16,41 @@ pub enum Phase {
     ResolveBase,
     CacheLookup,
     EnsureTags,
+    BaseLookup,
     Clone,
     Resize,
     CreateServer,
     Start,
     WaitSsh,
+    ProvisionBase,
+    BaseCapture,
     Provision,
     CleanGuest,
     Shutdown,
     DeleteServer,
+    Verify,
     Finalize,
 }
 
 impl Phase {
     /// Every phase, in the order a build runs them.
-    pub const ALL: [Phase; 13] = [
+    pub const ALL: [Phase; 17] = [
         Phase::ResolveBase,
         Phase::CacheLookup,
         Phase::EnsureTags,
+        Phase::BaseLookup,
         Phase::Clone,
         Phase::Resize,
         Phase::CreateServer,
         Phase::Start,
         Phase::WaitSsh,
+        Phase::ProvisionBase,
+        Phase::BaseCapture,
         Phase::Provision,
         Phase::CleanGuest,
         Phase::Shutdown,
         Phase::DeleteServer,
+        Phase::Verify,
         Phase::Finalize,
     ];
 
@@ -46,16 +59,20 @@ impl Phase {
         match self {
             Phase::ResolveBase => "resolve-base",
             Phase::CacheLookup => "cache-lookup",
+            Phase::BaseLookup => "base-lookup",
             Phase::EnsureTags => "ensure-tags",
             Phase::Clone => "clone",
             Phase::Resize => "resize",
             Phase::CreateServer => "create-server",
             Phase::Start => "start",
             Phase::WaitSsh => "wait-ssh",
+            Phase::ProvisionBase => "provision-base",
+            Phase::BaseCapture => "base-capture",
             Phase::Provision => "provision",
             Phase::CleanGuest => "clean-guest",
             Phase::Shutdown => "shutdown",
             Phase::DeleteServer => "delete-server",
+            Phase::Verify => "verify",
             Phase::Finalize => "finalize",
         }
     }

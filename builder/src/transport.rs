@@ -162,6 +162,15 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
     /// Final guest cleanup: remove the build's uploads dir and the login key, flush disks.
     async fn clean(&self, t: &Target) -> Result<(), TransportError>;
+    /// Run one shell command as root and return its exit code and output (stdout and stderr,
+    /// lines joined by `\n`): a `--verify` check. The command is the recipe's; its output is
+    /// the guest's and holds no secret of the build (none is given to a verify server).
+    async fn run_check(
+        &self,
+        t: &Target,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<(i32, String), TransportError>;
     /// Release connections held open between operations. The build calls it when it ends, on
     /// success, failure or interruption; operations after it connect afresh.
     async fn close(&self) {}
@@ -864,6 +873,24 @@ impl Transport for OpenSsh {
             .map(|_| ())
     }
 
+    async fn run_check(
+        &self,
+        t: &Target,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<(i32, String), TransportError> {
+        let buf = Mutex::new(Vec::<String>::new());
+        let sink = |l: &str| {
+            buf.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(l.to_string())
+        };
+        let full = format!("{}sh -c {}", sudo(&t.user), sh_quote(cmd));
+        let code = self.exec(t, &full, None, timeout, &sink).await?;
+        let text = buf.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok((code, text.join("\n")))
+    }
+
     async fn close(&self) {
         self.close_masters().await;
     }
@@ -915,6 +942,11 @@ pub enum Recorded {
     },
     Reboot,
     Clean,
+    /// A `--verify` check's command.
+    Check {
+        host: String,
+        cmd: String,
+    },
 }
 
 /// Test transport: records operations; uploads are copied into `sandbox` so the sha256 check
@@ -929,6 +961,9 @@ pub struct LocalTransport {
     pub cancel: Option<CancellationToken>,
     /// When each operation of `log` was recorded (tests compare builds' overlap by these).
     pub times: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// What `run_check` answers: the first (command substring, exit code, output) whose
+    /// substring the command contains; a command matching none exits 0 with no output.
+    pub answers: Arc<Mutex<Vec<(String, i32, String)>>>,
 }
 
 impl LocalTransport {
@@ -940,7 +975,15 @@ impl LocalTransport {
             fail_script: None,
             cancel: None,
             times: Arc::default(),
+            answers: Arc::default(),
         }
+    }
+    /// Answer `run_check` commands containing `cmd_part` with `code` and `output`.
+    pub fn answer(&self, cmd_part: &str, code: i32, output: &str) {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((cmd_part.into(), code, output.into()));
     }
     fn rec(&self, r: Recorded) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -1087,6 +1130,24 @@ impl Transport for LocalTransport {
     async fn clean(&self, _t: &Target) -> Result<(), TransportError> {
         self.rec(Recorded::Clean);
         Ok(())
+    }
+    async fn run_check(
+        &self,
+        t: &Target,
+        cmd: &str,
+        _timeout: Duration,
+    ) -> Result<(i32, String), TransportError> {
+        self.rec(Recorded::Check {
+            host: t.host.clone(),
+            cmd: cmd.into(),
+        });
+        self.pause(None).await?;
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(answers
+            .iter()
+            .find(|(part, ..)| cmd.contains(part.as_str()))
+            .map(|(_, code, out)| (*code, out.clone()))
+            .unwrap_or((0, String::new())))
     }
 }
 

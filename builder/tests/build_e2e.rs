@@ -24,8 +24,13 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     let r = f.recipe(&[]);
     let m = b.build(&r).await.expect("build succeeds");
     // the pipeline enters every phase of the one list, in its order; the manifest times each
+    // (all but verify: that needs --verify, see verify.rs)
     let entered: Vec<Phase> = m.stats.phases.iter().map(|p| p.phase).collect();
-    assert_eq!(entered, Phase::ALL);
+    let want: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|p| *p != Phase::Verify)
+        .collect();
+    assert_eq!(entered, want);
 
     let snap = f.emu.snapshot();
     assert!(
@@ -33,9 +38,35 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         "no server may remain: {:?}",
         snap.servers
     );
-    assert_eq!(snap.drives.len(), 1, "exactly one drive: {:?}", snap.drives);
-    let d = &snap.drives[0];
-    assert_eq!(d.uuid, m.image_uuid);
+    // the image and the recipe's base layer (base_until), nothing else
+    assert_eq!(
+        snap.drives.len(),
+        2,
+        "image + base layer: {:?}",
+        snap.drives
+    );
+    let layer = m
+        .base_layer
+        .as_ref()
+        .expect("the base layer is in the manifest");
+    assert!(!layer.reused);
+    assert_eq!(layer.steps, 4);
+    let base = snap.drives.iter().find(|d| d.uuid == layer.uuid).unwrap();
+    assert_eq!(
+        base.name,
+        format!("imgbuild-base-{}", &layer.fingerprint[..16])
+    );
+    assert_eq!(
+        base.meta.get("imgbuild.state").map(String::as_str),
+        Some("base")
+    );
+    assert_eq!(
+        base.meta.get("imgbuild.base-fingerprint"),
+        Some(&layer.fingerprint)
+    );
+    assert!(base.meta.contains_key("imgbuild.base-created"));
+    let d = snap.drives.iter().find(|d| d.uuid == m.image_uuid).unwrap();
+    assert_eq!(d.meta.get("imgbuild.base-layer"), Some(&layer.uuid));
     assert!(
         d.name.starts_with("ubuntu-2404-kube-v1.34.1-"),
         "name {}",
@@ -89,6 +120,17 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     }));
     assert!(rec.contains(&Recorded::Reboot));
     assert_eq!(rec.last(), Some(&Recorded::Clean));
+    // base-capture right after the mark (step 4): a sync, then after the power cycle a new login
+    let sync = rec
+        .iter()
+        .position(|r| matches!(r, Recorded::Check { cmd, .. } if cmd == "sync"))
+        .expect("a sync before the capture");
+    assert!(
+        matches!(&rec[sync - 1], Recorded::Script { path, .. } if path.ends_with("30-containerd.sh")),
+        "{:?}",
+        rec[sync - 1]
+    );
+    assert!(matches!(&rec[sync + 1], Recorded::WaitReady { .. }));
     // every script that sources lib/image.sh gets it uploaded and verified right before it runs
     // (`uses:`), not from an earlier step
     let lib = "/tmp/imgbuild/lib/image.sh";
@@ -125,7 +167,7 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         assert!(env.contains(&("KUBERNETES_VERSION".into(), "1.34.1".into())));
     }
     assert!(
-        m.stats.api_calls <= 40,
+        m.stats.api_calls <= 55,
         "API calls per build: {}",
         m.stats.api_calls
     );
@@ -234,16 +276,18 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         "a cached build must not POST: {:?}",
         f.emu.counters().1
     );
-    assert_eq!(f.counts(), (0, 1, 3));
+    assert_eq!(f.counts(), (0, 2, 3), "the image and its base layer");
 
-    // a variable changes → new fingerprint → new image
+    // a variable changes → new fingerprint → new image (from the base layer: the base steps
+    // do not read kubernetes_version)
     let v = f
         .build(&[("kubernetes_version", "1.34.2")], Options::default())
         .await
         .expect("rebuild");
     assert!(!v.cached);
     assert_ne!(v.fingerprint, first.fingerprint);
-    assert_eq!(f.counts().1, 2);
+    assert!(v.base_layer.as_ref().is_some_and(|l| l.reused));
+    assert_eq!(f.counts().1, 3);
 
     // a file's content changes (same path) → rebuild
     std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
@@ -252,7 +296,7 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("rebuild after file change");
     assert!(!a.cached);
-    assert_eq!(f.counts().1, 3);
+    assert_eq!(f.counts().1, 4);
 
     // --force rebuilds an unchanged recipe
     let forced = f
@@ -266,7 +310,7 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("forced");
     assert!(!forced.cached);
-    assert_eq!(f.counts().1, 4);
+    assert_eq!(f.counts().1, 5);
     f.emu.shutdown().await;
 }
 
@@ -329,7 +373,11 @@ async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
                     survives,
                     "{method} {path}: a POST failure must fail the build, got {m:?}"
                 );
-                assert_eq!((servers, drives), (0, 1), "{method} {path}");
+                assert_eq!(
+                    (servers, drives),
+                    (0, 2),
+                    "{method} {path}: image + base layer"
+                );
             }
             Err(e) => {
                 assert!(
@@ -358,7 +406,9 @@ async fn cancellation_at_each_phase_leaves_nothing_behind() {
         let f = fixture().await;
         let cancel = CancellationToken::new();
         let c2 = cancel.clone();
+        // --verify (with a good image's answers) so that every phase is entered
         let opts = Options {
+            verify: true,
             on_phase: Some(Arc::new(move |now: Phase| {
                 if now == phase {
                     c2.cancel();
@@ -366,10 +416,9 @@ async fn cancellation_at_each_phase_leaves_nothing_behind() {
             })),
             ..Default::default()
         };
-        let r = f
-            .builder(f.transport(), cancel, opts)
-            .build(&f.recipe(&[]))
-            .await;
+        let t = f.transport();
+        fixture::answer_good_image(&t);
+        let r = f.builder(t, cancel, opts).build(&f.recipe(&[])).await;
         match r {
             Err(BuildError::Interrupted {
                 phase: at, cleanup, ..
@@ -425,7 +474,7 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
         .await;
     assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
     assert_eq!(f.counts().0, 1);
-    assert_eq!(f.counts().1, 2);
+    assert_eq!(f.counts().1, 3, "image, base layer, kept build drive");
     // `clean` with an age limit leaves the fresh leftovers, `--all` removes them, never the image
     let cloud = f.cloud();
     let rep = build::clean(&cloud, Duration::from_secs(3600), false, false, &|_| {})
@@ -438,13 +487,16 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
     assert_eq!((rep.servers.len(), rep.drives.len()), (1, 1));
     let snap = f.emu.snapshot();
     assert!(snap.servers.is_empty());
-    assert_eq!(snap.drives.len(), 1);
+    let mut states: Vec<&str> = snap
+        .drives
+        .iter()
+        .filter_map(|d| d.meta.get("imgbuild.state").map(String::as_str))
+        .collect();
+    states.sort();
     assert_eq!(
-        snap.drives[0]
-            .meta
-            .get("imgbuild.state")
-            .map(String::as_str),
-        Some("image")
+        states,
+        ["base", "image"],
+        "clean never removes images or (without --bases) base layers"
     );
     f.emu.shutdown().await;
 }
@@ -483,7 +535,7 @@ async fn bursts_of_503_and_429_are_ridden_out() {
         .expect("429s are retried");
     assert!(!m.cached);
     assert_eq!(f.counts().0, 0);
-    assert_eq!(f.counts().1, 2);
+    assert_eq!(f.counts().1, 3, "two images and the base layer");
     f.emu.shutdown().await;
 }
 
@@ -577,8 +629,12 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     let m: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is the JSON manifest");
     let snap = f.emu.snapshot();
-    assert_eq!(snap.drives.len(), 1);
-    assert_eq!(m["image_uuid"], snap.drives[0].uuid.as_str());
+    assert_eq!(snap.drives.len(), 2, "the image and its base layer");
+    assert!(snap
+        .drives
+        .iter()
+        .any(|d| m["image_uuid"] == d.uuid.as_str()));
+    assert_eq!(m["base_layer"]["reused"], false);
     assert_eq!(m["cached"], false);
     assert_eq!(m["vars"]["kubernetes_version"], "1.34.1");
     assert!(m["stats"]["api_calls"].as_u64().unwrap() > 0);
@@ -602,6 +658,7 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
         .expect("an image exists");
     let mut t = f.transport();
     t.fail_script = Some("10-kernel.sh".into());
+    // a base step: it runs only without the base layer
     let r = f
         .builder(
             t,
@@ -609,13 +666,14 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
             Options {
                 keep_on_failure: true,
                 force: true,
+                no_base_cache: true,
                 ..Default::default()
             },
         )
         .build(&f.recipe(&[]))
         .await;
     assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
-    assert_eq!((f.counts().0, f.counts().1), (1, 2));
+    assert_eq!((f.counts().0, f.counts().1), (1, 3));
     let run = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
             .arg("clean")
@@ -637,7 +695,7 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
     );
     assert_eq!(
         (f.counts().0, f.counts().1),
-        (1, 2),
+        (1, 3),
         "dry run removes nothing"
     );
     let out = tokio::task::block_in_place(|| run(&["--all"]));
@@ -649,6 +707,23 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
     );
     let snap = f.emu.snapshot();
     assert!(snap.servers.is_empty());
+    assert_eq!(snap.drives.len(), 2, "the image and the base layer stay");
+    // the base layer: listed with its age, removed only with --bases
+    let out = tokio::task::block_in_place(|| run(&["--bases", "--older-than-minutes", "60"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keeping base layer") && err.contains("0h00m old"),
+        "{err}"
+    );
+    assert_eq!(
+        f.counts().1,
+        2,
+        "a fresh base layer is younger than 60 minutes"
+    );
+    let out = tokio::task::block_in_place(|| run(&["--bases", "--older-than-minutes", "0"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deleting base layer"), "{err}");
+    let snap = f.emu.snapshot();
     assert_eq!(snap.drives.len(), 1);
     assert_eq!(
         snap.drives[0]

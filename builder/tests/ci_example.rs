@@ -96,7 +96,11 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         serde_json::from_slice(&std::fs::read(ci.manifest_path()).unwrap()).unwrap();
     assert_eq!(m["image_uuid"], uuid.as_str());
     assert_eq!(m["cached"], false);
-    assert_eq!(ci.counts(), (0, 1), "one image drive, no server");
+    assert_eq!(
+        ci.counts(),
+        (0, 2),
+        "one image drive, its base layer, no server"
+    );
     assert!(
         stderr.contains(&format!("imgbuild {}", env!("CARGO_PKG_VERSION"))),
         "the log starts with imgbuild --version: {stderr}"
@@ -120,7 +124,7 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         serde_json::from_slice(&std::fs::read(ci.manifest_path()).unwrap()).unwrap();
     assert_eq!(m["cached"], true);
     assert_eq!(ci.posts(), posts, "an unchanged pipeline POSTs nothing");
-    assert_eq!(ci.counts(), (0, 1));
+    assert_eq!(ci.counts(), (0, 2));
 
     // A cancelled job: the runner signals the script mid-provisioning (GitLab: SIGTERM; GitHub:
     // SIGINT, then SIGTERM a little later). imgbuild gets one SIGTERM, cleans up completely, the
@@ -134,7 +138,8 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         let started = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(l)) = lines.next_line().await {
                 log.push(l.clone());
-                if l.contains("step 1/") {
+                // (--force rebuilds from the base layer: its first step is the 5th)
+                if l.contains("step 5/") {
                     return true;
                 }
             }
@@ -143,7 +148,11 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         .await
         .unwrap_or(false);
         assert!(started, "provisioning never started: {log:#?}");
-        assert_eq!(ci.counts(), (1, 2), "builder server and build drive exist");
+        assert_eq!(
+            ci.counts(),
+            (1, 3),
+            "builder server and build drive exist (and the image and base layer)"
+        );
         let pid = child.id().expect("running") as i32;
         for (i, sig) in signals.iter().enumerate() {
             if i > 0 {
@@ -164,12 +173,11 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         );
         assert_eq!(
             ci.counts(),
-            (0, 1),
+            (0, 2),
             "leftovers after signals {signals:?}:\n{text}"
         );
-        assert_eq!(
-            ci.emu.snapshot().drives[0].uuid.as_str(),
-            uuid,
+        assert!(
+            ci.emu.snapshot().drives.iter().any(|d| d.uuid == uuid),
             "the finished image survives"
         );
     }
@@ -231,7 +239,22 @@ async fn ci_script_builds_a_version_matrix_then_reuses_it() {
         } else {
             assert_eq!(printed, uuids, "the second run reuses the same images");
         }
-        assert_eq!(ci.counts(), (0, 2), "two images, no server");
+        assert_eq!(
+            ci.counts(),
+            (0, 3),
+            "two images and the one base layer they share, no server"
+        );
+        if round == 1 {
+            // the combinations share the base layer: captured once (Builder::base_locks)
+            let layers: Vec<&serde_json::Value> =
+                c.iter().map(|e| &e["manifest"]["base_layer"]).collect();
+            assert_eq!(layers[0]["uuid"], layers[1]["uuid"], "{layers:#?}");
+            assert_eq!(
+                layers.iter().filter(|l| l["reused"] == true).count(),
+                1,
+                "{layers:#?}"
+            );
+        }
     }
     ci.emu.shutdown().await;
 }

@@ -176,12 +176,17 @@ async fn cleanup_keeps_tags_another_build_has_started_to_use() {
         .await
         .unwrap()
         .expect("build B finishes with the kept tags");
-    assert_eq!(f.counts(), (0, 1, 3), "B's image and the three shared tags");
+    assert_eq!(
+        f.counts(),
+        (0, 2, 3),
+        "B's image, its base layer and the three shared tags"
+    );
     for t in ["imgbuild", "k8s-node", "kubernetes-v1.34.1"] {
         assert!(m.tags.iter().any(|x| x == t), "{t}: {:?}", m.tags);
     }
     let snap = f.emu.snapshot();
-    assert_eq!(snap.drives[0].tags.len(), 3, "B's image carries the tags");
+    let img = snap.drives.iter().find(|d| d.uuid == m.image_uuid).unwrap();
+    assert_eq!(img.tags.len(), 3, "B's image carries the tags");
 }
 
 /// Without another build, a failed build still deletes the tags it created.

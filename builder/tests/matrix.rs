@@ -88,11 +88,26 @@ async fn one_failed_combination_cleans_up_and_the_other_is_built() {
     assert_ne!(c[0].fingerprint, c[1].fingerprint);
     assert_eq!((m.built, m.reused, m.failed), (1, 0, 1));
     assert_eq!(m.exit_code(0), EXIT_SOME_FAILED);
-    // nothing of the failed combination is left: no server, one drive (the other's image)
+    // nothing of the failed combination is left: no server, no build drive; the other's image,
+    // and a base layer only if the other captured its own (the failed one deletes the layer it
+    // captured; the other either cloned it first or, finding it gone, fell back to a full build)
     let snap = f.emu.snapshot();
     assert!(snap.servers.is_empty(), "{:?}", snap.servers);
-    assert_eq!(snap.drives.len(), 1, "{:?}", snap.drives);
-    assert_eq!(Some(&snap.drives[0].uuid), c[1].drive_uuid.as_ref());
+    let state = |d: &cloudsigma_api::Drive| d.meta.get("imgbuild.state").cloned();
+    let images: Vec<_> = snap
+        .drives
+        .iter()
+        .filter(|d| state(d).as_deref() == Some("image"))
+        .collect();
+    assert_eq!(images.len(), 1, "{:?}", snap.drives);
+    assert_eq!(Some(&images[0].uuid), c[1].drive_uuid.as_ref());
+    let layers = snap
+        .drives
+        .iter()
+        .filter(|d| state(d).as_deref() == Some("base"))
+        .count();
+    assert_eq!(layers + 1, snap.drives.len(), "{:?}", snap.drives);
+    assert!(layers <= 1);
     // (its tag kubernetes-v1.33.5 may stay: the cleanup keeps the tags it created while
     // another build is in progress, which depends on timing here; tags cost nothing)
     // one progress view: every line says which combination it belongs to
@@ -213,7 +228,19 @@ async fn two_by_two_matrix_one_manifest_then_a_second_run_reuses_all() {
     for emu in [&f.emu, &fra] {
         let s = emu.snapshot();
         assert!(s.servers.is_empty(), "{:?}", s.servers);
-        assert_eq!(s.drives.len(), 2, "two images per location: {:?}", s.drives);
+        // the two versions share one base layer per location (captured once: base_locks)
+        assert_eq!(
+            s.drives.len(),
+            3,
+            "two images and one base layer per location: {:?}",
+            s.drives
+        );
+        let layers = s
+            .drives
+            .iter()
+            .filter(|d| d.meta.get("imgbuild.state").map(String::as_str) == Some("base"))
+            .count();
+        assert_eq!(layers, 1);
     }
     // progress: every build's lines carry its combination
     for (v, loc) in want {
@@ -233,7 +260,15 @@ async fn two_by_two_matrix_one_manifest_then_a_second_run_reuses_all() {
         assert_eq!(a["fingerprint"], b["fingerprint"]);
     }
     assert_eq!(m2["reused"], 4);
-    assert_eq!(f.emu.snapshot().drives.len(), 2);
+    assert_eq!(f.emu.snapshot().drives.len(), 3);
+    // every published image is listed; the manifest's published list is those uuids
+    let published: Vec<&str> = m2["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(published.len(), 4, "{m2:#}");
     f.emu.shutdown().await;
     fra.shutdown().await;
 }
@@ -286,7 +321,11 @@ async fn a_location_that_fails_is_exit_4_and_the_others_are_built() {
         "{m:#}"
     );
     assert_eq!(e[1]["left"], serde_json::json!([]));
-    assert_eq!(f.emu.snapshot().drives.len(), 1);
+    assert_eq!(
+        f.emu.snapshot().drives.len(),
+        2,
+        "the image and its base layer"
+    );
     assert!(fra.snapshot().drives.is_empty());
     f.emu.shutdown().await;
     fra.shutdown().await;
@@ -349,7 +388,9 @@ async fn sigterm_interrupts_every_combination_and_leaves_nothing() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let f = fixture().await;
     let mut c = f.imgbuild();
-    c.args(["--output", "json", "--jobs", "2"])
+    // --no-base-cache: both provision at once (with the layer, the second waits for the
+    // first's capture)
+    c.args(["--output", "json", "--jobs", "2", "--no-base-cache"])
         .args(["--matrix", "kubernetes_version=1.33.5,1.34.1"])
         .arg("--transport")
         .arg(format!("local:{}", f.dir.path().join("sandbox").display()))

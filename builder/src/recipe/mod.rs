@@ -8,6 +8,7 @@
 //! `when:`, `uses:`), [`secrets`] (the declared secret names) and [`lines`] (where things are,
 //! for diagnostics).
 
+mod base;
 mod extends;
 mod lines;
 mod roles;
@@ -17,8 +18,8 @@ mod steps;
 mod vars;
 
 pub use spec::{
-    parse_size, BaseSelector, Helper, OutputSpec, RecipeFile, RoleFile, ServerSpec, Size, Step,
-    StepFile, StepKind, Timeouts, VarValue, HELPER_DIR,
+    parse_size, BaseSelector, CheckSpec, Helper, OutputSpec, RecipeFile, RoleFile, ServerSpec,
+    Size, Step, StepFile, StepKind, Timeouts, VarValue, VerifySpec, HELPER_DIR,
 };
 pub use vars::{env_name, parse_overrides, render, BUILTIN_VARS};
 
@@ -92,6 +93,11 @@ pub struct Recipe {
     pub disk_size: u64,
     /// `server.mem` in bytes.
     pub mem: u64,
+    /// How many steps (from the first) make the cached base layer (`base_until`), if any.
+    pub base_steps: Option<usize>,
+    /// Why the recipe's `base_until` cannot be used with these variables (the build then runs
+    /// without a base layer and says why).
+    pub base_off: Option<String>,
 }
 
 /// Find the recipe file for a name or path: a `recipe.yaml` path, a directory holding one, or a
@@ -209,6 +215,7 @@ impl Recipe {
             },
             &mut diags,
         );
+        let (base_steps, base_off) = base::resolve(&spec, &steps, file, &text, &mut diags);
         if !diags.is_empty() {
             return Err(Diags(diags));
         }
@@ -223,6 +230,8 @@ impl Recipe {
             files,
             disk_size,
             mem,
+            base_steps,
+            base_off,
         })
     }
 
@@ -258,33 +267,66 @@ impl Recipe {
     /// to the recipe directory, so a checkout elsewhere gives the same value), the resolved
     /// variables and the base drive uuid. Same inputs → same image → no rebuild.
     pub fn fingerprint(&self, base_uuid: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(b"imgbuild-fingerprint-v1\n");
-        h.update((self.text.len() as u64).to_le_bytes());
-        h.update(self.text.as_bytes());
+        let mut texts = vec![("", self.text.as_str())];
         if let Some(parent) = &self.parent_text {
-            h.update(b"parent\0");
-            h.update((parent.len() as u64).to_le_bytes());
-            h.update(parent.as_bytes());
+            texts.push(("parent\0", parent.as_str()));
         }
-        for (p, sha) in &self.files {
-            let rel = pathdiff(p, &self.dir);
-            h.update(b"file\0");
-            h.update(rel.as_bytes());
-            h.update(b"\0");
-            h.update(sha.as_bytes());
-        }
-        for (k, v) in &self.vars {
-            h.update(b"var\0");
-            h.update(k.as_bytes());
-            h.update(b"\0");
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(v.as_bytes());
-        }
-        h.update(b"base\0");
-        h.update(base_uuid.as_bytes());
-        hex::encode(h.finalize())
+        fingerprint_of(&FpInputs {
+            domain: "imgbuild-fingerprint-v1\n",
+            texts,
+            files: self
+                .files
+                .iter()
+                .map(|(p, sha)| (pathdiff(p, &self.dir), sha.as_str()))
+                .collect(),
+            vars: self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            base: base_uuid,
+        })
     }
+}
+
+/// What a fingerprint covers. The one hasher of the image fingerprint ([`Recipe::fingerprint`])
+/// and the base layer's ([`Recipe::base_fingerprint`]), which differ only in their inputs.
+pub(crate) struct FpInputs<'a> {
+    /// Separates the kinds of fingerprint: equal inputs of two kinds never collide.
+    pub domain: &'a str,
+    /// (tag, text): each text hashed after its tag and length.
+    pub texts: Vec<(&'a str, &'a str)>,
+    /// (path relative to the recipe directory, sha256).
+    pub files: Vec<(String, &'a str)>,
+    pub vars: Vec<(&'a str, &'a str)>,
+    /// The library drive's uuid.
+    pub base: &'a str,
+}
+
+pub(crate) fn fingerprint_of(i: &FpInputs<'_>) -> String {
+    let mut h = Sha256::new();
+    h.update(i.domain.as_bytes());
+    for (tag, text) in &i.texts {
+        h.update(tag.as_bytes());
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    for (rel, sha) in &i.files {
+        h.update(b"file\0");
+        h.update(rel.as_bytes());
+        h.update(b"\0");
+        h.update(sha.as_bytes());
+    }
+    for (k, v) in &i.vars {
+        h.update(b"var\0");
+        h.update(k.as_bytes());
+        h.update(b"\0");
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.update(b"base\0");
+    h.update(i.base.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// `p` without `.` and `name/..`, lexically: recipes and roles reach one file by several
@@ -314,7 +356,7 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 /// `p` relative to `base` as text (lexical; both come from joining onto the recipe dir).
-fn pathdiff(p: &Path, base: &Path) -> String {
+pub(crate) fn pathdiff(p: &Path, base: &Path) -> String {
     match p.strip_prefix(base) {
         Ok(r) => r.to_string_lossy().into_owned(),
         Err(_) => p.to_string_lossy().into_owned(),

@@ -200,6 +200,41 @@ pub struct RecipeFile {
     pub output: OutputSpec,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The name of the last step of the cached base layer (see recipe/base.rs and
+    /// docs/imgbuild.md, "Cached base layer"): the build keeps the drive as it is after that
+    /// step, and a later build whose base fingerprint matches starts from it.
+    #[serde(default)]
+    pub base_until: Option<String>,
+    /// What `--verify` checks on a server booted from a clone of the candidate image.
+    #[serde(default)]
+    pub verify: VerifySpec,
+}
+
+/// `verify:`: the checks `--verify` runs over SSH on a server booted from the candidate (see
+/// build/verify.rs). `expect` / `contains` are templates over the variables and `meta` (the
+/// image's meta as finalize would write it: its tagged versions).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// Seconds to wait for the verify server's SSH (default: `timeouts.ssh`).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub name: String,
+    /// A shell command, run as root in the guest; its exit code must be 0.
+    pub run: String,
+    /// The command's output (trimmed) must equal this.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// The command's output must contain this.
+    #[serde(default)]
+    pub contains: Option<String>,
 }
 
 /// A role file (`include:`): default variables and the steps it contributes. Paths in it are

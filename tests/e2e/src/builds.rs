@@ -190,6 +190,9 @@ pub fn imgbuild(
             "--output",
             "json",
             "--plain",
+            // the loops end with an empty account (Cloud::finish): no cached base layer drive
+            // (recipe base_until) may stay behind; the layer is covered by builder/tests
+            "--no-base-cache",
         ])
         .stderr(std::process::Stdio::inherit());
     for (k, v) in vars {
