@@ -41,6 +41,8 @@ pub struct Ctx {
     /// True while this replica holds the Lease (always, without leader election). The watch runs
     /// before that; the reconciles wait for it.
     pub leading: tokio::sync::watch::Receiver<bool>,
+    /// The VLAN address allocator (`--vlan-pools`); runs on the leader's sync tick (lib.rs).
+    pub allocator: Option<Arc<crate::allocator::Allocator>>,
 }
 
 impl Ctx {
@@ -152,6 +154,9 @@ pub enum Error {
     Addresses(String),
     #[error("{0}")]
     Node(String),
+    /// The Node's node IP is not the address its server's meta assigns (VLAN pools).
+    #[error("{0}")]
+    VlanAddress(String),
 }
 
 impl Error {
@@ -175,6 +180,7 @@ impl Error {
             Error::ProviderId(_) => "InvalidProviderID",
             Error::Addresses(_) => "InvalidNodeIP",
             Error::Node(_) => "InitializationFailed",
+            Error::VlanAddress(_) => "VLANAddressMismatch",
         }
     }
 }
@@ -276,6 +282,110 @@ pub fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: 
     labels.extend(add);
 }
 
+/// VLAN pools (docs/vlan-pools.md): a Node whose server has a NIC on a pooled VLAN is
+/// initialized only when its provided node IP is that NIC's assigned address. `Some(action)`:
+/// wait (no address written yet, or no allocator round yet since this replica took the Lease);
+/// an error: the address is wrong or the assignment is not valid (the Node stays tainted, the
+/// Warning says why).
+fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Error> {
+    use crate::pool::Expect;
+    let Some(alloc) = &ctx.allocator else {
+        return Ok(None);
+    };
+    if !node::has_vlan(server) {
+        return Ok(None);
+    }
+    let name = n.metadata.name.as_deref().unwrap_or_default();
+    let wait = Action::requeue(retry_delay(ctx.sync_period));
+    match alloc.expect(server) {
+        None => Ok(Some(wait)),
+        Some(Expect::NotPooled) => Ok(None),
+        Some(Expect::Waiting { key }) => {
+            tracing::debug!(node = name, server = %server.uuid, key = %key, "waiting for the VLAN address to be written");
+            Ok(Some(wait))
+        }
+        Some(Expect::Invalid(why)) => Err(Error::VlanAddress(format!(
+            "node {name}: {why}; the Node stays uninitialized until the assignment is valid"
+        ))),
+        Some(Expect::Assigned(want)) => {
+            let provided = node::provided_ips(n).map_err(Error::Addresses)?;
+            if want
+                .iter()
+                .any(|(a, _)| provided.contains(&std::net::IpAddr::V4(*a)))
+            {
+                return Ok(None);
+            }
+            let (addr, key) = &want[0];
+            let got = if provided.is_empty() {
+                "no node IP".to_string()
+            } else {
+                format!("{provided:?}")
+            };
+            Err(Error::VlanAddress(format!(
+                "node {name}: expected node IP {addr} from server {} meta key {key}, got {got} (annotation {}); cloudsigma-agent configures that address and passes it to kubelet as --node-ip: check its log on the node. The Node stays uninitialized until then",
+                server.uuid,
+                node::ANNOTATION_PROVIDED_IP
+            )))
+        }
+    }
+}
+
+/// One allocator round (leader only) and the Warnings due on the Nodes concerned.
+pub async fn allocate(ctx: &Ctx, a: &crate::allocator::Allocator) {
+    match a.round(&ctx.cache).await {
+        Ok(r) if !r.due.is_empty() => pool_events(ctx, &r).await,
+        Ok(_) => {}
+        Err(e) => {
+            ctx.metrics.error("cloudsigma");
+            tracing::warn!(error = %e, "VLAN address round failed; the next sync period tries again");
+        }
+    }
+}
+
+/// A Warning Event per due problem on the Node of each server concerned (a pool problem: every
+/// server on its VLAN). Servers without a Node have the log line and the metric only.
+async fn pool_events(ctx: &Ctx, r: &crate::allocator::Round) {
+    let nodes = match ctx.nodes.list(&kube::api::ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::debug!(error = %e, "listing Nodes for VLAN pool Warnings failed");
+            return;
+        }
+    };
+    for p in &r.due {
+        for s in crate::allocator::problem_servers(p, &r.servers) {
+            let pid = node::provider_id(&s.uuid);
+            let Some(n) = nodes.iter().find(|n| {
+                n.spec.as_ref().and_then(|sp| sp.provider_id.as_deref()) == Some(pid.as_str())
+                    || n.metadata.name.as_deref() == Some(s.name.as_str())
+            }) else {
+                continue;
+            };
+            let mut note = p.message.clone();
+            truncate(&mut note, 1000);
+            ctx.event(
+                n,
+                EventType::Warning,
+                p.kind.reason(),
+                "AssignVLANAddress",
+                note,
+            )
+            .await;
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (events.k8s.io refuses notes over 1 kB).
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// The shutdown taint a Node should get for its server's status: `Some(true)` add it (stopped),
 /// `Some(false)` remove it (running again), `None` leave it (any other status, or already so).
 /// A server being deleted is as good as shut down (the API refuses every action on it), so its
@@ -347,6 +457,9 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
                 )))
             }
         };
+        if let Some(wait) = pool_check(n, &server, ctx)? {
+            return Ok(wait);
+        }
         initialize(n, &server, ctx).await?;
         return Ok(requeue);
     }
@@ -813,6 +926,7 @@ mod tests {
             Error::ProviderId("x".into()),
             Error::Addresses("x".into()),
             Error::Node("x".into()),
+            Error::VlanAddress("x".into()),
         ];
         let mut reasons: Vec<_> = all.iter().map(Error::reason).collect();
         reasons.push(REASON_NO_VLAN_NODE_IP);
