@@ -16,7 +16,7 @@ use cloudsigma_api::client::Client;
 use cloudsigma_api::models::{Meta, Server};
 use futures::StreamExt;
 
-use crate::cache::{ServerCache, Snapshot};
+use crate::cache::ServerCache;
 use crate::metrics::Metrics;
 use crate::pool::{self, Assign, Expect, Plan, Pool, Problem};
 use crate::reconcile::WarningThrottle;
@@ -38,10 +38,9 @@ pub struct Round {
     pub plan: Plan,
     /// The assignments written (or found already written with the same value).
     pub written: Vec<Assign>,
-    /// Problems whose Warning is due (each once per [`crate::reconcile::WARNING_REPEAT`]).
+    /// Problems whose log line was due (each once per [`crate::reconcile::WARNING_REPEAT`]);
+    /// the Nodes get theirs from their reconciles.
     pub due: Vec<Problem>,
-    /// The server listing the round used.
-    pub servers: Arc<Snapshot>,
 }
 
 pub struct Allocator {
@@ -94,6 +93,28 @@ impl Allocator {
         Some(pool::expected_node_ips(server, &r.pools, Some(&r.plan)))
     }
 
+    /// The last round's problems concerning `server`: its NICs' own, and those of the pools of
+    /// its VLANs.
+    pub fn problems_for(&self, server: &Server) -> Vec<Problem> {
+        let Some(r) = self.last() else {
+            return vec![];
+        };
+        let uuid = server.uuid.to_ascii_lowercase();
+        r.plan
+            .problems
+            .iter()
+            .filter(|p| match &p.server {
+                Some(s) => *s == uuid,
+                None => server.nics.iter().any(|n| {
+                    n.vlan
+                        .as_ref()
+                        .is_some_and(|v| v.uuid().eq_ignore_ascii_case(&p.vlan))
+                }),
+            })
+            .cloned()
+            .collect()
+    }
+
     /// One round: listings, plan, writes. An error names what failed; nothing was written then.
     pub async fn round(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
         let after = *lock(&self.last_end);
@@ -126,7 +147,6 @@ impl Allocator {
             plan,
             written,
             due,
-            servers: snap,
         });
         match self.last.write() {
             Ok(mut g) => *g = Some(round.clone()),
@@ -248,23 +268,6 @@ fn set_or_remove(m: &mut Meta, key: &str, value: &str) -> bool {
         m.insert(key.to_string(), value.to_string());
         true
     }
-}
-
-/// The servers a problem is about: its server, else every server with a NIC on its VLAN.
-pub fn problem_servers<'a>(p: &Problem, snap: &'a Snapshot) -> Vec<&'a Arc<Server>> {
-    if let Some(s) = &p.server {
-        return snap.by_uuid.get(s).into_iter().collect();
-    }
-    snap.by_uuid
-        .values()
-        .filter(|s| {
-            s.nics.iter().any(|n| {
-                n.vlan
-                    .as_ref()
-                    .is_some_and(|v| v.uuid().eq_ignore_ascii_case(&p.vlan))
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

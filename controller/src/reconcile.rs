@@ -330,37 +330,33 @@ fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Er
     }
 }
 
-/// One allocator round (leader only) and the Warnings due on the Nodes concerned.
+/// One allocator round (leader only). Its problems reach the Nodes concerned through their
+/// reconciles ([`pool_warnings`]).
 pub async fn allocate(ctx: &Ctx, a: &crate::allocator::Allocator) {
-    match a.round(&ctx.cache).await {
-        Ok(r) if !r.due.is_empty() => pool_events(ctx, &r).await,
-        Ok(_) => {}
-        Err(e) => {
-            ctx.metrics.error("cloudsigma");
-            tracing::warn!(error = %e, "VLAN address round failed; the next sync period tries again");
-        }
+    if let Err(e) = a.round(&ctx.cache).await {
+        ctx.metrics.error("cloudsigma");
+        tracing::warn!(error = %e, "VLAN address round failed; the next sync period tries again");
     }
 }
 
-/// A Warning Event per due problem on the Node of each server concerned (a pool problem: every
-/// server on its VLAN). Servers without a Node have the log line and the metric only.
-async fn pool_events(ctx: &Ctx, r: &crate::allocator::Round) {
-    let nodes = match ctx.nodes.list(&kube::api::ListParams::default()).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            tracing::debug!(error = %e, "listing Nodes for VLAN pool Warnings failed");
-            return;
-        }
+/// Warnings about the VLAN pools of this Node's server (a bad or overlapping pool or a full one
+/// on its VLAN; a bad, outside or duplicate assignment of its NIC), each at most once per
+/// [`WARNING_REPEAT`] per Node: reported from the reconcile, so a Node registered after the
+/// allocator found the problem gets it too.
+async fn pool_warnings(n: &Node, server: &Server, ctx: &Ctx) {
+    let Some(a) = &ctx.allocator else {
+        return;
     };
-    for p in &r.due {
-        for s in crate::allocator::problem_servers(p, &r.servers) {
-            let pid = node::provider_id(&s.uuid);
-            let Some(n) = nodes.iter().find(|n| {
-                n.spec.as_ref().and_then(|sp| sp.provider_id.as_deref()) == Some(pid.as_str())
-                    || n.metadata.name.as_deref() == Some(s.name.as_str())
-            }) else {
-                continue;
-            };
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    let now = Instant::now();
+    for p in a.problems_for(server) {
+        let key = format!(
+            "{uid}/{}/{}/{}",
+            p.kind.reason(),
+            p.vlan,
+            p.mac.as_deref().unwrap_or("")
+        );
+        if ctx.warnings.due(&key, now) {
             let mut note = p.message.clone();
             truncate(&mut note, 1000);
             ctx.event(
@@ -457,6 +453,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
                 )))
             }
         };
+        pool_warnings(n, &server, ctx).await;
         if let Some(wait) = pool_check(n, &server, ctx)? {
             return Ok(wait);
         }
@@ -478,6 +475,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
             return Err(cache_error(e));
         }
     };
+    pool_warnings(n, &server, ctx).await;
     lifecycle_present(n, &server, ctx).await?;
     Ok(requeue)
 }

@@ -235,9 +235,9 @@ async fn churn_with_leader_kills_never_duplicates_and_reuses_after_quarantine() 
     stop_tx.send(true).expect("stop");
     observer.await.expect("observer");
     run.last.task.abort();
+    emu.shutdown().await;
     let seen = seen.lock().unwrap();
     check(&run, &seen, started.elapsed());
-    emu.shutdown().await;
 }
 
 fn check(run: &Run, seen: &Seen, took: Duration) {
