@@ -238,6 +238,13 @@ async fn nodes_on_a_pooled_vlan_are_initialized_only_with_their_address() {
     let good = vlan_server(&cs, "good", &v1, true).await;
     let wrong = vlan_server(&cs, "wrong", &v1, true).await;
     vlan_server(&cs, "badpool", &v2, true).await;
+    // The address is added to the server's meta, every other key kept (a PUT replaces it all).
+    cs.modify_server_meta(&good, |m| {
+        m.insert("cloudinit-user-data".into(), "#cloud-config\n".into());
+        true
+    })
+    .await
+    .expect("meta");
 
     let mut o = opts(&emu);
     o.leader_elect = false;
@@ -274,6 +281,12 @@ async fn nodes_on_a_pooled_vlan_are_initialized_only_with_their_address() {
     }
     wait_all_assigned(&cs, &fillers, Duration::from_secs(15)).await;
     vlan_server(&cs, "waiter", &v1, true).await;
+    let kept = cs.get_server(&good).await.expect("good").meta;
+    assert_eq!(
+        kept.get("cloudinit-user-data").map(String::as_str),
+        Some("#cloud-config\n"),
+        "{kept:?}"
+    );
     for (name, ip) in [
         ("waiter", "192.168.77.21".to_string()),
         ("good", good_ip.to_string()),
