@@ -54,6 +54,8 @@ pub struct Allocator {
     last_end: Mutex<Option<Instant>>,
     last: RwLock<Option<Arc<Round>>>,
     warnings: WarningThrottle,
+    /// Why the last round failed; cleared by a successful one.
+    last_error: Mutex<Option<String>>,
 }
 
 fn unix_now() -> u64 {
@@ -76,6 +78,7 @@ impl Allocator {
             last_end: Default::default(),
             last: Default::default(),
             warnings: WarningThrottle::default(),
+            last_error: Default::default(),
         }
     }
 
@@ -115,8 +118,19 @@ impl Allocator {
             .collect()
     }
 
+    /// Why the last round failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
     /// One round: listings, plan, writes. An error names what failed; nothing was written then.
     pub async fn round(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
+        let res = self.round_inner(cache).await;
+        *lock(&self.last_error) = res.as_ref().err().cloned();
+        res
+    }
+
+    async fn round_inner(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
         let after = *lock(&self.last_end);
         let snap = cache
             .listed_since(after)

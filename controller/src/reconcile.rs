@@ -298,14 +298,20 @@ fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Er
     let name = n.metadata.name.as_deref().unwrap_or_default();
     let wait = Action::requeue(retry_delay(ctx.sync_period));
     match alloc.expect(server) {
-        None => Ok(Some(wait)),
+        // No round since this replica took the Lease: wait for the first, unless it failed.
+        None => match alloc.last_error() {
+            Some(e) => Err(Error::Cloud(format!(
+                "node {name}: the VLAN pools could not be read yet, so the VLAN NIC's address cannot be checked: {e}"
+            ))),
+            None => Ok(Some(wait)),
+        },
         Some(Expect::NotPooled) => Ok(None),
         Some(Expect::Waiting { key }) => {
             tracing::debug!(node = name, server = %server.uuid, key = %key, "waiting for the VLAN address to be written");
             Ok(Some(wait))
         }
         Some(Expect::Invalid(why)) => Err(Error::VlanAddress(format!(
-            "node {name}: {why}; the Node stays uninitialized until the assignment is valid"
+            "node {name}: {why}"
         ))),
         Some(Expect::Assigned(want)) => {
             let provided = node::provided_ips(n).map_err(Error::Addresses)?;
@@ -322,11 +328,33 @@ fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Er
                 format!("{provided:?}")
             };
             Err(Error::VlanAddress(format!(
-                "node {name}: expected node IP {addr} from server {} meta key {key}, got {got} (annotation {}); cloudsigma-agent configures that address and passes it to kubelet as --node-ip: check its log on the node. The Node stays uninitialized until then",
+                "node {name}: expected node IP {addr} from server {} meta key {key}, got {got} (annotation {}); cloudsigma-agent configures that address and passes it to kubelet as --node-ip: check its log on the node",
                 server.uuid,
                 node::ANNOTATION_PROVIDED_IP
             )))
         }
+    }
+}
+
+/// An initialized Node whose node IP is not (or no longer) its server's assigned address: a
+/// `VLANAddressMismatch` Warning at most once per [`WARNING_REPEAT`] (the Node is left as it is:
+/// it was initialized before the pool or the key changed, and kubelet follows the agent).
+async fn pool_mismatch_warning(n: &Node, server: &Server, ctx: &Ctx) {
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    let key = format!("{uid}/VLANAddressMismatch");
+    match pool_check(n, server, ctx) {
+        Err(e @ Error::VlanAddress(_)) if ctx.warnings.due(&key, Instant::now()) => {
+            ctx.event(
+                n,
+                EventType::Warning,
+                e.reason(),
+                "Addresses",
+                e.to_string(),
+            )
+            .await;
+        }
+        Err(Error::VlanAddress(_)) => {}
+        _ => ctx.warnings.clear(&key),
     }
 }
 
@@ -454,7 +482,13 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
             }
         };
         pool_warnings(n, &server, ctx).await;
-        if let Some(wait) = pool_check(n, &server, ctx)? {
+        let checked = pool_check(n, &server, ctx).map_err(|e| match e {
+            Error::VlanAddress(m) => {
+                Error::VlanAddress(format!("{m}. The Node stays uninitialized until then"))
+            }
+            e => e,
+        });
+        if let Some(wait) = checked? {
             return Ok(wait);
         }
         initialize(n, &server, ctx).await?;
@@ -476,6 +510,7 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
         }
     };
     pool_warnings(n, &server, ctx).await;
+    pool_mismatch_warning(n, &server, ctx).await;
     lifecycle_present(n, &server, ctx).await?;
     Ok(requeue)
 }

@@ -5,7 +5,8 @@
 //! - a Node on a pooled VLAN is initialized only with its assigned address as node IP; a wrong
 //!   one keeps it tainted with a Warning naming the expected address and the meta key; a bad
 //!   pool is reported on the Nodes of the servers on its VLAN; a Node whose server waits in a
-//!   full pool waits too, tainted, with a `VLANPoolFull` Warning and no error.
+//!   full pool waits too, tainted, with a `VLANPoolFull` Warning and no error; an initialized
+//!   Node whose node IP changes away from its address gets a Warning and stays initialized.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -364,6 +365,33 @@ async fn nodes_on_a_pooled_vlan_are_initialized_only_with_their_address() {
         node::has_taint(&n, TAINT_UNINITIALIZED),
         "wrong was initialized"
     );
+    // An initialized Node whose node IP stops being its address: a Warning, nothing else.
+    let patch = serde_json::json!({"metadata": {"annotations": {node::ANNOTATION_PROVIDED_IP: "192.168.77.98"}}});
+    nodes
+        .patch(
+            "good",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotate good");
+    let ev = wait_until(
+        "good's mismatch Warning",
+        Duration::from_secs(20),
+        || async {
+            let e = events_of(&cluster, "good");
+            e.into_iter()
+                .find(|l| l.starts_with("VLANAddressMismatch|"))
+        },
+    )
+    .await;
+    assert!(
+        ev.contains(&good_ip.to_string()) && ev.contains("192.168.77.98"),
+        "{ev}"
+    );
+    assert!(!ev.contains("uninitialized"), "{ev}");
+    let n = nodes.get("good").await.expect("good");
+    assert!(!node::has_taint(&n, TAINT_UNINITIALIZED));
     tx.send(true).expect("shutdown");
     tokio::time::timeout(Duration::from_secs(15), ctl)
         .await
