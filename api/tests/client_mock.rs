@@ -1023,3 +1023,54 @@ async fn ensure_server_stopped_looks_again_instead_of_resending_blindly() {
         .is_not_found());
     assert!(m.seen().iter().all(|r| r.method == "GET"));
 }
+
+/// A read-modify-write of a server's meta: the PUT is never resent blindly; after a 503 the
+/// server is read again, and the edit runs on what the cloud holds then (a key added in between
+/// by someone else is kept, not overwritten by a resend of the first body).
+#[tokio::test]
+async fn meta_read_modify_write_rereads_before_trying_again() {
+    let m = Mock::start(|req, i| match (req.method.as_str(), i) {
+        ("GET", 0) => {
+            let mut s = server_json(1, "running");
+            s["meta"] = json!({"a": "1"});
+            resp(200, s)
+        }
+        ("PUT", 1) => resp(
+            503,
+            json!([{"error_type": "concurrency", "error_message": "busy", "error_point": null}]),
+        ),
+        ("GET", _) => {
+            let mut s = server_json(1, "running");
+            s["meta"] = json!({"a": "1", "b": "2"});
+            resp(200, s)
+        }
+        _ => {
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            resp(200, body)
+        }
+    })
+    .await;
+    let c = m.client();
+    let s = c
+        .modify_server_meta("s-1", |meta| {
+            meta.insert("k".into(), "v".into());
+            true
+        })
+        .await
+        .unwrap();
+    let methods: Vec<String> = m.seen().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["GET", "PUT", "GET", "PUT"]);
+    let first: Value = serde_json::from_slice(&m.seen()[1].body).unwrap();
+    assert_eq!(first["meta"], json!({"a": "1", "k": "v"}));
+    assert_eq!(
+        s.meta.get("b").map(String::as_str),
+        Some("2"),
+        "{:?}",
+        s.meta
+    );
+    assert_eq!(s.meta.get("k").map(String::as_str), Some("v"));
+    // nothing to change: nothing written
+    let before = m.seen().len();
+    c.modify_server_meta("s-1", |_| false).await.unwrap();
+    assert_eq!(m.seen().len(), before + 1, "only the GET");
+}

@@ -213,6 +213,32 @@ impl ServerCache {
         }
     }
 
+    /// A snapshot whose listing started at or after `after` (and no older than the sync period):
+    /// the VLAN address allocator must see its own writes of the last round, else an address it
+    /// just wrote would look released (crate::allocator).
+    pub async fn listed_since(&self, after: Option<Instant>) -> Result<Arc<Snapshot>, CacheError> {
+        let ok = |s: &Snapshot| {
+            s.age().is_some_and(|a| a < self.sync_period)
+                && after.is_none_or(|t| s.started_at.is_some_and(|st| st >= t))
+        };
+        let mut s = self.current();
+        // A refresh that was under way when we asked may have started before `after`: then once
+        // more (a third listing in a row would only be another caller's race again).
+        for _ in 0..3 {
+            if ok(&s) {
+                return Ok(s);
+            }
+            s = self.refresh_if_not_newer(s.fetched_at, false).await?;
+        }
+        if ok(&s) {
+            return Ok(s);
+        }
+        Err(CacheError::List {
+            error: "no servers listing started after the last address writes".into(),
+            retry_in: self.min_interval,
+        })
+    }
+
     /// Refreshes unless someone else already refreshed after `seen`. With `rate_limited`, a
     /// listing younger than `min_interval` is returned as is (on-demand refreshes for unknown uuids
     /// must not turn into one listing per Node).

@@ -1,11 +1,13 @@
 //! CloudSigma cloud controller: initializes Nodes registered with `--cloud-provider=external` from
 //! the CloudSigma API and keeps them in step with their servers. See docs/controller.md.
 
+pub mod allocator;
 pub mod apiserver;
 pub mod cache;
 pub mod leader;
 pub mod metrics;
 pub mod node;
+pub mod pool;
 pub mod reconcile;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -119,6 +121,16 @@ pub struct Options {
     /// node's public NAT IP.
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "127.0.0.1:10258")]
     pub metrics_bind: SocketAddr,
+    /// Assign VLAN addresses from the pools set on VLANs (VLAN meta `k8s-ipv4-pool`, see
+    /// docs/vlan-pools.md): the leader writes each NIC's address into its server's meta once per
+    /// sync period, and a Node on a pooled VLAN is initialized only with that address as its node
+    /// IP. Costs one VLAN listing per sync period; with no pool set, nothing else happens.
+    #[arg(long, env = "VLAN_POOLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub vlan_pools: bool,
+    /// How long a released VLAN address (its server deleted, or its meta key removed) is not
+    /// handed out again.
+    #[arg(long, env = "VLAN_ADDRESS_QUARANTINE", default_value = "5m", value_parser = parse_duration)]
+    pub vlan_address_quarantine: Duration,
     /// text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -360,7 +372,7 @@ fn context(
             opts.sync_period,
             opts.min_refresh_interval,
         ),
-        metrics,
+        metrics: metrics.clone(),
         region: opts.region_label(),
         zone: opts.zone_label(),
         sync_period: opts.sync_period,
@@ -368,6 +380,12 @@ fn context(
         lookups: Default::default(),
         warnings: Default::default(),
         success_events: opts.record_success_events,
+        allocator: opts.vlan_pools.then(|| {
+            Arc::new(allocator::Allocator::new(
+                metrics.clone(),
+                opts.vlan_address_quarantine,
+            ))
+        }),
         recorder: kube::runtime::events::Recorder::new(
             kube.requests.clone(),
             kube::runtime::events::Reporter {
@@ -414,6 +432,11 @@ async fn work(
                 if *ctx.leading.borrow() {
                     // A failure is logged by the cache and retried at the next tick.
                     let _ = ctx.cache.fresh().await;
+                    // VLAN addresses once per sync period, leader only: a new server waits at
+                    // most about one period, and the VLAN listing (a few objects) is cheap.
+                    if let Some(a) = &ctx.allocator {
+                        reconcile::allocate(&ctx, a).await;
+                    }
                 }
             }
         }

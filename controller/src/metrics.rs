@@ -28,6 +28,14 @@ pub struct Metrics {
     pub deletions_skipped: Counter,
     pub cached_servers: Gauge,
     pub is_leader: Gauge,
+    /// Addresses of each VLAN pool by state (`in_use`, `free`, `quarantined`).
+    pub pool_addresses: Family<Labels, Gauge>,
+    /// Seconds from a NIC first seen without an address to its address written.
+    pub assign_latency: Histogram,
+    /// VLAN address problems reported, by Event reason.
+    pub pool_problems: Family<Labels, Counter>,
+    /// Addresses written into servers' meta.
+    pub addresses_assigned: Counter,
     readiness: Mutex<Readiness>,
 }
 
@@ -54,6 +62,49 @@ fn l(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
 }
 
+type PoolMetrics = (
+    Family<Labels, Gauge>,
+    Histogram,
+    Family<Labels, Counter>,
+    Counter,
+);
+
+/// The VLAN pool metrics (docs/vlan-pools.md), registered in `registry`.
+fn register_pool_metrics(registry: &mut Registry) -> PoolMetrics {
+    let pool_addresses = Family::<Labels, Gauge>::default();
+    let assign_latency = Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ]);
+    let pool_problems = Family::<Labels, Counter>::default();
+    let addresses_assigned = Counter::default();
+    registry.register(
+        "vlan_pool_addresses",
+        "Addresses of each VLAN pool (k8s-ipv4-pool) by state: in_use, free, quarantined",
+        pool_addresses.clone(),
+    );
+    registry.register(
+        "vlan_address_assign_seconds",
+        "Seconds from a VLAN NIC first seen without an address to its address written",
+        assign_latency.clone(),
+    );
+    registry.register(
+        "vlan_pool_problems",
+        "VLAN pool and address problems reported, by Event reason",
+        pool_problems.clone(),
+    );
+    registry.register(
+        "vlan_addresses_assigned",
+        "VLAN addresses written into servers' meta",
+        addresses_assigned.clone(),
+    );
+    (
+        pool_addresses,
+        assign_latency,
+        pool_problems,
+        addresses_assigned,
+    )
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("cloudsigma_controller");
@@ -69,6 +120,8 @@ impl Metrics {
         let deletions_skipped = Counter::default();
         let cached_servers = Gauge::default();
         let is_leader = Gauge::default();
+        let (pool_addresses, assign_latency, pool_problems, addresses_assigned) =
+            register_pool_metrics(&mut registry);
         registry.register(
             "reconciles",
             "Node reconciles by result",
@@ -119,6 +172,10 @@ impl Metrics {
             deletions_skipped,
             cached_servers,
             is_leader,
+            pool_addresses,
+            assign_latency,
+            pool_problems,
+            addresses_assigned,
             readiness: Mutex::new(Readiness {
                 standby: false,
                 last_listing: None,
@@ -163,6 +220,30 @@ impl Metrics {
 
     pub fn actions(&self, kind: &str) -> u64 {
         self.node_actions.get_or_create(&l("action", kind)).get()
+    }
+
+    /// The gauges of one pool.
+    pub fn pool(&self, vlan: &str, in_use: u32, free: u32, quarantined: u32) {
+        for (state, v) in [
+            ("in_use", in_use),
+            ("free", free),
+            ("quarantined", quarantined),
+        ] {
+            let mut labels = l("vlan", vlan);
+            labels.push(("state".into(), state.into()));
+            self.pool_addresses.get_or_create(&labels).set(i64::from(v));
+        }
+    }
+
+    /// One pool gauge (tests, bench).
+    pub fn pool_gauge(&self, vlan: &str, state: &str) -> i64 {
+        let mut labels = l("vlan", vlan);
+        labels.push(("state".into(), state.into()));
+        self.pool_addresses.get_or_create(&labels).get()
+    }
+
+    pub fn pool_problem(&self, reason: &str) {
+        self.pool_problems.get_or_create(&l("reason", reason)).inc();
     }
 
     fn readiness_state(&self) -> std::sync::MutexGuard<'_, Readiness> {

@@ -41,6 +41,8 @@ pub struct Ctx {
     /// True while this replica holds the Lease (always, without leader election). The watch runs
     /// before that; the reconciles wait for it.
     pub leading: tokio::sync::watch::Receiver<bool>,
+    /// The VLAN address allocator (`--vlan-pools`); runs on the leader's sync tick (lib.rs).
+    pub allocator: Option<Arc<crate::allocator::Allocator>>,
 }
 
 impl Ctx {
@@ -152,6 +154,9 @@ pub enum Error {
     Addresses(String),
     #[error("{0}")]
     Node(String),
+    /// The Node's node IP is not the address its server's meta assigns (VLAN pools).
+    #[error("{0}")]
+    VlanAddress(String),
 }
 
 impl Error {
@@ -175,6 +180,7 @@ impl Error {
             Error::ProviderId(_) => "InvalidProviderID",
             Error::Addresses(_) => "InvalidNodeIP",
             Error::Node(_) => "InitializationFailed",
+            Error::VlanAddress(_) => "VLANAddressMismatch",
         }
     }
 }
@@ -276,6 +282,134 @@ pub fn mark_initialized(cur: &mut Node, server_uuid: &str, itype: &str, region: 
     labels.extend(add);
 }
 
+/// VLAN pools (docs/vlan-pools.md): a Node whose server has a NIC on a pooled VLAN is
+/// initialized only when its provided node IP is that NIC's assigned address. `Some(action)`:
+/// wait (no address written yet, or no allocator round yet since this replica took the Lease);
+/// an error: the address is wrong or the assignment is not valid (the Node stays tainted, the
+/// Warning says why).
+fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Error> {
+    use crate::pool::Expect;
+    let Some(alloc) = &ctx.allocator else {
+        return Ok(None);
+    };
+    if !node::has_vlan(server) {
+        return Ok(None);
+    }
+    let name = n.metadata.name.as_deref().unwrap_or_default();
+    let wait = Action::requeue(retry_delay(ctx.sync_period));
+    match alloc.expect(server) {
+        // No round since this replica took the Lease: wait for the first, unless it failed.
+        None => match alloc.last_error() {
+            Some(e) => Err(Error::Cloud(format!(
+                "node {name}: the VLAN pools could not be read yet, so the VLAN NIC's address cannot be checked: {e}"
+            ))),
+            None => Ok(Some(wait)),
+        },
+        Some(Expect::NotPooled) => Ok(None),
+        Some(Expect::Waiting { key }) => {
+            tracing::debug!(node = name, server = %server.uuid, key = %key, "waiting for the VLAN address to be written");
+            Ok(Some(wait))
+        }
+        Some(Expect::Invalid(why)) => Err(Error::VlanAddress(format!(
+            "node {name}: {why}"
+        ))),
+        Some(Expect::Assigned(want)) => {
+            let provided = node::provided_ips(n).map_err(Error::Addresses)?;
+            if want
+                .iter()
+                .any(|(a, _)| provided.contains(&std::net::IpAddr::V4(*a)))
+            {
+                return Ok(None);
+            }
+            let (addr, key) = &want[0];
+            let got = if provided.is_empty() {
+                "no node IP".to_string()
+            } else {
+                format!("{provided:?}")
+            };
+            Err(Error::VlanAddress(format!(
+                "node {name}: expected node IP {addr} from server {} meta key {key}, got {got} (annotation {}); cloudsigma-agent configures that address and passes it to kubelet as --node-ip: check its log on the node",
+                server.uuid,
+                node::ANNOTATION_PROVIDED_IP
+            )))
+        }
+    }
+}
+
+/// An initialized Node whose node IP is not (or no longer) its server's assigned address: a
+/// `VLANAddressMismatch` Warning at most once per [`WARNING_REPEAT`] (the Node is left as it is:
+/// it was initialized before the pool or the key changed, and kubelet follows the agent).
+async fn pool_mismatch_warning(n: &Node, server: &Server, ctx: &Ctx) {
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    let key = format!("{uid}/VLANAddressMismatch");
+    match pool_check(n, server, ctx) {
+        Err(e @ Error::VlanAddress(_)) if ctx.warnings.due(&key, Instant::now()) => {
+            ctx.event(
+                n,
+                EventType::Warning,
+                e.reason(),
+                "Addresses",
+                e.to_string(),
+            )
+            .await;
+        }
+        Err(Error::VlanAddress(_)) => {}
+        _ => ctx.warnings.clear(&key),
+    }
+}
+
+/// One allocator round (leader only). Its problems reach the Nodes concerned through their
+/// reconciles ([`pool_warnings`]).
+pub async fn allocate(ctx: &Ctx, a: &crate::allocator::Allocator) {
+    if let Err(e) = a.round(&ctx.cache).await {
+        ctx.metrics.error("cloudsigma");
+        tracing::warn!(error = %e, "VLAN address round failed; the next sync period tries again");
+    }
+}
+
+/// Warnings about the VLAN pools of this Node's server (a bad or overlapping pool or a full one
+/// on its VLAN; a bad, outside or duplicate assignment of its NIC), each at most once per
+/// [`WARNING_REPEAT`] per Node: reported from the reconcile, so a Node registered after the
+/// allocator found the problem gets it too.
+async fn pool_warnings(n: &Node, server: &Server, ctx: &Ctx) {
+    let Some(a) = &ctx.allocator else {
+        return;
+    };
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    let now = Instant::now();
+    for p in a.problems_for(server) {
+        let key = format!(
+            "{uid}/{}/{}/{}",
+            p.kind.reason(),
+            p.vlan,
+            p.mac.as_deref().unwrap_or("")
+        );
+        if ctx.warnings.due(&key, now) {
+            let mut note = p.message.clone();
+            truncate(&mut note, 1000);
+            ctx.event(
+                n,
+                EventType::Warning,
+                p.kind.reason(),
+                "AssignVLANAddress",
+                note,
+            )
+            .await;
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (events.k8s.io refuses notes over 1 kB).
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// The shutdown taint a Node should get for its server's status: `Some(true)` add it (stopped),
 /// `Some(false)` remove it (running again), `None` leave it (any other status, or already so).
 /// A server being deleted is as good as shut down (the API refuses every action on it), so its
@@ -347,6 +481,16 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
                 )))
             }
         };
+        pool_warnings(n, &server, ctx).await;
+        let checked = pool_check(n, &server, ctx).map_err(|e| match e {
+            Error::VlanAddress(m) => {
+                Error::VlanAddress(format!("{m}. The Node stays uninitialized until then"))
+            }
+            e => e,
+        });
+        if let Some(wait) = checked? {
+            return Ok(wait);
+        }
         initialize(n, &server, ctx).await?;
         return Ok(requeue);
     }
@@ -365,6 +509,8 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
             return Err(cache_error(e));
         }
     };
+    pool_warnings(n, &server, ctx).await;
+    pool_mismatch_warning(n, &server, ctx).await;
     lifecycle_present(n, &server, ctx).await?;
     Ok(requeue)
 }
@@ -813,6 +959,7 @@ mod tests {
             Error::ProviderId("x".into()),
             Error::Addresses("x".into()),
             Error::Node("x".into()),
+            Error::VlanAddress("x".into()),
         ];
         let mut reasons: Vec<_> = all.iter().map(Error::reason).collect();
         reasons.push(REASON_NO_VLAN_NODE_IP);

@@ -22,6 +22,9 @@ pub(super) struct Req {
     /// DELETE retried after a lost answer may find the object already gone: a 404 on a retry
     /// (not on the first attempt) then means success.
     pub(super) gone_ok_on_retry: bool,
+    /// Sent exactly once whatever the method: a read-modify-write PUT must re-read before it is
+    /// sent again (a blind resend could overwrite a change made in between).
+    pub(super) once: bool,
 }
 
 /// A failed attempt: the error, and whether the server asked to wait longer than the cap
@@ -177,7 +180,9 @@ impl Client {
         tracing::debug!(%method, %path, status = ?error.status(), elapsed_ms, attempt,
             error = %error, "cloudsigma api");
         let idempotent = matches!(req.method, Method::GET | Method::PUT | Method::DELETE);
-        let retryable = if idempotent {
+        let retryable = if req.once {
+            false
+        } else if idempotent {
             error.is_retryable()
         } else {
             self.post_retry_on_429 && error.status() == Some(429)
@@ -269,6 +274,18 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<T, Error> {
+        self.json_sent(method, segments, query, body, false).await
+    }
+
+    /// [`Self::json`]; with `once`, never retried by the client (see [`Req::once`]).
+    async fn json_sent<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        once: bool,
+    ) -> Result<T, Error> {
         let url = self.url(segments, query);
         let name = method.as_str().to_string();
         let (_, resp) = self
@@ -277,6 +294,7 @@ impl Client {
                 url: url.clone(),
                 body,
                 gone_ok_on_retry: false,
+                once,
             })
             .await?;
         Self::decode(&name, &url, &resp)
@@ -298,6 +316,18 @@ impl Client {
     ) -> Result<T, Error> {
         let body = Self::encode(body)?;
         self.json(Method::PUT, segments, &[], Some(body)).await
+    }
+
+    /// `PUT` sent exactly once (no retry inside the client): for read-modify-writes, whose
+    /// caller re-reads before it tries again.
+    pub(super) async fn put_json_once<B: Serialize, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T, Error> {
+        let body = Self::encode(body)?;
+        self.json_sent(Method::PUT, segments, &[], Some(body), true)
+            .await
     }
 
     /// `POST` (retried only on 429 when opted in) and decode the answer.
@@ -352,6 +382,7 @@ impl Client {
             url,
             body: None,
             gone_ok_on_retry: true,
+            once: false,
         })
         .await
         .map(|_| ())

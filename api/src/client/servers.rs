@@ -38,6 +38,39 @@ impl Client {
         self.put_json(&["servers", &s.uuid], s).await
     }
 
+    /// Read-modify-write of a server's `meta`, which a PUT replaces wholesale [V reference]: GET
+    /// the server fresh, let `edit` change its meta (it returns false to leave it: nothing is
+    /// written), PUT the full definition back with every other key as read. The PUT is sent once;
+    /// after a retryable failure (429, 5xx, lost answer) the server is read again and `edit`
+    /// runs on what the cloud holds then, so a change made in between is never overwritten by a
+    /// resend, and a PUT that did land before its answer was lost is seen by `edit`. At most
+    /// the client's `max_attempts` rounds. Returns the server as last read or written.
+    pub async fn modify_server_meta(
+        &self,
+        uuid: &str,
+        mut edit: impl FnMut(&mut crate::models::Meta) -> bool,
+    ) -> Result<Server, Error> {
+        check_id("server", uuid)?;
+        let attempts = self.config().retry.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut s = self.get_server(uuid).await?;
+            if !edit(&mut s.meta) {
+                return Ok(s);
+            }
+            match self.put_json_once(&["servers", uuid], &s).await {
+                Ok(written) => return Ok(written),
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    let d = self.config().retry.base_delay * attempt;
+                    tracing::debug!(server = uuid, attempt, error = %e, "meta update failed; re-reading before trying again");
+                    tokio::time::sleep(e.retry_after().unwrap_or(d).max(d)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// `DELETE servers/{uuid}/[?recurse=all_drives|disks|cdroms]`.
     pub async fn delete_server(&self, uuid: &str, recurse: Option<&str>) -> Result<(), Error> {
         check_id("server", uuid)?;
