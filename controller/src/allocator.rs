@@ -131,9 +131,11 @@ impl Allocator {
     }
 
     async fn round_inner(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
-        let after = *lock(&self.last_end);
+        // The first round (this replica just took the Lease) lists afresh too: a listing from
+        // before could lack what the previous leader wrote last.
+        let after = lock(&self.last_end).unwrap_or_else(Instant::now);
         let snap = cache
-            .listed_since(after)
+            .listed_since(Some(after))
             .await
             .map_err(|e| format!("VLAN addresses: {e}"))?;
         let client = cache.client();
@@ -151,6 +153,12 @@ impl Allocator {
         *lock(&self.last_end) = Some(Instant::now());
         for (vlan, st) in &plan.pools {
             self.metrics.pool(vlan, st.in_use, st.free, st.quarantined);
+        }
+        // A pool that stopped being usable (removed, broken, overlapping) shows no addresses.
+        for vlan in self.last().iter().flat_map(|r| r.pools.keys()) {
+            if !plan.pools.contains_key(vlan) {
+                self.metrics.pool(vlan, 0, 0, 0);
+            }
         }
         for (vlan, a) in &plan.released_now {
             tracing::info!(vlan = %vlan, address = %a, quarantine_s = self.quarantine.as_secs(), "VLAN address released: quarantined");
