@@ -147,7 +147,7 @@ impl Allocator {
         let servers: Vec<&Server> = snap.by_uuid.values().map(|s| s.as_ref()).collect();
         let plan = pool::plan(&vlans, &servers, unix_now(), self.quarantine.as_secs());
         let (pools, _) = pool::pools(&vlans);
-        self.note_waiting(&plan.assign);
+        self.note_waiting(&plan);
         let written = self.write_assignments(client, &plan.assign).await;
         self.write_vlan_meta(client, &plan).await;
         *lock(&self.last_end) = Some(Instant::now());
@@ -177,13 +177,16 @@ impl Allocator {
         Ok(round)
     }
 
-    /// Remembers when each waiting NIC was first seen; forgets the others.
-    fn note_waiting(&self, assign: &[Assign]) {
+    /// Remembers when each waiting NIC (about to be written, or left in a full pool) was first
+    /// seen; forgets the others.
+    fn note_waiting(&self, plan: &Plan) {
         let now = Instant::now();
         let mut seen = lock(&self.first_seen);
-        let waiting: HashSet<(String, String)> = assign
+        let waiting: HashSet<(String, String)> = plan
+            .assign
             .iter()
             .map(|a| (a.server.clone(), a.mac.clone()))
+            .chain(plan.unassigned.iter().cloned())
             .collect();
         seen.retain(|k, _| waiting.contains(k));
         for k in waiting {
