@@ -145,7 +145,9 @@ impl Allocator {
             .api_call("list_vlans", vlans.is_ok(), t0.elapsed());
         let vlans = vlans.map_err(|e| format!("VLAN addresses: listing VLANs: {e}"))?;
         let servers: Vec<&Server> = snap.by_uuid.values().map(|s| s.as_ref()).collect();
-        let plan = pool::plan(&vlans, &servers, unix_now(), self.quarantine.as_secs());
+        // Release times are whole seconds: a quarantine is never rounded down to none.
+        let quarantine = self.quarantine.as_millis().div_ceil(1000) as u64;
+        let plan = pool::plan(&vlans, &servers, unix_now(), quarantine);
         let (pools, _) = pool::pools(&vlans);
         self.note_waiting(&plan);
         let written = self.write_assignments(client, &plan.assign).await;
