@@ -131,9 +131,11 @@ impl Allocator {
     }
 
     async fn round_inner(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
-        let after = *lock(&self.last_end);
+        // The first round (this replica just took the Lease) lists afresh too: a listing from
+        // before could lack what the previous leader wrote last.
+        let after = lock(&self.last_end).unwrap_or_else(Instant::now);
         let snap = cache
-            .listed_since(after)
+            .listed_since(Some(after))
             .await
             .map_err(|e| format!("VLAN addresses: {e}"))?;
         let client = cache.client();
@@ -143,14 +145,22 @@ impl Allocator {
             .api_call("list_vlans", vlans.is_ok(), t0.elapsed());
         let vlans = vlans.map_err(|e| format!("VLAN addresses: listing VLANs: {e}"))?;
         let servers: Vec<&Server> = snap.by_uuid.values().map(|s| s.as_ref()).collect();
-        let plan = pool::plan(&vlans, &servers, unix_now(), self.quarantine.as_secs());
+        // Release times are whole seconds: a quarantine is never rounded down to none.
+        let quarantine = self.quarantine.as_millis().div_ceil(1000) as u64;
+        let plan = pool::plan(&vlans, &servers, unix_now(), quarantine);
         let (pools, _) = pool::pools(&vlans);
-        self.note_waiting(&plan.assign);
+        self.note_waiting(&plan);
         let written = self.write_assignments(client, &plan.assign).await;
         self.write_vlan_meta(client, &plan).await;
         *lock(&self.last_end) = Some(Instant::now());
         for (vlan, st) in &plan.pools {
             self.metrics.pool(vlan, st.in_use, st.free, st.quarantined);
+        }
+        // A pool that stopped being usable (removed, broken, overlapping) shows no addresses.
+        for vlan in self.last().iter().flat_map(|r| r.pools.keys()) {
+            if !plan.pools.contains_key(vlan) {
+                self.metrics.pool(vlan, 0, 0, 0);
+            }
         }
         for (vlan, a) in &plan.released_now {
             tracing::info!(vlan = %vlan, address = %a, quarantine_s = self.quarantine.as_secs(), "VLAN address released: quarantined");
@@ -169,13 +179,16 @@ impl Allocator {
         Ok(round)
     }
 
-    /// Remembers when each waiting NIC was first seen; forgets the others.
-    fn note_waiting(&self, assign: &[Assign]) {
+    /// Remembers when each waiting NIC (about to be written, or left in a full pool) was first
+    /// seen; forgets the others.
+    fn note_waiting(&self, plan: &Plan) {
         let now = Instant::now();
         let mut seen = lock(&self.first_seen);
-        let waiting: HashSet<(String, String)> = assign
+        let waiting: HashSet<(String, String)> = plan
+            .assign
             .iter()
             .map(|a| (a.server.clone(), a.mac.clone()))
+            .chain(plan.unassigned.iter().cloned())
             .collect();
         seen.retain(|k, _| waiting.contains(k));
         for k in waiting {

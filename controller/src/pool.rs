@@ -114,6 +114,8 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Addresses this round released (VLAN uuid, address): for logs and tests.
     pub released_now: Vec<(String, Ipv4Addr)>,
+    /// NICs left waiting in a full pool: (server uuid, MAC).
+    pub unassigned: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -408,7 +410,10 @@ fn allocate(
                     },
                 });
             }
-            None => full += 1,
+            None => {
+                full += 1;
+                out.unassigned.push((server, mac));
+            }
         }
     }
     if full > 0 {
@@ -714,6 +719,10 @@ mod tests {
         let new = server("n", &[("22:00:00:00:00:07", V1)], &[]);
         let p = run(&vl, &[a.clone(), new.clone()], 1000);
         assert!(p.assign.is_empty(), "{:?}", p.assign);
+        assert_eq!(
+            p.unassigned,
+            [("n".to_string(), "22:00:00:00:00:07".to_string())]
+        );
         assert_eq!(p.released_now, [(V1.to_string(), ip("10.0.0.11"))]);
         assert_eq!(p.problems[0].kind, ProblemKind::PoolFull);
         assert!(
