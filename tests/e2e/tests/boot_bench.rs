@@ -348,7 +348,11 @@ async fn boot_bench() {
         user_data: user_data(&pubkey),
         extra: vec!["cloud-init status --long; sudo tail -n 50 /var/log/cloud-init.log".into()],
     };
-    let mut booted = cloud.boot_node(&image, spec, &key).await;
+    // cloud-init 22.4's CloudSigma datasource fails without meta.ssh_public_key (a KeyError in
+    // DataSourceCloudSigma._get_data; a real server has one); both sides read the same meta
+    let mut meta = serde_json::Map::new();
+    meta.insert("ssh_public_key".into(), pubkey.clone().into());
+    let mut booted = cloud.boot_node_meta(&image, spec, &key, meta).await;
     let (server, ssh) = (booted.server.clone(), booted.ssh.clone());
     say(
         t0,
