@@ -88,11 +88,34 @@ fn first_field(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// `script` over SSH, bounded: while the guest reboots, QEMU's user-mode NAT accepts the TCP
+/// connection and the SSH handshake then hangs (ConnectTimeout covers only the connect).
+fn run_bounded(ssh: &Ssh, script: &str) -> Option<String> {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "ssh", "-F", "/dev/null", "-i"])
+        .arg(&ssh.key)
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
+        .arg(format!("{}@{}", ssh.user, ssh.host))
+        .arg(script)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Waits until `check` prints READY over SSH (the guest may be rebooting).
 fn wait_ready(ssh: &Ssh, check: &str, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
     loop {
-        if ssh.run(check).map(|o| o.contains("READY")).unwrap_or(false) {
+        if run_bounded(ssh, check).is_some_and(|o| o.contains("READY")) {
             return;
         }
         if Instant::now() >= deadline {
@@ -117,7 +140,17 @@ fn common(ssh: &Ssh, side: &mut Side) {
         .find_map(|l| l.split("uptime=").nth(1))
         .and_then(first_field);
     let joins = stub.matches("argv: join").count();
-    side.notes.push(format!("kubeadm join calls: {joins}"));
+    // CABPK's `{{ ds.meta_data.instance_id }}`/`local_hostname` in the JoinConfiguration
+    let rendered = if stub.contains("CI_MISSING_JINJA_VAR") || stub.contains("{{") {
+        "NOT rendered (jinja variables missing)"
+    } else if stub.contains("cloudsigma://") {
+        "rendered"
+    } else {
+        "?"
+    };
+    side.notes.push(format!(
+        "kubeadm join calls: {joins}; its config's provider-id/name {rendered}"
+    ));
     if let Ok(t) = ssh.run("systemd-analyze time 2>&1 | head -1") {
         side.notes.push(t.trim().to_string());
     }
@@ -184,7 +217,7 @@ fn switch_to_cloud_init(ssh: &Ssh) -> String {
          sudo sh -c ': > /var/log/kubeadm-stub.log'; sudo systemctl is-enabled cloud-init-local.service cloud-final.service",
     )
     .unwrap_or_else(|e| panic!("switching to cloud-init: {e}"));
-    let _ = ssh.run("sudo systemctl reboot");
+    let _ = run_bounded(ssh, "sudo systemctl reboot");
     boot_id.trim().to_string()
 }
 
@@ -317,6 +350,8 @@ fn report(agent: &Side, ci: &Side, manifest: &Value, host_load: &str) -> String 
         }
     }
     out.push(format!("    host load before the boot: {host_load}"));
+    out.push("    own time: ExecMainStartTimestampMonotonic of cloudsigma-bootstrap.service / cloud-init-local.service → /proc/uptime in the data's first runcmd command".into());
+    out.push("    the agent's boot is the clone's first (growpart, machine-id, host keys); cloud-init's is the reboot after it (host page cache warm; cloud-init makes new host keys as a new instance)".into());
     out.push(
         "    demo phases: printed by the cluster loop (tests/cluster.rs), not re-run here".into(),
     );
