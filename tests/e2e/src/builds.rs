@@ -178,6 +178,28 @@ pub fn imgbuild(
     recipe: &str,
     vars: &[(&str, String)],
 ) -> String {
+    image_uuid(&imgbuild_manifest(bin, repo, api, recipe, vars))
+}
+
+/// The image uuid in imgbuild's JSON manifest.
+pub fn image_uuid(manifest: &Value) -> String {
+    manifest["image"]["uuid"]
+        .as_str()
+        .or_else(|| manifest["image_uuid"].as_str())
+        .or_else(|| manifest["uuid"].as_str())
+        .unwrap_or_else(|| panic!("no image uuid in manifest: {manifest}"))
+        .to_string()
+}
+
+/// Runs `imgbuild build RECIPE --output json` against the emulator and returns its JSON manifest
+/// (the image, `stats.phases`, ...).
+pub fn imgbuild_manifest(
+    bin: &Path,
+    repo: &Path,
+    api: &Api,
+    recipe: &str,
+    vars: &[(&str, String)],
+) -> Value {
     let mut cmd = Command::new(bin);
     cmd.current_dir(repo)
         .env("CLOUDSIGMA_USERNAME", &api.user)
@@ -199,15 +221,7 @@ pub fn imgbuild(
         cmd.arg("--var").arg(format!("{k}={v}"));
     }
     let out = run(&mut cmd, &format!("imgbuild {recipe}"));
-    let manifest: Value = serde_json::from_str(out.trim())
+    serde_json::from_str(out.trim())
         .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or_default()))
-        .unwrap_or_else(|e| {
-            panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}")
-        });
-    manifest["image"]["uuid"]
-        .as_str()
-        .or_else(|| manifest["image_uuid"].as_str())
-        .or_else(|| manifest["uuid"].as_str())
-        .unwrap_or_else(|| panic!("no image uuid in manifest: {manifest}"))
-        .to_string()
+        .unwrap_or_else(|e| panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}"))
 }

@@ -74,6 +74,18 @@ impl VmCloud {
     /// failure report prints its console, and over SSH (`key`) the agent's journal and the
     /// spec's extra commands.
     pub async fn boot_node(&self, image: &str, spec: NodeSpec<'_>, key: &Path) -> BootedNode {
+        self.boot_node_meta(image, spec, key, serde_json::Map::new())
+            .await
+    }
+
+    /// [`VmCloud::boot_node`] with more server meta (`meta`) beside the user data.
+    pub async fn boot_node_meta(
+        &self,
+        image: &str,
+        spec: NodeSpec<'_>,
+        key: &Path,
+        mut meta: serde_json::Map<String, Value>,
+    ) -> BootedNode {
         use base64::Engine as _;
         let api = &self.api;
         let NodeSpec {
@@ -85,6 +97,8 @@ impl VmCloud {
         } = spec;
         let clone = api.clone_drive(image, &format!("{name}-root")).await;
         let user_data = base64::engine::general_purpose::STANDARD.encode(user_data);
+        meta.insert("cloudinit-user-data".into(), user_data.into());
+        meta.insert("base64_fields".into(), "cloudinit-user-data".into());
         let created = api
             .post(
                 "servers/",
@@ -92,7 +106,7 @@ impl VmCloud {
                     "name": name, "cpu": cpu_mhz, "mem": mem, "smp": 2, "vnc_password": "e2e-vnc",
                     "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": {"uuid": clone}}],
                     "nics": [{"ip_v4_conf": {"conf": "dhcp"}, "model": "virtio"}],
-                    "meta": {"cloudinit-user-data": user_data, "base64_fields": "cloudinit-user-data"}
+                    "meta": meta
                 }]}),
             )
             .await;

@@ -39,15 +39,31 @@ pub async fn build_shared(
     vars: &[(&str, String)],
     fresh: bool,
 ) -> String {
+    build_shared_manifest(cloud, bin, repo, recipe, vars, fresh)
+        .await
+        .0
+}
+
+/// [`build_shared`], also returning imgbuild's JSON manifest (its `stats.phases`: the boot bench
+/// prints them).
+pub async fn build_shared_manifest(
+    cloud: &VmCloud,
+    bin: &Path,
+    repo: &Path,
+    recipe: &str,
+    vars: &[(&str, String)],
+    fresh: bool,
+) -> (String, Value) {
     let kept = dir(recipe);
     let restored = if !fresh && std::env::var_os("E2E_FRESH_IMAGE").is_none() {
         restore(cloud, &kept).await
     } else {
         None
     };
-    let image = tokio::task::block_in_place(|| {
-        crate::builds::imgbuild(bin, repo, &cloud.api, recipe, vars)
+    let manifest = tokio::task::block_in_place(|| {
+        crate::builds::imgbuild_manifest(bin, repo, &cloud.api, recipe, vars)
     });
+    let image = crate::builds::image_uuid(&manifest);
     match restored {
         Some(r) if r == image => {
             eprintln!("image_cache: imgbuild reused the kept {recipe} image (fingerprint current)");
@@ -60,7 +76,7 @@ pub async fn build_shared(
             save(cloud, &image, &kept).await;
         }
     }
-    image
+    (image, manifest)
 }
 
 /// `debian-test-node` (the stub loops' image) through [`build_shared`], with the agent `bins`
@@ -71,7 +87,17 @@ pub async fn test_node_image(
     repo: &Path,
     fresh: bool,
 ) -> String {
-    build_shared(
+    test_node_image_manifest(cloud, bins, repo, fresh).await.0
+}
+
+/// [`test_node_image`], also returning imgbuild's JSON manifest.
+pub async fn test_node_image_manifest(
+    cloud: &VmCloud,
+    bins: &crate::builds::Binaries,
+    repo: &Path,
+    fresh: bool,
+) -> (String, Value) {
+    build_shared_manifest(
         cloud,
         &bins.imgbuild,
         repo,
