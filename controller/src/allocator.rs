@@ -132,17 +132,28 @@ impl Allocator {
 
     async fn round_inner(&self, cache: &ServerCache) -> Result<Arc<Round>, String> {
         let after = *lock(&self.last_end);
-        let snap = cache
-            .listed_since(after)
-            .await
-            .map_err(|e| format!("VLAN addresses: {e}"))?;
         let client = cache.client();
         let t0 = Instant::now();
         let vlans = client.list_vlans().await;
         self.metrics
             .api_call("list_vlans", vlans.is_ok(), t0.elapsed());
         let vlans = vlans.map_err(|e| format!("VLAN addresses: listing VLANs: {e}"))?;
-        let servers: Vec<&Server> = snap.by_uuid.values().map(|s| s.as_ref()).collect();
+        // The plan reads servers only for pooled VLANs: with no pool, no server listing at all.
+        // With pools, the servers of the whole account (a VLAN may be shared by clusters): the
+        // shared listing when it is account-wide, else one of our own (`--cluster-tag`).
+        let (snap, own);
+        let servers: Vec<&Server> = if pool::pools(&vlans).0.is_empty() {
+            vec![]
+        } else if cache.scope().is_some() {
+            own = self.list_account(client).await?;
+            own.iter().collect()
+        } else {
+            snap = cache
+                .listed_since(after)
+                .await
+                .map_err(|e| format!("VLAN addresses: {e}"))?;
+            snap.by_uuid.values().map(|s| s.as_ref()).collect()
+        };
         let plan = pool::plan(&vlans, &servers, unix_now(), self.quarantine.as_secs());
         let (pools, _) = pool::pools(&vlans);
         self.note_waiting(&plan.assign);
@@ -167,6 +178,15 @@ impl Allocator {
             Err(p) => *p.into_inner() = Some(round.clone()),
         }
         Ok(round)
+    }
+
+    /// Every server of the account, for a controller whose shared listing is scoped to a tag.
+    async fn list_account(&self, client: &Client) -> Result<Vec<Server>, String> {
+        let t0 = Instant::now();
+        let res = client.list_servers().await;
+        self.metrics
+            .api_call("list_servers", res.is_ok(), t0.elapsed());
+        res.map_err(|e| format!("VLAN addresses: listing the account's servers: {e}"))
     }
 
     /// Remembers when each waiting NIC was first seen; forgets the others.
