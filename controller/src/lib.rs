@@ -74,7 +74,7 @@ pub struct Options {
     /// to the tag the Cluster API provider puts on the cluster's servers when one account hosts
     /// several clusters; the listing then costs what the cluster's size does. A Node whose server
     /// lost the tag is not deleted (a direct GET of the server decides; see docs/controller.md).
-    #[arg(long, env = "CLUSTER_TAG")]
+    #[arg(long, env = "CLOUDSIGMA_CLUSTER_TAG")]
     pub cluster_tag: Option<String>,
     /// Minimum spacing of on-demand listings (a Node naming a server not in the listing yet).
     #[arg(long, env = "CLOUDSIGMA_MIN_REFRESH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -371,7 +371,7 @@ async fn listing_scope(
     cs: &cloudsigma_api::client::Client,
 ) -> anyhow::Result<Option<cache::ClusterTag>> {
     let Some(value) = &opts.cluster_tag else {
-        tracing::info!("server listing is account-wide: every server of the CloudSigma account is listed each sync period; to list only this cluster's servers, set --cluster-tag (CLUSTER_TAG) to the uuid or name of the tag its servers carry");
+        tracing::info!("server listing is account-wide: every server of the CloudSigma account is listed each sync period; to list only this cluster's servers, set --cluster-tag (CLOUDSIGMA_CLUSTER_TAG) to the uuid or name of the tag its servers carry");
         return Ok(None);
     };
     let tag = cache::resolve_tag(cs, value).await?;
