@@ -14,6 +14,13 @@
 //! 15 % being judged, so one run of each proves little).
 //! Targets: within 1.15× of the apiserver floor (printed as a ratio), ≤ 1 servers listing per
 //! sync period, ≤ 64 MB.
+//!
+//! `--account=M` (issue 25 item 5): an account of M servers of which the NODES first are the
+//! cluster's and carry the tag `bench-cluster`; every round then runs the controller twice,
+//! account-wide (no flag) and tag-scoped (`--cluster-tag=bench-cluster`), and prints each one's
+//! ratio to the floor, peak RSS and listing GETs per listing (one listing per sync period), and
+//! the scoped/account-wide ratios. Targets: ≤ 1.1× the floor, ≤ 100 MB, listing GETs that follow
+//! the cluster's size.
 
 use std::time::{Duration, Instant};
 
@@ -179,6 +186,35 @@ struct Run {
     others: Cpu,
     cloudsigma_calls: Vec<(String, u64)>,
     kube_requests: Vec<(String, f64)>,
+    /// Server listings the controller made (its `cloudsigma_api_calls_total{op="list_servers"}`).
+    listings: u64,
+}
+
+impl Run {
+    /// The GETs of server listings (account-wide or by tag) in the emulator's counters.
+    fn listing_gets(&self) -> u64 {
+        self.cloudsigma_calls
+            .iter()
+            .filter(|(k, _)| k.starts_with("GET ") && k.ends_with("servers/detail/"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// The controller's server listings so far, from its /metrics.
+fn listings_of(port: u16) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .output();
+    let Ok(out) = out else { return 0 };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with("cloudsigma_controller_cloudsigma_api_calls_total{")
+                && l.contains("op=\"list_servers\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 struct Bench {
@@ -291,6 +327,7 @@ impl Bench {
         round: usize,
         build: usize,
         bin: &std::path::Path,
+        build_args: &[String],
     ) -> anyhow::Result<Run> {
         let (n, mode, cluster, emu) = (self.n, self.mode, &self.cluster, &self.emu);
         // Registered before the controller starts: the burst is all there when it comes up, and
@@ -327,6 +364,7 @@ impl Bench {
             .env("POD_NAMESPACE", "kube-system")
             .arg(format!("--metrics-bind=127.0.0.1:{port}"))
             .args(&self.extra_args)
+            .args(build_args)
             .env("CLOUDSIGMA_USERNAME", emu.username())
             .env("CLOUDSIGMA_PASSWORD", emu.password())
             .env(
@@ -406,6 +444,7 @@ impl Bench {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let cpu_s = cpu_seconds(&pid.to_string());
+        let listings = listings_of(port);
         let others = Cpu::sample(cluster).since(cpu_before);
         let (_, after) = emu.counters();
         let kube_after = apiserver_requests(cluster);
@@ -431,8 +470,43 @@ impl Bench {
             others,
             cloudsigma_calls,
             kube_requests,
+            listings,
         })
     }
+}
+
+/// `--account`: each mode's median ratio to the floor, peak RSS and listing GETs per listing,
+/// and the tag-scoped figures as ratios of the account-wide ones.
+fn account_summary(
+    builds: &[(String, std::path::PathBuf, Vec<String>)],
+    ratios: &[Vec<f64>],
+    costs: &[Vec<(f64, u64, u64)>],
+) {
+    let per_mode: Vec<(f64, f64, f64)> = (0..2)
+        .map(|i| {
+            let rss = costs[i].iter().map(|c| c.0).fold(0.0, f64::max);
+            let gets: u64 = costs[i].iter().map(|c| c.1).sum();
+            let listings: u64 = costs[i].iter().map(|c| c.2).sum();
+            (
+                median(ratios[i].clone()),
+                rss,
+                gets as f64 / listings.max(1) as f64,
+            )
+        })
+        .collect();
+    for (i, (ratio, rss, gets)) in per_mode.iter().enumerate() {
+        println!(
+            "{:<8} ratio to the floor {ratio:.2}x (target <= 1.1x)  peak RSS {rss:.1} MB (target <= 100 MB)  listing GETs per sync period {gets:.1}",
+            builds[i].0
+        );
+    }
+    let (a, t) = (per_mode[0], per_mode[1]);
+    println!(
+        "tag / account: time {:.2}x  peak RSS {:.2}x  listing GETs per sync period {:.3}x",
+        t.0 / a.0,
+        t.1 / a.1,
+        t.2 / a.2
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -446,8 +520,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let usage = "usage: cargo bench -p cloudsigma-controller --bench initialize -- [NODES] [--streaming] [--rounds=R] [--controller-flag=...]";
+    let usage = "usage: cargo bench -p cloudsigma-controller --bench initialize -- [NODES] [--streaming] [--rounds=R] [--account=SERVERS] [--controller-flag=...]";
     let mut n = 1000usize;
+    let mut account = None;
     let mut rounds = 5usize;
     let mut mode = Mode::Preregistered;
     let mut extra_args = Vec::new();
@@ -461,6 +536,11 @@ async fn main() -> anyhow::Result<()> {
                     .ok()
                     .filter(|r| *r > 0)
                     .ok_or_else(|| anyhow::anyhow!("{a}: a positive number of rounds; {usage}"))?
+            }
+            a if a.starts_with("--account=") => {
+                account = Some(a["--account=".len()..].parse::<usize>().map_err(|_| {
+                    anyhow::anyhow!("{a}: the number of servers in the account; {usage}")
+                })?)
             }
             a if a.starts_with("--") => extra_args.push(a.to_string()), // passed to the controller
             a => n = a.parse().map_err(|_| anyhow::anyhow!("{a}: {usage}"))?,
@@ -481,14 +561,23 @@ async fn main() -> anyhow::Result<()> {
         },
     )?)?;
 
-    eprintln!("creating and starting {n} servers in the emulator ...");
-    let uuids: Vec<String> = stream::iter(0..n)
+    let account_size = account.unwrap_or(n).max(n);
+    eprintln!(
+        "creating and starting {account_size} servers in the emulator ({n} the cluster's) ..."
+    );
+    let mut uuids: Vec<String> = stream::iter(0..account_size)
         .map(|i| {
             let cs = cs.clone();
             async move {
+                // The cluster's servers first, then the other tenants'.
+                let name = if i < n {
+                    format!("bench-{i:04}")
+                } else {
+                    format!("tenant-{i:05}")
+                };
                 let s = cs
                     .create_server(&ServerCreate {
-                        name: format!("bench-{i:04}"),
+                        name,
                         cpu: 2000,
                         mem: 2 << 30,
                         smp: Some(1),
@@ -506,6 +595,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
+    uuids.truncate(n);
+    // With --account, the cluster's servers carry a tag, as the Cluster API provider tags them.
+    if account.is_some() {
+        cs.create_tag(&cloudsigma_api::models::TagCreate {
+            name: "bench-cluster".into(),
+            resources: uuids.iter().map(|u| u.as_str().into()).collect(),
+            meta: Default::default(),
+        })
+        .await?;
+    }
 
     let kube = cluster.client().await;
     let bench = Bench {
@@ -525,11 +624,20 @@ async fn main() -> anyhow::Result<()> {
 
     // BENCH_BASELINE_BIN: another controller build run in the same rounds, for a before/after
     // ratio measured under the same load.
-    let mut builds = vec![("this build".to_string(), bench.ctl_bin.clone())];
+    let mut builds = vec![("this build".to_string(), bench.ctl_bin.clone(), vec![])];
+    if account.is_some() {
+        builds[0].0 = "account".to_string();
+        builds.push((
+            "tag".to_string(),
+            bench.ctl_bin.clone(),
+            vec!["--cluster-tag=bench-cluster".to_string()],
+        ));
+    }
     if let Some(b) = std::env::var_os("BENCH_BASELINE_BIN") {
-        builds.push(("baseline".to_string(), b.into()));
+        builds.push(("baseline".to_string(), b.into(), vec![]));
     }
     println!("nodes:                       {n}");
+    println!("servers in the account:      {account_size}");
     println!(
         "round  build       registration  first initialized   last initialized    ratio  burst  RSS      CPU"
     );
@@ -537,6 +645,8 @@ async fn main() -> anyhow::Result<()> {
     let mut ratios = vec![Vec::new(); builds.len()];
     let mut bursts = vec![Vec::new(); builds.len()];
     let mut last_run = None;
+    // Per build and round: peak RSS (MB), listing GETs, listings.
+    let mut costs: Vec<Vec<(f64, u64, u64)>> = vec![Vec::new(); builds.len()];
     for round in 0..rounds {
         // The floor and each build on a clean apiserver (no Nodes, no Lease), the floor observed
         // by the same kind of watch: what is left is the controller's own cost. The order rotates
@@ -551,12 +661,12 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("round {}/{rounds}: the apiserver floor ...", round + 1);
                 fl = Some(bench.floor(&format!("floor{round}"), true).await?);
             } else {
-                let (name, bin) = &builds[slot - 1];
+                let (name, bin, args) = &builds[slot - 1];
                 eprintln!(
                     "round {}/{rounds}: {name} on {n} tainted Nodes ...",
                     round + 1
                 );
-                runs[slot - 1] = Some(bench.controller_run(round, slot - 1, bin).await?);
+                runs[slot - 1] = Some(bench.controller_run(round, slot - 1, bin, args).await?);
             }
         }
         let fl = fl.expect("the floor ran");
@@ -586,6 +696,14 @@ async fn main() -> anyhow::Result<()> {
                 "       CPU s  floor: apiserver {:.2}  etcd {:.2}  bench {:.2}  |  {}: apiserver {:.2}  etcd {:.2}  bench {:.2}  controller {:.2}",
                 f.apiserver, f.etcd, f.bench, builds[i].0, c.apiserver, c.etcd, c.bench, run.cpu_s
             );
+            let gets = run.listing_gets();
+            println!(
+                "       CloudSigma listings: {} of {} GETs ({:.1} GETs per listing = per sync period)",
+                run.listings,
+                gets,
+                gets as f64 / run.listings.max(1) as f64
+            );
+            costs[i].push((run.rss_mb, gets, run.listings));
             ratios[i].push(ratio);
             bursts[i].push(burst);
             if i == 0 {
@@ -628,7 +746,7 @@ async fn main() -> anyhow::Result<()> {
         bare.as_secs_f64(),
         run.last.as_secs_f64() / bare.as_secs_f64()
     );
-    for (i, (name, _)) in builds.iter().enumerate() {
+    for (i, (name, _, _)) in builds.iter().enumerate() {
         println!(
             "ratio to the floor, {name}: {:.2}x  (median of {rounds} rounds: {}; target <= 1.15x; the burst alone {:.2}x)",
             median(ratios[i].clone()),
@@ -639,6 +757,9 @@ async fn main() -> anyhow::Result<()> {
                 .join(", "),
             median(bursts[i].clone()),
         );
+    }
+    if account.is_some() && builds.len() >= 2 {
+        account_summary(&builds, &ratios, &costs);
     }
     for (name, kept) in [
         (

@@ -134,17 +134,28 @@ impl Allocator {
         // The first round (this replica just took the Lease) lists afresh too: a listing from
         // before could lack what the previous leader wrote last.
         let after = lock(&self.last_end).unwrap_or_else(Instant::now);
-        let snap = cache
-            .listed_since(Some(after))
-            .await
-            .map_err(|e| format!("VLAN addresses: {e}"))?;
         let client = cache.client();
         let t0 = Instant::now();
         let vlans = client.list_vlans().await;
         self.metrics
             .api_call("list_vlans", vlans.is_ok(), t0.elapsed());
         let vlans = vlans.map_err(|e| format!("VLAN addresses: listing VLANs: {e}"))?;
-        let servers: Vec<&Server> = snap.by_uuid.values().map(|s| s.as_ref()).collect();
+        // The plan reads servers only for pooled VLANs: with no pool, no server listing at all.
+        // With pools, the servers of the whole account (a VLAN may be shared by clusters): the
+        // shared listing when it is account-wide, else one of our own (`--cluster-tag`).
+        let (snap, own);
+        let servers: Vec<&Server> = if pool::pools(&vlans).0.is_empty() {
+            vec![]
+        } else if cache.scope().is_some() {
+            own = self.list_account(client).await?;
+            own.iter().collect()
+        } else {
+            snap = cache
+                .listed_since(Some(after))
+                .await
+                .map_err(|e| format!("VLAN addresses: {e}"))?;
+            snap.by_uuid.values().map(|s| s.as_ref()).collect()
+        };
         // Release times are whole seconds: a quarantine is never rounded down to none.
         let quarantine = self.quarantine.as_millis().div_ceil(1000) as u64;
         let plan = pool::plan(&vlans, &servers, unix_now(), quarantine);
@@ -177,6 +188,15 @@ impl Allocator {
             Err(p) => *p.into_inner() = Some(round.clone()),
         }
         Ok(round)
+    }
+
+    /// Every server of the account, for a controller whose shared listing is scoped to a tag.
+    async fn list_account(&self, client: &Client) -> Result<Vec<Server>, String> {
+        let t0 = Instant::now();
+        let res = client.list_servers().await;
+        self.metrics
+            .api_call("list_servers", res.is_ok(), t0.elapsed());
+        res.map_err(|e| format!("VLAN addresses: listing the account's servers: {e}"))
     }
 
     /// Remembers when each waiting NIC (about to be written, or left in a full pool) was first

@@ -87,8 +87,65 @@ struct RefreshState {
     not_before: Option<Instant>,
 }
 
+/// The tag a cluster-scoped controller lists (`--cluster-tag`), resolved at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTag {
+    pub uuid: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ClusterTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.uuid)
+    }
+}
+
+/// Resolves `--cluster-tag`: a uuid is checked with one `GET tags/{uuid}/`; a name must match
+/// exactly one tag of the account (one `tags/detail` listing). Both are idempotent reads, which
+/// the client retries on transient failures. The error names the value given.
+pub async fn resolve_tag(client: &Client, value: &str) -> anyhow::Result<ClusterTag> {
+    let value = value.trim();
+    anyhow::ensure!(
+        !value.is_empty(),
+        "--cluster-tag is empty: give the uuid or the exact name of the tag the cluster's servers carry, or leave it unset to list the whole account"
+    );
+    if uuid::Uuid::parse_str(value).is_ok() {
+        return match client.get_tag(value).await {
+            Ok(t) => Ok(ClusterTag { uuid: t.uuid.to_ascii_lowercase(), name: t.name }),
+            Err(e) if e.is_not_found() => Err(anyhow::anyhow!(
+                "--cluster-tag {value:?}: no CloudSigma tag has this uuid (GET tags/{value}/ answered 404)"
+            )),
+            Err(e) => Err(anyhow::anyhow!("--cluster-tag {value:?}: reading the tag: {e}")),
+        };
+    }
+    let tags = client
+        .list_tags()
+        .await
+        .map_err(|e| anyhow::anyhow!("--cluster-tag {value:?}: listing the account's tags: {e}"))?;
+    pick_tag(value, &tags)
+}
+
+/// The one tag named `name` among `tags`.
+pub fn pick_tag(name: &str, tags: &[cloudsigma_api::models::Tag]) -> anyhow::Result<ClusterTag> {
+    let hits: Vec<_> = tags.iter().filter(|t| t.name == name).collect();
+    match hits.as_slice() {
+        [one] => Ok(ClusterTag { uuid: one.uuid.to_ascii_lowercase(), name: one.name.clone() }),
+        [] => Err(anyhow::anyhow!(
+            "--cluster-tag {name:?}: no CloudSigma tag has this name (the account has {} tags); give the uuid or the exact name of the tag the cluster's servers carry",
+            tags.len()
+        )),
+        many => Err(anyhow::anyhow!(
+            "--cluster-tag {name:?}: {} CloudSigma tags have this name ({}); give the uuid of the one the cluster's servers carry",
+            many.len(),
+            many.iter().map(|t| t.uuid.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
 pub struct ServerCache {
     client: Client,
+    /// `Some`: the listing is the servers carrying this tag; `None`: the whole account.
+    scope: Option<ClusterTag>,
     metrics: Arc<Metrics>,
     sync_period: Duration,
     min_interval: Duration,
@@ -175,6 +232,7 @@ impl ServerCache {
     ) -> Self {
         ServerCache {
             client,
+            scope: None,
             metrics,
             sync_period,
             min_interval: min_interval.min(sync_period),
@@ -185,6 +243,17 @@ impl ServerCache {
                 not_before: None,
             }),
         }
+    }
+
+    /// Lists only the servers carrying `tag` (`--cluster-tag`).
+    pub fn scoped_to(mut self, tag: Option<ClusterTag>) -> Self {
+        self.scope = tag;
+        self
+    }
+
+    /// The tag the listing is scoped to; `None`: the whole account.
+    pub fn scope(&self) -> Option<&ClusterTag> {
+        self.scope.as_ref()
     }
 
     pub fn client(&self) -> &Client {
@@ -270,7 +339,10 @@ impl ServerCache {
         }
         st.last_attempt = Some(now);
         let t0 = Instant::now();
-        let res = self.client.list_servers().await;
+        let res = match &self.scope {
+            Some(tag) => self.client.tag_servers_detail(&tag.uuid).await,
+            None => self.client.list_servers().await,
+        };
         self.metrics
             .api_call("list_servers", res.is_ok(), t0.elapsed());
         match res {
@@ -412,6 +484,37 @@ mod tests {
         l.ended("uid-1", "uuid:a");
         assert_eq!(l.began("uid-1", "uuid:a", later), later);
         assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn a_tag_name_must_match_exactly_one_tag() {
+        let tag = |uuid: &str, name: &str| cloudsigma_api::models::Tag {
+            uuid: uuid.into(),
+            name: name.into(),
+            resources: vec![],
+            meta: Default::default(),
+            resource_uri: None,
+            extra: Default::default(),
+        };
+        let tags = [
+            tag("A1", "cluster-a"),
+            tag("b2", "cluster-b"),
+            tag("c3", "cluster-b"),
+        ];
+        let one = pick_tag("cluster-a", &tags).unwrap();
+        assert_eq!((one.uuid.as_str(), one.name.as_str()), ("a1", "cluster-a"));
+        let none = pick_tag("cluster-x", &tags).unwrap_err().to_string();
+        assert!(
+            none.contains("\"cluster-x\"") && none.contains("no CloudSigma tag"),
+            "{none}"
+        );
+        let many = pick_tag("cluster-b", &tags).unwrap_err().to_string();
+        assert!(
+            many.contains("\"cluster-b\"") && many.contains("b2, c3"),
+            "{many}"
+        );
+        // exact names only
+        assert!(pick_tag("Cluster-A", &tags).is_err());
     }
 
     #[test]

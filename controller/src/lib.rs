@@ -69,6 +69,13 @@ pub struct Options {
     /// Nodes; also the lifecycle and address re-sync period of every Node.
     #[arg(long, env = "CLOUDSIGMA_SYNC_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
+    /// List only the servers carrying this CloudSigma tag (its uuid, or its name, resolved once at
+    /// start) instead of every server of the account: `GET tags/{uuid}/servers/detail/`. Set it
+    /// to the tag the Cluster API provider puts on the cluster's servers when one account hosts
+    /// several clusters; the listing then costs what the cluster's size does. A Node whose server
+    /// lost the tag is not deleted (a direct GET of the server decides; see docs/controller.md).
+    #[arg(long, env = "CLOUDSIGMA_CLUSTER_TAG")]
+    pub cluster_tag: Option<String>,
     /// Minimum spacing of on-demand listings (a Node naming a server not in the listing yet).
     #[arg(long, env = "CLOUDSIGMA_MIN_REFRESH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
@@ -311,7 +318,9 @@ pub async fn run(
 
     // Without election this replica leads from the start; with it, once it holds the Lease.
     let (leading_tx, leading) = watch::channel(lease_cfg.is_none());
-    let ctx = Arc::new(context(&opts, &kube, cs, metrics.clone(), leading.clone()));
+    let scope = listing_scope(&opts, &cs).await?;
+    let ctx =
+        Arc::new(context(&opts, &kube, cs, metrics.clone(), leading.clone()).with_scope(scope));
     // The Node watch and the first CloudSigma listing start now, while the Lease is being taken,
     // as controller-runtime starts its caches before leader election: a new leader starts with
     // both in hand rather than two round trips later. Nothing acts before the Lease is held: the
@@ -354,6 +363,20 @@ pub async fn run(
     metrics.is_leader.set(0);
     server.abort();
     res
+}
+
+/// `--cluster-tag` resolved (a name once, here), or the whole account, said in the log either way.
+async fn listing_scope(
+    opts: &Options,
+    cs: &cloudsigma_api::client::Client,
+) -> anyhow::Result<Option<cache::ClusterTag>> {
+    let Some(value) = &opts.cluster_tag else {
+        tracing::info!("server listing is account-wide: every server of the CloudSigma account is listed each sync period; to list only this cluster's servers, set --cluster-tag (CLOUDSIGMA_CLUSTER_TAG) to the uuid or name of the tag its servers carry");
+        return Ok(None);
+    };
+    let tag = cache::resolve_tag(cs, value).await?;
+    tracing::info!(tag = %tag.name, tag_uuid = %tag.uuid, "server listing scoped to the cluster's tag: GET tags/{{uuid}}/servers/detail/");
+    Ok(Some(tag))
 }
 
 /// The reconcile context: Node writes on the request connection, one shared server cache.

@@ -46,6 +46,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Scopes the shared listing to the cluster's tag (`--cluster-tag`); `None` leaves it
+    /// account-wide.
+    pub fn with_scope(mut self, tag: Option<crate::cache::ClusterTag>) -> Ctx {
+        self.cache = self.cache.scoped_to(tag);
+        self
+    }
+
     /// Records an Event on the Node without waiting for it: events are best effort, and a
     /// reconcile slot held for one would slow a burst of initializations by a third.
     async fn event(&self, n: &Node, type_: EventType, reason: &str, action: &str, note: String) {
@@ -476,9 +483,13 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
                 return lifecycle_gone(n, uuid, ctx).await
             }
             (Lookup::NotListed, _) => {
+                let among = match ctx.cache.scope() {
+                    Some(tag) => format!(" among the servers carrying tag {tag} (--cluster-tag)"),
+                    None => String::new(),
+                };
                 return Err(Error::NotFound(format!(
-                    "no CloudSigma server named {name:?} and the Node has no providerID; name the server like the Node or start kubelet with --provider-id=cloudsigma://<uuid>"
-                )))
+                    "no CloudSigma server named {name:?}{among} and the Node has no providerID; name the server like the Node or start kubelet with --provider-id=cloudsigma://<uuid>"
+                )));
             }
         };
         pool_warnings(n, &server, ctx).await;
@@ -509,6 +520,10 @@ async fn reconcile_inner(n: &Node, ctx: &Ctx) -> Result<Action, Error> {
             return Err(cache_error(e));
         }
     };
+    if ctx.cache.scope().is_some() {
+        ctx.warnings
+            .clear(&format!("{uid}/{REASON_SERVER_NOT_TAGGED}"));
+    }
     pool_warnings(n, &server, ctx).await;
     pool_mismatch_warning(n, &server, ctx).await;
     lifecycle_present(n, &server, ctx).await?;
@@ -715,45 +730,31 @@ async fn set_shutdown_taint(name: &str, on: bool, ctx: &Ctx) -> Result<(), Error
 }
 
 /// The server is missing from a complete, fresh listing. Delete the Node only when a direct GET
-/// answers 404 too, and only when the Node is not Ready; anything else changes nothing.
+/// answers 404 too, and only when the Node is not Ready; anything else changes nothing. Scoped to
+/// a tag (`--cluster-tag`), "not listed" may only mean the server lost the tag, so the GET is made
+/// for a Ready Node too, and a server it finds gets a `ServerNotTagged` Warning on the Node.
 async fn lifecycle_gone(n: &Node, uuid: &str, ctx: &Ctx) -> Result<Action, Error> {
     let name = n.metadata.name.clone().unwrap_or_default();
-    if node::is_ready(n) {
+    let ready = node::is_ready(n);
+    if ready && ctx.cache.scope().is_none() {
         ctx.metrics.deletions_skipped.inc();
         tracing::warn!(node = %name, server = uuid, "server not listed but Node is Ready: not deleting");
         return Ok(Action::requeue(ctx.sync_period));
     }
     match ctx.cache.confirm_gone(uuid).await {
-        Ok(true) => {
-            let uid = n.metadata.uid.clone();
-            let dp = DeleteParams {
-                // Never delete a re-registered Node of the same name by mistake.
-                preconditions: uid.map(|uid| kube::api::Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match ctx.nodes.delete(&name, &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-            ctx.metrics.action("deleted");
-            ctx.event(
-                n,
-                EventType::Normal,
-                "DeletingNode",
-                "Delete",
-                format!("CloudSigma server {uuid} no longer exists"),
-            )
-            .await;
-            tracing::info!(node = %name, server = uuid, "server gone (listing and GET 404): node deleted");
-            Ok(Action::await_change())
-        }
-        Ok(false) => {
-            // Listed nowhere but GET finds it: a race with creation or an inconsistent API.
+        Ok(true) if ready => {
             ctx.metrics.deletions_skipped.inc();
+            tracing::warn!(node = %name, server = uuid, "server gone (GET 404) but Node is Ready: not deleting");
+            Ok(Action::requeue(ctx.sync_period))
+        }
+        Ok(true) => delete_node(n, uuid, ctx).await,
+        Ok(false) => {
+            // Listed nowhere but GET finds it: without a tag, a race with creation or an
+            // inconsistent API; with one, most likely the server lost (or never had) the tag.
+            ctx.metrics.deletions_skipped.inc();
+            if let Some(tag) = ctx.cache.scope() {
+                untagged_warning(n, uuid, tag, ctx).await;
+            }
             Ok(Action::requeue(ctx.sync_period))
         }
         Err(e) => {
@@ -763,6 +764,74 @@ async fn lifecycle_gone(n: &Node, uuid: &str, ctx: &Ctx) -> Result<Action, Error
             )))
         }
     }
+}
+
+/// Event reason: the Node's server exists but does not carry the cluster's tag.
+pub const REASON_SERVER_NOT_TAGGED: &str = "ServerNotTagged";
+
+/// The note of a [`REASON_SERVER_NOT_TAGGED`] Warning: an initialized Node's server lost the tag,
+/// or a tainted Node's server does not carry it (yet).
+pub fn not_tagged_note(uuid: &str, tag: &crate::cache::ClusterTag, initialized: bool) -> String {
+    if initialized {
+        format!(
+            "CloudSigma server {uuid} no longer carries tag {tag} (--cluster-tag). It still exists (GET servers/{uuid}/ found it), so the Node is not deleted; while untagged it is not kept in step (shutdown taint, addresses). Tag the server again, or delete the Node if the server left the cluster"
+        )
+    } else {
+        format!(
+            "CloudSigma server {uuid} does not carry tag {tag} (--cluster-tag): the controller lists only the servers with that tag, so the Node stays uninitialized until its server carries it"
+        )
+    }
+}
+
+/// A `ServerNotTagged` Warning, at most once per [`WARNING_REPEAT`] per Node.
+async fn untagged_warning(n: &Node, uuid: &str, tag: &crate::cache::ClusterTag, ctx: &Ctx) {
+    let uid = n.metadata.uid.as_deref().unwrap_or_default();
+    if !ctx
+        .warnings
+        .due(&format!("{uid}/{REASON_SERVER_NOT_TAGGED}"), Instant::now())
+    {
+        return;
+    }
+    let initialized = !node::has_taint(n, node::TAINT_UNINITIALIZED);
+    ctx.metrics.action("server_not_tagged");
+    tracing::warn!(node = ?n.metadata.name, server = uuid, tag = %tag, "server exists but does not carry the cluster tag: Node kept");
+    ctx.event(
+        n,
+        EventType::Warning,
+        REASON_SERVER_NOT_TAGGED,
+        "Lifecycle",
+        not_tagged_note(uuid, tag, initialized),
+    )
+    .await;
+}
+
+/// Deletes the Node of a server that is definitively gone (listing and GET 404).
+async fn delete_node(n: &Node, uuid: &str, ctx: &Ctx) -> Result<Action, Error> {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let dp = DeleteParams {
+        // Never delete a re-registered Node of the same name by mistake.
+        preconditions: n.metadata.uid.clone().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match ctx.nodes.delete(&name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics.action("deleted");
+    ctx.event(
+        n,
+        EventType::Normal,
+        "DeletingNode",
+        "Delete",
+        format!("CloudSigma server {uuid} no longer exists"),
+    )
+    .await;
+    tracing::info!(node = %name, server = uuid, "server gone (listing and GET 404): node deleted");
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -963,9 +1032,10 @@ mod tests {
         ];
         let mut reasons: Vec<_> = all.iter().map(Error::reason).collect();
         reasons.push(REASON_NO_VLAN_NODE_IP);
+        reasons.push(REASON_SERVER_NOT_TAGGED);
         reasons.sort();
         reasons.dedup();
-        assert_eq!(reasons.len(), all.len() + 1, "{reasons:?}");
+        assert_eq!(reasons.len(), all.len() + 2, "{reasons:?}");
         // Reasons are UpperCamelCase words, as the Events API expects.
         assert!(reasons
             .iter()

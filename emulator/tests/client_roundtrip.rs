@@ -407,6 +407,13 @@ async fn tags_crud_and_tagged_resources() {
         ts.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>(),
         [s.uuid.as_str()]
     );
+    // the detail form (what `cloudsigma-controller --cluster-tag` lists) answers the same
+    let tsd = c.tag_servers_detail(&t.uuid).await.unwrap();
+    assert_eq!(
+        tsd.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>(),
+        [s.uuid.as_str()]
+    );
+    assert_eq!(tsd[0].name, "tagged-server");
     let td = c.tag_drives(&t.uuid).await.unwrap();
     assert_eq!(
         td.iter().map(|d| d.uuid.as_str()).collect::<Vec<_>>(),

@@ -33,6 +33,15 @@ impl Client {
         self.list_unique(&["tags", uuid, "servers"], &[]).await
     }
 
+    /// Servers carrying tag `uuid`, in full (`GET tags/{uuid}/servers/detail/`, paginated like
+    /// `servers/detail/`): what a controller scoped to one cluster's tag lists instead of the
+    /// whole account.
+    pub async fn tag_servers_detail(&self, uuid: &str) -> Result<Vec<Server>, Error> {
+        check_id("tag", uuid)?;
+        self.list_unique(&["tags", uuid, "servers", "detail"], &[])
+            .await
+    }
+
     /// Drives carrying tag `uuid` (`GET tags/{uuid}/drives/`).
     pub async fn tag_drives(&self, uuid: &str) -> Result<Vec<Drive>, Error> {
         check_id("tag", uuid)?;

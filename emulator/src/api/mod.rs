@@ -384,6 +384,14 @@ async fn route(
             Method::GET => tagged(app, uuid, kind, query),
             _ => Err(method_not_allowed(method, "GET")),
         },
+        // The detail form answers the same full objects (the emulator renders them in full on
+        // both), paginated alike.
+        ["tags", uuid, kind @ ("servers" | "drives" | "ips" | "vlans"), "detail"] => {
+            match *method {
+                Method::GET => tagged(app, uuid, kind, query),
+                _ => Err(method_not_allowed(method, "GET")),
+            }
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "notexist",
