@@ -197,6 +197,31 @@ impl Cluster {
         (self.apiserver.id(), self.etcd.id())
     }
 
+    /// The Events (events.k8s.io) about the object named `name`, in every namespace: one
+    /// [`NodeEvent`] each, in the apiserver's order.
+    pub fn events_about(&self, name: &str) -> Vec<NodeEvent> {
+        // Fields are separated by a control character no reason or note contains.
+        let out = self
+            .kubectl(&[
+                "get",
+                "events.events.k8s.io",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.regarding.name}\x1f{.reason}\x1f{.note}\x1f{.series.count}{\"\\n\"}{end}",
+            ])
+            .expect("kubectl get events");
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split('\x1f');
+                (f.next()? == name).then(|| NodeEvent {
+                    reason: f.next().unwrap_or_default().to_string(),
+                    note: f.next().unwrap_or_default().to_string(),
+                    count: f.next().and_then(|c| c.parse().ok()),
+                })
+            })
+            .collect()
+    }
+
     /// kubectl as the admin; Ok(stdout) on success.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         self.kubectl_as(&self.kubeconfig, args, None)
@@ -551,4 +576,13 @@ pub fn cloudsigma_client(
     .expect("emulator url");
     configure(&mut cfg);
     Client::new(cfg).expect("client")
+}
+
+/// One Event about an object, as [`Cluster::events_about`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub reason: String,
+    pub note: String,
+    /// `series.count`, for an Event that repeated (None before its first repeat).
+    pub count: Option<u32>,
 }

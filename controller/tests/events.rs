@@ -23,17 +23,16 @@ fn cs_client(emu: &EmulatorHandle) -> Client {
 /// Events about `node` as "reason note [count]", one per line.
 fn events_of(cluster: &Cluster, node: &str) -> Vec<String> {
     cluster
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "-o",
-            "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note} [{.series.count}]{\"\\n\"}{end}",
-        ])
-        .expect("events")
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{node} ")))
-        .map(str::to_string)
+        .events_about(node)
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{} {} [{}]",
+                e.reason,
+                e.note,
+                e.count.map(|c| c.to_string()).unwrap_or_default()
+            )
+        })
         .collect()
 }
 

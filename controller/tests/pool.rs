@@ -198,17 +198,9 @@ async fn two_replicas_on_one_lease_never_assign_the_same_address() {
 /// Events about `node` as "reason|note", one per Event.
 fn events_of(cluster: &Cluster, node: &str) -> Vec<String> {
     cluster
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "-o",
-            "jsonpath={range .items[*]}{.regarding.name}|{.reason}|{.note}{\"\\n\"}{end}",
-        ])
-        .expect("events")
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{node}|")))
-        .map(str::to_string)
+        .events_about(node)
+        .into_iter()
+        .map(|e| format!("{}|{}", e.reason, e.note))
         .collect()
 }
 

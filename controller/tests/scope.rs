@@ -41,17 +41,9 @@ fn options(emu: &EmulatorHandle, tag: &str) -> Options {
 /// "reason note" of the Events about `node`.
 fn events_of(cluster: &Cluster, node: &str) -> Vec<String> {
     cluster
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "-o",
-            "jsonpath={range .items[*]}{.regarding.name} {.reason} {.note}{\"\\n\"}{end}",
-        ])
-        .expect("events")
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{node} ")))
-        .map(str::to_string)
+        .events_about(node)
+        .into_iter()
+        .map(|e| format!("{} {}", e.reason, e.note))
         .collect()
 }
 
