@@ -29,28 +29,8 @@ fn bootstrap_from_serial_port() {
         std::thread::sleep(std::time::Duration::from_secs(2));
         true
     });
-    // No --context-file: run the binary directly with --serial.
-    let path = format!(
-        "{}:{}",
-        n.stub_dir.display(),
-        std::env::var("PATH").unwrap()
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args([
-            "--serial",
-            tty.to_str().unwrap(),
-            "--timeout",
-            "10",
-            "--execute",
-            "--net-fixture",
-        ])
-        .arg(&n.fixture)
-        .arg("--root")
-        .arg(&n.root)
-        .env("PATH", path)
-        .env("STUB_LOG", &n.stub_log)
-        .output()
-        .unwrap();
+    // No --context-file: the binary reads the context with --serial.
+    let out = n.run_serial(&tty, 10);
     assert!(
         host.join().unwrap(),
         "the agent sent the whole-context request"
@@ -138,27 +118,7 @@ fn early_boot_not_ready_replies_are_waited_out() {
     let n = Node::new(data("kubeadm-join.yaml").as_bytes());
     let ctx = std::fs::read_to_string(&n.context).unwrap();
     let (pty, tty, host) = not_ready_host(ctx, Some(3));
-    let path = format!(
-        "{}:{}",
-        n.stub_dir.display(),
-        std::env::var("PATH").unwrap()
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args([
-            "--serial",
-            tty.to_str().unwrap(),
-            "--timeout",
-            "10",
-            "--execute",
-        ])
-        .arg("--net-fixture")
-        .arg(&n.fixture)
-        .arg("--root")
-        .arg(&n.root)
-        .env("PATH", path)
-        .env("STUB_LOG", &n.stub_log)
-        .output()
-        .unwrap();
+    let out = n.run_serial(&tty, 10);
     assert_eq!(host.join().unwrap(), 3, "three not-ready replies were sent");
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), n.log());
     assert!(n.marker());

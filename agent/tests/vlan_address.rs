@@ -311,27 +311,7 @@ fn the_assignment_is_read_live_from_the_serial_port() {
     set_interfaces(&n, &[]);
     let ctx = fs::read_to_string(&n.context).unwrap();
     let (pty, tty, host) = live_host(ctx, Duration::from_millis(2500), "192.168.77.11/24");
-    let path = format!(
-        "{}:{}",
-        n.stub_dir.display(),
-        std::env::var("PATH").unwrap()
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
-        .args([
-            "--serial",
-            tty.to_str().unwrap(),
-            "--timeout",
-            "10",
-            "--execute",
-        ])
-        .arg("--net-fixture")
-        .arg(&n.fixture)
-        .arg("--root")
-        .arg(&n.root)
-        .env("PATH", path)
-        .env("STUB_LOG", &n.stub_log)
-        .output()
-        .unwrap();
+    let out = n.run_serial(&tty, 10);
     drop(pty);
     let asked = host.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), n.log());

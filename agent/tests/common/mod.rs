@@ -205,6 +205,28 @@ impl Node {
         c
     }
 
+    /// Runs the agent reading its context from the serial port `tty` (a pty the test answers
+    /// on), giving up after `timeout_secs`, with the stubs first on PATH.
+    pub fn run_serial(&self, tty: &Path, timeout_secs: u32) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.stub_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new(env!("CARGO_BIN_EXE_cloudsigma-agent"))
+            .arg("--serial")
+            .arg(tty)
+            .args(["--timeout", &timeout_secs.to_string(), "--execute"])
+            .arg("--net-fixture")
+            .arg(&self.fixture)
+            .arg("--root")
+            .arg(&self.root)
+            .env("PATH", path)
+            .env("STUB_LOG", &self.stub_log)
+            .output()
+            .unwrap()
+    }
+
     /// Replace a stub: it records its argv, fails when STUB_FAIL names it, else runs `body`.
     pub fn stub(&self, name: &str, body: &str) {
         let p = self.stub_dir.join(name);
