@@ -19,7 +19,7 @@ use futures::StreamExt;
 use crate::cache::ServerCache;
 use crate::metrics::Metrics;
 use crate::pool::{self, Assign, Expect, Plan, Pool, Problem};
-use crate::reconcile::WarningThrottle;
+use crate::throttle::WarningThrottle;
 
 /// Default of `--vlan-address-quarantine`: long enough for ARP caches, a deleted server's Node
 /// (removed by the lifecycle check within a sync period or two) and a guest whose key was
@@ -38,7 +38,7 @@ pub struct Round {
     pub plan: Plan,
     /// The assignments written (or found already written with the same value).
     pub written: Vec<Assign>,
-    /// Problems whose log line was due (each once per [`crate::reconcile::WARNING_REPEAT`]);
+    /// Problems whose log line was due (each once per [`crate::throttle::WARNING_REPEAT`]);
     /// the Nodes get theirs from their reconciles.
     pub due: Vec<Problem>,
 }

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod reconcile;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod throttle;
 pub mod watched;
 
 use std::net::SocketAddr;

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::cache::{Lookup, ServerCache};
 use crate::metrics::Metrics;
 use crate::node::{self, ProviderId};
+use crate::throttle::WarningThrottle;
 use crate::watched::WatchedNode;
 
 pub struct Ctx {
@@ -76,61 +77,6 @@ impl Ctx {
 /// The Warning about a VLAN server whose kubelet gave no node IP (issue 24): the deployment
 /// report's failure, where Cilium and flannel found no InternalIP.
 pub const REASON_NO_VLAN_NODE_IP: &str = "NoVLANNodeIP";
-
-/// How often a standing condition's Warning is repeated while it lasts. Events expire after an
-/// hour (kube-apiserver `--event-ttl`), so this keeps one in `kubectl describe node`, at two
-/// writes an hour per affected Node instead of one per sync period.
-pub const WARNING_REPEAT: Duration = Duration::from_secs(30 * 60);
-
-/// At most one Warning per Node and reason per interval, for conditions that the periodic re-sync
-/// finds again and again (the failures of tainted Nodes are reported per failed reconcile, which
-/// backs off; a healthy-looking initialized Node is seen every sync period). The recorder only
-/// folds repeats into one Event's count: each repeat is still an apiserver write.
-pub struct WarningThrottle {
-    interval: Duration,
-    last: std::sync::Mutex<HashMap<String, Instant>>,
-}
-
-impl WarningThrottle {
-    pub fn new(interval: Duration) -> WarningThrottle {
-        WarningThrottle {
-            interval,
-            last: Default::default(),
-        }
-    }
-
-    /// Whether the Warning `key` is due at `now`; a due one counts as emitted.
-    pub fn due(&self, key: &str, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last
-            .get(key)
-            .is_some_and(|t| now.saturating_duration_since(*t) < self.interval)
-        {
-            return false;
-        }
-        // Entries leave when their condition ends; a Node deleted while it lasts leaves one.
-        // Forgetting all only repeats some Warnings early: bound it crudely.
-        if last.len() >= 16384 {
-            last.clear();
-        }
-        last.insert(key.to_string(), now);
-        true
-    }
-
-    /// The condition ended: its next occurrence is reported at once.
-    pub fn clear(&self, key: &str) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if !last.is_empty() {
-            last.remove(key);
-        }
-    }
-}
-
-impl Default for WarningThrottle {
-    fn default() -> WarningThrottle {
-        WarningThrottle::new(WARNING_REPEAT)
-    }
-}
 
 /// The note of the `NoVLANNodeIP` Warning: what is wrong and what to do.
 pub fn no_vlan_node_ip_note(server_uuid: &str) -> String {
@@ -344,7 +290,7 @@ fn pool_check(n: &Node, server: &Server, ctx: &Ctx) -> Result<Option<Action>, Er
 }
 
 /// An initialized Node whose node IP is not (or no longer) its server's assigned address: a
-/// `VLANAddressMismatch` Warning at most once per [`WARNING_REPEAT`] (the Node is left as it is:
+/// `VLANAddressMismatch` Warning at most once per [`crate::throttle::WARNING_REPEAT`] (the Node is left as it is:
 /// it was initialized before the pool or the key changed, and kubelet follows the agent).
 async fn pool_mismatch_warning(n: &Node, server: &Server, ctx: &Ctx) {
     let uid = n.metadata.uid.as_deref().unwrap_or_default();
@@ -376,7 +322,7 @@ pub async fn allocate(ctx: &Ctx, a: &crate::allocator::Allocator) {
 
 /// Warnings about the VLAN pools of this Node's server (a bad or overlapping pool or a full one
 /// on its VLAN; a bad, outside or duplicate assignment of its NIC), each at most once per
-/// [`WARNING_REPEAT`] per Node: reported from the reconcile, so a Node registered after the
+/// [`crate::throttle::WARNING_REPEAT`] per Node: reported from the reconcile, so a Node registered after the
 /// allocator found the problem gets it too.
 async fn pool_warnings(n: &Node, server: &Server, ctx: &Ctx) {
     let Some(a) = &ctx.allocator else {
@@ -675,7 +621,7 @@ async fn lifecycle_present(n: &Node, server: &Server, ctx: &Ctx) -> Result<(), E
     Ok(())
 }
 
-/// Warnings about an initialized Node's addresses, at most one per [`WARNING_REPEAT`] each:
+/// Warnings about an initialized Node's addresses, at most one per [`crate::throttle::WARNING_REPEAT`] each:
 /// `NoVLANNodeIP`, and `InvalidNodeIP` when kubelet's node IP stopped fitting the server (its
 /// addresses are then left as they are); `invalid` is that error.
 async fn standing_warnings(n: &Node, server: &Server, invalid: Option<&String>, ctx: &Ctx) {
@@ -783,7 +729,7 @@ pub fn not_tagged_note(uuid: &str, tag: &crate::cache::ClusterTag, initialized: 
     }
 }
 
-/// A `ServerNotTagged` Warning, at most once per [`WARNING_REPEAT`] per Node.
+/// A `ServerNotTagged` Warning, at most once per [`crate::throttle::WARNING_REPEAT`] per Node.
 async fn untagged_warning(n: &Node, uuid: &str, tag: &crate::cache::ClusterTag, ctx: &Ctx) {
     let uid = n.metadata.uid.as_deref().unwrap_or_default();
     if !ctx
