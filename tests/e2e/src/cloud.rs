@@ -34,7 +34,18 @@ impl VmCloud {
         let mut timings = cloudsim::Timings::instant();
         // the guest decides when an ACPI shutdown is done; give it time
         timings.shutdown_timeout = Duration::from_secs(180);
+        // E2E_EMULATOR_ADMIN=tcp is a negative control for `guest_cannot_reach_admin`: the admin
+        // endpoints on a loopback TCP port without a login, which is what the emulator served
+        // before issue 21 (on its API port); the probe must then fail.
+        let admin_listen = match std::env::var("E2E_EMULATOR_ADMIN").as_deref() {
+            Ok("tcp") => cloudsim::AdminListen::loopback(),
+            Ok("") | Ok("unix") | Err(_) => cloudsim::AdminListen::default(),
+            Ok(other) => {
+                panic!("E2E_EMULATOR_ADMIN={other:?}: expected `unix` (the default) or `tcp`")
+            }
+        };
         let emu = cloudsim::Emulator::start(cloudsim::EmulatorConfig {
+            admin_listen,
             timings,
             context_dir: Some(data.path().join("ctx")),
             backend: Some(backend),
@@ -174,6 +185,36 @@ impl VmCloud {
         std::fs::read_dir(self.data.path().join("vm/drives"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
+    }
+
+    /// Issue 21 item 6, from inside a VM: a guest reaches the host's loopback through 10.0.2.2
+    /// (QEMU user networking), so the emulator's API port answers it; the admin endpoints (every
+    /// server's user-data, fault injection, host paths as images) must not. They are on a unix
+    /// socket by default, and the API listener refuses `/admin/` without credentials like any
+    /// API path. When admin is on TCP (`E2E_EMULATOR_ADMIN=tcp`), that port is probed too.
+    pub fn assert_guest_cannot_reach_admin(&self, ssh: &Ssh) {
+        let probe = |port: u16, path: &str| {
+            let cmd = format!(
+                "exec 3<>/dev/tcp/10.0.2.2/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && head -1 <&3"
+            );
+            ssh.run(&format!("bash -c {}", test_support::shell_quote(&cmd)))
+                .unwrap_or_else(|e| panic!("probing port {port} {path} from the guest: {e}"))
+        };
+        let api_port = self.emu.addr().port();
+        // The API answers the guest (so the probe reaches cloudsim at all) and asks for a login ...
+        let api = probe(api_port, "/api/2.0/servers/");
+        assert!(api.contains(" 401"), "the guest's GET of the API: {api:?}");
+        // ... and no port of the emulator serves admin to it.
+        let ports = std::iter::once(api_port).chain(self.emu.admin_addr().map(|a| a.port()));
+        for port in ports {
+            for path in ["/admin/counters", "/admin/faults", "/admin/servers/"] {
+                let answer = probe(port, path);
+                assert!(
+                    answer.starts_with("HTTP/") && !answer.contains(" 200"),
+                    "the guest reached the emulator's admin on port {port} {path}: {answer:?}"
+                );
+            }
+        }
     }
 }
 

@@ -87,6 +87,11 @@ impl Ssh {
             "UserKnownHostsFile=/dev/null",
             "-o",
             "ConnectTimeout=5",
+            // a session that dies after login (the guest rebooted under it) ends in 30 s
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=3",
             "-o",
             "LogLevel=ERROR",
         ]);
@@ -112,12 +117,38 @@ impl Ssh {
         }
     }
 
+    /// The bound of one [`Ssh::run`]: no command the loops run over SSH takes this long, and a
+    /// stalled one must fail the loop rather than hang it (see [`Ssh::run_within`]).
+    pub const RUN_LIMIT: Duration = Duration::from_secs(900);
+    /// The bound of one attempt while a guest boots or reboots (polls).
+    pub const POLL_LIMIT: Duration = Duration::from_secs(30);
+
     pub fn run(&self, script: &str) -> Result<String, String> {
-        let out = self
-            .command("ssh")
+        self.run_within(script, Self::RUN_LIMIT)
+    }
+
+    /// `run`, killed after `limit`. Why: across a guest reboot QEMU's user networking accepts the
+    /// TCP connection on the host side at once, and the SSH session can then stall after the
+    /// banner, where neither ConnectTimeout nor ServerAlive* applies (seen: one `ssh` hung 8 min
+    /// in first_boot's reboot wait). coreutils `timeout` bounds the whole command.
+    pub fn run_within(&self, script: &str, limit: Duration) -> Result<String, String> {
+        let ssh = self.command("ssh");
+        let mut c = Command::new("timeout");
+        c.args(["--kill-after=5", &format!("{}s", limit.as_secs().max(1))])
+            .arg(ssh.get_program())
+            .args(ssh.get_args())
             .arg(format!("{}@{}", self.user, self.host))
-            .arg(script)
-            .output();
+            .arg(script);
+        let out = c.output();
+        if let Ok(o) = &out {
+            // 124: `timeout` stopped it; 137: it had to SIGKILL after the grace period
+            if matches!(o.status.code(), Some(124) | Some(137)) {
+                return Err(format!(
+                    "ssh {}@{}: no answer within {limit:?} (stalled session, killed)",
+                    self.user, self.host
+                ));
+            }
+        }
         self.result("ssh", out)
     }
 
@@ -138,7 +169,7 @@ impl Ssh {
     pub fn run_retrying(&self, script: &str, within: Duration) -> Result<String, String> {
         let t = Instant::now();
         loop {
-            match self.run(script) {
+            match self.run_within(script, Self::POLL_LIMIT) {
                 Ok(out) => return Ok(out),
                 Err(e) if t.elapsed() >= within => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_secs(2)),

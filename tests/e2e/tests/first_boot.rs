@@ -268,6 +268,8 @@ async fn first_boot_of_a_larger_clone() {
     report.ssh = Some(ssh.clone());
     tokio::task::block_in_place(|| wait_marker(&ssh, Duration::from_secs(600)));
     phases.done("boot + bootstrap", p);
+    // the admin endpoints are out of the guest's reach (issue 21 item 6)
+    tokio::task::block_in_place(|| cloud.assert_guest_cannot_reach_admin(&ssh));
 
     // 4. the root grew into the larger drive
     let disk_bytes: u64 = ssh
@@ -380,14 +382,17 @@ async fn first_boot_of_a_larger_clone() {
     let boot_id = ssh
         .run("cat /proc/sys/kernel/random/boot_id")
         .expect("boot id");
-    let _ = ssh.run("sudo systemctl reboot");
+    let _ = ssh.run_within("sudo systemctl reboot", Ssh::POLL_LIMIT);
     tokio::task::block_in_place(|| {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Ok(id) = ssh.run("cat /proc/sys/kernel/random/boot_id") {
+            if let Ok(id) = ssh.run_within("cat /proc/sys/kernel/random/boot_id", Ssh::POLL_LIMIT) {
                 if id != boot_id
                     && ssh
-                        .run("systemctl is-active cloudsigma-bootstrap.service")
+                        .run_within(
+                            "systemctl is-active cloudsigma-bootstrap.service",
+                            Ssh::POLL_LIMIT,
+                        )
                         .map(|s| s.trim() == "active")
                         .unwrap_or(false)
                 {
