@@ -11,7 +11,8 @@
 //!    (it is the clone's first: growpart, machine-id, host keys) and is not measured;
 //! 4. `BOOT_BENCH_ROUNDS` rounds (default 2), each rebooting the VM once per contender, in an
 //!    order that rotates between rounds: for an agent its binary and unit are installed, its
-//!    instance stamp removed (so it bootstraps the instance afresh), cloud-init disabled; for
+//!    state directory removed (stamps and scripts: it bootstraps the instance as on a new
+//!    node, where no file it writes there exists yet), cloud-init disabled; for
 //!    cloud-init the agent's unit is disabled, `/etc/cloud/cloud-init.disabled` removed and
 //!    `cloud-init clean --logs` run: its CloudSigma datasource (the library image's
 //!    `datasource_list: [ CloudSigma, None ]`) reads the same context on /dev/ttyS1. The data's
@@ -242,7 +243,7 @@ fn prepare_and_reboot(g: &Guest, who: &Contender) -> String {
              sudo install -m 0644 {STASH}/{label}/{AGENT_UNIT} /etc/systemd/system/{AGENT_UNIT}; \
              sudo systemctl daemon-reload; sudo systemctl enable --quiet {AGENT_UNIT}; \
              sudo touch /etc/cloud/cloud-init.disabled; \
-             sudo sh -c 'rm -f /var/lib/cloudsigma-agent/instance-*.done'"
+             sudo rm -rf /var/lib/cloudsigma-agent"
         ),
         Contender::CloudInit => format!(
             "set -e; sudo systemctl disable --quiet {AGENT_UNIT}; \
