@@ -68,6 +68,8 @@ struct Agent<'a> {
     growpart: Option<Background>,
     /// The `online` wait, started with the agent (see [`online::start`]).
     online_wait: Option<Result<std::process::Child>>,
+    /// The write-back started when the `online` wait begins ([`fsutil::preflush`]).
+    preflush: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A step running on its own thread: its phase entry (index in `status.phases`) is completed
@@ -78,7 +80,6 @@ struct Background {
 }
 
 pub fn run(o: &Opts) -> i32 {
-    prefetch_self();
     let real_root = o.root == Path::new("/");
     let marker = under(&o.root, MARKER);
     let log_path = o
@@ -99,6 +100,7 @@ pub fn run(o: &Opts) -> i32 {
         online_done: false,
         growpart: None,
         online_wait: None,
+        preflush: None,
     };
     if online::skip(a.real_root, &o.root).is_none() {
         a.online_wait = Some(online::start());
@@ -148,6 +150,9 @@ pub fn run(o: &Opts) -> i32 {
     // Never exit with the root still growing (every path ends here).
     a.join_growpart();
     online::abandon(a.online_wait.take());
+    if let Some(t) = a.preflush.take() {
+        let _ = t.join();
+    }
     if let Err(e) = fsutil::sync_pending() {
         a.warn(format!(
             "cannot flush the files written to disk (syncfs): {e}"
@@ -163,7 +168,10 @@ pub fn run(o: &Opts) -> i32 {
 /// binary waits its turn (in the e2e VM started early, the template phase, < 1 ms on a warm
 /// host, took 2 s: faults or CPU contention). Best effort: a failure only means the faults
 /// happen as before.
-fn prefetch_self() {
+///
+/// Called first thing in `main`, before the command line is parsed: clap's code is among the
+/// first pages the binary faults in.
+pub fn prefetch_self() {
     use std::os::fd::AsRawFd;
     if let Ok(f) = std::fs::File::open("/proc/self/exe") {
         let _ = nix::fcntl::posix_fadvise(
@@ -268,6 +276,11 @@ impl Agent<'_> {
             return Ok(());
         }
         let skip = online::skip(self.real_root, &self.o.root);
+        if skip.is_none() {
+            // The files written so far go to disk while the network comes up, so that the
+            // syncfs right before runcmd (stamp.rs) has little left to write.
+            self.preflush = fsutil::preflush();
+        }
         let step = step.to_string();
         let started = self.online_wait.take();
         self.step("online", skip, |cx| {
@@ -724,6 +737,12 @@ impl Agent<'_> {
             let bytes = fs::read(f).at(IoOp::ReadContext, f)?;
             context::parse_context(f, &bytes)?
         } else {
+            // Not under a test --root: that writes nothing outside it.
+            if self.real_root {
+                if let Some(msg) = crate::serial::raise_rx_trigger(&self.o.serial) {
+                    self.log.info(&msg);
+                }
+            }
             context::read_context(&self.o.serial, self.o.timeout)?
         };
         if !stamp::is_uuid(&ctx.uuid) {
