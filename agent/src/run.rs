@@ -532,8 +532,14 @@ impl Agent<'_> {
             // The stamp goes down before the commands start (see stamp.rs): from here on a
             // crash never makes a reboot run them again.
             let p = stamp::path(&root, uuid);
+            let t = Instant::now();
             stamp::write(&root, uuid, State::Started).at(IoOp::Access, &p)?;
             started.set(true);
+            // The one wait for the disk on the path to the join (issue 25): say how long it took.
+            cx.info(&format!(
+                "started-stamp written, it and every file before it on disk in {} ms",
+                t.elapsed().as_millis()
+            ));
             scripts::run(cx, file, &body, uuid)
         })
     }
