@@ -61,10 +61,25 @@ fn cargo_build(repo: &Path, target: &Path, env: &[(&str, &str)], args: &[&str], 
 /// release/cloudsigma-agent`) finds it after the tests: a build for another `--target` and
 /// profile takes other locks than the debug build `cargo test` holds.
 fn static_release(repo: &Path, package: &str) -> PathBuf {
+    // The commit for `--version`, from this checkout: the build script's own `git rev-parse`
+    // output is cached in the target dir, which worktrees may share (it then names whichever
+    // checkout last re-ran it).
+    let commit = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     cargo_build(
         repo,
         &main_target(),
-        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+        &[
+            ("RUSTFLAGS", "-C target-feature=+crt-static"),
+            ("CLOUDSIGMA_GIT_COMMIT", &commit),
+        ],
         &[
             "--release",
             "-p",
