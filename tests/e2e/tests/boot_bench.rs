@@ -359,6 +359,22 @@ fn measure(g: &Guest, who: &Contender, old_boot: &str, round: usize, load: Strin
                 .filter_map(|p| p["duration_ms"].as_f64())
                 .sum::<f64>()
                 / 1000.0;
+            // where the wait ended against network-online.target (the agent's clock starts at
+            // its first log line, so this is approximate by that much)
+            if let Some(end) = phases
+                .iter()
+                .find(|p| p["name"] == "online")
+                .and_then(|p| Some(p["start_ms"].as_f64()? + p["duration_ms"].as_f64()?))
+            {
+                s.notes.push(format!(
+                    "its online phase ended at ~{:.2} s uptime, network-online.target at {:.2} s, time-sync.target at {}",
+                    start + end / 1000.0,
+                    s.online_target,
+                    g.unit_mono("time-sync.target", "ActiveEnterTimestampMonotonic")
+                        .map(|t| format!("{t:.2} s"))
+                        .unwrap_or_else(|| "?".into())
+                ));
+            }
             let steps: Vec<String> = phases
                 .iter()
                 .filter(|p| p["result"] != "skipped")
