@@ -62,35 +62,6 @@ pub fn sync_pending() -> io::Result<()> {
     Ok(())
 }
 
-/// Start writing back what [`sync_pending`] would make durable, on a thread of its own (one
-/// `syncfs(2)` per file system written to so far), without forgetting those file systems: the
-/// `sync_pending` that must still follow (right after the started-stamp, before runcmd) then
-/// finds only what was written since. The agent calls this when it starts waiting for the
-/// network (the `online` phase): in the e2e VM that wait lasts seconds, and the syncfs before
-/// runcmd took 0.3 s of the path to `kubeadm join` (issue 25). Nothing relies on this one having
-/// finished, so its errors are left to the `sync_pending` after it.
-pub fn preflush() -> Option<std::thread::JoinHandle<()>> {
-    use std::os::fd::AsRawFd;
-    let dirs: Vec<File> = PENDING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter_map(|(_, d)| d.try_clone().ok())
-        .collect();
-    if dirs.is_empty() {
-        return None;
-    }
-    std::thread::Builder::new()
-        .name("preflush".into())
-        .spawn(move || {
-            for d in dirs {
-                // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
-                unsafe { nix::libc::syncfs(d.as_raw_fd()) };
-            }
-        })
-        .ok()
-}
-
 /// Write `data` to `path` atomically: a temporary file is created in the same directory with the
 /// final mode (before any content lands), filled, chowned and renamed over the target. Append
 /// mode copies the current content first, so a reader never sees a half-appended file either.
