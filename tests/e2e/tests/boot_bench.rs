@@ -344,7 +344,7 @@ fn measure(g: &Guest, who: &Contender, old_boot: &str, round: usize, load: Strin
             }
             // the path from the network to the join, as the agent's journal stamped it
             if let Ok(lines) = g.sh(&format!(
-                "sudo journalctl -b -o short-monotonic --no-pager -u {AGENT_UNIT} | grep -E 'after its process was created|phase online: ok|phase runcmd: start|started-stamp|running /var/lib' | cut -c1-130"
+                "sudo journalctl -b -o short-monotonic --no-pager -u {AGENT_UNIT} | grep -E 'after its process was created|phase online: ok|phase runcmd: start|started-stamp|running /var/lib' | cut -c1-230"
             )) {
                 s.notes.push(format!(
                     "journal: {}",
