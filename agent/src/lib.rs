@@ -8,6 +8,7 @@ pub mod net;
 pub mod paths;
 pub mod report;
 pub mod run;
+pub mod serial;
 pub mod show;
 pub mod stamp;
 pub mod steps;

@@ -5,6 +5,8 @@ use cloudsigma_agent::cli::{self, Cli, Command};
 use cloudsigma_agent::{fsutil, run, show};
 
 fn main() {
+    run::mark_main();
+    run::prefetch_self();
     // clap exits with 2 on a usage error, 0 for --help/--version: the documented codes.
     let cli = Cli::parse();
     let code = match cli.command {

@@ -20,6 +20,8 @@ fn unit_directives() {
         "ExecStart=/usr/local/bin/cloudsigma-agent --serial /dev/ttyS1",
         "Conflicts=serial-getty@ttyS1.service",
         "WantedBy=multi-user.target",
+        // the larger CPU share during the boot only (issue 25)
+        "StartupCPUWeight=1000",
     ] {
         assert!(has(l), "missing {l:?}");
     }

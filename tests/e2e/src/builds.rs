@@ -61,10 +61,25 @@ fn cargo_build(repo: &Path, target: &Path, env: &[(&str, &str)], args: &[&str], 
 /// release/cloudsigma-agent`) finds it after the tests: a build for another `--target` and
 /// profile takes other locks than the debug build `cargo test` holds.
 fn static_release(repo: &Path, package: &str) -> PathBuf {
+    // The commit for `--version`, from this checkout: the build script's own `git rev-parse`
+    // output is cached in the target dir, which worktrees may share (it then names whichever
+    // checkout last re-ran it).
+    let commit = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     cargo_build(
         repo,
         &main_target(),
-        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+        &[
+            ("RUSTFLAGS", "-C target-feature=+crt-static"),
+            ("CLOUDSIGMA_GIT_COMMIT", &commit),
+        ],
         &[
             "--release",
             "-p",
@@ -224,4 +239,84 @@ pub fn imgbuild_manifest(
     serde_json::from_str(out.trim())
         .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or_default()))
         .unwrap_or_else(|e| panic!("imgbuild --output json printed no JSON manifest ({e}):\n{out}"))
+}
+
+/// The static agent and its unit file as git revision `rev` had them (the boot bench's
+/// same-run baseline): `(binary, unit file, full commit id)`.
+///
+/// The revision's tree is exported with `git archive` into `$CARGO_TARGET_DIR/
+/// boot-bench-baseline/src-<commit>` (outside the clone when the target dir is; no `git
+/// worktree`, so an interrupted run leaves no worktree entry in the repository) and built there
+/// exactly as [`build_binaries`] builds the current agent (`+crt-static`, release,
+/// x86_64-unknown-linux-gnu), into a target dir of its own: the shared one's
+/// `x86_64-unknown-linux-gnu/release/cloudsigma-agent` is the current agent and must stay so.
+/// `CLOUDSIGMA_GIT_COMMIT` gives the binary's `--version` the revision (the export has no
+/// `.git`). The result is kept as `agent-<commit>` and `unit-<commit>`; a later run reuses it.
+pub fn static_agent_at(repo: &Path, rev: &str) -> (PathBuf, PathBuf, String) {
+    let commit = run(
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg(format!("{rev}^{{commit}}")),
+        &format!("BOOT_BENCH_BASELINE={rev}: not a commit of this repository"),
+    )
+    .trim()
+    .to_string();
+    let dir = main_target().join("boot-bench-baseline");
+    let (binary, unit) = (
+        dir.join(format!("agent-{commit}")),
+        dir.join(format!("unit-{commit}")),
+    );
+    if binary.is_file() && unit.is_file() {
+        return (binary, unit, commit);
+    }
+    let src = dir.join(format!("src-{commit}"));
+    if !src.join("Cargo.toml").is_file() {
+        std::fs::create_dir_all(&src).expect("baseline source dir");
+        let archive = src.with_extension("tar");
+        run(
+            Command::new("git")
+                .arg("-C")
+                .arg(repo)
+                .args(["archive", "--format=tar", "-o"])
+                .arg(&archive)
+                .arg(&commit),
+            "git archive of the baseline",
+        );
+        run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&src),
+            "unpacking the baseline",
+        );
+        std::fs::remove_file(&archive).expect("removing the baseline archive");
+    }
+    let short = &commit[..7];
+    cargo_build(
+        &src,
+        &dir.join("target"),
+        &[
+            ("RUSTFLAGS", "-C target-feature=+crt-static"),
+            ("CLOUDSIGMA_GIT_COMMIT", short),
+        ],
+        &[
+            "--locked",
+            "--release",
+            "-p",
+            "cloudsigma-agent",
+            "--bin",
+            "cloudsigma-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ],
+        &format!("cargo build cloudsigma-agent at {short} (static)"),
+    );
+    let built = dir.join("target/x86_64-unknown-linux-gnu/release/cloudsigma-agent");
+    std::fs::copy(&built, &binary).expect("keeping the baseline agent");
+    std::fs::copy(src.join("systemd/cloudsigma-bootstrap.service"), &unit)
+        .expect("the baseline's systemd/cloudsigma-bootstrap.service");
+    (binary, unit, commit)
 }
