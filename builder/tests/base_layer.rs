@@ -286,22 +286,67 @@ fn base_until_is_checked_and_the_shipped_recipes_mark_their_base() {
     let ubuntu = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &vars).unwrap();
     assert_eq!(ubuntu.base_steps, Some(4));
     assert!(ubuntu.base_off.is_none());
-    // local artifacts go to /tmp before containerd: the capture's reboot would lose them
+    // the local source: the runtime's uploads go to a path the capture keeps, before the mark;
+    // the version's own files after it, so one layer serves every Kubernetes version
+    for (k, v) in [("1.34.1", "k134"), ("1.33.13", "k133")] {
+        let d = tmp.path().join(format!("art/kubernetes/v{k}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("kubelet"), v).unwrap();
+    }
+    for f in [
+        "bin/containerd",
+        "bin/containerd-shim-runc-v2",
+        "bin/ctr",
+        "bin/runc",
+    ]
+    .into_iter()
+    .chain(["bin/crictl", "cni/bridge", "images/pause.tar"])
+    {
+        let p = tmp.path().join("art").join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, f).unwrap();
+    }
     let mut local = vars.clone();
     local.insert("kubernetes_source".into(), "local".into());
-    local.insert("artifacts_dir".into(), tmp.path().display().to_string());
-    let r = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &local).unwrap();
-    let why = r.base_off.clone().expect("no layer with local artifacts");
-    assert!(
-        why.contains("/tmp/imgbuild/artifacts") && why.contains("base_until"),
-        "{why}"
+    local.insert(
+        "artifacts_dir".into(),
+        tmp.path().join("art").display().to_string(),
     );
-    assert!(r.base_fingerprint("x").is_none());
-    // debian-k8s ends its layer before that upload
+    let r = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &local).unwrap();
+    assert!(r.base_off.is_none(), "{:?}", r.base_off);
+    let k = r.base_steps.unwrap();
+    assert_eq!(r.steps[k - 1].name, "containerd, runc, CNI plugins");
+    assert!(
+        r.steps[..k]
+            .iter()
+            .any(|s| s.name.starts_with("local artifacts: containerd")),
+        "{:?}",
+        r.steps.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert!(r.steps[k..]
+        .iter()
+        .any(|s| s.name.starts_with("local artifacts: Kubernetes")));
+    let fp = |vars: &std::collections::BTreeMap<String, String>| {
+        let r = Recipe::load(&dir.join("debian-k8s/recipe.yaml"), vars).unwrap();
+        (r.base_fingerprint("lib").unwrap(), r.fingerprint("lib"))
+    };
     let mut dvars = vars.clone();
-    dvars.insert("artifacts_dir".into(), tmp.path().display().to_string());
+    dvars.insert(
+        "artifacts_dir".into(),
+        tmp.path().join("art").display().to_string(),
+    );
+    let (base134, img134) = fp(&dvars);
+    let mut v133 = dvars.clone();
+    v133.insert("kubernetes_version".into(), "1.33.13".into());
+    let (base133, img133) = fp(&v133);
+    assert_eq!(base134, base133, "one layer for both versions");
+    assert_ne!(img134, img133);
+    // a runtime file is in the layer: changing it changes the layer
+    std::fs::write(tmp.path().join("art/bin/runc"), "runc 2").unwrap();
+    assert_ne!(fp(&dvars).0, base134);
+    // debian-k8s marks ubuntu-k8s's base
     let deb = Recipe::load(&dir.join("debian-k8s/recipe.yaml"), &dvars).unwrap();
-    assert_eq!((deb.base_steps, deb.base_off.is_none()), (Some(3), true));
+    assert_eq!((deb.base_steps, deb.base_off.is_none()), (Some(k), true));
     let test_node = Recipe::load(&dir.join("debian-test-node/recipe.yaml"), &vars).unwrap();
     assert_eq!(test_node.base_steps, Some(3));
     // a name no step has, and the last step, are refused with the line

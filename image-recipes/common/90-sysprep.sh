@@ -116,6 +116,9 @@ rm -f /root/.bash_history /home/*/.bash_history
 # keep /tmp/imgbuild: this very script runs from there; imgbuild removes it at the end
 find /tmp -mindepth 1 -maxdepth 1 ! -name imgbuild -exec rm -rf {} +
 find /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+# what a recipe uploaded outside /tmp/imgbuild (the local artifacts, kept across the base
+# capture's reboot; normally consumed already)
+rm -rf /var/lib/imgbuild
 
 sync
 echo "sysprep done; image hygiene:"
