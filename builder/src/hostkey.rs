@@ -92,10 +92,19 @@ impl HostKey {
         s.push_str(&format!(
             "  - path: /etc/ssh/sshd_config.d/00-imgbuild-verify.conf\n    permissions: '0644'\n    content: |\n      HostKey {VERIFY_HOST_KEY}\n"
         ));
-        s.push_str("runcmd:\n  - systemctl reload ssh || systemctl reload sshd\n");
+        // the last command as Cluster API's kubeadm bootstrap data ends (CABPK appends it): the
+        // image's agent reports success only when the data wrote this marker
+        s.push_str(&format!(
+            "runcmd:\n  - systemctl reload ssh || systemctl reload sshd\n  - mkdir -p {dir} && echo success > {CAPI_SUCCESS_MARKER}\n",
+            dir = CAPI_SUCCESS_MARKER.rsplit_once('/').map_or("/run", |(d, _)| d)
+        ));
         Zeroizing::new(s)
     }
 }
+
+/// The file Cluster API's kubeadm bootstrap data writes when its commands succeeded; the node
+/// agent (agent/src/paths.rs `MARKER`) fails the bootstrap when the data did not write it.
+pub const CAPI_SUCCESS_MARKER: &str = "/run/cluster-api/bootstrap-success.complete";
 
 /// Where a `--verify` server keeps the host key imgbuild gave it.
 pub const VERIFY_HOST_KEY: &str = "/etc/ssh/imgbuild_verify_host_key";
@@ -125,5 +134,27 @@ mod tests {
         );
         // a new key each time
         assert_ne!(HostKey::generate().unwrap().public(), k.public());
+    }
+
+    /// The verify data ends as Cluster API's does: without the success marker the image's agent
+    /// reports `failure` (found on a real VM: the recipe check on bootstrap.json failed).
+    #[test]
+    fn verify_user_data_writes_the_marker_the_agent_requires() {
+        let k = HostKey::generate().unwrap();
+        let ud = k.verify_user_data("/var/lib/x/marker", "m");
+        let v: serde_yaml::Value = serde_yaml::from_str(&ud).unwrap();
+        let runcmd: Vec<&str> = v["runcmd"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            runcmd.last().copied(),
+            Some("mkdir -p /run/cluster-api && echo success > /run/cluster-api/bootstrap-success.complete")
+        );
+        assert!(runcmd[0].contains("systemctl reload ssh"));
+        let files = v["write_files"].as_sequence().unwrap();
+        assert_eq!(files[0]["path"].as_str(), Some("/var/lib/x/marker"));
     }
 }

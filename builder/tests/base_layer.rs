@@ -22,11 +22,12 @@ fn scripts(rec: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
-const BASE_SCRIPTS: [&str; 4] = [
+const BASE_SCRIPTS: [&str; 5] = [
     "00-wait-boot.sh",
     "10-kernel.sh",
     "20-swap-off.sh",
     "30-containerd.sh",
+    "80-initramfs.sh",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +57,7 @@ async fn a_build_from_the_base_layer_runs_only_the_steps_after_it() {
     let log = b.reporter.captured().join("\n");
     let short = &layer.fingerprint[..16];
     assert!(
-        log.contains(&format!("base {short} found: ")) && log.contains("steps 5..13 only"),
+        log.contains(&format!("base {short} found: ")) && log.contains("steps 7..13 only"),
         "{log}"
     );
     // the steps keep their numbers of the whole recipe
@@ -100,7 +101,7 @@ async fn a_base_layer_of_another_fingerprint_is_never_used() {
     );
     assert!(
         log.contains(&format!(
-            "no base {}: full build, base kept at step 4",
+            "no base {}: full build, base kept at step 6",
             &new.fingerprint[..16]
         )),
         "{log}"
@@ -225,7 +226,7 @@ async fn dry_run_says_whether_the_base_layer_exists() {
     let p = imgbuild::plan::plan_with(&r, &Options::default(), None, Some(&look));
     let short = &look.fingerprint[..16];
     assert!(
-        p.contains(&format!("no base {short}: full build, base kept at step 4")),
+        p.contains(&format!("no base {short}: full build, base kept at step 6")),
         "{p}"
     );
     f.build(&[], Options::default()).await.expect("build");
@@ -236,7 +237,7 @@ async fn dry_run_says_whether_the_base_layer_exists() {
     let (name, _) = look.found.clone().expect("found after the build");
     let p = imgbuild::plan::plan_with(&r, &Options::default(), None, Some(&look));
     assert!(
-        p.contains(&format!("base {short} found: {name} (")) && p.contains("steps 5..13 only"),
+        p.contains(&format!("base {short} found: {name} (")) && p.contains("steps 7..13 only"),
         "{p}"
     );
     let off = Options {
@@ -284,24 +285,70 @@ fn base_until_is_checked_and_the_shipped_recipes_mark_their_base() {
     vars.insert("agent_binary".to_string(), agent.display().to_string());
     vars.insert("bootstrap_unit".to_string(), agent.display().to_string());
     let ubuntu = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &vars).unwrap();
-    assert_eq!(ubuntu.base_steps, Some(4));
+    assert_eq!(ubuntu.base_steps, Some(6));
     assert!(ubuntu.base_off.is_none());
-    // local artifacts go to /tmp before containerd: the capture's reboot would lose them
+    // the local source: the runtime's uploads go to a path the capture keeps, before the mark;
+    // the version's own files after it, so one layer serves every Kubernetes version
+    for (k, v) in [("1.34.1", "k134"), ("1.33.13", "k133")] {
+        let d = tmp.path().join(format!("art/kubernetes/v{k}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("kubelet"), v).unwrap();
+    }
+    for f in [
+        "bin/containerd",
+        "bin/containerd-shim-runc-v2",
+        "bin/ctr",
+        "bin/runc",
+    ]
+    .into_iter()
+    .chain(["bin/crictl", "cni/bridge", "images/pause.tar"])
+    {
+        let p = tmp.path().join("art").join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, f).unwrap();
+    }
     let mut local = vars.clone();
     local.insert("kubernetes_source".into(), "local".into());
-    local.insert("artifacts_dir".into(), tmp.path().display().to_string());
-    let r = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &local).unwrap();
-    let why = r.base_off.clone().expect("no layer with local artifacts");
-    assert!(
-        why.contains("/tmp/imgbuild/artifacts") && why.contains("base_until"),
-        "{why}"
+    local.insert(
+        "artifacts_dir".into(),
+        tmp.path().join("art").display().to_string(),
     );
-    assert!(r.base_fingerprint("x").is_none());
-    // debian-k8s ends its layer before that upload
+    let r = Recipe::load(&dir.join("ubuntu-k8s/recipe.yaml"), &local).unwrap();
+    assert!(r.base_off.is_none(), "{:?}", r.base_off);
+    let k = r.base_steps.unwrap();
+    assert_eq!(r.steps[k - 1].name, "reboot (modules at boot, new kernel)");
+    assert_eq!(r.steps[k - 3].name, "containerd, runc, CNI plugins");
+    assert!(
+        r.steps[..k]
+            .iter()
+            .any(|s| s.name.starts_with("local artifacts: containerd")),
+        "{:?}",
+        r.steps.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert!(r.steps[k..]
+        .iter()
+        .any(|s| s.name.starts_with("local artifacts: Kubernetes")));
+    let fp = |vars: &std::collections::BTreeMap<String, String>| {
+        let r = Recipe::load(&dir.join("debian-k8s/recipe.yaml"), vars).unwrap();
+        (r.base_fingerprint("lib").unwrap(), r.fingerprint("lib"))
+    };
     let mut dvars = vars.clone();
-    dvars.insert("artifacts_dir".into(), tmp.path().display().to_string());
+    dvars.insert(
+        "artifacts_dir".into(),
+        tmp.path().join("art").display().to_string(),
+    );
+    let (base134, img134) = fp(&dvars);
+    let mut v133 = dvars.clone();
+    v133.insert("kubernetes_version".into(), "1.33.13".into());
+    let (base133, img133) = fp(&v133);
+    assert_eq!(base134, base133, "one layer for both versions");
+    assert_ne!(img134, img133);
+    // a runtime file is in the layer: changing it changes the layer
+    std::fs::write(tmp.path().join("art/bin/runc"), "runc 2").unwrap();
+    assert_ne!(fp(&dvars).0, base134);
+    // debian-k8s marks ubuntu-k8s's base
     let deb = Recipe::load(&dir.join("debian-k8s/recipe.yaml"), &dvars).unwrap();
-    assert_eq!((deb.base_steps, deb.base_off.is_none()), (Some(3), true));
+    assert_eq!((deb.base_steps, deb.base_off.is_none()), (Some(k), true));
     let test_node = Recipe::load(&dir.join("debian-test-node/recipe.yaml"), &vars).unwrap();
     assert_eq!(test_node.base_steps, Some(3));
     // a name no step has, and the last step, are refused with the line
@@ -352,8 +399,9 @@ async fn dry_run_binary_looks_the_layer_up_with_an_endpoint() {
     );
     assert!(text.contains("base-lookup    no base "), "{text}");
     assert!(
-        text.contains("base layer: steps 1..4 (base_until \"containerd, runc, CNI plugins\")")
-            && text.contains("containerd_version"),
+        text.contains(
+            "base layer: steps 1..6 (base_until \"reboot (modules at boot, new kernel)\")"
+        ) && text.contains("containerd_version"),
         "{text}"
     );
     assert_eq!(f.posts(), 0, "a dry run creates nothing");

@@ -400,14 +400,31 @@ fn extends_inherits_steps_and_overrides_settings() {
     assert!(e.contains("may not define `steps`"), "{e}");
 }
 
+/// A `local` artifacts dir as tests/kube/build.sh --node lays it out (files of a few bytes).
+fn local_artifacts(dir: &Path) {
+    for f in [
+        "bin/containerd",
+        "bin/containerd-shim-runc-v2",
+        "bin/ctr",
+        "bin/runc",
+        "bin/crictl",
+        "cni/bridge",
+        "kubernetes/v1.34.1/kubelet",
+        "images/pause.tar",
+    ] {
+        let p = dir.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, f).unwrap();
+    }
+}
+
 /// The shipped thin recipe is the product recipe with the local source on Debian 12.
 #[test]
 fn debian_k8s_is_ubuntu_k8s_with_local_source() {
     let d = tempfile::tempdir().unwrap();
     let agent = d.path().join("agent");
     std::fs::write(&agent, "x").unwrap();
-    std::fs::create_dir_all(d.path().join("art/bin")).unwrap();
-    std::fs::write(d.path().join("art/bin/kubelet"), "k").unwrap();
+    local_artifacts(&d.path().join("art"));
     let v = BTreeMap::from([
         ("agent_binary".to_string(), agent.display().to_string()),
         (
@@ -424,7 +441,7 @@ fn debian_k8s_is_ubuntu_k8s_with_local_source() {
     assert!(
         names(&thin)
             .iter()
-            .any(|n| n == "local artifacts: bin/kubelet"),
+            .any(|n| n == "local artifacts: Kubernetes: kubelet"),
         "{:?}",
         names(&thin)
     );
@@ -599,7 +616,7 @@ fn shipped_recipes_share_roles_and_declare_their_helpers() {
     use imgbuild::recipe::StepKind;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes");
     let art = tempfile::tempdir().unwrap();
-    std::fs::write(art.path().join("kubelet"), "k").unwrap();
+    local_artifacts(art.path());
     let load = |name: &str| {
         let mut v = BTreeMap::from([("agent_binary".to_string(), "/etc/hostname".to_string())]);
         if name != "debian-test-node" {

@@ -11,7 +11,10 @@ set -euo pipefail
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --seed || cloud-init clean --logs || true
 fi
-rm -rf /var/lib/cloud/instances /var/lib/cloud/instance
+# and the directory itself: `cloud-init clean` leaves /var/lib/cloud empty, and the image claims no
+# cloud-init state at all (the recipes' --verify check `test ! -e /var/lib/cloud`, which failed on
+# a real VM for the empty directory); cloud-init, if ever enabled again, makes it anew
+rm -rf /var/lib/cloud
 
 # empty (not removed) machine-id: systemd generates a new one on first boot
 truncate -s 0 /etc/machine-id
@@ -116,6 +119,9 @@ rm -f /root/.bash_history /home/*/.bash_history
 # keep /tmp/imgbuild: this very script runs from there; imgbuild removes it at the end
 find /tmp -mindepth 1 -maxdepth 1 ! -name imgbuild -exec rm -rf {} +
 find /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+# what a recipe uploaded outside /tmp/imgbuild (the local artifacts, kept across the base
+# capture's reboot; normally consumed already)
+rm -rf /var/lib/imgbuild
 
 sync
 echo "sysprep done; image hygiene:"

@@ -3,7 +3,8 @@
 # image-builder's kubernetes_source_type):
 #   pkgs   the upstream release tarballs, checksums verified (the default; needs the internet)
 #   local  the files imgbuild uploaded from a local artifacts directory (recipe var artifacts_dir,
-#          laid out as tests/kube/build.sh --node writes it) to /tmp/imgbuild/artifacts
+#          laid out as tests/kube/build.sh --node writes it) to /var/lib/imgbuild/artifacts
+#          (../roles/local-runtime-artifacts.yaml; kept by the base capture's reboot)
 # Either way this script writes the unit and the config: SystemdCgroup = true, the sandbox image
 # matching Kubernetes, and registry hosts read from /etc/containerd/certs.d (so that mirrors in
 # KubeadmConfig `files` take effect).
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 : "${KUBERNETES_SOURCE:?}" "${CONTAINERD_VERSION:?}" "${RUNC_VERSION:?}" "${CNI_PLUGINS_VERSION:?}" "${PAUSE_IMAGE:?}"
-artifacts=/tmp/imgbuild/artifacts
+artifacts=/var/lib/imgbuild/artifacts
 arch=$(dpkg --print-architecture)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

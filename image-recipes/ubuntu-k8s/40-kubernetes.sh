@@ -9,7 +9,8 @@
 set -euo pipefail
 
 : "${KUBERNETES_SOURCE:?}" "${KUBERNETES_VERSION:?}"
-artifacts=/tmp/imgbuild/artifacts
+# the local source's uploads (../roles/local-kubernetes-artifacts.yaml)
+artifacts=/var/lib/imgbuild/artifacts
 
 case "$KUBERNETES_SOURCE" in
 pkgs)
@@ -30,11 +31,17 @@ pkgs)
   ;;
 local)
   # moved, not copied (a rename on one filesystem; see 30-containerd.sh)
-  for b in kubelet kubeadm kubectl crictl; do
-    mv -f -- "$artifacts/bin/$b" "/usr/bin/$b"
-    chown root:root "/usr/bin/$b"
-    chmod 0755 "/usr/bin/$b"
+  place() { mv -f -- "$1" "$2" && chown root:root "$2" && chmod 0755 "$2"; }
+  for b in kubelet kubeadm kubectl; do
+    place "$artifacts/kubernetes/$b" "/usr/bin/$b"
   done
+  place "$artifacts/bin/crictl" /usr/bin/crictl
+  # what the binaries claim must be what the recipe tags the image with
+  have=$(/usr/bin/kubelet --version)
+  if [ "$have" != "Kubernetes v${KUBERNETES_VERSION}" ]; then
+    echo "the uploaded kubelet says \"$have\", not Kubernetes v${KUBERNETES_VERSION} (artifacts_dir/kubernetes/v${KUBERNETES_VERSION}/kubelet)" >&2
+    exit 1
+  fi
   ;;
 *)
   echo "KUBERNETES_SOURCE=$KUBERNETES_SOURCE: expected pkgs or local (recipe var kubernetes_source)" >&2
@@ -98,5 +105,7 @@ else
     [ -e "$img" ] || continue
     ctr -n k8s.io images import "$img"
   done
+  # every uploaded file is installed or imported: nothing of it stays in the image
+  rm -rf /var/lib/imgbuild
 fi
 crictl images

@@ -6,14 +6,20 @@
 #
 #   tests/kube/build.sh            the controller tests' set: etcd, kube-apiserver, kubectl
 #   tests/kube/build.sh --node     also the real node's set (below)
+#   tests/kube/build.sh --node --kube-version v1.33.13
+#                                  also a second version of the node's Kubernetes (below)
 #
 # Outputs, under $CLOUDSIGMA_K8S_CACHE (default ~/.cache/cloudsigma-k8s):
 #   kube-bin/        host-side programs: etcd, kube-apiserver, kubectl and, with --node,
 #                    kube-controller-manager, kube-scheduler, kubeadm (the control plane's)
 #   node-artifacts/  with --node: the `local` artifact source of image-recipes/ubuntu-k8s
-#                    (docs/imgbuild.md): bin/{kubelet,kubeadm,kubectl,containerd,
-#                    containerd-shim-runc-v2,ctr,crictl,runc}, cni/{bridge,host-local,loopback,portmap}
-#                    (images/ is filled by tests/kube/images.sh)
+#                    (docs/imgbuild.md): bin/{containerd,containerd-shim-runc-v2,ctr,crictl,runc},
+#                    cni/{bridge,host-local,loopback,portmap}, kubernetes/v1.34.1/{kubelet,kubeadm,
+#                    kubectl} (also in bin/, as before; images/ is filled by tests/kube/images.sh)
+#                    and, with --kube-version vX.Y.Z, kubernetes/vX.Y.Z/: only kubelet, kubeadm and
+#                    kubectl differ between versions (the recipe uploads kubernetes/v<its version>/,
+#                    the rest is shared, and so is the image's cached base layer). They are built
+#                    from the wrapper module kubernetes-vX.Y/, whose go.mod requires exactly vX.Y.Z.
 # Go's module and build caches live under $CLOUDSIGMA_K8S_CACHE/go, so a rerun is a no-op (a stamp
 # file records what each binary was built from) and a rebuild after a change mostly relinks.
 # Cold: ~5 min for the default set and ~12 more for --node on 2 cores; cached: about a second.
@@ -25,12 +31,29 @@ CONTAINERD_VERSION=v1.7.28
 CRICTL_VERSION=v1.34.0
 CNI_PLUGINS_VERSION=v1.7.1
 
+usage="usage: tests/kube/build.sh [--node [--kube-version vX.Y.Z]]"
 node=0
-case "${1:-}" in
-    --node) node=1 ;;
-    "") ;;
-    *) echo "usage: tests/kube/build.sh [--node]" >&2; exit 2 ;;
-esac
+extra_version=
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --node) node=1 ;;
+        --kube-version)
+            [[ $# -ge 2 ]] || { echo "$usage: --kube-version needs a value" >&2; exit 2; }
+            extra_version=$2
+            shift
+            ;;
+        *) echo "$usage (unknown argument: $1)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ -n $extra_version ]]; then
+    [[ $node == 1 ]] || { echo "$usage: --kube-version needs --node" >&2; exit 2; }
+    if [[ ! $extra_version =~ ^v1\.([0-9]+)\.[0-9]+$ ]]; then
+        echo "tests/kube/build.sh: --kube-version $extra_version: not a Kubernetes release vX.Y.Z (e.g. v1.33.13)" >&2
+        exit 2
+    fi
+    [[ $extra_version == "$KUBE_VERSION" ]] && extra_version=
+fi
 
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -103,6 +126,26 @@ if [[ ! -x "$art/bin/runc" ]]; then
     install -m 0755 "$tmp/x/usr/sbin/runc" "$art/bin/.runc.tmp"
     mv -f "$art/bin/.runc.tmp" "$art/bin/runc"
 fi
+# the recipe's per-version layout (hard links again)
+mkdir -p "$art/kubernetes/$KUBE_VERSION"
+for cmd in kubelet kubeadm kubectl; do ln -f "$art/bin/$cmd" "$art/kubernetes/$KUBE_VERSION/$cmd"; done
 "$art/bin/kubelet" --version
 "$art/bin/containerd" --version
 "$art/bin/runc" --version | sed -n 1p
+
+[[ -n $extra_version ]] || exit 0
+
+# --- another version of the node's Kubernetes --------------------------------------------------
+minor=${extra_version#v1.}
+minor=${minor%%.*}
+wrapper="$here/kubernetes-v1.$minor"
+if ! grep -qx "require k8s.io/kubernetes $extra_version" "$wrapper/go.mod" 2>/dev/null; then
+    echo "tests/kube/build.sh: --kube-version $extra_version: $wrapper/go.mod does not require k8s.io/kubernetes $extra_version;" >&2
+    echo "  make that wrapper module (a copy of tests/kube/kubernetes-v1.33/ with the version and its replace lines changed, then go mod tidy)" >&2
+    exit 2
+fi
+xflags="-s -w -X $vpkg.gitVersion=$extra_version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
+for cmd in kubelet kubeadm kubectl; do
+    build "$art/kubernetes/$extra_version" "$cmd" "$wrapper" "k8s.io/kubernetes/cmd/$cmd" "$extra_version" "$xflags"
+done
+"$art/kubernetes/$extra_version/kubelet" --version

@@ -71,8 +71,9 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Inner {
     vms: HashMap<String, Vm>,
-    /// server uuid → N of 127.77.0.N (kept while the server runs).
-    ips: HashMap<String, u8>,
+    /// server uuid → N of 127.77.0.N and the address (kept while the server runs; the address
+    /// also in run.rs's process-wide `HELD`).
+    ips: HashMap<String, (u8, String)>,
 }
 
 /// The QEMU backend (see the module docs).

@@ -5,6 +5,7 @@
 
 use super::{args, err, Inner, QemuBackend, Vm};
 use crate::backend::{BackendError, StartSpec};
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,28 +14,46 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 
+/// The 127.77.0.N addresses a backend of this process holds, whichever backend: two emulators
+/// in one process (the e2e location matrix) start VMs at the same instant, and each would find
+/// the same N free — no QEMU has bound its forwards yet — so one QEMU failed to start ("Could not
+/// set up host forwarding rule"). Held from allocation to release, like `Inner::ips`.
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl QemuBackend {
-    /// The server's loopback address 127.77.0.N: the same while it runs, else the first free N.
+    /// The server's loopback address 127.77.0.N: the same while it runs, else the first N that
+    /// no backend of this process holds and no other process has bound.
     pub(super) fn allocate_ip(&self, server: &str) -> Option<String> {
         let mut g = self.lock();
+        let prefix = &self.cfg.ip_prefix;
         let n = match g.ips.get(server) {
-            Some(n) => *n,
+            Some((n, _)) => *n,
             None => {
-                let used: std::collections::HashSet<u8> = g.ips.values().copied().collect();
-                let n = (2u8..=254).find(|n| !used.contains(n) && self.forwards_free(*n))?;
-                g.ips.insert(server.to_string(), n);
+                let mut held = held();
+                let n = (2u8..=254)
+                    .find(|n| !held.contains(&format!("{prefix}.{n}")) && self.forwards_free(*n))?;
+                held.insert(format!("{prefix}.{n}"));
+                g.ips
+                    .insert(server.to_string(), (n, format!("{prefix}.{n}")));
                 n
             }
         };
-        Some(format!("{}.{n}", self.cfg.ip_prefix))
+        Some(format!("{prefix}.{n}"))
     }
 
     pub(super) fn release_ip(inner: &Mutex<Inner>, uuid: &str) {
-        inner
+        let removed = inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .ips
             .remove(uuid);
+        if let Some((_, ip)) = removed {
+            held().remove(&ip);
+        }
     }
 
     /// Whether another process (another emulator on this machine) holds a forwarded port of

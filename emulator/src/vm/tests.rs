@@ -12,6 +12,13 @@ fn have_qemu_img() -> bool {
 }
 
 fn backend(dir: &Path) -> Option<QemuBackend> {
+    backend_on(dir, "127.77.0")
+}
+
+/// A backend whose servers get `prefix.N`: tests that expect a freed address back use a prefix
+/// of their own, since the addresses are held process-wide (run.rs `HELD`) and the tests run
+/// in parallel.
+fn backend_on(dir: &Path, prefix: &str) -> Option<QemuBackend> {
     if !have_qemu_img() {
         if std::env::var("CLOUDSIGMA_K8S_ALLOW_SKIP").as_deref() == Ok("1") {
             eprintln!("SKIPPED: qemu-img not installed");
@@ -21,6 +28,7 @@ fn backend(dir: &Path) -> Option<QemuBackend> {
     }
     let mut c = QemuConfig::new(dir);
     c.accel = Accel::Tcg;
+    c.ip_prefix = prefix.into();
     Some(QemuBackend::new(c).expect("backend"))
 }
 
@@ -57,16 +65,41 @@ async fn drive_files_follow_the_api() {
     b.drive_deleted("c").await.unwrap();
 }
 
+/// Two backends of one process (two emulators: the e2e location matrix) allocating at once get
+/// different addresses, though no QEMU has bound either yet; freed, an address is free for both.
+#[test]
+fn two_backends_of_one_process_never_hand_out_the_same_address() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (Some(b1), Some(b2)) = (
+        backend_on(d1.path(), "127.77.2"),
+        backend_on(d2.path(), "127.77.2"),
+    ) else {
+        return;
+    };
+    let a1 = b1.runtime_ip("x1", 0).unwrap();
+    let a2 = b2.runtime_ip("x2", 0).unwrap();
+    assert_ne!(a1, a2, "both backends handed out {a1}");
+    QemuBackend::release_ip(&b1.inner, "x1");
+    QemuBackend::release_ip(&b2.inner, "x2");
+    let again = b2.runtime_ip("x3", 0).unwrap();
+    let again2 = b1.runtime_ip("x4", 0).unwrap();
+    assert_ne!(again, again2);
+    QemuBackend::release_ip(&b2.inner, "x3");
+    QemuBackend::release_ip(&b1.inner, "x4");
+}
+
 #[test]
 fn runtime_ips_are_per_server_loopback_and_reused() {
     let d = tempfile::tempdir().unwrap();
-    let Some(b) = backend(d.path()) else { return };
-    // the first free one (another emulator on this machine may hold 127.77.0.2)
+    let Some(b) = backend_on(d.path(), "127.77.1") else {
+        return;
+    };
+    // the first free one (another emulator on this machine may hold 127.77.1.2)
     let a = b.runtime_ip("s1", 0).unwrap();
-    assert!(a.starts_with("127.77.0."), "{a}");
+    assert!(a.starts_with("127.77.1."), "{a}");
     assert_eq!(b.runtime_ip("s1", 0).unwrap(), a, "stable while running");
     let a2 = b.runtime_ip("s2", 0).unwrap();
-    assert!(a2.starts_with("127.77.0.") && a2 != a, "{a2}");
+    assert!(a2.starts_with("127.77.1.") && a2 != a, "{a2}");
     assert_eq!(
         b.runtime_ip("s2", 1),
         None,

@@ -18,6 +18,20 @@ pub struct VmCloud {
 
 impl VmCloud {
     pub async fn start(t0: Instant, img_dir: &Path) -> VmCloud {
+        // one no text contains by chance, so that "the password is not in X" means something
+        let password = format!("e2e-pw-{:016x}", {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(t0.elapsed().as_nanos());
+            h.finish()
+        });
+        VmCloud::start_with_password(t0, img_dir, password).await
+    }
+
+    /// [`VmCloud::start`] with the account's password given: emulators standing for several
+    /// locations of one account (imgbuild's `--matrix location=…` logs in to each with the same
+    /// credentials).
+    pub async fn start_with_password(t0: Instant, img_dir: &Path, password: String) -> VmCloud {
         let data = tempfile::tempdir().expect("tempdir");
         let backend = std::sync::Arc::new(
             cloudsim::vm::QemuBackend::new(cloudsim::vm::QemuConfig::new(data.path().join("vm")))
@@ -52,13 +66,7 @@ impl VmCloud {
             extra_libdrives: vec![
                 cloudsim::vm::local_library_drive(img_dir).unwrap_or_else(|e| panic!("{e}"))
             ],
-            // one no text contains by chance, so that "the password is not in X" means something
-            password: format!("e2e-pw-{:016x}", {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u128(t0.elapsed().as_nanos());
-                h.finish()
-            }),
+            password,
             ..Default::default()
         })
         .await
@@ -167,6 +175,12 @@ impl VmCloud {
     /// QEMU it started) shut down.
     pub async fn finish(self, image: &str) {
         self.api.delete(&format!("drives/{image}/")).await;
+        self.finish_empty().await;
+    }
+
+    /// [`VmCloud::finish`] when every drive is deleted already: the tags deleted, then zero
+    /// servers, drives, tags, drive files and QEMU processes; the emulator shut down.
+    pub async fn finish_empty(self) {
         self.api.assert_empty_after_tags().await;
         let files = self.drive_files();
         assert!(files.is_empty(), "drive files left: {files:?}");

@@ -4,7 +4,9 @@
 //! (the fast loop, with a recording kubeadm stub). This library is their harness: `harness` (SSH,
 //! the emulator's API, builds), `control_plane` (kubeadm's control plane as host processes),
 //! `kube_node` (what the Kubernetes loops share), `cluster` (the production topology) and
-//! `image_cache` (one node-image build for all loops).
+//! `image_cache` (one node-image build for all loops); `image_matrix` (imgbuild's version matrix
+//! over two emulated locations, the base layer and `--verify`: the `image_matrix` loop and the
+//! ignored `image_bench`).
 
 pub mod bootstrap_data;
 pub mod builds;
@@ -14,5 +16,6 @@ pub mod control_plane;
 pub mod disk;
 pub mod harness;
 pub mod image_cache;
+pub mod image_matrix;
 pub mod kube_node;
 pub mod ssh;
