@@ -142,36 +142,9 @@ impl Guest {
     }
 
     fn sh_within(&self, script: &str, seconds: u32) -> Result<String, String> {
-        let s = &self.ssh;
-        let out = std::process::Command::new("timeout")
-            .args([
-                "-k",
-                "5",
-                &seconds.to_string(),
-                "ssh",
-                "-F",
-                "/dev/null",
-                "-i",
-            ])
-            .arg(&s.key)
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
-            .arg(format!("{}@{}", s.user, s.host))
-            .arg(script)
-            .output()
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "ssh exited {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        // bounded: across a reboot a session can stall after the banner (e2e::ssh::Ssh::run_within)
+        self.ssh
+            .run_within(script, std::time::Duration::from_secs(seconds.into()))
     }
 
     fn must(&self, script: &str, what: &str) -> String {
