@@ -138,8 +138,8 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         let started = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(l)) = lines.next_line().await {
                 log.push(l.clone());
-                // (--force rebuilds from the base layer: its first step is the 5th)
-                if l.contains("step 5/") {
+                // (--force rebuilds from the base layer of 6 steps: its first step is the 7th)
+                if l.contains("step 7/") {
                     return true;
                 }
             }
