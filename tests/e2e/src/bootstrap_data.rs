@@ -4,6 +4,19 @@
 /// JoinConfiguration in write_files, the join and the success marker in runcmd), with the given
 /// join credentials, kubelet flags (name, value) beyond the provider-id, extra files
 /// (path, mode, content) and our SSH key for the checks.
+/// [`cabpk_worker_data`] for the loops whose `kubeadm` is the recording stub: placeholder join
+/// credentials (nothing is joined), no extra flags or files.
+pub fn stub_worker_data(pubkey: &str) -> String {
+    cabpk_worker_data(
+        "10.10.0.2:6443",
+        "abcdef.0123456789abcdef",
+        "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
+        &[],
+        &[],
+        pubkey,
+    )
+}
+
 pub fn cabpk_worker_data(
     endpoint: &str,
     token: &str,

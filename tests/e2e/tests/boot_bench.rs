@@ -66,14 +66,7 @@ const CLOUD_INIT_UNITS: [&str; 4] = [
 
 /// The kubeadm-join data the loops use, its runcmd starting with the uptime mark.
 fn user_data(pubkey: &str) -> String {
-    let data = e2e::bootstrap_data::cabpk_worker_data(
-        "10.10.0.2:6443",
-        "abcdef.0123456789abcdef",
-        "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
-        &[],
-        &[],
-        pubkey,
-    );
+    let data = e2e::bootstrap_data::stub_worker_data(pubkey);
     assert!(data.contains("\nruncmd:\n"), "{data}");
     data.replace(
         "\nruncmd:\n",

@@ -15,14 +15,7 @@ use std::time::{Duration, Instant};
 /// Cluster API kubeadm bootstrap data for a worker (the stub only records the join: placeholder
 /// credentials).
 fn bootstrap_data(pubkey: &str) -> String {
-    e2e::bootstrap_data::cabpk_worker_data(
-        "10.10.0.2:6443",
-        "abcdef.0123456789abcdef",
-        "sha256:5b5ea6b2e6c4f5d0e0e5b7f7f0c2f7a4d5e3a1b2c3d4e5f60718293a4b5c6d7e",
-        &[],
-        &[],
-        pubkey,
-    )
+    e2e::bootstrap_data::stub_worker_data(pubkey)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
