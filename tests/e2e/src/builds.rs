@@ -55,6 +55,19 @@ fn cargo_build(repo: &Path, target: &Path, env: &[(&str, &str)], args: &[&str], 
     );
 }
 
+/// The checkout's short commit (empty when git cannot say).
+pub fn checkout_commit(repo: &Path) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A static release build of `package`'s binary of the same name (as the image and the
 /// controller's container ship it; glibc linked in). It goes to the main target dir, where the
 /// recipes' default `agent_binary` (`${CARGO_TARGET_DIR:-../../target}/x86_64-unknown-linux-gnu/
@@ -64,15 +77,7 @@ fn static_release(repo: &Path, package: &str) -> PathBuf {
     // The commit for `--version`, from this checkout: the build script's own `git rev-parse`
     // output is cached in the target dir, which worktrees may share (it then names whichever
     // checkout last re-ran it).
-    let commit = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let commit = checkout_commit(repo);
     cargo_build(
         repo,
         &main_target(),

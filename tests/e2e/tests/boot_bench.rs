@@ -579,9 +579,20 @@ fn report(
             out.push(format!("    r{} {}: {n}", s.round, contenders[*c].name()));
         }
     }
-    out.push(
-        "    demo phases: printed by the cluster loop (tests/cluster.rs), not re-run here".into(),
-    );
+    // The demo is a 6-10 minute loop of its own: its last run's phases, with their age and
+    // commit, rather than a second run here.
+    match test_support::recorded_phases("cluster") {
+        Some((age, label, table)) => {
+            out.push(format!(
+                "  demo phases (scripts/demo = tests/cluster.rs, its last run here: {} min before this report, {label}):",
+                age / 60
+            ));
+            out.extend(table.lines().map(|l| format!("    {l}")));
+        }
+        None => out.push(
+            "  demo phases: no run of the cluster loop recorded in this cache yet (scripts/demo records them)".into(),
+        ),
+    }
     out.join("\n")
 }
 

@@ -393,6 +393,13 @@ async fn cluster() {
     phases.done("teardown", p);
 
     eprint!("\n{}", phases.table("cluster (production topology)"));
+    // boot_bench prints the demo's phases from here (issue 25 item 6) rather than run it again
+    let commit = e2e::builds::checkout_commit(&repo);
+    phases.record(
+        "cluster (production topology)",
+        "cluster",
+        &format!("commit {commit}"),
+    );
     eprintln!("\n$ kubectl get nodes -o wide   (both Ready)\n{wide}");
     eprintln!(
         "$ kubectl exec {} -- /hello get http://{}:8080/   (pod -> pod, across nodes)\n{}",

@@ -167,6 +167,50 @@ impl Phases {
         }
         s
     }
+
+    /// Keeps [`Phases::table`] for the benchmarks that print the demo's phases without running
+    /// it again (issue 25 item 6: tests/e2e/tests/boot_bench.rs): `$CLOUDSIGMA_K8S_CACHE/bench/
+    /// <name>.txt`, first line `recorded <unix seconds> <label>`, written through a temporary file
+    /// and a rename so a reader never sees half a table. A failure only warns: the loop's result
+    /// does not depend on it.
+    pub fn record(&self, title: &str, name: &str, label: &str) {
+        self.record_in(&cache_dir().join("bench"), title, name, label)
+    }
+
+    fn record_in(&self, dir: &Path, title: &str, name: &str, label: &str) {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let text = format!("recorded {secs} {label}\n{}", self.table(title));
+        let tmp = dir.join(format!(".{name}.txt.{}", std::process::id()));
+        let res = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{name}.txt"))));
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("phases: could not record {name} in {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The phases [`Phases::record`] kept under `name`: how long ago (seconds), the label and the
+/// table; None when no run was recorded (or the file is not one of ours).
+pub fn recorded_phases(name: &str) -> Option<(u64, String, String)> {
+    recorded_in(&cache_dir().join("bench"), name)
+}
+
+fn recorded_in(dir: &Path, name: &str) -> Option<(u64, String, String)> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.txt"))).ok()?;
+    let (head, table) = text.split_once('\n')?;
+    let mut it = head.strip_prefix("recorded ")?.splitn(2, ' ');
+    let at: u64 = it.next()?.parse().ok()?;
+    let label = it.next().unwrap_or("").to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some((now.saturating_sub(at), label, table.to_string()))
 }
 
 impl Default for Phases {
@@ -224,6 +268,39 @@ mod tests {
         std::env::set_var("CLOUDSIGMA_K8S_CACHE", "/x/y");
         assert_eq!(cache_dir(), PathBuf::from("/x/y"));
         std::env::remove_var("CLOUDSIGMA_K8S_CACHE");
+    }
+
+    #[test]
+    fn recorded_phases_come_back_whole_and_nothing_is_left_beside_them() {
+        let dir = std::env::temp_dir().join(format!("phases-test-{}", std::process::id()));
+        assert!(recorded_in(&dir, "loop").is_none(), "nothing recorded yet");
+        let mut p = Phases::new();
+        p.push("boot", Duration::from_millis(1500));
+        p.push("join", Duration::from_millis(250));
+        p.record_in(&dir, "loop (two workers)", "loop", "commit abc");
+        let (age, label, table) = recorded_in(&dir, "loop").expect("recorded");
+        assert!(age < 60, "{age}");
+        assert_eq!(label, "commit abc");
+        assert!(table.starts_with("== loop (two workers): "), "{table}");
+        assert!(
+            table.contains("  boot ") && table.contains("1.5s") && table.contains("0.2s"),
+            "{table}"
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("loop.txt")],
+            "no temporary file left"
+        );
+        std::fs::write(dir.join("other.txt"), "not a record").unwrap();
+        assert!(
+            recorded_in(&dir, "other").is_none(),
+            "a file that is not a record is refused"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
