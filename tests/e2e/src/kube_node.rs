@@ -52,45 +52,68 @@ pub fn prepare(
     phases: &mut test_support::Phases,
 ) -> Prepared {
     let cache = harness::cache_dir();
-    let p = Instant::now();
-    say(t0, "artifacts: tests/kube/build.sh --node, images.sh and addons.sh (cached after the first run)");
-    harness::run(
-        Command::new(repo.join("tests/kube/build.sh"))
-            .arg("--node")
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit()),
-        "tests/kube/build.sh --node",
-    );
-    harness::run(
-        Command::new(repo.join("tests/kube/images.sh"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit()),
-        "tests/kube/images.sh",
-    );
-    // kube-proxy, CoreDNS and flannel: every node image carries them (one image for all loops)
-    harness::run(
-        Command::new(repo.join("tests/kube/addons.sh"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit()),
-        "tests/kube/addons.sh",
-    );
-    phases.done("artifacts", p);
-
-    let p = Instant::now();
-    let img_dir = crate::builds::library_image(t0, repo);
-    phases.done("library image", p);
-
-    let p = Instant::now();
-    say(
-        t0,
-        if with_controller {
-            "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller"
-        } else {
-            "binaries: static cloudsigma-agent, imgbuild"
-        },
-    );
-    let bins = crate::builds::build_binaries(repo, with_controller);
-    phases.done("binaries", p);
+    // The three are independent, and from nothing they are most of the README's first command
+    // (issue 25 item 4): the Go builds (~10 min, much of it fetching modules and single-threaded
+    // links), the library image (debootstrap: downloads and dpkg, ~2 min) and the static Rust
+    // binaries. Run side by side they fill each other's idle time on 2 cores; warm, each is a
+    // cache check of seconds. Each phase's own duration is recorded (they overlap).
+    let (artifacts, (img_dir, library), (bins, binaries)) = std::thread::scope(|s| {
+        let library = s.spawn(|| {
+            let p = Instant::now();
+            (crate::builds::library_image(t0, repo), p.elapsed())
+        });
+        let binaries = s.spawn(|| {
+            let p = Instant::now();
+            say(
+                t0,
+                if with_controller {
+                    "binaries: static cloudsigma-agent, imgbuild, cloudsigma-controller"
+                } else {
+                    "binaries: static cloudsigma-agent, imgbuild"
+                },
+            );
+            (
+                crate::builds::build_binaries(repo, with_controller),
+                p.elapsed(),
+            )
+        });
+        let p = Instant::now();
+        say(t0, "artifacts: tests/kube/build.sh --node, images.sh and addons.sh (cached after the first run)");
+        harness::run(
+            Command::new(repo.join("tests/kube/build.sh"))
+                .arg("--node")
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit()),
+            "tests/kube/build.sh --node",
+        );
+        harness::run(
+            Command::new(repo.join("tests/kube/images.sh"))
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit()),
+            "tests/kube/images.sh",
+        );
+        // kube-proxy, CoreDNS and flannel: every node image carries them (one image for all loops)
+        harness::run(
+            Command::new(repo.join("tests/kube/addons.sh"))
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit()),
+            "tests/kube/addons.sh",
+        );
+        let artifacts = p.elapsed();
+        // a panic in either thread (a failed build) is re-raised here with its message
+        (
+            artifacts,
+            library
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            binaries
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        )
+    });
+    phases.push("artifacts (Go builds)", artifacts);
+    phases.push("library image (beside them)", library);
+    phases.push("binaries (beside them)", binaries);
     Prepared {
         kube_bin: cache.join("kube-bin"),
         artifacts: cache.join("node-artifacts"),
