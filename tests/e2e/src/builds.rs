@@ -211,14 +211,27 @@ pub fn image_uuid(manifest: &Value) -> String {
         .to_string()
 }
 
-/// Runs `imgbuild build RECIPE --output json` against the emulator and returns its JSON manifest
-/// (the image, `stats.phases`, ...).
+/// Runs `imgbuild build RECIPE --output json --no-base-cache` against the emulator and returns
+/// its JSON manifest (the image, `stats.phases`, ...). No cached layer is used or left behind.
 pub fn imgbuild_manifest(
     bin: &Path,
     repo: &Path,
     api: &Api,
     recipe: &str,
     vars: &[(&str, String)],
+) -> Value {
+    imgbuild_manifest_layers(bin, repo, api, recipe, vars, false)
+}
+
+/// [`imgbuild_manifest`]; with `layers` the recipe's cached layers are used and captured (the
+/// caller deletes them before the loop's end: `image_cache` keeps them outside the account).
+pub fn imgbuild_manifest_layers(
+    bin: &Path,
+    repo: &Path,
+    api: &Api,
+    recipe: &str,
+    vars: &[(&str, String)],
+    layers: bool,
 ) -> Value {
     let mut cmd = Command::new(bin);
     cmd.current_dir(repo)
@@ -232,11 +245,12 @@ pub fn imgbuild_manifest(
             "--output",
             "json",
             "--plain",
-            // the loops end with an empty account (Cloud::finish): no cached base layer drive
-            // (recipe base_until) may stay behind; the layer is covered by builder/tests
-            "--no-base-cache",
         ])
         .stderr(std::process::Stdio::inherit());
+    if !layers {
+        // the loops end with an empty account (Cloud::finish): no cached layer drive may stay
+        cmd.arg("--no-base-cache");
+    }
     for (k, v) in vars {
         cmd.arg("--var").arg(format!("{k}={v}"));
     }

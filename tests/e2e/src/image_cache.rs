@@ -10,8 +10,16 @@
 //! builds nothing, or it does not and it builds — and that build replaces the kept one. So the
 //! product's freshness rule, not the harness, decides what is stale.
 //!
-//! Layout: `$CLOUDSIGMA_K8S_CACHE/node-images/<recipe>/{image.qcow2,drive.json}`; one image per
-//! recipe (the latest), written atomically (temp name, then rename).
+//! The recipe's cached layers (imgbuild's `layers`/`base_until`: the drive after the OS and
+//! runtime, after the Kubernetes version, ...) are kept the same way, so that a loop whose image
+//! is stale (the agent changed) builds from the deepest layer still current, as a second build
+//! on the real cloud does, instead of from the library drive (issue 25 item 3: the build inside
+//! `scripts/test` as fast as alone). They are deleted from the account after the build: the
+//! loops still end with an empty account.
+//!
+//! Layout: `$CLOUDSIGMA_K8S_CACHE/node-images/<recipe>/{image.qcow2,drive.json}` and
+//! `.../<recipe>/layers/<uuid>.{qcow2,json}`; one image per recipe (the latest) and the layers of
+//! the latest build that captured any, each written atomically (temp name, then rename).
 
 use crate::cloud::{Api, VmCloud};
 use crate::harness;
@@ -55,13 +63,21 @@ pub async fn build_shared_manifest(
     fresh: bool,
 ) -> (String, Value) {
     let kept = dir(recipe);
-    let restored = if !fresh && std::env::var_os("E2E_FRESH_IMAGE").is_none() {
+    let use_kept = !fresh && std::env::var_os("E2E_FRESH_IMAGE").is_none();
+    let restored = if use_kept {
         restore(cloud, &kept).await
     } else {
         None
     };
+    // `fresh` (the loop that tests the build itself) builds from the library drive, and keeps
+    // the layers it captures for the others
+    let restored_layers = if use_kept {
+        restore_layers(cloud, &kept.join("layers")).await
+    } else {
+        Vec::new()
+    };
     let manifest = tokio::task::block_in_place(|| {
-        crate::builds::imgbuild_manifest(bin, repo, &cloud.api, recipe, vars)
+        crate::builds::imgbuild_manifest_layers(bin, repo, &cloud.api, recipe, vars, true)
     });
     let image = crate::builds::image_uuid(&manifest);
     match restored {
@@ -76,7 +92,138 @@ pub async fn build_shared_manifest(
             save(cloud, &image, &kept).await;
         }
     }
+    settle_layers(cloud, &restored_layers, &kept.join("layers"), &manifest).await;
     (image, manifest)
+}
+
+/// The account's cached layer drives (imgbuild meta `imgbuild.state: base`) with the number of
+/// recipe steps each holds (`imgbuild.base-steps`).
+async fn layer_drives(api: &Api) -> Vec<(String, u64)> {
+    let drives = api.get("drives/detail/?limit=0").await;
+    drives["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["meta"]["imgbuild.state"] == "base")
+        .filter_map(|d| {
+            let steps = d["meta"]["imgbuild.base-steps"].as_str()?.parse().ok()?;
+            Some((d["uuid"].as_str()?.to_string(), steps))
+        })
+        .collect()
+}
+
+/// Every kept layer as a drive of the account; their uuids.
+async fn restore_layers(cloud: &VmCloud, dir: &Path) -> Vec<String> {
+    let mut uuids = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return uuids;
+    };
+    let mut defs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    defs.sort();
+    for def in defs {
+        if let Some(u) = restore_drive(cloud, &def, &def.with_extension("qcow2")).await {
+            uuids.push(u);
+        }
+    }
+    if !uuids.is_empty() {
+        eprintln!("image_cache: {} kept layer(s) restored", uuids.len());
+    }
+    uuids
+}
+
+/// After the build: when it captured a layer, the kept layers become this build's chain (see
+/// [`chain`]), flattened; then every layer drive is deleted from the account.
+async fn settle_layers(cloud: &VmCloud, restored: &[String], dir: &Path, manifest: &Value) {
+    let api = &cloud.api;
+    let now = layer_drives(api).await;
+    if let Some(keep) = chain(manifest, restored, &now) {
+        let parent = dir.parent().unwrap_or(dir);
+        let pid = std::process::id();
+        let tmp = parent.join(format!(".layers.{pid}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut ok = std::fs::create_dir_all(&tmp).is_ok();
+        for (u, _) in &keep {
+            ok = ok
+                && save_drive(
+                    cloud,
+                    u,
+                    &tmp.join(format!("{u}.qcow2")),
+                    &tmp.join(format!("{u}.json")),
+                )
+                .await;
+        }
+        let old = parent.join(format!(".layers.{pid}.old"));
+        let replaced = ok
+            && (!dir.exists() || std::fs::rename(dir, &old).is_ok())
+            && std::fs::rename(&tmp, dir).is_ok();
+        let _ = std::fs::remove_dir_all(&old);
+        if replaced {
+            eprintln!(
+                "image_cache: kept {} layer(s) for the next loops (steps {})",
+                keep.len(),
+                keep.iter()
+                    .map(|(_, n)| format!("1-{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&tmp);
+            eprintln!(
+                "image_cache: could not keep the layers in {}",
+                dir.display()
+            );
+        }
+    }
+    for (u, _) in &now {
+        api.delete(&format!("drives/{u}/")).await;
+    }
+}
+
+/// The layers to keep after a build, as (uuid, steps) from the shallowest, when the build
+/// captured any (None: the kept ones stay as they are). imgbuild's manifest lists the layer the
+/// build started from (`reused`) and each one it captured (`layers`; older builds:
+/// `base_layer`). The layers under the one it started from are not listed: they are the kept
+/// ones restored with fewer steps (the kept set is one chain, and fingerprints are chained, so a
+/// reused layer's ancestors are current too). A layer restored but of another chain is dropped.
+fn chain(
+    manifest: &Value,
+    restored: &[String],
+    now: &[(String, u64)],
+) -> Option<Vec<(String, u64)>> {
+    let listed: Vec<&Value> = match manifest["layers"].as_array() {
+        Some(a) => a.iter().collect(),
+        None => manifest
+            .get("base_layer")
+            .filter(|b| !b.is_null())
+            .into_iter()
+            .collect(),
+    };
+    let steps_of = |u: &str| now.iter().find(|(n, _)| n == u).map(|(_, s)| *s);
+    // (uuid, steps in the account, reused)
+    let listed: Vec<(String, u64, bool)> = listed
+        .into_iter()
+        .filter_map(|l| {
+            let u = l["uuid"].as_str()?;
+            Some((u.to_string(), steps_of(u)?, l["reused"].as_bool()?))
+        })
+        .collect();
+    if !listed.iter().any(|l| !l.2) {
+        return None;
+    }
+    let mut keep: Vec<(String, u64)> = listed.iter().map(|l| (l.0.clone(), l.1)).collect();
+    if let Some(from) = listed.iter().filter(|l| l.2).map(|l| l.1).min() {
+        for (u, n) in now {
+            if restored.contains(u) && *n < from && !keep.iter().any(|k| &k.0 == u) {
+                keep.push((u.clone(), *n));
+            }
+        }
+    }
+    keep.sort_by_key(|k| k.1);
+    Some(keep)
 }
 
 /// `debian-test-node` (the stub loops' image) through [`build_shared`], with the agent `bins`
@@ -114,8 +261,12 @@ pub async fn test_node_image_manifest(
 
 /// The kept image as a drive of `cloud`'s account (its tags recreated), or None.
 async fn restore(cloud: &VmCloud, kept: &Path) -> Option<String> {
-    let def: Value = serde_json::from_slice(&std::fs::read(kept.join("drive.json")).ok()?).ok()?;
-    let qcow2 = kept.join("image.qcow2");
+    restore_drive(cloud, &kept.join("drive.json"), &kept.join("image.qcow2")).await
+}
+
+/// A kept drive (its definition, its flattened file) as a drive of `cloud`'s account, or None.
+async fn restore_drive(cloud: &VmCloud, def: &Path, qcow2: &Path) -> Option<String> {
+    let def: Value = serde_json::from_slice(&std::fs::read(def).ok()?).ok()?;
     if !qcow2.exists() {
         return None;
     }
@@ -132,7 +283,7 @@ async fn restore(cloud: &VmCloud, kept: &Path) -> Option<String> {
     let file = cloud.drive_file(&uuid);
     let ok = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&qcow2)
+        .arg(qcow2)
         .arg(&file)
         .arg(def["size"].as_u64().unwrap_or(0).to_string())
         .status()
@@ -181,8 +332,34 @@ async fn tag(api: &Api, name: &str, drive: &str) {
 
 /// Keeps `image` (flattened) and its definition for the next loops.
 async fn save(cloud: &VmCloud, image: &str, kept: &Path) {
+    if let Err(e) = std::fs::create_dir_all(kept) {
+        eprintln!(
+            "image_cache: cannot create {}: {e}; the image is not kept",
+            kept.display()
+        );
+        return;
+    }
+    if !save_drive(
+        cloud,
+        image,
+        &kept.join("image.qcow2"),
+        &kept.join("drive.json"),
+    )
+    .await
+    {
+        eprintln!(
+            "image_cache: could not keep the image in {}",
+            kept.display()
+        );
+    }
+}
+
+/// Writes `drive` flattened to `qcow2` and its definition (name, size, meta, tag names, boot
+/// sidecar) to `def`, each through a temporary name and a rename; false (nothing written) on a
+/// failure.
+async fn save_drive(cloud: &VmCloud, drive: &str, qcow2: &Path, def: &Path) -> bool {
     let api = &cloud.api;
-    let d = api.get(&format!("drives/{image}/")).await;
+    let d = api.get(&format!("drives/{drive}/")).await;
     let tags = api.get("tags/").await;
     let tag_names: Vec<Value> = d["tags"]
         .as_array()
@@ -198,19 +375,13 @@ async fn save(cloud: &VmCloud, image: &str, kept: &Path) {
                 .map(|t| t["name"].clone())
         })
         .collect();
-    let file = cloud.drive_file(image);
+    let file = cloud.drive_file(drive);
     let boot = std::fs::read_to_string(file.with_extension("boot")).ok();
-    let def = json!({"name": d["name"], "size": d["size"], "meta": d["meta"], "tags": tag_names, "boot": boot});
-    if let Err(e) = std::fs::create_dir_all(kept) {
-        eprintln!(
-            "image_cache: cannot create {}: {e}; the image is not kept",
-            kept.display()
-        );
-        return;
-    }
+    let text = json!({"name": d["name"], "size": d["size"], "meta": d["meta"], "tags": tag_names, "boot": boot});
     // Names of this process's own: two loops (two clones' suites) may keep an image at once; the
     // renames are atomic, so the last one wins whole.
-    let tmp = kept.join(format!(".image.qcow2.{}.tmp", std::process::id()));
+    let pid = std::process::id();
+    let tmp = qcow2.with_extension(format!("qcow2.{pid}.tmp"));
     let flattened = tokio::task::block_in_place(|| {
         Command::new("qemu-img")
             .args(["convert", "-U", "-O", "qcow2"])
@@ -220,17 +391,58 @@ async fn save(cloud: &VmCloud, image: &str, kept: &Path) {
             .map(|s| s.success())
             .unwrap_or(false)
     });
-    let def_tmp = kept.join(format!(".drive.json.{}.tmp", std::process::id()));
+    let def_tmp = def.with_extension(format!("json.{pid}.tmp"));
     let written = flattened
-        && std::fs::write(&def_tmp, def.to_string()).is_ok()
-        && std::fs::rename(&tmp, kept.join("image.qcow2")).is_ok()
-        && std::fs::rename(&def_tmp, kept.join("drive.json")).is_ok();
+        && std::fs::write(&def_tmp, text.to_string()).is_ok()
+        && std::fs::rename(&tmp, qcow2).is_ok()
+        && std::fs::rename(&def_tmp, def).is_ok();
     if !written {
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_file(&def_tmp);
-        eprintln!(
-            "image_cache: could not keep the image in {}",
-            kept.display()
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+    use serde_json::json;
+
+    fn now() -> Vec<(String, u64)> {
+        vec![("base".into(), 6), ("k8s".into(), 9), ("stale".into(), 6)]
+    }
+
+    #[test]
+    fn a_build_from_the_deepest_layer_keeps_nothing_new() {
+        let m = json!({"layers": [{"uuid": "k8s", "steps": 9, "reused": true}]});
+        assert_eq!(chain(&m, &["base".into(), "k8s".into()], &now()), None);
+        // an image reused whole: no layer looked at
+        assert_eq!(chain(&json!({"layers": []}), &[], &now()), None);
+        assert_eq!(chain(&json!({}), &[], &now()), None);
+    }
+
+    #[test]
+    fn a_captured_layer_joins_the_restored_ones_under_the_layer_the_build_started_from() {
+        let m = json!({"layers": [
+            {"uuid": "base", "steps": 6, "reused": true},
+            {"uuid": "k8s", "steps": 9, "reused": false}
+        ]});
+        let restored = ["base".to_string(), "stale".to_string()];
+        assert_eq!(
+            chain(&m, &restored, &now()),
+            Some(vec![("base".into(), 6), ("k8s".into(), 9)]),
+            "the other chain's layer of 6 steps is not under the one reused (6): dropped"
         );
+        let m = json!({"layers": [
+            {"uuid": "base", "steps": 6, "reused": false},
+            {"uuid": "k8s", "steps": 9, "reused": false}
+        ]});
+        assert_eq!(
+            chain(&m, &restored, &now()),
+            Some(vec![("base".into(), 6), ("k8s".into(), 9)]),
+            "a full build: its own layers only"
+        );
+        let m = json!({"base_layer": {"uuid": "base", "steps": 6, "reused": false}});
+        assert_eq!(chain(&m, &[], &now()), Some(vec![("base".into(), 6)]));
     }
 }
