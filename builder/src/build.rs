@@ -24,7 +24,7 @@ pub use crate::phase::Phase;
 use crate::progress::Reporter;
 use crate::recipe::{Recipe, Step, StepKind};
 use crate::transport::{Target, Transport, TransportError};
-use base::Layer;
+use base::Layers;
 pub use base::{look_base_layer, BaseLayerInfo, BaseLocks};
 use cloudsigma_api::client::Error as ApiError;
 use cloudsigma_api::{
@@ -127,8 +127,12 @@ pub struct Manifest {
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
     pub uploads: BTreeMap<String, String>,
-    /// The cached base layer this build started from or captured (recipe `base_until`).
+    /// The cached layer this build started from, else the first it captured (recipe
+    /// `layers` / `base_until`).
     pub base_layer: Option<BaseLayerInfo>,
+    /// Every cached layer of this build, in order: the one it started from (`reused`), then
+    /// each it captured.
+    pub layers: Vec<BaseLayerInfo>,
     /// The `--verify` checks and their results (None without `--verify`).
     pub verify: Option<VerifyReport>,
     pub stats: Stats,
@@ -493,20 +497,32 @@ impl Builder {
         let (server, host_key) = self.create_server(&job, &drive, &tags, created).await?;
         let ip = self.start(&job, &server).await?;
         let mut target = self.wait_ssh(&job, &server, ip, host_key).await?;
-        let first = match &mut layer {
-            Some(l) if l.from.is_some() => l.steps,
-            Some(l) => {
-                self.enter(Phase::ProvisionBase);
-                self.provision_steps(&job, &target, 0..l.steps).await?;
-                target = self
-                    .base_capture(&job, l, &server, &drive, target, created)
-                    .await?;
-                l.steps
-            }
-            None => 0,
-        };
-        self.enter(Phase::Provision);
         let all = recipe.steps.len();
+        let mut first = 0;
+        if let Some(l) = &mut layer {
+            first = l.start_steps();
+            for j in l.to_capture() {
+                let n = l.all[j].1;
+                self.enter(Phase::ProvisionBase);
+                // a layer that ends in a `reboot` step: the capture's power cycle (ACPI
+                // shutdown, start, SSH on the same host key) is that reboot — a cold one — so
+                // the build boots once there, not twice
+                let st = &recipe.steps[n - 1];
+                let at_reboot = matches!(st.kind, StepKind::Reboot);
+                let end = if at_reboot { n - 1 } else { n };
+                self.provision_steps(&job, &target, first..end).await?;
+                if at_reboot {
+                    let name = format!("{} (the layer capture's power cycle)", st.name);
+                    self.reporter.step(n, all, &name);
+                }
+                target = self
+                    .base_capture(&job, (l, j), (&server, &drive), target, created)
+                    .await?;
+                self.reporter.end_steps();
+                first = n;
+            }
+        }
+        self.enter(Phase::Provision);
         self.provision_steps(&job, &target, first..all).await?;
         self.clean_guest(&target).await?;
         self.shutdown(&job, &server).await?;
@@ -617,18 +633,20 @@ impl Builder {
     async fn clone_base(
         &self,
         job: &Job<'_>,
-        layer: &mut Option<Layer>,
+        layer: &mut Option<Layers>,
         created: &mut Created,
     ) -> Result<Drive, StepError> {
         self.enter(Phase::Clone);
         if let Some(l) = layer.as_mut() {
-            if let Some(from) = l.from.clone() {
+            if let Some((_, from)) = l.from.clone() {
                 match self.clone_into_build(job, &from.uuid, true, created).await {
                     Err(StepError::Interrupted) => return Err(StepError::Interrupted),
                     Err(e) => {
+                        // every layer is captured again (the locks of those it started from
+                        // were released: at worst another build of the run captures one too)
                         self.reporter.line(&format!(
                             "base layer {} ({}) could not be cloned ({e}); falling back to a full build from the library drive, base kept at step {}",
-                            from.name, from.uuid, l.steps
+                            from.name, from.uuid, l.all[0].1
                         ));
                         l.from = None;
                         self.forget_build_drive(created).await;
@@ -1031,7 +1049,7 @@ impl Builder {
         job: &Job<'_>,
         d: &Drive,
         tags: &Tags,
-        layer: Option<&Layer>,
+        layer: Option<&Layers>,
         created: &mut Created,
     ) -> Result<Manifest, StepError> {
         self.enter(Phase::Finalize);
@@ -1042,7 +1060,7 @@ impl Builder {
         let mut meta = d.meta.clone();
         meta.remove(naming::META_STARTED);
         meta.extend(self.output_meta(job, built_at)?);
-        let layer_info = layer.and_then(Layer::info);
+        let layer_info = layer.and_then(Layers::info);
         if let Some(l) = &layer_info {
             meta.insert(naming::META_BASE_LAYER.into(), l.uuid.clone());
         }
@@ -1071,6 +1089,7 @@ impl Builder {
         m.build_id = job.id.clone();
         m.tags = tags.names.clone();
         m.base_layer = layer_info;
+        m.layers = layer.map(Layers::infos).unwrap_or_default();
         Ok(m)
     }
 
@@ -1135,6 +1154,7 @@ impl Builder {
             meta: d.meta.clone(),
             uploads: job.recipe.upload_sha256(),
             base_layer: None,
+            layers: Vec::new(),
             verify: None,
             stats: Stats {
                 wall_ms: wall.as_millis() as u64,

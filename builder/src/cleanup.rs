@@ -385,9 +385,15 @@ pub async fn clean_with_bases(
             continue;
         }
         let age = base_created(&d.meta).map(|t| now.saturating_sub(t));
+        // every layer of a recipe is one of these (the base and each deeper one); how many steps
+        // it holds tells them apart
+        let steps = match d.meta.get(crate::naming::META_BASE_STEPS) {
+            Some(n) => format!("steps 1..{n}, "),
+            None => String::new(),
+        };
         let shown = match age {
-            Some(a) => format!("{}h{:02}m old", a / 3600, a % 3600 / 60),
-            None => "age unknown".into(),
+            Some(a) => format!("{steps}{}h{:02}m old", a / 3600, a % 3600 / 60),
+            None => format!("{steps}age unknown"),
         };
         let old = all || age.is_some_and(|a| a >= older_than.as_secs());
         if !(bases && old) {

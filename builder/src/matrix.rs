@@ -209,14 +209,55 @@ pub struct Job {
     pub recipe: Recipe,
 }
 
-/// Build every job, at most `jobs` at once (at least 1), in the order given; a failure does not
-/// stop the others. Returns the manifest in the jobs' order.
+/// The order in which to start combinations (indices into `keys`), given each one's base layer
+/// key (its location and the values of the variables its base steps read): first one
+/// combination of each key, then a second of each, and so on, each round in the given order.
+/// Combinations that share a base layer at a location capture it once: the first holds its lock
+/// from base-lookup until it is captured, and the others wait for it. Started next to each
+/// other, the second would hold a job slot waiting while a combination with another key could
+/// be building (`--matrix location=a,b --matrix kubernetes_version=…` lists a location's
+/// combinations together).
+pub fn start_order<K: Ord>(keys: &[K]) -> Vec<usize> {
+    let mut seen: BTreeMap<&K, usize> = BTreeMap::new();
+    let mut ranked: Vec<(usize, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let r = seen.entry(k).or_insert(0);
+            *r += 1;
+            (*r, i)
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, i)| i).collect()
+}
+
+/// A job's base layer key for [`start_order`].
+fn base_key(job: &Job) -> (Option<String>, Vec<(String, String)>) {
+    let r = &job.recipe;
+    let vars = r
+        .base_vars()
+        .into_iter()
+        .map(|k| {
+            let v = r.vars.get(&k).cloned().unwrap_or_default();
+            (k, v)
+        })
+        .collect();
+    (job.combo.location().map(str::to_string), vars)
+}
+
+/// Build every job, at most `jobs` at once (at least 1), started in [`start_order`]; a failure
+/// does not stop the others. Returns the manifest in the jobs' order.
 pub async fn run(recipe_name: &str, work: Vec<Job>, jobs: usize) -> MatrixManifest {
     let jobs = jobs.max(1);
+    let keys: Vec<_> = work.iter().map(base_key).collect();
+    let order = start_order(&keys);
+    let mut slots: Vec<Option<Job>> = work.into_iter().map(Some).collect();
+    let work: Vec<Job> = order.iter().filter_map(|&i| slots[i].take()).collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
     let mut set = tokio::task::JoinSet::new();
     let n = work.len();
-    let mut labels = Vec::with_capacity(n);
+    let mut labels = vec![None; n];
     // one per location (see Builder::tags_lock)
     let mut tag_locks: BTreeMap<Option<String>, Arc<tokio::sync::Mutex<()>>> = BTreeMap::new();
     // and one set of base layer locks per location (see Builder::base_locks)
@@ -230,8 +271,8 @@ pub async fn run(recipe_name: &str, work: Vec<Job>, jobs: usize) -> MatrixManife
             let l = base_locks.entry(job.combo.location().map(str::to_string));
             job.builder.base_locks = Some(l.or_default().clone());
         }
-        labels.push((job.combo.label(), job.combo.clone()));
-        // acquired here, in order, so the combinations start in the manifest's order
+        labels[job.combo.index] = Some((job.combo.label(), job.combo.clone()));
+        // acquired here, in order, so the combinations start in start_order
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
@@ -261,6 +302,7 @@ pub async fn run(recipe_name: &str, work: Vec<Job>, jobs: usize) -> MatrixManife
     let combinations: Vec<Entry> = entries
         .into_iter()
         .zip(labels)
+        .filter_map(|(e, l)| Some((e, l?)))
         .map(|(e, (label, combo))| {
             e.unwrap_or_else(|| Entry {
                 label,
@@ -380,6 +422,20 @@ mod tests {
         );
         assert_eq!(c[3].index, 3);
         assert_eq!(combinations(&[]).len(), 1, "no axis: the one build");
+    }
+
+    #[test]
+    fn combinations_start_one_per_base_layer_first() {
+        // the location axis first: a's two versions share a's base layer
+        let keys = ["a", "a", "b", "b"];
+        assert_eq!(start_order(&keys), [0, 2, 1, 3]);
+        // the location axis last: already one per location first, unchanged
+        let keys = ["a", "b", "a", "b"];
+        assert_eq!(start_order(&keys), [0, 1, 2, 3]);
+        // one location, three base keys of two combinations each
+        let keys = ["x", "x", "y", "y", "z", "z"];
+        assert_eq!(start_order(&keys), [0, 2, 4, 1, 3, 5]);
+        assert!(start_order::<u8>(&[]).is_empty());
     }
 
     #[test]

@@ -12,13 +12,14 @@ pub fn plan(recipe: &Recipe, opts: &Options, base_url: Option<&str>) -> String {
     plan_with(recipe, opts, base_url, None)
 }
 
-/// What a read-only look at the account found about the recipe's base layer (`--dry-run` with
-/// an API configured): the base fingerprint, and the layer of that fingerprint if one exists
-/// (name, uuid).
+/// What a read-only look at the account found about the recipe's layers (`--dry-run` with an
+/// API configured): the base (first) layer's fingerprint, every layer's (fingerprint, steps),
+/// and the deepest layer found: (fingerprint, steps, name, uuid).
 #[derive(Debug, Clone)]
 pub struct LayerLook {
     pub fingerprint: String,
-    pub found: Option<(String, String)>,
+    pub layers: Vec<(String, usize)>,
+    pub found: Option<(String, usize, String, String)>,
 }
 
 /// [`plan`], with what base-lookup would find when it is known.
@@ -68,8 +69,18 @@ fn header(recipe: &Recipe, base_url: Option<&str>) -> String {
         );
     }
     let _ = writeln!(o, "fingerprint: sha256 over recipe + {} files + vars + base drive uuid (known after resolve-base)", recipe.files.len());
-    if let (Some(k), Some(until)) = (recipe.base_steps, &r.base_until) {
-        let _ = writeln!(o, "base layer: steps 1..{k} (base_until {until:?}); base fingerprint: sha256 over those steps, their files, the vars they read ({}) + base drive uuid", recipe.base_vars().join(", "));
+    if let (Some(k), Some(until)) = (recipe.base_steps, recipe.layer_marks().first()) {
+        let key = if r.layers.is_some() {
+            "layers"
+        } else {
+            "base_until"
+        };
+        let _ = writeln!(o, "base layer: steps 1..{k} ({key} {until:?}); base fingerprint: sha256 over those steps, their files, the vars they read ({}) + base drive uuid", recipe.base_vars().join(", "));
+        let mut from = k;
+        for (n, mark) in recipe.layer_steps.iter().zip(recipe.layer_marks()).skip(1) {
+            let _ = writeln!(o, "layer: steps 1..{n} ({mark:?}); fingerprint: sha256 over the layer before, steps {}..{n}, their files, the vars they read ({})", from + 1, recipe.vars_read_in(from..*n).join(", "));
+            from = *n;
+        }
     }
     o
 }
@@ -86,10 +97,52 @@ fn base_lookup(recipe: &Recipe, opts: &Options, look: Option<&LayerLook>) -> Str
     if let Some(why) = &recipe.base_off {
         return format!("off: {why}; full build");
     }
+    let keep = |after: usize, layers: &[(String, usize)]| -> String {
+        layers
+            .iter()
+            .filter(|(_, s)| *s > after)
+            .map(|(fp, s)| match s == &k {
+                true => format!("base kept at step {s}"),
+                false => format!("layer {} kept at step {s}", &fp[..16]),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match look {
-        Some(LayerLook { fingerprint, found: Some((name, uuid)) }) => format!("base {} found: {name} ({uuid}): steps {}..{n} only", &fingerprint[..16], k + 1),
-        Some(LayerLook { fingerprint, found: None }) => format!("no base {}: full build, base kept at step {k}", &fingerprint[..16]),
-        None => format!("GET drives/detail/?tag=<imgbuild tag> → a base layer of this base fingerprint (steps 1..{k}, known after resolve-base): steps {}..{n} only; none: full build, base kept at step {k}", k + 1),
+        Some(LayerLook {
+            found: Some((fp, s, name, uuid)),
+            layers,
+            ..
+        }) => {
+            let more = keep(*s, layers);
+            let more = if more.is_empty() {
+                more
+            } else {
+                format!("; {more}")
+            };
+            format!(
+                "base {} found: {name} ({uuid}): steps {}..{n} only{more}",
+                &fp[..16],
+                s + 1
+            )
+        }
+        Some(LayerLook {
+            fingerprint,
+            found: None,
+            layers,
+        }) => format!(
+            "no base {}: full build, {}",
+            &fingerprint[..16],
+            keep(0, layers)
+        ),
+        None => {
+            let marks: Vec<String> = recipe
+                .layer_steps
+                .iter()
+                .map(|s| format!("1..{s}"))
+                .collect();
+            format!("GET drives/detail/?tag=<imgbuild tag> → the deepest layer (steps {}, fingerprints known after resolve-base) whose fingerprint matches: only the steps after it, the deeper layers kept; none: full build, base kept at step {k}", marks.join(", "))
+        }
     }
 }
 
@@ -113,11 +166,11 @@ fn describe(p: Phase, recipe: &Recipe, opts: &Options) -> String {
         Phase::Start => "POST servers/<uuid>/action/?do=start; GET servers/<uuid>/ until running → runtime NAT IP".into(),
         Phase::WaitSsh => format!("ssh {}@<NAT IP>:22 (ephemeral key; known_hosts holds only the build's host key, StrictHostKeyChecking=yes) until it answers", opts.ssh_user.clone().or_else(|| r.ssh_user.clone()).unwrap_or_else(|| "<library default_user>".into())),
         Phase::ProvisionBase => match recipe.base_steps {
-            Some(k) if !opts.no_base_cache && recipe.base_off.is_none() => format!("steps 1..{k} (the base layer's), only when base-lookup found none"),
+            Some(k) if !opts.no_base_cache && recipe.base_off.is_none() => format!("steps 1..{k} (the base layer's), only when base-lookup found none; again for each deeper layer base-lookup did not find (steps up to {})", recipe.layer_steps.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
             _ => "(not entered: no base layer)".into(),
         },
         Phase::BaseCapture => match recipe.base_steps {
-            Some(k) if !opts.no_base_cache && recipe.base_off.is_none() => format!("after step {k}, only when base-lookup found none: POST servers/<uuid>/action/?do=shutdown, GET until stopped; POST drives/<uuid>/action/?do=clone {{name: imgbuild-base-<base fingerprint>}}; PUT meta imgbuild.state=base, imgbuild.base-fingerprint, imgbuild.base-created; POST ?do=start; ssh again"),
+            Some(k) if !opts.no_base_cache && recipe.base_off.is_none() => format!("after step {k} (and each deeper layer's last step), only for a layer base-lookup did not find: POST servers/<uuid>/action/?do=shutdown, GET until stopped; POST drives/<uuid>/action/?do=clone {{name: imgbuild-base-<layer fingerprint>}}; PUT meta imgbuild.state=base, imgbuild.base-fingerprint, imgbuild.base-created; POST ?do=start; ssh again (a layer whose last step is a `reboot`: this power cycle is that reboot)"),
             _ => "(not entered: no base layer)".into(),
         },
         Phase::Provision => format!("{} steps (from a base layer: those after it):", recipe.steps.len()),

@@ -24,11 +24,16 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     let r = f.recipe(&[]);
     let m = b.build(&r).await.expect("build succeeds");
     // the pipeline enters every phase of the one list, in its order; the manifest times each
-    // (all but verify: that needs --verify, see verify.rs)
+    // (all but verify: that needs --verify, see verify.rs); provision-base and base-capture once
+    // per layer (ubuntu-k8s has two)
     let entered: Vec<Phase> = m.stats.phases.iter().map(|p| p.phase).collect();
     let want: Vec<Phase> = Phase::ALL
         .into_iter()
         .filter(|p| *p != Phase::Verify)
+        .flat_map(|p| match p {
+            Phase::BaseCapture => vec![p, Phase::ProvisionBase, p],
+            _ => vec![p],
+        })
         .collect();
     assert_eq!(entered, want);
 
@@ -38,11 +43,11 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
         "no server may remain: {:?}",
         snap.servers
     );
-    // the image and the recipe's base layer (base_until), nothing else
+    // the image and the recipe's two layers, nothing else
     assert_eq!(
         snap.drives.len(),
-        2,
-        "image + base layer: {:?}",
+        3,
+        "image + base layer + Kubernetes layer: {:?}",
         snap.drives
     );
     let layer = m
@@ -119,20 +124,34 @@ async fn full_build_leaves_exactly_one_tagged_annotated_drive_and_no_server() {
     assert!(rec.contains(&Recorded::Sha256 {
         path: "/usr/local/bin/cloudsigma-agent".into()
     }));
-    assert!(rec.contains(&Recorded::Reboot));
+    // the base layer's mark is the reboot step: the capture's power cycle is that reboot
+    assert!(!rec.contains(&Recorded::Reboot), "one boot there, not two");
     assert_eq!(rec.last(), Some(&Recorded::Clean));
     // base-capture right after the mark (step 6, the reboot after containerd and the initramfs):
-    // a sync, then after the power cycle a new login
+    // a sync right after the initramfs script, then after the power cycle a new login
     let sync = rec
         .iter()
         .position(|r| matches!(r, Recorded::Check { cmd, .. } if cmd == "sync"))
         .expect("a sync before the capture");
     assert!(
-        matches!(&rec[sync - 1], Recorded::Reboot),
+        matches!(&rec[sync - 1], Recorded::Script { path, .. } if path.ends_with("80-initramfs.sh")),
         "{:?}",
         rec[sync - 1]
     );
     assert!(matches!(&rec[sync + 1], Recorded::WaitReady { .. }));
+    // and the Kubernetes layer's capture right after 40-kubernetes.sh
+    let syncs: Vec<usize> = rec
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Recorded::Check { cmd, .. } if cmd == "sync"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(syncs.len(), 2, "two layers captured");
+    assert!(
+        matches!(&rec[syncs[1] - 1], Recorded::Script { path, .. } if path.ends_with("40-kubernetes.sh")),
+        "{:?}",
+        rec[syncs[1] - 1]
+    );
     // every script that sources lib/image.sh gets it uploaded and verified right before it runs
     // (`uses:`), not from an earlier step
     let lib = "/tmp/imgbuild/lib/image.sh";
@@ -278,7 +297,7 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         "a cached build must not POST: {:?}",
         f.emu.counters().1
     );
-    assert_eq!(f.counts(), (0, 2, 3), "the image and its base layer");
+    assert_eq!(f.counts(), (0, 3, 3), "the image and its two layers");
 
     // a variable changes → new fingerprint → new image (from the base layer: the base steps
     // do not read kubernetes_version)
@@ -289,7 +308,7 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
     assert!(!v.cached);
     assert_ne!(v.fingerprint, first.fingerprint);
     assert!(v.base_layer.as_ref().is_some_and(|l| l.reused));
-    assert_eq!(f.counts().1, 3);
+    assert_eq!(f.counts().1, 5, "and this version's Kubernetes layer");
 
     // a file's content changes (same path) → rebuild
     std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
@@ -298,7 +317,8 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("rebuild after file change");
     assert!(!a.cached);
-    assert_eq!(f.counts().1, 4);
+    // (from the Kubernetes layer: nothing new to capture)
+    assert_eq!(f.counts().1, 6);
 
     // --force rebuilds an unchanged recipe
     let forced = f
@@ -312,7 +332,7 @@ async fn second_identical_build_creates_nothing_and_any_input_change_rebuilds() 
         .await
         .expect("forced");
     assert!(!forced.cached);
-    assert_eq!(f.counts().1, 5);
+    assert_eq!(f.counts().1, 7);
     f.emu.shutdown().await;
 }
 
@@ -377,8 +397,8 @@ async fn one_shot_failure_at_each_api_step_leaves_nothing_behind() {
                 );
                 assert_eq!(
                     (servers, drives),
-                    (0, 2),
-                    "{method} {path}: image + base layer"
+                    (0, 3),
+                    "{method} {path}: image + the two layers"
                 );
             }
             Err(e) => {
@@ -451,7 +471,8 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
             cleanup,
             ..
         }) => {
-            assert_eq!(phase, Phase::Provision);
+            // 40-kubernetes.sh is the Kubernetes layer's last step: provision-base
+            assert_eq!(phase, Phase::ProvisionBase);
             assert!(error.contains("40-kubernetes.sh"), "{error}");
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
             assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
@@ -461,7 +482,9 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
     assert_eq!(f.counts(), (0, 0, 0));
 
     // a good image exists, then a failed build with --keep-on-failure leaves its server + drive
+    // (a step after the last layer fails: the forced build starts from the Kubernetes layer)
     f.build(&[], Options::default()).await.expect("good build");
+    t.fail_script = Some("70-validate-k8s.sh".into());
     let r = f
         .builder(
             t,
@@ -476,7 +499,7 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
         .await;
     assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
     assert_eq!(f.counts().0, 1);
-    assert_eq!(f.counts().1, 3, "image, base layer, kept build drive");
+    assert_eq!(f.counts().1, 4, "image, two layers, kept build drive");
     // `clean` with an age limit leaves the fresh leftovers, `--all` removes them, never the image
     let cloud = f.cloud();
     let rep = build::clean(&cloud, Duration::from_secs(3600), false, false, &|_| {})
@@ -497,7 +520,7 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
     states.sort();
     assert_eq!(
         states,
-        ["base", "image"],
+        ["base", "base", "image"],
         "clean never removes images or (without --bases) base layers"
     );
     f.emu.shutdown().await;
@@ -537,7 +560,11 @@ async fn bursts_of_503_and_429_are_ridden_out() {
         .expect("429s are retried");
     assert!(!m.cached);
     assert_eq!(f.counts().0, 0);
-    assert_eq!(f.counts().1, 3, "two images and the base layer");
+    assert_eq!(
+        f.counts().1,
+        5,
+        "two images, the base layer, each version's Kubernetes layer"
+    );
     f.emu.shutdown().await;
 }
 
@@ -631,7 +658,7 @@ async fn real_binary_sigint_cleans_up_and_json_manifest_on_success() {
     let m: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is the JSON manifest");
     let snap = f.emu.snapshot();
-    assert_eq!(snap.drives.len(), 2, "the image and its base layer");
+    assert_eq!(snap.drives.len(), 3, "the image and its two layers");
     assert!(snap
         .drives
         .iter()
@@ -675,7 +702,7 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
         .build(&f.recipe(&[]))
         .await;
     assert!(matches!(r, Err(BuildError::Failed { kept: true, .. })));
-    assert_eq!((f.counts().0, f.counts().1), (1, 3));
+    assert_eq!((f.counts().0, f.counts().1), (1, 4));
     let run = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
             .arg("clean")
@@ -697,7 +724,7 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
     );
     assert_eq!(
         (f.counts().0, f.counts().1),
-        (1, 3),
+        (1, 4),
         "dry run removes nothing"
     );
     let out = tokio::task::block_in_place(|| run(&["--all"]));
@@ -709,19 +736,17 @@ async fn clean_cli_removes_kept_leftovers_but_not_images() {
     );
     let snap = f.emu.snapshot();
     assert!(snap.servers.is_empty());
-    assert_eq!(snap.drives.len(), 2, "the image and the base layer stay");
+    assert_eq!(snap.drives.len(), 3, "the image and the two layers stay");
     // the base layer: listed with its age, removed only with --bases
     let out = tokio::task::block_in_place(|| run(&["--bases", "--older-than-minutes", "60"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("keeping base layer") && err.contains("0h00m old"),
+        err.contains("keeping base layer")
+            && err.contains("steps 1..6, 0h00m old")
+            && err.contains("steps 1..7, 0h00m old"),
         "{err}"
     );
-    assert_eq!(
-        f.counts().1,
-        2,
-        "a fresh base layer is younger than 60 minutes"
-    );
+    assert_eq!(f.counts().1, 3, "fresh layers are younger than 60 minutes");
     let out = tokio::task::block_in_place(|| run(&["--bases", "--older-than-minutes", "0"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("deleting base layer"), "{err}");

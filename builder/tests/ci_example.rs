@@ -98,8 +98,8 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
     assert_eq!(m["cached"], false);
     assert_eq!(
         ci.counts(),
-        (0, 2),
-        "one image drive, its base layer, no server"
+        (0, 3),
+        "one image drive, its two layers, no server"
     );
     assert!(
         stderr.contains(&format!("imgbuild {}", env!("CARGO_PKG_VERSION"))),
@@ -124,7 +124,7 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         serde_json::from_slice(&std::fs::read(ci.manifest_path()).unwrap()).unwrap();
     assert_eq!(m["cached"], true);
     assert_eq!(ci.posts(), posts, "an unchanged pipeline POSTs nothing");
-    assert_eq!(ci.counts(), (0, 2));
+    assert_eq!(ci.counts(), (0, 3));
 
     // A cancelled job: the runner signals the script mid-provisioning (GitLab: SIGTERM; GitHub:
     // SIGINT, then SIGTERM a little later). imgbuild gets one SIGTERM, cleans up completely, the
@@ -138,8 +138,9 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         let started = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(l)) = lines.next_line().await {
                 log.push(l.clone());
-                // (--force rebuilds from the base layer of 6 steps: its first step is the 7th)
-                if l.contains("step 7/") {
+                // (--force rebuilds from the deepest layer, the Kubernetes version's of 7
+                // steps: its first step is the 8th)
+                if l.contains("step 8/") {
                     return true;
                 }
             }
@@ -150,8 +151,8 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         assert!(started, "provisioning never started: {log:#?}");
         assert_eq!(
             ci.counts(),
-            (1, 3),
-            "builder server and build drive exist (and the image and base layer)"
+            (1, 4),
+            "builder server and build drive exist (and the image and its two layers)"
         );
         let pid = child.id().expect("running") as i32;
         for (i, sig) in signals.iter().enumerate() {
@@ -173,7 +174,7 @@ async fn ci_script_builds_then_caches_and_a_cancelled_job_leaves_nothing() {
         );
         assert_eq!(
             ci.counts(),
-            (0, 2),
+            (0, 3),
             "leftovers after signals {signals:?}:\n{text}"
         );
         assert!(
@@ -241,8 +242,8 @@ async fn ci_script_builds_a_version_matrix_then_reuses_it() {
         }
         assert_eq!(
             ci.counts(),
-            (0, 3),
-            "two images and the one base layer they share, no server"
+            (0, 5),
+            "two images, the one base layer they share and each one's Kubernetes layer, no server"
         );
         if round == 1 {
             // the combinations share the base layer: captured once (Builder::base_locks)

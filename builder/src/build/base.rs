@@ -34,37 +34,79 @@ impl BaseLocks {
     }
 }
 
-/// The base layer of this build: found (build from it) or to be captured.
-pub(crate) struct Layer {
-    pub fp: String,
-    /// How many steps (from the first) it holds.
-    pub steps: usize,
-    /// The layer drive this build starts from; None: the build captures one.
-    pub from: Option<Drive>,
-    /// The layer this build captured: (uuid, name).
-    pub captured: Option<(String, String)>,
-    /// Held until the capture is done (see `Builder::base_locks`).
-    pub lock: Option<OwnedMutexGuard<()>>,
+/// The cached layers of this build's recipe: which one it starts from (found), which it
+/// captures (every deeper one).
+pub(crate) struct Layers {
+    /// (fingerprint, steps held) of each layer of the recipe, in order: chained, each covers
+    /// every step up to its mark (`Recipe::layer_fingerprints`).
+    pub all: Vec<(String, usize)>,
+    /// The deepest layer found: its index in `all` and its drive; None: a full build.
+    pub from: Option<(usize, Drive)>,
+    /// The layers this build captured: (index in `all`, uuid, name).
+    pub captured: Vec<(usize, String, String)>,
+    /// Per layer, the lock held until it is captured (see `Builder::base_locks`).
+    pub locks: Vec<Option<OwnedMutexGuard<()>>>,
 }
 
-impl Layer {
+impl Layers {
+    /// The steps the build's drive holds when it starts: the found layer's, or none.
+    pub fn start_steps(&self) -> usize {
+        self.from.as_ref().map(|(i, _)| self.all[*i].1).unwrap_or(0)
+    }
+
+    /// The indices of the layers this build captures: all below the one it starts from.
+    pub fn to_capture(&self) -> std::ops::Range<usize> {
+        let first = self.from.as_ref().map(|(i, _)| i + 1).unwrap_or(0);
+        first..self.all.len()
+    }
+
+    /// Every layer of this build, in order: the one it started from (`reused`), then those it
+    /// captured.
+    pub fn infos(&self) -> Vec<BaseLayerInfo> {
+        let mut v = Vec::new();
+        if let Some((i, d)) = &self.from {
+            v.push(BaseLayerInfo {
+                fingerprint: self.all[*i].0.clone(),
+                uuid: d.uuid.clone(),
+                name: d.name.clone(),
+                steps: self.all[*i].1,
+                reused: true,
+            });
+        }
+        for (i, uuid, name) in &self.captured {
+            v.push(BaseLayerInfo {
+                fingerprint: self.all[*i].0.clone(),
+                uuid: uuid.clone(),
+                name: name.clone(),
+                steps: self.all[*i].1,
+                reused: false,
+            });
+        }
+        v
+    }
+
+    /// The manifest's `base_layer`: the layer the build started from, else the first it
+    /// captured.
     pub fn info(&self) -> Option<BaseLayerInfo> {
-        let (uuid, name, reused) = match (&self.from, &self.captured) {
-            (Some(d), _) => (d.uuid.clone(), d.name.clone(), true),
-            (None, Some((u, n))) => (u.clone(), n.clone(), false),
-            (None, None) => return None,
-        };
-        Some(BaseLayerInfo {
-            fingerprint: self.fp.clone(),
-            uuid,
-            name,
-            steps: self.steps,
-            reused,
-        })
+        self.infos().into_iter().next()
+    }
+
+    /// `base kept at step 6, layer 3f0c… kept at step 15`: what this build will capture.
+    fn keep_note(&self) -> String {
+        self.to_capture()
+            .map(|j| {
+                let (fp, n) = &self.all[j];
+                match j {
+                    0 => format!("base kept at step {n}"),
+                    _ => format!("layer {} kept at step {n}", &fp[..16]),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
-/// The manifest's `base_layer`.
+/// One layer in the manifest (`base_layer`, `layers`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BaseLayerInfo {
     pub fingerprint: String,
@@ -89,7 +131,8 @@ pub async fn look_base_layer(
     ];
     let libs = cloud.list_libdrives(&q).await.map_err(|e| e.to_string())?;
     let lib = super::pick_base(&libs, recipe)?;
-    let Some(fp) = recipe.base_fingerprint(&lib.uuid) else {
+    let all = recipe.layer_fingerprints(&lib.uuid);
+    let Some((base_fp, _)) = all.first().cloned() else {
         return Ok(None);
     };
     let tags = cloud.list_tags().await.map_err(|e| e.to_string())?;
@@ -100,16 +143,31 @@ pub async fn look_base_layer(
             .list_drives_filtered(&q)
             .await
             .map_err(|e| e.to_string())?;
-        found = drives
-            .into_iter()
-            .filter(|d| naming::is_base_of(d, &fp) && d.size <= recipe.disk_size)
-            .max_by_key(|d| naming::base_created(&d.meta).unwrap_or(0))
-            .map(|d| (d.name, d.uuid));
+        found = deepest(&all, &drives, recipe.disk_size, |_| true)
+            .map(|(i, d)| (all[i].0.clone(), all[i].1, d.name.clone(), d.uuid.clone()));
     }
     Ok(Some(crate::plan::LayerLook {
-        fingerprint: fp,
+        fingerprint: base_fp,
+        layers: all,
         found,
     }))
+}
+
+/// The deepest layer of `all` that `drives` hold (the newest drive of its fingerprint, no larger
+/// than `disk_size`, `usable`): its index and drive. A layer of another fingerprint never is.
+fn deepest<'d>(
+    all: &[(String, usize)],
+    drives: &'d [Drive],
+    disk_size: u64,
+    usable: impl Fn(&Drive) -> bool,
+) -> Option<(usize, &'d Drive)> {
+    all.iter().enumerate().rev().find_map(|(i, (fp, _))| {
+        drives
+            .iter()
+            .filter(|d| naming::is_base_of(d, fp) && d.size <= disk_size && usable(d))
+            .max_by_key(|d| naming::base_created(&d.meta).unwrap_or(0))
+            .map(|d| (i, d))
+    })
 }
 
 impl Builder {
@@ -120,10 +178,10 @@ impl Builder {
         &self,
         job: &Job<'_>,
         tags: &Tags,
-    ) -> Result<Option<Layer>, StepError> {
-        let Some(steps) = job.recipe.base_steps else {
+    ) -> Result<Option<Layers>, StepError> {
+        if job.recipe.base_steps.is_none() {
             return Ok(None);
-        };
+        }
         self.enter(Phase::BaseLookup);
         if self.cancel.is_cancelled() {
             return Err(StepError::Interrupted);
@@ -138,21 +196,11 @@ impl Builder {
                 .line(&format!("base layer off: {why}; full build"));
             return Ok(None);
         }
-        let Some(fp) = job.recipe.base_fingerprint(&job.base.uuid) else {
+        let all = job.recipe.layer_fingerprints(&job.base.uuid);
+        if all.is_empty() {
             return Ok(None);
-        };
-        let short = &fp[..16];
-        // another build of this run capturing the same layer: wait for it, then use its layer
-        let lock = match &self.base_locks {
-            Some(l) => {
-                let m = l.of(&fp);
-                Some(
-                    self.cancellable(async { Ok::<_, StepError>(m.lock_owned().await) })
-                        .await?,
-                )
-            }
-            None => None,
-        };
+        }
+        let mut locks = self.lock_layers(&all).await?;
         // every layer is tagged `imgbuild`
         let tag = tags.build_tag()?;
         let q = [("tag", tag.uuid())];
@@ -160,53 +208,94 @@ impl Builder {
             .cancellable(self.cloud.list_drives_filtered(&q))
             .await?;
         let layers: Vec<Drive> = drives.into_iter().filter(naming::is_base).collect();
-        let (mut ours, others): (Vec<Drive>, Vec<Drive>) =
-            layers.into_iter().partition(|d| naming::is_base_of(d, &fp));
-        if !others.is_empty() {
+        let others = layers
+            .iter()
+            .filter(|d| !all.iter().any(|(fp, _)| naming::is_base_of(d, fp)))
+            .count();
+        if others > 0 {
             self.reporter.line(&format!(
-                "{} base layer(s) of other base fingerprints ignored",
-                others.len()
+                "{others} base layer(s) of other base fingerprints ignored"
             ));
         }
-        ours.retain(|d| {
-            d.size <= job.recipe.disk_size
-                && matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc)
-        });
-        ours.sort_by_key(|d| naming::base_created(&d.meta).unwrap_or(0));
-        let from = ours.pop();
-        let total = job.recipe.steps.len();
-        match &from {
-            Some(d) => self.reporter.line(&format!(
-                "base {short} found: {} ({}): steps {}..{total} only",
-                d.name,
-                d.uuid,
-                steps + 1
-            )),
-            None => self.reporter.line(&format!(
-                "no base {short}: full build, base kept at step {steps}"
-            )),
+        let from = deepest(&all, &layers, job.recipe.disk_size, |d| {
+            matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc)
+        })
+        .map(|(i, d)| (i, d.clone()));
+        // a layer this build starts from (or one inside it) it does not capture: others need
+        // not wait for it
+        if let Some((i, _)) = &from {
+            for l in &mut locks[..=*i] {
+                *l = None;
+            }
         }
-        Ok(Some(Layer {
-            // a build that starts from a layer makes none: others need not wait for it
-            lock: if from.is_some() { None } else { lock },
-            fp,
-            steps,
+        let layers = Layers {
+            all,
             from,
-            captured: None,
-        }))
+            captured: Vec::new(),
+            locks,
+        };
+        let total = job.recipe.steps.len();
+        let keep = layers.keep_note();
+        match &layers.from {
+            Some((i, d)) => {
+                let short = &layers.all[*i].0[..16];
+                let more = if keep.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {keep}")
+                };
+                self.reporter.line(&format!(
+                    "base {short} found: {} ({}): steps {}..{total} only{more}",
+                    d.name,
+                    d.uuid,
+                    layers.start_steps() + 1
+                ))
+            }
+            None => {
+                let short = &layers.all[0].0[..16];
+                self.reporter
+                    .line(&format!("no base {short}: full build, {keep}"))
+            }
+        }
+        Ok(Some(layers))
     }
 
-    /// After the base steps: power off, clone the drive into the layer, power on, log in again.
-    /// The layer stays among what a failure deletes until the build succeeds.
+    /// One lock per layer (see `Builder::base_locks`): another build of this run capturing one
+    /// of these layers is waited for, and this one then starts from its layer. Taken in layer
+    /// order, so two builds never wait for each other.
+    async fn lock_layers(
+        &self,
+        all: &[(String, usize)],
+    ) -> Result<Vec<Option<OwnedMutexGuard<()>>>, StepError> {
+        let mut locks = Vec::with_capacity(all.len());
+        for (fp, _) in all {
+            let guard = match &self.base_locks {
+                Some(l) => {
+                    let m = l.of(fp);
+                    Some(
+                        self.cancellable(async { Ok::<_, StepError>(m.lock_owned().await) })
+                            .await?,
+                    )
+                }
+                None => None,
+            };
+            locks.push(guard);
+        }
+        Ok(locks)
+    }
+
+    /// After layer `j`'s steps: power off the builder server (`vm`: it and its drive), clone
+    /// the drive into the layer, power on, log in again. The layer stays among what a failure
+    /// deletes until the build succeeds.
     pub(super) async fn base_capture(
         &self,
         job: &Job<'_>,
-        layer: &mut Layer,
-        server: &Server,
-        drive: &Drive,
+        (layers, j): (&mut Layers, usize),
+        vm: (&Server, &Drive),
         target: Target,
         created: &mut Created,
     ) -> Result<Target, StepError> {
+        let (server, drive) = vm;
         self.enter(Phase::BaseCapture);
         // flushed first: should the guest not power off in time, the hard stop that follows
         // still leaves every write of the base steps on disk
@@ -224,7 +313,8 @@ impl Builder {
         }
         self.transport.close().await;
         self.power_off(job, server).await?;
-        let name = naming::base_drive_name(&layer.fp);
+        let (fp, steps) = layers.all[j].clone();
+        let name = naming::base_drive_name(&fp);
         created.add_extra("drive", &name);
         let req = DriveClone {
             name: Some(name.clone()),
@@ -245,11 +335,8 @@ impl Builder {
         // the clone carries the build drive's meta (build id, started): a build killed from here
         // to the update leaves a `building` drive, which `imgbuild clean` removes
         d.meta.remove(naming::META_STARTED);
-        d.meta.extend(naming::base_meta(
-            &layer.fp,
-            layer.steps,
-            naming::now_unix(),
-        ));
+        d.meta
+            .extend(naming::base_meta(&fp, steps, naming::now_unix()));
         d.tags = drive
             .tags
             .iter()
@@ -257,11 +344,11 @@ impl Builder {
             .collect();
         let d = self.cancellable(self.cloud.update_drive(&d)).await?;
         self.reporter.line(&format!(
-            "base layer {} ({}) captured after step {}",
-            d.name, d.uuid, layer.steps
+            "base layer {} ({}) captured after step {steps}",
+            d.name, d.uuid
         ));
-        layer.captured = Some((d.uuid.clone(), d.name.clone()));
-        layer.lock = None;
+        layers.captured.push((j, d.uuid.clone(), d.name.clone()));
+        layers.locks[j] = None;
         let ip = self.power_on(job, server).await?;
         let target = self.target(job, ip, target.host_key);
         let wait = Duration::from_secs(job.recipe.spec.timeouts.ssh);

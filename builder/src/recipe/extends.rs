@@ -97,7 +97,7 @@ impl Parent {
             match k.as_str() {
                 Some("extends") => {}
                 Some("steps") => {
-                    return Err("a recipe that `extends` another may not define `steps`: it may change name, description, base, disk_size, server, ssh_user, timeouts, output, base_until, verify and vars, and add secrets".into())
+                    return Err("a recipe that `extends` another may not define `steps`: it may change name, description, base, disk_size, server, ssh_user, timeouts, output, base_until, layers, verify and vars, and add secrets".into())
                 }
                 Some("secrets") => {
                     let parent = merged.remove("secrets");

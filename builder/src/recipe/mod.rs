@@ -93,10 +93,13 @@ pub struct Recipe {
     pub disk_size: u64,
     /// `server.mem` in bytes.
     pub mem: u64,
-    /// How many steps (from the first) make the cached base layer (`base_until`), if any.
+    /// How many steps (from the first) make the first cached layer, the base layer
+    /// (`base_until`, or the first of `layers`), if any.
     pub base_steps: Option<usize>,
-    /// Why the recipe's `base_until` cannot be used with these variables (the build then runs
-    /// without a base layer and says why).
+    /// How many steps each cached layer holds, in order (`layers`; `base_until` is one layer).
+    pub layer_steps: Vec<usize>,
+    /// Why the recipe's layers cannot be used with these variables (the build then runs
+    /// without a layer and says why).
     pub base_off: Option<String>,
 }
 
@@ -215,7 +218,7 @@ impl Recipe {
             },
             &mut diags,
         );
-        let (base_steps, base_off) = base::resolve(&spec, &steps, file, &text, &mut diags);
+        let (layer_steps, base_off) = base::resolve(&spec, &steps, file, &text, &mut diags);
         if !diags.is_empty() {
             return Err(Diags(diags));
         }
@@ -230,7 +233,8 @@ impl Recipe {
             files,
             disk_size,
             mem,
-            base_steps,
+            base_steps: layer_steps.first().copied(),
+            layer_steps,
             base_off,
         })
     }

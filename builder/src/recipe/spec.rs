@@ -205,6 +205,12 @@ pub struct RecipeFile {
     /// step, and a later build whose base fingerprint matches starts from it.
     #[serde(default)]
     pub base_until: Option<String>,
+    /// The names of the last steps of the recipe's cached layers, in step order (recipe/base.rs;
+    /// docs/imgbuild.md, "Cached layers"): each layer is the drive after its step, keyed by the
+    /// fingerprint of every step up to it, and a build starts from the deepest layer whose
+    /// fingerprint matches. `base_until: X` is `layers: [X]`; a recipe gives one or the other.
+    #[serde(default)]
+    pub layers: Option<Vec<String>>,
     /// What `--verify` checks on a server booted from a clone of the candidate image.
     #[serde(default)]
     pub verify: VerifySpec,

@@ -214,10 +214,12 @@ fn sha256(path: &Path) -> String {
 ///   kubelet uploaded into it is that version's (the sha256 imgbuild verified in the guest);
 /// - the base layer: one fingerprint for all four (the Kubernetes version is after it); per
 ///   location exactly one combination captured it and the other started from that very drive,
-///   which is the location's one layer drive;
+///   which is the location's one base layer drive;
+/// - the Kubernetes layer (recipe `layers`, the second): each combination captured its own, one
+///   fingerprint per version whatever the location, holding more steps than the base;
 /// - with `verify`: every check passed, kubelet and kubeadm reporting the tagged version;
-/// - the location's account holds exactly its two images and its one layer: no builder or
-///   verify server, no build, candidate or verify drive.
+/// - the location's account holds exactly its two images, its one base layer and its two
+///   Kubernetes layers: no builder or verify server, no build, candidate or verify drive.
 pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: bool) {
     let m = &run.manifest;
     assert_eq!(run.code, 0, "matrix exit code; manifest: {m:#}");
@@ -238,6 +240,8 @@ pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: boo
     let mut base_fps = BTreeSet::new();
     let mut layers: BTreeMap<String, Vec<(bool, String)>> = BTreeMap::new();
     let mut images_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut k8s_layers_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut k8s_fp_of_version: BTreeMap<String, String> = BTreeMap::new();
     for c in combos {
         let label = c["label"].as_str().unwrap_or("?");
         assert_eq!(c["status"], "built", "{label}: {c:#}");
@@ -294,6 +298,29 @@ pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: boo
             layer["reused"].as_bool().expect("reused"),
             layer["uuid"].as_str().expect("layer uuid").to_string(),
         ));
+        // its Kubernetes layer: captured by this build, after the base
+        let all = one["layers"].as_array().expect("layers");
+        let k8s = all.last().expect("a Kubernetes layer");
+        assert_eq!(k8s["reused"], false, "{label}: {all:#?}");
+        assert!(
+            k8s["steps"].as_u64() > layer["steps"].as_u64(),
+            "{label}: {all:#?}"
+        );
+        let kfp = k8s["fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_string();
+        let prev = k8s_fp_of_version
+            .entry(v.to_string())
+            .or_insert(kfp.clone());
+        assert_eq!(
+            *prev, kfp,
+            "{label}: one Kubernetes layer fingerprint per version"
+        );
+        k8s_layers_of
+            .entry(loc.to_string())
+            .or_default()
+            .insert(k8s["uuid"].as_str().expect("uuid").to_string());
         if verify {
             let checks = one["verify"]["checks"].as_array().expect("verify checks");
             assert!(
@@ -325,7 +352,7 @@ pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: boo
             !l[0].0 && l[1].0 && l[0].1 == l[1].1,
             "location {loc}: one build captures the layer, the other starts from it: {l:?}"
         );
-        // the account: the two images and the layer, nothing else
+        // the account: the two images and the layers, nothing else
         let c = locs.cloud(&loc);
         let servers = c.api.get("servers/").await;
         assert_eq!(
@@ -342,6 +369,12 @@ pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: boo
             .collect();
         let mut want = images_of[&loc].clone();
         want.insert(l[0].1.clone());
+        assert_eq!(
+            k8s_layers_of[&loc].len(),
+            2,
+            "{loc}: a Kubernetes layer per version"
+        );
+        want.extend(k8s_layers_of[&loc].iter().cloned());
         assert_eq!(have, want, "location {loc}: drives {drives}");
     }
 }

@@ -4,7 +4,8 @@
 //! from Go modules like v1.34.1 (`tests/kube/build.sh --node --kube-version v1.33.13`; only
 //! kubelet, kubeadm and kubectl differ). Checked (`e2e::image_matrix::check_matrix`): four images,
 //! each in its own location only, one fingerprint per version, the uploaded kubelet that
-//! version's; one base layer per location, captured by one build and started from by the other;
+//! version's; one base layer per location, captured by one build and started from by the other,
+//! and a Kubernetes layer per combination (one fingerprint per version);
 //! every `--verify` check passed on a booted clone, kubelet and kubeadm reporting the tagged
 //! version; the accounts hold the images and layers only. Then everything is deleted: zero
 //! servers, drives, tags, drive files and QEMU processes in both.
