@@ -253,11 +253,12 @@ pub fn http_get(url: &str, resolv_conf: &str, timeout: Duration) -> Result<(u16,
         .map_err(|e| format!("cannot connect to {host} ({addr}): {e}"))?;
     conn.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: hello\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send the request to {addr}: {e}"))?;
+    // One buffer, one write_all: `write!` on a socket sends each piece of the
+    // format separately, and a server that answers after the first piece and
+    // closes turns the next piece into EPIPE (seen in CI as "Broken pipe").
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: hello\r\n\r\n");
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send the request to {addr}: {e}"))?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)
         .map_err(|e| format!("cannot read the answer of {addr}: {e}"))?;
@@ -429,9 +430,17 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let n = c.read(&mut req).unwrap();
-            let path = String::from_utf8_lossy(&req[..n])
+            // Read the whole head, as a real server does, before answering.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 256];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let path = String::from_utf8_lossy(&req)
                 .lines()
                 .next()
                 .unwrap_or("")
