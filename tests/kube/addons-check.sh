@@ -35,8 +35,10 @@ fi
 kb="$cache/kube-bin"
 cni="$cache/node-artifacts/cni"
 images="$cache/node-artifacts/images"
+# kube-proxy is per version (addons.sh --kube-version); this cluster is kube-bin's v1.34.1
+kube_proxy="$cache/node-artifacts/kubernetes/v1.34.1/images/kube-proxy.tar"
 for f in "$kb/etcd" "$kb/kube-apiserver" "$kb/kubectl" "$cni/bridge" "$cni/host-local" \
-    "$images/flannel.tar" "$images/flannel-cni-plugin.tar" "$images/kube-proxy.tar" "$images/coredns.tar"; do
+    "$images/flannel.tar" "$images/flannel-cni-plugin.tar" "$kube_proxy" "$images/coredns.tar"; do
     [[ -e $f ]] || { say "missing $f: run tests/kube/build.sh --node and tests/kube/addons.sh first"; exit 1; }
 done
 target="${CARGO_TARGET_DIR:-$cache/target}/e2e-build"
@@ -222,7 +224,7 @@ k create -f - >/dev/null <<EOF
 EOF
 svc=$(k get svc hello -o jsonpath='{.spec.clusterIP}')
 r="$w/kube-proxy"
-extract "$images/kube-proxy.tar" "$r"
+extract "$kube_proxy" "$r"
 chrootfs "$r"
 mkdir -p "$r/var/lib/kube-proxy" "$r/run"
 cp "$w/kubeconfig" "$r/var/lib/kube-proxy/kubeconfig.conf"

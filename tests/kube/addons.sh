@@ -4,29 +4,69 @@
 # next to pause.tar and hello.tar (tests/kube/images.sh), so the node image imports them
 # (image-recipes/ubuntu-k8s/40-kubernetes.sh) and no registry is needed.
 #
-#   tests/kube/addons.sh     (as root: CoreDNS's file capability is set with setcap)
+#   tests/kube/addons.sh [--kube-version vX.Y.Z]     (as root: CoreDNS's file capability is set
+#                                                     with setcap)
 #
-# Images (archive under $CLOUDSIGMA_K8S_CACHE/node-artifacts/images/ -> name the import gives):
-#   kube-proxy.tar          registry.k8s.io/kube-proxy:v1.34.1          (what `kubeadm init phase
-#                           addon kube-proxy` v1.34.1 deploys: /usr/local/bin/kube-proxy)
-#   coredns.tar             registry.k8s.io/coredns/coredns:v1.12.1     (kubeadm's CoreDNSVersion;
-#                           /coredns, uid 65532 with cap_net_bind_service=+ep as upstream's image)
-#   flannel.tar             cloudsigma-k8s.test/flannel:v0.28.10        (/opt/bin/flanneld and
+# kube-proxy is per Kubernetes version (kubeadm vX.Y.Z deploys kube-proxy:vX.Y.Z), so its archive
+# goes next to that version's kubelet, kubeadm and kubectl (tests/kube/build.sh --node
+# [--kube-version vX.Y.Z]), in the directory the recipe uploads for that version only
+# (image-recipes/roles/local-kubernetes-artifacts.yaml). --kube-version picks it (default v1.34.1);
+# a version other than the default is built from the wrapper module kubernetes-vX.Y/, as build.sh
+# does, whose go.mod requires exactly vX.Y.Z. The other add-ons are the same for every version.
+#
+# Images (archive under $CLOUDSIGMA_K8S_CACHE/node-artifacts/ -> name the import gives):
+#   kubernetes/vX.Y.Z/images/kube-proxy.tar
+#                           registry.k8s.io/kube-proxy:vX.Y.Z           (what `kubeadm init phase
+#                           addon kube-proxy` vX.Y.Z deploys: /usr/local/bin/kube-proxy)
+#   images/coredns.tar      registry.k8s.io/coredns/coredns:v1.12.1     (kubeadm v1.34.1's
+#                           CoreDNSVersion -- v1.33's is v1.12.0, not built; /coredns, uid 65532
+#                           with cap_net_bind_service=+ep as upstream's image)
+#   images/flannel.tar      cloudsigma-k8s.test/flannel:v0.28.10        (/opt/bin/flanneld and
 #                           /opt/bin/install-conf, as upstream's image)
-#   flannel-cni-plugin.tar  cloudsigma-k8s.test/flannel-cni-plugin:v0.9.1 (/flannel and /bin/cp)
+#   images/flannel-cni-plugin.tar
+#                           cloudsigma-k8s.test/flannel-cni-plugin:v0.9.1 (/flannel and /bin/cp)
+# An images/kube-proxy.tar an older addons.sh wrote there (for every version: the defect this
+# layout fixes) is removed, so that no image imports two kube-proxy versions.
 # kube-proxy and flannel also carry Debian 12's netfilter userland (iptables 1.8.9, nft backend,
 # like the guest): both exec iptables, iptables-save and iptables-restore.
 # The manifest that uses the flannel images is tests/kube/addons/kube-flannel.yml.
 #
-# Binaries are cached under $CLOUDSIGMA_K8S_CACHE/addons-bin (stamp files as in build.sh), the
-# .debs under $CLOUDSIGMA_K8S_CACHE/debs; the archives are reproducible (same inputs, same digests).
+# Binaries are cached under $CLOUDSIGMA_K8S_CACHE/addons-bin (kube-proxy in addons-bin/vX.Y.Z/;
+# stamp files as in build.sh), the .debs under $CLOUDSIGMA_K8S_CACHE/debs; the archives are
+# reproducible (same inputs, same digests) and each is written to a temporary file and renamed.
 # Cold: ~6 min on 2 cores with the Go cache build.sh left (kube-proxy relinks from it); cached: ~10 s.
 set -euo pipefail
 
-KUBE_VERSION=v1.34.1
+DEFAULT_KUBE_VERSION=v1.34.1
 COREDNS_VERSION=v1.12.1         # kubeadm v1.34.1: cmd/kubeadm/app/constants CoreDNSVersion
 FLANNEL_VERSION=v0.28.10
 FLANNEL_CNI_VERSION=v0.9.1      # containernetworking/plugins, the last release with meta/flannel
+
+usage="usage: tests/kube/addons.sh [--kube-version vX.Y.Z]"
+help="$usage
+  --kube-version vX.Y.Z  the Kubernetes version whose kube-proxy image is built (default
+                         $DEFAULT_KUBE_VERSION), to node-artifacts/kubernetes/vX.Y.Z/images/kube-proxy.tar;
+                         other than $DEFAULT_KUBE_VERSION it needs the wrapper module tests/kube/kubernetes-vX.Y/
+                         (as tests/kube/build.sh --node --kube-version vX.Y.Z). CoreDNS and flannel go to
+                         node-artifacts/images/ whatever the version."
+KUBE_VERSION=$DEFAULT_KUBE_VERSION
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --kube-version)
+            [[ $# -ge 2 ]] || { echo "$usage: --kube-version needs a value" >&2; exit 2; }
+            KUBE_VERSION=$2
+            shift
+            ;;
+        -h|--help) echo "$help"; exit 0 ;;
+        *) echo "$usage (unknown argument: $1)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ ! $KUBE_VERSION =~ ^v1\.([0-9]+)\.[0-9]+$ ]]; then
+    echo "tests/kube/addons.sh: --kube-version $KUBE_VERSION: not a Kubernetes release vX.Y.Z (e.g. v1.33.13)" >&2
+    exit 2
+fi
+minor=${BASH_REMATCH[1]}
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -55,9 +95,22 @@ done
 build() { go_build "$bin" "$1" "$2" "$3" "$4" "$5" "${6:-$2}" "$0"; }
 
 # --- Go builds ---------------------------------------------------------------------------------
+# kube-proxy from the wrapper module build.sh builds that version's kubelet from: kubernetes/ for
+# the default version, kubernetes-vX.Y/ for another (its go.mod requires exactly vX.Y.Z).
+if [[ $KUBE_VERSION == "$DEFAULT_KUBE_VERSION" ]]; then
+    wrapper="$here/kubernetes"
+else
+    wrapper="$here/kubernetes-v1.$minor"
+    if ! grep -qx "require k8s.io/kubernetes $KUBE_VERSION" "$wrapper/go.mod" 2>/dev/null; then
+        say "--kube-version $KUBE_VERSION: $wrapper/go.mod does not require k8s.io/kubernetes $KUBE_VERSION;" >&2
+        echo "  make that wrapper module (a copy of tests/kube/kubernetes-v1.33/ with the version and its replace lines changed, then go mod tidy)" >&2
+        exit 2
+    fi
+fi
 vpkg=k8s.io/component-base/version
-build kube-proxy "$here/kubernetes" k8s.io/kubernetes/cmd/kube-proxy "$KUBE_VERSION" \
-    "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=34 -X $vpkg.gitTreeState=clean"
+go_build "$bin/$KUBE_VERSION" kube-proxy "$wrapper" k8s.io/kubernetes/cmd/kube-proxy "$KUBE_VERSION" \
+    "-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean" \
+    "$wrapper" "$0"
 build coredns "$here/coredns" github.com/coredns/coredns "$COREDNS_VERSION" "-s -w"
 build flannel "$here/cni-flannel" github.com/containernetworking/plugins/plugins/meta/flannel "$FLANNEL_CNI_VERSION" \
     "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$FLANNEL_CNI_VERSION"
@@ -140,28 +193,33 @@ fi
 . "$repo/scripts/oci-archive"
 path='"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'
 
-image() { # FILE REF ROOTFS CONFIG
-    local start=$SECONDS
-    oci_archive_dir "$out/$1" "$2" "$3" "$4"
-    say "$2 -> $out/$1 ($(du -h "$out/$1" | cut -f1), manifest $OCI_MANIFEST_DIGEST, $((SECONDS - start)) s)"
+image() { # FILE REF ROOTFS CONFIG (FILE: a path under node-artifacts/)
+    local start=$SECONDS f="$cache/node-artifacts/$1"
+    oci_archive_dir "$f" "$2" "$3" "$4"
+    say "$2 -> $f ($(du -h "$f" | cut -f1), manifest $OCI_MANIFEST_DIGEST, $((SECONDS - start)) s)"
 }
 
 r="$work/kube-proxy"
-cp -a "$nf" "$r" && install -D -m 0755 "$bin/kube-proxy" "$r/usr/local/bin/kube-proxy"
-image kube-proxy.tar "registry.k8s.io/kube-proxy:$KUBE_VERSION" "$r" \
+cp -a "$nf" "$r" && install -D -m 0755 "$bin/$KUBE_VERSION/kube-proxy" "$r/usr/local/bin/kube-proxy"
+image "kubernetes/$KUBE_VERSION/images/kube-proxy.tar" "registry.k8s.io/kube-proxy:$KUBE_VERSION" "$r" \
     "\"User\":\"0:0\",$path,\"Entrypoint\":[\"/usr/local/bin/kube-proxy\"]"
+# the one an older addons.sh wrote for every version: left there, a v1.33 image would import both
+if [[ -e $out/kube-proxy.tar ]]; then
+    rm -f "$out/kube-proxy.tar"
+    say "removed $out/kube-proxy.tar (the old, version-independent location)"
+fi
 
 r="$work/flannel"
 cp -a "$nf" "$r"
 install -D -m 0755 "$bin/flanneld" "$r/opt/bin/flanneld"
 install -D -m 0755 "$bin/install-conf" "$r/opt/bin/install-conf"
-image flannel.tar "cloudsigma-k8s.test/flannel:$FLANNEL_VERSION" "$r" \
+image images/flannel.tar "cloudsigma-k8s.test/flannel:$FLANNEL_VERSION" "$r" \
     "\"User\":\"0:0\",$path,\"Entrypoint\":[\"/opt/bin/flanneld\"]"
 
 r="$work/flannel-cni-plugin"
 install -D -m 0755 "$bin/flannel" "$r/flannel"
 install -D -m 0755 "$target/$triple/release/cp" "$r/bin/cp"
-image flannel-cni-plugin.tar "cloudsigma-k8s.test/flannel-cni-plugin:$FLANNEL_CNI_VERSION" "$r" "\"User\":\"0:0\",$path"
+image images/flannel-cni-plugin.tar "cloudsigma-k8s.test/flannel-cni-plugin:$FLANNEL_CNI_VERSION" "$r" "\"User\":\"0:0\",$path"
 
 # CoreDNS as upstream's image: uid 65532 (nonroot) with the file capability to bind port 53;
 # kubeadm's Deployment drops all capabilities but NET_BIND_SERVICE and sets
@@ -173,9 +231,9 @@ if ! setcap cap_net_bind_service=+ep "$r/coredns"; then
     say "setcap failed: setting a file capability needs root (CAP_SETFCAP); run this script as root" >&2
     exit 1
 fi
-OCI_XATTRS=1 image coredns.tar "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$r" \
+OCI_XATTRS=1 image images/coredns.tar "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$r" \
     "\"User\":\"65532:65532\",$path,\"Entrypoint\":[\"/coredns\"],\"WorkingDir\":\"/\",\"ExposedPorts\":{\"53/tcp\":{},\"53/udp\":{}}"
 
-"$bin/kube-proxy" --version
+"$bin/$KUBE_VERSION/kube-proxy" --version
 "$bin/coredns" -version | sed -n 1p
 "$bin/flanneld" --version 2>&1
