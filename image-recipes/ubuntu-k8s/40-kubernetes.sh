@@ -4,7 +4,9 @@
 # artifacts. Either way this script writes kubelet's unit and the kubeadm drop-in the deb would
 # install (kubernetes/release packaging: kubelet.service, kubelet.service.d/10-kubeadm.conf),
 # crictl.yaml, and pre-pulls the images: `kubeadm config images pull`, or `ctr images import` of
-# the local OCI archives under images/.
+# the local OCI archives: the version's own under kubernetes/images/ (kube-proxy: the role uploads
+# artifacts_dir/kubernetes/v<version>/ to kubernetes/, so its images/ lands there) and the shared
+# ones under images/ (pause, CoreDNS, flannel, ...).
 # Env: KUBERNETES_SOURCE, KUBERNETES_VERSION (e.g. 1.34.1), PAUSE_IMAGE.
 set -euo pipefail
 
@@ -101,7 +103,8 @@ echo "binaries and units in place (${SECONDS}s into this step); images next"
 if [ "$KUBERNETES_SOURCE" = pkgs ]; then
   kubeadm config images pull --kubernetes-version "v${KUBERNETES_VERSION}" --cri-socket unix:///run/containerd/containerd.sock
 else
-  for img in "$artifacts"/images/*.tar; do
+  # (the binaries above were moved by name: kubernetes/images/ is not mistaken for one)
+  for img in "$artifacts"/kubernetes/images/*.tar "$artifacts"/images/*.tar; do
     [ -e "$img" ] || continue
     ctr -n k8s.io images import "$img"
   done
