@@ -1,7 +1,8 @@
 //! `--verify` (issue 23 item 3) against the in-process emulator, the recording transport
 //! answering the checks as the guest would: a good image passes and only then gets its name and
 //! tags; a kubelet that is not the tagged version fails the build naming the check, expected and
-//! got, and nothing is left; `--keep-on-failure` keeps the candidate.
+//! got, and nothing is left; so does a containerd holding another version's kube-proxy image;
+//! `--keep-on-failure` keeps the candidate.
 
 #[path = "support/fixture.rs"]
 mod fixture;
@@ -142,6 +143,87 @@ async fn verify_catches_a_kubelet_that_is_not_the_tagged_version_and_leaves_noth
     }
     assert_eq!(f.counts(), (0, 0, 0), "nothing left in the emulator");
     f.emu.shutdown().await;
+}
+
+/// The kube-proxy check of ubuntu-k8s (what kubeadm of the tagged version deploys, pre-imported).
+const KUBE_PROXY_CHECK: &str =
+    "containerd holds the tagged version's kube-proxy image, and no other version's";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_the_tagged_versions_kube_proxy_image_in_containerd() {
+    let f = fixture().await;
+    let t = f.transport();
+    answer_good_image(&t);
+    let m = f
+        .builder(t.clone(), CancellationToken::new(), verify())
+        .build(&f.recipe(&[]))
+        .await
+        .expect("verified build");
+    let v = m.verify.expect("the manifest has the checks");
+    let k = v
+        .checks
+        .iter()
+        .find(|c| c.name == KUBE_PROXY_CHECK)
+        .unwrap_or_else(|| panic!("no kube-proxy check: {:?}", v.checks));
+    assert!(k.ok, "{k:?}");
+    assert_eq!(k.expected, "\"registry.k8s.io/kube-proxy:v1.34.1\"");
+    assert_eq!(k.got, "\"registry.k8s.io/kube-proxy:v1.34.1\"");
+    // asked of containerd's CRI namespace, over the verify session like the others
+    assert!(t.recorded().iter().any(|r| matches!(
+        r,
+        Recorded::Check { cmd, .. } if cmd.starts_with("ctr -n k8s.io images ls -q")
+    )));
+    f.emu.shutdown().await;
+}
+
+/// The defect this check is for: an image of 1.34.1 whose containerd holds another version's
+/// kube-proxy (an archive of the wrong version imported), alone or beside the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_when_containerd_holds_another_versions_kube_proxy() {
+    for (found, what) in [
+        (
+            "registry.k8s.io/kube-proxy:v1.33.13",
+            "only another version",
+        ),
+        (
+            "registry.k8s.io/kube-proxy:v1.33.13 registry.k8s.io/kube-proxy:v1.34.1",
+            "another version beside the tagged one",
+        ),
+    ] {
+        let f = fixture().await;
+        let t = f.transport();
+        t.answer("registry.k8s.io/kube-proxy:", 0, found);
+        answer_good_image(&t);
+        let r = f
+            .builder(t.clone(), CancellationToken::new(), verify())
+            .build(&f.recipe(&[]))
+            .await;
+        match r {
+            Err(BuildError::Failed {
+                phase,
+                error,
+                cleanup,
+                ..
+            }) => {
+                assert_eq!(phase, Phase::Verify, "{what}");
+                assert!(
+                    error.contains(&format!("check {KUBE_PROXY_CHECK:?}"))
+                        && error.contains("expected \"registry.k8s.io/kube-proxy:v1.34.1\"")
+                        && error.contains(&format!("got {found:?}")),
+                    "{what}: {error}"
+                );
+                assert!(!error.contains("kubelet"), "only the failed check: {error}");
+                assert!(cleanup.left.is_empty(), "{what}: {cleanup:?}");
+            }
+            other => panic!("{what}: expected a verify failure, got {other:?}"),
+        }
+        assert_eq!(
+            f.counts(),
+            (0, 0, 0),
+            "{what}: nothing left in the emulator"
+        );
+        f.emu.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,6 +137,7 @@ pub fn answer_good_image(t: &LocalTransport) {
         ("bootstrap.json", "\"result\": \"success\""),
         ("kubelet --version", "Kubernetes v1.34.1"),
         ("kubeadm version", "v1.34.1"),
+        ("registry.k8s.io/kube-proxy:", "registry.k8s.io/kube-proxy:v1.34.1"),
         (
             "containerd --version",
             "containerd github.com/containerd/containerd v1.7.28 05044ec0a9a75232cad458027ca83437aae3f4da",
