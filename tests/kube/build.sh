@@ -17,9 +17,11 @@
 #                    cni/{bridge,host-local,loopback,portmap}, kubernetes/v1.34.1/{kubelet,kubeadm,
 #                    kubectl} (also in bin/, as before; images/ is filled by tests/kube/images.sh)
 #                    and, with --kube-version vX.Y.Z, kubernetes/vX.Y.Z/: only kubelet, kubeadm and
-#                    kubectl differ between versions (the recipe uploads kubernetes/v<its version>/,
-#                    the rest is shared, and so is the image's cached base layer). They are built
-#                    from the wrapper module kubernetes-vX.Y/, whose go.mod requires exactly vX.Y.Z.
+#                    kubectl differ between versions, and kube-proxy's image (tests/kube/addons.sh
+#                    --kube-version vX.Y.Z writes it to kubernetes/vX.Y.Z/images/; the recipe uploads
+#                    kubernetes/v<its version>/, the rest is shared, and so is the image's cached
+#                    base layer). They are built from the wrapper module kubernetes-vX.Y/, whose
+#                    go.mod requires exactly vX.Y.Z.
 # Go's module and build caches live under $CLOUDSIGMA_K8S_CACHE/go, so a rerun is a no-op (a stamp
 # file records what each binary was built from) and a rebuild after a change mostly relinks.
 # Cold: ~5 min for the default set and ~12 more for --node on 2 cores; cached: about a second.
