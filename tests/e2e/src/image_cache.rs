@@ -27,6 +27,11 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Where the layers of `recipe`'s latest build that captured any are kept (one chain).
+pub(crate) fn layers_dir(recipe: &str) -> PathBuf {
+    dir(recipe).join("layers")
+}
+
 fn dir(recipe: &str) -> PathBuf {
     let name = Path::new(recipe)
         .file_name()
@@ -98,7 +103,7 @@ pub async fn build_shared_manifest(
 
 /// The account's cached layer drives (imgbuild meta `imgbuild.state: base`) with the number of
 /// recipe steps each holds (`imgbuild.base-steps`).
-async fn layer_drives(api: &Api) -> Vec<(String, u64)> {
+pub(crate) async fn layer_drives(api: &Api) -> Vec<(String, u64)> {
     let drives = api.get("drives/detail/?limit=0").await;
     drives["objects"]
         .as_array()
@@ -113,7 +118,7 @@ async fn layer_drives(api: &Api) -> Vec<(String, u64)> {
 }
 
 /// Every kept layer as a drive of the account; their uuids.
-async fn restore_layers(cloud: &VmCloud, dir: &Path) -> Vec<String> {
+pub(crate) async fn restore_layers(cloud: &VmCloud, dir: &Path) -> Vec<String> {
     let mut uuids = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return uuids;
@@ -141,46 +146,59 @@ async fn settle_layers(cloud: &VmCloud, restored: &[String], dir: &Path, manifes
     let api = &cloud.api;
     let now = layer_drives(api).await;
     if let Some(keep) = chain(manifest, restored, &now) {
-        let parent = dir.parent().unwrap_or(dir);
-        let pid = std::process::id();
-        let tmp = parent.join(format!(".layers.{pid}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let mut ok = std::fs::create_dir_all(&tmp).is_ok();
-        for (u, _) in &keep {
-            ok = ok
-                && save_drive(
-                    cloud,
-                    u,
-                    &tmp.join(format!("{u}.qcow2")),
-                    &tmp.join(format!("{u}.json")),
-                )
-                .await;
-        }
-        let old = parent.join(format!(".layers.{pid}.old"));
-        let replaced = ok
-            && (!dir.exists() || std::fs::rename(dir, &old).is_ok())
-            && std::fs::rename(&tmp, dir).is_ok();
-        let _ = std::fs::remove_dir_all(&old);
-        if replaced {
-            eprintln!(
-                "image_cache: kept {} layer(s) for the next loops (steps {})",
-                keep.len(),
-                keep.iter()
-                    .map(|(_, n)| format!("1-{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&tmp);
-            eprintln!(
-                "image_cache: could not keep the layers in {}",
-                dir.display()
-            );
-        }
+        keep_drives(cloud, &keep, dir).await;
     }
     for (u, _) in &now {
         api.delete(&format!("drives/{u}/")).await;
     }
+}
+
+/// Replaces the kept layers in `dir` with `keep` (uuid, steps), each flattened; all or nothing
+/// (a temporary directory renamed over the old one). True when kept.
+pub(crate) async fn keep_drives(cloud: &VmCloud, keep: &[(String, u64)], dir: &Path) -> bool {
+    let parent = dir.parent().unwrap_or(dir);
+    let _ = std::fs::create_dir_all(parent);
+    let pid = std::process::id();
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "layers".into());
+    let tmp = parent.join(format!(".{base}.{pid}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut ok = std::fs::create_dir_all(&tmp).is_ok();
+    for (u, _) in keep {
+        ok = ok
+            && save_drive(
+                cloud,
+                u,
+                &tmp.join(format!("{u}.qcow2")),
+                &tmp.join(format!("{u}.json")),
+            )
+            .await;
+    }
+    let old = parent.join(format!(".{base}.{pid}.old"));
+    let replaced = ok
+        && (!dir.exists() || std::fs::rename(dir, &old).is_ok())
+        && std::fs::rename(&tmp, dir).is_ok();
+    let _ = std::fs::remove_dir_all(&old);
+    if replaced {
+        eprintln!(
+            "image_cache: kept {} layer(s) in {} for the next loops (steps {})",
+            keep.len(),
+            dir.display(),
+            keep.iter()
+                .map(|(_, n)| format!("1-{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+        eprintln!(
+            "image_cache: could not keep the layers in {}",
+            dir.display()
+        );
+    }
+    replaced
 }
 
 /// The layers to keep after a build, as (uuid, steps) from the shallowest, when the build

@@ -165,7 +165,7 @@ async fn image_bench() {
             phases(&e["manifest"])
         ));
     }
-    image_matrix::check_matrix(&rc, &p, &locs, false).await;
+    image_matrix::check_matrix(&rc, &p, &locs, false, &Default::default()).await;
 
     let rb_ratio = b / a;
     let rc_ratio = c / (a + s);

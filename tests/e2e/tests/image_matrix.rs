@@ -5,21 +5,22 @@
 //! kubelet, kubeadm and kubectl differ). Checked (`e2e::image_matrix::check_matrix`): four images,
 //! each in its own location only, one fingerprint per version, the uploaded kubelet that
 //! version's; one base layer per location, captured by one build and started from by the other,
-//! and a Kubernetes layer per combination (one fingerprint per version);
+//! and a Kubernetes layer per combination (one fingerprint per version) — or, warm, the layers
+//! the Kubernetes loops and this loop kept restored into both locations first
+//! (`Locations::restore_kept`: each combination then builds from its Kubernetes layer);
 //! every `--verify` check passed on a booted clone, kubelet and kubeadm reporting the tagged
 //! version; the accounts hold the images and layers only. Then everything is deleted: zero
 //! servers, drives, tags, drive files and QEMU processes in both.
 //!
-//! Needs what the real-node loops need (root, QEMU, debootstrap, Go). Cost on 2 shared cores
-//! under TCG: docs/e2e.md, "The image matrix loop"; for that cost it is not in the default suite
-//! (`CLOUDSIGMA_K8S_IMAGE_MATRIX=1 scripts/test` runs it).
+//! Needs what the real-node loops need (root, QEMU, debootstrap, Go). Cost on 2 cores under
+//! TCG, warm and from nothing: docs/e2e.md, "The image matrix loop". `E2E_FRESH_IMAGE=1`
+//! restores no layer (the cold matrix, every layer built and checked as captured).
 
 use e2e::harness::{self, say};
 use e2e::image_matrix::{self, Locations};
 use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "~20 min of real VMs plus Kubernetes v1.33.13 from Go modules: CLOUDSIGMA_K8S_IMAGE_MATRIX=1 scripts/test, or cargo test -p e2e --test image_matrix -- --ignored --nocapture"]
 async fn image_matrix() {
     let t0 = Instant::now();
     let mut phases = test_support::Phases::new();
@@ -29,6 +30,9 @@ async fn image_matrix() {
     let repo = harness::repo();
     let prepared = image_matrix::prepare(t0, &repo, &mut phases);
     let locs = Locations::start(t0, &prepared.img_dir).await;
+    let p = Instant::now();
+    let kept = locs.restore_kept(t0).await;
+    phases.done("kept layers restored", p);
 
     let p = Instant::now();
     say(
@@ -42,7 +46,10 @@ async fn image_matrix() {
         t0,
         &format!("matrix done in {:.0} s; checking", run.wall.as_secs_f64()),
     );
-    image_matrix::check_matrix(&run, &prepared, &locs, true).await;
+    image_matrix::check_matrix(&run, &prepared, &locs, true, &kept).await;
+    let p = Instant::now();
+    locs.keep_layers(&run, &kept).await;
+    phases.done("layers kept", p);
 
     let p = Instant::now();
     locs.finish().await;
