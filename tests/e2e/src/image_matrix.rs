@@ -51,10 +51,21 @@ pub fn prepare(t0: Instant, repo: &Path, phases: &mut test_support::Phases) -> P
             .stderr(Stdio::inherit()),
         "tests/kube/build.sh --node --kube-version",
     );
+    // kube-proxy is per version (what kubeadm of that version deploys): into
+    // node-artifacts/kubernetes/<v>/images/, which the recipe uploads for that version only
+    harness::run(
+        Command::new(repo.join("tests/kube/addons.sh"))
+            .args(["--kube-version", &v])
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit()),
+        "tests/kube/addons.sh --kube-version",
+    );
     phases.done("second kubernetes version", p);
     for v in VERSIONS {
-        let kubelet = k.artifacts.join(format!("kubernetes/v{v}/kubelet"));
-        assert!(kubelet.exists(), "{}: not built", kubelet.display());
+        for f in ["kubelet", "images/kube-proxy.tar"] {
+            let f = k.artifacts.join(format!("kubernetes/v{v}/{f}"));
+            assert!(f.exists(), "{}: not built", f.display());
+        }
     }
     Prepared {
         artifacts: k.artifacts,
@@ -98,7 +109,10 @@ impl Locations {
     pub async fn restore_kept(&self, t0: Instant) -> Kept {
         let mut kept = Kept::default();
         if std::env::var_os("E2E_FRESH_IMAGE").is_some() {
-            say(t0, "E2E_FRESH_IMAGE: no kept layer restored, every layer is built");
+            say(
+                t0,
+                "E2E_FRESH_IMAGE: no kept layer restored, every layer is built",
+            );
             return kept;
         }
         for (l, c) in &self.clouds {
@@ -431,6 +445,10 @@ pub async fn check_matrix(run: &Run, p: &Prepared, locs: &Locations, verify: boo
             for (name, want) in [
                 ("kubelet is the tagged version", format!("Kubernetes v{v}")),
                 ("kubeadm is the tagged version", format!("v{v}")),
+                (
+                    "containerd holds the tagged version's kube-proxy image, and no other version's",
+                    format!("registry.k8s.io/kube-proxy:v{v}"),
+                ),
             ] {
                 let k = checks.iter().find(|k| k["name"] == name);
                 let got = k.and_then(|k| k["got"].as_str()).unwrap_or_default();
