@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image (the default: `imgbuild RECIPE` is `imgbuild build RECIPE`).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Check a recipe: syntax, step kinds, files, variables, sha256s. Prints every error as file:line.
     Validate {
         recipe: String,
@@ -148,6 +148,12 @@ struct BuildArgs {
     /// candidate that fails is deleted. Default: off.
     #[arg(long)]
     verify: bool,
+    /// vCPUs of the builder and verify servers instead of the recipe's `server.smp`. The image
+    /// does not depend on it (not in the fingerprint: cached images and layers stay valid). For
+    /// a host that runs the builders itself, e.g. cloudsim on 2 cores with `--jobs 2`: 1 keeps
+    /// two emulated builders from overcommitting the cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
+    builder_smp: Option<u32>,
     /// SSH login user (default: the recipe's ssh_user, else the library drive's default_user).
     #[arg(long)]
     ssh_user: Option<String>,
@@ -316,7 +322,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Some(Cmd::Build(b)) => run_build(b).await,
+        Some(Cmd::Build(b)) => run_build(*b).await,
         None => run_build(cli.build).await,
     }
 }
@@ -399,7 +405,7 @@ async fn run_build(a: BuildArgs) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let recipe = match load(&recipe_arg, &a.vars) {
-        Ok(r) => r,
+        Ok(r) => with_builder_smp(r, a.builder_smp),
         Err(c) => return c,
     };
     let secret_args = match SecretArgs::parse(&a.secrets)
@@ -531,6 +537,15 @@ fn print_matrix_plan(
     }
 }
 
+/// `--builder-smp`: the servers' vCPUs over the recipe's (after the fingerprint's inputs were
+/// read: the recipe text is unchanged, so is the fingerprint).
+fn with_builder_smp(mut r: Recipe, smp: Option<u32>) -> Recipe {
+    if smp.is_some() {
+        r.spec.server.smp = smp;
+    }
+    r
+}
+
 /// Each combination's recipe, with its variables over the `--var` ones.
 fn load_matrix(
     recipe_arg: &str,
@@ -570,7 +585,10 @@ async fn run_matrix(a: BuildArgs, recipe_arg: &str) -> ExitCode {
     };
     let combos = matrix::combinations(&axes);
     let recipes = match load_matrix(recipe_arg, &a.vars, &combos) {
-        Ok(r) => r,
+        Ok(r) => r
+            .into_iter()
+            .map(|r| with_builder_smp(r, a.builder_smp))
+            .collect::<Vec<_>>(),
         Err(code) => return code,
     };
     let secret_args = match SecretArgs::parse(&a.secrets)

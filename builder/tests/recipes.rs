@@ -230,6 +230,32 @@ fn dry_run_needs_no_cloud_and_prints_the_plan() {
     );
 }
 
+#[test]
+fn builder_smp_sizes_the_servers_and_is_checked() {
+    let (_d, p) = setup(GOOD);
+    let plan = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .arg(&p)
+            .arg("--dry-run")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = plan(&[]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains(" smp=1 "), "the recipe's (none: 1): {s}");
+    let out = plan(&["--builder-smp", "3"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains(" smp=3 ") && !s.contains(" smp=1 "), "{s}");
+    for bad in ["0", "33", "two"] {
+        let out = plan(&["--builder-smp", bad]);
+        assert_eq!(out.status.code(), Some(2), "--builder-smp {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--builder-smp"), "{err}");
+    }
+}
+
 fn scripts_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();

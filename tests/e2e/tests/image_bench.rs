@@ -13,6 +13,10 @@
 //!   accounts (each location captures its base layer once, each combination its Kubernetes
 //!   layer). Target: wall time ≤ 1.3 × (a) + (s).
 //!
+//! `IMAGE_BENCH_BUILDER_SMP=N` runs every build of the four with `--builder-smp N` (default: the
+//! recipe's `server.smp`, 2): the same builder size for the matrix and the builds it is compared
+//! with, e.g. 1 to see the matrix without two 2-vCPU TCG guests sharing 2 host cores.
+//!
 //! It prints the figures, PASS/MISS, each build's phases and the load average; the matrix is
 //! checked as the `image_matrix` loop checks it (without `--verify`, as the builds it is
 //! compared with). `cargo test -p e2e --test image_bench -- --ignored --nocapture`; about 45 min
@@ -83,9 +87,17 @@ async fn image_bench() {
     std::fs::write(&agent2, bytes).expect("agent copy");
     std::fs::set_permissions(&agent2, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
+    // every build's builder size (`--builder-smp`), when asked for
+    let smp: Vec<String> = match std::env::var("IMAGE_BENCH_BUILDER_SMP") {
+        Ok(n) if !n.is_empty() => vec!["--builder-smp".into(), n],
+        _ => Vec::new(),
+    };
     let mut lines = vec![format!(
-        "image_bench: imgbuild {} on cloudsim --backend qemu (TCG), load at start {}",
+        "image_bench: imgbuild {} on cloudsim --backend qemu (TCG), builders {}, load at start {}",
         image_matrix::RECIPE,
+        smp.get(1)
+            .map(|n| format!("--builder-smp {n}"))
+            .unwrap_or_else(|| "at the recipe's server.smp".into()),
         load()
     )];
 
@@ -93,6 +105,7 @@ async fn image_bench() {
     let mut args = api(a_cloud);
     args.extend(var("kubernetes_version", VERSIONS[1]));
     args.push("--no-base-cache".into());
+    args.extend(smp.iter().cloned());
     let ra =
         tokio::task::block_in_place(|| image_matrix::imgbuild(&p, &p.bins.agent, a_cloud, &args));
     let a = single("(a) full build, v1.34.1", &ra, &mut lines);
@@ -104,6 +117,7 @@ async fn image_bench() {
     let mut args = api(a_cloud);
     args.extend(var("kubernetes_version", VERSIONS[1]));
     args.push("--force".into());
+    args.extend(smp.iter().cloned());
     let rs =
         tokio::task::block_in_place(|| image_matrix::imgbuild(&p, &p.bins.agent, a_cloud, &args));
     let s_wall = single("(s) full build, v1.34.1, layers captured", &rs, &mut lines);
@@ -129,6 +143,7 @@ async fn image_bench() {
     );
     let mut args = api(a_cloud);
     args.extend(var("kubernetes_version", VERSIONS[1]));
+    args.extend(smp.iter().cloned());
     let rb = tokio::task::block_in_place(|| image_matrix::imgbuild(&p, &agent2, a_cloud, &args));
     let b = single(
         "(b) agent changed, from the Kubernetes layer",
@@ -150,7 +165,8 @@ async fn image_bench() {
     locs.wipe().await;
 
     say(t0, "(c) the 2x2 matrix, --jobs 2, empty accounts");
-    let rc = tokio::task::block_in_place(|| image_matrix::matrix(&p, &locs, 2, &[]));
+    let extra: Vec<&str> = smp.iter().map(String::as_str).collect();
+    let rc = tokio::task::block_in_place(|| image_matrix::matrix(&p, &locs, 2, &extra));
     let c = rc.wall.as_secs_f64();
     lines.push(format!(
         "(c) matrix 2x2 --jobs 2: {c:.0} s (load {})",
