@@ -460,25 +460,12 @@ async fn failing_script_cleans_up_and_keep_on_failure_keeps_for_clean() {
     let f = fixture().await;
     let mut t = f.transport();
     t.fail_script = Some("40-kubernetes.sh".into());
-    let r = f
-        .builder(t.clone(), CancellationToken::new(), Options::default())
-        .build(&f.recipe(&[]))
-        .await;
-    match r {
-        Err(BuildError::Failed {
-            phase,
-            error,
-            cleanup,
-            ..
-        }) => {
-            // 40-kubernetes.sh is the Kubernetes layer's last step: provision-base
-            assert_eq!(phase, Phase::ProvisionBase);
-            assert!(error.contains("40-kubernetes.sh"), "{error}");
-            assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
-            assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
-        }
-        other => panic!("expected failure, got {other:?}"),
-    }
+    let (phase, error, cleanup, _) = f.failed_build(t.clone(), Options::default()).await;
+    // 40-kubernetes.sh is the Kubernetes layer's last step: provision-base
+    assert_eq!(phase, Phase::ProvisionBase);
+    assert!(error.contains("40-kubernetes.sh"), "{error}");
+    assert!(cleanup.deleted.iter().any(|d| d.starts_with("server ")));
+    assert!(cleanup.deleted.iter().any(|d| d.starts_with("drive ")));
     assert_eq!(f.counts(), (0, 0, 0));
 
     // a good image exists, then a failed build with --keep-on-failure leaves its server + drive

@@ -9,7 +9,13 @@ mod fixture;
 
 use fixture::{answer_good_image, fixture};
 use imgbuild::build::{BuildError, Options, Phase};
-use imgbuild::transport::Recorded;
+use imgbuild::transport::{LocalTransport, Recorded};
+
+/// `t` answering every check as a good image does (answers added before win).
+fn with_good_image(t: LocalTransport) -> LocalTransport {
+    answer_good_image(&t);
+    t
+}
 use tokio_util::sync::CancellationToken;
 
 fn verify() -> Options {
@@ -104,43 +110,29 @@ async fn verify_catches_a_kubelet_that_is_not_the_tagged_version_and_leaves_noth
     let f = fixture().await;
     let t = f.transport();
     t.answer("kubelet --version", 0, "Kubernetes v1.33.0");
-    answer_good_image(&t);
-    let r = f
-        .builder(t.clone(), CancellationToken::new(), verify())
-        .build(&f.recipe(&[]))
-        .await;
-    match r {
-        Err(BuildError::Failed {
-            phase,
-            error,
-            cleanup,
-            kept,
-        }) => {
-            assert_eq!(phase, Phase::Verify);
-            assert!(!kept);
-            assert!(
-                error.contains("check \"kubelet is the tagged version\"")
-                    && error.contains("expected \"Kubernetes v1.34.1\"")
-                    && error.contains("got \"Kubernetes v1.33.0\""),
-                "{error}"
-            );
-            assert!(!error.contains("kubeadm"), "only the failed check: {error}");
-            assert!(cleanup.left.is_empty(), "{cleanup:?}");
-            // the verify server, then the candidate, its clone and the two layers
-            let servers = cleanup
-                .deleted
-                .iter()
-                .filter(|d| d.starts_with("server "))
-                .count();
-            let drives = cleanup
-                .deleted
-                .iter()
-                .filter(|d| d.starts_with("drive "))
-                .count();
-            assert_eq!((servers, drives), (1, 4), "{cleanup:?}");
-        }
-        other => panic!("expected a verify failure, got {other:?}"),
-    }
+    let (phase, error, cleanup, kept) = f.failed_build(with_good_image(t), verify()).await;
+    assert_eq!(phase, Phase::Verify);
+    assert!(!kept);
+    assert!(
+        error.contains("check \"kubelet is the tagged version\"")
+            && error.contains("expected \"Kubernetes v1.34.1\"")
+            && error.contains("got \"Kubernetes v1.33.0\""),
+        "{error}"
+    );
+    assert!(!error.contains("kubeadm"), "only the failed check: {error}");
+    assert!(cleanup.left.is_empty(), "{cleanup:?}");
+    // the verify server, then the candidate, its clone and the two layers
+    let servers = cleanup
+        .deleted
+        .iter()
+        .filter(|d| d.starts_with("server "))
+        .count();
+    let drives = cleanup
+        .deleted
+        .iter()
+        .filter(|d| d.starts_with("drive "))
+        .count();
+    assert_eq!((servers, drives), (1, 4), "{cleanup:?}");
     assert_eq!(f.counts(), (0, 0, 0), "nothing left in the emulator");
     f.emu.shutdown().await;
 }
@@ -193,30 +185,16 @@ async fn verify_fails_when_containerd_holds_another_versions_kube_proxy() {
         let f = fixture().await;
         let t = f.transport();
         t.answer("registry.k8s.io/kube-proxy:", 0, found);
-        answer_good_image(&t);
-        let r = f
-            .builder(t.clone(), CancellationToken::new(), verify())
-            .build(&f.recipe(&[]))
-            .await;
-        match r {
-            Err(BuildError::Failed {
-                phase,
-                error,
-                cleanup,
-                ..
-            }) => {
-                assert_eq!(phase, Phase::Verify, "{what}");
-                assert!(
-                    error.contains(&format!("check {KUBE_PROXY_CHECK:?}"))
-                        && error.contains("expected \"registry.k8s.io/kube-proxy:v1.34.1\"")
-                        && error.contains(&format!("got {found:?}")),
-                    "{what}: {error}"
-                );
-                assert!(!error.contains("kubelet"), "only the failed check: {error}");
-                assert!(cleanup.left.is_empty(), "{what}: {cleanup:?}");
-            }
-            other => panic!("{what}: expected a verify failure, got {other:?}"),
-        }
+        let (phase, error, cleanup, _) = f.failed_build(with_good_image(t), verify()).await;
+        assert_eq!(phase, Phase::Verify, "{what}");
+        assert!(
+            error.contains(&format!("check {KUBE_PROXY_CHECK:?}"))
+                && error.contains("expected \"registry.k8s.io/kube-proxy:v1.34.1\"")
+                && error.contains(&format!("got {found:?}")),
+            "{what}: {error}"
+        );
+        assert!(!error.contains("kubelet"), "only the failed check: {error}");
+        assert!(cleanup.left.is_empty(), "{what}: {cleanup:?}");
         assert_eq!(
             f.counts(),
             (0, 0, 0),

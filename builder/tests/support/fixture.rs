@@ -74,6 +74,28 @@ impl Fixture {
     pub fn transport(&self) -> LocalTransport {
         LocalTransport::new(self.dir.path().join("sandbox"))
     }
+    /// A build of the recipe through `t` that must fail: its phase, error, cleanup report and
+    /// whether it kept anything (`--keep-on-failure`).
+    pub async fn failed_build(
+        &self,
+        t: LocalTransport,
+        opts: Options,
+    ) -> (build::Phase, String, build::CleanupReport, bool) {
+        let r = self
+            .builder(t, CancellationToken::new(), opts)
+            .build(&self.recipe(&[]))
+            .await;
+        match r {
+            Err(BuildError::Failed {
+                phase,
+                error,
+                cleanup,
+                kept,
+            }) => (phase, error, cleanup, kept),
+            other => panic!("expected a failed build, got {other:?}"),
+        }
+    }
+
     pub fn builder(&self, t: LocalTransport, cancel: CancellationToken, opts: Options) -> Builder {
         Builder::new(
             self.cloud(),
