@@ -629,7 +629,8 @@ impl Builder {
     }
 
     /// Clone the base layer (when base-lookup found one) or else the library drive into the
-    /// build drive `imgbuild-<id>-build`. A base layer that cannot be cloned means a full build.
+    /// build drive `imgbuild-<id>-build`. A layer that cannot be cloned is not captured again;
+    /// the build starts from the next layer found under it, else from the library drive.
     async fn clone_base(
         &self,
         job: &Job<'_>,
@@ -638,18 +639,33 @@ impl Builder {
     ) -> Result<Drive, StepError> {
         self.enter(Phase::Clone);
         if let Some(l) = layer.as_mut() {
-            if let Some((_, from)) = l.from.clone() {
+            while let Some((_, from)) = l.from.clone() {
                 match self.clone_into_build(job, &from.uuid, true, created).await {
                     Err(StepError::Interrupted) => return Err(StepError::Interrupted),
                     Err(e) => {
-                        // every layer is captured again (the locks of those it started from
-                        // were released: at worst another build of the run captures one too)
-                        self.reporter.line(&format!(
-                            "base layer {} ({}) could not be cloned ({e}); falling back to a full build from the library drive, base kept at step {}",
-                            from.name, from.uuid, l.all[0].1
-                        ));
-                        l.from = None;
+                        // the layer exists (it is not captured again); the next one found, or
+                        // the library drive. The locks of the layers now captured were
+                        // released: at worst another build of the run captures one too.
                         self.forget_build_drive(created).await;
+                        let next = match l.fall_back().cloned() {
+                            Some((i, d)) => format!(
+                                "the layer {} ({}): steps {}.. only",
+                                d.name,
+                                d.uuid,
+                                l.all[i].1 + 1
+                            ),
+                            None => "a full build from the library drive".into(),
+                        };
+                        let keep = l.keep_note();
+                        let keep = if keep.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {keep}")
+                        };
+                        self.reporter.line(&format!(
+                            "base layer {} ({}) could not be cloned ({e}); falling back to {next}{keep}",
+                            from.name, from.uuid
+                        ));
                     }
                     ok => return ok,
                 }

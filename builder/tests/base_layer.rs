@@ -159,12 +159,74 @@ async fn a_base_layer_that_cannot_be_cloned_means_a_full_build() {
     );
     let ran = scripts(&t.recorded());
     assert!(ran.contains(&"00-wait-boot.sh".to_string()), "{ran:?}");
-    assert!(m.base_layer.is_some_and(|l| !l.reused));
+    // the base layer exists: not captured again; the new version's Kubernetes layer is
+    assert_eq!(
+        m.layers
+            .iter()
+            .map(|l| (l.steps, l.reused))
+            .collect::<Vec<_>>(),
+        [(7, false)],
+        "{:?}",
+        m.layers
+    );
     let (servers, drives, _) = f.counts();
     assert_eq!(
         (servers, drives),
-        (0, 6),
-        "two images and two of each layer (the fallback captures both again), no half-made clone"
+        (0, 5),
+        "two images, the one base layer, two Kubernetes layers; no half-made clone"
+    );
+    f.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deepest_layer_that_cannot_be_cloned_falls_back_to_the_one_under_it() {
+    let f = fixture().await;
+    let first = f.build(&[], Options::default()).await.expect("first build");
+    let (base, k8s) = (&first.layers[0], &first.layers[1]);
+    // only the agent changed: the deepest layer (Kubernetes) is the one to start from; its
+    // clone fails once
+    std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
+    f.emu.add_once_rule(OnceRule {
+        method: Some("POST".into()),
+        path: "/api/2.0/drives/{uuid}/action/".into(),
+        status: 500,
+        count: 1,
+    });
+    let t = f.transport();
+    let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
+    let m = b
+        .build(&f.recipe(&[]))
+        .await
+        .expect("falls back to the base layer");
+    let log = b.reporter.captured().join("\n");
+    assert!(
+        log.contains(&format!(
+            "base layer {} ({}) could not be cloned",
+            k8s.name, k8s.uuid
+        )) && log.contains(&format!(
+            "falling back to the layer {} ({}): steps 7.. only",
+            base.name, base.uuid
+        )),
+        "{log}"
+    );
+    let ran = scripts(&t.recorded());
+    for s in BASE_SCRIPTS {
+        assert!(!ran.contains(&s.to_string()), "{s} ran again: {ran:?}");
+    }
+    assert!(ran.contains(&"40-kubernetes.sh".to_string()), "{ran:?}");
+    // started from the base layer; the Kubernetes layer exists: not captured again
+    assert_eq!(
+        m.layers
+            .iter()
+            .map(|l| (l.uuid.as_str(), l.reused))
+            .collect::<Vec<_>>(),
+        [(base.uuid.as_str(), true)]
+    );
+    let (servers, drives, _) = f.counts();
+    assert_eq!(
+        (servers, drives),
+        (0, 4),
+        "two images and the two layers, none twice; no half-made clone"
     );
     f.emu.shutdown().await;
 }

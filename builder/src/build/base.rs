@@ -42,6 +42,11 @@ pub(crate) struct Layers {
     pub all: Vec<(String, usize)>,
     /// The deepest layer found: its index in `all` and its drive; None: a full build.
     pub from: Option<(usize, Drive)>,
+    /// The other layers found, deepest first: where the build starts instead when `from` cannot
+    /// be cloned.
+    pub fallbacks: Vec<(usize, Drive)>,
+    /// Layers that exist but could not be cloned: not captured again (no duplicate).
+    pub skip: Vec<usize>,
     /// The layers this build captured: (index in `all`, uuid, name).
     pub captured: Vec<(usize, String, String)>,
     /// Per layer, the lock held until it is captured (see `Builder::base_locks`).
@@ -54,10 +59,25 @@ impl Layers {
         self.from.as_ref().map(|(i, _)| self.all[*i].1).unwrap_or(0)
     }
 
-    /// The indices of the layers this build captures: all below the one it starts from.
-    pub fn to_capture(&self) -> std::ops::Range<usize> {
+    /// The indices of the layers this build captures: all below the one it starts from, but
+    /// those that exist already (`skip`).
+    pub fn to_capture(&self) -> Vec<usize> {
         let first = self.from.as_ref().map(|(i, _)| i + 1).unwrap_or(0);
-        first..self.all.len()
+        (first..self.all.len())
+            .filter(|j| !self.skip.contains(j))
+            .collect()
+    }
+
+    /// `from` could not be cloned: it is not captured again, and the build starts from the next
+    /// layer found, or else from the library drive. The new `from`, if any.
+    pub fn fall_back(&mut self) -> Option<&(usize, Drive)> {
+        if let Some((i, _)) = self.from.take() {
+            self.skip.push(i);
+        }
+        if !self.fallbacks.is_empty() {
+            self.from = Some(self.fallbacks.remove(0));
+        }
+        self.from.as_ref()
     }
 
     /// Every layer of this build, in order: the one it started from (`reused`), then those it
@@ -92,8 +112,9 @@ impl Layers {
     }
 
     /// `base kept at step 6, layer 3f0c… kept at step 15`: what this build will capture.
-    fn keep_note(&self) -> String {
+    pub(crate) fn keep_note(&self) -> String {
         self.to_capture()
+            .into_iter()
             .map(|j| {
                 let (fp, n) = &self.all[j];
                 match j {
@@ -217,10 +238,18 @@ impl Builder {
                 "{others} base layer(s) of other base fingerprints ignored"
             ));
         }
-        let from = deepest(&all, &layers, job.recipe.disk_size, |d| {
-            matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc)
-        })
-        .map(|(i, d)| (i, d.clone()));
+        // every layer found (usable), deepest first: the build starts from the first
+        let mut found: Vec<(usize, Drive)> = (0..all.len())
+            .rev()
+            .filter_map(|i| {
+                deepest(&all[..=i], &layers, job.recipe.disk_size, |d| {
+                    matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc)
+                })
+                .filter(|(j, _)| *j == i)
+                .map(|(j, d)| (j, d.clone()))
+            })
+            .collect();
+        let from = (!found.is_empty()).then(|| found.remove(0));
         // a layer this build starts from (or one inside it) it does not capture: others need
         // not wait for it
         if let Some((i, _)) = &from {
@@ -231,6 +260,8 @@ impl Builder {
         let layers = Layers {
             all,
             from,
+            fallbacks: found,
+            skip: Vec::new(),
             captured: Vec::new(),
             locks,
         };
