@@ -174,21 +174,32 @@ pub async fn look_base_layer(
     }))
 }
 
-/// The deepest layer of `all` that `drives` hold (the newest drive of its fingerprint, no larger
-/// than `disk_size`, `usable`): its index and drive. A layer of another fingerprint never is.
+/// The deepest layer of `all` that `drives` hold (see [`newest`]): its index and drive. A layer
+/// of another fingerprint never is.
 fn deepest<'d>(
     all: &[(String, usize)],
     drives: &'d [Drive],
     disk_size: u64,
     usable: impl Fn(&Drive) -> bool,
 ) -> Option<(usize, &'d Drive)> {
-    all.iter().enumerate().rev().find_map(|(i, (fp, _))| {
-        drives
-            .iter()
-            .filter(|d| naming::is_base_of(d, fp) && d.size <= disk_size && usable(d))
-            .max_by_key(|d| naming::base_created(&d.meta).unwrap_or(0))
-            .map(|d| (i, d))
-    })
+    all.iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, (fp, _))| newest(fp, drives, disk_size, &usable).map(|d| (i, d)))
+}
+
+/// The newest drive of layer fingerprint `fp` among `drives`, no larger than `disk_size`,
+/// `usable`.
+fn newest<'d>(
+    fp: &str,
+    drives: &'d [Drive],
+    disk_size: u64,
+    usable: &impl Fn(&Drive) -> bool,
+) -> Option<&'d Drive> {
+    drives
+        .iter()
+        .filter(|d| naming::is_base_of(d, fp) && d.size <= disk_size && usable(d))
+        .max_by_key(|d| naming::base_created(&d.meta).unwrap_or(0))
 }
 
 impl Builder {
@@ -239,14 +250,14 @@ impl Builder {
             ));
         }
         // every layer found (usable), deepest first: the build starts from the first
-        let mut found: Vec<(usize, Drive)> = (0..all.len())
+        let usable =
+            |d: &Drive| matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc);
+        let mut found: Vec<(usize, Drive)> = all
+            .iter()
+            .enumerate()
             .rev()
-            .filter_map(|i| {
-                deepest(&all[..=i], &layers, job.recipe.disk_size, |d| {
-                    matches!(d.status, DriveStatus::Unmounted | DriveStatus::CloningSrc)
-                })
-                .filter(|(j, _)| *j == i)
-                .map(|(j, d)| (j, d.clone()))
+            .filter_map(|(i, (fp, _))| {
+                newest(fp, &layers, job.recipe.disk_size, &usable).map(|d| (i, d.clone()))
             })
             .collect();
         let from = (!found.is_empty()).then(|| found.remove(0));
