@@ -9,10 +9,31 @@ mod fixture;
 
 use cloudsim::OnceRule;
 use fixture::fixture;
-use imgbuild::build::{BuildError, Options, Phase};
+use imgbuild::build::{BuildError, Manifest, Options, Phase};
 use imgbuild::recipe::Recipe;
 use imgbuild::transport::Recorded;
 use tokio_util::sync::CancellationToken;
+
+/// A build of the recipe with `vars` whose first drive action (the clone of the layer it starts
+/// from) answers 500, once: its manifest, progress lines and the scripts it ran.
+async fn build_after_a_failed_clone(
+    f: &fixture::Fixture,
+    vars: &[(&str, &str)],
+) -> (Manifest, String, Vec<String>) {
+    f.emu.add_once_rule(OnceRule {
+        method: Some("POST".into()),
+        path: "/api/2.0/drives/{uuid}/action/".into(),
+        status: 500,
+        count: 1,
+    });
+    let t = f.transport();
+    let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
+    let m = b
+        .build(&f.recipe(vars))
+        .await
+        .expect("falls back and builds");
+    (m, b.reporter.captured().join("\n"), scripts(&t.recorded()))
+}
 
 /// The scripts a build ran, by file name.
 fn scripts(rec: &[Recorded]) -> Vec<String> {
@@ -137,27 +158,13 @@ async fn a_base_layer_that_cannot_be_cloned_means_a_full_build() {
     let f = fixture().await;
     let first = f.build(&[], Options::default()).await.expect("first build");
     let layer = first.base_layer.expect("captured");
-    // the next build's first drive action is the clone of the layer: it fails once
-    f.emu.add_once_rule(OnceRule {
-        method: Some("POST".into()),
-        path: "/api/2.0/drives/{uuid}/action/".into(),
-        status: 500,
-        count: 1,
-    });
-    let t = f.transport();
-    let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
-    let m = b
-        .build(&f.recipe(&[("kubernetes_version", "1.34.2")]))
-        .await
-        .expect("falls back to a full build");
-    let log = b.reporter.captured().join("\n");
+    let (m, log, ran) = build_after_a_failed_clone(&f, &[("kubernetes_version", "1.34.2")]).await;
     assert!(
         log.contains(&format!("base layer {} (", layer.name))
             && log.contains("could not be cloned")
             && log.contains("falling back to a full build from the library drive"),
         "{log}"
     );
-    let ran = scripts(&t.recorded());
     assert!(ran.contains(&"00-wait-boot.sh".to_string()), "{ran:?}");
     // the base layer exists: not captured again; the new version's Kubernetes layer is
     assert_eq!(
@@ -183,22 +190,9 @@ async fn a_deepest_layer_that_cannot_be_cloned_falls_back_to_the_one_under_it() 
     let f = fixture().await;
     let first = f.build(&[], Options::default()).await.expect("first build");
     let (base, k8s) = (&first.layers[0], &first.layers[1]);
-    // only the agent changed: the deepest layer (Kubernetes) is the one to start from; its
-    // clone fails once
+    // only the agent changed: the deepest layer (Kubernetes) is the one to start from
     std::fs::write(&f.agent, b"#!/bin/sh\necho agent v2\n").unwrap();
-    f.emu.add_once_rule(OnceRule {
-        method: Some("POST".into()),
-        path: "/api/2.0/drives/{uuid}/action/".into(),
-        status: 500,
-        count: 1,
-    });
-    let t = f.transport();
-    let b = f.builder(t.clone(), CancellationToken::new(), Options::default());
-    let m = b
-        .build(&f.recipe(&[]))
-        .await
-        .expect("falls back to the base layer");
-    let log = b.reporter.captured().join("\n");
+    let (m, log, ran) = build_after_a_failed_clone(&f, &[]).await;
     assert!(
         log.contains(&format!(
             "base layer {} ({}) could not be cloned",
@@ -209,7 +203,6 @@ async fn a_deepest_layer_that_cannot_be_cloned_falls_back_to_the_one_under_it() 
         )),
         "{log}"
     );
-    let ran = scripts(&t.recorded());
     for s in BASE_SCRIPTS {
         assert!(!ran.contains(&s.to_string()), "{s} ran again: {ran:?}");
     }
